@@ -1,0 +1,383 @@
+"""Salesforce connector: OAuth2 client credentials and SOQL queries, with safe SOQL building."""
+
+import datetime
+import decimal
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import dagster as dg
+import requests
+from pydantic import Field
+
+from finsync_pipeline.errors import AuthenticationError, PermanentUpstreamError
+from finsync_pipeline.resources.http import (
+    ErrorInfo,
+    HttpClient,
+    HttpOptions,
+    Verdict,
+    error_json,
+    parse_json,
+)
+
+SYSTEM = "salesforce"
+AUTH_MESSAGE = (
+    "client credentials were rejected (invalid_client); "
+    "set SALESFORCE_CLIENT_ID and SALESFORCE_CLIENT_SECRET"
+)
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_API_VERSION = re.compile(r"^v\d+\.\d$")
+_API_USAGE = re.compile(r"(?:^|[,\s])api-usage=(\d+)/(\d+)")
+_NO_SUCH_COLUMN = re.compile(r"No such column '([^']+)'")
+_OPERATORS = frozenset(
+    {"=", "!=", "<", "<=", ">", ">=", "LIKE", "IN", "NOT IN", "INCLUDES", "EXCLUDES"}
+)
+_LIST_OPERATORS = frozenset({"IN", "NOT IN", "INCLUDES", "EXCLUDES"})
+_ORDER_TERM = re.compile(
+    r"^([A-Za-z_][A-Za-z0-9_.]*)(\s+(?:ASC|DESC))?(\s+NULLS\s+(?:FIRST|LAST))?$", re.IGNORECASE
+)
+# OAuth errors on the token endpoint that mean "these credentials are wrong".
+_OAUTH_CREDENTIAL_ERRORS = frozenset({"invalid_client", "invalid_client_id", "unauthorized_client",
+                                      "invalid_grant"})
+_SOQL_ESCAPES = {
+    "\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b",
+    "\f": "\\f",
+}
+
+SoqlValue = str | int | bool | None | datetime.date | datetime.datetime | decimal.Decimal
+
+
+def soql_literal(value: SoqlValue) -> str:
+    """A value as a SOQL literal.
+
+    Strings are single-quoted with ``\\ ' " \\n \\r \\t \\b \\f`` backslash-escaped; datetimes
+    are rendered in UTC (``2025-01-01T00:00:00Z``, milliseconds when present) and must be
+    timezone-aware; dates are ``YYYY-MM-DD``; booleans ``true``/``false``; None ``null``.
+
+    Raises:
+        TypeError: The value has no SOQL form (floats included: money is never a float).
+        ValueError: A naive datetime, or a non-finite Decimal.
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise ValueError(f"SOQL cannot express {value}")
+        return format(value, "f")
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("SOQL datetimes must be timezone-aware (a naive one is ambiguous)")
+        utc = value.astimezone(datetime.UTC)
+        text = utc.strftime("%Y-%m-%dT%H:%M:%S")
+        if utc.microsecond:
+            text += f".{utc.microsecond // 1000:03d}"
+        return text + "Z"
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, str):
+        return "'" + "".join(_SOQL_ESCAPES.get(ch, ch) for ch in value) + "'"
+    raise TypeError(f"no SOQL literal for {type(value).__name__}")
+
+
+def soql_identifier(name: str) -> str:
+    """``name`` when it is a plain (optionally dotted) SOQL identifier.
+
+    Raises:
+        ValueError: Anything else (spaces, quotes, parentheses, operators).
+    """
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"not a SOQL identifier: {name!r}")
+    return name
+
+
+def soql_select(
+    obj: str,
+    fields: Sequence[str],
+    *,
+    where: Sequence[tuple[str, str, object]] = (),
+    order_by: str | None = None,
+) -> str:
+    """Build ``SELECT ... FROM ... [WHERE a AND b] [ORDER BY ...]`` safely.
+
+    Args:
+        obj: sObject API name (``Account``, ``SBQQ__Quote__c``).
+        fields: Field names, dotted relationship paths allowed.
+        where: ``(field, operator, value)`` conditions joined by AND. Operators are
+            ``= != < <= > >= LIKE IN NOT IN INCLUDES EXCLUDES``; the list operators take a
+            sequence of values.
+        order_by: ``Field [ASC|DESC] [NULLS FIRST|LAST]``, comma-separated terms allowed.
+
+    Raises:
+        ValueError: An identifier, operator or order term is not allowed.
+    """
+    if not fields:
+        raise ValueError("a SOQL SELECT needs at least one field")
+    parts = [
+        "SELECT " + ", ".join(soql_identifier(f) for f in fields),
+        "FROM " + soql_identifier(obj),
+    ]
+    conditions = []
+    for field_name, operator, value in where:
+        op = " ".join(operator.upper().split())
+        if op not in _OPERATORS:
+            raise ValueError(f"SOQL operator not allowed: {operator!r}")
+        if op in _LIST_OPERATORS:
+            if isinstance(value, str | bytes) or not isinstance(value, Sequence | set | frozenset):
+                raise ValueError(f"SOQL {op} needs a sequence of values")
+            if not value:
+                raise ValueError(f"SOQL {op} needs at least one value")
+            rendered = "(" + ", ".join(soql_literal(_soql_value(v)) for v in value) + ")"
+        else:
+            rendered = soql_literal(_soql_value(value))
+        conditions.append(f"{soql_identifier(field_name)} {op} {rendered}")
+    if conditions:
+        parts.append("WHERE " + " AND ".join(conditions))
+    if order_by is not None:
+        terms = [t.strip() for t in order_by.split(",")]
+        if not all(_ORDER_TERM.match(t) for t in terms):
+            raise ValueError(f"SOQL ORDER BY not allowed: {order_by!r}")
+        parts.append("ORDER BY " + ", ".join(" ".join(t.split()) for t in terms))
+    return " ".join(parts)
+
+
+def _soql_value(value: object) -> SoqlValue:
+    if value is None or isinstance(
+        value, str | int | bool | datetime.date | datetime.datetime | decimal.Decimal
+    ):
+        return value
+    raise TypeError(f"no SOQL literal for {type(value).__name__}")
+
+
+def parse_salesforce_error(response: requests.Response) -> ErrorInfo:
+    """Code, message and field of Salesforce's error array or OAuth error object."""
+    body = error_json(response)
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        first = body[0]
+        fields = first.get("fields") or []
+        message = first.get("message")
+        field_name = fields[0] if fields else None
+        if field_name is None and isinstance(message, str):
+            match = _NO_SUCH_COLUMN.search(message)
+            field_name = match.group(1) if match else None
+        return ErrorInfo(code=first.get("errorCode"), detail=message, field=field_name)
+    if isinstance(body, dict) and "error" in body:
+        return ErrorInfo(code=body.get("error"), detail=body.get("error_description"))
+    return ErrorInfo()
+
+
+def classify_salesforce(response: requests.Response, info: ErrorInfo) -> Verdict | None:
+    """Salesforce's quirks: quota as 403, row locks as 400, bad credentials as 400."""
+    if info.code == "REQUEST_LIMIT_EXCEEDED":
+        # The org's rolling 24-hour quota: resending within seconds only burns more of it.
+        return Verdict.GIVE_UP_RETRYABLE
+    if info.code == "UNABLE_TO_LOCK_ROW":
+        return Verdict.RETRY
+    if info.code in _OAUTH_CREDENTIAL_ERRORS:
+        return Verdict.AUTH
+    return None
+
+
+def parse_api_usage(header: str | None) -> tuple[int, int] | None:
+    """(used, allowed) from ``Sforce-Limit-Info: api-usage=18/15000``."""
+    if not header:
+        return None
+    match = _API_USAGE.search(header)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+class SalesforceClient:
+    """Queries one Salesforce org with an OAuth2 client-credentials token.
+
+    Args:
+        login_url: The org's My Domain base URL hosting ``/services/oauth2/token``.
+        client_id: Connected app consumer key.
+        client_secret: Connected app consumer secret.
+        api_version: REST API version (``v60.0``).
+        batch_size: Records per query batch (200 to 2000), sent as ``Sforce-Query-Options``.
+        http_options: Timeouts and retry settings.
+    """
+
+    def __init__(
+        self,
+        *,
+        login_url: str,
+        client_id: str,
+        client_secret: str,
+        api_version: str = "v60.0",
+        batch_size: int = 2000,
+        http_options: HttpOptions | None = None,
+    ) -> None:
+        if not _API_VERSION.match(api_version):
+            raise ValueError(f"salesforce api_version must look like v60.0, got {api_version!r}")
+        if not 200 <= batch_size <= 2000:
+            raise ValueError(f"salesforce batch_size must be 200..2000, got {batch_size}")
+        self._login_url = login_url.rstrip("/")
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._api_version = api_version
+        self._batch_size = batch_size
+        self._access_token: str | None = None
+        self._instance_url: str | None = None
+        self._api_usage: tuple[int, int] | None = None
+        self.http = HttpClient.from_options(
+            SYSTEM,
+            http_options or HttpOptions(),
+            secrets=[client_id, client_secret],
+            error_parser=parse_salesforce_error,
+            classifier=classify_salesforce,
+            on_response=self._record_usage,
+        )
+
+    def __repr__(self) -> str:
+        return f"SalesforceClient(login_url={self._login_url!r}, api_version={self._api_version!r})"
+
+    @property
+    def requests_made(self) -> int:
+        """HTTP requests sent so far, token requests and retries included."""
+        return self.http.requests_made
+
+    @property
+    def api_usage(self) -> tuple[int, int] | None:
+        """(used, allowed) API calls of the org's rolling 24 hours, from the last response."""
+        return self._api_usage
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.http.close()
+
+    def query(self, soql: str) -> Iterator[dict[str, Any]]:
+        """Every record matching ``soql``, following ``nextRecordsUrl`` until done.
+
+        Build ``soql`` with ``soql_select``/``soql_literal``, never from raw untrusted strings.
+        ``attributes`` is removed from each record (and from nested relationship records).
+
+        Raises:
+            AuthenticationError: The client credentials were rejected.
+            PermanentUpstreamError: Malformed query or unknown field (``field`` names it).
+            RetryableUpstreamError: The org's API quota is spent, or transient failures lasted.
+        """
+        path: str | None = f"/services/data/{self._api_version}/query"
+        params: dict[str, str] | None = {"q": soql}
+        while path is not None:
+            body = parse_json(self._get(path, params), SYSTEM)
+            for record in body.get("records", []):
+                yield _strip_attributes(record)
+            if body.get("done", True):
+                return
+            path = body.get("nextRecordsUrl")
+            if not path:
+                raise PermanentUpstreamError(SYSTEM, "query not done but no nextRecordsUrl")
+            params = None
+
+    def _get(self, path: str, params: dict[str, str] | None) -> requests.Response:
+        if self._access_token is None:
+            self._authenticate()
+        for reauthenticated in (False, True):
+            headers = {
+                "Authorization": f"Bearer {self._access_token}",
+                "Sforce-Query-Options": f"batchSize={self._batch_size}",
+                "Accept": "application/json",
+            }
+            try:
+                return self.http.request(
+                    "GET", f"{self._instance_url}{path}", idempotent=True, params=params,
+                    headers=headers,
+                )
+            except AuthenticationError:
+                # Tokens from client credentials have no refresh token and expire by session
+                # policy: fetch a new one once, then give up.
+                if reauthenticated:
+                    raise
+                self._authenticate()
+        raise AssertionError("unreachable")
+
+    def _authenticate(self) -> None:
+        try:
+            response = self.http.request(
+                "POST",
+                f"{self._login_url}/services/oauth2/token",
+                # Asking for a token twice only mints two tokens: safe to resend.
+                idempotent=True,
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": self._client_id,
+                    "client_secret": self._client_secret,
+                },
+                headers={"Accept": "application/json"},
+            )
+        except AuthenticationError as e:
+            error = AuthenticationError(SYSTEM, AUTH_MESSAGE, code=e.code)
+            error.status = e.status
+            raise error from e
+        body = parse_json(response, SYSTEM)
+        token = body.get("access_token")
+        instance_url = body.get("instance_url")
+        if not token or not instance_url:
+            raise PermanentUpstreamError(
+                SYSTEM, "the token response lacks access_token or instance_url",
+                status=response.status_code,
+            )
+        self._access_token = token
+        self._instance_url = str(instance_url).rstrip("/")
+        self.http.add_secret(token)
+
+    def _record_usage(self, response: requests.Response) -> None:
+        usage = parse_api_usage(response.headers.get("Sforce-Limit-Info"))
+        if usage is not None:
+            self._api_usage = usage
+
+
+def _strip_attributes(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: _strip_value(value) for key, value in record.items() if key != "attributes"}
+
+
+def _strip_value(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    if isinstance(value.get("records"), list):
+        # A parent-to-child subquery is itself a query result.
+        return {**value, "records": [_strip_attributes(r) for r in value["records"]]}
+    return _strip_attributes(value)
+
+
+class SalesforceResource(dg.ConfigurableResource):
+    """Salesforce CRM and CPQ access through the REST API.
+
+    Authenticates with the OAuth2 client-credentials flow against the org's My Domain (the
+    flow is not available on login.salesforce.com) and queries at the ``instance_url`` the token
+    names.
+
+    Attributes:
+        login_url: My Domain base URL (``SALESFORCE_LOGIN_URL``).
+        client_id: Connected app consumer key (``SALESFORCE_CLIENT_ID``).
+        client_secret: Connected app consumer secret (``SALESFORCE_CLIENT_SECRET``).
+        api_version: REST API version.
+        batch_size: Records per query batch (200 to 2000).
+
+    Example:
+        >>> sf = SalesforceResource(login_url=dg.EnvVar("SALESFORCE_LOGIN_URL"), ...)
+        >>> accounts = list(sf.get_client().query(soql_select("Account", ["Id", "Name"])))
+    """
+
+    login_url: str = Field(description="My Domain base URL (SALESFORCE_LOGIN_URL).")
+    client_id: str = Field(repr=False, description="Consumer key (SALESFORCE_CLIENT_ID).")
+    client_secret: str = Field(
+        repr=False, description="Consumer secret (SALESFORCE_CLIENT_SECRET)."
+    )
+    api_version: str = Field(default="v60.0", description="REST API version, e.g. v60.0.")
+    batch_size: int = Field(default=2000, description="Records per query batch (200-2000).")
+
+    def get_client(self, *, http_options: HttpOptions | None = None) -> SalesforceClient:
+        """A client with its own keep-alive session; it authenticates on first use."""
+        return SalesforceClient(
+            login_url=self.login_url,
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            api_version=self.api_version,
+            batch_size=self.batch_size,
+            http_options=http_options,
+        )
