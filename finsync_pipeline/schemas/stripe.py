@@ -1,0 +1,66 @@
+"""Contracts for Stripe records as finsync flattens them (API version 2026-07-29.dahlia).
+
+Version 1. Amounts are integers in the currency's minor unit, exactly as Stripe sends them.
+"""
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+from finsync_pipeline.schemas.checks import iso_currency
+
+INVOICE_STATUSES = ["draft", "open", "paid", "uncollectible", "void"]
+
+
+class StripeCustomerRecord(pa.DataFrameModel):
+    """A Stripe customer, linked to its Salesforce account through metadata."""
+
+    source_id: Series[str] = pa.Field(unique=True, str_startswith="cus_", description="Stripe id")
+    name: Series[str] = pa.Field(nullable=True, description="Customer name")
+    currency: Series[str] = pa.Field(nullable=True, description="Default currency, upper-case")
+    salesforce_account_id: Series[str] = pa.Field(
+        description="metadata.salesforce_account_id: the CRM account this customer bills"
+    )
+    legal_entity: Series[str] = pa.Field(nullable=True, description="metadata.legal_entity")
+    created: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Unix seconds")
+
+
+class StripeInvoiceRecord(pa.DataFrameModel):
+    """A Stripe invoice header with its line totals (lines: StripeInvoiceLineRecord)."""
+
+    source_id: Series[str] = pa.Field(unique=True, str_startswith="in_", description="Stripe id")
+    customer: Series[str] = pa.Field(str_startswith="cus_", description="Stripe customer id")
+    status: Series[str] = pa.Field(isin=INVOICE_STATUSES, description="Stripe invoice status")
+    currency: Series[str] = pa.Field(checks=iso_currency(), description="ISO 4217, upper-case")
+    subtotal: Series[pd.Int64Dtype] = pa.Field(description="Sum of lines, minor units")
+    tax: Series[pd.Int64Dtype] = pa.Field(description="Sum of total_taxes, minor units")
+    total: Series[pd.Int64Dtype] = pa.Field(description="subtotal + tax, minor units")
+    lines_amount: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, description="Sum of every line's amount (null when a line is malformed)"
+    )
+    line_count: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Number of lines, all pages")
+    created: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Unix seconds")
+
+    @pa.dataframe_check(name="lines_tie_out", error="sum of line amounts must equal subtotal")
+    def lines_tie_out(cls, df: pd.DataFrame) -> Series[bool]:
+        # Draft and void invoices never reach the ERP, so only live invoices must tie out.
+        live = df["status"].isin(["open", "paid", "uncollectible"])
+        ties = (df["lines_amount"] == df["subtotal"]).fillna(False).astype(bool)
+        return ~live | ties
+
+    @pa.dataframe_check(name="total_ties_out", error="subtotal + tax must equal total")
+    def total_ties_out(cls, df: pd.DataFrame) -> Series[bool]:
+        return ((df["subtotal"] + df["tax"]) == df["total"]).fillna(False).astype(bool)
+
+
+class StripeInvoiceLineRecord(pa.DataFrameModel):
+    """One invoice line. A bad line quarantines its invoice: invoices post whole or not at all."""
+
+    source_id: Series[str] = pa.Field(description="The invoice id the line belongs to")
+    line_id: Series[str] = pa.Field(description="Stripe line item id")
+    line_number: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Position on the invoice")
+    amount: Series[pd.Int64Dtype] = pa.Field(description="Line amount, minor units")
+    tax: Series[pd.Int64Dtype] = pa.Field(description="Sum of the line's taxes, minor units")
+    quantity: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Quantity billed")
+    product_id: Series[str] = pa.Field(nullable=True, description="pricing.price_details.product")
+    currency: Series[str] = pa.Field(checks=iso_currency(), description="ISO 4217, upper-case")

@@ -1,0 +1,26 @@
+-- Control tables: quarantine, extraction cursors, and the schema version applied.
+
+-- Rows that broke their contract. One row per (asset, record, field, check); a rerun of the
+-- partition replaces its rows, so a record fixed upstream leaves quarantine on its own.
+CREATE TABLE IF NOT EXISTS quarantine (
+    asset           TEXT NOT NULL,
+    source_system   TEXT NOT NULL,
+    source_id       TEXT NOT NULL,
+    partition_date  TEXT NOT NULL,
+    field           TEXT NOT NULL,
+    check_name      TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    failure_value   TEXT,
+    run_id          TEXT NOT NULL,
+    quarantined_at  TEXT NOT NULL,
+    PRIMARY KEY (asset, source_id, field, check_name)
+);
+CREATE INDEX IF NOT EXISTS ix_quarantine_partition ON quarantine (asset, partition_date);
+
+-- Incremental extraction cursors: the high-water mark each source stream reached.
+CREATE TABLE IF NOT EXISTS extract_cursors (
+    stream      TEXT NOT NULL PRIMARY KEY,
+    cursor      TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    run_id      TEXT NOT NULL
+);

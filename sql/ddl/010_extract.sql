@@ -1,0 +1,102 @@
+-- Extract stage: one table per extract asset. Each row is one source record as the source
+-- sent it (payload, native JSON) with its lineage. Partitioned assets replace their partition
+-- range in one transaction, so a rerun of a day never duplicates it.
+
+CREATE TABLE IF NOT EXISTS stripe_customers (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_stripe_customers_partition ON stripe_customers (partition_date);
+
+CREATE TABLE IF NOT EXISTS stripe_subscriptions (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_stripe_subscriptions_partition ON stripe_subscriptions (partition_date);
+
+CREATE TABLE IF NOT EXISTS stripe_invoices (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_stripe_invoices_partition ON stripe_invoices (partition_date);
+
+CREATE TABLE IF NOT EXISTS stripe_payments (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_stripe_payments_partition ON stripe_payments (partition_date);
+
+CREATE TABLE IF NOT EXISTS salesforce_accounts (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_salesforce_accounts_partition ON salesforce_accounts (partition_date);
+
+CREATE TABLE IF NOT EXISTS salesforce_opportunities (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_salesforce_opportunities_partition ON salesforce_opportunities (partition_date);
+
+CREATE TABLE IF NOT EXISTS salesforce_contracts (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_salesforce_contracts_partition ON salesforce_contracts (partition_date);
+
+CREATE TABLE IF NOT EXISTS erp_customers (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_erp_customers_partition ON erp_customers (partition_date);
+
+CREATE TABLE IF NOT EXISTS erp_invoices (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_erp_invoices_partition ON erp_invoices (partition_date);

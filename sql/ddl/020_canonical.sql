@@ -1,0 +1,63 @@
+-- Canonical stage: validated business objects in integer minor units, each row with its lineage
+-- (source system, source id, source version, extraction run, correlation id).
+
+CREATE TABLE IF NOT EXISTS customers (
+    customer_key            TEXT NOT NULL PRIMARY KEY,   -- the Salesforce account id
+    salesforce_account_id   TEXT NOT NULL,
+    stripe_customer_id      TEXT,
+    name                    TEXT NOT NULL,
+    parent_customer_key     TEXT,
+    hierarchy_depth         INTEGER NOT NULL,
+    legal_entity            TEXT,
+    currency                TEXT,
+    country                 TEXT,
+    po_required             INTEGER NOT NULL,
+    source_system           TEXT NOT NULL,
+    source_id               TEXT NOT NULL,
+    source_updated_at       TEXT,
+    extraction_run_id       TEXT NOT NULL,
+    correlation_id          TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS invoices (
+    invoice_id              TEXT NOT NULL PRIMARY KEY,   -- the Stripe invoice id
+    partition_date          TEXT NOT NULL,
+    number                  TEXT,
+    stripe_customer_id      TEXT NOT NULL,
+    customer_key            TEXT,
+    subscription_id         TEXT,
+    status                  TEXT NOT NULL,
+    currency                TEXT NOT NULL,
+    subtotal_minor          BIGINT NOT NULL,
+    tax_minor               BIGINT NOT NULL,
+    total_minor             BIGINT NOT NULL,
+    line_count              INTEGER NOT NULL,
+    invoice_date            TEXT NOT NULL,
+    due_date                TEXT,
+    finalized_at            TEXT,
+    source_system           TEXT NOT NULL,
+    source_id               TEXT NOT NULL,
+    source_updated_at       TEXT,
+    extraction_run_id       TEXT NOT NULL,
+    correlation_id          TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_invoices_partition ON invoices (partition_date);
+
+CREATE TABLE IF NOT EXISTS invoice_lines (
+    line_id                 TEXT NOT NULL PRIMARY KEY,
+    invoice_id              TEXT NOT NULL,
+    partition_date          TEXT NOT NULL,
+    line_number             INTEGER NOT NULL,
+    product_id              TEXT,
+    price_id                TEXT,
+    description             TEXT,
+    quantity                BIGINT NOT NULL,
+    currency                TEXT NOT NULL,
+    amount_minor            BIGINT NOT NULL,
+    tax_minor               BIGINT NOT NULL,
+    period_start            TEXT,
+    period_end              TEXT,
+    correlation_id          TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_invoice_lines_partition ON invoice_lines (partition_date);
+CREATE INDEX IF NOT EXISTS ix_invoice_lines_invoice ON invoice_lines (invoice_id);

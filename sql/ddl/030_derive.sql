@@ -1,0 +1,55 @@
+-- Derive stage: what the ERP should hold, and the problems that stop it.
+
+CREATE TABLE IF NOT EXISTS erp_customer_upserts (
+    erp                     TEXT NOT NULL,
+    external_id             TEXT NOT NULL,
+    customer_key            TEXT NOT NULL,
+    parent_external_id      TEXT,
+    hierarchy_depth         INTEGER NOT NULL,
+    subsidiary_id           TEXT NOT NULL,
+    currency_id             TEXT NOT NULL,
+    payload                 TEXT NOT NULL,
+    correlation_id          TEXT NOT NULL,
+    PRIMARY KEY (erp, external_id)
+);
+
+CREATE TABLE IF NOT EXISTS invoice_ready_transactions (
+    erp                     TEXT NOT NULL,
+    external_id             TEXT NOT NULL,
+    invoice_id              TEXT NOT NULL,
+    partition_date          TEXT NOT NULL,
+    customer_external_id    TEXT NOT NULL,
+    legal_entity            TEXT NOT NULL,
+    subsidiary_id           TEXT NOT NULL,
+    currency                TEXT NOT NULL,
+    total_minor             BIGINT NOT NULL,
+    tax_minor               BIGINT NOT NULL,
+    line_count              INTEGER NOT NULL,
+    tran_date               TEXT NOT NULL,
+    payload                 TEXT NOT NULL,
+    correlation_id          TEXT NOT NULL,
+    PRIMARY KEY (erp, external_id)
+);
+CREATE INDEX IF NOT EXISTS ix_irt_partition ON invoice_ready_transactions (partition_date);
+
+-- One row per problem. The key is (kind, source_system, source_id): a problem seen again
+-- updates last_seen; a problem no longer seen in its scope is resolved automatically.
+CREATE TABLE IF NOT EXISTS finance_exceptions (
+    kind                TEXT NOT NULL,
+    source_system       TEXT NOT NULL,
+    source_id           TEXT NOT NULL,
+    severity            TEXT NOT NULL,
+    owner_queue         TEXT NOT NULL,
+    detected_by         TEXT NOT NULL,
+    partition_date      TEXT,
+    correlation_id      TEXT,
+    legal_entity        TEXT,
+    detail              TEXT NOT NULL,
+    status              TEXT NOT NULL CHECK (status IN ('open', 'resolved')),
+    resolution          TEXT,
+    first_seen          TEXT NOT NULL,
+    last_seen           TEXT NOT NULL,
+    resolved_at         TEXT,
+    PRIMARY KEY (kind, source_system, source_id)
+);
+CREATE INDEX IF NOT EXISTS ix_finance_exceptions_status ON finance_exceptions (status, owner_queue);

@@ -1,0 +1,46 @@
+-- The posting ledger: one row per (ERP, document type, external id). The external id is
+-- deterministic from the source document, so a document can only ever be posted once.
+-- States: pending -> in_flight -> posted | rejected | dead; in_flight -> pending (transient
+-- failure, retry later). The SQLite warehouse runs this table with synchronous=FULL.
+CREATE TABLE IF NOT EXISTS posting_ledger (
+    erp                 TEXT NOT NULL,
+    doc_type            TEXT NOT NULL,
+    external_id         TEXT NOT NULL,
+    source_system       TEXT NOT NULL,
+    source_id           TEXT NOT NULL,
+    correlation_id      TEXT NOT NULL,
+    partition_date      TEXT,
+    depth               INTEGER NOT NULL DEFAULT 0,
+    payload             TEXT NOT NULL,
+    payload_hash        TEXT NOT NULL,
+    state               TEXT NOT NULL
+        CHECK (state IN ('pending', 'in_flight', 'posted', 'rejected', 'dead')),
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    last_error          TEXT,
+    erp_internal_id     TEXT,
+    posted_hash         TEXT,
+    claimed_by          TEXT,
+    claimed_at          TEXT,
+    next_attempt_at     TEXT,
+    posted_at           TEXT,
+    created_at          TEXT NOT NULL,
+    updated_at          TEXT NOT NULL,
+    PRIMARY KEY (erp, doc_type, external_id)
+);
+CREATE INDEX IF NOT EXISTS ix_posting_ledger_state ON posting_ledger (erp, state, doc_type, depth);
+
+-- Append-only journal of every ledger transition, chained by hash so tampering is detectable:
+-- hash = sha256(prev_hash || the row's fields).
+CREATE TABLE IF NOT EXISTS posting_ledger_journal (
+    seq                 BIGINT NOT NULL PRIMARY KEY,
+    erp                 TEXT NOT NULL,
+    doc_type            TEXT NOT NULL,
+    external_id         TEXT NOT NULL,
+    from_state          TEXT,
+    to_state            TEXT NOT NULL,
+    at                  TEXT NOT NULL,
+    run_id              TEXT,
+    detail              TEXT,
+    prev_hash           TEXT NOT NULL,
+    hash                TEXT NOT NULL
+);

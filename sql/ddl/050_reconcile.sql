@@ -1,0 +1,21 @@
+-- Reconcile stage: every difference between billing and the ERP, classified and explained
+-- with both sides' values and the correlation id. Matched rows are kept too, so a day's
+-- reconciliation is complete evidence, not only a list of problems.
+CREATE TABLE IF NOT EXISTS invoice_reconciliation (
+    partition_date      TEXT NOT NULL,
+    external_id         TEXT NOT NULL,
+    invoice_id          TEXT,
+    erp_internal_ids    TEXT,
+    status              TEXT NOT NULL CHECK (status IN (
+        'matched', 'missing_in_erp', 'amount_mismatch', 'currency_mismatch',
+        'duplicate_in_erp', 'extra_in_erp', 'held_by_exception')),
+    billing_currency    TEXT,
+    billing_total_minor BIGINT,
+    erp_currency        TEXT,
+    erp_total_minor     BIGINT,
+    correlation_id      TEXT,
+    explanation         TEXT NOT NULL,
+    run_id              TEXT NOT NULL,
+    PRIMARY KEY (partition_date, external_id)
+);
+CREATE INDEX IF NOT EXISTS ix_invoice_reconciliation_status ON invoice_reconciliation (status);
