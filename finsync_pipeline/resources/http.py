@@ -297,8 +297,10 @@ class HttpClient:
                 if not idempotent:
                     raise AmbiguousOutcomeError(
                         self.system,
-                        self.redact(f"{where}: read timed out after the request was sent; "
-                                    "look the document up before any resend"),
+                        self.redact(
+                            f"{where}: read timed out after the request was sent; "
+                            "look the document up before any resend"
+                        ),
                     ) from e
                 self._wait_or_raise(attempt, f"{where}: read timeout", cause=e)
                 continue
@@ -306,8 +308,10 @@ class HttpClient:
                 if not idempotent and not _never_sent(e):
                     raise AmbiguousOutcomeError(
                         self.system,
-                        self.redact(f"{where}: connection dropped after the request was sent; "
-                                    "look the document up before any resend"),
+                        self.redact(
+                            f"{where}: connection dropped after the request was sent; "
+                            "look the document up before any resend"
+                        ),
                     ) from e
                 self._wait_or_raise(attempt, f"{where}: connection error", cause=e)
                 continue
@@ -330,27 +334,33 @@ class HttpClient:
                 raise self.auth_error(status, info.code, info.detail)
             if verdict is Verdict.PERMANENT:
                 if status < 400:
-                    message = self.redact(f"{where}: unexpected HTTP {status}, "
-                                          f"expected one of {list(expected)}")
+                    message = self.redact(
+                        f"{where}: unexpected HTTP {status}, expected one of {list(expected)}"
+                    )
                 raise PermanentUpstreamError(
                     self.system, message, status=status, code=info.code, field=info.field
                 )
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if verdict is Verdict.GIVE_UP_RETRYABLE:
                 raise RetryableUpstreamError(
-                    self.system, message, status=status, code=info.code, field=info.field,
+                    self.system,
+                    message,
+                    status=status,
+                    code=info.code,
+                    field=info.field,
                     retry_after_s=retry_after,
                 )
             if not idempotent and status not in NOT_PROCESSED_STATUSES:
                 raise AmbiguousOutcomeError(
                     self.system,
-                    self.redact(f"{where}: HTTP {status} after the request was sent; "
-                                "look the document up before any resend"),
-                    status=status, code=info.code,
+                    self.redact(
+                        f"{where}: HTTP {status} after the request was sent; "
+                        "look the document up before any resend"
+                    ),
+                    status=status,
+                    code=info.code,
                 )
-            self._wait_or_raise(
-                attempt, message, status=status, info=info, retry_after=retry_after
-            )
+            self._wait_or_raise(attempt, message, status=status, info=info, retry_after=retry_after)
 
     def auth_error(
         self, status: int | None, code: str | None, detail: str | None
@@ -391,16 +401,24 @@ class HttpClient:
             error = RetryableUpstreamError(
                 self.system,
                 self.redact(f"{message} (gave up after {attempt} attempts)"),
-                status=status, code=code, field=field_, retry_after_s=retry_after,
+                status=status,
+                code=code,
+                field=field_,
+                retry_after_s=retry_after,
             )
             raise error from cause
         if retry_after is not None:
             if retry_after > self.backoff_max_s:
                 raise RetryableUpstreamError(
                     self.system,
-                    self.redact(f"{message} (Retry-After {retry_after:.0f}s exceeds the "
-                                f"{self.backoff_max_s:.0f}s this client waits)"),
-                    status=status, code=code, field=field_, retry_after_s=retry_after,
+                    self.redact(
+                        f"{message} (Retry-After {retry_after:.0f}s exceeds the "
+                        f"{self.backoff_max_s:.0f}s this client waits)"
+                    ),
+                    status=status,
+                    code=code,
+                    field=field_,
+                    retry_after_s=retry_after,
                 ) from cause
             wait = retry_after
         else:

@@ -113,7 +113,9 @@ class NetSuiteClient:
             raise ConfigurationError(
                 f"NETSUITE_ACCOUNT_ID must look like 1234567 or 1234567_SB1, got {account_id!r}"
             )
-        base = base_url.rstrip("/") or f"https://{account_host(account_id)}.suitetalk.api.netsuite.com"
+        base = (
+            base_url.rstrip("/") or f"https://{account_host(account_id)}.suitetalk.api.netsuite.com"
+        )
         self._rest = f"{base}/services/rest"
         self.http = HttpClient.from_options(
             SYSTEM,
@@ -238,13 +240,16 @@ class NetSuiteClient:
                 raise PermanentUpstreamError(
                     SYSTEM,
                     self.http.redact(f"GET {urlsplit(url).path}: {info.detail or 'not found'}"),
-                    status=404, code=info.code, field=info.field,
+                    status=404,
+                    code=info.code,
+                    field=info.field,
                 )
             return None
         record = parse_json(response, SYSTEM)
         if not isinstance(record, dict):
-            raise PermanentUpstreamError(SYSTEM, "a record GET answered no JSON object",
-                                         status=response.status_code)
+            raise PermanentUpstreamError(
+                SYSTEM, "a record GET answered no JSON object", status=response.status_code
+            )
         return record
 
 

@@ -97,7 +97,12 @@ class NetSuiteTBA(requests.auth.AuthBase):
     """requests auth that signs each sent request afresh (a retry gets a new nonce)."""
 
     def __init__(
-        self, *, realm: str, consumer_key: str, consumer_secret: str, token_id: str,
+        self,
+        *,
+        realm: str,
+        consumer_key: str,
+        consumer_secret: str,
+        token_id: str,
         token_secret: str,
     ) -> None:
         self._realm = realm

@@ -37,10 +37,17 @@ _ORDER_TERM = re.compile(
     r"^([A-Za-z_][A-Za-z0-9_.]*)(\s+(?:ASC|DESC))?(\s+NULLS\s+(?:FIRST|LAST))?$", re.IGNORECASE
 )
 # OAuth errors on the token endpoint that mean "these credentials are wrong".
-_OAUTH_CREDENTIAL_ERRORS = frozenset({"invalid_client", "invalid_client_id", "unauthorized_client",
-                                      "invalid_grant"})
+_OAUTH_CREDENTIAL_ERRORS = frozenset(
+    {"invalid_client", "invalid_client_id", "unauthorized_client", "invalid_grant"}
+)
 _SOQL_ESCAPES = {
-    "\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b",
+    "\\": "\\\\",
+    "'": "\\'",
+    '"': '\\"',
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\b": "\\b",
     "\f": "\\f",
 }
 
@@ -284,7 +291,10 @@ class SalesforceClient:
             }
             try:
                 return self.http.request(
-                    "GET", f"{self._instance_url}{path}", idempotent=True, params=params,
+                    "GET",
+                    f"{self._instance_url}{path}",
+                    idempotent=True,
+                    params=params,
                     headers=headers,
                 )
             except AuthenticationError:
@@ -318,7 +328,8 @@ class SalesforceClient:
         instance_url = body.get("instance_url")
         if not token or not instance_url:
             raise PermanentUpstreamError(
-                SYSTEM, "the token response lacks access_token or instance_url",
+                SYSTEM,
+                "the token response lacks access_token or instance_url",
                 status=response.status_code,
             )
         self._access_token = token

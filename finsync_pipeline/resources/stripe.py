@@ -30,8 +30,11 @@ def parse_stripe_error(response: requests.Response) -> ErrorInfo:
     """Code, message and param of Stripe's ``{"error": {...}}`` envelope."""
     body = error_json(response)
     error = (body.get("error") or {}) if isinstance(body, dict) else {}
-    return ErrorInfo(code=error.get("code") or error.get("type"), detail=error.get("message"),
-                     field=error.get("param"))
+    return ErrorInfo(
+        code=error.get("code") or error.get("type"),
+        detail=error.get("message"),
+        field=error.get("param"),
+    )
 
 
 def classify_stripe(response: requests.Response, info: ErrorInfo) -> Verdict | None:
