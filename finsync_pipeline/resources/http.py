@@ -34,6 +34,7 @@ from requests.adapters import HTTPAdapter
 from finsync_pipeline.errors import (
     AmbiguousOutcomeError,
     AuthenticationError,
+    ConfigurationError,
     PermanentUpstreamError,
     RetryableUpstreamError,
     redact,
@@ -303,6 +304,29 @@ class HttpClient:
                         ),
                     ) from e
                 self._wait_or_raise(attempt, f"{where}: read timeout", cause=e)
+                continue
+            except (
+                requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema,
+                requests.exceptions.InvalidURL,
+            ) as e:
+                raise ConfigurationError(
+                    self.redact(
+                        f"{self.system}: {url!r} is not a usable URL; check the "
+                        f"{self.system.upper()} base URL setting"
+                    )
+                ) from e
+            except requests.exceptions.ChunkedEncodingError as e:
+                # The response broke off mid-body: the request was received, its effect unknown.
+                if not idempotent:
+                    raise AmbiguousOutcomeError(
+                        self.system,
+                        self.redact(
+                            f"{where}: the response broke off after the request was "
+                            "sent; look the document up before any resend"
+                        ),
+                    ) from e
+                self._wait_or_raise(attempt, f"{where}: response broke off", cause=e)
                 continue
             except requests.exceptions.ConnectionError as e:
                 if not idempotent and not _never_sent(e):
