@@ -1,0 +1,322 @@
+"""The sandbox: Stripe, Salesforce and NetSuite simulators over one persistent state directory.
+
+``Sandbox`` runs the three HTTP servers in background threads (for tests and the demo);
+``serve`` runs them in the foreground for ``finsync sandbox serve``. State (records, NetSuite
+postings, credentials, the spec it was seeded with) lives in ``state_dir/sandbox.sqlite3`` and
+survives restarts. Credentials are generated once per state directory and stored there.
+"""
+
+import datetime
+import secrets
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import simplejson
+
+from finsync_pipeline.errors import FinsyncError
+from finsync_pipeline.sandbox.generator import Company, CompanySpec, generate
+from finsync_pipeline.sandbox.http_base import Faults, SimServer
+from finsync_pipeline.sandbox.netsuite_sim import NetSuiteSimulator, seed_netsuite
+from finsync_pipeline.sandbox.salesforce_sim import SalesforceSimulator, seed_salesforce
+from finsync_pipeline.sandbox.store import Store
+from finsync_pipeline.sandbox.stripe_sim import StripeSimulator, seed_stripe
+
+__all__ = ["Company", "CompanySpec", "Faults", "Sandbox", "SandboxError", "serve"]
+
+STATE_FILE = "sandbox.sqlite3"
+
+
+class SandboxError(FinsyncError):
+    """The sandbox was misused (seeded twice, started twice, read before start)."""
+
+
+def _new_credentials() -> dict[str, str]:
+    return {
+        "stripe_api_key": "sk_test_" + secrets.token_urlsafe(36).replace("-", "x"),
+        "salesforce_client_id": "3MVG9" + secrets.token_urlsafe(60).replace("-", "x"),
+        "salesforce_client_secret": secrets.token_hex(32).upper(),
+        "salesforce_org_id": "00D" + secrets.token_hex(6).upper()[:12] + "AAA",
+        "netsuite_account_id": f"{secrets.randbelow(9_000_000) + 1_000_000}_SB1",
+        "netsuite_consumer_key": secrets.token_hex(32),
+        "netsuite_consumer_secret": secrets.token_hex(32),
+        "netsuite_token_id": secrets.token_hex(32),
+        "netsuite_token_secret": secrets.token_hex(32),
+    }
+
+
+class Sandbox:
+    """Three simulators sharing one state directory.
+
+    Args:
+        state_dir: Where the state file lives; created when absent.
+        host: Interface to bind.
+        stripe_port: Port of the Stripe simulator (0 = ephemeral).
+        salesforce_port: Port of the Salesforce simulator (0 = ephemeral).
+        netsuite_port: Port of the NetSuite simulator (0 = ephemeral).
+
+    Attributes:
+        faults: The shared fault-injection rules.
+        clock: Wall clock used by every simulator (token expiry, OAuth timestamps, event
+            retention); replace it to test time-dependent behaviour.
+        stripe, salesforce, netsuite: The simulators themselves.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        stripe_port: int = 0,
+        salesforce_port: int = 0,
+        netsuite_port: int = 0,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.host = host
+        self._ports = {
+            "stripe": stripe_port,
+            "salesforce": salesforce_port,
+            "netsuite": netsuite_port,
+        }
+        self.store = Store(self.state_dir / STATE_FILE)
+        self.credentials = self._load_credentials()
+        self.faults = Faults()
+        self.clock = time.time
+        now = self._now
+        creds = self.credentials
+        self.stripe = StripeSimulator(self.faults, self.store, creds["stripe_api_key"], now)
+        self.salesforce = SalesforceSimulator(
+            self.faults,
+            self.store,
+            client_id=creds["salesforce_client_id"],
+            client_secret=creds["salesforce_client_secret"],
+            org_id=creds["salesforce_org_id"],
+            clock=now,
+        )
+        self.netsuite = NetSuiteSimulator(
+            self.faults,
+            self.store,
+            account_id=creds["netsuite_account_id"],
+            consumer_key=creds["netsuite_consumer_key"],
+            consumer_secret=creds["netsuite_consumer_secret"],
+            token_id=creds["netsuite_token_id"],
+            token_secret=creds["netsuite_token_secret"],
+            clock=now,
+        )
+        self._servers: dict[str, SimServer] = {}
+
+    def _now(self) -> float:
+        return self.clock()
+
+    def _load_credentials(self) -> dict[str, str]:
+        stored = self.store.meta_get("credentials")
+        if stored is not None:
+            creds: dict[str, str] = simplejson.loads(stored)
+            return creds
+        creds = _new_credentials()
+        self.store.meta_set("credentials", simplejson.dumps(creds))
+        return creds
+
+    # state ------------------------------------------------------------------------------------
+    def is_seeded(self) -> bool:
+        """Whether a company has been loaded into this state directory."""
+        return self.store.meta_get("spec") is not None
+
+    @property
+    def spec(self) -> CompanySpec | None:
+        """The spec the state was seeded with, if any."""
+        stored = self.store.meta_get("spec")
+        if stored is None:
+            return None
+        raw = simplejson.loads(stored)
+        return CompanySpec(
+            accounts=raw["accounts"],
+            months=raw["months"],
+            seed=raw["seed"],
+            end=datetime.date.fromisoformat(raw["end"]),
+        )
+
+    def planted(self) -> dict[str, list[dict[str, Any]]]:
+        """The planted problems recorded at seeding time."""
+        stored = self.store.meta_get("planted")
+        return {} if stored is None else dict(simplejson.loads(stored))
+
+    def seed(self, company: Company) -> None:
+        """Load ``company`` into the state.
+
+        Raises:
+            SandboxError: The state directory is already seeded.
+        """
+        spec = company.spec
+        with self.store.tx() as conn:
+            if conn.execute("SELECT 1 FROM meta WHERE key = 'spec'").fetchone() is not None:
+                raise SandboxError(
+                    f"sandbox state in {self.state_dir} is already seeded; use a fresh directory"
+                )
+            seed_stripe(conn, company)
+            seed_salesforce(conn, company)
+            seed_netsuite(conn, company)
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('spec', ?), ('planted', ?)",
+                (
+                    simplejson.dumps(
+                        {
+                            "accounts": spec.accounts,
+                            "months": spec.months,
+                            "seed": spec.seed,
+                            "end": spec.end.isoformat(),
+                        }
+                    ),
+                    simplejson.dumps(company.planted),
+                ),
+            )
+        self.salesforce.reset_cache()
+
+    # lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the three HTTP servers in background threads."""
+        if self._servers:
+            raise SandboxError("sandbox already started")
+        apps = {"stripe": self.stripe, "salesforce": self.salesforce, "netsuite": self.netsuite}
+        try:
+            for name, app in apps.items():
+                server = SimServer((self.host, self._ports[name]), app)
+                self._servers[name] = server
+                server.start()
+        except OSError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop the servers and close their connections; the state stays on disk."""
+        servers, self._servers = self._servers, {}
+        for server in servers.values():
+            server.stop()
+
+    def __enter__(self) -> "Sandbox":
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def url(self, system: str) -> str:
+        """Base URL of a running simulator."""
+        if system not in self._servers:
+            raise SandboxError("sandbox not started: start() it before asking for URLs")
+        host = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+        return f"http://{host}:{self._servers[system].port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment variables a deployment sets to point finsync at these systems."""
+        creds = self.credentials
+        return {
+            "STRIPE_API_BASE": self.url("stripe"),
+            "STRIPE_API_KEY": creds["stripe_api_key"],
+            "SALESFORCE_LOGIN_URL": self.url("salesforce"),
+            "SALESFORCE_CLIENT_ID": creds["salesforce_client_id"],
+            "SALESFORCE_CLIENT_SECRET": creds["salesforce_client_secret"],
+            "NETSUITE_ACCOUNT_ID": creds["netsuite_account_id"],
+            "NETSUITE_BASE_URL": self.url("netsuite"),
+            "NETSUITE_CONSUMER_KEY": creds["netsuite_consumer_key"],
+            "NETSUITE_CONSUMER_SECRET": creds["netsuite_consumer_secret"],
+            "NETSUITE_TOKEN_ID": creds["netsuite_token_id"],
+            "NETSUITE_TOKEN_SECRET": creds["netsuite_token_secret"],
+        }
+
+    # control and inspection -------------------------------------------------------------------
+    def inject(
+        self,
+        system: str,
+        *,
+        status: int,
+        count: int = 1,
+        retry_after_s: int | None = 1,
+        path_prefix: str | None = None,
+    ) -> None:
+        """Make the next ``count`` requests to ``system`` (under ``path_prefix``) fail.
+
+        Each answers ``status`` in the system's own error envelope, with ``Retry-After`` when
+        ``retry_after_s`` is given.
+        """
+        self.faults.add(
+            system,
+            status=status,
+            count=count,
+            retry_after_s=retry_after_s,
+            path_prefix=path_prefix,
+        )
+
+    def expire_salesforce_sessions(self) -> None:
+        """Expire every Salesforce access token (next call: 401 INVALID_SESSION_ID)."""
+        self.salesforce.expire_sessions()
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests served per system since this Sandbox object was created."""
+        return {
+            "stripe": self.stripe.request_count,
+            "salesforce": self.salesforce.request_count,
+            "netsuite": self.netsuite.request_count,
+        }
+
+    def netsuite_records(self, record_type: str) -> list[dict[str, Any]]:
+        """What NetSuite holds now for ``record_type`` (customer, invoice, or master data)."""
+        base = self.url("netsuite") if self._servers else "http://127.0.0.1"
+        return self.netsuite.records(base, record_type)
+
+
+def serve(
+    state_dir: Path, *, host: str, ports: tuple[int, int, int], spec: CompanySpec | None
+) -> None:
+    """Run the sandbox in the foreground until SIGINT or SIGTERM.
+
+    Seeds the state from ``spec`` (or the default spec) when it is empty, then prints the
+    environment block (``export`` lines) that points finsync at the simulators.
+
+    Args:
+        state_dir: State directory (created when absent).
+        host: Interface to bind.
+        ports: Ports of (Stripe, Salesforce, NetSuite); 0 picks a free one.
+        spec: Company to generate when the state is empty.
+    """
+    sandbox = Sandbox(
+        state_dir,
+        host=host,
+        stripe_port=ports[0],
+        salesforce_port=ports[1],
+        netsuite_port=ports[2],
+    )
+    if not sandbox.is_seeded():
+        sandbox.seed(generate(spec or CompanySpec()))
+    stopping = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _on_signal)
+    sandbox.start()
+    try:
+        print(f"# finsync sandbox serving state {sandbox.state_dir}", flush=True)
+        for key, value in sandbox.env.items():
+            print(f"export {key}={value}", flush=True)
+        while not stopping.wait(0.5):
+            pass
+    finally:
+        sandbox.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("# finsync sandbox stopped", file=sys.stderr, flush=True)
