@@ -296,6 +296,9 @@ class _Gen:
                 name = f"{name} {len(names)}"
             seen.add(name)
             names.append(name)
+        # Always one name with a quote, so SOQL escaping is exercised at any scale.
+        if not any("'" in name for name in names):
+            names[-1] = "O'Brien " + names[-1].split(" ", 1)[1]
         return names
 
     def pick_entity(self) -> str:

@@ -1,0 +1,167 @@
+"""The synthetic company: deterministic, internally consistent, with the planted problems."""
+
+import datetime
+from collections import Counter
+
+import pytest
+
+from finsync_pipeline.sandbox.generator import (
+    LEGAL_ENTITIES,
+    Company,
+    CompanySpec,
+    generate,
+    salesforce_id,
+)
+
+FIXED = CompanySpec(accounts=300, months=12, seed=7, end=datetime.date(2026, 3, 31))
+
+
+@pytest.fixture(scope="module")
+def default_company() -> Company:
+    return generate(FIXED)
+
+
+def test_same_spec_gives_identical_company(default_company: Company) -> None:
+    again = generate(FIXED)
+    assert again.salesforce == default_company.salesforce
+    assert again.stripe == default_company.stripe
+    assert again.netsuite == default_company.netsuite
+    assert again.planted == default_company.planted
+
+
+def test_different_seed_gives_different_company(default_company: Company) -> None:
+    other = generate(CompanySpec(accounts=300, months=12, seed=8, end=FIXED.end))
+    assert other.stripe["customer"][0]["id"] != default_company.stripe["customer"][0]["id"]
+    assert other.salesforce["Account"] != default_company.salesforce["Account"]
+
+
+def test_every_customer_links_to_an_existing_billing_account(default_company: Company) -> None:
+    accounts = {a["Id"]: a for a in default_company.salesforce["Account"]}
+    customers = default_company.stripe["customer"]
+    linked = [c["metadata"]["salesforce_account_id"] for c in customers]
+    assert all(account_id in accounts for account_id in linked)
+    assert len(set(linked)) == len(linked), "one Stripe customer per billing account"
+    parents = {a["ParentId"] for a in accounts.values() if a["ParentId"]}
+    assert parents and not parents & set(linked), "parent accounts have no Stripe customer"
+    share = len(parents) / len(accounts)
+    assert 0.10 <= share <= 0.20
+
+
+def test_customer_currency_matches_its_legal_entity(default_company: Company) -> None:
+    for customer in default_company.stripe["customer"]:
+        entity = customer["metadata"]["legal_entity"]
+        if entity == "ZZ99":
+            continue
+        assert customer["currency"] == LEGAL_ENTITIES[entity][1].lower()
+
+
+def test_invoices_tie_out_except_planted(default_company: Company) -> None:
+    planted_lines = {p["id"] for p in default_company.planted["missing_amount"]}
+    checked = 0
+    for inv in default_company.stripe["invoice"]:
+        lines = inv["lines"]["data"]
+        if any(line["id"] in planted_lines for line in lines):
+            assert any(line["amount"] is None for line in lines)
+            continue
+        assert sum(line["amount"] for line in lines) == inv["subtotal"]
+        taxes = sum(t["amount"] for t in inv["total_taxes"])
+        assert inv["subtotal"] + taxes == inv["total"]
+        assert taxes == sum(t["amount"] for line in lines for t in line["taxes"])
+        checked += 1
+    assert checked > 1000
+
+
+def test_paid_invoices_link_a_succeeded_payment_of_the_total(default_company: Company) -> None:
+    intents = {p["id"]: p for p in default_company.stripe["payment_intent"]}
+    charges = {c["payment_intent"]: c for c in default_company.stripe["charge"]}
+    for inv in default_company.stripe["invoice"]:
+        if inv["status"] != "paid":
+            assert inv["payments"]["data"] == []
+            continue
+        (payment,) = inv["payments"]["data"]
+        intent = intents[payment["payment"]["payment_intent"]]
+        assert intent["status"] == "succeeded"
+        assert intent["amount"] == inv["total"] == charges[intent["id"]]["amount"]
+
+
+def test_line_counts_exercise_pagination(default_company: Company) -> None:
+    counts = Counter(len(inv["lines"]["data"]) for inv in default_company.stripe["invoice"])
+    assert counts[25] >= 1
+    assert sum(n for size, n in counts.items() if size > 10) >= 5
+    small = generate(CompanySpec(accounts=20, months=3, seed=3, end=FIXED.end))
+    assert sum(1 for inv in small.stripe["invoice"] if len(inv["lines"]["data"]) > 10) >= 3
+
+
+def test_all_planted_kinds_present_and_real(default_company: Company) -> None:
+    planted = default_company.planted
+    assert set(planted) == {
+        "malformed_currency",
+        "missing_amount",
+        "invalid_date",
+        "bad_currency_code",
+        "unmapped_product",
+        "unknown_legal_entity",
+    }
+    assert all(planted.values())
+    invoices = {i["id"]: i for i in default_company.stripe["invoice"]}
+    opps = {o["Id"]: o for o in default_company.salesforce["Opportunity"]}
+    accounts = {a["Id"]: a for a in default_company.salesforce["Account"]}
+    assert all(invoices[p["id"]]["currency"] == "usdx" for p in planted["malformed_currency"])
+    assert all(opps[p["id"]]["CloseDate"] == "2025-02-30" for p in planted["invalid_date"])
+    assert all(
+        accounts[p["id"]]["CurrencyIsoCode"] == "XXX" for p in planted["bad_currency_code"]
+    )
+    for p in planted["unmapped_product"]:
+        products = {
+            line["pricing"]["price_details"]["product"] for line in invoices[p["id"]]["lines"]["data"]
+        }
+        assert "prod_legacy" in products
+    legacy_users = {
+        inv["id"]
+        for inv in invoices.values()
+        if any(line["pricing"]["price_details"]["product"] == "prod_legacy"
+               for line in inv["lines"]["data"])
+    }
+    assert legacy_users == {p["id"] for p in planted["unmapped_product"]}
+    zz = [p for p in planted["unknown_legal_entity"] if p["system"] == "salesforce"]
+    assert all(accounts[p["id"]]["Legal_Entity__c"] == "ZZ99" for p in zz)
+    assert not default_company.netsuite.keys() - {"subsidiary", "currency", "item"}
+
+
+def test_renewal_opportunity_amount_is_the_renewal_invoice_subtotal(
+    default_company: Company,
+) -> None:
+    opps = {o["Id"]: o for o in default_company.salesforce["Opportunity"]}
+    contracts = {c["Id"]: c for c in default_company.salesforce["Contract"]}
+    renewals_checked = 0
+    for inv in default_company.stripe["invoice"]:
+        meta = inv["parent"]["subscription_details"]["metadata"]
+        opp = opps[meta["salesforce_opportunity_id"]]
+        contract = contracts[meta["salesforce_contract_id"]]
+        assert opp["ContractId"] == contract["Id"]
+        period_start = datetime.datetime.fromtimestamp(inv["period_start"], datetime.UTC).date()
+        if opp["Type"] == "Renewal" and contract["StartDate"] == period_start.isoformat():
+            exponent = 0 if inv["currency"] == "jpy" else 2
+            assert opp["Amount"].scaleb(exponent) == inv["subtotal"]
+            assert opp["StageName"] == "Closed Won" and opp["IsWon"] and opp["IsClosed"]
+            renewals_checked += 1
+    assert renewals_checked > 10
+
+
+def test_jpy_amounts_are_whole_yen(default_company: Company) -> None:
+    jpy = [i for i in default_company.stripe["invoice"] if i["currency"] == "jpy"]
+    assert jpy
+    usd_platform = 50000
+    platform = [
+        line["amount"]
+        for inv in jpy
+        for line in inv["lines"]["data"]
+        if line["pricing"]["price_details"]["price"] == "price_platform_jpy_month"
+    ]
+    assert platform and all(amount == usd_platform * 3 // 2 for amount in platform)
+
+
+def test_salesforce_ids_carry_the_case_checksum() -> None:
+    assert salesforce_id("001", "001000000000001") == "001000000000001AAA"
+    # The example Salesforce documents for its 15- to 18-character conversion.
+    assert salesforce_id("001", "001D000000IqhSL") == "001D000000IqhSLIAZ"

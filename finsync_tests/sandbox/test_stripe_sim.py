@@ -1,0 +1,182 @@
+"""The Stripe simulator over real HTTP: auth, version pinning, pagination, lines, events, faults."""
+
+from typing import Any
+
+import requests
+
+from finsync_pipeline.sandbox.generator import STRIPE_API_VERSION, Company
+from finsync_pipeline.sandbox.server import Sandbox
+
+
+def _get(
+    http: requests.Session, sandbox: Sandbox, path: str, **params: Any
+) -> requests.Response:
+    env = sandbox.env
+    return http.get(
+        env["STRIPE_API_BASE"] + path,
+        params=params,
+        headers={
+            "Authorization": f"Bearer {env['STRIPE_API_KEY']}",
+            "Stripe-Version": STRIPE_API_VERSION,
+        },
+        timeout=10,
+    )
+
+
+def _list_all(http: requests.Session, sandbox: Sandbox, path: str, **params: Any) -> list[dict]:
+    items: list[dict] = []
+    after: str | None = None
+    while True:
+        page_params = dict(params, limit=7)
+        if after:
+            page_params["starting_after"] = after
+        page = _get(http, sandbox, path, **page_params).json()
+        assert page["object"] == "list" and page["url"] == path
+        items += page["data"]
+        if not page["has_more"]:
+            return items
+        after = page["data"][-1]["id"]
+
+
+def test_starting_after_pages_cover_everything_newest_first(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    invoices = _list_all(http, sandbox, "/v1/invoices")
+    assert {i["id"] for i in invoices} == {i["id"] for i in company.stripe["invoice"]}
+    assert len(invoices) == len(company.stripe["invoice"])
+    created = [i["created"] for i in invoices]
+    assert created == sorted(created, reverse=True)
+
+
+def test_ending_before_walks_back(http: requests.Session, sandbox: Sandbox) -> None:
+    first = _get(http, sandbox, "/v1/customers", limit=5).json()["data"]
+    second = _get(http, sandbox, "/v1/customers", limit=5, starting_after=first[-1]["id"]).json()
+    back = _get(http, sandbox, "/v1/customers", limit=5, ending_before=second["data"][0]["id"])
+    assert [c["id"] for c in back.json()["data"]] == [c["id"] for c in first]
+
+
+def test_filters_by_customer_and_created(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    customer = company.stripe["invoice"][0]["customer"]
+    mine = _list_all(http, sandbox, "/v1/invoices", customer=customer)
+    assert mine and all(i["customer"] == customer for i in mine)
+    assert len(mine) == sum(1 for i in company.stripe["invoice"] if i["customer"] == customer)
+    cutoff = sorted(i["created"] for i in company.stripe["invoice"])[len(mine)]
+    recent = _list_all(http, sandbox, "/v1/invoices", **{"created[gte]": cutoff})
+    assert recent and all(i["created"] >= cutoff for i in recent)
+
+
+def test_canceled_subscriptions_only_with_status_all(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    canceled = {s["id"] for s in company.stripe["subscription"] if s["status"] == "canceled"}
+    assert canceled, "the fixture company should hold a canceled subscription"
+    default = {s["id"] for s in _list_all(http, sandbox, "/v1/subscriptions")}
+    everything = {s["id"] for s in _list_all(http, sandbox, "/v1/subscriptions", status="all")}
+    assert not default & canceled
+    assert everything == {s["id"] for s in company.stripe["subscription"]}
+
+
+def test_invoice_embeds_ten_lines_and_pages_the_rest(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    big = next(i for i in company.stripe["invoice"] if len(i["lines"]["data"]) == 25)
+    shown = _get(http, sandbox, f"/v1/invoices/{big['id']}").json()
+    assert len(shown["lines"]["data"]) == 10
+    assert shown["lines"]["has_more"] is True
+    assert shown["lines"]["url"] == f"/v1/invoices/{big['id']}/lines"
+    lines = shown["lines"]["data"]
+    while True:
+        page = _get(
+            http, sandbox, shown["lines"]["url"], limit=10, starting_after=lines[-1]["id"]
+        ).json()
+        lines += page["data"]
+        if not page["has_more"]:
+            break
+    assert [line["id"] for line in lines] == [line["id"] for line in big["lines"]["data"]]
+    assert sum(line["amount"] for line in lines) == big["subtotal"]
+
+
+def test_bad_key_is_401_without_echoing_it(http: requests.Session, sandbox: Sandbox) -> None:
+    wrong = "sk_test_thisIsNotTheKeyAtAll1234"
+    resp = http.get(
+        sandbox.env["STRIPE_API_BASE"] + "/v1/customers",
+        headers={"Authorization": f"Bearer {wrong}"},
+        timeout=10,
+    )
+    assert resp.status_code == 401
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith("Invalid API Key provided: sk_test_*")
+    assert wrong not in resp.text
+    assert resp.headers["Request-Id"].startswith("req_")
+    missing = http.get(sandbox.env["STRIPE_API_BASE"] + "/v1/customers", timeout=10)
+    assert missing.status_code == 401
+
+
+def test_other_stripe_version_is_400(http: requests.Session, sandbox: Sandbox) -> None:
+    env = sandbox.env
+    resp = http.get(
+        env["STRIPE_API_BASE"] + "/v1/customers",
+        headers={"Authorization": f"Bearer {env['STRIPE_API_KEY']}",
+                 "Stripe-Version": "2024-06-20"},
+        timeout=10,
+    )
+    assert resp.status_code == 400
+    assert resp.json()["error"]["type"] == "invalid_request_error"
+    ok = _get(http, sandbox, "/v1/customers", limit=1)
+    assert ok.headers["Stripe-Version"] == STRIPE_API_VERSION
+
+
+def test_unknown_id_and_parameter(http: requests.Session, sandbox: Sandbox) -> None:
+    missing = _get(http, sandbox, "/v1/invoices/in_doesnotexist")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "resource_missing"
+    bad = _get(http, sandbox, "/v1/invoices", limit=101)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
+    typo = _get(http, sandbox, "/v1/invoices", custmer="cus_x")
+    assert typo.status_code == 400 and typo.json()["error"]["param"] == "custmer"
+
+
+def test_events_filter_by_type_and_keep_30_days(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    paid = _list_all(http, sandbox, "/v1/events", type="invoice.paid")
+    assert paid and all(e["type"] == "invoice.paid" for e in paid)
+    assert all(e["api_version"] == STRIPE_API_VERSION for e in paid)
+    assert all(e["data"]["object"]["object"] == "invoice" for e in paid)
+    newest = max(e["created"] for e in company.stripe["event"])
+    listed = _list_all(http, sandbox, "/v1/events", **{"types[]": ["invoice.paid",
+                                                                    "customer.created"]})
+    assert {e["type"] for e in listed} <= {"invoice.paid", "customer.created"}
+    everything = _list_all(http, sandbox, "/v1/events")
+    assert everything[0]["created"] == newest
+    oldest_allowed = min(e["created"] for e in everything)
+    assert len(everything) < len(company.stripe["event"]), "events older than 30 days hidden"
+    assert newest - oldest_allowed <= 31 * 86400
+
+
+def test_injected_429_carries_retry_after(http: requests.Session, sandbox: Sandbox) -> None:
+    sandbox.inject("stripe", status=429, count=2, retry_after_s=3, path_prefix="/v1/invoices")
+    elsewhere = _get(http, sandbox, "/v1/customers", limit=1)
+    assert elsewhere.status_code == 200
+    for _ in range(2):
+        resp = _get(http, sandbox, "/v1/invoices", limit=1)
+        assert resp.status_code == 429
+        assert resp.headers["Retry-After"] == "3"
+        assert resp.json()["error"]["code"] == "rate_limit"
+    assert _get(http, sandbox, "/v1/invoices", limit=1).status_code == 200
+
+
+def test_admin_endpoint_arms_faults(http: requests.Session, sandbox: Sandbox) -> None:
+    resp = http.post(
+        sandbox.env["STRIPE_API_BASE"] + "/__sandbox/faults",
+        json={"status": 503, "count": 1, "retry_after_s": 2},
+        timeout=10,
+    )
+    assert resp.status_code == 200
+    failed = _get(http, sandbox, "/v1/customers", limit=1)
+    assert failed.status_code == 503 and failed.headers["Retry-After"] == "2"
+    assert failed.json()["error"]["type"] == "api_error"
+    assert _get(http, sandbox, "/v1/customers", limit=1).status_code == 200
