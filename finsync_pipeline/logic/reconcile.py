@@ -42,16 +42,16 @@ def _fmt(minor: object, currency: object) -> str:
 
 
 def reconcile_invoices(
-    expected: pd.DataFrame, held: pd.DataFrame, erp: pd.DataFrame
+    expected: pd.DataFrame, erp: pd.DataFrame, held_ids: set[str]
 ) -> pd.DataFrame:
     """Classify every billing invoice and every ERP invoice of a date range.
 
     Args:
-        expected: Invoice-ready transactions: external_id, invoice_id, partition_date, currency,
-            total_minor, correlation_id.
-        held: Live billing invoices an open exception holds back: the same columns.
+        expected: Live billing invoices of the range: external_id, invoice_id, partition_date,
+            currency, total_minor, correlation_id.
         erp: ERP invoices of the range: source_id, external_id, tran_date, currency,
             total_minor, memo.
+        held_ids: Invoice or external ids an open finance exception holds back.
     """
     rows: list[dict[str, object]] = []
     erp = erp.copy()
@@ -107,9 +107,8 @@ def reconcile_invoices(
         rows.append({**base, "status": status, "explanation": why})
 
     for doc in expected.sort_values("external_id").to_dict("records"):
-        classify(pd.Series(doc), is_held=False)
-    for doc in held.sort_values("external_id").to_dict("records"):
-        classify(pd.Series(doc), is_held=True)
+        held = doc["invoice_id"] in held_ids or doc["external_id"] in held_ids
+        classify(pd.Series(doc), is_held=held)
     for extra in erp[erp["matched_to"].isna()].sort_values("source_id").to_dict("records"):
         rows.append(
             {

@@ -4,7 +4,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from finsync_pipeline.schemas.checks import iso_currency, iso_date
+import finsync_pipeline.schemas.checks  # noqa: F401  (registers iso_date, iso_currency)
 
 
 class SalesforceAccountRecord(pa.DataFrameModel):
@@ -13,7 +13,7 @@ class SalesforceAccountRecord(pa.DataFrameModel):
     source_id: Series[str] = pa.Field(unique=True, str_length={"min_value": 15, "max_value": 18})
     name: Series[str] = pa.Field(description="Account Name")
     parent_id: Series[str] = pa.Field(nullable=True, description="ParentId (hierarchy)")
-    currency: Series[str] = pa.Field(checks=iso_currency(), description="CurrencyIsoCode")
+    currency: Series[str] = pa.Field(iso_currency=(), description="CurrencyIsoCode")
     legal_entity: Series[str] = pa.Field(nullable=True, description="Legal_Entity__c")
     country: Series[str] = pa.Field(nullable=True, description="BillingCountry")
     po_required: Series[bool] = pa.Field(description="PO_Required__c")
@@ -26,8 +26,8 @@ class SalesforceOpportunityRecord(pa.DataFrameModel):
     account_id: Series[str] = pa.Field(description="AccountId")
     type: Series[str] = pa.Field(nullable=True, description="Type")
     stage: Series[str] = pa.Field(description="StageName")
-    close_date: Series[str] = pa.Field(checks=iso_date(), description="CloseDate")
-    currency: Series[str] = pa.Field(checks=iso_currency(), description="CurrencyIsoCode")
+    close_date: Series[str] = pa.Field(iso_date=(), description="CloseDate")
+    currency: Series[str] = pa.Field(iso_currency=(), description="CurrencyIsoCode")
     amount_minor: Series[pd.Int64Dtype] = pa.Field(
         nullable=True, description="Amount in minor units"
     )
@@ -40,6 +40,6 @@ class SalesforceContractRecord(pa.DataFrameModel):
     source_id: Series[str] = pa.Field(unique=True)
     account_id: Series[str] = pa.Field(description="AccountId")
     status: Series[str] = pa.Field(description="Status")
-    start_date: Series[str] = pa.Field(checks=iso_date(), description="StartDate")
+    start_date: Series[str] = pa.Field(iso_date=(), description="StartDate")
     end_date: Series[str] = pa.Field(nullable=True, description="EndDate")
     term_months: Series[pd.Int64Dtype] = pa.Field(nullable=True, ge=1, description="ContractTerm")

@@ -1,0 +1,64 @@
+"""finsync's Dagster definitions: everything under ``defs/``, with resources bound for the mode.
+
+``FINSYNC_MODE=sandbox`` (the default) points every connector at the base URL in its
+environment variable (the sandbox simulators); ``live`` uses each service's real address.
+Credentials always come from environment variables and never appear in metadata or logs.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from finsync_pipeline.resources.netsuite import NetSuiteResource
+from finsync_pipeline.resources.salesforce import SalesforceResource
+from finsync_pipeline.resources.settings import PipelineSettings
+from finsync_pipeline.resources.stripe import StripeResource
+from finsync_pipeline.resources.warehouse import WarehouseResource
+
+
+def default_warehouse_url() -> str:
+    home = Path(os.environ.get("FINSYNC_HOME", ".finsync")).resolve()
+    return f"sqlite:///{home / 'warehouse.db'}"
+
+
+def build_resources(mode: str) -> dict[str, object]:
+    """The resources for ``mode`` ("sandbox" or "live")."""
+    sandbox = mode == "sandbox"
+    warehouse_url = (
+        dg.EnvVar("FINSYNC_WAREHOUSE_URL")
+        if os.environ.get("FINSYNC_WAREHOUSE_URL")
+        else default_warehouse_url()
+    )
+    stripe_base: dict[str, Any] = {"api_base": dg.EnvVar("STRIPE_API_BASE")} if sandbox else {}
+    netsuite_base: dict[str, Any] = {"base_url": dg.EnvVar("NETSUITE_BASE_URL")} if sandbox else {}
+    return {
+        "warehouse": WarehouseResource(url=warehouse_url),
+        "settings": PipelineSettings(),
+        "stripe": StripeResource(
+            api_key=dg.EnvVar("STRIPE_API_KEY"),
+            **stripe_base,
+        ),
+        "salesforce": SalesforceResource(
+            login_url=dg.EnvVar("SALESFORCE_LOGIN_URL"),
+            client_id=dg.EnvVar("SALESFORCE_CLIENT_ID"),
+            client_secret=dg.EnvVar("SALESFORCE_CLIENT_SECRET"),
+        ),
+        "netsuite": NetSuiteResource(
+            account_id=dg.EnvVar("NETSUITE_ACCOUNT_ID"),
+            consumer_key=dg.EnvVar("NETSUITE_CONSUMER_KEY"),
+            consumer_secret=dg.EnvVar("NETSUITE_CONSUMER_SECRET"),
+            token_id=dg.EnvVar("NETSUITE_TOKEN_ID"),
+            token_secret=dg.EnvVar("NETSUITE_TOKEN_SECRET"),
+            **netsuite_base,
+        ),
+    }
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions.merge(
+        dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
+        dg.Definitions(resources=build_resources(os.environ.get("FINSYNC_MODE", "sandbox"))),
+    )

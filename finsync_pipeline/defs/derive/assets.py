@@ -1,0 +1,220 @@
+"""Derive: what the ERP should hold, queued on the posting ledger, and what stops it."""
+
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from finsync_pipeline import ledger
+from finsync_pipeline.landing import amounts_by_currency, sample, sync_exceptions
+from finsync_pipeline.logic.derive import (
+    ERP,
+    EXCEPTION_COLUMNS,
+    EXCEPTION_KINDS,
+    derive_customer_upserts,
+    derive_invoice_ready,
+)
+from finsync_pipeline.master_data import load_master_data
+from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
+from finsync_pipeline.resources.warehouse import (
+    WarehouseResource,
+    frame_records,
+    read_frame,
+    replace_partitions,
+    upsert_rows,
+)
+
+OWNERS = ["team:finance-data"]
+CUSTOMER_KINDS = ["unknown_parent", "unknown_legal_entity", "unmapped_currency"]
+INVOICE_KINDS = [
+    "unmatched_customer",
+    "customer_held",
+    "unmapped_currency",
+    "unmapped_product",
+    "posted_document_changed",
+]
+
+
+def _exception_metadata(found: pd.DataFrame, synced: dict[str, int]) -> dict[str, Any]:
+    return {
+        "exceptions found": len(found),
+        "exceptions auto-resolved": synced["auto_resolved"],
+        "by kind": dg.MetadataValue.json(found["kind"].value_counts().astype(int).to_dict()),
+        "exception sample": sample(found, ["kind", "source_id", "detail"]),
+    }
+
+
+@dg.asset(group_name="derive", kinds={"python", "sql"}, owners=OWNERS, deps=["customers"])
+def erp_customer_upserts(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """The NetSuite customers finsync keeps in step, parents before children, queued on the
+    posting ledger. A customer that cannot be placed (unknown legal entity or parent) becomes a
+    finance exception instead."""
+    engine = warehouse.get_engine()
+    master = load_master_data()
+    with engine.connect() as conn:
+        customers = read_frame(conn, "SELECT * FROM customers ORDER BY customer_key")
+    upserts, found = derive_customer_upserts(customers, master)
+    docs = [
+        ledger.LedgerDoc(
+            ERP,
+            "customer",
+            r.external_id,
+            "salesforce",
+            r.customer_key,
+            r.correlation_id,
+            None,
+            r.payload,
+            depth=r.hierarchy_depth,
+        )
+        for r in upserts.itertuples(index=False)
+    ]
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM erp_customer_upserts")
+        rows = frame_records(upserts.assign(payload=[ledger.dumps(p) for p in upserts["payload"]]))
+        upsert_rows(conn, "erp_customer_upserts", rows, ["erp", "external_id"])
+        queued = ledger.enqueue(conn, docs, run_id=context.run.run_id, repost_changed=True)
+        synced = sync_exceptions(
+            conn, found, detected_by="erp_customer_upserts", kinds=CUSTOMER_KINDS
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(upserts),
+            "ledger: new": queued.new,
+            "ledger: changed (re-posted)": queued.changed,
+            "ledger: unchanged": queued.unchanged,
+            **_exception_metadata(found, synced),
+        }
+    )
+
+
+@dg.asset(
+    group_name="derive",
+    kinds={"python", "sql"},
+    owners=OWNERS,
+    partitions_def=daily_partitions,
+    backfill_policy=single_run,
+    deps=["invoices", "invoice_lines", "erp_customer_upserts"],
+)
+def invoice_ready_transactions(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Invoices ready for the ERP: mapped to legal entity, subsidiary, currency and items, tied
+    out to the cent, and queued on the posting ledger under a deterministic external id. An
+    invoice that cannot be derived cleanly becomes a finance exception with its reason."""
+    date_from, date_to = date_bounds(context)
+    engine = warehouse.get_engine()
+    master = load_master_data()
+    rng = {"date_from": date_from, "date_to": date_to}
+    with engine.connect() as conn:
+        invoices = read_frame(
+            conn,
+            "SELECT * FROM invoices WHERE partition_date >= :date_from "
+            "AND partition_date < :date_to",
+            rng,
+        )
+        lines = read_frame(
+            conn,
+            "SELECT * FROM invoice_lines WHERE partition_date >= :date_from "
+            "AND partition_date < :date_to",
+            rng,
+        )
+        upserts = read_frame(conn, "SELECT customer_key, external_id FROM erp_customer_upserts")
+        customers = read_frame(conn, "SELECT customer_key, legal_entity FROM customers")
+    ready, found = derive_invoice_ready(invoices, lines, upserts, customers, master)
+    docs = [
+        ledger.LedgerDoc(
+            ERP,
+            "invoice",
+            r.external_id,
+            "stripe",
+            r.invoice_id,
+            r.correlation_id,
+            r.partition_date,
+            r.payload,
+        )
+        for r in ready.itertuples(index=False)
+    ]
+    with engine.begin() as conn:
+        rows = frame_records(ready.assign(payload=[ledger.dumps(p) for p in ready["payload"]]))
+        replace_partitions(
+            conn,
+            "invoice_ready_transactions",
+            rows,
+            date_from=date_from,
+            date_to=date_to,
+            key=["erp", "external_id"],
+        )
+        queued = ledger.enqueue(conn, docs, run_id=context.run.run_id, repost_changed=False)
+        if queued.changed_after_posting:
+            changed = ready[ready["external_id"].isin(queued.changed_after_posting)]
+            severity, owner = EXCEPTION_KINDS["posted_document_changed"]
+            extra = pd.DataFrame(
+                {
+                    "kind": "posted_document_changed",
+                    "source_system": "stripe",
+                    "source_id": changed["invoice_id"],
+                    "severity": severity,
+                    "owner_queue": owner,
+                    "partition_date": changed["partition_date"],
+                    "correlation_id": changed["correlation_id"],
+                    "legal_entity": changed["legal_entity"],
+                    "detail": "the invoice changed after it was posted; a compensating "
+                    "document is needed",
+                },
+                columns=EXCEPTION_COLUMNS,
+            )
+            found = pd.concat([found, extra], ignore_index=True)
+        synced = sync_exceptions(
+            conn,
+            found,
+            detected_by="invoice_ready_transactions",
+            kinds=INVOICE_KINDS,
+            date_from=date_from,
+            date_to=date_to,
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(ready),
+            "total by currency": dg.MetadataValue.json(
+                amounts_by_currency(ready, "total_minor", "currency")
+            ),
+            "ledger: new": queued.new,
+            "ledger: changed before posting": queued.changed,
+            "ledger: unchanged": queued.unchanged,
+            **_exception_metadata(found, synced),
+        }
+    )
+
+
+@dg.asset(
+    group_name="derive",
+    kinds={"sql"},
+    owners=OWNERS,
+    deps=["erp_customer_upserts", "invoice_ready_transactions"],
+)
+def finance_exceptions(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The finance exceptions queue: one row per problem with its kind, owner queue, source
+    record and correlation id. Rows resolve themselves when their cause is gone."""
+    with warehouse.get_engine().connect() as conn:
+        rows = read_frame(
+            conn,
+            "SELECT kind, owner_queue, severity, source_system, source_id, status, first_seen, "
+            "detail FROM finance_exceptions ORDER BY first_seen, kind, source_id",
+        )
+    open_rows = rows[rows["status"] == "open"]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(rows),
+            "open": len(open_rows),
+            "resolved": int((rows["status"] == "resolved").sum()),
+            "open by queue": dg.MetadataValue.json(
+                open_rows["owner_queue"].value_counts().astype(int).to_dict()
+            ),
+            "open by kind": dg.MetadataValue.json(
+                open_rows["kind"].value_counts().astype(int).to_dict()
+            ),
+            "oldest open": sample(open_rows, ["kind", "source_id", "first_seen"]),
+        }
+    )

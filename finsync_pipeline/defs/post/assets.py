@@ -1,0 +1,115 @@
+"""Post: ledger-driven writes to NetSuite, exactly once."""
+
+import dagster as dg
+import pandas as pd
+import sqlalchemy as sa
+
+from finsync_pipeline import ledger
+from finsync_pipeline.landing import sample, sync_exceptions
+from finsync_pipeline.logic.derive import ERP, EXCEPTION_COLUMNS, EXCEPTION_KINDS
+from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
+from finsync_pipeline.posting import PostingEngine
+from finsync_pipeline.resources.netsuite import NetSuiteResource
+from finsync_pipeline.resources.settings import PipelineSettings
+from finsync_pipeline.resources.warehouse import WarehouseResource
+
+OWNERS = ["team:finance-data"]
+POSTING_KINDS = ["posting_rejected", "posting_dead"]
+
+
+def _run_alive(instance: dg.DagsterInstance, run_id: str) -> bool:
+    run = instance.get_run_by_id(run_id)
+    return run is not None and not run.is_finished
+
+
+def _rejection_exceptions(rejections: list[dict[str, str]]) -> pd.DataFrame:
+    rows = []
+    for r in rejections:
+        kind = "posting_dead" if r.get("dead") else "posting_rejected"
+        severity, owner = EXCEPTION_KINDS[kind]
+        rows.append(
+            {
+                "kind": kind,
+                "source_system": ERP,
+                "source_id": r["external_id"],
+                "severity": severity,
+                "owner_queue": owner,
+                "partition_date": r["partition_date"] or None,
+                "correlation_id": r["correlation_id"],
+                "legal_entity": None,
+                "detail": f"NetSuite refused {r['doc_type']} {r['external_id']} "
+                f"({r['source_id']}): {r['detail']}",
+            }
+        )
+    return pd.DataFrame(rows, columns=EXCEPTION_COLUMNS)
+
+
+@dg.asset(
+    group_name="post",
+    kinds={"netsuite", "python"},
+    owners=OWNERS,
+    partitions_def=daily_partitions,
+    backfill_policy=single_run,
+    deps=["erp_customer_upserts", "invoice_ready_transactions"],
+    pool="netsuite_api",
+)
+def erp_postings(
+    context: dg.AssetExecutionContext,
+    netsuite: NetSuiteResource,
+    warehouse: WarehouseResource,
+    settings: PipelineSettings,
+) -> dg.MaterializeResult:
+    """Customers and invoices written to NetSuite from the posting ledger: customers first,
+    parents before children, then the window's invoices. Each document is upserted by its
+    deterministic external id and every outcome is committed before the next send, so a crash
+    anywhere loses nothing and posts nothing twice."""
+    date_from, date_to = date_bounds(context)
+    engine = warehouse.get_engine()
+    client = netsuite.get_client()
+    poster = PostingEngine(
+        engine,
+        client,
+        erp=ERP,
+        run_id=context.run.run_id,
+        is_run_alive=lambda run_id: _run_alive(context.instance, run_id),
+        max_attempts=settings.posting_max_attempts,
+        batch_size=settings.posting_batch_size,
+    )
+    poster.recover()
+    with engine.connect() as conn:
+        depths = [
+            int(d)
+            for (d,) in conn.execute(
+                sa.text(
+                    "SELECT DISTINCT depth FROM posting_ledger WHERE erp = :erp AND "
+                    "doc_type = 'customer' AND state = 'pending' ORDER BY depth"
+                ),
+                {"erp": ERP},
+            )
+        ]
+    poster.post("customer", depths=depths)
+    poster.post("invoice", date_from=date_from, date_to=date_to)
+    found = _rejection_exceptions(poster.stats.rejections)
+    with engine.begin() as conn:
+        upserted = sync_exceptions(conn, found, detected_by="erp_postings", kinds=[])
+        # A rejected or dead document that has since posted has lost its cause.
+        resolved = conn.execute(
+            sa.text(
+                "UPDATE finance_exceptions SET status = 'resolved', resolved_at = :at, "
+                "resolution = 'auto: the document has since posted' WHERE status = 'open' "
+                "AND kind IN ('posting_rejected', 'posting_dead') AND source_id IN "
+                "(SELECT external_id FROM posting_ledger WHERE erp = :erp AND state = 'posted')"
+            ),
+            {"at": ledger.now_iso(), "erp": ERP},
+        ).rowcount
+        counts = ledger.state_counts(conn, erp=ERP)
+    return dg.MaterializeResult(
+        metadata={
+            **poster.stats.as_metadata(),
+            "netsuite requests": client.requests_made,
+            "ledger by state": dg.MetadataValue.json(counts),
+            "exceptions opened": upserted["open_or_refreshed"],
+            "exceptions auto-resolved": int(resolved or 0),
+            "rejections": sample(found, ["kind", "source_id", "detail"]),
+        }
+    )

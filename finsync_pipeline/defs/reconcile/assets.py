@@ -1,0 +1,108 @@
+"""Reconcile: prove every day that billing and the ERP agree, or say exactly where they don't."""
+
+import dagster as dg
+import pandas as pd
+
+from finsync_pipeline.landing import load_payloads, quarantined_ids, sample
+from finsync_pipeline.logic import normalize
+from finsync_pipeline.logic.derive import LIVE_INVOICE_STATUSES, invoice_external_id
+from finsync_pipeline.logic.reconcile import DRIFT_STATUSES, reconcile_invoices, summarize
+from finsync_pipeline.master_data import load_master_data
+from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
+from finsync_pipeline.resources.warehouse import (
+    WarehouseResource,
+    frame_records,
+    read_frame,
+    replace_partitions,
+)
+
+OWNERS = ["team:finance-data"]
+
+
+@dg.asset(
+    group_name="reconcile",
+    kinds={"python", "sql"},
+    owners=OWNERS,
+    partitions_def=daily_partitions,
+    backfill_policy=single_run,
+    deps=["invoices", "erp_invoices", "invoice_ready_transactions", "erp_postings"],
+)
+def invoice_reconciliation(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Stripe against NetSuite, invoice by invoice: matched, missing, duplicated, extra, or
+    differing in amount or currency, each explained with both sides and the correlation id.
+    An invoice an open finance exception holds back is reported as held, not as drift."""
+    date_from, date_to = date_bounds(context)
+    engine = warehouse.get_engine()
+    rng = {"date_from": date_from, "date_to": date_to}
+    with engine.connect() as conn:
+        billing = read_frame(
+            conn,
+            "SELECT invoice_id, partition_date, currency, total_minor, correlation_id, status "
+            "FROM invoices WHERE partition_date >= :date_from AND partition_date < :date_to",
+            rng,
+        )
+        held = read_frame(
+            conn,
+            "SELECT source_id FROM finance_exceptions WHERE status = 'open'",
+        )
+        raw = load_payloads(conn, "erp_invoices", date_from, date_to)
+        bad_erp = quarantined_ids(conn, "erp_invoices")
+    codes = {v: k for k, v in load_master_data().netsuite_currency_ids.items()}
+    erp = normalize.flatten_erp_invoices(list(raw["payload"]), codes)
+    erp = erp[~erp["source_id"].isin(bad_erp)]
+    live = billing[billing["status"].isin(LIVE_INVOICE_STATUSES)].copy()
+    live["external_id"] = live["invoice_id"].map(invoice_external_id)
+    recon = reconcile_invoices(live, erp, set(held["source_id"]))
+    recon["run_id"] = context.run.run_id
+    with engine.begin() as conn:
+        replace_partitions(
+            conn,
+            "invoice_reconciliation",
+            frame_records(recon),
+            date_from=date_from,
+            date_to=date_to,
+            key=["partition_date", "external_id"],
+        )
+    counts = summarize(recon)
+    drift = recon[recon["status"].isin(DRIFT_STATUSES)]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(recon),
+            **{k: v for k, v in counts.items()},
+            "drift": int(sum(counts[s] for s in DRIFT_STATUSES)),
+            "drift sample": sample(drift, ["status", "external_id", "explanation"]),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=invoice_reconciliation,
+    name="no_drift",
+    partitions_def=daily_partitions,
+    description="Every live billing invoice of the range is in NetSuite exactly once with the "
+    "same currency and total, or held by an open finance exception.",
+)
+def invoice_reconciliation_no_drift(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    date_from, date_to = date_bounds(context)
+    with warehouse.get_engine().connect() as conn:
+        recon = read_frame(
+            conn,
+            "SELECT status, external_id, explanation FROM invoice_reconciliation "
+            "WHERE partition_date >= :date_from AND partition_date < :date_to",
+            {"date_from": date_from, "date_to": date_to},
+        )
+    drift = recon[recon["status"].isin(DRIFT_STATUSES)]
+    by_status = drift["status"].value_counts().astype(int).to_dict() if len(drift) else {}
+    return dg.AssetCheckResult(
+        passed=drift.empty,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "drift": len(drift),
+            "by status": dg.MetadataValue.json(by_status),
+            "sample": sample(pd.DataFrame(drift), ["status", "external_id", "explanation"]),
+        },
+    )

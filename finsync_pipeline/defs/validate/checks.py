@@ -1,0 +1,202 @@
+"""Validate: blocking contract checks on every extract asset.
+
+Each check runs its pandera contract lazily over the partition range, sends every invalid row
+to quarantine with the system, record, field and check, and fails the run only when the share
+of bad rows passes ``PipelineSettings.max_bad_share``.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dagster as dg
+import pandas as pd
+import pandera.pandas as pa
+
+from finsync_pipeline.landing import load_payloads, load_run_payloads, sample, write_quarantine
+from finsync_pipeline.logic import normalize
+from finsync_pipeline.logic.validation import FAILURE_COLUMNS, ValidationOutcome, validate_frame
+from finsync_pipeline.master_data import load_master_data
+from finsync_pipeline.partitions import daily_partitions, date_bounds
+from finsync_pipeline.resources.settings import PipelineSettings
+from finsync_pipeline.resources.warehouse import WarehouseResource
+from finsync_pipeline.schemas import netsuite, salesforce, stripe
+
+
+@dataclass(frozen=True)
+class Contract:
+    """How one extract asset is flattened and checked."""
+
+    asset: str
+    system: str
+    obj: str
+    model: type[pa.DataFrameModel]
+    flatten: Callable[[list[dict[str, object]]], pd.DataFrame]
+    partitioned: bool = False
+
+
+def _erp_invoices(records: list[dict[str, object]]) -> pd.DataFrame:
+    codes = {v: k for k, v in load_master_data().netsuite_currency_ids.items()}
+    return normalize.flatten_erp_invoices(records, codes)
+
+
+CONTRACTS = [
+    Contract(
+        "stripe_customers",
+        "stripe",
+        "customer",
+        stripe.StripeCustomerRecord,
+        normalize.flatten_stripe_customers,
+    ),
+    Contract(
+        "salesforce_accounts",
+        "salesforce",
+        "Account",
+        salesforce.SalesforceAccountRecord,
+        normalize.flatten_salesforce_accounts,
+    ),
+    Contract(
+        "salesforce_opportunities",
+        "salesforce",
+        "Opportunity",
+        salesforce.SalesforceOpportunityRecord,
+        normalize.flatten_salesforce_opportunities,
+    ),
+    Contract(
+        "salesforce_contracts",
+        "salesforce",
+        "Contract",
+        salesforce.SalesforceContractRecord,
+        normalize.flatten_salesforce_contracts,
+    ),
+    Contract(
+        "erp_invoices",
+        "netsuite",
+        "invoice",
+        netsuite.ErpInvoiceRecord,
+        _erp_invoices,
+        partitioned=True,
+    ),
+]
+
+
+def validate_invoices(records: list[dict[str, object]]) -> ValidationOutcome:
+    """Stripe invoices and their lines; a bad line puts its whole invoice in quarantine."""
+    heads, lines = normalize.flatten_stripe_invoices(records)
+    head = validate_frame(heads, stripe.StripeInvoiceRecord, system="stripe", obj="invoice")
+    body = validate_frame(
+        lines,
+        stripe.StripeInvoiceLineRecord,
+        system="stripe",
+        obj="invoice line",
+        field_prefix="lines.",
+    )
+    failures = pd.concat([head.failures, body.failures], ignore_index=True)
+    return ValidationOutcome(len(heads), failures.reindex(columns=FAILURE_COLUMNS))
+
+
+def _result(
+    context: dg.AssetCheckExecutionContext,
+    warehouse: WarehouseResource,
+    settings: PipelineSettings,
+    *,
+    asset: str,
+    system: str,
+    validate: Callable[[list[dict[str, object]]], ValidationOutcome],
+    partitioned: bool,
+) -> dg.AssetCheckResult:
+    engine = warehouse.get_engine()
+    if partitioned:
+        date_from, date_to = date_bounds(context)
+        with engine.connect() as conn:
+            raw = load_payloads(conn, asset, date_from, date_to)
+    else:
+        # An incremental asset is checked on what this run landed: the cost follows the change.
+        date_from = date_to = ""
+        with engine.connect() as conn:
+            raw = load_run_payloads(conn, asset, context.run.run_id)
+    outcome = validate(list(raw["payload"]))
+    partition_of = dict(zip(raw["source_id"], raw["partition_date"], strict=True))
+    write_quarantine(
+        engine,
+        asset=asset,
+        system=system,
+        outcome=outcome,
+        partition_of=partition_of,
+        date_from=date_from,
+        date_to=date_to,
+        run_id=context.run.run_id,
+        checked_ids=None if partitioned else set(raw["source_id"]),
+    )
+    bad = len(outcome.bad_ids)
+    return dg.AssetCheckResult(
+        passed=outcome.bad_share <= settings.max_bad_share,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "rows checked": outcome.rows,
+            "rows quarantined": bad,
+            "bad share": round(outcome.bad_share, 4),
+            "threshold": settings.max_bad_share,
+            "failures by check": dg.MetadataValue.json(
+                outcome.failures.groupby("check_name").size().astype(int).to_dict()
+            ),
+            "sample": sample(outcome.failures, ["source_id", "field", "check_name", "reason"]),
+        },
+    )
+
+
+def _contract_check(contract: Contract) -> dg.AssetChecksDefinition:
+    def validate(records: list[dict[str, object]]) -> ValidationOutcome:
+        return validate_frame(
+            contract.flatten(records), contract.model, system=contract.system, obj=contract.obj
+        )
+
+    @dg.asset_check(
+        asset=contract.asset,
+        name="contract",
+        blocking=True,
+        partitions_def=daily_partitions if contract.partitioned else None,
+        description=f"{contract.model.__name__}: invalid rows go to quarantine with a reason.",
+    )
+    def check(
+        context: dg.AssetCheckExecutionContext,
+        warehouse: WarehouseResource,
+        settings: PipelineSettings,
+    ) -> dg.AssetCheckResult:
+        return _result(
+            context,
+            warehouse,
+            settings,
+            asset=contract.asset,
+            system=contract.system,
+            validate=validate,
+            partitioned=contract.partitioned,
+        )
+
+    return check
+
+
+contract_checks = [_contract_check(c) for c in CONTRACTS]
+
+
+@dg.asset_check(
+    asset="stripe_invoices",
+    name="contract",
+    blocking=True,
+    partitions_def=daily_partitions,
+    description="StripeInvoiceRecord and StripeInvoiceLineRecord: a bad line quarantines its "
+    "invoice; lines and tax must tie out to the total.",
+)
+def stripe_invoices_contract(
+    context: dg.AssetCheckExecutionContext,
+    warehouse: WarehouseResource,
+    settings: PipelineSettings,
+) -> dg.AssetCheckResult:
+    return _result(
+        context,
+        warehouse,
+        settings,
+        asset="stripe_invoices",
+        system="stripe",
+        validate=validate_invoices,
+        partitioned=True,
+    )

@@ -1,0 +1,351 @@
+"""Shared I/O of the assets: landing source records, quarantine, exceptions, metadata.
+
+Assets stay thin: they fetch, call a pure function from ``logic/``, and hand the result to the
+helpers here, which write in one transaction per partition range.
+"""
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import pandera.pandas as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from finsync_pipeline.ledger import dumps, loads, now_iso
+from finsync_pipeline.logic.validation import ValidationOutcome
+from finsync_pipeline.money import format_amount
+from finsync_pipeline.resources.warehouse import read_frame, replace_partitions, upsert_rows
+
+MAX_SAMPLE = 5
+
+
+def column_schema(model: type[pa.DataFrameModel]) -> dg.TableSchema:
+    """The Dagster column schema of a pandera contract, with each field's description."""
+    schema = model.to_schema()
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=name,
+                type=str(col.dtype),
+                description=col.description,
+                constraints=dg.TableColumnConstraints(
+                    nullable=bool(col.nullable), unique=bool(col.unique)
+                ),
+            )
+            for name, col in schema.columns.items()
+        ]
+    )
+
+
+def _landing_rows(
+    *,
+    system: str,
+    records: Iterable[Mapping[str, Any]],
+    id_key: str,
+    created_date: Callable[[Mapping[str, Any]], str | None],
+    updated_at: Callable[[Mapping[str, Any]], str | None],
+    run_id: str,
+    clamp: tuple[str, str] | None,
+) -> list[dict[str, Any]]:
+    at = now_iso()
+    rows = []
+    for record in records:
+        payload = dumps(record)
+        source_id = record.get(id_key)
+        if not isinstance(source_id, str) or not source_id:
+            # Kept under a content-derived id so the contract check can quarantine it.
+            source_id = "missing-id-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+        day = created_date(record)
+        if clamp is not None and (day is None or not (clamp[0] <= day < clamp[1])):
+            day = clamp[0]
+        rows.append(
+            {
+                "source_id": source_id,
+                "partition_date": day,
+                "source_system": system,
+                "source_updated_at": updated_at(record),
+                "payload": payload,
+                "extraction_run_id": run_id,
+                "extracted_at": at,
+            }
+        )
+    return rows
+
+
+def land_records(
+    engine: Engine,
+    *,
+    table: str,
+    system: str,
+    records: Iterable[Mapping[str, Any]],
+    id_key: str,
+    created_date: Callable[[Mapping[str, Any]], str | None],
+    updated_at: Callable[[Mapping[str, Any]], str | None],
+    date_from: str,
+    date_to: str,
+    run_id: str,
+) -> int:
+    """Replace a partition range of an extract table with the records fetched for it.
+
+    A record without an id is kept under a content-derived id so the contract check can send it
+    to quarantine; it is never dropped.
+    """
+    rows = _landing_rows(
+        system=system,
+        records=records,
+        id_key=id_key,
+        created_date=created_date,
+        updated_at=updated_at,
+        run_id=run_id,
+        clamp=(date_from, date_to),
+    )
+    with engine.begin() as conn:
+        return replace_partitions(
+            conn, table, rows, date_from=date_from, date_to=date_to, key=["source_id"]
+        )
+
+
+def land_changes(
+    engine: Engine,
+    *,
+    table: str,
+    system: str,
+    stream: str,
+    records: Iterable[Mapping[str, Any]],
+    id_key: str,
+    created_date: Callable[[Mapping[str, Any]], str | None],
+    updated_at: Callable[[Mapping[str, Any]], str | None],
+    new_cursor: Callable[[list[dict[str, Any]]], str | None],
+    run_id: str,
+) -> int:
+    """Upsert the records changed since the stream's cursor and advance the cursor, atomically.
+
+    The cursor only moves in the same transaction as the rows it covers, so a crash between
+    fetch and write re-reads the same changes next time instead of skipping them.
+    """
+    rows = _landing_rows(
+        system=system,
+        records=records,
+        id_key=id_key,
+        created_date=lambda r: created_date(r) or "1970-01-01",
+        updated_at=updated_at,
+        run_id=run_id,
+        clamp=None,
+    )
+    cursor = new_cursor(rows)
+    with engine.begin() as conn:
+        upsert_rows(conn, table, rows, ["source_id"])
+        if cursor is not None:
+            upsert_rows(
+                conn,
+                "extract_cursors",
+                [{"stream": stream, "cursor": cursor, "updated_at": now_iso(), "run_id": run_id}],
+                ["stream"],
+            )
+    return len(rows)
+
+
+def read_cursor(engine: Engine, stream: str) -> str | None:
+    """The stream's high-water mark, or None before its first extraction."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT cursor FROM extract_cursors WHERE stream = :stream"),
+            {"stream": stream},
+        ).first()
+    return None if row is None else str(row[0])
+
+
+def load_payloads(
+    conn: Connection, table: str, date_from: str | None = None, date_to: str | None = None
+) -> pd.DataFrame:
+    """source_id, partition_date, payload (parsed) of an extract table, optionally a range."""
+    where = ""
+    params: dict[str, Any] = {}
+    if date_from is not None:
+        where = " WHERE partition_date >= :date_from AND partition_date < :date_to"
+        params = {"date_from": date_from, "date_to": date_to}
+    df = read_frame(
+        conn,
+        f"SELECT source_id, partition_date, source_updated_at, payload FROM {table}{where} "
+        "ORDER BY source_id",
+        params,
+    )
+    df["payload"] = [loads(p) for p in df["payload"]]
+    return df
+
+
+def load_run_payloads(conn: Connection, table: str, run_id: str) -> pd.DataFrame:
+    """The records an incremental extract landed in ``run_id`` (what this run must check)."""
+    df = read_frame(
+        conn,
+        f"SELECT source_id, partition_date, source_updated_at, payload FROM {table} "
+        "WHERE extraction_run_id = :run_id ORDER BY source_id",
+        {"run_id": run_id},
+    )
+    df["payload"] = [loads(p) for p in df["payload"]]
+    return df
+
+
+def quarantined_ids(conn: Connection, asset: str) -> set[str]:
+    """Ids of the records of ``asset`` that are in quarantine now."""
+    return {
+        r[0]
+        for r in conn.execute(
+            sa.text("SELECT DISTINCT source_id FROM quarantine WHERE asset = :asset"),
+            {"asset": asset},
+        )
+    }
+
+
+def write_quarantine(
+    engine: Engine,
+    *,
+    asset: str,
+    system: str,
+    outcome: ValidationOutcome,
+    partition_of: Mapping[str, str],
+    date_from: str,
+    date_to: str,
+    run_id: str,
+    checked_ids: set[str] | None = None,
+) -> None:
+    """Replace the quarantine rows of ``asset`` in the range by this validation's failures."""
+    at = now_iso()
+    rows = [
+        {
+            "asset": asset,
+            "source_system": system,
+            "source_id": f.source_id,
+            "partition_date": partition_of.get(f.source_id, date_from),
+            "field": f.field,
+            "check_name": f.check_name,
+            "reason": f.reason,
+            "failure_value": f.failure_value,
+            "run_id": run_id,
+            "quarantined_at": at,
+        }
+        for f in outcome.failures.itertuples(index=False)
+    ]
+    key = ["asset", "source_id", "field", "check_name"]
+    with engine.begin() as conn:
+        if checked_ids is None:
+            replace_partitions(
+                conn,
+                "quarantine",
+                rows,
+                date_from=date_from,
+                date_to=date_to,
+                key=key,
+                extra_where="AND asset = :asset",
+                params={"asset": asset},
+            )
+            return
+        # Incremental: only the records this run landed were checked, so only their verdicts
+        # are replaced.
+        if checked_ids:
+            conn.execute(
+                sa.text(
+                    "DELETE FROM quarantine WHERE asset = :asset AND source_id IN :ids"
+                ).bindparams(sa.bindparam("ids", expanding=True)),
+                {"asset": asset, "ids": sorted(checked_ids)},
+            )
+        upsert_rows(conn, "quarantine", rows, key)
+
+
+def sync_exceptions(
+    conn: Connection,
+    found: pd.DataFrame,
+    *,
+    detected_by: str,
+    kinds: Iterable[str],
+    date_from: str | None = None,
+    date_to: str | None = None,
+) -> dict[str, int]:
+    """Open (or refresh) the exceptions found; resolve the ones of this scope no longer found.
+
+    The scope is the detector, its kinds and, for partitioned detectors, the partition range:
+    a problem this run would have seen again but did not has lost its cause.
+    """
+    at = now_iso()
+    rows = [
+        {
+            **r,
+            "detected_by": detected_by,
+            "status": "open",
+            "resolution": None,
+            "first_seen": at,
+            "last_seen": at,
+            "resolved_at": None,
+        }
+        for r in found.to_dict("records")
+    ]
+    upsert_rows(
+        conn,
+        "finance_exceptions",
+        rows,
+        ["kind", "source_system", "source_id"],
+        update=[
+            "severity",
+            "owner_queue",
+            "detected_by",
+            "partition_date",
+            "correlation_id",
+            "legal_entity",
+            "detail",
+            "status",
+            "resolution",
+            "last_seen",
+            "resolved_at",
+        ],
+    )
+    kinds = list(kinds)
+    scope = ["status = 'open'", "detected_by = :detected_by", "last_seen < :at"]
+    params: dict[str, Any] = {"detected_by": detected_by, "at": at}
+    stmt_kinds: sa.BindParameter[Any] = sa.bindparam("kinds", expanding=True)
+    if date_from is not None:
+        scope.append("partition_date >= :date_from AND partition_date < :date_to")
+        params.update(date_from=date_from, date_to=date_to)
+    resolved = conn.execute(
+        sa.text(
+            "UPDATE finance_exceptions SET status = 'resolved', resolved_at = :at, "
+            "resolution = 'auto: the cause is gone (derived cleanly on a later run)' "
+            f"WHERE {' AND '.join(scope)} AND kind IN :kinds"
+        ).bindparams(stmt_kinds),
+        {**params, "kinds": kinds},
+    ).rowcount
+    return {"open_or_refreshed": len(rows), "auto_resolved": int(resolved or 0)}
+
+
+def amounts_by_currency(df: pd.DataFrame, amount: str, currency: str) -> dict[str, str]:
+    """Sum of an integer minor-unit column per currency, formatted for metadata."""
+    if df.empty:
+        return {}
+    sums = df.groupby(currency)[amount].sum()
+    return {str(cur): format_amount(int(total), str(cur)) for cur, total in sums.items()}
+
+
+def sample(df: pd.DataFrame, columns: list[str]) -> dg.MarkdownMetadataValue:
+    """A small markdown sample of rows for metadata (never personal data: ids and reasons)."""
+    if df.empty:
+        return dg.MetadataValue.md("(none)")
+    head = df[columns].head(MAX_SAMPLE).astype(str)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += [
+        "| " + " | ".join(v.replace("|", "/") for v in row) + " |"
+        for row in head.itertuples(index=False)
+    ]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def unix_day(seconds: Any) -> str | None:
+    if isinstance(seconds, bool) or not isinstance(seconds, int):
+        return None
+    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).date().isoformat()
+
+
+def iso_day(value: Any) -> str | None:
+    return value[:10] if isinstance(value, str) and len(value) >= 10 else None

@@ -1,0 +1,350 @@
+"""The posting engine: ledger rows to ERP documents, exactly once.
+
+A run first settles what earlier runs left in flight (by looking each document up in the ERP,
+never by resending blind), then posts customers parents-first, then invoices. Every outcome is
+committed to the ledger before the next document is sent, so a kill -9 anywhere loses nothing:
+the next run finds the row in flight and settles it by lookup.
+"""
+
+import datetime as dt
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from finsync_pipeline import ledger
+from finsync_pipeline.errors import (
+    AmbiguousOutcomeError,
+    AuthenticationError,
+    PermanentUpstreamError,
+    RetryableUpstreamError,
+)
+
+# Document type -> NetSuite record type.
+RECORD_TYPES = {"customer": "customer", "invoice": "invoice"}
+DEFAULT_MAX_ATTEMPTS = 8
+
+
+class ErpClient(Protocol):
+    """The part of an ERP client the engine needs (NetSuiteClient satisfies it)."""
+
+    def upsert(self, record_type: str, external_id: str, body: dict[str, Any]) -> str: ...
+
+    def get_by_external_id(self, record_type: str, external_id: str) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class PostingStats:
+    """What one posting run did."""
+
+    posted: int = 0
+    rejected: int = 0
+    dead: int = 0
+    deferred: int = 0
+    blocked: int = 0
+    recovered_posted: int = 0
+    recovered_pending: int = 0
+    paused: bool = False
+    rejections: list[dict[str, str]] = field(default_factory=list)
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "posted": self.posted,
+            "rejected": self.rejected,
+            "dead": self.dead,
+            "deferred (transient, retry later)": self.deferred,
+            "blocked (waiting for a referenced document)": self.blocked,
+            "settled from earlier runs (found posted)": self.recovered_posted,
+            "settled from earlier runs (back to pending)": self.recovered_pending,
+            "paused (ERP unavailable)": self.paused,
+        }
+
+
+def _find_refs(payload: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(payload, dict):
+        if set(payload) == {"$ref"}:
+            doc_type, external_id = payload["$ref"]
+            yield str(doc_type), str(external_id)
+            return
+        for value in payload.values():
+            yield from _find_refs(value)
+    elif isinstance(payload, list):
+        for value in payload:
+            yield from _find_refs(value)
+
+
+def _resolve_refs(payload: Any, ids: dict[tuple[str, str], str]) -> Any:
+    if isinstance(payload, dict):
+        if set(payload) == {"$ref"}:
+            doc_type, external_id = payload["$ref"]
+            return {"id": ids[(str(doc_type), str(external_id))]}
+        return {k: _resolve_refs(v, ids) for k, v in payload.items()}
+    if isinstance(payload, list):
+        return [_resolve_refs(v, ids) for v in payload]
+    return payload
+
+
+class PostingEngine:
+    """Posts one ERP's pending ledger rows.
+
+    Args:
+        engine: The warehouse holding the ledger.
+        client: The ERP client.
+        erp: The ERP's name in the ledger ("netsuite").
+        run_id: The Dagster run doing the posting; recorded on every claim.
+        is_run_alive: Whether another run is still running; rows it holds in flight are left alone.
+        max_attempts: Sends before a transiently failing document is declared dead.
+        batch_size: Rows claimed per transaction.
+        on_hook: Test hook called with a point name ("claimed", "sent", "recorded") around
+            each side effect; the crash-safety tests kill the process there.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        client: ErpClient,
+        *,
+        erp: str,
+        run_id: str,
+        is_run_alive: Callable[[str], bool],
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        batch_size: int = 50,
+        rng: random.Random | None = None,
+        on_hook: Callable[[str], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.client = client
+        self.erp = erp
+        self.run_id = run_id
+        self.is_run_alive = is_run_alive
+        self.max_attempts = max_attempts
+        self.batch_size = batch_size
+        self.rng = rng or random.Random()  # noqa: S311  (backoff jitter, not a secret)
+        self.hook = on_hook or (lambda _point: None)
+        self.stats = PostingStats()
+
+    # -- settling what earlier runs left behind -------------------------------------------
+    def recover(self) -> None:
+        """Settle rows another (dead) run left in flight by looking them up in the ERP."""
+        with self.engine.connect() as conn:
+            stale = ledger.stale_in_flight(conn, erp=self.erp, run_id=self.run_id)
+        for doc_type, external_id, holder in stale:
+            if holder and self.is_run_alive(holder):
+                continue
+            found = self.client.get_by_external_id(RECORD_TYPES[doc_type], external_id)
+            with self.engine.begin() as conn:
+                if found is not None:
+                    ledger.transition(
+                        conn,
+                        erp=self.erp,
+                        doc_type=doc_type,
+                        external_id=external_id,
+                        to_state="posted",
+                        run_id=self.run_id,
+                        erp_internal_id=str(found["id"]),
+                        posted_hash=self._hash_of(conn, doc_type, external_id),
+                        detail=f"settled by lookup: run {holder} had sent it",
+                        expect_state="in_flight",
+                    )
+                    self.stats.recovered_posted += 1
+                else:
+                    ledger.transition(
+                        conn,
+                        erp=self.erp,
+                        doc_type=doc_type,
+                        external_id=external_id,
+                        to_state="pending",
+                        run_id=self.run_id,
+                        detail=f"settled by lookup: run {holder} had not sent it",
+                        expect_state="in_flight",
+                    )
+                    self.stats.recovered_pending += 1
+
+    def _hash_of(self, conn: Any, doc_type: str, external_id: str) -> str:
+        return str(
+            conn.execute(
+                sa.text(
+                    "SELECT payload_hash FROM posting_ledger WHERE erp = :erp AND "
+                    "doc_type = :doc_type AND external_id = :external_id"
+                ),
+                {"erp": self.erp, "doc_type": doc_type, "external_id": external_id},
+            ).scalar_one()
+        )
+
+    # -- posting ---------------------------------------------------------------------------
+    def post(
+        self,
+        doc_type: str,
+        *,
+        date_from: str | None = None,
+        date_to: str | None = None,
+        depths: list[int] | None = None,
+    ) -> None:
+        """Post every due pending row of ``doc_type`` (optionally in a partition range)."""
+        levels: list[int | None] = list(depths) if depths is not None else [None]
+        for depth in levels:
+            while not self.stats.paused:
+                with self.engine.begin() as conn:
+                    batch = ledger.claim(
+                        conn,
+                        erp=self.erp,
+                        doc_type=doc_type,
+                        run_id=self.run_id,
+                        limit=self.batch_size,
+                        date_from=date_from,
+                        date_to=date_to,
+                        depth=depth,
+                    )
+                if not batch:
+                    break
+                self.hook("claimed")
+                for i, doc in enumerate(batch):
+                    if self.stats.paused:
+                        self._release(batch[i:], "posting paused: the ERP is unavailable")
+                        break
+                    self._post_one(doc)
+
+    def _release(self, docs: list[ledger.Claimed], why: str) -> None:
+        with self.engine.begin() as conn:
+            for doc in docs:
+                ledger.transition(
+                    conn,
+                    erp=self.erp,
+                    doc_type=doc.doc_type,
+                    external_id=doc.external_id,
+                    to_state="pending",
+                    run_id=self.run_id,
+                    detail=why,
+                    expect_state="in_flight",
+                )
+
+    def _post_one(self, doc: ledger.Claimed) -> None:
+        refs = list(dict.fromkeys(_find_refs(doc.payload)))
+        ids: dict[tuple[str, str], str] = {}
+        with self.engine.connect() as conn:
+            for ref_type in {t for t, _ in refs}:
+                found = ledger.posted_ids(
+                    conn,
+                    erp=self.erp,
+                    doc_type=ref_type,
+                    external_ids=[x for t, x in refs if t == ref_type],
+                )
+                ids.update({(ref_type, k): v for k, v in found.items()})
+        missing = [f"{t} {x}" for t, x in refs if (t, x) not in ids]
+        if missing:
+            self.stats.blocked += 1
+            self._release([doc], f"waiting for {', '.join(missing)} to be posted")
+            return
+        body = _resolve_refs(doc.payload, ids)
+        record_type = RECORD_TYPES[doc.doc_type]
+        common = {
+            "erp": self.erp,
+            "doc_type": doc.doc_type,
+            "external_id": doc.external_id,
+            "run_id": self.run_id,
+            "expect_state": "in_flight",
+        }
+        try:
+            internal_id = self.client.upsert(record_type, doc.external_id, body)
+        except PermanentUpstreamError as e:
+            self.hook("sent")
+            with self.engine.begin() as conn:
+                ledger.transition(
+                    conn, to_state="rejected", detail=e.detail, count_attempt=True, **common
+                )
+            self.stats.rejected += 1
+            self.stats.rejections.append(
+                {
+                    "doc_type": doc.doc_type,
+                    "external_id": doc.external_id,
+                    "source_id": doc.source_id,
+                    "correlation_id": doc.correlation_id,
+                    "partition_date": doc.partition_date or "",
+                    "detail": f"{e.detail}" + (f" [field {e.field}]" if e.field else ""),
+                }
+            )
+            self.hook("recorded")
+            return
+        except AmbiguousOutcomeError as e:
+            # The write may have committed: settle by looking the document up, never resend blind.
+            existing = self.client.get_by_external_id(record_type, doc.external_id)
+            with self.engine.begin() as conn:
+                if existing is not None:
+                    ledger.transition(
+                        conn,
+                        to_state="posted",
+                        erp_internal_id=str(existing["id"]),
+                        posted_hash=doc.payload_hash,
+                        count_attempt=True,
+                        detail="ambiguous send settled by lookup: found",
+                        **common,
+                    )
+                    self.stats.posted += 1
+                else:
+                    self._defer(conn, doc, e, common)
+            return
+        except AuthenticationError:
+            self._release([doc], "authentication failed; nothing was sent")
+            raise
+        except RetryableUpstreamError as e:
+            with self.engine.begin() as conn:
+                self._defer(conn, doc, e, common)
+            if e.status in (503, None) or e.status == 429:
+                # Maintenance window or throttling that outlived our retries: stop this run and
+                # let the backlog drain on the next one instead of burning attempts.
+                self.stats.paused = True
+            return
+        self.hook("sent")
+        with self.engine.begin() as conn:
+            ledger.transition(
+                conn,
+                to_state="posted",
+                erp_internal_id=internal_id,
+                posted_hash=doc.payload_hash,
+                count_attempt=True,
+                **common,
+            )
+        self.stats.posted += 1
+        self.hook("recorded")
+
+    def _defer(
+        self, conn: Any, doc: ledger.Claimed, error: Exception, common: dict[str, Any]
+    ) -> None:
+        attempts = doc.attempts + 1
+        if attempts >= self.max_attempts:
+            ledger.transition(
+                conn,
+                to_state="dead",
+                detail=f"retries exhausted: {error}",
+                count_attempt=True,
+                **common,
+            )
+            self.stats.dead += 1
+            self.stats.rejections.append(
+                {
+                    "doc_type": doc.doc_type,
+                    "external_id": doc.external_id,
+                    "source_id": doc.source_id,
+                    "correlation_id": doc.correlation_id,
+                    "partition_date": doc.partition_date or "",
+                    "detail": str(error),
+                    "dead": "true",
+                }
+            )
+            return
+        delay = min(3600.0, 30.0 * 2 ** (attempts - 1)) * (0.5 + self.rng.random() / 2)
+        due = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)).isoformat(
+            timespec="microseconds"
+        )
+        ledger.transition(
+            conn,
+            to_state="pending",
+            detail=str(error),
+            count_attempt=True,
+            next_attempt_at=due,
+            **common,
+        )
+        self.stats.deferred += 1

@@ -1,0 +1,20 @@
+"""Pipeline settings that operations tune without a code change."""
+
+import dagster as dg
+from pydantic import Field
+
+
+class PipelineSettings(dg.ConfigurableResource):
+    """Thresholds and limits of the pipeline.
+
+    Attributes:
+        max_bad_share: The share of a partition's records that may break their contract before
+            the blocking contract check fails the run. Below it, bad rows go to quarantine and
+            the run goes on.
+        posting_max_attempts: Sends before a transiently failing document is declared dead.
+        posting_batch_size: Ledger rows claimed per transaction.
+    """
+
+    max_bad_share: float = Field(default=0.05, ge=0.0, le=1.0)
+    posting_max_attempts: int = Field(default=8, ge=1)
+    posting_batch_size: int = Field(default=50, ge=1)

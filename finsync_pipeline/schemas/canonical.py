@@ -1,0 +1,76 @@
+"""Canonical contracts: the business objects every later stage relies on. Version 1.
+
+Money is in integer minor units with the ISO 4217 exponent of ``currency``. Every row carries
+its lineage: source system, source id, source version, extraction run and correlation id.
+"""
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+import finsync_pipeline.schemas.checks  # noqa: F401  (registers iso_date, iso_currency)
+
+
+class Lineage(pa.DataFrameModel):
+    """Where a canonical row came from; the correlation id follows it into the ERP and back."""
+
+    source_system: Series[str] = pa.Field(isin=["stripe", "salesforce", "netsuite"])
+    source_id: Series[str] = pa.Field(description="The record's id in its source system")
+    source_updated_at: Series[str] = pa.Field(nullable=True, description="Source version")
+    extraction_run_id: Series[str] = pa.Field(description="The Dagster run that extracted it")
+    correlation_id: Series[str] = pa.Field(str_startswith="fs-", description="Follows the row")
+
+
+class Customer(Lineage):
+    """A customer: one Salesforce account, with its Stripe customer when it is billed."""
+
+    customer_key: Series[str] = pa.Field(unique=True, description="Salesforce account id")
+    salesforce_account_id: Series[str] = pa.Field(description="Salesforce account id")
+    stripe_customer_id: Series[str] = pa.Field(nullable=True, description="Stripe customer id")
+    name: Series[str] = pa.Field(description="Account name")
+    parent_customer_key: Series[str] = pa.Field(nullable=True, description="Parent account")
+    hierarchy_depth: Series[pd.Int64Dtype] = pa.Field(
+        ge=-1, description="0 = top of the hierarchy; -1 = parent unknown or a cycle"
+    )
+    legal_entity: Series[str] = pa.Field(nullable=True, description="Legal entity code")
+    currency: Series[str] = pa.Field(iso_currency=(), description="Billing currency")
+    country: Series[str] = pa.Field(nullable=True, description="Billing country")
+    po_required: Series[int] = pa.Field(isin=[0, 1], description="A PO number is required")
+
+
+class Invoice(Lineage):
+    """A billing invoice in minor units; lines plus tax equal the total."""
+
+    invoice_id: Series[str] = pa.Field(unique=True, description="Stripe invoice id")
+    partition_date: Series[str] = pa.Field(iso_date=(), description="Day it was created")
+    number: Series[str] = pa.Field(nullable=True, description="Invoice number")
+    stripe_customer_id: Series[str] = pa.Field(description="Stripe customer id")
+    customer_key: Series[str] = pa.Field(nullable=True, description="Salesforce account id")
+    subscription_id: Series[str] = pa.Field(nullable=True, description="Stripe subscription")
+    status: Series[str] = pa.Field(
+        isin=["draft", "open", "paid", "uncollectible", "void"], description="Stripe status"
+    )
+    currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217")
+    subtotal_minor: Series[pd.Int64Dtype] = pa.Field(description="Sum of lines, minor units")
+    tax_minor: Series[pd.Int64Dtype] = pa.Field(description="Tax, minor units")
+    total_minor: Series[pd.Int64Dtype] = pa.Field(description="subtotal + tax, minor units")
+    line_count: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Lines, every page")
+    invoice_date: Series[str] = pa.Field(iso_date=(), description="Invoice date (UTC)")
+
+    @pa.dataframe_check(name="total_ties_out")
+    def total_ties_out(cls, df: pd.DataFrame) -> Series[bool]:
+        return ((df["subtotal_minor"] + df["tax_minor"]) == df["total_minor"]).fillna(False)
+
+
+class InvoiceLine(pa.DataFrameModel):
+    """One line of a canonical invoice, in minor units."""
+
+    line_id: Series[str] = pa.Field(unique=True, description="Stripe line item id")
+    invoice_id: Series[str] = pa.Field(description="Stripe invoice id")
+    line_number: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Position on the invoice")
+    product_id: Series[str] = pa.Field(nullable=True, description="Stripe product id")
+    quantity: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Quantity billed")
+    currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217")
+    amount_minor: Series[pd.Int64Dtype] = pa.Field(description="Line amount, minor units")
+    tax_minor: Series[pd.Int64Dtype] = pa.Field(description="Line tax, minor units")
+    correlation_id: Series[str] = pa.Field(str_startswith="fs-", description="The invoice's")
