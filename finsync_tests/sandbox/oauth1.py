@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from urllib.parse import quote, urlsplit, parse_qsl
+from urllib.parse import parse_qsl, quote, urlsplit
 
 
 def _enc(value: str) -> str:

@@ -108,19 +108,20 @@ def test_all_planted_kinds_present_and_real(default_company: Company) -> None:
     accounts = {a["Id"]: a for a in default_company.salesforce["Account"]}
     assert all(invoices[p["id"]]["currency"] == "usdx" for p in planted["malformed_currency"])
     assert all(opps[p["id"]]["CloseDate"] == "2025-02-30" for p in planted["invalid_date"])
-    assert all(
-        accounts[p["id"]]["CurrencyIsoCode"] == "XXX" for p in planted["bad_currency_code"]
-    )
+    assert all(accounts[p["id"]]["CurrencyIsoCode"] == "XXX" for p in planted["bad_currency_code"])
     for p in planted["unmapped_product"]:
         products = {
-            line["pricing"]["price_details"]["product"] for line in invoices[p["id"]]["lines"]["data"]
+            line["pricing"]["price_details"]["product"]
+            for line in invoices[p["id"]]["lines"]["data"]
         }
         assert "prod_legacy" in products
     legacy_users = {
         inv["id"]
         for inv in invoices.values()
-        if any(line["pricing"]["price_details"]["product"] == "prod_legacy"
-               for line in inv["lines"]["data"])
+        if any(
+            line["pricing"]["price_details"]["product"] == "prod_legacy"
+            for line in inv["lines"]["data"]
+        )
     }
     assert legacy_users == {p["id"] for p in planted["unmapped_product"]}
     zz = [p for p in planted["unknown_legal_entity"] if p["system"] == "salesforce"]

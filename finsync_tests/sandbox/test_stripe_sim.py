@@ -8,9 +8,7 @@ from finsync_pipeline.sandbox.generator import STRIPE_API_VERSION, Company
 from finsync_pipeline.sandbox.server import Sandbox
 
 
-def _get(
-    http: requests.Session, sandbox: Sandbox, path: str, **params: Any
-) -> requests.Response:
+def _get(http: requests.Session, sandbox: Sandbox, path: str, **params: Any) -> requests.Response:
     env = sandbox.env
     return http.get(
         env["STRIPE_API_BASE"] + path,
@@ -119,8 +117,10 @@ def test_other_stripe_version_is_400(http: requests.Session, sandbox: Sandbox) -
     env = sandbox.env
     resp = http.get(
         env["STRIPE_API_BASE"] + "/v1/customers",
-        headers={"Authorization": f"Bearer {env['STRIPE_API_KEY']}",
-                 "Stripe-Version": "2024-06-20"},
+        headers={
+            "Authorization": f"Bearer {env['STRIPE_API_KEY']}",
+            "Stripe-Version": "2024-06-20",
+        },
         timeout=10,
     )
     assert resp.status_code == 400
@@ -147,8 +147,9 @@ def test_events_filter_by_type_and_keep_30_days(
     assert all(e["api_version"] == STRIPE_API_VERSION for e in paid)
     assert all(e["data"]["object"]["object"] == "invoice" for e in paid)
     newest = max(e["created"] for e in company.stripe["event"])
-    listed = _list_all(http, sandbox, "/v1/events", **{"types[]": ["invoice.paid",
-                                                                    "customer.created"]})
+    listed = _list_all(
+        http, sandbox, "/v1/events", **{"types[]": ["invoice.paid", "customer.created"]}
+    )
     assert {e["type"] for e in listed} <= {"invoice.paid", "customer.created"}
     everything = _list_all(http, sandbox, "/v1/events")
     assert everything[0]["created"] == newest
