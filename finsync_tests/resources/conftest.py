@@ -1,6 +1,8 @@
 """Fixtures for the connector tests: a scripted local HTTP server and the finsync sandbox."""
 
+import datetime
 import json
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -9,6 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+
+from finsync_pipeline.resources.http import HttpOptions
+from finsync_pipeline.sandbox.generator import Company, CompanySpec, generate
+from finsync_pipeline.sandbox.server import Sandbox
 
 
 @dataclass
@@ -86,3 +92,41 @@ def scripted() -> Iterator[ScriptedServer]:
     server = ScriptedServer()
     yield server
     server.close()
+
+
+# A fixed history (reproducible on any day). 150 accounts give more than 200 opportunities, so
+# a Salesforce query at batch_size=200 spans two batches.
+SPEC = CompanySpec(accounts=150, months=3, seed=1, end=datetime.date(2026, 10, 31))
+
+
+@pytest.fixture(scope="session")
+def company() -> Company:
+    return generate(SPEC)
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory, company: Company) -> Iterator[Sandbox]:
+    box = Sandbox(tmp_path_factory.mktemp("connector-sandbox"))
+    box.seed(company)
+    box.start()
+    yield box
+    box.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_faults(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "sandbox" in request.fixturenames:
+        request.getfixturevalue("sandbox").faults.clear()
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    """Waits a client asked for, recorded instead of slept."""
+    return []
+
+
+@pytest.fixture
+def options(sleeps: list[float]) -> HttpOptions:
+    """Client options that record backoff waits instead of sleeping (seeded jitter)."""
+    return HttpOptions(timeout=(5.0, 30.0), sleep=sleeps.append, rng=random.Random(3))

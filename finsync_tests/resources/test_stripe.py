@@ -1,0 +1,180 @@
+"""StripeClient over real HTTP against the Stripe simulator."""
+
+import datetime
+import math
+
+import dagster as dg
+import pytest
+
+from finsync_pipeline.errors import AuthenticationError, RetryableUpstreamError
+from finsync_pipeline.resources.http import HttpOptions
+from finsync_pipeline.resources.stripe import STRIPE_API_VERSION, StripeClient, StripeResource
+from finsync_pipeline.sandbox.generator import Company
+from finsync_pipeline.sandbox.server import Sandbox
+
+
+def client(sandbox: Sandbox, options: HttpOptions, page_size: int = 100) -> StripeClient:
+    env = sandbox.env
+    return StripeClient(
+        api_key=env["STRIPE_API_KEY"],
+        api_base=env["STRIPE_API_BASE"],
+        page_size=page_size,
+        http_options=options,
+    )
+
+
+def test_lists_every_customer_across_pages(
+    sandbox: Sandbox, company: Company, options: HttpOptions
+) -> None:
+    stripe = client(sandbox, options, page_size=7)
+    ids = [c["id"] for c in stripe.list_customers()]
+    expected = {c["id"] for c in company.stripe["customer"]}
+    assert len(ids) == len(expected) > 7
+    assert set(ids) == expected
+    assert stripe.requests_made == math.ceil(len(expected) / 7)
+
+
+@pytest.mark.parametrize(
+    ("method", "obj"),
+    [
+        pytest.param("list_subscriptions", "subscription", id="subscriptions-incl-canceled"),
+        pytest.param("list_payment_intents", "payment_intent", id="payment-intents"),
+        pytest.param("list_charges", "charge", id="charges"),
+    ],
+)
+def test_lists_every_object(
+    sandbox: Sandbox, company: Company, options: HttpOptions, method: str, obj: str
+) -> None:
+    listed = list(getattr(client(sandbox, options, page_size=40), method)())
+    assert sorted(o["id"] for o in listed) == sorted(o["id"] for o in company.stripe[obj])
+
+
+def test_every_invoice_keeps_every_line(
+    sandbox: Sandbox, company: Company, options: HttpOptions
+) -> None:
+    invoices = list(client(sandbox, options, page_size=50).list_invoices())
+    generated = {inv["id"]: inv for inv in company.stripe["invoice"]}
+    assert sorted(inv["id"] for inv in invoices) == sorted(generated)
+    for inv in invoices:
+        want = [line["id"] for line in generated[inv["id"]]["lines"]["data"]]
+        assert [line["id"] for line in inv["lines"]["data"]] == want, inv["id"]
+        assert inv["lines"]["has_more"] is False
+    counts = sorted(len(inv["lines"]["data"]) for inv in invoices)
+    assert 25 in counts
+    assert counts[-1] > 10
+
+
+def test_a_25_line_invoice_keeps_25_lines_with_exact_amounts(
+    sandbox: Sandbox, company: Company, options: HttpOptions
+) -> None:
+    target = next(i for i in company.stripe["invoice"] if len(i["lines"]["data"]) == 25)
+    window = {"created_gte": target["created"], "created_lt": target["created"] + 1}
+    found = [i for i in client(sandbox, options).list_invoices(**window) if i["id"] == target["id"]]
+    assert len(found) == 1
+    lines = found[0]["lines"]["data"]
+    assert len(lines) == 25
+    assert all(type(line["amount"]) is int for line in lines)
+    assert sum(line["amount"] for line in lines) == sum(
+        line["amount"] for line in target["lines"]["data"]
+    )
+
+
+def test_created_window_filters(sandbox: Sandbox, company: Company, options: HttpOptions) -> None:
+    created = sorted(inv["created"] for inv in company.stripe["invoice"])
+    gte, lt = created[len(created) // 4], created[3 * len(created) // 4]
+    listed = list(
+        client(sandbox, options, page_size=20).list_invoices(created_gte=gte, created_lt=lt)
+    )
+    expected = {i["id"] for i in company.stripe["invoice"] if gte <= i["created"] < lt}
+    assert {i["id"] for i in listed} == expected
+    assert 0 < len(expected) < len(created)
+
+
+def test_events_filtered_by_types_and_created(
+    sandbox: Sandbox, company: Company, options: HttpOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The simulator keeps 30 days of events, like Stripe: pin its clock to the history's end.
+    end = datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC).timestamp()
+    monkeypatch.setattr(sandbox.stripe, "clock", lambda: end)
+    since = int(end) - 20 * 86400
+    types = ["invoice.paid", "customer.created"]
+    listed = list(
+        client(sandbox, options, page_size=10).list_events(created_gte=since, types=types)
+    )
+    expected = {
+        e["id"] for e in company.stripe["event"] if e["type"] in types and e["created"] >= since
+    }
+    assert {e["id"] for e in listed} == expected
+    assert len(expected) > 10
+
+
+def test_bad_key_is_an_authentication_error_without_the_key(
+    sandbox: Sandbox, options: HttpOptions
+) -> None:
+    bad_key = "sk_test_" + "wrong" * 8
+    stripe = StripeClient(
+        api_key=bad_key, api_base=sandbox.env["STRIPE_API_BASE"], http_options=options
+    )
+    with pytest.raises(AuthenticationError) as info:
+        list(stripe.list_customers())
+    message = str(info.value)
+    assert message == (
+        "stripe: the API key was rejected (HTTP 401); set STRIPE_API_KEY to a valid secret key"
+    )
+    assert "\n" not in message
+    assert bad_key not in repr(info.value) and bad_key[-4:] not in message
+    assert info.value.status == 401
+    assert stripe.requests_made == 1
+
+
+def test_429_honours_retry_after_then_succeeds(
+    sandbox: Sandbox, company: Company, options: HttpOptions, sleeps: list[float]
+) -> None:
+    sandbox.inject("stripe", status=429, count=2, retry_after_s=1)
+    stripe = client(sandbox, options)
+    ids = [c["id"] for c in stripe.list_customers()]
+    assert len(ids) == len(company.stripe["customer"])
+    assert sleeps == [1.0, 1.0]
+    assert stripe.requests_made == 2 + math.ceil(len(ids) / 100)
+
+
+def test_persistent_5xx_gives_up_as_retryable(
+    sandbox: Sandbox, options: HttpOptions, sleeps: list[float]
+) -> None:
+    sandbox.inject("stripe", status=503, count=3, retry_after_s=None)
+    stripe = StripeClient(
+        api_key=sandbox.env["STRIPE_API_KEY"],
+        api_base=sandbox.env["STRIPE_API_BASE"],
+        http_options=HttpOptions(max_attempts=3, sleep=options.sleep, rng=options.rng),
+    )
+    with pytest.raises(RetryableUpstreamError) as info:
+        list(stripe.list_customers())
+    assert info.value.status == 503
+    assert len(sleeps) == 2
+
+
+def test_resource_binds_env_vars_and_hides_the_key(
+    sandbox: Sandbox, company: Company, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in ("STRIPE_API_KEY", "STRIPE_API_BASE"):
+        monkeypatch.setenv(key, sandbox.env[key])
+
+    @dg.asset
+    def customer_count(stripe: StripeResource) -> dg.MaterializeResult:
+        stripe_client = stripe.get_client()
+        rows = list(stripe_client.list_customers())
+        return dg.MaterializeResult(
+            metadata={"rows": len(rows), "requests": stripe_client.requests_made}
+        )
+
+    resource = StripeResource(
+        api_key=dg.EnvVar("STRIPE_API_KEY"), api_base=dg.EnvVar("STRIPE_API_BASE")
+    )
+    result = dg.materialize([customer_count], resources={"stripe": resource})
+    assert result.success
+    mat = result.asset_materializations_for_node("customer_count")[0]
+    assert mat.metadata["rows"].value == len(company.stripe["customer"])
+    resolved = StripeResource(api_key=sandbox.env["STRIPE_API_KEY"])
+    assert sandbox.env["STRIPE_API_KEY"] not in repr(resolved)
+    assert sandbox.env["STRIPE_API_KEY"] not in repr(resolved.get_client())
+    assert STRIPE_API_VERSION == "2026-07-29.dahlia"
