@@ -5,6 +5,7 @@ import email.utils
 import random
 
 import pytest
+from requests.adapters import HTTPAdapter
 
 from finsync_pipeline.errors import (
     AmbiguousOutcomeError,
@@ -172,5 +173,7 @@ def test_session_is_reused_across_requests(scripted: ScriptedServer) -> None:
     client = make_client([])
     for _ in range(3):
         client.request("GET", scripted.url + "/x", idempotent=True)
-    pool = next(iter(client.session.adapters["http://"].poolmanager.pools._container.values()))
+    adapter = client.session.get_adapter(scripted.url)
+    assert isinstance(adapter, HTTPAdapter)
+    pool = next(iter(adapter.poolmanager.pools._container.values()))
     assert pool.num_connections == 1

@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import hmac
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -17,7 +18,7 @@ from finsync_pipeline.resources.oauth1 import (
 URL = (
     "https://1234567-sb1.suitetalk.api.netsuite.com/services/rest/query/v1/suiteql?limit=2&offset=0"
 )
-CREDS = {
+CREDS: dict[str, Any] = {
     "realm": "1234567_SB1",
     "consumer_key": "ck",
     "consumer_secret": "cs&1",

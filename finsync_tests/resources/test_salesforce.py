@@ -15,6 +15,7 @@ from finsync_pipeline.resources.salesforce import (
 )
 from finsync_pipeline.sandbox.generator import Company
 from finsync_pipeline.sandbox.server import Sandbox
+from finsync_tests.resources.conftest import Scripted, ScriptedServer
 
 
 def client(sandbox: Sandbox, options: HttpOptions, **overrides: object) -> SalesforceClient:
@@ -141,3 +142,24 @@ def test_resource_hides_secrets_in_repr(sandbox: Sandbox) -> None:
     for text in (repr(resource), repr(resource.get_client())):
         assert env["SALESFORCE_CLIENT_SECRET"] not in text
         assert env["SALESFORCE_CLIENT_ID"] not in text
+
+
+def test_row_lock_contention_is_retried(scripted: ScriptedServer, options: HttpOptions) -> None:
+    scripted.answer(
+        Scripted(200, {"access_token": "00Dx!tok", "instance_url": scripted.url}),
+        Scripted(
+            400,
+            [{"message": "unable to obtain exclusive access", "errorCode": "UNABLE_TO_LOCK_ROW"}],
+        ),
+        Scripted(200, {"totalSize": 1, "done": True, "records": [{"attributes": {}, "Id": "001"}]}),
+    )
+    sf = SalesforceClient(
+        login_url=scripted.url, client_id="cid", client_secret="secret", http_options=options
+    )
+    assert list(sf.query("SELECT Id FROM Account")) == [{"Id": "001"}]
+    token, locked, ok = scripted.seen
+    assert token.path == "/services/oauth2/token"
+    assert b"client_secret=secret" in token.body
+    assert locked.path == ok.path == "/services/data/v60.0/query?q=SELECT+Id+FROM+Account"
+    assert ok.headers["Authorization"] == "Bearer 00Dx!tok"
+    assert ok.headers["Sforce-Query-Options"] == "batchSize=2000"
