@@ -24,7 +24,8 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import requests
@@ -180,6 +181,7 @@ class HttpClient:
         auth_message: The one-line message of ``AuthenticationError``; it names the
             variables to set.
         on_response: Called with every response received (for example to read quota headers).
+        url_variable: The environment variable holding the base URL, named when a URL is unusable.
     """
 
     def __init__(
@@ -197,6 +199,7 @@ class HttpClient:
         classifier: Classifier | None = None,
         auth_message: str | None = None,
         on_response: Callable[[requests.Response], None] | None = None,
+        url_variable: str | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -212,6 +215,7 @@ class HttpClient:
         self._classifier = classifier
         self._auth_message = auth_message
         self._on_response = on_response
+        self._url_variable = url_variable
         self.requests_made = 0
         self.session = requests.Session()
         # Retries are ours alone: urllib3 must never resend behind our back.
@@ -310,11 +314,9 @@ class HttpClient:
                 requests.exceptions.InvalidSchema,
                 requests.exceptions.InvalidURL,
             ) as e:
+                setting = self._url_variable or f"the {self.system} base URL"
                 raise ConfigurationError(
-                    self.redact(
-                        f"{self.system}: {url!r} is not a usable URL; check the "
-                        f"{self.system.upper()} base URL setting"
-                    )
+                    self.redact(f"{self.system}: {url!r} is not a usable URL; check {setting}")
                 ) from e
             except requests.exceptions.ChunkedEncodingError as e:
                 # The response broke off mid-body: the request was received, its effect unknown.
@@ -455,3 +457,29 @@ def _never_sent(error: requests.exceptions.ConnectionError) -> bool:
     cause = error.args[0] if error.args else None
     reason = getattr(cause, "reason", cause)
     return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
+class ConnectorClient:
+    """Base of the per-system clients: one ``HttpClient``, a request counter, ``with`` support."""
+
+    http: HttpClient
+
+    @property
+    def requests_made(self) -> int:
+        """HTTP requests sent so far, retries (and token requests) included."""
+        return self.http.requests_made
+
+    def close(self) -> None:
+        """Close the pooled keep-alive connections."""
+        self.http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from finsync_pipeline.errors import ConfigurationError, PermanentUpstreamError
 from finsync_pipeline.resources.http import (
+    ConnectorClient,
     ErrorInfo,
     HttpClient,
     HttpOptions,
@@ -85,7 +86,7 @@ def parse_netsuite_error(response: requests.Response) -> ErrorInfo:
     )
 
 
-class NetSuiteClient:
+class NetSuiteClient(ConnectorClient):
     """Writes and reads NetSuite records with token-based authentication.
 
     Args:
@@ -120,6 +121,7 @@ class NetSuiteClient:
         self.http = HttpClient.from_options(
             SYSTEM,
             http_options or HttpOptions(),
+            url_variable="NETSUITE_BASE_URL",
             secrets=[consumer_key, consumer_secret, token_id, token_secret],
             error_parser=parse_netsuite_error,
             auth_message=AUTH_MESSAGE,
@@ -135,15 +137,6 @@ class NetSuiteClient:
 
     def __repr__(self) -> str:
         return f"NetSuiteClient(rest={self._rest!r}, requests_made={self.requests_made})"
-
-    @property
-    def requests_made(self) -> int:
-        """HTTP requests sent so far, retries included."""
-        return self.http.requests_made
-
-    def close(self) -> None:
-        """Close the pooled connections."""
-        self.http.close()
 
     def upsert(self, record_type: str, external_id: str, body: dict[str, Any]) -> str:
         """Create or update the record whose external id is ``external_id``.

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from finsync_pipeline.errors import AuthenticationError, PermanentUpstreamError
 from finsync_pipeline.resources.http import (
+    ConnectorClient,
     ErrorInfo,
     HttpClient,
     HttpOptions,
@@ -196,7 +197,7 @@ def parse_api_usage(header: str | None) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-class SalesforceClient:
+class SalesforceClient(ConnectorClient):
     """Queries one Salesforce org with an OAuth2 client-credentials token.
 
     Args:
@@ -233,6 +234,7 @@ class SalesforceClient:
         self.http = HttpClient.from_options(
             SYSTEM,
             http_options or HttpOptions(),
+            url_variable="SALESFORCE_LOGIN_URL",
             secrets=[client_id, client_secret],
             error_parser=parse_salesforce_error,
             classifier=classify_salesforce,
@@ -243,18 +245,9 @@ class SalesforceClient:
         return f"SalesforceClient(login_url={self._login_url!r}, api_version={self._api_version!r})"
 
     @property
-    def requests_made(self) -> int:
-        """HTTP requests sent so far, token requests and retries included."""
-        return self.http.requests_made
-
-    @property
     def api_usage(self) -> tuple[int, int] | None:
         """(used, allowed) API calls of the org's rolling 24 hours, from the last response."""
         return self._api_usage
-
-    def close(self) -> None:
-        """Close the pooled connections."""
-        self.http.close()
 
     def query(self, soql: str) -> Iterator[dict[str, Any]]:
         """Every record matching ``soql``, following ``nextRecordsUrl`` until done.

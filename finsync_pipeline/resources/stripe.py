@@ -9,6 +9,7 @@ from pydantic import Field
 
 from finsync_pipeline.errors import PermanentUpstreamError
 from finsync_pipeline.resources.http import (
+    ConnectorClient,
     ErrorInfo,
     HttpClient,
     HttpOptions,
@@ -51,7 +52,7 @@ def classify_stripe(response: requests.Response, info: ErrorInfo) -> Verdict | N
     return verdict
 
 
-class StripeClient:
+class StripeClient(ConnectorClient):
     """Reads Stripe objects page by page.
 
     Args:
@@ -76,6 +77,7 @@ class StripeClient:
         self.http = HttpClient.from_options(
             SYSTEM,
             http_options or HttpOptions(),
+            url_variable="STRIPE_API_BASE",
             secrets=[api_key],
             error_parser=parse_stripe_error,
             classifier=classify_stripe,
@@ -91,15 +93,6 @@ class StripeClient:
 
     def __repr__(self) -> str:
         return f"StripeClient(api_base={self._base!r}, requests_made={self.requests_made})"
-
-    @property
-    def requests_made(self) -> int:
-        """HTTP requests sent so far, retries included."""
-        return self.http.requests_made
-
-    def close(self) -> None:
-        """Close the pooled connections."""
-        self.http.close()
 
     def list_customers(
         self, *, created_gte: int | None = None, created_lt: int | None = None

@@ -6,7 +6,11 @@ import math
 import dagster as dg
 import pytest
 
-from finsync_pipeline.errors import AuthenticationError, RetryableUpstreamError
+from finsync_pipeline.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    RetryableUpstreamError,
+)
 from finsync_pipeline.resources.http import HttpOptions
 from finsync_pipeline.resources.stripe import STRIPE_API_VERSION, StripeClient, StripeResource
 from finsync_pipeline.sandbox.generator import Company
@@ -178,3 +182,15 @@ def test_resource_binds_env_vars_and_hides_the_key(
     assert sandbox.env["STRIPE_API_KEY"] not in repr(resolved)
     assert sandbox.env["STRIPE_API_KEY"] not in repr(resolved.get_client())
     assert STRIPE_API_VERSION == "2026-07-29.dahlia"
+
+
+def test_unusable_base_url_names_the_variable(options: HttpOptions) -> None:
+    with (
+        StripeClient(
+            api_key="sk_test_abcdefgh", api_base="api.stripe.com", http_options=options
+        ) as stripe,
+        pytest.raises(ConfigurationError) as info,
+    ):
+        list(stripe.list_customers())
+    assert "STRIPE_API_BASE" in str(info.value)
+    assert "sk_test_abcdefgh" not in str(info.value)
