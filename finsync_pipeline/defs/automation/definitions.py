@@ -13,6 +13,7 @@ import json
 import dagster as dg
 import sqlalchemy as sa
 
+from finsync_pipeline.ledger import now_iso
 from finsync_pipeline.logic.derive import ERP
 from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, daily_partitions
 from finsync_pipeline.resources.warehouse import WarehouseResource
@@ -59,7 +60,7 @@ def due_posting_window(conn: sa.Connection) -> dict[str, object] | None:
             "MAX(updated_at) AS touched FROM posting_ledger WHERE erp = :erp AND "
             "state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
         ),
-        {"erp": ERP, "now": dg.get_current_datetime().isoformat(timespec="microseconds")},
+        {"erp": ERP, "now": now_iso()},
     ).one()
     if not row.n:
         return None

@@ -1,0 +1,251 @@
+"""The ``finsync`` command: the demo, the pipeline on demand, the sandbox and the UI.
+
+Errors a user can act on print one line (which system, which variable) and exit 2; they never
+print a stack trace or a secret.
+"""
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from finsync_pipeline.errors import FinsyncError
+
+DEFAULT_HOME = ".finsync"
+DEFAULT_PORTS = (12111, 12112, 12113)
+
+
+def _progress(quiet: bool) -> Any:
+    started = time.monotonic()
+
+    def report(message: str) -> None:
+        if not quiet:
+            print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _date(text: str) -> dt.date:
+    return dt.date.fromisoformat(text)
+
+
+def _print_table(summary: dict[str, Any]) -> None:
+    recon = summary["reconciliation"]
+    rows = [
+        ("Salesforce accounts", summary["accounts"]),
+        ("Stripe invoices (finalized or paid)", summary["stripe_invoices"]),
+        ("NetSuite customers posted by this run", summary["erp_customers_posted"]),
+        ("NetSuite invoices posted by this run", summary["erp_invoices_posted"]),
+        ("NetSuite invoices in the ERP (window)", summary["erp_invoices_in_erp"]),
+        ("Reconciled: matched", recon["matched"]),
+        ("Reconciled: held by an open exception", recon["held_by_exception"]),
+        ("Reconciled: drift (missing/extra/dup/amount/currency)", summary["drift"]),
+        ("Finance exceptions open", summary["exceptions_open"]),
+        ("Quarantined records", summary["quarantined_rows"]),
+        ("Elapsed (s)", summary["elapsed_s"]),
+    ]
+    width = max(len(label) for label, _ in rows)
+    print(f"finsync demo: {summary['window'][0]} .. {summary['window'][1]}")
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value:>8}")
+    if summary["exceptions_open_by_kind"]:
+        kinds = ", ".join(f"{k} {v}" for k, v in summary["exceptions_open_by_kind"].items())
+        print(f"  open exceptions by kind: {kinds}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from finsync_pipeline.runner import check_environment, prepare_home, run_pipeline
+    from finsync_pipeline.sandbox.generator import CompanySpec, add_months, generate
+    from finsync_pipeline.sandbox.server import Sandbox
+
+    progress = _progress(args.json and args.quiet)
+    started = time.monotonic()
+    home = prepare_home(Path(args.home))
+    sandbox = Sandbox(home / "sandbox")
+    if not sandbox.is_seeded():
+        spec = CompanySpec(accounts=args.accounts, months=args.months, seed=args.seed)
+        progress(
+            f"sandbox: generating a company of {spec.accounts} accounts over "
+            f"{spec.months} months (seed {spec.seed})"
+        )
+        sandbox.seed(generate(spec))
+    stored = sandbox.spec
+    if stored is None:
+        raise FinsyncError(f"sandbox state {home / 'sandbox'} holds no company spec")
+    spec = stored
+    if (spec.accounts, spec.months, spec.seed) != (args.accounts, args.months, args.seed):
+        progress(
+            f"sandbox: {home / 'sandbox'} already holds a company of {spec.accounts} "
+            f"accounts over {spec.months} months (seed {spec.seed}); reusing it"
+        )
+    with sandbox:
+        # Pointed at the sandbox exactly as a deployment is pointed at the real services.
+        os.environ.update(sandbox.env)
+        os.environ.setdefault("FINSYNC_MODE", "sandbox")
+        check_environment()
+        first_day = add_months(spec.end, -spec.months) + dt.timedelta(days=1)
+        summary = run_pipeline(first_day, spec.end, progress)
+        summary["planted"] = {k: len(v) for k, v in sandbox.planted().items()}
+        summary["sandbox_requests"] = sandbox.request_counts()
+    summary["elapsed_s"] = round(time.monotonic() - started, 1)
+    _print_table(summary)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from finsync_pipeline.runner import check_environment, prepare_home, run_pipeline
+
+    prepare_home(Path(args.home))
+    check_environment()
+    last = args.to or dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    first = getattr(args, "from") or last
+    summary = run_pipeline(first, last, _progress(args.json and args.quiet))
+    _print_table(summary)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def cmd_sandbox_serve(args: argparse.Namespace) -> int:
+    from finsync_pipeline.sandbox.generator import CompanySpec
+    from finsync_pipeline.sandbox.server import serve
+
+    spec = CompanySpec(accounts=args.accounts, months=args.months, seed=args.seed)
+    stripe_port, salesforce_port, netsuite_port = args.ports
+    serve(
+        Path(args.state),
+        host=args.host,
+        ports=(stripe_port, salesforce_port, netsuite_port),
+        spec=spec,
+    )
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from finsync_pipeline.runner import REPO_ROOT, prepare_home
+    from finsync_pipeline.sandbox.generator import CompanySpec, generate
+    from finsync_pipeline.sandbox.server import Sandbox
+
+    home = prepare_home(Path(args.home))
+    sandbox = Sandbox(
+        home / "sandbox",
+        stripe_port=args.ports[0],
+        salesforce_port=args.ports[1],
+        netsuite_port=args.ports[2],
+    )
+    if not sandbox.is_seeded():
+        sandbox.seed(generate(CompanySpec()))
+    with sandbox:
+        env = {**os.environ, **sandbox.env, "FINSYNC_MODE": "sandbox"}
+        print(
+            f"Dagster UI on http://{args.host}:{args.port} (sandbox state {home / 'sandbox'}); "
+            "Ctrl-C stops both.",
+            file=sys.stderr,
+            flush=True,
+        )
+        dagster = Path(sys.executable).with_name("dagster")
+        command = [
+            str(dagster),
+            "dev",
+            "-w",
+            str(REPO_ROOT / "workspace.yaml"),
+            "-h",
+            args.host,
+            "-p",
+            str(args.port),
+        ]
+        try:
+            # The command is our own dagster executable with fixed arguments.
+            return subprocess.call(command, env=env, cwd=REPO_ROOT)  # noqa: S603
+        except KeyboardInterrupt:
+            return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finsync", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def home_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--home",
+            default=os.environ.get("FINSYNC_HOME", DEFAULT_HOME),
+            help="folder of the warehouse, Dagster instance and sandbox state "
+            "(default: $FINSYNC_HOME or .finsync)",
+        )
+
+    def company_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--accounts", type=int, default=300, help="accounts (default 300)")
+        p.add_argument("--months", type=int, default=12, help="months of history (default 12)")
+        p.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
+
+    demo = sub.add_parser("demo", help="run the full pipeline against the sandbox")
+    company_args(demo)
+    home_arg(demo)
+    demo.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    demo.add_argument("--quiet", action="store_true", help="with --json, no progress lines")
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser(
+        "run",
+        help="ingest, post and reconcile a day range against the "
+        "systems configured in the environment",
+    )
+    run.add_argument("--from", type=_date, help="first day (default: the last day)")
+    run.add_argument("--to", type=_date, help="last day (default: yesterday, UTC)")
+    home_arg(run)
+    run.add_argument("--json", action="store_true")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    sandbox = sub.add_parser("sandbox", help="the simulators of the external systems")
+    sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    serve = sandbox_sub.add_parser("serve", help="serve the simulators until Ctrl-C")
+    serve.add_argument("--state", required=True, help="state folder (survives restarts)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument(
+        "--ports",
+        type=int,
+        nargs=3,
+        default=list(DEFAULT_PORTS),
+        metavar=("STRIPE", "SALESFORCE", "NETSUITE"),
+    )
+    company_args(serve)
+    serve.set_defaults(func=cmd_sandbox_serve)
+
+    ui = sub.add_parser("ui", help="the Dagster UI over the demo's home, with the sandbox")
+    home_arg(ui)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument(
+        "--ports",
+        type=int,
+        nargs=3,
+        default=list(DEFAULT_PORTS),
+        metavar=("STRIPE", "SALESFORCE", "NETSUITE"),
+        help="sandbox ports",
+    )
+    ui.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except FinsyncError as e:
+        print(f"finsync: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
