@@ -69,7 +69,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     home = prepare_home(Path(args.home))
     sandbox = Sandbox(home / "sandbox")
     if not sandbox.is_seeded():
-        spec = CompanySpec(accounts=args.accounts, months=args.months, seed=args.seed)
+        spec = CompanySpec(accounts=args.accounts, months=args.months, seed=args.seed,
+                           **({"end": args.end} if args.end else {}))
         progress(
             f"sandbox: generating a company of {spec.accounts} accounts over "
             f"{spec.months} months (seed {spec.seed})"
@@ -188,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the full pipeline against the sandbox")
     company_args(demo)
+    demo.add_argument("--end", type=_date, help="last day of the company's history "
+                      "(default: yesterday, UTC); fixes the output for reproducible runs")
     home_arg(demo)
     demo.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     demo.add_argument("--quiet", action="store_true", help="with --json, no progress lines")

@@ -35,7 +35,9 @@ def build_resources(mode: str) -> dict[str, object]:
     netsuite_base: dict[str, Any] = {"base_url": dg.EnvVar("NETSUITE_BASE_URL")} if sandbox else {}
     return {
         "warehouse": WarehouseResource(url=warehouse_url),
-        "settings": PipelineSettings(),
+        "settings": PipelineSettings(
+            max_bad_share=float(os.environ.get("FINSYNC_MAX_BAD_SHARE", "0.05"))
+        ),
         "stripe": StripeResource(
             api_key=dg.EnvVar("STRIPE_API_KEY"),
             **stripe_base,

@@ -25,7 +25,8 @@ from finsync_pipeline.partitions import range_tags
 from finsync_pipeline.resources.warehouse import create_engine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+# The CLI reports progress and failures itself; the run logs stay in the instance for the UI.
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 MAX_SENSOR_TICKS = 6
 
 # What each system needs in the environment, in the words a user acts on.
@@ -95,9 +96,29 @@ class RunFailed(FinsyncError):
     """A pipeline run failed; the message is the cause a user can act on."""
 
 
+def _failed_checks(result: dg.ExecuteInProcessResult) -> list[str]:
+    """A line per failed blocking check: which asset, how many records, against what limit."""
+    lines = []
+    for event in result.all_events:
+        evaluation = event.event_specific_data
+        if not isinstance(evaluation, dg.AssetCheckEvaluation) or evaluation.passed:
+            continue
+        meta = {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
+        lines.append(
+            f"{evaluation.asset_key.to_user_string()} {evaluation.check_name}: "
+            f"{meta.get('rows quarantined', '?')} of {meta.get('rows checked', '?')} records broke "
+            f"the contract, above the limit of {meta.get('threshold', '?')} "
+            "(FINSYNC_MAX_BAD_SHARE); they are in the quarantine table"
+        )
+    return lines
+
+
 def _raise_for(result: dg.ExecuteInProcessResult, job: str) -> None:
     if result.success:
         return
+    checks = _failed_checks(result)
+    if checks:
+        raise RunFailed(f"{job} stopped by a blocking check: " + "; ".join(checks))
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data is not None:
             error = event.step_failure_data.error
