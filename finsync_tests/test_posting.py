@@ -1,0 +1,495 @@
+"""The posting engine against the NetSuite sandbox over real HTTP, with the ledger on SQLite
+and on PostgreSQL: parents first, exactly one ERP document per external id, rejections,
+deferrals, pauses, dead rows, and settling what a dead run left in flight."""
+
+import datetime as dt
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from finsync_pipeline import ledger
+from finsync_pipeline.errors import AuthenticationError
+from finsync_pipeline.ledger import LedgerDoc
+from finsync_pipeline.posting import PostingEngine
+from finsync_pipeline.resources.http import HttpOptions
+from finsync_pipeline.resources.netsuite import NetSuiteClient, NetSuiteResource
+from finsync_pipeline.sandbox.generator import CompanySpec, generate
+from finsync_pipeline.sandbox.server import Sandbox
+from finsync_tests.conftest import TEST_END
+
+ERP = "netsuite"
+# A blocked or released row must not be claimed again and again within one run: a run that
+# claims more batches than this is looping on the same rows.
+MAX_BATCHES = 25
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    box = Sandbox(tmp_path / "sb")
+    box.seed(generate(CompanySpec(accounts=10, months=2, seed=3, end=TEST_END)))
+    box.start()
+    yield box
+    box.stop()
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+def make_client(sandbox: Sandbox, sleeps: list[float], **overrides: str) -> NetSuiteClient:
+    env = sandbox.env
+    settings = {
+        "account_id": env["NETSUITE_ACCOUNT_ID"],
+        "base_url": env["NETSUITE_BASE_URL"],
+        "consumer_key": env["NETSUITE_CONSUMER_KEY"],
+        "consumer_secret": env["NETSUITE_CONSUMER_SECRET"],
+        "token_id": env["NETSUITE_TOKEN_ID"],
+        "token_secret": env["NETSUITE_TOKEN_SECRET"],
+        **overrides,
+    }
+    return NetSuiteResource(**settings).get_client(
+        http_options=HttpOptions(
+            timeout=(5.0, 30.0), max_attempts=3, sleep=sleeps.append, rng=random.Random(3)
+        )
+    )
+
+
+@pytest.fixture
+def client(sandbox: Sandbox, sleeps: list[float]) -> Iterator[NetSuiteClient]:
+    with make_client(sandbox, sleeps) as c:
+        yield c
+
+
+class Hooks:
+    """Records the engine's side-effect points and stops a run that loops on its claims."""
+
+    def __init__(self) -> None:
+        self.points: list[str] = []
+
+    def __call__(self, point: str) -> None:
+        self.points.append(point)
+        if self.points.count("claimed") > MAX_BATCHES:
+            pytest.fail(
+                f"the run claimed {MAX_BATCHES}+ batches: it keeps re-claiming rows it "
+                "released (a blocked or paused row came back due at once)"
+            )
+
+
+def make_engine(
+    warehouse_engine: Engine,
+    client: NetSuiteClient,
+    run_id: str,
+    *,
+    hooks: Hooks | None = None,
+    is_run_alive: Callable[[str], bool] = lambda _run: False,
+    **kw: Any,
+) -> PostingEngine:
+    return PostingEngine(
+        warehouse_engine,
+        client,
+        erp=ERP,
+        run_id=run_id,
+        is_run_alive=is_run_alive,
+        rng=random.Random(7),
+        on_hook=hooks if hooks is not None else Hooks(),
+        **kw,
+    )
+
+
+def customer(key: str, parent: str | None = None, *, depth: int = 0) -> LedgerDoc:
+    external_id = f"SF_{key}"
+    payload: dict[str, Any] = {
+        "externalId": external_id,
+        "companyName": f"{key} Holdings",
+        "isPerson": False,
+        "subsidiary": {"id": "1"},
+        "currency": {"id": "1"},
+    }
+    if parent is not None:
+        payload["parent"] = {"$ref": ["customer", f"SF_{parent}"]}
+    return LedgerDoc(
+        ERP, "customer", external_id, "salesforce", key, f"fs-{key}", None, payload, depth
+    )
+
+
+def invoice(
+    key: str,
+    customer_key: str,
+    *,
+    item: str = "101",
+    amount: Decimal = Decimal("10.00"),
+    partition_date: str = "2026-10-01",
+) -> LedgerDoc:
+    external_id = f"STRIPE_{key}"
+    payload = {
+        "externalId": external_id,
+        "entity": {"$ref": ["customer", f"SF_{customer_key}"]},
+        "tranDate": partition_date,
+        "subsidiary": {"id": "1"},
+        "currency": {"id": "1"},
+        "memo": f"finsync fs-{key} stripe invoice {key}",
+        "item": {"items": [{"item": {"id": item}, "quantity": 1, "amount": amount}]},
+    }
+    return LedgerDoc(
+        ERP, "invoice", external_id, "stripe", key, f"fs-{key}", partition_date, payload
+    )
+
+
+def enqueue(engine: Engine, *docs: LedgerDoc) -> None:
+    by_type: dict[str, list[LedgerDoc]] = {}
+    for d in docs:
+        by_type.setdefault(d.doc_type, []).append(d)
+    with engine.begin() as conn:
+        for group in by_type.values():
+            ledger.enqueue(conn, group, run_id="derive", repost_changed=True)
+
+
+def row(engine: Engine, external_id: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.text("SELECT * FROM posting_ledger WHERE erp = :erp AND external_id = :x"),
+            {"erp": ERP, "x": external_id},
+        ).one()
+    return dict(found._mapping)
+
+
+def by_external_id(sandbox: Sandbox, record_type: str) -> dict[str, dict[str, Any]]:
+    records = sandbox.netsuite_records(record_type)
+    counts = Counter(r.get("externalId") for r in records)
+    duplicates = {k: n for k, n in counts.items() if n > 1}
+    assert not duplicates, f"NetSuite holds duplicates: {duplicates}"
+    return {r["externalId"]: r for r in records if r.get("externalId")}
+
+
+def make_due_now(engine: Engine, external_id: str) -> None:
+    """Let the backoff elapse without waiting for it: the deferral's due time moves to the past."""
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)).isoformat(timespec="microseconds")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE posting_ledger SET next_attempt_at = :t WHERE external_id = :x"),
+            {"t": past, "x": external_id},
+        )
+
+
+# -- the happy path ------------------------------------------------------------------------
+
+
+def test_posts_parents_before_children_and_resolves_references(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient
+) -> None:
+    # The child is enqueued first and sorts first by name: only the depth puts the parent first.
+    enqueue(
+        warehouse_engine,
+        customer("a_child", parent="z_parent", depth=1),
+        customer("z_parent"),
+        invoice("in_1", "a_child", amount=Decimal("1234.57")),
+    )
+    hooks = Hooks()
+    poster = make_engine(warehouse_engine, client, "run-1", hooks=hooks, batch_size=1)
+    poster.recover()
+    poster.post("customer", depths=[0, 1])
+    poster.post("invoice", date_from="2026-10-01", date_to="2026-10-02")
+
+    customers = by_external_id(sandbox, "customer")
+    invoices = by_external_id(sandbox, "invoice")
+    parent, child = customers["SF_z_parent"], customers["SF_a_child"]
+    assert int(parent["id"]) < int(child["id"]), "the parent must reach NetSuite first"
+    assert child["parent"]["id"] == parent["id"]
+    assert invoices["STRIPE_in_1"]["entity"]["id"] == child["id"]
+    assert invoices["STRIPE_in_1"]["item"]["items"][0]["amount"] == Decimal("1234.57")
+
+    assert (poster.stats.posted, poster.stats.rejected, poster.stats.deferred) == (3, 0, 0)
+    assert not poster.stats.paused
+    assert hooks.points == ["claimed", "sent", "recorded"] * 3
+    for external_id, record in [
+        ("SF_z_parent", parent),
+        ("SF_a_child", child),
+        ("STRIPE_in_1", invoices["STRIPE_in_1"]),
+    ]:
+        stored = row(warehouse_engine, external_id)
+        assert stored["state"] == "posted"
+        assert stored["erp_internal_id"] == record["id"]
+        assert stored["posted_hash"] == stored["payload_hash"]
+        assert stored["attempts"] == 1
+        assert stored["claimed_by"] is None
+    with warehouse_engine.connect() as conn:
+        assert ledger.verify_journal(conn) is None
+
+
+def test_a_rerun_posts_nothing_and_the_erp_holds_one_document_each(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient, sleeps: list[float]
+) -> None:
+    docs = [customer("p"), customer("c", parent="p", depth=1), invoice("in_1", "c")]
+    enqueue(warehouse_engine, *docs)
+    first = make_engine(warehouse_engine, client, "run-1")
+    first.post("customer")
+    first.post("invoice")
+    assert first.stats.posted == 3
+
+    # Derive runs again with the same documents; a new posting run follows.
+    enqueue(warehouse_engine, *docs)
+    with make_client(sandbox, sleeps) as fresh:
+        second = make_engine(warehouse_engine, fresh, "run-2")
+        second.recover()
+        second.post("customer")
+        second.post("invoice")
+        assert fresh.requests_made == 0
+    assert second.stats == type(second.stats)()
+    assert set(by_external_id(sandbox, "customer")) == {"SF_p", "SF_c"}
+    assert set(by_external_id(sandbox, "invoice")) == {"STRIPE_in_1"}
+
+
+def test_a_changed_customer_is_updated_in_place(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient
+) -> None:
+    enqueue(warehouse_engine, customer("p"))
+    make_engine(warehouse_engine, client, "run-1").post("customer")
+    first_id = by_external_id(sandbox, "customer")["SF_p"]["id"]
+
+    renamed = customer("p")
+    renamed.payload["companyName"] = "P Renamed Ltd"
+    enqueue(warehouse_engine, renamed)
+    poster = make_engine(warehouse_engine, client, "run-2")
+    poster.post("customer")
+
+    record = by_external_id(sandbox, "customer")["SF_p"]
+    assert poster.stats.posted == 1
+    assert (record["id"], record["companyName"]) == (first_id, "P Renamed Ltd")
+    assert row(warehouse_engine, "SF_p")["posted_hash"] == ledger.payload_hash(renamed.payload)
+
+
+# -- documents that cannot go yet ----------------------------------------------------------
+
+
+def test_an_invoice_whose_customer_is_not_posted_is_held_back_not_sent(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient
+) -> None:
+    enqueue(warehouse_engine, customer("later"), invoice("in_1", "later"))
+    poster = make_engine(warehouse_engine, client, "run-1")
+    poster.post("invoice")
+
+    stored = row(warehouse_engine, "STRIPE_in_1")
+    assert poster.stats.blocked == 1
+    assert poster.stats.posted == 0
+    assert stored["state"] == "pending"
+    assert stored["attempts"] == 0
+    assert "SF_later" in stored["last_error"]
+    assert client.requests_made == 0
+    assert by_external_id(sandbox, "invoice") == {}
+
+    # Once the customer is posted, the next run sends the invoice.
+    later = make_engine(warehouse_engine, client, "run-2")
+    later.post("customer")
+    make_due_now(warehouse_engine, "STRIPE_in_1")
+    later.post("invoice")
+    assert later.stats.posted == 2
+    invoices = by_external_id(sandbox, "invoice")
+    assert (
+        invoices["STRIPE_in_1"]["entity"]["id"]
+        == row(warehouse_engine, "SF_later")["erp_internal_id"]
+    )
+
+
+def test_an_invoice_of_a_rejected_customer_does_not_stall_the_run(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient
+) -> None:
+    bad = customer("bad")
+    bad.payload["subsidiary"] = {"id": "99"}
+    enqueue(
+        warehouse_engine, bad, customer("good"), invoice("in_1", "bad"), invoice("in_2", "good")
+    )
+    poster = make_engine(warehouse_engine, client, "run-1")
+    poster.post("customer")
+    poster.post("invoice")
+
+    assert row(warehouse_engine, "SF_bad")["state"] == "rejected"
+    assert row(warehouse_engine, "STRIPE_in_1")["state"] == "pending"
+    assert row(warehouse_engine, "STRIPE_in_2")["state"] == "posted"
+    assert set(by_external_id(sandbox, "invoice")) == {"STRIPE_in_2"}
+
+
+# -- permanent and transient failures ------------------------------------------------------
+
+
+def test_a_validation_error_rejects_the_row_with_the_erp_reason(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient
+) -> None:
+    enqueue(
+        warehouse_engine,
+        customer("c"),
+        invoice("in_bad", "c", item="999"),
+        invoice("in_good", "c"),
+    )
+    poster = make_engine(warehouse_engine, client, "run-1")
+    poster.post("customer")
+    poster.post("invoice")
+
+    stored = row(warehouse_engine, "STRIPE_in_bad")
+    assert (poster.stats.rejected, poster.stats.posted) == (1, 2)
+    assert not poster.stats.paused
+    assert stored["state"] == "rejected"
+    assert stored["attempts"] == 1
+    assert "Invalid Field Value 999 for the following field: item" in stored["last_error"]
+    (rejection,) = poster.stats.rejections
+    assert rejection["external_id"] == "STRIPE_in_bad"
+    assert rejection["source_id"] == "in_bad"
+    assert rejection["correlation_id"] == "fs-in_bad"
+    assert rejection["partition_date"] == "2026-10-01"
+    assert "Invalid Field Value 999" in rejection["detail"]
+    assert rejection["detail"].endswith("[field item.items[0].item]")
+    assert "dead" not in rejection
+    # The rejection stopped nothing else.
+    assert set(by_external_id(sandbox, "invoice")) == {"STRIPE_in_good"}
+
+
+def test_an_outage_beyond_the_retries_defers_the_row_and_pauses_the_run(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient, sleeps: list[float]
+) -> None:
+    enqueue(warehouse_engine, customer("a"), customer("b"), customer("c"))
+    sandbox.inject("netsuite", status=503, count=3, retry_after_s=1)
+    hooks = Hooks()
+    poster = make_engine(warehouse_engine, client, "run-1", hooks=hooks)
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+    poster.post("customer")
+
+    deferred, released = row(warehouse_engine, "SF_a"), row(warehouse_engine, "SF_b")
+    assert poster.stats.paused
+    assert (poster.stats.deferred, poster.stats.posted, poster.stats.dead) == (1, 0, 0)
+    # The client waited as NetSuite's Retry-After asked, then gave up after its 3 attempts.
+    assert sleeps == [1.0, 1.0]
+    assert client.requests_made == 3
+    assert deferred["state"] == "pending"
+    assert deferred["attempts"] == 1
+    assert deferred["next_attempt_at"] > started
+    assert "503" in deferred["last_error"]
+    # The rest of the batch was not sent and burnt no attempt.
+    for other in ("SF_b", "SF_c"):
+        stored = row(warehouse_engine, other)
+        assert (stored["state"], stored["attempts"]) == ("pending", 0)
+        assert "paused" in stored["last_error"]
+    assert released["claimed_by"] is None
+    assert by_external_id(sandbox, "customer") == {}
+
+    # The fault is over. The next run drains the backlog but waits for the deferred row's due time.
+    after = make_engine(warehouse_engine, client, "run-2")
+    after.post("customer")
+    assert after.stats.posted == 2
+    assert row(warehouse_engine, "SF_a")["state"] == "pending"
+    make_due_now(warehouse_engine, "SF_a")
+    again = make_engine(warehouse_engine, client, "run-3")
+    again.post("customer")
+    assert again.stats.posted == 1
+    posted = row(warehouse_engine, "SF_a")
+    assert (posted["state"], posted["attempts"], posted["last_error"]) == ("posted", 2, None)
+    assert set(by_external_id(sandbox, "customer")) == {"SF_a", "SF_b", "SF_c"}
+
+
+def test_a_row_that_keeps_failing_goes_dead_after_max_attempts(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient
+) -> None:
+    enqueue(warehouse_engine, customer("a"))
+    for run in ("run-1", "run-2"):
+        sandbox.inject("netsuite", status=503, count=3, retry_after_s=1)
+        make_due_now(warehouse_engine, "SF_a")
+        poster = make_engine(warehouse_engine, client, run, max_attempts=2)
+        poster.post("customer")
+
+    stored = row(warehouse_engine, "SF_a")
+    assert (poster.stats.dead, poster.stats.deferred) == (1, 0)
+    assert stored["state"] == "dead"
+    assert stored["attempts"] == 2
+    assert stored["last_error"].startswith("retries exhausted")
+    (dead,) = poster.stats.rejections
+    assert (dead["external_id"], dead["dead"]) == ("SF_a", "true")
+    # A dead row is not retried by later runs until someone re-queues it.
+    later = make_engine(warehouse_engine, client, "run-3")
+    later.post("customer")
+    assert later.stats.posted == 0
+    assert by_external_id(sandbox, "customer") == {}
+
+
+def test_rejected_credentials_release_the_row_without_burning_an_attempt(
+    warehouse_engine: Engine, sandbox: Sandbox, sleeps: list[float]
+) -> None:
+    enqueue(warehouse_engine, customer("a"))
+    with make_client(sandbox, sleeps, token_secret="wrong-secret") as bad:
+        poster = make_engine(warehouse_engine, bad, "run-1")
+        with pytest.raises(AuthenticationError, match="NETSUITE_TOKEN_SECRET"):
+            poster.post("customer")
+    stored = row(warehouse_engine, "SF_a")
+    assert (stored["state"], stored["attempts"], stored["claimed_by"]) == ("pending", 0, None)
+
+
+# -- settling what a dead run left in flight -----------------------------------------------
+
+
+def _claim_as(engine: Engine, run_id: str, doc_type: str = "customer") -> list[ledger.Claimed]:
+    with engine.begin() as conn:
+        return ledger.claim(conn, erp=ERP, doc_type=doc_type, run_id=run_id, limit=10)
+
+
+def test_recovery_marks_posted_what_the_dead_run_had_sent(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient, sleeps: list[float]
+) -> None:
+    enqueue(warehouse_engine, customer("a"))
+    (claimed,) = _claim_as(warehouse_engine, "dead-run")
+    # The dead run's request reached NetSuite; the run died before recording the outcome.
+    sent_id = client.upsert("customer", claimed.external_id, claimed.payload)
+
+    asked: list[str] = []
+    with make_client(sandbox, sleeps) as fresh:
+        poster = make_engine(
+            warehouse_engine, fresh, "run-2", is_run_alive=lambda r: asked.append(r) or False
+        )
+        poster.recover()
+        poster.post("customer")
+        assert fresh.requests_made == 1, "settled by one lookup, never by a resend"
+
+    stored = row(warehouse_engine, "SF_a")
+    assert asked == ["dead-run"]
+    assert (poster.stats.recovered_posted, poster.stats.posted) == (1, 0)
+    assert stored["state"] == "posted"
+    assert stored["erp_internal_id"] == sent_id
+    assert stored["posted_hash"] == claimed.payload_hash
+    assert stored["claimed_by"] is None
+    assert list(by_external_id(sandbox, "customer")) == ["SF_a"]
+
+
+def test_recovery_puts_back_what_the_dead_run_had_not_sent(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient
+) -> None:
+    enqueue(warehouse_engine, customer("a"), customer("b"))
+    _claim_as(warehouse_engine, "dead-run")
+    poster = make_engine(warehouse_engine, client, "run-2")
+    poster.recover()
+    assert poster.stats.recovered_pending == 2
+    assert row(warehouse_engine, "SF_a")["state"] == "pending"
+    poster.post("customer")
+
+    assert poster.stats.posted == 2
+    assert set(by_external_id(sandbox, "customer")) == {"SF_a", "SF_b"}
+    assert row(warehouse_engine, "SF_a")["attempts"] == 1
+
+
+def test_recovery_leaves_rows_of_a_live_run_alone(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient
+) -> None:
+    enqueue(warehouse_engine, customer("a"))
+    _claim_as(warehouse_engine, "live-run")
+    poster = make_engine(warehouse_engine, client, "run-2", is_run_alive=lambda r: True)
+    poster.recover()
+    poster.post("customer")
+
+    stored = row(warehouse_engine, "SF_a")
+    assert (stored["state"], stored["claimed_by"]) == ("in_flight", "live-run")
+    assert poster.stats == type(poster.stats)()
+    assert client.requests_made == 0
+    assert by_external_id(sandbox, "customer") == {}
