@@ -35,7 +35,7 @@ def _date(text: str) -> dt.date:
     return dt.date.fromisoformat(text)
 
 
-def _print_table(summary: dict[str, Any]) -> None:
+def _print_table(command: str, summary: dict[str, Any]) -> None:
     recon = summary["reconciliation"]
     rows = [
         ("Salesforce accounts", summary["accounts"]),
@@ -51,7 +51,7 @@ def _print_table(summary: dict[str, Any]) -> None:
         ("Elapsed (s)", summary["elapsed_s"]),
     ]
     width = max(len(label) for label, _ in rows)
-    print(f"finsync demo: {summary['window'][0]} .. {summary['window'][1]}")
+    print(f"finsync {command}: {summary['window'][0]} .. {summary['window'][1]}")
     for label, value in rows:
         print(f"  {label:<{width}}  {value:>8}")
     if summary["exceptions_open_by_kind"]:
@@ -69,8 +69,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     home = prepare_home(Path(args.home))
     sandbox = Sandbox(home / "sandbox")
     if not sandbox.is_seeded():
-        spec = CompanySpec(accounts=args.accounts, months=args.months, seed=args.seed,
-                           **({"end": args.end} if args.end else {}))
+        spec = CompanySpec(
+            accounts=args.accounts,
+            months=args.months,
+            seed=args.seed,
+            **({"end": args.end} if args.end else {}),
+        )
         progress(
             f"sandbox: generating a company of {spec.accounts} accounts over "
             f"{spec.months} months (seed {spec.seed})"
@@ -95,7 +99,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         summary["planted"] = {k: len(v) for k, v in sandbox.planted().items()}
         summary["sandbox_requests"] = sandbox.request_counts()
     summary["elapsed_s"] = round(time.monotonic() - started, 1)
-    _print_table(summary)
+    _print_table("demo", summary)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     return 0
@@ -109,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     last = args.to or dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     first = getattr(args, "from") or last
     summary = run_pipeline(first, last, _progress(args.json and args.quiet))
-    _print_table(summary)
+    _print_table("run", summary)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     return 0
@@ -119,7 +123,12 @@ def cmd_sandbox_serve(args: argparse.Namespace) -> int:
     from finsync_pipeline.sandbox.generator import CompanySpec
     from finsync_pipeline.sandbox.server import serve
 
-    spec = CompanySpec(accounts=args.accounts, months=args.months, seed=args.seed)
+    spec = CompanySpec(
+        accounts=args.accounts,
+        months=args.months,
+        seed=args.seed,
+        **({"end": args.end} if args.end else {}),
+    )
     stripe_port, salesforce_port, netsuite_port = args.ports
     serve(
         Path(args.state),
@@ -186,11 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--accounts", type=int, default=300, help="accounts (default 300)")
         p.add_argument("--months", type=int, default=12, help="months of history (default 12)")
         p.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
+        p.add_argument(
+            "--end",
+            type=_date,
+            help="last day of the company's history "
+            "(default: yesterday, UTC); fixes the output for reproducible runs",
+        )
 
     demo = sub.add_parser("demo", help="run the full pipeline against the sandbox")
     company_args(demo)
-    demo.add_argument("--end", type=_date, help="last day of the company's history "
-                      "(default: yesterday, UTC); fixes the output for reproducible runs")
     home_arg(demo)
     demo.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     demo.add_argument("--quiet", action="store_true", help="with --json, no progress lines")

@@ -70,13 +70,15 @@ def check_environment() -> None:
 
 
 def _finsync_message(error: Any) -> str | None:
-    """The message of the deepest finsync error in a serialized error chain."""
-    found = None
+    """The message of the outermost finsync error in a serialized error chain.
+
+    The outermost one is what our code chose to tell the user; its causes are detail.
+    """
     while error is not None:
         if error.cls_name in _FINSYNC_ERROR_NAMES:
-            found = error.message.strip().split(": ", 1)[-1]
+            return str(error.message).strip().split(": ", 1)[-1]
         error = error.cause
-    return found
+    return None
 
 
 _FINSYNC_ERROR_NAMES = {

@@ -102,6 +102,60 @@ def flatten_stripe_customers(records: Sequence[Record]) -> pd.DataFrame:
     return _frame(rows, CUSTOMER_DTYPES)
 
 
+SUBSCRIPTION_DTYPES = {
+    "source_id": "str",
+    "customer": "str",
+    "status": "str",
+    "currency": "str",
+    "item_count": "Int64",
+    "created": "Int64",
+}
+
+
+def flatten_stripe_subscriptions(records: Sequence[Record]) -> pd.DataFrame:
+    """Stripe subscriptions, one row each (items are counted; their periods stay in payload)."""
+    rows = [
+        {
+            "source_id": as_text(r.get("id")),
+            "customer": as_text(r.get("customer")),
+            "status": as_text(r.get("status")),
+            "currency": as_upper(r.get("currency")),
+            "item_count": len(((r.get("items") or {}).get("data")) or []),
+            "created": as_int(r.get("created")),
+        }
+        for r in records
+    ]
+    return _frame(rows, SUBSCRIPTION_DTYPES)
+
+
+PAYMENT_DTYPES = {
+    "source_id": "str",
+    "customer": "str",
+    "status": "str",
+    "currency": "str",
+    "amount": "Int64",
+    "amount_received": "Int64",
+    "created": "Int64",
+}
+
+
+def flatten_stripe_payments(records: Sequence[Record]) -> pd.DataFrame:
+    """Stripe payment intents, one row each."""
+    rows = [
+        {
+            "source_id": as_text(r.get("id")),
+            "customer": as_text(r.get("customer")),
+            "status": as_text(r.get("status")),
+            "currency": as_upper(r.get("currency")),
+            "amount": as_int(r.get("amount")),
+            "amount_received": as_int(r.get("amount_received")),
+            "created": as_int(r.get("created")),
+        }
+        for r in records
+    ]
+    return _frame(rows, PAYMENT_DTYPES)
+
+
 INVOICE_DTYPES = {
     "source_id": "str",
     "number": "str",
@@ -331,22 +385,6 @@ def flatten_erp_invoices(
             }
         )
     return _frame(rows, ERP_INVOICE_DTYPES)
-
-
-ERP_CUSTOMER_DTYPES = {"source_id": "str", "external_id": "str", "company_name": "str"}
-
-
-def flatten_erp_customers(records: Sequence[Record]) -> pd.DataFrame:
-    """NetSuite customers from SuiteQL."""
-    rows = [
-        {
-            "source_id": as_text(r.get("id")),
-            "external_id": as_text(r.get("externalid")),
-            "company_name": as_text(r.get("companyname")),
-        }
-        for r in records
-    ]
-    return _frame(rows, ERP_CUSTOMER_DTYPES)
 
 
 Flattener = Callable[[Sequence[Record]], pd.DataFrame]

@@ -16,11 +16,3 @@ class ErpInvoiceRecord(pa.DataFrameModel):
     currency: Series[str] = pa.Field(nullable=True, description="ISO code of the currency id")
     total_minor: Series[pd.Int64Dtype] = pa.Field(nullable=True, description="foreigntotal")
     memo: Series[str] = pa.Field(nullable=True, description="memo: carries the correlation id")
-
-
-class ErpCustomerRecord(pa.DataFrameModel):
-    """A NetSuite customer as SuiteQL returns it."""
-
-    source_id: Series[str] = pa.Field(unique=True, description="NetSuite internal id")
-    external_id: Series[str] = pa.Field(nullable=True, description="externalid")
-    company_name: Series[str] = pa.Field(nullable=True, description="companyname")

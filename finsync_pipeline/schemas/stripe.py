@@ -64,3 +64,49 @@ class StripeInvoiceLineRecord(pa.DataFrameModel):
     quantity: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Quantity billed")
     product_id: Series[str] = pa.Field(nullable=True, description="pricing.price_details.product")
     currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217, upper-case")
+
+
+class StripeSubscriptionRecord(pa.DataFrameModel):
+    """A Stripe subscription; since 2025-03-31.basil its periods live on each item."""
+
+    source_id: Series[str] = pa.Field(unique=True, str_startswith="sub_", description="Stripe id")
+    customer: Series[str] = pa.Field(str_startswith="cus_", description="Stripe customer id")
+    status: Series[str] = pa.Field(
+        isin=[
+            "incomplete",
+            "incomplete_expired",
+            "trialing",
+            "active",
+            "past_due",
+            "canceled",
+            "unpaid",
+            "paused",
+        ],
+        description="Stripe subscription status",
+    )
+    currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217, upper-case")
+    item_count: Series[pd.Int64Dtype] = pa.Field(ge=1, description="Subscription items")
+    created: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Unix seconds")
+
+
+class StripePaymentRecord(pa.DataFrameModel):
+    """A Stripe payment intent: money collected, in minor units."""
+
+    source_id: Series[str] = pa.Field(unique=True, str_startswith="pi_", description="Stripe id")
+    customer: Series[str] = pa.Field(nullable=True, description="Stripe customer id")
+    status: Series[str] = pa.Field(
+        isin=[
+            "requires_payment_method",
+            "requires_confirmation",
+            "requires_action",
+            "processing",
+            "requires_capture",
+            "canceled",
+            "succeeded",
+        ],
+        description="Stripe payment intent status",
+    )
+    currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217, upper-case")
+    amount: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Amount, minor units")
+    amount_received: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Received, minor units")
+    created: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Unix seconds")

@@ -79,17 +79,6 @@ CREATE TABLE IF NOT EXISTS salesforce_contracts (
 );
 CREATE INDEX IF NOT EXISTS ix_salesforce_contracts_partition ON salesforce_contracts (partition_date);
 
-CREATE TABLE IF NOT EXISTS erp_customers (
-    source_id          TEXT NOT NULL PRIMARY KEY,
-    partition_date     TEXT NOT NULL,
-    source_system      TEXT NOT NULL,
-    source_updated_at  TEXT,
-    payload            TEXT NOT NULL,
-    extraction_run_id  TEXT NOT NULL,
-    extracted_at       TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS ix_erp_customers_partition ON erp_customers (partition_date);
-
 CREATE TABLE IF NOT EXISTS erp_invoices (
     source_id          TEXT NOT NULL PRIMARY KEY,
     partition_date     TEXT NOT NULL,

@@ -41,6 +41,21 @@ def _erp_invoices(records: list[dict[str, object]]) -> pd.DataFrame:
 
 CONTRACTS = [
     Contract(
+        "stripe_subscriptions",
+        "stripe",
+        "subscription",
+        stripe.StripeSubscriptionRecord,
+        normalize.flatten_stripe_subscriptions,
+    ),
+    Contract(
+        "stripe_payments",
+        "stripe",
+        "payment_intent",
+        stripe.StripePaymentRecord,
+        normalize.flatten_stripe_payments,
+        partitioned=True,
+    ),
+    Contract(
         "stripe_customers",
         "stripe",
         "customer",

@@ -1,0 +1,278 @@
+"""The user's surface, end to end: `finsync demo`, `finsync run`, `finsync sandbox serve`.
+
+These run the real command in a subprocess against the real sandbox over HTTP, on a real
+SQLite warehouse and a real Dagster instance in the test's folder, at a small scale.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from finsync_pipeline.sandbox.server import Sandbox
+from finsync_tests.conftest import TEST_END
+
+pytestmark = pytest.mark.e2e
+
+FINSYNC = str(Path(sys.executable).with_name("finsync"))
+SCALE = ["--accounts", "40", "--months", "2", "--seed", "11", "--end", TEST_END.isoformat()]
+QUARANTINE_KINDS = {"malformed_currency", "missing_amount", "invalid_date", "bad_currency_code"}
+EXCEPTION_KINDS = {"unmapped_product", "unknown_legal_entity"}
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("STRIPE_", "SALESFORCE_", "NETSUITE_", "FINSYNC_", "DAGSTER_"))
+    }
+    return {**env, **extra}
+
+
+def _finsync(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FINSYNC, *args],
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def _summary(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return summary
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("demo") / "home"
+
+
+@pytest.fixture(scope="module")
+def first_demo(demo_home: Path) -> dict[str, Any]:
+    return _summary(_finsync("demo", "--home", str(demo_home), *SCALE, "--json"))
+
+
+def test_demo_posts_every_clean_invoice_and_reconciles_with_zero_drift(
+    first_demo: dict[str, Any],
+) -> None:
+    s = first_demo
+    for key in (
+        "accounts",
+        "stripe_invoices",
+        "erp_invoices_posted",
+        "erp_invoices_in_erp",
+        "reconciliation",
+        "exceptions_open",
+        "quarantined_rows",
+        "elapsed_s",
+    ):
+        assert key in s
+    assert s["accounts"] == 40
+    recon = s["reconciliation"]
+    assert set(recon) >= {
+        "matched",
+        "missing_in_erp",
+        "amount_mismatch",
+        "duplicate_in_erp",
+        "extra_in_erp",
+    }
+    assert s["erp_invoices_posted"] > 0
+    assert s["erp_invoices_in_erp"] == s["erp_invoices_posted"] == recon["matched"]
+    assert s["drift"] == 0
+    # Every finalized invoice is accounted for: posted and matched, held by an exception, or
+    # in quarantine. None vanished.
+    quarantined_invoices = s["quarantined_by_asset"].get("stripe_invoices", 0)
+    assert (
+        recon["matched"] + recon["held_by_exception"] + quarantined_invoices
+        == (s["stripe_invoices"])
+    )
+
+
+def test_demo_puts_every_planted_problem_in_quarantine_or_the_exception_queue(
+    demo_home: Path, first_demo: dict[str, Any]
+) -> None:
+    planted = Sandbox(demo_home / "sandbox").planted()
+    engine = sa.create_engine(f"sqlite:///{demo_home / 'warehouse.db'}")
+    with engine.connect() as conn:
+        quarantined = {r[0] for r in conn.execute(sa.text("SELECT source_id FROM quarantine"))}
+        reasons = [r[0] for r in conn.execute(sa.text("SELECT reason FROM quarantine"))]
+        open_kinds = {
+            (r.kind, r.source_id)
+            for r in conn.execute(
+                sa.text("SELECT kind, source_id FROM finance_exceptions WHERE status = 'open'")
+            )
+        }
+    assert set(planted) >= QUARANTINE_KINDS
+    for kind in QUARANTINE_KINDS:
+        for item in planted[kind]:
+            if item["object"] == "invoice_line":
+                # A bad line quarantines its invoice; the reason names the line field.
+                assert any("lines.amount" in r for r in reasons)
+                continue
+            assert item["id"] in quarantined, (kind, item)
+    for reason in reasons:
+        assert reason.split(" ")[0] in {"stripe", "salesforce", "netsuite"}
+        assert "field" in reason
+    kinds = {k for k, _ in open_kinds}
+    assert "unmapped_product" in kinds
+    for item in planted["unmapped_product"]:
+        assert ("unmapped_product", item["id"]) in open_kinds or item["id"] in quarantined
+    assert {"unknown_legal_entity"} <= kinds
+
+
+def test_demo_runs_are_in_the_dagster_instance(demo_home: Path, first_demo: dict[str, Any]) -> None:
+    os.environ["DAGSTER_HOME"] = str(demo_home / "dagster")
+    try:
+        with dg.DagsterInstance.get() as instance:
+            jobs = {run.job_name for run in instance.get_runs()}
+            assert {"ingest_job", "erp_posting_job"} <= jobs
+            posting = [r for r in instance.get_runs() if r.tags.get("dagster/sensor_name")]
+            assert posting and posting[0].tags["dagster/sensor_name"] == "erp_posting_sensor"
+            for key in (
+                "stripe_invoices",
+                "invoice_ready_transactions",
+                "erp_postings",
+                "invoice_reconciliation",
+            ):
+                event = instance.get_latest_materialization_event(dg.AssetKey(key))
+                assert event is not None, key
+    finally:
+        del os.environ["DAGSTER_HOME"]
+
+
+def test_demo_rerun_posts_nothing_and_still_reconciles(
+    demo_home: Path, first_demo: dict[str, Any]
+) -> None:
+    again = _summary(_finsync("demo", "--home", str(demo_home), *SCALE, "--json"))
+    assert again["erp_invoices_posted"] == 0
+    assert again["erp_customers_posted"] == 0
+    assert again["erp_invoices_in_erp"] == first_demo["erp_invoices_in_erp"]
+    assert again["drift"] == 0
+    assert again["reconciliation"] == first_demo["reconciliation"]
+    assert again["exceptions_open"] == first_demo["exceptions_open"]
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Path, list[int]]]:
+    yield tmp_path / "state", _free_ports(3)
+
+
+def _serve(state: Path, ports: list[int]) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    proc = subprocess.Popen(
+        [FINSYNC, "sandbox", "serve", "--state", str(state), "--ports", *map(str, ports), *SCALE],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    env: dict[str, str] = {}
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("export "):
+            key, value = line.removeprefix("export ").strip().split("=", 1)
+            env[key] = value
+        if "NETSUITE_TOKEN_SECRET" in env:
+            break
+    return proc, env
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_pipeline_against_standalone_sandbox_survives_its_restart(
+    served: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    state, ports = served
+    window = ["--from", "2026-09-01", "--to", TEST_END.isoformat()]
+    proc, env = _serve(state, ports)
+    try:
+        first = _summary(
+            _finsync("run", "--home", str(tmp_path / "home"), *window, "--json", env=_env(**env))
+        )
+    finally:
+        _stop(proc)
+    assert first["erp_invoices_posted"] > 0
+    assert first["drift"] == 0
+
+    proc, env_again = _serve(state, ports)
+    try:
+        assert env_again == env  # same credentials and addresses after a restart
+        second = _summary(
+            _finsync(
+                "run", "--home", str(tmp_path / "home"), *window, "--json", env=_env(**env_again)
+            )
+        )
+    finally:
+        _stop(proc)
+    assert second["erp_invoices_posted"] == 0
+    assert second["erp_invoices_in_erp"] == first["erp_invoices_in_erp"]
+    assert second["drift"] == 0
+
+
+def test_missing_credential_says_which_variable_to_set(tmp_path: Path) -> None:
+    result = _finsync("run", "--home", str(tmp_path / "home"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "finsync: Stripe is not configured: set STRIPE_API_KEY"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "says"),
+    [
+        ("STRIPE_API_KEY", "set STRIPE_API_KEY"),
+        ("SALESFORCE_CLIENT_SECRET", "set SALESFORCE_CLIENT_ID and SALESFORCE_CLIENT_SECRET"),
+        ("NETSUITE_TOKEN_SECRET", "NETSUITE_TOKEN_SECRET"),
+    ],
+    ids=["stripe", "salesforce", "netsuite"],
+)
+def test_wrong_credential_is_one_line_naming_the_variable_without_the_secret(
+    served: tuple[Path, list[int]], tmp_path: Path, variable: str, says: str
+) -> None:
+    state, ports = served
+    proc, env = _serve(state, ports)
+    wrong = "wrong-" + "x" * 24
+    try:
+        result = _finsync(
+            "run",
+            "--home",
+            str(tmp_path / "home"),
+            "--from",
+            "2026-10-30",
+            "--to",
+            TEST_END.isoformat(),
+            env=_env(**{**env, variable: wrong}),
+        )
+    finally:
+        _stop(proc)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("finsync:")]
+    assert len(errors) == 1, result.stderr
+    assert says in errors[0]
+    assert "Traceback" not in result.stderr
+    assert wrong not in result.stderr + result.stdout
+    assert env[variable] not in result.stderr + result.stdout

@@ -1,0 +1,86 @@
+"""A snapshot of what Dagster loads: assets by stage, checks, jobs, schedules and sensors."""
+
+import dagster as dg
+import pytest
+
+from finsync_pipeline.definitions import defs
+
+ASSET_GROUPS = {
+    "extract": [
+        "erp_invoices",
+        "salesforce_accounts",
+        "salesforce_contracts",
+        "salesforce_opportunities",
+        "stripe_customers",
+        "stripe_invoices",
+        "stripe_payments",
+        "stripe_subscriptions",
+    ],
+    "validate": ["customers", "invoice_lines", "invoices", "quarantine"],
+    "derive": ["erp_customer_upserts", "finance_exceptions", "invoice_ready_transactions"],
+    "post": ["erp_postings"],
+    "reconcile": ["invoice_reconciliation"],
+}
+CHECKS = [
+    "erp_invoices:contract",
+    "invoice_reconciliation:no_drift",
+    "salesforce_accounts:contract",
+    "salesforce_contracts:contract",
+    "salesforce_opportunities:contract",
+    "stripe_customers:contract",
+    "stripe_invoices:contract",
+    "stripe_payments:contract",
+    "stripe_subscriptions:contract",
+]
+
+
+@pytest.fixture(scope="module")
+def definitions() -> dg.Definitions:
+    return defs()
+
+
+def test_definitions_load(definitions: dg.Definitions) -> None:
+    dg.Definitions.validate_loadable(definitions)
+
+
+def test_assets_are_grouped_by_stage(definitions: dg.Definitions) -> None:
+    graph = definitions.resolve_asset_graph()
+    groups: dict[str, list[str]] = {}
+    for key in graph.get_all_asset_keys():
+        groups.setdefault(graph.get(key).group_name, []).append(key.to_user_string())
+    assert {g: sorted(keys) for g, keys in groups.items()} == ASSET_GROUPS
+
+
+def test_every_asset_has_owner_kinds_and_purpose(definitions: dg.Definitions) -> None:
+    graph = definitions.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.owners == ["team:finance-data"], key
+        assert node.kinds, key
+        assert node.description and len(node.description) > 40, key
+
+
+def test_checks_jobs_schedules_sensors(definitions: dg.Definitions) -> None:
+    checks = definitions.resolve_asset_graph().asset_check_keys
+    assert sorted(f"{c.asset_key.to_user_string()}:{c.name}" for c in checks) == CHECKS
+    jobs = {j.name for j in definitions.resolve_all_job_defs()} - {"__ASSET_JOB"}
+    assert jobs == {"daily_sync_job", "erp_posting_job", "ingest_job"}
+    assert [s.name for s in definitions.schedules or []] == ["daily_sync_job_schedule"]
+    assert [s.name for s in definitions.sensors or []] == ["erp_posting_sensor"]
+
+
+def test_contract_checks_block_downstream(definitions: dg.Definitions) -> None:
+    graph = definitions.resolve_asset_graph()
+    for key in graph.asset_check_keys:
+        spec = graph.get_check_spec(key)
+        assert spec.blocking == (key.name == "contract"), key
+
+
+def test_daily_schedule_runs_the_whole_pipeline_for_yesterday(
+    definitions: dg.Definitions,
+) -> None:
+    schedule = definitions.resolve_schedule_def("daily_sync_job_schedule")
+    assert schedule.cron_schedule == "0 2 * * *"
+    job = definitions.resolve_job_def("daily_sync_job")
+    selected = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
+    assert selected == {a for keys in ASSET_GROUPS.values() for a in keys}
