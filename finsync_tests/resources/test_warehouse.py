@@ -1,0 +1,207 @@
+"""The warehouse helpers on a real SQLite file and on PostgreSQL."""
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from finsync_pipeline.resources.warehouse import (
+    frame_records,
+    migrate,
+    read_frame,
+    replace_partitions,
+    split_statements,
+    upsert_rows,
+)
+
+
+def invoice_row(source_id: str, day: str, payload: str = "{}") -> dict[str, Any]:
+    return {
+        "source_id": source_id,
+        "partition_date": day,
+        "source_system": "stripe",
+        "source_updated_at": None,
+        "payload": payload,
+        "extraction_run_id": "run-1",
+        "extracted_at": "2026-10-31T00:00:00+00:00",
+    }
+
+
+def stored(engine: Engine) -> dict[str, tuple[str, str]]:
+    with engine.connect() as conn:
+        frame = read_frame(conn, "SELECT source_id, partition_date, payload FROM stripe_invoices")
+    return {r.source_id: (r.partition_date, r.payload) for r in frame.itertuples()}
+
+
+def test_migrate_is_idempotent_and_keeps_data(warehouse_engine: Engine) -> None:
+    with warehouse_engine.begin() as conn:
+        upsert_rows(conn, "stripe_invoices", [invoice_row("in_1", "2026-10-01")], ["source_id"])
+    migrate(warehouse_engine)
+    migrate(warehouse_engine)
+    assert stored(warehouse_engine) == {"in_1": ("2026-10-01", "{}")}
+    tables = set(sa.inspect(warehouse_engine).get_table_names())
+    assert {"posting_ledger", "posting_ledger_journal", "stripe_invoices", "invoices"} <= tables
+
+
+def test_split_statements_ignores_comments_and_blank_statements() -> None:
+    sql = "-- a comment; with a semicolon\nCREATE TABLE a (x INT);\n\n;CREATE INDEX i ON a (x);\n"
+    assert split_statements(sql) == ["CREATE TABLE a (x INT)", "CREATE INDEX i ON a (x)"]
+
+
+def test_upsert_rows_updates_on_conflict(warehouse_engine: Engine) -> None:
+    with warehouse_engine.begin() as conn:
+        upsert_rows(
+            conn,
+            "stripe_invoices",
+            [invoice_row("in_1", "2026-10-01", "v1"), invoice_row("in_2", "2026-10-01", "v1")],
+            ["source_id"],
+        )
+        n = upsert_rows(
+            conn, "stripe_invoices", [invoice_row("in_1", "2026-10-02", "v2")], ["source_id"]
+        )
+    assert n == 1
+    assert stored(warehouse_engine) == {
+        "in_1": ("2026-10-02", "v2"),
+        "in_2": ("2026-10-01", "v1"),
+    }
+
+
+def test_upsert_rows_updates_only_the_named_columns(warehouse_engine: Engine) -> None:
+    with warehouse_engine.begin() as conn:
+        upsert_rows(
+            conn, "stripe_invoices", [invoice_row("in_1", "2026-10-01", "v1")], ["source_id"]
+        )
+        upsert_rows(
+            conn,
+            "stripe_invoices",
+            [invoice_row("in_1", "2026-10-09", "v2")],
+            ["source_id"],
+            update=["payload"],
+        )
+        assert upsert_rows(conn, "stripe_invoices", [], ["source_id"]) == 0
+    assert stored(warehouse_engine) == {"in_1": ("2026-10-01", "v2")}
+
+
+def test_upsert_rows_with_nothing_to_update_keeps_the_first(warehouse_engine: Engine) -> None:
+    with warehouse_engine.begin() as conn:
+        upsert_rows(
+            conn, "stripe_invoices", [invoice_row("in_1", "2026-10-01", "v1")], ["source_id"]
+        )
+        upsert_rows(
+            conn,
+            "stripe_invoices",
+            [invoice_row("in_1", "2026-10-02", "v2")],
+            ["source_id"],
+            update=[],
+        )
+    assert stored(warehouse_engine) == {"in_1": ("2026-10-01", "v1")}
+
+
+def test_replace_partitions_replaces_only_the_range(warehouse_engine: Engine) -> None:
+    with warehouse_engine.begin() as conn:
+        upsert_rows(
+            conn,
+            "stripe_invoices",
+            [
+                invoice_row("in_before", "2026-09-30"),
+                invoice_row("in_gone", "2026-10-01"),
+                invoice_row("in_kept", "2026-10-02", "old"),
+                invoice_row("in_after", "2026-10-03"),
+            ],
+            ["source_id"],
+        )
+        replace_partitions(
+            conn,
+            "stripe_invoices",
+            [invoice_row("in_kept", "2026-10-02", "new"), invoice_row("in_new", "2026-10-01")],
+            date_from="2026-10-01",
+            date_to="2026-10-03",
+            key=["source_id"],
+        )
+    assert stored(warehouse_engine) == {
+        "in_before": ("2026-09-30", "{}"),
+        "in_kept": ("2026-10-02", "new"),
+        "in_new": ("2026-10-01", "{}"),
+        # date_to is exclusive: the next day's partition is untouched.
+        "in_after": ("2026-10-03", "{}"),
+    }
+
+
+def test_replace_partitions_moves_a_record_between_partitions(warehouse_engine: Engine) -> None:
+    # in_1 was extracted under 2026-10-01; a rerun of 2026-10-05 now finds it there (it was
+    # updated). Its old row is outside the range, so only the upsert keeps the key unique.
+    with warehouse_engine.begin() as conn:
+        upsert_rows(
+            conn, "stripe_invoices", [invoice_row("in_1", "2026-10-01", "v1")], ["source_id"]
+        )
+    with warehouse_engine.begin() as conn:
+        replace_partitions(
+            conn,
+            "stripe_invoices",
+            [invoice_row("in_1", "2026-10-05", "v2")],
+            date_from="2026-10-05",
+            date_to="2026-10-06",
+            key=["source_id"],
+        )
+    assert stored(warehouse_engine) == {"in_1": ("2026-10-05", "v2")}
+
+
+def test_replace_partitions_with_an_extra_filter(warehouse_engine: Engine) -> None:
+    with warehouse_engine.begin() as conn:
+        upsert_rows(
+            conn,
+            "stripe_invoices",
+            [invoice_row("in_a", "2026-10-01", "a"), invoice_row("in_b", "2026-10-01", "b")],
+            ["source_id"],
+        )
+        replace_partitions(
+            conn,
+            "stripe_invoices",
+            [],
+            date_from="2026-10-01",
+            date_to="2026-10-02",
+            key=["source_id"],
+            extra_where="AND payload = :payload",
+            params={"payload": "a"},
+        )
+    assert stored(warehouse_engine) == {"in_b": ("2026-10-01", "b")}
+
+
+def test_frame_records_gives_plain_python_values() -> None:
+    df = pd.DataFrame(
+        {
+            "n": pd.array([1, None], dtype="Int64"),
+            "i": np.array([7, 8], dtype=np.int64),
+            "s": pd.array(["x", None], dtype="str"),
+            "f": [np.nan, 1.5],
+            "b": np.array([True, False]),
+            "o": [{"k": 1}, None],
+        }
+    )
+    records = frame_records(df)
+    assert records == [
+        {"n": 1, "i": 7, "s": "x", "f": None, "b": True, "o": {"k": 1}},
+        {"n": None, "i": 8, "s": None, "f": 1.5, "b": False, "o": None},
+    ]
+    assert all(type(r["i"]) is int for r in records)
+    assert type(records[0]["n"]) is int
+    assert type(records[0]["b"]) is bool
+    assert frame_records(df, ["i"]) == [{"i": 7}, {"i": 8}]
+
+
+def test_frame_records_round_trips_through_the_warehouse(warehouse_engine: Engine) -> None:
+    df = pd.DataFrame([invoice_row("in_1", "2026-10-01"), invoice_row("in_2", "2026-10-02")])
+    df["source_updated_at"] = pd.array([None, "2026-10-02"], dtype="str")
+    with warehouse_engine.begin() as conn:
+        upsert_rows(conn, "stripe_invoices", frame_records(df), ["source_id"])
+        nulls = conn.execute(
+            sa.text("SELECT source_id FROM stripe_invoices WHERE source_updated_at IS NULL")
+        ).all()
+        kept = conn.execute(
+            sa.text("SELECT source_updated_at FROM stripe_invoices WHERE source_id = 'in_2'")
+        ).scalar_one()
+    # A missing value lands as SQL NULL, never as the text 'nan' or '<NA>'.
+    assert [r.source_id for r in nulls] == ["in_1"]
+    assert kept == "2026-10-02"
