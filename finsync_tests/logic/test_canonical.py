@@ -1,0 +1,151 @@
+"""Canonical customers (with their hierarchy) and invoices from validated source frames."""
+
+import pandas as pd
+import pytest
+
+from finsync_pipeline.logic.canonical import (
+    UNKNOWN_PARENT,
+    build_customers,
+    build_invoices,
+    hierarchy_depths,
+)
+from finsync_pipeline.logic.normalize import correlation_id
+
+
+@pytest.mark.parametrize(
+    ("parents", "expected"),
+    [
+        pytest.param({"a": None}, {"a": 0}, id="single-top"),
+        pytest.param(
+            {"c": "b", "b": "a", "a": None}, {"a": 0, "b": 1, "c": 2}, id="chain-listed-bottom-up"
+        ),
+        pytest.param(
+            {"a": None, "b": "a", "c": "a", "d": "c"},
+            {"a": 0, "b": 1, "c": 1, "d": 2},
+            id="tree",
+        ),
+        pytest.param({"a": "ghost"}, {"a": UNKNOWN_PARENT}, id="unknown-parent"),
+        pytest.param(
+            {"a": "ghost", "b": "a", "c": "b"},
+            {"a": UNKNOWN_PARENT, "b": UNKNOWN_PARENT, "c": UNKNOWN_PARENT},
+            id="below-an-unknown-parent",
+        ),
+        pytest.param({"a": "a"}, {"a": UNKNOWN_PARENT}, id="own-parent"),
+        pytest.param(
+            {"a": "b", "b": "a", "c": "a", "top": None},
+            {"a": UNKNOWN_PARENT, "b": UNKNOWN_PARENT, "c": UNKNOWN_PARENT, "top": 0},
+            id="two-cycle-and-a-hanger-on",
+        ),
+        pytest.param(
+            {"a": "c", "b": "a", "c": "b"},
+            {"a": UNKNOWN_PARENT, "b": UNKNOWN_PARENT, "c": UNKNOWN_PARENT},
+            id="three-cycle",
+        ),
+    ],
+)
+def test_hierarchy_depths(parents: dict[str, str | None], expected: dict[str, int]) -> None:
+    assert hierarchy_depths(parents) == expected
+
+
+def test_hierarchy_depths_does_not_depend_on_order() -> None:
+    parents = {"a": "c", "b": "a", "c": "b", "d": None, "e": "d", "f": "e"}
+    forward = hierarchy_depths(parents)
+    backward = hierarchy_depths(dict(reversed(list(parents.items()))))
+    assert forward == backward
+    assert (forward["f"], forward["a"]) == (2, UNKNOWN_PARENT)
+
+
+def accounts() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "source_id": ["001CHILD", "001PARENT", "001ORPHAN"],
+            "name": ["Child", "Parent", "Orphan"],
+            "parent_id": ["001PARENT", None, "001GONE"],
+            "currency": ["USD", "USD", "EUR"],
+            "legal_entity": ["US01", "US01", None],
+            "country": ["US", "US", "DE"],
+            "po_required": [True, False, False],
+        }
+    )
+
+
+def stripe_customers() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "source_id": ["cus_new", "cus_old", "cus_p"],
+            "salesforce_account_id": ["001CHILD", "001CHILD", "001PARENT"],
+            "created": pd.array([200, 100, 50], dtype="Int64"),
+        }
+    )
+
+
+def test_build_customers_places_each_account_in_its_hierarchy() -> None:
+    out = build_customers(accounts(), stripe_customers(), "run-1").set_index("customer_key")
+    assert list(out.index) == ["001CHILD", "001ORPHAN", "001PARENT"]
+    assert out["hierarchy_depth"].to_dict() == {
+        "001CHILD": 1,
+        "001ORPHAN": UNKNOWN_PARENT,
+        "001PARENT": 0,
+    }
+    # Two Stripe customers bill one account: the oldest is the billing customer.
+    assert out.loc["001CHILD", "stripe_customer_id"] == "cus_old"
+    assert pd.isna(out.loc["001ORPHAN", "stripe_customer_id"])
+    assert out["po_required"].to_dict() == {"001CHILD": 1, "001ORPHAN": 0, "001PARENT": 0}
+    assert out.loc["001CHILD", "correlation_id"] == correlation_id(
+        "salesforce", "Account", "001CHILD"
+    )
+    assert set(out["source_system"]) == {"salesforce"}
+    assert set(out["extraction_run_id"]) == {"run-1"}
+
+
+def test_build_invoices_links_customers_and_lines() -> None:
+    invoices = pd.DataFrame(
+        {
+            "source_id": ["in_1", "in_2"],
+            "number": ["INV-1", None],
+            "customer": ["cus_p", "cus_unknown"],
+            "subscription_id": ["sub_1", None],
+            "status": ["open", "paid"],
+            "currency": ["USD", "JPY"],
+            "subtotal": pd.array([2000, 500], dtype="Int64"),
+            "tax": pd.array([160, 0], dtype="Int64"),
+            "total": pd.array([2160, 500], dtype="Int64"),
+            "line_count": pd.array([1, 1], dtype="Int64"),
+            "invoice_date": ["2026-10-01", "2026-10-02"],
+            "due_date": ["2026-10-31", None],
+            "finalized_at": ["2026-10-01", "2026-10-02"],
+        }
+    )
+    lines = pd.DataFrame(
+        {
+            "source_id": ["in_1", "in_2", "in_quarantined"],
+            "line_id": ["il_1", "il_2", "il_3"],
+            "line_number": pd.array([0, 0, 0], dtype="Int64"),
+            "product_id": ["prod_platform", "prod_seats", "prod_seats"],
+            "price_id": ["p1", "p2", "p3"],
+            "description": ["Platform", "Seats", "Seats"],
+            "quantity": pd.array([1, 5, 1], dtype="Int64"),
+            "currency": ["USD", "JPY", "USD"],
+            "amount": pd.array([2000, 500, 1], dtype="Int64"),
+            "tax": pd.array([160, 0, 0], dtype="Int64"),
+            "period_start": [None, None, None],
+            "period_end": [None, None, None],
+        }
+    )
+    head, body = build_invoices(
+        invoices,
+        lines,
+        pd.Series({"cus_p": "001PARENT"}),
+        pd.Series({"in_1": "2026-10-01", "in_2": "2026-10-02"}),
+        "run-9",
+    )
+    head = head.set_index("invoice_id")
+    assert head.loc["in_1", "customer_key"] == "001PARENT"
+    assert pd.isna(head.loc["in_2", "customer_key"])
+    assert head.loc["in_1", "partition_date"] == "2026-10-01"
+    assert (head.loc["in_1", "total_minor"], head.loc["in_1", "tax_minor"]) == (2160, 160)
+    assert head.loc["in_1", "correlation_id"] == correlation_id("stripe", "invoice", "in_1")
+    # Lines of invoices that did not make it (quarantined) are not carried along.
+    assert list(body["line_id"]) == ["il_1", "il_2"]
+    assert list(body["correlation_id"]) == list(head["correlation_id"])
+    assert list(body["amount_minor"]) == [2000, 500]

@@ -1,0 +1,208 @@
+"""Flattening native records: malformed values stay visible, nothing crashes or disappears."""
+
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from finsync_pipeline.logic import normalize as n
+
+INVOICE: dict[str, Any] = {
+    "id": "in_1",
+    "number": "INV-0001",
+    "customer": "cus_1",
+    "status": "open",
+    "currency": "usd",
+    "subtotal": 2000,
+    "total": 2160,
+    "total_taxes": [{"amount": 100}, {"amount": 60}],
+    "created": 1790812800,  # 2026-10-01 00:00:00 UTC
+    "due_date": 1793404800,
+    "status_transitions": {"finalized_at": 1790816400},
+    "parent": {"subscription_details": {"subscription": "sub_1"}},
+    "lines": {
+        "data": [
+            {
+                "id": "il_1",
+                "amount": 1500,
+                "currency": "usd",
+                "quantity": 1,
+                "description": "Platform",
+                "taxes": [{"amount": 120}],
+                "pricing": {"price_details": {"product": "prod_platform", "price": "price_1"}},
+                "period": {"start": 1790812800, "end": 1793404800},
+            },
+            {"id": "il_2", "amount": 500, "currency": "usd", "quantity": 2},
+        ]
+    },
+}
+
+
+def with_line(**changes: Any) -> dict[str, Any]:
+    line = {**INVOICE["lines"]["data"][1], **changes}
+    return {**INVOICE, "lines": {"data": [INVOICE["lines"]["data"][0], line]}}
+
+
+def test_a_well_formed_invoice_flattens_with_every_line() -> None:
+    heads, lines = n.flatten_stripe_invoices([INVOICE])
+    head = heads.iloc[0]
+    assert (head["source_id"], head["currency"], head["subscription_id"]) == (
+        "in_1",
+        "USD",
+        "sub_1",
+    )
+    assert (head["subtotal"], head["tax"], head["total"]) == (2000, 160, 2160)
+    assert (head["lines_amount"], head["line_count"]) == (2000, 2)
+    assert (head["invoice_date"], head["finalized_at"]) == ("2026-10-01", "2026-10-01")
+    assert head["due_date"] == "2026-10-31"
+    assert list(lines["line_id"]) == ["il_1", "il_2"]
+    assert list(lines["line_number"]) == [0, 1]
+    assert list(lines["tax"]) == [120, 0]
+    assert lines.iloc[0]["product_id"] == "prod_platform"
+    assert pd.isna(lines.iloc[1]["product_id"])
+    assert str(heads["total"].dtype) == "Int64"
+
+
+@pytest.mark.parametrize(
+    ("amount", "why"),
+    [
+        pytest.param(None, "null", id="null-amount"),
+        pytest.param("500", "text", id="string-amount"),
+        pytest.param(5.0, "float", id="float-amount"),
+        pytest.param(True, "bool", id="bool-amount"),
+    ],
+)
+def test_a_malformed_line_amount_stays_visible_as_na(amount: Any, why: str) -> None:
+    heads, lines = n.flatten_stripe_invoices([with_line(amount=amount)])
+    # The row is kept (so quarantine can name it) with the bad value as NA, never as 0.
+    assert len(lines) == 2
+    assert pd.isna(lines.iloc[1]["amount"]), why
+    assert pd.isna(heads.iloc[0]["lines_amount"])
+    assert heads.iloc[0]["subtotal"] == 2000
+
+
+def test_malformed_taxes_are_na_not_zero() -> None:
+    _, lines = n.flatten_stripe_invoices([with_line(taxes="lots")])
+    assert pd.isna(lines.iloc[1]["tax"])
+    heads, _ = n.flatten_stripe_invoices([{**INVOICE, "total_taxes": [{"amount": "1"}]}])
+    assert pd.isna(heads.iloc[0]["tax"])
+
+
+def test_a_record_without_ids_does_not_crash_and_is_kept() -> None:
+    line = {k: v for k, v in INVOICE["lines"]["data"][1].items() if k != "id"}
+    record = {**{k: v for k, v in INVOICE.items() if k != "id"}, "lines": {"data": [line]}}
+    heads, lines = n.flatten_stripe_invoices([record, {}])
+    assert len(heads) == 2
+    assert heads["source_id"].isna().all()
+    # A line without an id gets a positional one, so it can still be named.
+    assert list(lines["line_id"]) == ["None:0"]
+    assert heads.iloc[1]["line_count"] == 0
+
+
+def test_stripe_customers_keep_their_salesforce_link() -> None:
+    frame = n.flatten_stripe_customers(
+        [
+            {
+                "id": "cus_1",
+                "name": "Acme",
+                "currency": "eur",
+                "created": 1,
+                "metadata": {"salesforce_account_id": "001A", "legal_entity": "EU01"},
+            },
+            {"id": "cus_2", "created": "yesterday", "metadata": None},
+        ]
+    )
+    assert frame.iloc[0].to_dict() == {
+        "source_id": "cus_1",
+        "name": "Acme",
+        "currency": "EUR",
+        "salesforce_account_id": "001A",
+        "legal_entity": "EU01",
+        "created": 1,
+    }
+    assert pd.isna(frame.iloc[1]["salesforce_account_id"])
+    assert pd.isna(frame.iloc[1]["created"])
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "minor"),
+    [
+        pytest.param(1234.5, "USD", 123450, id="usd-json-number"),
+        pytest.param("1234.56", "USD", 123456, id="usd-text"),
+        pytest.param(1000, "JPY", 1000, id="jpy"),
+        pytest.param("1.5", "JPY", None, id="jpy-fraction-refused"),
+        pytest.param("1.2345", "KWD", None, id="kwd-four-places-refused"),
+        pytest.param("1.234", "KWD", 1234, id="kwd"),
+        pytest.param("100", "XXX", None, id="unknown-currency"),
+        pytest.param(None, "USD", None, id="null"),
+        pytest.param("lots", "USD", None, id="text"),
+    ],
+)
+def test_opportunity_amounts_become_exact_minor_units(
+    amount: Any, currency: str, minor: int | None
+) -> None:
+    frame = n.flatten_salesforce_opportunities(
+        [{"Id": "006A", "Amount": amount, "CurrencyIsoCode": currency, "IsWon": "true"}]
+    )
+    value = frame.iloc[0]["amount_minor"]
+    assert pd.isna(value) if minor is None else value == minor
+    assert bool(frame.iloc[0]["is_won"]) is True
+
+
+def test_accounts_keep_the_hierarchy_and_flags() -> None:
+    frame = n.flatten_salesforce_accounts(
+        [
+            {"Id": "001P", "Name": "Parent", "CurrencyIsoCode": "usd", "PO_Required__c": True},
+            {"Id": "001C", "Name": "Child", "ParentId": "001P", "PO_Required__c": "false"},
+        ]
+    )
+    assert list(frame["parent_id"].isna()) == [True, False]
+    assert list(frame["po_required"]) == [True, False]
+    assert frame.iloc[0]["currency"] == "USD"
+    assert pd.isna(frame.iloc[1]["currency"])
+
+
+@pytest.mark.parametrize(
+    ("text", "iso"),
+    [
+        pytest.param("10/31/2026", "2026-10-31", id="us-format"),
+        pytest.param("2026-10-31", "2026-10-31", id="iso"),
+        pytest.param("31/10/2026", "2026-10-31", id="day-first"),
+        pytest.param("not a date", "not a date", id="kept-for-the-contract"),
+        pytest.param(None, None, id="null"),
+    ],
+)
+def test_netsuite_dates(text: str | None, iso: str | None) -> None:
+    assert n.netsuite_date(text) == iso
+
+
+def test_erp_invoices_map_currency_ids_back_to_codes() -> None:
+    frame = n.flatten_erp_invoices(
+        [
+            {
+                "id": "5001",
+                "externalid": "STRIPE_in_1",
+                "currency": "1",
+                "foreigntotal": "21.60",
+                "trandate": "10/1/2026",
+                "memo": "finsync fs-x",
+            },
+            {"id": "5002", "currency": "4", "foreigntotal": "1500"},
+            {"id": "5003", "currency": "77", "foreigntotal": "1.00"},
+        ],
+        {"1": "USD", "4": "JPY"},
+    )
+    assert list(frame["currency"].fillna("?")) == ["USD", "JPY", "?"]
+    assert frame.iloc[0]["total_minor"] == 2160
+    assert frame.iloc[1]["total_minor"] == 1500
+    # An unknown currency id leaves the amount unreadable rather than guessed at 2 places.
+    assert pd.isna(frame.iloc[2]["total_minor"])
+    assert frame.iloc[0]["tran_date"] == "2026-10-01"
+
+
+def test_correlation_ids_are_deterministic_and_distinct() -> None:
+    a = n.correlation_id("stripe", "invoice", "in_1")
+    assert a == n.correlation_id("stripe", "invoice", "in_1")
+    assert a.startswith("fs-") and len(a) == 23
+    assert a != n.correlation_id("stripe", "invoice", "in_2")
+    assert a != n.correlation_id("salesforce", "invoice", "in_1")
