@@ -71,10 +71,15 @@ def load_master_data(folder: Path | None = None) -> MasterData:
             currency=normalize_currency(row["currency"]),
             netsuite_subsidiary_id=row["netsuite_subsidiary_id"],
         )
-    currencies = {
-        normalize_currency(r["currency"]): r["netsuite_currency_id"]
-        for r in _rows(folder, "currencies.csv", {"currency", "netsuite_currency_id"})
-    }
+    currencies: dict[str, str] = {}
+    for i, row in enumerate(
+        _rows(folder, "currencies.csv", {"currency", "netsuite_currency_id"}), start=2
+    ):
+        if not is_known_currency(row["currency"]):
+            raise ConfigurationError(
+                f"currencies.csv line {i}: unknown currency {row['currency']!r}"
+            )
+        currencies[normalize_currency(row["currency"])] = row["netsuite_currency_id"]
     items = {
         r["stripe_product_id"]: r["netsuite_item_id"]
         for r in _rows(folder, "products.csv", {"stripe_product_id", "netsuite_item_id"})

@@ -15,7 +15,11 @@ Rules (finance signed these off; change them only with finance):
    the rounded lines. Totals therefore tie out by construction.
 """
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, localcontext
+
+# Exact arithmetic for any amount a ledger can hold: the default context keeps 28 significant
+# digits and would round (or refuse) beyond that without saying so.
+_EXACT = Context(prec=200, Emax=10**6, Emin=-(10**6))
 
 # ISO 4217 minor-unit exponents for the currencies finsync handles. Extend with care: the
 # exponent decides how every amount of that currency is read and written.
@@ -72,7 +76,8 @@ def to_decimal(minor: int, currency: str) -> Decimal:
     if isinstance(minor, bool) or not isinstance(minor, int):
         raise MoneyError(f"amount must be an integer number of minor units, got {minor!r}")
     exp = exponent(currency)
-    return Decimal(minor).scaleb(-exp).quantize(Decimal(1).scaleb(-exp))
+    with localcontext(_EXACT):
+        return Decimal(minor).scaleb(-exp).quantize(Decimal(1).scaleb(-exp))
 
 
 def to_minor(amount: Decimal | str | int, currency: str) -> int:
@@ -85,8 +90,10 @@ def to_minor(amount: Decimal | str | int, currency: str) -> int:
         raise MoneyError(f"not a decimal amount: {amount!r}") from e
     if not value.is_finite():
         raise MoneyError(f"not a finite amount: {amount!r}")
-    scaled = value.scaleb(exponent(currency))
-    if scaled != scaled.to_integral_value():
+    with localcontext(_EXACT):
+        scaled = value.scaleb(exponent(currency))
+        exact = scaled == scaled.to_integral_value()
+    if not exact:
         raise MoneyError(
             f"{amount} has more decimal places than {normalize_currency(currency)} allows"
         )
@@ -97,13 +104,15 @@ def round_half_up(numerator: int, denominator: int) -> int:
     """Integer division rounding half away from zero: the per-line rounding rule."""
     if denominator == 0:
         raise MoneyError("division by zero")
-    value = Decimal(numerator) / Decimal(denominator)
-    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    with localcontext(_EXACT):
+        value = Decimal(numerator) / Decimal(denominator)
+        return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def apply_rate(minor: int, rate: Decimal) -> int:
     """``minor * rate`` rounded half up to a whole minor unit (tax on a line, an FX conversion)."""
-    return int((Decimal(minor) * rate).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    with localcontext(_EXACT):
+        return int((Decimal(minor) * rate).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def format_amount(minor: int, currency: str) -> str:

@@ -26,6 +26,16 @@ from finsync_pipeline.errors import (
 # Document type -> NetSuite record type.
 RECORD_TYPES = {"customer": "customer", "invoice": "invoice"}
 DEFAULT_MAX_ATTEMPTS = 8
+# A document waiting for another (its customer) is due again after this delay, so neither this
+# run nor the sensor spins on it. Rows released by a pause are due at once: the paused run
+# stops claiming, and the sensor's interval paces the next attempt.
+BLOCKED_WAIT_S = 900.0
+PAUSE_WAIT_S = 0.0
+
+
+def _iso_in(seconds: float) -> str:
+    moment = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+    return moment.isoformat(timespec="microseconds")
 
 
 class ErpClient(Protocol):
@@ -203,11 +213,18 @@ class PostingEngine:
                 self.hook("claimed")
                 for i, doc in enumerate(batch):
                     if self.stats.paused:
-                        self._release(batch[i:], "posting paused: the ERP is unavailable")
+                        self._release(
+                            batch[i:],
+                            "posting paused: the ERP is unavailable",
+                            wait_s=PAUSE_WAIT_S,
+                        )
                         break
                     self._post_one(doc)
 
-    def _release(self, docs: list[ledger.Claimed], why: str) -> None:
+    def _release(self, docs: list[ledger.Claimed], why: str, *, wait_s: float) -> None:
+        """Give claimed rows back, due again after ``wait_s``: never re-claimed by this run,
+        and never relaunched by the sensor in a tight loop."""
+        due = _iso_in(wait_s) if wait_s else None
         with self.engine.begin() as conn:
             for doc in docs:
                 ledger.transition(
@@ -218,6 +235,7 @@ class PostingEngine:
                     to_state="pending",
                     run_id=self.run_id,
                     detail=why,
+                    next_attempt_at=due,
                     expect_state="in_flight",
                 )
 
@@ -236,7 +254,9 @@ class PostingEngine:
         missing = [f"{t} {x}" for t, x in refs if (t, x) not in ids]
         if missing:
             self.stats.blocked += 1
-            self._release([doc], f"waiting for {', '.join(missing)} to be posted")
+            self._release(
+                [doc], f"waiting for {', '.join(missing)} to be posted", wait_s=BLOCKED_WAIT_S
+            )
             return
         body = _resolve_refs(doc.payload, ids)
         record_type = RECORD_TYPES[doc.doc_type]
@@ -287,7 +307,7 @@ class PostingEngine:
                     self._defer(conn, doc, e, common)
             return
         except AuthenticationError:
-            self._release([doc], "authentication failed; nothing was sent")
+            self._release([doc], "authentication failed; nothing was sent", wait_s=0)
             raise
         except RetryableUpstreamError as e:
             with self.engine.begin() as conn:
@@ -336,9 +356,7 @@ class PostingEngine:
             )
             return
         delay = min(3600.0, 30.0 * 2 ** (attempts - 1)) * (0.5 + self.rng.random() / 2)
-        due = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)).isoformat(
-            timespec="microseconds"
-        )
+        due = _iso_in(delay)
         ledger.transition(
             conn,
             to_state="pending",
