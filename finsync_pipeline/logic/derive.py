@@ -246,7 +246,7 @@ def derive_invoice_ready(
         inv_lines = lines_of.get(invoice_id, lines.iloc[0:0])
         unmapped = sorted(
             {
-                str(p)
+                "(no product)" if _na(p) else str(p)
                 for p in inv_lines["product_id"]
                 if _na(p) or str(p) not in master.netsuite_items
             }

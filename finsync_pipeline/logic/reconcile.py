@@ -113,7 +113,9 @@ def reconcile_invoices(
         rows.append(
             {
                 "partition_date": extra["tran_date"],
-                "external_id": extra["external_id"] or f"erp:{extra['source_id']}",
+                "external_id": f"erp:{extra['source_id']}"
+                if pd.isna(extra["external_id"])
+                else extra["external_id"],
                 "invoice_id": None,
                 "erp_internal_ids": str(extra["source_id"]),
                 "status": "extra_in_erp",

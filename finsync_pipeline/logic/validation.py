@@ -57,8 +57,13 @@ def _explain(
     for case in cases.itertuples(index=False):
         check = str(case.check)
         frame_level = case.schema_context == "DataFrameSchema"
-        field = check if frame_level else f"{prefix}{case.column}"
         value = None if pd.isna(case.failure_case) else str(case.failure_case)
+        missing_column = frame_level and check == "column_in_dataframe"
+        if missing_column:
+            # The failure case of a missing column is the column's name: that is the field.
+            field, frame_level = f"{prefix}{value}", False
+        else:
+            field = check if frame_level else f"{prefix}{case.column}"
         index = case.index
         if index is None or pd.isna(index) or ids is None:
             targets = list(df["source_id"]) if "source_id" in df else []
@@ -71,10 +76,15 @@ def _explain(
                     "source_id": source_id,
                     "field": field,
                     "check_name": check,
-                    "reason": f"{system} {obj} {source_id}: field {field} fails {check}"
-                    + ("" if frame_level or value is None else f" (value {value!r})")
+                    "reason": f"{system} {obj} {source_id}: field {field} "
+                    + ("is missing" if missing_column else f"fails {check}")
+                    + (
+                        ""
+                        if frame_level or missing_column or value is None
+                        else f" (value {value!r})"
+                    )
                     + (" (value is null)" if value is None and check == "not_nullable" else ""),
-                    "failure_value": None if frame_level else value,
+                    "failure_value": None if frame_level or missing_column else value,
                 }
             )
     out = pd.DataFrame(rows, columns=FAILURE_COLUMNS)

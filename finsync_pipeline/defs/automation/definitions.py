@@ -24,14 +24,12 @@ ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.groups("extract", "validate", "derive")
     - dg.AssetSelection.assets("erp_invoices"),
-    partitions_def=daily_partitions,
     description="Extract, validate and derive a day range; queues documents for posting.",
 )
 
 erp_posting_job = dg.define_asset_job(
     "erp_posting_job",
     selection=dg.AssetSelection.assets("erp_postings", "erp_invoices", "invoice_reconciliation"),
-    partitions_def=daily_partitions,
     tags={ERP_TAG: ERP},
     description="Post due ledger rows to NetSuite, read NetSuite back and reconcile.",
 )
@@ -39,7 +37,6 @@ erp_posting_job = dg.define_asset_job(
 daily_sync_job = dg.define_asset_job(
     "daily_sync_job",
     selection=dg.AssetSelection.all(),
-    partitions_def=daily_partitions,
     tags={ERP_TAG: ERP},
     description="The whole pipeline, extract to reconcile, for a day range.",
 )
