@@ -33,6 +33,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "dead": frozenset({"pending"}),
 }
 GENESIS_HASH = "0" * 64
+# PostgreSQL advisory lock serializing journal appends: the chain needs one writer at a time.
+JOURNAL_LOCK_KEY = 0x66_73_6A_6E  # "fsjn"
 
 
 class IllegalTransition(FinsyncError):
@@ -103,6 +105,10 @@ def _journal(
     run_id: str | None,
     detail: str | None,
 ) -> None:
+    if conn.dialect.name == "postgresql":
+        # Two transactions appending at once would both read the same head and collide on
+        # seq; the lock is held to commit. SQLite already admits one writer at a time.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": JOURNAL_LOCK_KEY})
     last = conn.execute(
         sa.text("SELECT seq, hash FROM posting_ledger_journal ORDER BY seq DESC LIMIT 1")
     ).first()

@@ -6,6 +6,7 @@ The database tests run on a real SQLite file and on a fresh PostgreSQL schema.
 import datetime as dt
 import hashlib
 import itertools
+import threading
 from decimal import Decimal
 from typing import Any
 
@@ -666,3 +667,29 @@ def test_stale_in_flight_lists_rows_held_by_other_runs(warehouse_engine: Engine)
         ("customer", "SF_child", "dead-run"),
     ]
     assert from_elsewhere == []
+
+
+def test_concurrent_writers_keep_one_unbroken_journal(warehouse_engine: Engine) -> None:
+    """Derive and posting write the ledger at the same time; the hash chain stays linear."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def writer(n: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(15):
+                with warehouse_engine.begin() as conn:
+                    ledger.enqueue(conn, [doc(f"W{n}_{i}")], run_id=f"run-{n}", repost_changed=True)
+        except BaseException as e:  # collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with warehouse_engine.connect() as conn:
+        assert ledger.verify_journal(conn) is None
+        seqs = [r["seq"] for r in journal(conn)]
+    assert seqs == list(range(1, 61))
