@@ -65,6 +65,22 @@ def _frame(rows: list[dict[str, Any]], dtypes: Mapping[str, str]) -> pd.DataFram
     return df.astype(dict(dtypes))
 
 
+Getter = Callable[[Record], Any]
+# column name -> (pandas dtype, how to read it from a native record)
+Columns = Mapping[str, tuple[str, Getter]]
+
+
+def field(key: str, convert: Callable[[Any], Any] = as_text) -> Getter:
+    """Read ``key`` of a record and convert it tolerantly."""
+    return lambda record: convert(record.get(key))
+
+
+def flatten_with(records: Sequence[Record], columns: Columns) -> pd.DataFrame:
+    """One row per record, one column per spec; never raises on a malformed value."""
+    rows = [{name: get(r) for name, (_, get) in columns.items()} for r in records]
+    return _frame(rows, {name: dtype for name, (dtype, _) in columns.items()})
+
+
 def _sum_ints(values: Iterable[int | None]) -> int | None:
     total = 0
     for v in values:
@@ -74,86 +90,51 @@ def _sum_ints(values: Iterable[int | None]) -> int | None:
     return total
 
 
-CUSTOMER_DTYPES = {
-    "source_id": "str",
-    "name": "str",
-    "currency": "str",
-    "salesforce_account_id": "str",
-    "legal_entity": "str",
-    "created": "Int64",
+def _metadata(key: str) -> Getter:
+    return lambda record: as_text((record.get("metadata") or {}).get(key))
+
+
+CUSTOMER_COLUMNS: Columns = {
+    "source_id": ("str", field("id")),
+    "name": ("str", field("name")),
+    "currency": ("str", field("currency", as_upper)),
+    "salesforce_account_id": ("str", _metadata("salesforce_account_id")),
+    "legal_entity": ("str", _metadata("legal_entity")),
+    "created": ("Int64", field("created", as_int)),
+}
+SUBSCRIPTION_COLUMNS: Columns = {
+    "source_id": ("str", field("id")),
+    "customer": ("str", field("customer")),
+    "status": ("str", field("status")),
+    "currency": ("str", field("currency", as_upper)),
+    # Items are counted here; their periods (since 2025-03-31.basil) stay in the payload.
+    "item_count": ("Int64", lambda r: len(((r.get("items") or {}).get("data")) or [])),
+    "created": ("Int64", field("created", as_int)),
+}
+PAYMENT_COLUMNS: Columns = {
+    "source_id": ("str", field("id")),
+    "customer": ("str", field("customer")),
+    "status": ("str", field("status")),
+    "currency": ("str", field("currency", as_upper)),
+    "amount": ("Int64", field("amount", as_int)),
+    "amount_received": ("Int64", field("amount_received", as_int)),
+    "created": ("Int64", field("created", as_int)),
 }
 
 
 def flatten_stripe_customers(records: Sequence[Record]) -> pd.DataFrame:
-    """Stripe customers, one row each."""
-    rows = []
-    for r in records:
-        metadata = r.get("metadata") or {}
-        rows.append(
-            {
-                "source_id": as_text(r.get("id")),
-                "name": as_text(r.get("name")),
-                "currency": as_upper(r.get("currency")),
-                "salesforce_account_id": as_text(metadata.get("salesforce_account_id")),
-                "legal_entity": as_text(metadata.get("legal_entity")),
-                "created": as_int(r.get("created")),
-            }
-        )
-    return _frame(rows, CUSTOMER_DTYPES)
-
-
-SUBSCRIPTION_DTYPES = {
-    "source_id": "str",
-    "customer": "str",
-    "status": "str",
-    "currency": "str",
-    "item_count": "Int64",
-    "created": "Int64",
-}
+    """Stripe customers, one row each, with the CRM link from metadata."""
+    return flatten_with(records, CUSTOMER_COLUMNS)
 
 
 def flatten_stripe_subscriptions(records: Sequence[Record]) -> pd.DataFrame:
-    """Stripe subscriptions, one row each (items are counted; their periods stay in payload)."""
-    rows = [
-        {
-            "source_id": as_text(r.get("id")),
-            "customer": as_text(r.get("customer")),
-            "status": as_text(r.get("status")),
-            "currency": as_upper(r.get("currency")),
-            "item_count": len(((r.get("items") or {}).get("data")) or []),
-            "created": as_int(r.get("created")),
-        }
-        for r in records
-    ]
-    return _frame(rows, SUBSCRIPTION_DTYPES)
-
-
-PAYMENT_DTYPES = {
-    "source_id": "str",
-    "customer": "str",
-    "status": "str",
-    "currency": "str",
-    "amount": "Int64",
-    "amount_received": "Int64",
-    "created": "Int64",
-}
+    """Stripe subscriptions, one row each."""
+    return flatten_with(records, SUBSCRIPTION_COLUMNS)
 
 
 def flatten_stripe_payments(records: Sequence[Record]) -> pd.DataFrame:
     """Stripe payment intents, one row each."""
-    rows = [
-        {
-            "source_id": as_text(r.get("id")),
-            "customer": as_text(r.get("customer")),
-            "status": as_text(r.get("status")),
-            "currency": as_upper(r.get("currency")),
-            "amount": as_int(r.get("amount")),
-            "amount_received": as_int(r.get("amount_received")),
-            "created": as_int(r.get("created")),
-        }
-        for r in records
-    ]
-    return _frame(rows, PAYMENT_DTYPES)
+    return flatten_with(records, PAYMENT_COLUMNS)
 
 
 INVOICE_DTYPES = {
@@ -252,107 +233,57 @@ def flatten_stripe_invoices(records: Sequence[Record]) -> tuple[pd.DataFrame, pd
     return _frame(invoices, INVOICE_DTYPES), _frame(lines, LINE_DTYPES)
 
 
-ACCOUNT_DTYPES = {
-    "source_id": "str",
-    "name": "str",
-    "parent_id": "str",
-    "currency": "str",
-    "legal_entity": "str",
-    "country": "str",
-    "po_required": "bool",
+ACCOUNT_COLUMNS: Columns = {
+    "source_id": ("str", field("Id")),
+    "name": ("str", field("Name")),
+    "parent_id": ("str", field("ParentId")),
+    "currency": ("str", field("CurrencyIsoCode", as_upper)),
+    "legal_entity": ("str", field("Legal_Entity__c")),
+    "country": ("str", field("BillingCountry")),
+    "po_required": ("bool", field("PO_Required__c", as_bool)),
+}
+OPPORTUNITY_COLUMNS: Columns = {
+    "source_id": ("str", field("Id")),
+    "account_id": ("str", field("AccountId")),
+    "type": ("str", field("Type")),
+    "stage": ("str", field("StageName")),
+    "close_date": ("str", field("CloseDate")),
+    "currency": ("str", field("CurrencyIsoCode", as_upper)),
+    # Amount is a decimal in the opportunity's currency: exact minor units or null.
+    "amount_minor": (
+        "Int64",
+        lambda r: decimal_to_minor(r.get("Amount"), as_upper(r.get("CurrencyIsoCode"))),
+    ),
+    "is_won": ("bool", field("IsWon", as_bool)),
+    "contract_id": ("str", field("ContractId")),
+}
+CONTRACT_COLUMNS: Columns = {
+    "source_id": ("str", field("Id")),
+    "account_id": ("str", field("AccountId")),
+    "status": ("str", field("Status")),
+    "start_date": ("str", field("StartDate")),
+    "end_date": ("str", field("EndDate")),
+    "term_months": ("Int64", field("ContractTerm", as_int)),
 }
 
 
 def flatten_salesforce_accounts(records: Sequence[Record]) -> pd.DataFrame:
     """Salesforce Accounts with their hierarchy and billing facts."""
-    rows = [
-        {
-            "source_id": as_text(r.get("Id")),
-            "name": as_text(r.get("Name")),
-            "parent_id": as_text(r.get("ParentId")),
-            "currency": as_upper(r.get("CurrencyIsoCode")),
-            "legal_entity": as_text(r.get("Legal_Entity__c")),
-            "country": as_text(r.get("BillingCountry")),
-            "po_required": as_bool(r.get("PO_Required__c")),
-        }
-        for r in records
-    ]
-    return _frame(rows, ACCOUNT_DTYPES)
-
-
-OPPORTUNITY_DTYPES = {
-    "source_id": "str",
-    "account_id": "str",
-    "type": "str",
-    "stage": "str",
-    "close_date": "str",
-    "currency": "str",
-    "amount_minor": "Int64",
-    "is_won": "bool",
-    "contract_id": "str",
-}
+    return flatten_with(records, ACCOUNT_COLUMNS)
 
 
 def flatten_salesforce_opportunities(records: Sequence[Record]) -> pd.DataFrame:
-    """Salesforce Opportunities; Amount (a decimal) becomes exact minor units."""
-    rows = [
-        {
-            "source_id": as_text(r.get("Id")),
-            "account_id": as_text(r.get("AccountId")),
-            "type": as_text(r.get("Type")),
-            "stage": as_text(r.get("StageName")),
-            "close_date": as_text(r.get("CloseDate")),
-            "currency": as_upper(r.get("CurrencyIsoCode")),
-            "amount_minor": decimal_to_minor(r.get("Amount"), as_upper(r.get("CurrencyIsoCode"))),
-            "is_won": as_bool(r.get("IsWon")),
-            "contract_id": as_text(r.get("ContractId")),
-        }
-        for r in records
-    ]
-    return _frame(rows, OPPORTUNITY_DTYPES)
-
-
-CONTRACT_DTYPES = {
-    "source_id": "str",
-    "account_id": "str",
-    "status": "str",
-    "start_date": "str",
-    "end_date": "str",
-    "term_months": "Int64",
-}
+    """Salesforce Opportunities; Amount becomes exact minor units."""
+    return flatten_with(records, OPPORTUNITY_COLUMNS)
 
 
 def flatten_salesforce_contracts(records: Sequence[Record]) -> pd.DataFrame:
     """Salesforce Contracts."""
-    rows = [
-        {
-            "source_id": as_text(r.get("Id")),
-            "account_id": as_text(r.get("AccountId")),
-            "status": as_text(r.get("Status")),
-            "start_date": as_text(r.get("StartDate")),
-            "end_date": as_text(r.get("EndDate")),
-            "term_months": as_int(r.get("ContractTerm")),
-        }
-        for r in records
-    ]
-    return _frame(rows, CONTRACT_DTYPES)
-
-
-ERP_INVOICE_DTYPES = {
-    "source_id": "str",
-    "external_id": "str",
-    "tran_id": "str",
-    "entity": "str",
-    "tran_date": "str",
-    "currency": "str",
-    "total_minor": "Int64",
-    "status": "str",
-    "memo": "str",
-}
+    return flatten_with(records, CONTRACT_COLUMNS)
 
 
 def netsuite_date(value: Any) -> str | None:
-    """SuiteQL returns dates in the account's format; the sandbox and our accounts use M/D/YYYY."""
+    """A SuiteQL date as YYYY-MM-DD: accounts format dates per preference (M/D/YYYY by default)."""
     text = as_text(value)
     if text is None:
         return None
@@ -368,23 +299,27 @@ def flatten_erp_invoices(
     records: Sequence[Record], currency_codes: Mapping[str, str]
 ) -> pd.DataFrame:
     """NetSuite invoices from SuiteQL; the currency id maps back to its ISO code."""
-    rows = []
-    for r in records:
-        currency = currency_codes.get(str(r.get("currency")))
-        rows.append(
-            {
-                "source_id": as_text(r.get("id")),
-                "external_id": as_text(r.get("externalid")),
-                "tran_id": as_text(r.get("tranid")),
-                "entity": as_text(r.get("entity")),
-                "tran_date": netsuite_date(r.get("trandate")),
-                "currency": currency,
-                "total_minor": decimal_to_minor(r.get("foreigntotal"), currency),
-                "status": as_text(r.get("status")),
-                "memo": as_text(r.get("memo")),
-            }
-        )
-    return _frame(rows, ERP_INVOICE_DTYPES)
+
+    def currency(r: Record) -> str | None:
+        return currency_codes.get(str(r.get("currency")))
+
+    return flatten_with(
+        records,
+        {
+            "source_id": ("str", field("id")),
+            "external_id": ("str", field("externalid")),
+            "tran_id": ("str", field("tranid")),
+            "entity": ("str", field("entity")),
+            "tran_date": ("str", field("trandate", netsuite_date)),
+            "currency": ("str", currency),
+            "total_minor": (
+                "Int64",
+                lambda r: decimal_to_minor(r.get("foreigntotal"), currency(r)),
+            ),
+            "status": ("str", field("status")),
+            "memo": ("str", field("memo")),
+        },
+    )
 
 
 Flattener = Callable[[Sequence[Record]], pd.DataFrame]
