@@ -1,0 +1,31 @@
+-- Analyst views. Portable between SQLite and PostgreSQL; recreated on every start, so they
+-- always match the tables underneath.
+
+-- Open finance exceptions by owner queue and kind, oldest first seen.
+DROP VIEW IF EXISTS v_exception_backlog;
+CREATE VIEW v_exception_backlog AS
+SELECT owner_queue, kind, severity, COUNT(*) AS open_exceptions,
+       MIN(first_seen) AS oldest_first_seen, MAX(last_seen) AS last_seen
+FROM finance_exceptions
+WHERE status = 'open'
+GROUP BY owner_queue, kind, severity;
+
+-- Reconciliation drift by day, status and currency (matched and held rows are not drift).
+DROP VIEW IF EXISTS v_reconciliation_drift;
+CREATE VIEW v_reconciliation_drift AS
+SELECT partition_date, status, COALESCE(billing_currency, erp_currency) AS currency,
+       COUNT(*) AS documents,
+       SUM(COALESCE(billing_total_minor, 0)) AS billing_total_minor,
+       SUM(COALESCE(erp_total_minor, 0)) AS erp_total_minor
+FROM invoice_reconciliation
+WHERE status NOT IN ('matched', 'held_by_exception')
+GROUP BY partition_date, status, COALESCE(billing_currency, erp_currency);
+
+-- What the posting ledger still holds back, by ERP, document type and state.
+DROP VIEW IF EXISTS v_posting_backlog;
+CREATE VIEW v_posting_backlog AS
+SELECT erp, doc_type, state, COUNT(*) AS documents, MIN(updated_at) AS oldest_update,
+       MAX(attempts) AS max_attempts
+FROM posting_ledger
+WHERE state <> 'posted'
+GROUP BY erp, doc_type, state;
