@@ -303,6 +303,9 @@ def sync_exceptions(
         ],
     )
     kinds = list(kinds)
+    if not kinds:
+        # A detector that owns no kinds (posting resolves its own) resolves nothing here.
+        return {"open_or_refreshed": len(rows), "auto_resolved": 0}
     scope = ["status = 'open'", "detected_by = :detected_by", "last_seen < :at"]
     params: dict[str, Any] = {"detected_by": detected_by, "at": at}
     stmt_kinds: sa.BindParameter[Any] = sa.bindparam("kinds", expanding=True)

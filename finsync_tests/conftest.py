@@ -20,7 +20,8 @@ POSTGRES_URL = os.environ.get(
 TEST_END = dt.date(2026, 10, 31)
 
 
-def _postgres_schema_url() -> Iterator[str]:
+def postgres_schema_url() -> Iterator[str]:
+    """A fresh schema in the local PostgreSQL (its URL), dropped when the generator closes."""
     schema = f"finsync_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(POSTGRES_URL)
     with admin.begin() as conn:
@@ -44,7 +45,7 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A warehouse URL of a fresh schema in the local PostgreSQL, dropped afterwards."""
-    yield from _postgres_schema_url()
+    yield from postgres_schema_url()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -53,5 +54,5 @@ def warehouse_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     if request.param == "sqlite":
         yield create_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
     else:
-        for url in _postgres_schema_url():
+        for url in postgres_schema_url():
             yield create_engine(url)

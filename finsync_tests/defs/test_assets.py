@@ -20,7 +20,7 @@ from finsync_pipeline.resources.stripe import StripeResource
 from finsync_pipeline.resources.warehouse import WarehouseResource, create_engine
 from finsync_pipeline.sandbox.generator import CompanySpec, add_months, generate
 from finsync_pipeline.sandbox.server import Sandbox
-from finsync_tests.conftest import TEST_END
+from finsync_tests.conftest import TEST_END, postgres_schema_url
 
 SPEC = CompanySpec(accounts=40, months=2, seed=5, end=TEST_END)
 FIRST_DAY = add_months(TEST_END, -SPEC.months) + dt.timedelta(days=1)
@@ -32,6 +32,19 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     sb.seed(generate(SPEC))
     with sb:
         yield sb
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def warehouse_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The whole pipeline runs once on a SQLite file and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('warehouse') / 'warehouse.db'}"
+    else:
+        yield from postgres_schema_url()
 
 
 def _resources(
@@ -61,10 +74,10 @@ def _resources(
 
 @pytest.fixture(scope="module")
 def pipeline(
-    sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
+    sandbox: Sandbox, warehouse_url: str
 ) -> tuple[dg.ExecuteInProcessResult, str, dict[str, Any]]:
     """Every asset and check over the whole history, in one run, as a backfill would."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('warehouse') / 'warehouse.db'}"
+    url = warehouse_url
     resources = _resources(sandbox.env, url)
     loaded = defs()
     result = dg.materialize(
