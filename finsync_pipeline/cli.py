@@ -139,6 +139,30 @@ def cmd_sandbox_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema_export(args: argparse.Namespace) -> int:
+    from finsync_pipeline.schemas.export import CONTRACTS, json_schema, markdown
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    index = [
+        "# finsync contracts",
+        "",
+        "| contract | version | kind | files |",
+        "|---|---|---|---|",
+    ]
+    for info in CONTRACTS:
+        stem = f"{info.name}.v{info.version}"
+        (out / f"{stem}.schema.json").write_text(json.dumps(json_schema(info), indent=2) + "\n")
+        (out / f"{stem}.md").write_text(markdown(info))
+        index.append(
+            f"| {info.name} | {info.version} | {info.kind} | "
+            f"[{stem}.md]({stem}.md), [{stem}.schema.json]({stem}.schema.json) |"
+        )
+    (out / "README.md").write_text("\n".join(index) + "\n")
+    print(f"wrote {len(CONTRACTS)} contracts (JSON Schema and markdown) to {out}")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from finsync_pipeline.runner import REPO_ROOT, prepare_home
     from finsync_pipeline.sandbox.generator import CompanySpec, generate
@@ -235,6 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     company_args(serve)
     serve.set_defaults(func=cmd_sandbox_serve)
+
+    schema = sub.add_parser("schema", help="the data contracts")
+    schema_sub = schema.add_subparsers(dest="schema_command", required=True)
+    export = schema_sub.add_parser(
+        "export", help="write every contract as JSON Schema and markdown for other teams"
+    )
+    export.add_argument(
+        "--out",
+        default=str(Path(DEFAULT_HOME) / "contracts"),
+        help="folder to write (default .finsync/contracts)",
+    )
+    export.set_defaults(func=cmd_schema_export)
 
     ui = sub.add_parser("ui", help="the Dagster UI over the demo's home, with the sandbox")
     home_arg(ui)

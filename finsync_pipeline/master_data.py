@@ -9,8 +9,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+import pandera.pandas as pa
+
 from finsync_pipeline.errors import ConfigurationError
+from finsync_pipeline.logic.validation import validate_frame
 from finsync_pipeline.money import is_known_currency, normalize_currency
+from finsync_pipeline.schemas.master import LegalEntity as LegalEntityContract
+from finsync_pipeline.schemas.master import ProductMapping
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "mappings"
 
@@ -48,50 +54,57 @@ def _rows(folder: Path, name: str, required: set[str]) -> list[dict[str, str]]:
         return [{k: (v or "").strip() for k, v in row.items()} for row in reader]
 
 
+def _check(rows: list[dict[str, str]], model: type[pa.DataFrameModel], name: str) -> None:
+    frame = pd.DataFrame(rows).astype("str")
+    # Failures name the file's line (the header is line 1).
+    frame["source_id"] = [f"line {n}" for n in range(2, len(frame) + 2)]
+    outcome = validate_frame(frame, model, system=name, obj="")
+    if len(outcome.failures):
+        reason = str(outcome.failures.iloc[0]["reason"]).replace(f"{name}  ", f"{name} ")
+        more = len(outcome.failures) - 1
+        raise ConfigurationError(reason + (f" (and {more} more problem(s))" if more else ""))
+
+
 def load_master_data(folder: Path | None = None) -> MasterData:
-    """Read and check the mapping files. A malformed file names the file and the row."""
+    """Read the mapping files and check them against their contracts.
+
+    A malformed file stops here with the file, the row and the field named: a wrong mapping
+    would post every affected document to the wrong place.
+    """
     folder = folder or Path(os.environ.get("FINSYNC_MAPPINGS_DIR") or DEFAULT_DIR)
-    entities: dict[str, LegalEntity] = {}
-    for i, row in enumerate(
-        _rows(
-            folder,
-            "legal_entities.csv",
-            {"legal_entity", "name", "country", "currency", "netsuite_subsidiary_id"},
-        ),
-        start=2,
-    ):
-        if not is_known_currency(row["currency"]):
-            raise ConfigurationError(
-                f"legal_entities.csv line {i}: unknown currency {row['currency']!r}"
-            )
-        entities[row["legal_entity"]] = LegalEntity(
-            code=row["legal_entity"],
-            name=row["name"],
-            country=row["country"],
-            currency=normalize_currency(row["currency"]),
-            netsuite_subsidiary_id=row["netsuite_subsidiary_id"],
-        )
-    currencies: dict[str, str] = {}
-    for i, row in enumerate(
-        _rows(folder, "currencies.csv", {"currency", "netsuite_currency_id"}), start=2
-    ):
+    entity_rows = _rows(
+        folder,
+        "legal_entities.csv",
+        {"legal_entity", "name", "country", "currency", "netsuite_subsidiary_id"},
+    )
+    product_rows = _rows(folder, "products.csv", {"stripe_product_id", "netsuite_item_id"})
+    currency_rows = _rows(folder, "currencies.csv", {"currency", "netsuite_currency_id"})
+    settings = {
+        r["setting"]: r["value"] for r in _rows(folder, "erp_settings.csv", {"setting", "value"})
+    }
+    _check(entity_rows, LegalEntityContract, "legal_entities.csv")
+    _check(product_rows, ProductMapping, "products.csv")
+    for i, row in enumerate(currency_rows, start=2):
         if not is_known_currency(row["currency"]):
             raise ConfigurationError(
                 f"currencies.csv line {i}: unknown currency {row['currency']!r}"
             )
-        currencies[normalize_currency(row["currency"])] = row["netsuite_currency_id"]
-    items = {
-        r["stripe_product_id"]: r["netsuite_item_id"]
-        for r in _rows(folder, "products.csv", {"stripe_product_id", "netsuite_item_id"})
-    }
-    settings = {
-        r["setting"]: r["value"] for r in _rows(folder, "erp_settings.csv", {"setting", "value"})
-    }
     if "netsuite_tax_item_id" not in settings:
         raise ConfigurationError("erp_settings.csv lacks the setting netsuite_tax_item_id")
     return MasterData(
-        legal_entities=entities,
-        netsuite_currency_ids=currencies,
-        netsuite_items=items,
+        legal_entities={
+            r["legal_entity"]: LegalEntity(
+                code=r["legal_entity"],
+                name=r["name"],
+                country=r["country"],
+                currency=normalize_currency(r["currency"]),
+                netsuite_subsidiary_id=r["netsuite_subsidiary_id"],
+            )
+            for r in entity_rows
+        },
+        netsuite_currency_ids={
+            normalize_currency(r["currency"]): r["netsuite_currency_id"] for r in currency_rows
+        },
+        netsuite_items={r["stripe_product_id"]: r["netsuite_item_id"] for r in product_rows},
         netsuite_tax_item_id=settings["netsuite_tax_item_id"],
     )

@@ -49,7 +49,8 @@ def test_an_unknown_currency_names_the_file_and_line(mappings: Path) -> None:
     path = mappings / "legal_entities.csv"
     path.write_text(path.read_text() + "XX01,finsync XX,XX,XXX,9\n")
     with pytest.raises(
-        ConfigurationError, match=r"legal_entities\.csv line 6: unknown currency 'XXX'"
+        ConfigurationError,
+        match=r"legal_entities\.csv line 6: field currency fails iso_currency \(value 'XXX'\)",
     ):
         load_master_data(mappings)
 
@@ -79,4 +80,39 @@ def test_an_unknown_currency_in_currencies_csv_is_refused_with_the_file_named(
     path = mappings / "currencies.csv"
     path.write_text(path.read_text() + "XXX,9\n")
     with pytest.raises(ConfigurationError, match=r"currencies\.csv.*unknown currency .XXX."):
+        load_master_data(mappings)
+
+
+@pytest.mark.parametrize(
+    ("file", "row", "says"),
+    [
+        (
+            "products.csv",
+            "price_oops,106,Not a product id\n",
+            r"products\.csv line 6: field stripe_product_id fails str_startswith",
+        ),
+        (
+            "products.csv",
+            "prod_platform,107,Mapped twice\n",
+            r"products\.csv line \d: field stripe_product_id fails field_uniqueness",
+        ),
+        (
+            "legal_entities.csv",
+            "FR01,finsync SAS,France,EUR,5\n",
+            r"legal_entities\.csv line 6: field country fails str_matches",
+        ),
+        (
+            "legal_entities.csv",
+            "FR01,finsync SAS,FR,EUR,five\n",
+            r"legal_entities\.csv line 6: field netsuite_subsidiary_id fails str_matches",
+        ),
+    ],
+    ids=["product-id-shape", "product-mapped-twice", "country-code", "subsidiary-id"],
+)
+def test_a_row_breaking_the_mapping_contract_is_named(
+    mappings: Path, file: str, row: str, says: str
+) -> None:
+    with (mappings / file).open("a") as f:
+        f.write(row)
+    with pytest.raises(ConfigurationError, match=says):
         load_master_data(mappings)

@@ -14,11 +14,16 @@ import finsync_pipeline.schemas.checks  # noqa: F401  (registers iso_date, iso_c
 class Lineage(pa.DataFrameModel):
     """Where a canonical row came from; the correlation id follows it into the ERP and back."""
 
-    source_system: Series[str] = pa.Field(isin=["stripe", "salesforce", "netsuite"])
+    source_system: Series[str] = pa.Field(
+        isin=["stripe", "salesforce", "netsuite"], description="The system the row came from"
+    )
     source_id: Series[str] = pa.Field(description="The record's id in its source system")
     source_updated_at: Series[str] = pa.Field(nullable=True, description="Source version")
     extraction_run_id: Series[str] = pa.Field(description="The Dagster run that extracted it")
-    correlation_id: Series[str] = pa.Field(str_startswith="fs-", description="Follows the row")
+    correlation_id: Series[str] = pa.Field(
+        str_startswith="fs-",
+        description="Deterministic id that follows the row into the ERP memo and back",
+    )
 
 
 class Customer(Lineage):
