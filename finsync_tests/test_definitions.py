@@ -16,7 +16,7 @@ ASSET_GROUPS = {
         "stripe_payments",
         "stripe_subscriptions",
     ],
-    "validate": ["customers", "invoice_lines", "invoices", "quarantine"],
+    "validate": ["customers", "invoice_lines", "invoices", "quarantine", "subscriptions"],
     "derive": ["erp_customer_upserts", "finance_exceptions", "invoice_ready_transactions"],
     "post": ["erp_postings"],
     "reconcile": ["invoice_reconciliation"],

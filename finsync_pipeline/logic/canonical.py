@@ -1,8 +1,12 @@
 """Canonical business objects from validated source frames. Pure: no Dagster, no I/O."""
 
+import datetime as dt
+from typing import Any
+
 import pandas as pd
 
 from finsync_pipeline.logic.normalize import correlation_id
+from finsync_pipeline.money import round_half_up
 
 UNKNOWN_PARENT = -1
 
@@ -138,3 +142,109 @@ def build_invoices(
         }
     )
     return head.reset_index(drop=True), body.reset_index(drop=True)
+
+
+def monthly_amount(unit_amount: int, quantity: int, interval: str, interval_count: int) -> int:
+    """An item's recurring amount per month, in minor units (rounded half up per item)."""
+    months = {"month": 1, "year": 12}.get(interval)
+    if months is None:
+        # Daily and weekly prices are not sold here; refuse rather than guess a month.
+        raise ValueError(f"unsupported billing interval {interval!r}")
+    return round_half_up(unit_amount * quantity, months * max(interval_count, 1))
+
+
+def build_subscriptions(
+    subscriptions: list[dict[str, Any]],
+    contracts: pd.DataFrame,
+    customer_keys: pd.Series,
+    run_id: str,
+) -> pd.DataFrame:
+    """Canonical subscriptions: the Stripe subscription under its Salesforce contract's terms.
+
+    Args:
+        subscriptions: Valid Stripe subscription payloads (items carry their periods).
+        contracts: Valid flattened Salesforce contracts.
+        customer_keys: Stripe customer id -> Salesforce account id.
+        run_id: The Dagster run, recorded as lineage.
+    """
+    terms = contracts.set_index("source_id")
+    rows = []
+    for sub in subscriptions:
+        items = (sub.get("items") or {}).get("data") or []
+        licensed = [
+            i
+            for i in items
+            if ((i.get("price") or {}).get("recurring") or {}).get("usage_type", "licensed")
+            == "licensed"
+        ]
+        mrr = sum(
+            monthly_amount(
+                int(i["price"]["unit_amount"]),
+                int(i.get("quantity") or 0),
+                i["price"]["recurring"]["interval"],
+                int(i["price"]["recurring"].get("interval_count") or 1),
+            )
+            for i in licensed
+        )
+        intervals = sorted({i["price"]["recurring"]["interval"] for i in licensed})
+        starts = [i["current_period_start"] for i in items if i.get("current_period_start")]
+        ends = [i["current_period_end"] for i in items if i.get("current_period_end")]
+        metadata = sub.get("metadata") or {}
+        contract_id = metadata.get("salesforce_contract_id")
+        term = terms.loc[contract_id] if contract_id in terms.index else None
+        rows.append(
+            {
+                "subscription_id": sub["id"],
+                "stripe_customer_id": sub["customer"],
+                "customer_key": customer_keys.get(sub["customer"]),
+                "status": sub["status"],
+                "currency": str(sub["currency"]).upper(),
+                "billing_interval": ",".join(intervals) or None,
+                "item_count": len(items),
+                "mrr_minor": mrr,
+                "current_period_start": _day(min(starts)) if starts else None,
+                "current_period_end": _day(max(ends)) if ends else None,
+                "salesforce_contract_id": contract_id,
+                "salesforce_opportunity_id": metadata.get("salesforce_opportunity_id"),
+                "contract_start": None if term is None else term["start_date"],
+                "contract_end": None if term is None else term["end_date"],
+                "contract_term_months": None if term is None else term["term_months"],
+                "source_system": "stripe",
+                "source_id": sub["id"],
+                "source_updated_at": None,
+                "extraction_run_id": run_id,
+                "correlation_id": correlation_id("stripe", "subscription", sub["id"]),
+            }
+        )
+    out = pd.DataFrame(rows, columns=SUBSCRIPTION_COLUMNS)
+    return out.astype(
+        {"item_count": "Int64", "mrr_minor": "Int64", "contract_term_months": "Int64"}
+    )
+
+
+def _day(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).date().isoformat()
+
+
+SUBSCRIPTION_COLUMNS = [
+    "subscription_id",
+    "stripe_customer_id",
+    "customer_key",
+    "status",
+    "currency",
+    "billing_interval",
+    "item_count",
+    "mrr_minor",
+    "current_period_start",
+    "current_period_end",
+    "salesforce_contract_id",
+    "salesforce_opportunity_id",
+    "contract_start",
+    "contract_end",
+    "contract_term_months",
+    "source_system",
+    "source_id",
+    "source_updated_at",
+    "extraction_run_id",
+    "correlation_id",
+]

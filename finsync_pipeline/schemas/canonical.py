@@ -79,3 +79,35 @@ class InvoiceLine(pa.DataFrameModel):
     amount_minor: Series[pd.Int64Dtype] = pa.Field(description="Line amount, minor units")
     tax_minor: Series[pd.Int64Dtype] = pa.Field(description="Line tax, minor units")
     correlation_id: Series[str] = pa.Field(str_startswith="fs-", description="The invoice's")
+
+
+class Subscription(Lineage):
+    """A Stripe subscription under the terms of its Salesforce contract, with its MRR."""
+
+    subscription_id: Series[str] = pa.Field(unique=True, description="Stripe subscription id")
+    stripe_customer_id: Series[str] = pa.Field(description="Stripe customer id")
+    customer_key: Series[str] = pa.Field(nullable=True, description="Salesforce account id")
+    status: Series[str] = pa.Field(description="Stripe subscription status")
+    currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217")
+    billing_interval: Series[str] = pa.Field(
+        nullable=True, description="month, year, or both when items differ"
+    )
+    item_count: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Subscription items")
+    mrr_minor: Series[pd.Int64Dtype] = pa.Field(
+        ge=0, description="Licensed recurring amount per month, minor units, rounded per item"
+    )
+    current_period_start: Series[str] = pa.Field(
+        nullable=True, description="Earliest item period start"
+    )
+    current_period_end: Series[str] = pa.Field(nullable=True, description="Latest item period end")
+    salesforce_contract_id: Series[str] = pa.Field(
+        nullable=True, description="metadata.salesforce_contract_id"
+    )
+    salesforce_opportunity_id: Series[str] = pa.Field(
+        nullable=True, description="metadata.salesforce_opportunity_id"
+    )
+    contract_start: Series[str] = pa.Field(nullable=True, description="Contract StartDate")
+    contract_end: Series[str] = pa.Field(nullable=True, description="Contract EndDate")
+    contract_term_months: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, ge=1, description="Contract ContractTerm"
+    )

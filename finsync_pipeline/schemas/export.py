@@ -27,6 +27,7 @@ CONTRACTS: list[ContractInfo] = [
     ContractInfo("customer", 1, canonical.Customer, "canonical"),
     ContractInfo("invoice", 1, canonical.Invoice, "canonical"),
     ContractInfo("invoice_line", 1, canonical.InvoiceLine, "canonical"),
+    ContractInfo("subscription", 1, canonical.Subscription, "canonical"),
     ContractInfo("legal_entity", 1, master.LegalEntity, "mapping"),
     ContractInfo("product_mapping", 1, master.ProductMapping, "mapping"),
     ContractInfo("stripe_customer", 1, stripe.StripeCustomerRecord, "source"),

@@ -7,6 +7,7 @@ from finsync_pipeline.logic.canonical import (
     UNKNOWN_PARENT,
     build_customers,
     build_invoices,
+    build_subscriptions,
     hierarchy_depths,
 )
 from finsync_pipeline.logic.normalize import correlation_id
@@ -149,3 +150,73 @@ def test_build_invoices_links_customers_and_lines() -> None:
     assert list(body["line_id"]) == ["il_1", "il_2"]
     assert list(body["correlation_id"]) == list(head["correlation_id"])
     assert list(body["amount_minor"]) == [2000, 500]
+
+
+def _sub(sub_id: str, items: list[tuple[int, int, str, str]], contract: str | None) -> dict:
+    return {
+        "id": sub_id,
+        "customer": "cus_1",
+        "status": "active",
+        "currency": "eur",
+        "metadata": {"salesforce_contract_id": contract, "salesforce_opportunity_id": "006X"},
+        "items": {
+            "data": [
+                {
+                    "price": {
+                        "unit_amount": unit,
+                        "recurring": {
+                            "interval": interval,
+                            "interval_count": 1,
+                            "usage_type": usage,
+                        },
+                    },
+                    "quantity": qty,
+                    "current_period_start": 1767225600 + n,
+                    "current_period_end": 1769904000 + n,
+                }
+                for n, (unit, qty, interval, usage) in enumerate(items)
+            ]
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("items", "mrr"),
+    [
+        ([(50000, 1, "month", "licensed")], 50000),
+        ([(120000, 1, "year", "licensed")], 10000),
+        # 1000 x 1 / 12 = 83.33 -> 83 per item, rounded per item, half up.
+        ([(1000, 1, "year", "licensed"), (1000, 1, "year", "licensed")], 166),
+        ([(100, 3, "month", "licensed"), (999, 7, "month", "metered")], 300),
+    ],
+    ids=["monthly", "annual-divided-by-12", "rounded-per-item", "metered-excluded"],
+)
+def test_subscription_mrr_is_monthly_licensed_revenue_in_minor_units(
+    items: list[tuple[int, int, str, str]], mrr: int
+) -> None:
+    contracts = pd.DataFrame(
+        {
+            "source_id": ["800A"],
+            "start_date": ["2026-01-01"],
+            "end_date": ["2026-12-31"],
+            "term_months": pd.array([12], dtype="Int64"),
+        }
+    )
+    out = build_subscriptions(
+        [_sub("sub_1", items, "800A")], contracts, pd.Series({"cus_1": "001A"}), "run"
+    )
+    row = out.iloc[0]
+    assert row["mrr_minor"] == mrr
+    assert (row["customer_key"], row["currency"]) == ("001A", "EUR")
+    assert (row["contract_start"], row["contract_term_months"]) == ("2026-01-01", 12)
+
+
+def test_a_subscription_without_its_contract_keeps_empty_terms() -> None:
+    out = build_subscriptions(
+        [_sub("sub_2", [(100, 1, "month", "licensed")], "800missing")],
+        pd.DataFrame(columns=["source_id", "start_date", "end_date", "term_months"]),
+        pd.Series(dtype=object),
+        "run",
+    )
+    assert out.iloc[0]["contract_start"] is None
+    assert pd.isna(out.iloc[0]["customer_key"])

@@ -61,3 +61,26 @@ CREATE TABLE IF NOT EXISTS invoice_lines (
 );
 CREATE INDEX IF NOT EXISTS ix_invoice_lines_partition ON invoice_lines (partition_date);
 CREATE INDEX IF NOT EXISTS ix_invoice_lines_invoice ON invoice_lines (invoice_id);
+
+CREATE TABLE IF NOT EXISTS subscriptions (
+    subscription_id             TEXT NOT NULL PRIMARY KEY,
+    stripe_customer_id          TEXT NOT NULL,
+    customer_key                TEXT,
+    status                      TEXT NOT NULL,
+    currency                    TEXT NOT NULL,
+    billing_interval            TEXT,
+    item_count                  INTEGER NOT NULL,
+    mrr_minor                   BIGINT NOT NULL,
+    current_period_start        TEXT,
+    current_period_end          TEXT,
+    salesforce_contract_id      TEXT,
+    salesforce_opportunity_id   TEXT,
+    contract_start              TEXT,
+    contract_end                TEXT,
+    contract_term_months        INTEGER,
+    source_system               TEXT NOT NULL,
+    source_id                   TEXT NOT NULL,
+    source_updated_at           TEXT,
+    extraction_run_id           TEXT NOT NULL,
+    correlation_id              TEXT NOT NULL
+);

@@ -14,7 +14,12 @@ from finsync_pipeline.landing import (
     sample,
 )
 from finsync_pipeline.logic import normalize
-from finsync_pipeline.logic.canonical import UNKNOWN_PARENT, build_customers, build_invoices
+from finsync_pipeline.logic.canonical import (
+    UNKNOWN_PARENT,
+    build_customers,
+    build_invoices,
+    build_subscriptions,
+)
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
 from finsync_pipeline.resources.warehouse import (
     WarehouseResource,
@@ -23,7 +28,7 @@ from finsync_pipeline.resources.warehouse import (
     replace_partitions,
     upsert_rows,
 )
-from finsync_pipeline.schemas.canonical import Customer, Invoice, InvoiceLine
+from finsync_pipeline.schemas.canonical import Customer, Invoice, InvoiceLine, Subscription
 
 OWNERS = ["team:finance-data"]
 
@@ -188,5 +193,51 @@ def quarantine(warehouse: WarehouseResource) -> dg.MaterializeResult:
             "records quarantined": int(rows[["asset", "source_id"]].drop_duplicates().shape[0]),
             "by asset": dg.MetadataValue.json(rows["asset"].value_counts().astype(int).to_dict()),
             "sample": sample(rows, ["asset", "source_id", "field", "check_name"]),
+        }
+    )
+
+
+@dg.asset(
+    group_name="validate",
+    kinds={"python", "sql"},
+    owners=OWNERS,
+    deps=["stripe_subscriptions", "salesforce_contracts", "customers"],
+)
+def subscriptions(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Every Stripe subscription under the terms of its Salesforce contract (start, end, term),
+    with its monthly recurring revenue in minor units: what renewals are reconciled against."""
+    engine = warehouse.get_engine()
+    with engine.connect() as conn:
+        subs_raw = load_payloads(conn, "stripe_subscriptions")
+        contracts_raw = load_payloads(conn, "salesforce_contracts")
+        bad_subs = quarantined_ids(conn, "stripe_subscriptions")
+        bad_contracts = quarantined_ids(conn, "salesforce_contracts")
+        keys = read_frame(
+            conn,
+            "SELECT stripe_customer_id, customer_key FROM customers "
+            "WHERE stripe_customer_id IS NOT NULL",
+        )
+    contracts = normalize.flatten_salesforce_contracts(list(contracts_raw["payload"]))
+    contracts = contracts[~contracts["source_id"].isin(bad_contracts)]
+    valid = [p for p in subs_raw["payload"] if p.get("id") not in bad_subs]
+    out = build_subscriptions(
+        valid, contracts, keys.set_index("stripe_customer_id")["customer_key"], context.run.run_id
+    )
+    Subscription.validate(out)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM subscriptions"))
+        upsert_rows(conn, "subscriptions", frame_records(out), ["subscription_id"])
+    active = out[out["status"].isin(["active", "trialing", "past_due"])]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(out),
+            "dagster/column_schema": column_schema(Subscription),
+            "active": len(active),
+            "MRR by currency (active)": dg.MetadataValue.json(
+                amounts_by_currency(active, "mrr_minor", "currency")
+            ),
+            "without a Salesforce contract": int(out["contract_start"].isna().sum()),
         }
     )
