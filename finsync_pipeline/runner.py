@@ -201,9 +201,19 @@ class PipelineRun:
             selection=[dg.AssetKey("erp_invoices"), dg.AssetKey("invoice_reconciliation")],
         )
 
+    def extract_tables(self) -> list[str]:
+        """The extract assets that land in a table of their own name."""
+        graph = self.defs.resolve_asset_graph()
+        return sorted(
+            key.to_user_string()
+            for key in graph.get_all_asset_keys()
+            if graph.get(key).group_name == "extract"
+        )
+
     def summary(self) -> dict[str, Any]:
         engine = create_engine(os.environ["FINSYNC_WAREHOUSE_URL"])
         since = self.started.isoformat(timespec="microseconds")
+        tables = set(sa.inspect(engine).get_table_names())
         with engine.connect() as conn:
 
             def scalar(sql: str, **params: Any) -> int:
@@ -235,7 +245,13 @@ class PipelineRun:
                     )
                 )
             }
+            sources = {
+                name: scalar(f"SELECT COUNT(*) FROM {name}")
+                for name in self.extract_tables()
+                if name in tables
+            }
             return {
+                "sources": sources,
                 "accounts": scalar("SELECT COUNT(*) FROM salesforce_accounts"),
                 "stripe_invoices": sum(s in ("open", "paid", "uncollectible") for s in statuses),
                 "erp_invoices_posted": scalar(

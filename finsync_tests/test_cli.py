@@ -81,6 +81,10 @@ def test_demo_posts_every_clean_invoice_and_reconciles_with_zero_drift(
     ):
         assert key in s
     assert s["accounts"] == 40
+    # Row counts per extracted asset: every source system contributed.
+    assert s["sources"]["salesforce_accounts"] == 40
+    assert s["sources"]["stripe_invoices"] >= s["stripe_invoices"]
+    assert s["sources"]["erp_invoices"] == s["erp_invoices_in_erp"]
     recon = s["reconciliation"]
     assert set(recon) >= {
         "matched",
