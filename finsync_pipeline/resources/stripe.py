@@ -1,6 +1,7 @@
-"""Stripe connector: list endpoints of the v1 API, pinned to one API version."""
+"""Stripe connector: lists, retrievals and idempotent writes of the v1 API, one version pinned."""
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -23,8 +24,43 @@ STRIPE_API_VERSION = "2026-07-29.dahlia"
 SYSTEM = "stripe"
 AUTH_MESSAGE = "the API key was rejected (HTTP 401); set STRIPE_API_KEY to a valid secret key"
 MAX_PAGE_SIZE = 100
+# Objects whose lines Stripe embeds only partly (10) and pages under /v1/{path}/{id}/lines.
+_PAGED_LINES = ("invoices", "credit_notes")
 
 Params = list[tuple[str, str | int]]
+
+
+def encode_form(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Form fields in Stripe's bracket notation, in order.
+
+    ``{"metadata": {"crm_id": "001"}, "items": [{"price": "p", "quantity": 3}]}`` becomes
+    ``metadata[crm_id]=001&items[0][price]=p&items[0][quantity]=3``. Booleans are ``true`` and
+    ``false``; None becomes an empty value, which Stripe reads as "unset".
+
+    Raises:
+        TypeError: A float (amounts are integer minor units) or another unsupported value.
+    """
+    fields: list[tuple[str, str]] = []
+
+    def walk(key: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for sub, item in value.items():
+                walk(f"{key}[{sub}]", item)
+        elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
+            for n, item in enumerate(value):
+                walk(f"{key}[{n}]", item)
+        elif isinstance(value, bool):
+            fields.append((key, "true" if value else "false"))
+        elif value is None:
+            fields.append((key, ""))
+        elif isinstance(value, int | str):
+            fields.append((key, str(value)))
+        else:
+            raise TypeError(f"stripe: cannot form-encode {key}={type(value).__name__}")
+
+    for name, value in params.items():
+        walk(str(name), value)
+    return fields
 
 
 def parse_stripe_error(response: requests.Response) -> ErrorInfo:
@@ -113,12 +149,8 @@ class StripeClient(ConnectorClient):
     ) -> Iterator[dict[str, Any]]:
         """Every invoice with every line in ``lines.data`` (paged in full, never truncated)."""
         for invoice in self._list("/v1/invoices", _created(created_gte, created_lt)):
-            lines = invoice.get("lines")
-            if isinstance(lines, dict) and lines.get("has_more"):
-                # A listed invoice embeds only its first lines; the rest need their own listing.
-                lines["data"] = list(self._list(f"/v1/invoices/{invoice['id']}/lines", []))
-                lines["has_more"] = False
-            yield invoice
+            # A listed invoice embeds only its first lines; the rest need their own listing.
+            yield self._with_all_lines("invoices", invoice)
 
     def list_payment_intents(
         self, *, created_gte: int | None = None, created_lt: int | None = None
@@ -131,6 +163,104 @@ class StripeClient(ConnectorClient):
     ) -> Iterator[dict[str, Any]]:
         """Every charge, optionally within a ``created`` window."""
         return self._list("/v1/charges", _created(created_gte, created_lt))
+
+    def list_credit_notes(
+        self,
+        *,
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+        invoice: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every credit note with every line, optionally of one invoice or a ``created`` window."""
+        params = _created(created_gte, created_lt)
+        if invoice is not None:
+            params.append(("invoice", invoice))
+        for note in self._list("/v1/credit_notes", params):
+            yield self._with_all_lines("credit_notes", note)
+
+    def list_refunds(
+        self,
+        *,
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+        charge: str | None = None,
+        payment_intent: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every refund, optionally of one charge or payment intent or a ``created`` window."""
+        params = _created(created_gte, created_lt)
+        if charge is not None:
+            params.append(("charge", charge))
+        if payment_intent is not None:
+            params.append(("payment_intent", payment_intent))
+        return self._list("/v1/refunds", params)
+
+    def retrieve(self, object_path: str, object_id: str) -> dict[str, Any]:
+        """One object by id, e.g. ``retrieve("invoices", "in_...")``.
+
+        An invoice or credit note comes back with every line (pages past the first 10 are
+        fetched), so a refetch after an event never keeps the event's truncated snapshot.
+
+        Raises:
+            PermanentUpstreamError: Unknown object (404 ``resource_missing``) or a malformed id.
+        """
+        if not object_path.isidentifier() or "/" in object_id or not object_id:
+            raise ValueError(f"stripe: bad object path or id: {object_path!r}, {object_id!r}")
+        response = self.http.request(
+            "GET", f"{self._base}/v1/{object_path}/{object_id}", idempotent=True
+        )
+        body = parse_json(response, SYSTEM)
+        if not isinstance(body, dict) or body.get("id") != object_id:
+            raise PermanentUpstreamError(
+                SYSTEM, f"GET /v1/{object_path}/{object_id} did not answer that object", status=200
+            )
+        return self._with_all_lines(object_path, body)
+
+    def post(
+        self, path: str, params: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Send a write (``POST /v1/...``) once, whatever the retries.
+
+        Every POST carries an ``Idempotency-Key``: the caller's (derive it from the source
+        document, e.g. ``refund:cn_123``, so a rerun of the pipeline cannot write twice) or a
+        random one for this call. Retries after a 429, 409, 5xx or a lost connection resend
+        the same key, so Stripe replays the first outcome instead of writing again.
+
+        Args:
+            path: ``/v1/refunds``, ``/v1/customers/cus_123``, ...
+            params: Nested parameters, form-encoded in bracket notation (``encode_form``).
+            idempotency_key: At most 255 characters; deterministic when given.
+
+        Returns:
+            The object Stripe answered.
+
+        Raises:
+            PermanentUpstreamError: Stripe rejected the request (400 ``idempotency_error``
+                when the key was used with other parameters).
+        """
+        key = idempotency_key or f"finsync-{uuid.uuid4()}"
+        if len(key) > 255:
+            raise ValueError("stripe: an Idempotency-Key is at most 255 characters")
+        response = self.http.request(
+            "POST",
+            self._base + path,
+            # Safe to resend: the same key makes Stripe replay instead of executing again.
+            idempotent=True,
+            data=encode_form(params),
+            headers={"Idempotency-Key": key},
+        )
+        body = parse_json(response, SYSTEM)
+        if not isinstance(body, dict):
+            raise PermanentUpstreamError(
+                SYSTEM, f"POST {path} did not answer an object", status=200
+            )
+        return body
+
+    def _with_all_lines(self, object_path: str, obj: dict[str, Any]) -> dict[str, Any]:
+        lines = obj.get("lines")
+        if object_path in _PAGED_LINES and isinstance(lines, dict) and lines.get("has_more"):
+            lines["data"] = list(self._list(f"/v1/{object_path}/{obj['id']}/lines", []))
+            lines["has_more"] = False
+        return obj
 
     def list_events(
         self, *, created_gte: int | None = None, types: list[str] | None = None

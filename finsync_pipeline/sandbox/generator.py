@@ -8,17 +8,20 @@ Records are what each system would hold:
 
 - ``salesforce``: Account, Opportunity and Contract field maps (no ``attributes``; the simulator
   adds those on the wire).
-- ``stripe``: customer, subscription, invoice, payment_intent, charge and event objects in the
-  ``2026-07-29.dahlia`` shape. An invoice here holds *every* line in ``lines.data``; the simulator
-  serves only the first 10 inline and pages the rest, as Stripe does.
+- ``stripe``: customer, subscription, invoice, credit_note, payment_intent, charge, refund and
+  event objects in the ``2026-07-29.dahlia`` shape. An invoice (and a credit note) here holds
+  *every* line in ``lines.data``; the simulator serves only the first 10 inline and pages the
+  rest, as Stripe does.
 - ``netsuite``: master data only (subsidiary, currency, item); the pipeline creates the rest.
 
 Tax rule (written down because reconciliation depends on it): tax is computed per line, in the
 currency's minor unit, as ``line.amount * rate`` rounded half up to an integer; the invoice's tax
-is the sum of its lines' taxes.
+is the sum of its lines' taxes. A credit note follows the same rule per credited line, so its
+lines plus its tax equal its total, and a refund never exceeds what is left of its charge.
 """
 
 import calendar
+import copy
 import datetime
 import random
 import string
@@ -438,7 +441,10 @@ def generate(spec: CompanySpec) -> Company:
 
     invoices = sorted((i for s in subs for i in s.invoices), key=lambda i: (i["created"], i["id"]))
     payment_intents, charges = _payments(g, subs, invoices)
-    events = _events(g, customers, invoices, payment_intents)
+    adjusted = _adjustments(g, subs, invoices, charges)
+    payment_intents += adjusted.payment_intents
+    charges += adjusted.charges
+    events = _events(g, customers, invoices, payment_intents, adjusted.events)
 
     return Company(
         spec=spec,
@@ -447,8 +453,10 @@ def generate(spec: CompanySpec) -> Company:
             "customer": customers,
             "subscription": subscriptions,
             "invoice": invoices,
+            "credit_note": adjusted.credit_notes,
             "payment_intent": payment_intents,
             "charge": charges,
+            "refund": adjusted.refunds,
             "event": events,
         },
         netsuite=netsuite_master_data(),
@@ -786,6 +794,8 @@ def _invoice(g: _Gen, sub: _Sub, k: int, rng: random.Random) -> Record:
         },
         "period_end": _ts(end),
         "period_start": _ts(start),
+        "post_payment_credit_notes_amount": 0,
+        "pre_payment_credit_notes_amount": 0,
         "starting_balance": 0,
         "status": status,
         "status_transitions": {
@@ -1117,6 +1127,394 @@ def _payments(
     return pis, charges
 
 
+_DECLINE: Record = {
+    "type": "card_error",
+    "code": "card_declined",
+    "decline_code": "insufficient_funds",
+    "message": "Your card has insufficient funds.",
+}
+
+
+@dataclass
+class _Adjustments:
+    """Billing adjustments after invoicing: credit notes, refunds, declined payment attempts."""
+
+    credit_notes: list[Record] = field(default_factory=list)
+    refunds: list[Record] = field(default_factory=list)
+    payment_intents: list[Record] = field(default_factory=list)
+    charges: list[Record] = field(default_factory=list)
+    events: list[tuple[int, str, Record]] = field(default_factory=list)
+    per_invoice: dict[str, int] = field(default_factory=dict)
+    voided_any: bool = False
+
+    def count_for(self, invoice_id: str) -> int:
+        """The next credit note number of an invoice (1, 2, ...)."""
+        self.per_invoice[invoice_id] = self.per_invoice.get(invoice_id, 0) + 1
+        return self.per_invoice[invoice_id]
+
+
+def _adjustments(
+    g: _Gen, subs: list[_Sub], invoices: list[Record], charges: list[Record]
+) -> _Adjustments:
+    """Credit notes, refunds and declined payments on a deterministic share of invoices.
+
+    A paid invoice may get a post-payment credit note refunded to its card: a service credit
+    (part of a line), a seat downgrade (part of a line's quantity) or a duplicate (every line,
+    refunded in full). An open invoice may get a pre-payment credit note for an order change
+    (some voided again) and a declined payment attempt. Planted invoices are left alone.
+    """
+    # A stream of its own: adding adjustments never shifts the records generated before them.
+    arng = random.Random(f"{g.spec.seed}:stripe-adjustments")  # noqa: S311
+    rate_of = {s.customer_id: s.tax_rate for s in subs}
+    charge_of = {c["payment_intent"]: c for c in charges}
+    out = _Adjustments()
+    forced_duplicate = forced_downgrade = forced_decline = False
+    for inv in invoices:
+        lines = inv["lines"]["data"]
+        if inv["currency"] == "usdx" or not all(type(line["amount"]) is int for line in lines):
+            continue
+        rate = rate_of[inv["customer"]]
+        roll = arng.random()
+        if inv["status"] == "paid":
+            kind: str | None = None
+            if not forced_duplicate and len(lines) > 10:
+                kind, forced_duplicate = "duplicate", True
+            elif not forced_downgrade and any(line["quantity"] > 1 for line in lines):
+                kind, forced_downgrade = "downgrade", True
+            elif roll < 0.015:
+                kind = "duplicate"
+            elif roll < 0.04:
+                kind = "downgrade"
+            elif roll < 0.07:
+                kind = "service_credit"
+            if kind is not None:
+                charge = charge_of[inv["payments"]["data"][-1]["payment"]["payment_intent"]]
+                _post_payment_credit(g, arng, inv, rate=rate, charge=charge, kind=kind, out=out)
+        elif inv["status"] == "open":
+            if roll < 0.2:
+                _pre_payment_credit(g, arng, inv, rate, out)
+            if not forced_decline or arng.random() < 0.4:
+                forced_decline = True
+                _declined_payment(g, arng, inv, out)
+    return out
+
+
+def _credit_lines(
+    g: _Gen, arng: random.Random, inv: Record, rate: Decimal, kind: str
+) -> list[Record]:
+    """The credited lines, each taxed on its own amount (half up) like an invoice line."""
+    lines = inv["lines"]["data"]
+    picked: list[tuple[int, int, Record | None, str]] = []
+    if kind == "duplicate":
+        picked = [(line["amount"], line["quantity"], line, line["description"]) for line in lines]
+    elif kind == "downgrade":
+        line = next((x for x in lines if x["quantity"] > 1), lines[0])
+        unit = line["amount"] // line["quantity"]
+        qty = arng.randint(1, max(1, line["quantity"] - 1))
+        picked = [(unit * qty, qty, line, f"Downgrade: {qty} fewer ({line['description']})")]
+    else:
+        line = lines[0]
+        amount = line["amount"] * arng.choice([5, 10, 20, 25, 50]) // 100
+        picked = [(max(1, amount), 1, None, "Service credit")]
+    out: list[Record] = []
+    for amount, qty, line, desc in picked:
+        tax = tax_for(amount, rate)
+        taxes = (line or lines[0])["taxes"][0]
+        out.append(
+            {
+                "id": g.rid("cnli_", 24, arng),
+                "object": "credit_note_line_item",
+                "amount": amount,
+                "description": desc,
+                "discount_amount": 0,
+                "discount_amounts": [],
+                "invoice_line_item": line["id"] if line is not None else None,
+                "livemode": False,
+                "metadata": {},
+                "pretax_credit_amounts": [],
+                "quantity": qty,
+                "tax_rates": [],
+                "taxes": [
+                    {
+                        "amount": tax,
+                        "tax_behavior": "exclusive",
+                        "tax_rate_details": taxes["tax_rate_details"],
+                        "taxability_reason": taxes["taxability_reason"],
+                        "taxable_amount": amount,
+                        "type": "tax_rate_details",
+                    }
+                ],
+                "type": "invoice_line_item" if line is not None else "custom_line_item",
+                "unit_amount": amount // qty if line is not None else amount,
+                "unit_amount_decimal": str(amount // qty if line is not None else amount),
+            }
+        )
+    return out
+
+
+def _credit_note(
+    g: _Gen,
+    arng: random.Random,
+    inv: Record,
+    lines: list[Record],
+    *,
+    type_: str,
+    reason: str,
+    created: int,
+    number: int,
+) -> Record:
+    cn_id = g.rid("cn_", 24, arng)
+    subtotal = sum(line["amount"] for line in lines)
+    tax = sum(line["taxes"][0]["amount"] for line in lines)
+    total = subtotal + tax
+    details = inv["total_taxes"][0]
+    return {
+        "id": cn_id,
+        "object": "credit_note",
+        "amount": total,
+        "amount_shipping": 0,
+        "created": created,
+        "currency": inv["currency"],
+        "customer": inv["customer"],
+        "customer_balance_transaction": None,
+        "discount_amount": 0,
+        "discount_amounts": [],
+        "effective_at": created,
+        "invoice": inv["id"],
+        "lines": {
+            "object": "list",
+            "data": lines,
+            "has_more": False,
+            "url": f"/v1/credit_notes/{cn_id}/lines",
+        },
+        "livemode": False,
+        "memo": None,
+        "metadata": {},
+        "number": f"{inv['number']}-CN-{number:02d}",
+        "out_of_band_amount": None,
+        "pdf": f"https://pay.stripe.com/credit_notes/{cn_id}/pdf",
+        "post_payment_amount": total if type_ == "post_payment" else 0,
+        "pre_payment_amount": total if type_ == "pre_payment" else 0,
+        "reason": reason,
+        "refunds": [],
+        "status": "issued",
+        "subtotal": subtotal,
+        "subtotal_excluding_tax": subtotal,
+        "total": total,
+        "total_excluding_tax": subtotal,
+        "total_taxes": [
+            {
+                "amount": tax,
+                "tax_behavior": "exclusive",
+                "tax_rate_details": details["tax_rate_details"],
+                "taxability_reason": details["taxability_reason"],
+                "taxable_amount": subtotal,
+                "type": "tax_rate_details",
+            }
+        ],
+        "type": type_,
+        "voided_at": None,
+    }
+
+
+def credit_note_wire_view(cn: Record) -> Record:
+    """The credit note as the API shows it: only the first 10 lines inline, the rest paged."""
+    return invoice_wire_view(cn)
+
+
+def _post_payment_credit(
+    g: _Gen,
+    arng: random.Random,
+    inv: Record,
+    *,
+    rate: Decimal,
+    charge: Record,
+    kind: str,
+    out: _Adjustments,
+) -> None:
+    paid_at = inv["status_transitions"]["paid_at"]
+    created = min(paid_at + arng.randint(1, 25) * 86400 + arng.randint(0, 7200), g.end_ts - 600)
+    if created <= paid_at:
+        return
+    lines = _credit_lines(g, arng, inv, rate, kind)
+    reason = {
+        "duplicate": "duplicate",
+        "downgrade": "order_change",
+        "service_credit": "product_unsatisfactory",
+    }[kind]
+    cn = _credit_note(
+        g,
+        arng,
+        inv,
+        lines,
+        type_="post_payment",
+        reason=reason,
+        created=created,
+        number=out.count_for(inv["id"]),
+    )
+    amount = min(cn["total"], charge["amount"] - charge["amount_refunded"])
+    refund: Record = {
+        "id": g.rid("re_", 24, arng),
+        "object": "refund",
+        "amount": amount,
+        "balance_transaction": g.rid("txn_", 24, arng),
+        "charge": charge["id"],
+        "created": created,
+        "currency": charge["currency"],
+        "destination_details": {"card": {"type": "refund"}, "type": "card"},
+        "failure_reason": None,
+        "metadata": {"credit_note": cn["id"]},
+        "payment_intent": charge["payment_intent"],
+        "reason": "duplicate" if kind == "duplicate" else "requested_by_customer",
+        "receipt_number": None,
+        "status": "succeeded",
+    }
+    cn["refunds"].append(
+        {
+            "amount_refunded": amount,
+            "payment_record_refund": None,
+            "refund": refund["id"],
+            "type": "refund",
+        }
+    )
+    charge["amount_refunded"] += amount
+    charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+    charge["refunds"]["data"].insert(0, refund)
+    inv["post_payment_credit_notes_amount"] += cn["total"]
+    out.credit_notes.append(cn)
+    out.refunds.append(refund)
+    out.events += [
+        (created, "credit_note.created", credit_note_wire_view(cn)),
+        (created, "refund.created", refund),
+        (created, "charge.refunded", copy.deepcopy(charge)),
+    ]
+
+
+def _pre_payment_credit(
+    g: _Gen, arng: random.Random, inv: Record, rate: Decimal, out: _Adjustments
+) -> None:
+    finalized = inv["status_transitions"]["finalized_at"]
+    created = min(finalized + arng.randint(3600, 2 * 86400), g.end_ts - 600)
+    if created <= finalized:
+        return
+    lines = _credit_lines(g, arng, inv, rate, "service_credit")
+    cn = _credit_note(
+        g,
+        arng,
+        inv,
+        lines,
+        type_="pre_payment",
+        reason="order_change",
+        created=created,
+        number=out.count_for(inv["id"]),
+    )
+    out.credit_notes.append(cn)
+    out.events.append((created, "credit_note.created", credit_note_wire_view(cn)))
+    voided = created + arng.randint(3600, 3 * 86400)
+    if (not out.voided_any or arng.random() < 0.3) and voided < g.end_ts:
+        out.voided_any = True
+        # The creation event keeps the note as it was then: issued.
+        out.events[-1] = (created, "credit_note.created", copy.deepcopy(out.events[-1][2]))
+        cn["status"], cn["voided_at"] = "void", voided
+        out.events.append((voided, "credit_note.voided", credit_note_wire_view(cn)))
+        return
+    inv["pre_payment_credit_notes_amount"] += cn["total"]
+    inv["amount_due"] -= cn["total"]
+    inv["amount_remaining"] -= cn["total"]
+
+
+def _declined_payment(g: _Gen, arng: random.Random, inv: Record, out: _Adjustments) -> None:
+    attempted = inv["status_transitions"]["finalized_at"] + arng.randint(60, 3600)
+    if attempted >= g.end_ts:
+        return
+    pi_id = g.rid("pi_", 24, arng)
+    ch_id = g.rid("ch_", 24, arng)
+    pm_id = g.rid("pm_", 24, arng)
+    amount = inv["amount_remaining"]
+    charge: Record = {
+        "id": ch_id,
+        "object": "charge",
+        "amount": amount,
+        "amount_captured": 0,
+        "amount_refunded": 0,
+        "balance_transaction": None,
+        "billing_details": {"email": None, "name": inv["customer_name"]},
+        "captured": False,
+        "created": attempted,
+        "currency": inv["currency"],
+        "customer": inv["customer"],
+        "disputed": False,
+        "failure_code": _DECLINE["code"],
+        "failure_message": _DECLINE["message"],
+        "livemode": False,
+        "metadata": {},
+        "outcome": {
+            "network_status": "declined_by_network",
+            "reason": _DECLINE["decline_code"],
+            "type": "issuer_declined",
+        },
+        "paid": False,
+        "payment_intent": pi_id,
+        "payment_method": pm_id,
+        "payment_method_details": {"type": "card"},
+        "receipt_url": None,
+        "refunded": False,
+        "refunds": {
+            "object": "list",
+            "data": [],
+            "has_more": False,
+            "url": f"/v1/charges/{ch_id}/refunds",
+        },
+        "status": "failed",
+    }
+    intent: Record = {
+        "id": pi_id,
+        "object": "payment_intent",
+        "amount": amount,
+        "amount_capturable": 0,
+        "amount_received": 0,
+        "canceled_at": None,
+        "cancellation_reason": None,
+        "capture_method": "automatic",
+        "created": attempted,
+        "currency": inv["currency"],
+        "customer": inv["customer"],
+        "description": "Subscription update",
+        "last_payment_error": dict(_DECLINE, charge=ch_id),
+        "latest_charge": ch_id,
+        "livemode": False,
+        "metadata": {},
+        "payment_method": None,
+        "payment_method_types": ["card"],
+        "status": "requires_payment_method",
+    }
+    inv["attempt_count"], inv["attempted"] = 1, True
+    inv["next_payment_attempt"] = attempted + 3 * 86400
+    inv["payments"]["data"].append(
+        {
+            "id": g.rid("inpay_", 24, arng),
+            "object": "invoice_payment",
+            "amount_paid": 0,
+            "amount_requested": amount,
+            "created": attempted,
+            "currency": inv["currency"],
+            "invoice": inv["id"],
+            "is_default": True,
+            "livemode": False,
+            "payment": {"type": "payment_intent", "payment_intent": pi_id},
+            "status": "open",
+            "status_transitions": {"canceled_at": None, "paid_at": None},
+        }
+    )
+    out.payment_intents.append(intent)
+    out.charges.append(charge)
+    out.events += [
+        (attempted, "charge.failed", charge),
+        (attempted, "payment_intent.payment_failed", intent),
+        (attempted + 1, "invoice.payment_failed", invoice_wire_view(copy.deepcopy(inv))),
+    ]
+
+
 def invoice_wire_view(inv: Record) -> Record:
     """The invoice as the API shows it: only the first 10 lines inline, the rest paged."""
     lines = inv["lines"]["data"]
@@ -1126,9 +1524,13 @@ def invoice_wire_view(inv: Record) -> Record:
 
 
 def _events(
-    g: _Gen, customers: list[Record], invoices: list[Record], pis: list[Record]
+    g: _Gen,
+    customers: list[Record],
+    invoices: list[Record],
+    pis: list[Record],
+    extra: list[tuple[int, str, Record]],
 ) -> list[Record]:
-    raw: list[tuple[int, str, Record]] = []
+    raw: list[tuple[int, str, Record]] = list(extra)
     for cus in customers:
         raw.append((cus["created"], "customer.created", cus))
     pi_by_id = {p["id"]: p for p in pis}
@@ -1154,7 +1556,7 @@ def _events(
         raw.append((transitions["finalized_at"], "invoice.finalized", opened))
         if inv["status"] == "paid":
             raw.append((transitions["paid_at"], "invoice.paid", view))
-            pi_id = inv["payments"]["data"][0]["payment"]["payment_intent"]
+            pi_id = inv["payments"]["data"][-1]["payment"]["payment_intent"]
             raw.append((transitions["paid_at"], "payment_intent.succeeded", pi_by_id[pi_id]))
         elif inv["status"] == "void":
             raw.append((transitions["voided_at"], "invoice.voided", view))

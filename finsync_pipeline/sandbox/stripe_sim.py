@@ -1,20 +1,36 @@
-"""Stripe API v1 simulator (read side), speaking the ``2026-07-29.dahlia`` wire format.
+"""Stripe API v1 simulator, speaking the ``2026-07-29.dahlia`` wire format.
 
 Records are stored pre-rendered as JSON text, so a list page is assembled by string joins
 rather than parsed and re-serialised: listing stays cheap at any scale. Ordering is newest first
 by ``(created, seq)``, where ``seq`` is the insertion order, with indexes backing every filter.
+
+Writes (``POST``, form-encoded with bracket notation) cover what finsync and its tests need:
+``/v1/customers/{id}`` (update), ``/v1/refunds`` (create), ``/v1/invoices/{id}/void`` and
+``/v1/invoices/{id}/pay`` (out of band). Each write emits the events Stripe would, stamped by the
+simulator's clock. ``Idempotency-Key`` behaves as Stripe documents it: the first result of a key
+is kept for 24 hours and replayed (``Idempotent-Replayed: true``); the same key with other
+parameters is a 400 ``idempotency_error``; a key whose first request is still running is a 409.
+A request rejected by validation stores nothing, so it can be corrected and retried with the
+same key.
 """
 
 import base64
+import hashlib
 import secrets
 import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import simplejson
 
-from finsync_pipeline.sandbox.generator import STRIPE_API_VERSION, Company, invoice_wire_view
+from finsync_pipeline.sandbox.generator import (
+    STRIPE_API_VERSION,
+    Company,
+    credit_note_wire_view,
+    invoice_wire_view,
+)
 from finsync_pipeline.sandbox.http_base import (
     Faults,
     Request,
@@ -30,10 +46,14 @@ _COLLECTIONS = {
     "customers": "customer",
     "subscriptions": "subscription",
     "invoices": "invoice",
+    "credit_notes": "credit_note",
     "payment_intents": "payment_intent",
     "charges": "charge",
+    "refunds": "refund",
     "events": "event",
 }
+# Objects whose lines are paged under /v1/{collection}/{id}/lines.
+_WITH_LINES = {"invoice", "credit_note"}
 _COMMON_PARAMS = {
     "limit",
     "starting_after",
@@ -49,8 +69,10 @@ _FILTERS: dict[str, set[str]] = {
     "customer": {"email"},
     "subscription": {"customer", "status", "price"},
     "invoice": {"customer", "status", "subscription"},
+    "credit_note": {"customer", "invoice"},
     "payment_intent": {"customer"},
     "charge": {"customer", "payment_intent"},
+    "refund": {"charge", "payment_intent"},
     "event": {"type", "types[]", "delivery_success"},
 }
 _SUB_STATUSES = {
@@ -68,6 +90,14 @@ _SUB_STATUSES = {
 _INVOICE_STATUSES = {"draft", "open", "paid", "uncollectible", "void"}
 # Stripe's /v1/events keeps 30 days of events.
 EVENT_RETENTION_S = 30 * 86400
+# Stripe prunes idempotency keys after at least 24 hours.
+IDEMPOTENCY_TTL_S = 24 * 3600
+_REFUND_REASONS = {"duplicate", "fraudulent", "requested_by_customer"}
+_IDEMPOTENCY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stripe_idempotency (
+    key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, created REAL NOT NULL,
+    status INTEGER, body TEXT)
+"""
 
 
 class StripeError(Exception):
@@ -108,9 +138,13 @@ def seed_stripe(conn: sqlite3.Connection, company: Company) -> None:
         for seq, (_, rec) in enumerate(ordered):
             ref = None
             view = rec
-            if obj == "invoice":
-                ref = rec["parent"]["subscription_details"]["subscription"]
-                view = invoice_wire_view(rec)
+            if obj in _WITH_LINES:
+                if obj == "invoice":
+                    ref = rec["parent"]["subscription_details"]["subscription"]
+                    view = invoice_wire_view(rec)
+                else:
+                    ref = rec["invoice"]
+                    view = credit_note_wire_view(rec)
                 conn.executemany(
                     "INSERT INTO stripe_line (invoice, idx, id, body) VALUES (?, ?, ?, ?)",
                     [
@@ -120,6 +154,8 @@ def seed_stripe(conn: sqlite3.Connection, company: Company) -> None:
                 )
             elif obj == "charge":
                 ref = rec["payment_intent"]
+            elif obj == "refund":
+                ref = rec["charge"]
             customer = rec["id"] if obj == "customer" else rec.get("customer")
             rows.append(
                 (
@@ -153,7 +189,12 @@ def mask_key(key: str) -> str:
 
 
 class StripeSimulator(Simulator):
-    """Stripe's ``/v1`` read API: auth, version pinning, list pagination, invoice lines, events."""
+    """Stripe's ``/v1`` API: auth, version pinning, list pagination, lines, events, writes.
+
+    Attributes:
+        before_write: Called after an idempotency key is claimed and before the write runs;
+            tests use it to hold a request in flight (a concurrent same-key request gets 409).
+    """
 
     system = "stripe"
 
@@ -164,6 +205,9 @@ class StripeSimulator(Simulator):
         self.store = store
         self.api_key = api_key
         self.clock = clock
+        self.before_write: Callable[[], None] | None = None
+        with store.tx() as conn:
+            conn.execute(_IDEMPOTENCY_SCHEMA)
 
     # envelope ---------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
@@ -235,23 +279,24 @@ class StripeSimulator(Simulator):
                 param="Stripe-Version",
             )
         parts = [p for p in req.path.split("/") if p]
-        if (
-            req.method != "GET"
-            or len(parts) < 2
-            or parts[0] != "v1"
-            or parts[1] not in (_COLLECTIONS)
-        ):
-            raise StripeError(
-                404, f"Unrecognized request URL ({req.method}: {req.path}).", param=None
-            )
+        unknown = StripeError(404, f"Unrecognized request URL ({req.method}: {req.path}).")
+        if len(parts) < 2 or parts[0] != "v1" or parts[1] not in _COLLECTIONS:
+            raise unknown
         obj = _COLLECTIONS[parts[1]]
+        if req.method == "POST":
+            write = self._writer(obj, parts[2:])
+            if write is None:
+                raise unknown
+            return self._idempotent(req, write)
+        if req.method != "GET":
+            raise unknown
         if len(parts) == 2:
             return self._list(req, obj)
         if len(parts) == 3:
             return self._retrieve(obj, parts[2])
-        if len(parts) == 4 and obj == "invoice" and parts[3] == "lines":
-            return self._lines(req, parts[2])
-        raise StripeError(404, f"Unrecognized request URL ({req.method}: {req.path}).")
+        if len(parts) == 4 and obj in _WITH_LINES and parts[3] == "lines":
+            return self._lines(req, obj, parts[1], parts[2])
+        raise unknown
 
     # reads ------------------------------------------------------------------------------------
     def _retrieve(self, obj: str, rid: str) -> Response:
@@ -340,6 +385,15 @@ class StripeSimulator(Simulator):
         if obj == "charge" and params.get("payment_intent"):
             where.append("ref = ?")
             args.append(params["payment_intent"][-1])
+        if obj == "credit_note" and params.get("invoice"):
+            where.append("ref = ?")
+            args.append(params["invoice"][-1])
+        if obj == "refund" and params.get("charge"):
+            where.append("ref = ?")
+            args.append(params["charge"][-1])
+        if obj == "refund" and params.get("payment_intent"):
+            where.append("json_extract(body, '$.payment_intent') = ?")
+            args.append(params["payment_intent"][-1])
         if obj == "event":
             where.append("created >= ?")
             args.append(int(self.clock()) - EVENT_RETENTION_S)
@@ -406,15 +460,16 @@ class StripeSimulator(Simulator):
         )
         return raw_json_response(200, text)
 
-    def _lines(self, req: Request, invoice_id: str) -> Response:
+    def _lines(self, req: Request, obj: str, collection: str, invoice_id: str) -> Response:
+        # Invoice and credit note lines share one table, keyed by the parent's id.
         if (
             self.store.one(
-                "SELECT 1 FROM stripe_object WHERE object = 'invoice' AND id = ?", (invoice_id,)
+                "SELECT 1 FROM stripe_object WHERE object = ? AND id = ?", (obj, invoice_id)
             )
             is None
         ):
             raise StripeError(
-                404, f"No such invoice: '{invoice_id}'", code="resource_missing", param="id"
+                404, f"No such {obj}: '{invoice_id}'", code="resource_missing", param="id"
             )
         params: dict[str, list[str]] = {}
         for key, value in req.params():
@@ -449,4 +504,348 @@ class StripeSimulator(Simulator):
         bodies = [r["body"] for r in rows[:limit]]
         if order == "DESC":
             bodies.reverse()
-        return self._envelope(f"/v1/invoices/{invoice_id}/lines", bodies, len(rows) > limit)
+        return self._envelope(f"/v1/{collection}/{invoice_id}/lines", bodies, len(rows) > limit)
+
+    # writes -----------------------------------------------------------------------------------
+    def _writer(
+        self, obj: str, rest: list[str]
+    ) -> Callable[[Request, list[tuple[str, str]]], Response] | None:
+        if obj == "customer" and len(rest) == 1:
+            return lambda req, form: self._update_customer(req, rest[0], form)
+        if obj == "refund" and not rest:
+            return self._create_refund
+        if obj == "invoice" and len(rest) == 2 and rest[1] in ("void", "pay"):
+            return lambda req, form: self._settle_invoice(req, rest[0], rest[1], form)
+        return None
+
+    def _idempotent(
+        self, req: Request, write: Callable[[Request, list[tuple[str, str]]], Response]
+    ) -> Response:
+        """Run a write once per Idempotency-Key; replay its stored result afterwards."""
+        try:
+            form = parse_qsl(
+                (req.body or b"").decode(), keep_blank_values=True, strict_parsing=False
+            )
+        except UnicodeDecodeError:
+            raise StripeError(400, "The request body is not valid form data.") from None
+        key = req.header("Idempotency-Key")
+        if key is None:
+            return write(req, form)
+        if not key or len(key) > 255:
+            raise StripeError(
+                400,
+                "Idempotency keys must be 1 to 255 characters long.",
+                param="Idempotency-Key",
+            )
+        fingerprint = hashlib.sha256(
+            simplejson.dumps([req.method, req.path, sorted(form)]).encode()
+        ).hexdigest()
+        now = self.clock()
+        with self.store.tx() as conn:
+            conn.execute(
+                "DELETE FROM stripe_idempotency WHERE created < ?", (now - IDEMPOTENCY_TTL_S,)
+            )
+            row = conn.execute(
+                "SELECT fingerprint, status, body FROM stripe_idempotency WHERE key = ?", (key,)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO stripe_idempotency (key, fingerprint, created) VALUES (?, ?, ?)",
+                    (key, fingerprint, now),
+                )
+        if row is not None:
+            if row["fingerprint"] != fingerprint:
+                raise StripeError(
+                    400,
+                    "Keys for idempotent requests can only be used with the same parameters "
+                    "they were first used with. Try using a key other than "
+                    f"'{key}' if you meant to execute a different request.",
+                    type_="idempotency_error",
+                )
+            if row["status"] is None:
+                raise StripeError(
+                    409,
+                    "There is currently another in-progress request using this Stripe "
+                    "Idempotency-Key. Please try again later.",
+                    code="idempotency_key_in_use",
+                    type_="idempotency_error",
+                )
+            return raw_json_response(
+                int(row["status"]),
+                str(row["body"]),
+                {"Idempotent-Replayed": "true", "Idempotency-Key": key},
+            )
+        try:
+            if self.before_write is not None:
+                self.before_write()
+            resp = write(req, form)
+        except StripeError:
+            # Rejected before anything ran: nothing is stored, the key can be used again.
+            self._release(key)
+            raise
+        except Exception:
+            # Stripe keeps even a 500 once the request began executing.
+            resp = self.fault_response(500)
+        with self.store.tx() as conn:
+            conn.execute(
+                "UPDATE stripe_idempotency SET status = ?, body = ? WHERE key = ?",
+                (resp.status, resp.body.decode(), key),
+            )
+        resp.headers["Idempotency-Key"] = key
+        return resp
+
+    def _release(self, key: str) -> None:
+        with self.store.tx() as conn:
+            conn.execute("DELETE FROM stripe_idempotency WHERE key = ? AND status IS NULL", (key,))
+
+    def _load(self, obj: str, rid: str) -> dict[str, Any]:
+        row = self.store.one(
+            "SELECT body FROM stripe_object WHERE object = ? AND id = ?", (obj, rid)
+        )
+        if row is None:
+            raise StripeError(404, f"No such {obj}: '{rid}'", code="resource_missing", param="id")
+        loaded: dict[str, Any] = simplejson.loads(row["body"], use_decimal=True)
+        return loaded
+
+    @staticmethod
+    def _save(conn: sqlite3.Connection, record: dict[str, Any]) -> None:
+        conn.execute(
+            "UPDATE stripe_object SET status = ?, body = ? WHERE object = ? AND id = ?",
+            (
+                record.get("status"),
+                simplejson.dumps(record, use_decimal=True),
+                record["object"],
+                record["id"],
+            ),
+        )
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection, record: dict[str, Any], *, ref: str | None, type_: str | None
+    ) -> None:
+        obj = record["object"]
+        seq = conn.execute(
+            "SELECT COALESCE(MAX(seq), -1) + 1 FROM stripe_object WHERE object = ?", (obj,)
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO stripe_object "
+            "(object, id, seq, created, customer, status, type, ref, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                obj,
+                record["id"],
+                seq,
+                record["created"],
+                record.get("customer"),
+                record.get("status"),
+                type_,
+                ref,
+                simplejson.dumps(record, use_decimal=True),
+            ),
+        )
+
+    def _emit(
+        self,
+        conn: sqlite3.Connection,
+        req: Request,
+        etype: str,
+        obj: dict[str, Any],
+        previous: dict[str, Any] | None = None,
+    ) -> None:
+        data: dict[str, Any] = {"object": obj}
+        if previous is not None:
+            data["previous_attributes"] = previous
+        event = {
+            "id": "evt_" + secrets.token_hex(12),
+            "object": "event",
+            "api_version": STRIPE_API_VERSION,
+            "created": int(self.clock()),
+            "data": data,
+            "livemode": False,
+            "pending_webhooks": 0,
+            "request": {
+                "id": "req_" + secrets.token_hex(7),
+                "idempotency_key": req.header("Idempotency-Key"),
+            },
+            "type": etype,
+        }
+        self._insert(conn, event, ref=None, type_=etype)
+
+    @staticmethod
+    def _check_form(form: list[tuple[str, str]], allowed: set[str]) -> dict[str, str]:
+        flat: dict[str, str] = {}
+        for key, value in form:
+            if key not in allowed and not (key.startswith("metadata[") and key.endswith("]")):
+                raise StripeError(400, f"Received unknown parameter: {key}", param=key)
+            flat[key] = value
+        return flat
+
+    def _update_customer(
+        self, req: Request, customer_id: str, form: list[tuple[str, str]]
+    ) -> Response:
+        fields = {"name", "email", "description", "phone", "metadata"}
+        flat = self._check_form(form, fields | {"expand[]"})
+        customer = self._load("customer", customer_id)
+        previous: dict[str, Any] = {}
+        metadata = dict(customer.get("metadata") or {})
+        if flat.get("metadata") == "":
+            metadata = {}
+        for key, value in flat.items():
+            if key.startswith("metadata["):
+                name = key[len("metadata[") : -1]
+                if len(name) > 40 or len(value) > 500:
+                    raise StripeError(
+                        400, "Metadata keys are at most 40 characters, values 500.", param=key
+                    )
+                if value == "":
+                    metadata.pop(name, None)  # an empty value unsets the key, as in Stripe
+                else:
+                    metadata[name] = value
+            elif key in fields and key != "metadata":
+                previous[key] = customer.get(key)
+                customer[key] = value or None
+        if len(metadata) > 50:
+            raise StripeError(400, "Metadata can have at most 50 keys.", param="metadata")
+        if metadata != customer.get("metadata"):
+            previous["metadata"] = customer.get("metadata")
+            customer["metadata"] = metadata
+        with self.store.tx() as conn:
+            self._save(conn, customer)
+            if previous:
+                self._emit(conn, req, "customer.updated", customer, previous)
+        return json_response(200, customer)
+
+    def _create_refund(self, req: Request, form: list[tuple[str, str]]) -> Response:
+        flat = self._check_form(
+            form, {"charge", "payment_intent", "amount", "reason", "metadata", "expand[]"}
+        )
+        charge_id = flat.get("charge")
+        pi_id = flat.get("payment_intent")
+        if not charge_id and not pi_id:
+            raise StripeError(
+                400,
+                "One of the following params should be provided for this request: "
+                "payment_intent or charge.",
+                param="charge",
+            )
+        if pi_id:
+            intent = self._load("payment_intent", pi_id)
+            latest = intent.get("latest_charge")
+            if charge_id and charge_id != latest:
+                raise StripeError(
+                    400, f"Charge {charge_id} does not belong to {pi_id}.", param="charge"
+                )
+            if intent.get("status") != "succeeded" or not latest:
+                raise StripeError(
+                    400,
+                    f"This PaymentIntent ({pi_id}) does not have a successful charge to refund.",
+                    code="charge_not_refundable",
+                    param="payment_intent",
+                )
+            charge_id = latest
+        assert charge_id is not None
+        charge = self._load("charge", charge_id)
+        remaining = int(charge["amount"]) - int(charge["amount_refunded"])
+        if charge.get("status") != "succeeded":
+            raise StripeError(
+                400,
+                f"Charge {charge_id} has not succeeded; it cannot be refunded.",
+                code="charge_not_refundable",
+                param="charge",
+            )
+        if remaining <= 0:
+            raise StripeError(
+                400,
+                f"Charge {charge_id} has already been refunded.",
+                code="charge_already_refunded",
+                param="charge",
+            )
+        amount = remaining
+        if "amount" in flat:
+            try:
+                amount = int(flat["amount"])
+            except ValueError:
+                raise StripeError(
+                    400, f"Invalid integer: {flat['amount']}", param="amount"
+                ) from None
+            if amount < 1:
+                raise StripeError(400, "Refund amount must be positive.", param="amount")
+            if amount > remaining:
+                raise StripeError(
+                    400,
+                    f"Refund amount ({amount}) is greater than unrefunded amount on charge "
+                    f"({remaining})",
+                    code="amount_too_large",
+                    param="amount",
+                )
+        reason = flat.get("reason") or None
+        if reason is not None and reason not in _REFUND_REASONS:
+            raise StripeError(400, f"Invalid reason: {reason}", param="reason")
+        metadata = {
+            k[len("metadata[") : -1]: v for k, v in flat.items() if k.startswith("metadata[") and v
+        }
+        refund = {
+            "id": "re_" + secrets.token_hex(12),
+            "object": "refund",
+            "amount": amount,
+            "balance_transaction": "txn_" + secrets.token_hex(12),
+            "charge": charge_id,
+            "created": int(self.clock()),
+            "currency": charge["currency"],
+            "destination_details": {"card": {"type": "refund"}, "type": "card"},
+            "failure_reason": None,
+            "metadata": metadata,
+            "payment_intent": charge.get("payment_intent"),
+            "reason": reason,
+            "receipt_number": None,
+            "status": "succeeded",
+        }
+        charge["amount_refunded"] = int(charge["amount_refunded"]) + amount
+        charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+        refunds = charge.setdefault("refunds", {"object": "list", "data": [], "has_more": False})
+        refunds["data"] = [refund, *refunds.get("data", [])][:10]
+        refunds["has_more"] = bool(refunds.get("has_more")) or len(refunds["data"]) == 10
+        with self.store.tx() as conn:
+            self._insert(conn, refund, ref=charge_id, type_=None)
+            self._save(conn, charge)
+            self._emit(conn, req, "refund.created", refund)
+            self._emit(conn, req, "charge.refunded", charge)
+        return json_response(200, refund)
+
+    def _settle_invoice(
+        self, req: Request, invoice_id: str, action: str, form: list[tuple[str, str]]
+    ) -> Response:
+        """``void`` an open invoice, or ``pay`` it out of band (no card is charged here)."""
+        self._check_form(form, {"expand[]", "paid_out_of_band"})
+        invoice = self._load("invoice", invoice_id)
+        status = invoice.get("status")
+        if status not in ("open", "uncollectible"):
+            verb = "voided" if action == "void" else "paid"
+            raise StripeError(
+                400,
+                f"Invoice {invoice_id} is {status} and can no longer be {verb}.",
+                code="invoice_not_editable" if action == "void" else "invoice_unexpected_state",
+            )
+        now = int(self.clock())
+        transitions = dict(invoice.get("status_transitions") or {})
+        previous = {"status": status, "status_transitions": dict(transitions)}
+        if action == "void":
+            transitions["voided_at"] = now
+            invoice.update(status="void", amount_remaining=0, auto_advance=False)
+            etype = "invoice.voided"
+        else:
+            transitions["paid_at"] = now
+            invoice.update(
+                status="paid",
+                amount_paid=invoice.get("amount_remaining", invoice.get("total")),
+                amount_remaining=0,
+                attempted=True,
+                auto_advance=False,
+                paid_out_of_band=True,
+            )
+            etype = "invoice.paid"
+        invoice["status_transitions"] = transitions
+        with self.store.tx() as conn:
+            self._save(conn, invoice)
+            self._emit(conn, req, etype, invoice, previous)
+        return json_response(200, invoice)

@@ -76,7 +76,9 @@ def test_paid_invoices_link_a_succeeded_payment_of_the_total(default_company: Co
     charges = {c["payment_intent"]: c for c in default_company.stripe["charge"]}
     for inv in default_company.stripe["invoice"]:
         if inv["status"] != "paid":
-            assert inv["payments"]["data"] == []
+            # An open invoice may carry a declined attempt, never money received.
+            assert all(p["status"] == "open" for p in inv["payments"]["data"])
+            assert all(p["amount_paid"] == 0 for p in inv["payments"]["data"])
             continue
         (payment,) = inv["payments"]["data"]
         intent = intents[payment["payment"]["payment_intent"]]
@@ -166,3 +168,109 @@ def test_salesforce_ids_carry_the_case_checksum() -> None:
     assert salesforce_id("001", "001000000000001") == "001000000000001AAA"
     # The example Salesforce documents for its 15- to 18-character conversion.
     assert salesforce_id("001", "001D000000IqhSL") == "001D000000IqhSLIAZ"
+
+
+def test_credit_notes_tie_out_and_link_their_invoice(default_company: Company) -> None:
+    invoices = {i["id"]: i for i in default_company.stripe["invoice"]}
+    notes = default_company.stripe["credit_note"]
+    assert {(n["type"], n["status"]) for n in notes} >= {
+        ("post_payment", "issued"),
+        ("pre_payment", "issued"),
+        ("pre_payment", "void"),
+    }
+    assert {n["reason"] for n in notes} >= {"duplicate", "order_change", "product_unsatisfactory"}
+    assert any(len(n["lines"]["data"]) > 10 for n in notes), "credit note lines must page"
+    for note in notes:
+        inv = invoices[note["invoice"]]
+        assert note["customer"] == inv["customer"] and note["currency"] == inv["currency"]
+        lines = note["lines"]["data"]
+        tax = sum(t["amount"] for line in lines for t in line["taxes"])
+        assert sum(line["amount"] for line in lines) == note["subtotal"]
+        assert note["subtotal"] + tax == note["total"] == note["amount"]
+        assert sum(t["amount"] for t in note["total_taxes"]) == tax
+        assert 0 < note["total"] <= inv["total"]
+        assert note["created"] > inv["status_transitions"]["finalized_at"]
+        invoice_lines = {line["id"] for line in inv["lines"]["data"]}
+        assert all(
+            line["invoice_line_item"] in invoice_lines
+            for line in lines
+            if line["type"] == "invoice_line_item"
+        )
+        if note["type"] == "post_payment":
+            assert inv["status"] == "paid"
+            assert sum(r["amount_refunded"] for r in note["refunds"]) == note["total"]
+        else:
+            assert inv["status"] == "open" and note["refunds"] == []
+        if note["status"] == "void":
+            assert note["voided_at"] > note["created"]
+    for inv in invoices.values():
+        issued = [n for n in notes if n["invoice"] == inv["id"] and n["status"] == "issued"]
+        post = sum(n["total"] for n in issued if n["type"] == "post_payment")
+        pre = sum(n["total"] for n in issued if n["type"] == "pre_payment")
+        assert inv["post_payment_credit_notes_amount"] == post
+        assert inv["pre_payment_credit_notes_amount"] == pre
+        if inv["status"] == "open":
+            assert inv["amount_remaining"] == inv["total"] - pre
+
+
+def test_refunds_never_exceed_their_charge(default_company: Company) -> None:
+    charges = {c["id"]: c for c in default_company.stripe["charge"]}
+    refunds = default_company.stripe["refund"]
+    by_charge: dict[str, int] = {}
+    for refund in refunds:
+        charge = charges[refund["charge"]]
+        assert refund["payment_intent"] == charge["payment_intent"]
+        assert refund["currency"] == charge["currency"] and refund["status"] == "succeeded"
+        assert refund["created"] >= charge["created"]
+        by_charge[charge["id"]] = by_charge.get(charge["id"], 0) + refund["amount"]
+    for charge_id, refunded in by_charge.items():
+        charge = charges[charge_id]
+        assert refunded == charge["amount_refunded"] <= charge["amount"]
+        assert charge["refunded"] == (refunded == charge["amount"])
+        assert {r["id"] for r in charge["refunds"]["data"]} == {
+            r["id"] for r in refunds if r["charge"] == charge_id
+        }
+    full = sum(charges[c]["refunded"] for c in by_charge)
+    assert 0 < full < len(by_charge), "both full and partial refunds"
+
+
+def test_declined_payments_belong_to_open_invoices(default_company: Company) -> None:
+    invoices = {i["id"]: i for i in default_company.stripe["invoice"]}
+    failed = [p for p in default_company.stripe["payment_intent"] if p["status"] != "succeeded"]
+    assert failed
+    charges = {c["id"]: c for c in default_company.stripe["charge"]}
+    linked = {
+        p["payment"]["payment_intent"]: inv
+        for inv in invoices.values()
+        for p in inv["payments"]["data"]
+    }
+    for intent in failed:
+        assert intent["status"] == "requires_payment_method"
+        assert intent["last_payment_error"]["code"] == "card_declined"
+        assert intent["amount_received"] == 0
+        inv = linked[intent["id"]]
+        assert inv["status"] == "open" and intent["amount"] == inv["amount_remaining"]
+        assert charges[intent["latest_charge"]]["status"] == "failed"
+
+
+def test_events_tell_each_adjustment_in_order(default_company: Company) -> None:
+    events = default_company.stripe["event"]
+    assert [e["created"] for e in events] == sorted(e["created"] for e in events)
+    by_type: dict[str, set[str]] = {}
+    for event in events:
+        by_type.setdefault(event["type"], set()).add(event["data"]["object"]["id"])
+    stripe = default_company.stripe
+    assert by_type["credit_note.created"] == {n["id"] for n in stripe["credit_note"]}
+    assert by_type["credit_note.voided"] == {
+        n["id"] for n in stripe["credit_note"] if n["status"] == "void"
+    }
+    assert by_type["refund.created"] == {r["id"] for r in stripe["refund"]}
+    assert by_type["charge.refunded"] == {r["charge"] for r in stripe["refund"]}
+    failed = {p["id"] for p in stripe["payment_intent"] if p["status"] != "succeeded"}
+    assert by_type["payment_intent.payment_failed"] == failed
+    assert by_type["invoice.voided"] == {
+        i["id"] for i in stripe["invoice"] if i["status"] == "void"
+    }
+    end = FIXED.end
+    last = max(e["created"] for e in events)
+    assert datetime.datetime.fromtimestamp(last, datetime.UTC).date() <= end
