@@ -41,6 +41,7 @@ EXCEPTION_KINDS: dict[str, tuple[str, str]] = {
     "posting_rejected": ("high", "finance_ops"),
     "posting_dead": ("high", "finance_ops"),
     "posted_document_changed": ("medium", "finance_ops"),
+    "unknown_usage_subject": ("high", "revops"),
 }
 
 

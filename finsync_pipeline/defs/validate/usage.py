@@ -1,0 +1,287 @@
+"""Validate: the usage-event contract, and usage per day, subscription and meter.
+
+Volumes are large (tens of millions of events a month), so nothing here holds the raw events
+in memory: the contract check reads this run's events in keyset-paged chunks, and
+``usage_daily`` is one set-based SQL statement per partition range (``sql/usage_daily.sql``).
+"""
+
+from collections.abc import Iterator
+from functools import cache
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from finsync_pipeline.landing import (
+    column_schema,
+    load_payloads,
+    sample,
+    sync_exceptions,
+    write_quarantine,
+)
+from finsync_pipeline.ledger import loads
+from finsync_pipeline.logic.derive import EXCEPTION_COLUMNS, EXCEPTION_KINDS
+from finsync_pipeline.logic.validation import FAILURE_COLUMNS, ValidationOutcome, validate_frame
+from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
+from finsync_pipeline.resources.settings import PipelineSettings
+from finsync_pipeline.resources.warehouse import SQL_DIR, WarehouseResource, read_frame, upsert_rows
+from finsync_pipeline.schemas.usage import UsageDaily, UsageEventRecord
+
+OWNERS = ["team:finance-data"]
+SYSTEM = "metering"
+CHUNK = 10_000
+UNKNOWN_SUBJECT = "unknown_usage_subject"
+
+
+@cache
+def aggregation_sql() -> str:
+    """The set-based aggregation statement (bound parameters date_from, date_to, run_id)."""
+    lines = (SQL_DIR / "usage_daily.sql").read_text().splitlines()
+    return "\n".join(line for line in lines if not line.strip().startswith("--"))
+
+
+def flatten_usage_events(rows: pd.DataFrame) -> pd.DataFrame:
+    """The contract's view of landed usage events (columns of ``UsageEventRecord``)."""
+    events = [loads(p) for p in rows["payload"]]
+    data = [e.get("data") if isinstance(e.get("data"), dict) else {} for e in events]
+    return pd.DataFrame(
+        {
+            "source_id": [
+                f"{s}/{i}" for s, i in zip(rows["source"], rows["event_id"], strict=True)
+            ],
+            "source": list(rows["source"]),
+            "event_id": list(rows["event_id"]),
+            "subject": [e.get("subject") for e in events],
+            "meter": list(rows["meter"]),
+            "event_time": [e.get("time") for e in events],
+            "value": pd.Series([d.get("value") for d in data], dtype=object),
+        }
+    )
+
+
+def _run_chunks(conn: Connection, run_id: str, size: int = CHUNK) -> Iterator[pd.DataFrame]:
+    """The events landed by ``run_id``, ``size`` at a time, in key order (keyset paging)."""
+    after: tuple[str, str] | None = None
+    while True:
+        where = "extraction_run_id = :run_id"
+        params: dict[str, Any] = {"run_id": run_id, "size": size}
+        if after is not None:
+            where += " AND (source > :s OR (source = :s AND event_id > :e))"
+            params.update(s=after[0], e=after[1])
+        chunk = read_frame(
+            conn,
+            "SELECT source, event_id, meter, event_date, ingested_at, payload FROM usage_events "
+            f"WHERE {where} ORDER BY source, event_id LIMIT :size",
+            params,
+        )
+        if chunk.empty:
+            return
+        yield chunk
+        after = (str(chunk["source"].iloc[-1]), str(chunk["event_id"].iloc[-1]))
+
+
+def check_usage_events(engine: Engine, run_id: str) -> tuple[int, pd.DataFrame]:
+    """Validate this run's events chunk by chunk and quarantine the bad ones.
+
+    Returns:
+        Rows checked and every failure (small: only bad rows are kept).
+    """
+    checked = 0
+    failures: list[pd.DataFrame] = []
+    with engine.connect() as conn:
+        for rows in _run_chunks(conn, run_id):
+            frame = flatten_usage_events(rows)
+            outcome = validate_frame(frame, UsageEventRecord, system=SYSTEM, obj="usage event")
+            # An event without a usable time is filed under the day it was ingested.
+            days = rows["event_date"].fillna(rows["ingested_at"].str[:10])
+            partition_of = dict(zip(frame["source_id"], days, strict=True))
+            write_quarantine(
+                engine,
+                asset="usage_events",
+                system=SYSTEM,
+                outcome=outcome,
+                partition_of=partition_of,
+                date_from=str(days.iloc[0]),
+                date_to=str(days.iloc[0]),
+                run_id=run_id,
+                checked_ids=set(frame["source_id"]),
+            )
+            checked += len(frame)
+            failures.append(outcome.failures)
+    found = pd.concat(failures, ignore_index=True) if failures else pd.DataFrame()
+    return checked, found.reindex(columns=FAILURE_COLUMNS)
+
+
+@dg.asset_check(
+    asset="usage_events",
+    name="contract",
+    blocking=True,
+    description="UsageEventRecord: invalid usage events go to quarantine with a reason.",
+)
+def usage_events_contract(
+    context: dg.AssetCheckExecutionContext,
+    warehouse: WarehouseResource,
+    settings: PipelineSettings,
+) -> dg.AssetCheckResult:
+    """The events this run landed, checked in chunks against their contract."""
+    checked, failures = check_usage_events(warehouse.get_engine(), context.run.run_id)
+    outcome = ValidationOutcome(checked, failures)
+    return dg.AssetCheckResult(
+        passed=outcome.bad_share <= settings.max_bad_share,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "rows checked": checked,
+            "rows quarantined": len(outcome.bad_ids),
+            "bad share": round(outcome.bad_share, 4),
+            "threshold": settings.max_bad_share,
+            "failures by check": dg.MetadataValue.json(
+                failures.groupby("check_name").size().astype(int).to_dict()
+            ),
+            "sample": sample(failures, ["source_id", "field", "check_name", "reason"]),
+        },
+    )
+
+
+def refresh_subjects(conn: Connection) -> int:
+    """Refresh usage_subjects from stripe_subscriptions: a subscription id names itself, a
+    customer id its only subscription (a customer with several is ambiguous and left out)."""
+    subs = load_payloads(conn, "stripe_subscriptions")
+    pairs = [
+        (str(p.get("id")), str(p.get("customer")))
+        for p in subs["payload"]
+        if isinstance(p, dict) and p.get("id")
+    ]
+    per_customer: dict[str, list[str]] = {}
+    for sub_id, customer in pairs:
+        per_customer.setdefault(customer, []).append(sub_id)
+    sub_ids = {sub_id for sub_id, _ in pairs}
+    rows = [{"subject": sub_id, "subscription_id": sub_id} for sub_id in sorted(sub_ids)]
+    rows += [
+        {"subject": customer, "subscription_id": ids[0]}
+        for customer, ids in sorted(per_customer.items())
+        if len(ids) == 1 and customer not in sub_ids
+    ]
+    # Upserts, not a rebuild: two partition runs at once must not collide on the key.
+    upsert_rows(conn, "usage_subjects", rows, ["subject"])
+    ambiguous = sorted(c for c, ids in per_customer.items() if len(ids) > 1)
+    if ambiguous:
+        conn.execute(
+            sa.text("DELETE FROM usage_subjects WHERE subject IN :subjects").bindparams(
+                sa.bindparam("subjects", expanding=True)
+            ),
+            {"subjects": ambiguous},
+        )
+    return len(rows)
+
+
+def aggregate_usage(conn: Connection, date_from: str, date_to: str, run_id: str) -> int:
+    """Replace usage_daily for [date_from, date_to) by the aggregate of its events (set-based).
+
+    Returns:
+        Rows written.
+    """
+    conn.execute(
+        sa.text("DELETE FROM usage_daily WHERE usage_date >= :date_from AND usage_date < :date_to"),
+        {"date_from": date_from, "date_to": date_to},
+    )
+    result = conn.execute(
+        sa.text(aggregation_sql()), {"date_from": date_from, "date_to": date_to, "run_id": run_id}
+    )
+    return int(result.rowcount or 0)
+
+
+def unknown_subjects(conn: Connection, date_from: str, date_to: str) -> pd.DataFrame:
+    """Finance exceptions for subjects of the range that match no subscription."""
+    found = read_frame(
+        conn,
+        "SELECT e.subject, MIN(e.event_date) AS first_day, COUNT(*) AS events, "
+        "MIN(e.source) AS source, MIN(e.event_id) AS sample_id "
+        "FROM usage_events e LEFT JOIN usage_subjects s ON s.subject = e.subject "
+        "WHERE e.event_date >= :date_from AND e.event_date < :date_to "
+        "AND s.subject IS NULL AND e.subject IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.asset = 'usage_events' "
+        "AND q.source_id = e.source || '/' || e.event_id) "
+        "GROUP BY e.subject ORDER BY e.subject",
+        {"date_from": date_from, "date_to": date_to},
+    )
+    severity, owner = EXCEPTION_KINDS[UNKNOWN_SUBJECT]
+    rows = [
+        {
+            "kind": UNKNOWN_SUBJECT,
+            "source_system": SYSTEM,
+            "source_id": r.subject,
+            "severity": severity,
+            "owner_queue": owner,
+            "partition_date": r.first_day,
+            "correlation_id": f"{r.source}/{r.sample_id}",
+            "legal_entity": None,
+            "detail": f"metering subject {r.subject}: {int(r.events)} usage event(s) from "
+            f"{r.first_day} name no Stripe subscription (nor a customer with exactly one); "
+            "they are not billed until the subject is fixed or the subscription is extracted",
+        }
+        for r in found.itertuples(index=False)
+    ]
+    return pd.DataFrame(rows, columns=EXCEPTION_COLUMNS)
+
+
+@dg.asset(
+    group_name="validate",
+    kinds={"sql"},
+    owners=OWNERS,
+    deps=["usage_events", "stripe_subscriptions"],
+    partitions_def=daily_partitions,
+    backfill_policy=single_run,
+)
+def usage_daily(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Usage per day, subscription and meter, ready to bill: each event counted once, events
+    that broke their contract left out (they wait in quarantine), and usage whose subject
+    matches no subscription raised as a finance exception for revops instead of dropped."""
+    date_from, date_to = date_bounds(context)
+    run_id = context.run.run_id
+    with warehouse.get_engine().begin() as conn:
+        subjects = refresh_subjects(conn)
+        aggregate_usage(conn, date_from, date_to, run_id)
+        found = unknown_subjects(conn, date_from, date_to)
+        synced = sync_exceptions(
+            conn,
+            found,
+            detected_by="usage_daily",
+            kinds=[UNKNOWN_SUBJECT],
+            date_from=date_from,
+            date_to=date_to,
+        )
+        totals = read_frame(
+            conn,
+            "SELECT meter, COUNT(*) AS n, SUM(events) AS events, SUM(quantity) AS quantity "
+            "FROM usage_daily WHERE usage_date >= :date_from AND usage_date < :date_to "
+            "GROUP BY meter ORDER BY meter",
+            {"date_from": date_from, "date_to": date_to},
+        )
+        preview = read_frame(
+            conn,
+            "SELECT * FROM usage_daily WHERE usage_date >= :date_from AND usage_date < :date_to "
+            "ORDER BY usage_date, subscription_id, meter LIMIT 1000",
+            {"date_from": date_from, "date_to": date_to},
+        )
+    # The SQL fixes the shape; a sample of its rows is held to the contract all the same.
+    UsageDaily.validate(preview.astype({"quantity": "Int64", "events": "Int64"}))
+    rows = int(totals["n"].sum()) if len(totals) else 0
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows,
+            "dagster/column_schema": column_schema(UsageDaily),
+            "events aggregated": int(totals["events"].sum()) if len(totals) else 0,
+            "quantity by meter": dg.MetadataValue.json(
+                {str(r.meter): int(r.quantity) for r in totals.itertuples(index=False)}
+            ),
+            "subjects known": subjects,
+            "unknown subjects (exceptions)": len(found),
+            "exceptions auto-resolved": synced["auto_resolved"],
+            "exception sample": sample(found, ["kind", "source_id", "detail"]),
+            "window": f"[{date_from}, {date_to})",
+        }
+    )
