@@ -42,6 +42,8 @@ EXCEPTION_KINDS: dict[str, tuple[str, str]] = {
     "posting_dead": ("high", "finance_ops"),
     "posted_document_changed": ("medium", "finance_ops"),
     "unknown_usage_subject": ("high", "revops"),
+    "tax_mismatch": ("high", "tax"),
+    "tax_address_missing": ("medium", "tax"),
 }
 
 

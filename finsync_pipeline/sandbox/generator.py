@@ -446,7 +446,7 @@ def generate(spec: CompanySpec) -> Company:
     charges += adjusted.charges
     events = _events(g, customers, invoices, payment_intents, adjusted.events)
 
-    return Company(
+    company = Company(
         spec=spec,
         salesforce={"Account": accounts, "Opportunity": opportunities, "Contract": contracts},
         stripe={
@@ -462,6 +462,11 @@ def generate(spec: CompanySpec) -> Company:
         netsuite=netsuite_master_data(),
         planted=planted,
     )
+    # Imported here: tax_plant builds on this module (a top-level import would be a cycle).
+    from finsync_pipeline.sandbox.tax_plant import plant_tax_mismatches
+
+    plant_tax_mismatches(company)
+    return company
 
 
 def _plant(system: str, obj: str, rid: str, fld: str) -> Record:

@@ -1,0 +1,497 @@
+"""Avalara AvaTax REST v2 simulator: ``utilities/ping`` and ``transactions/create`` (estimates).
+
+What it does, and where it departs from AvaTax on purpose:
+
+- Auth is ``Authorization: Basic base64(accountId:licenseKey)``. A missing or wrong header
+  answers 401 with AvaTax's envelope (``AuthenticationException``, target
+  ``HttpRequestHeaders``). ``ping`` answers without credentials, as AvaTax does, with
+  ``authenticated: false``; wrong credentials are a 401 there too.
+- ``transactions/create`` computes a ``SalesOrder``: an estimate that AvaTax never records,
+  so nothing is stored (the request counter of ``Simulator`` still counts it). A ``SalesOrder``
+  with ``commit: true`` is **ignored, not refused**, as AvaTax does: the answer is the same
+  estimate with status ``Temporary``. Recording types (``SalesInvoice`` and the rest) are
+  refused with a 400 on ``type``: this sandbox keeps no documents, so it cannot pretend to.
+- Tax rule: per line, ``amount * rate`` rounded half up at the currency's exponent; the
+  document's tax is the sum of its lines. The rates are the generator's own tables (US by
+  state, EU VAT by country, GB, JP), imported, not copied, because the Stripe invoices were
+  taxed with them: a correctly taxed invoice agrees with this engine to the minor unit. A
+  jurisdiction outside the tables is a place without nexus: zero tax and a warning in
+  ``messages[]``, as AvaTax answers for a state where the company does not collect.
+- Validation errors are 400s whose ``details[].refersTo`` points at the field
+  (``lines[0].amount``, ``addresses.singleLocation.country``) with ``faultCode: "Client"``.
+- Amounts are parsed from the JSON as ``Decimal`` and written back as exact JSON numbers.
+"""
+
+import base64
+import binascii
+import datetime
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import simplejson
+
+from finsync_pipeline.money import EXPONENTS
+from finsync_pipeline.sandbox.generator import _US_STATES, _VAT
+from finsync_pipeline.sandbox.http_base import Faults, Request, Response, Simulator, json_response
+from finsync_pipeline.sandbox.store import Store
+
+API_VERSION = "26.3.0"
+ESTIMATE_TYPE = "SalesOrder"
+# Document types AvaTax records; this sandbox computes estimates only.
+RECORDING_TYPES = {
+    "SalesInvoice",
+    "ReturnOrder",
+    "ReturnInvoice",
+    "PurchaseOrder",
+    "PurchaseInvoice",
+    "InventoryTransferOrder",
+    "InventoryTransferInvoice",
+    "ReverseChargeOrder",
+    "ReverseChargeInvoice",
+}
+US_STATE_RATES: dict[str, Decimal] = {state: rate for state, _city, _zip, rate in _US_STATES}
+COUNTRY_RATES: dict[str, Decimal] = dict(_VAT)
+_HELP = "https://developer.avalara.com/avatax/errors/"
+# ErrorCodeId numbers for the codes this sandbox answers with.
+_ERROR_NUMBERS = {"ValueRequiredError": 5, "RangeError": 6, "AuthenticationException": 34}
+
+
+class AvaTaxError(Exception):
+    """An error answered in AvaTax's ``{"error": {...}}`` envelope."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        target: str = "IncorrectData",
+        refers_to: str | None = None,
+        fault_code: str = "Client",
+        description: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.target = target
+        self.refers_to = refers_to
+        self.fault_code = fault_code
+        self.description = description
+
+    def response(self) -> Response:
+        """The error as an HTTP response."""
+        detail: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "description": self.description or self.message,
+            "faultCode": self.fault_code,
+            "helpLink": _HELP + self.code,
+            "severity": "Error",
+        }
+        if self.code in _ERROR_NUMBERS:
+            detail["number"] = _ERROR_NUMBERS[self.code]
+        if self.refers_to is not None:
+            detail["refersTo"] = self.refers_to
+        body = {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "target": self.target,
+                "details": [detail],
+            }
+        }
+        return json_response(self.status, body)
+
+
+def _required(field: str, where: str) -> AvaTaxError:
+    return AvaTaxError(
+        400,
+        "ValueRequiredError",
+        f"Field '{field}' is required.",
+        refers_to=where,
+        description=f"Please provide a value for the field '{where}'.",
+    )
+
+
+def _range(where: str, message: str) -> AvaTaxError:
+    return AvaTaxError(400, "RangeError", message, refers_to=where)
+
+
+def jurisdiction_rate(country: str, region: str | None) -> tuple[str, str, str, Decimal] | None:
+    """The (jurisCode, jurisName, jurisType, rate) that taxes a sale there, or None (no nexus).
+
+    US sales tax follows the state; VAT and consumption tax follow the country.
+    """
+    if country == "US":
+        if region and region in US_STATE_RATES:
+            return region, region, "State", US_STATE_RATES[region]
+        return None
+    if country in COUNTRY_RATES:
+        return country, country, "Country", COUNTRY_RATES[country]
+    return None
+
+
+def line_tax(amount: Decimal, rate: Decimal, currency: str) -> Decimal:
+    """``amount * rate`` rounded half up at the currency's exponent (the per-line rule)."""
+    quantum = Decimal(1).scaleb(-EXPONENTS[currency])
+    return (amount * rate).quantize(quantum, rounding=ROUND_HALF_UP)
+
+
+def _decimal(value: Any, where: str) -> Decimal:
+    # bool is an int in Python but not a number on the wire.
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+        raise _range(where, f"Field '{where}' must be a number, got {value!r}.")
+    amount = Decimal(value)
+    if not amount.is_finite():
+        raise _range(where, f"Field '{where}' must be a finite number.")
+    return amount
+
+
+class AvalaraSimulator(Simulator):
+    """AvaTax's ping and create-transaction endpoints, computing SalesOrder estimates.
+
+    Args:
+        faults: The shared fault-injection rules (system ``"avalara"``).
+        store: The sandbox store. Unused for documents (estimates are never recorded); kept so
+            every simulator is built the same way.
+        account_id: The AvaTax account id of the Basic credential.
+        license_key: The license key of the Basic credential.
+        clock: Wall clock of ``modifiedDate``.
+
+    Attributes:
+        sales_orders_computed: SalesOrder estimates answered with a 201.
+    """
+
+    system = "avalara"
+
+    def __init__(
+        self,
+        faults: Faults,
+        store: Store,
+        *,
+        account_id: str,
+        license_key: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(faults)
+        self.store = store
+        self.account_id = account_id
+        self.license_key = license_key
+        self.clock = clock
+        self.sales_orders_computed = 0
+        self._orders_lock = threading.Lock()
+
+    # envelope ---------------------------------------------------------------------------------
+    def fault_response(self, status: int) -> Response:
+        """AvaTax's envelope for an injected status."""
+        if status == 429:
+            err = AvaTaxError(
+                429,
+                "TooManyRequests",
+                "Rate limit exceeded: too many requests for this account.",
+                target="HttpRequest",
+                fault_code="Client",
+            )
+        elif status >= 500:
+            err = AvaTaxError(
+                status,
+                "ServerError",
+                "An unexpected error occurred on the AvaTax server.",
+                target="AvaTaxApiServer",
+                fault_code="Server",
+            )
+        else:
+            err = AvaTaxError(status, "InjectedError", f"Injected error {status}.")
+        return err.response()
+
+    def handle(self, req: Request) -> Response:
+        """Serve one ``/api/v2`` request."""
+        try:
+            return self._route(req)
+        except AvaTaxError as e:
+            return e.response()
+
+    def _route(self, req: Request) -> Response:
+        path = req.path.rstrip("/").lower()
+        if path == "/api/v2/utilities/ping" and req.method == "GET":
+            return self._ping(req)
+        if path == "/api/v2/transactions/create" and req.method == "POST":
+            self._authenticate(req)
+            return self._create(req)
+        raise AvaTaxError(
+            404,
+            "EntityNotFoundError",
+            f"No API at {req.method} {req.path}.",
+            target="HttpRequest",
+        )
+
+    # auth -------------------------------------------------------------------------------------
+    def _credentials(self, req: Request) -> tuple[str, str] | None:
+        auth = req.header("Authorization") or ""
+        if not auth.startswith("Basic "):
+            return None
+        try:
+            decoded = base64.b64decode(auth[len("Basic ") :], validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return ("", "")
+        user, _, secret = decoded.partition(":")
+        return user, secret
+
+    def _authenticate(self, req: Request) -> None:
+        creds = self._credentials(req)
+        if creds is None:
+            raise AvaTaxError(
+                401,
+                "AuthenticationException",
+                "Authentication failed.",
+                target="HttpRequestHeaders",
+                description="Missing authentication header: use Basic accountId:licenseKey.",
+            )
+        user, secret = creds
+        if not (
+            secrets.compare_digest(user.encode(), self.account_id.encode())
+            and secrets.compare_digest(secret.encode(), self.license_key.encode())
+        ):
+            raise AvaTaxError(
+                401,
+                "AuthenticationException",
+                "Authentication failed.",
+                target="HttpRequestHeaders",
+                description="The account id and license key do not match an active account.",
+            )
+
+    def _ping(self, req: Request) -> Response:
+        body: dict[str, Any] = {"version": API_VERSION, "authenticated": False}
+        if self._credentials(req) is not None:
+            self._authenticate(req)
+            body.update(
+                authenticated=True,
+                authenticationType="AccountIdLicenseKey",
+                authenticatedAccountId=int(self.account_id)
+                if self.account_id.isdigit()
+                else self.account_id,
+            )
+        return json_response(200, body)
+
+    # transactions/create ----------------------------------------------------------------------
+    def _create(self, req: Request) -> Response:
+        if not req.body.strip():
+            raise AvaTaxError(400, "ModelRequiredError", "Your request must include a body.")
+        try:
+            model = simplejson.loads(req.body, use_decimal=True)
+        except ValueError as e:
+            raise AvaTaxError(400, "JsonFormatError", f"The body is not valid JSON: {e}") from e
+        if not isinstance(model, dict):
+            raise AvaTaxError(400, "JsonFormatError", "The body must be a JSON object.")
+        doc_type = model.get("type", ESTIMATE_TYPE) or ESTIMATE_TYPE
+        if doc_type in RECORDING_TYPES:
+            raise _range(
+                "type",
+                f"This sandbox computes estimates only (type {ESTIMATE_TYPE}); "
+                f"{doc_type} would record a document.",
+            )
+        if doc_type != ESTIMATE_TYPE:
+            raise _range("type", f"Unknown document type {doc_type!r}.")
+        customer_code = model.get("customerCode")
+        if not isinstance(customer_code, str) or not customer_code.strip():
+            raise _required("customerCode", "customerCode")
+        date = model.get("date")
+        if not isinstance(date, str) or not date:
+            raise _required("date", "date")
+        try:
+            datetime.date.fromisoformat(date[:10])
+        except ValueError:
+            raise _range("date", f"Field 'date' is not a date: {date!r}.") from None
+        currency = model.get("currencyCode") or "USD"
+        if not isinstance(currency, str) or currency.upper() not in EXPONENTS:
+            raise _range("currencyCode", f"Unknown currency code {currency!r}.")
+        currency = currency.upper()
+        country, region, address, where = self._address(model)
+        lines = model.get("lines")
+        if not isinstance(lines, list) or not lines:
+            raise _required("lines", "lines")
+        juris = jurisdiction_rate(country, region)
+        messages: list[dict[str, Any]] = []
+        if juris is None:
+            messages.append(
+                {
+                    "summary": f"No tax is collected in {country}"
+                    + (f"-{region}" if region else ""),
+                    "details": "The company has no nexus in this jurisdiction.",
+                    "refersTo": where,
+                    "severity": "Warning",
+                    "source": "Avalara.AvaTax.Services.Tax",
+                }
+            )
+        out_lines = [
+            self._line(
+                i,
+                line,
+                currency=currency,
+                juris=juris,
+                country=country,
+                region=region,
+                date=date[:10],
+            )
+            for i, line in enumerate(lines)
+        ]
+        summary = self._summary(out_lines, country, region)
+        total_amount = sum((ln["lineAmount"] for ln in out_lines), Decimal(0))
+        total_tax = sum((ln["tax"] for ln in out_lines), Decimal(0))
+        total_taxable = sum((ln["taxableAmount"] for ln in out_lines), Decimal(0))
+        with self._orders_lock:
+            self.sales_orders_computed += 1
+        modified = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
+        body = {
+            # AvaTax answers id 0 for a SalesOrder: nothing was saved.
+            "id": 0,
+            "code": model.get("code") or str(uuid.uuid4()),
+            "companyId": 0,
+            "date": date[:10],
+            "taxDate": date[:10],
+            "status": "Temporary",
+            "type": ESTIMATE_TYPE,
+            "currencyCode": currency,
+            "customerCode": customer_code,
+            "referenceCode": model.get("referenceCode"),
+            "totalAmount": total_amount,
+            "totalExempt": Decimal(0),
+            "totalDiscount": Decimal(0),
+            "totalTax": total_tax,
+            "totalTaxable": total_taxable,
+            "totalTaxCalculated": total_tax,
+            "locked": False,
+            "region": region,
+            "country": country,
+            "version": 1,
+            "modifiedDate": modified.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+            "lines": out_lines,
+            "addresses": [dict(address, boundaryLevel="Zip5" if country == "US" else "Country")],
+            "summary": summary,
+            "messages": messages,
+        }
+        return json_response(201, body)
+
+    @staticmethod
+    def _address(model: dict[str, Any]) -> tuple[str, str | None, dict[str, Any], str]:
+        addresses = model.get("addresses")
+        if not isinstance(addresses, dict):
+            raise _required("addresses", "addresses")
+        for key in ("singleLocation", "shipTo"):
+            address = addresses.get(key)
+            if isinstance(address, dict):
+                break
+        else:
+            raise _required("shipTo", "addresses.shipTo")
+        where = f"addresses.{key}"
+        country = address.get("country")
+        if not isinstance(country, str) or not country.strip():
+            raise _required("country", f"{where}.country")
+        country = country.strip().upper()
+        if len(country) != 2 or not country.isalpha():
+            raise _range(f"{where}.country", f"Country {country!r} is not an ISO 3166 code.")
+        region = address.get("region")
+        region = region.strip().upper() if isinstance(region, str) and region.strip() else None
+        if country == "US" and region is None:
+            raise _required("region", f"{where}.region")
+        return country, region, address, where
+
+    @staticmethod
+    def _line(
+        index: int,
+        line: Any,
+        *,
+        currency: str,
+        juris: tuple[str, str, str, Decimal] | None,
+        country: str,
+        region: str | None,
+        date: str,
+    ) -> dict[str, Any]:
+        where = f"lines[{index}]"
+        if not isinstance(line, dict):
+            raise _range(where, f"Line {index} must be an object.")
+        if line.get("amount") is None:
+            raise _required("amount", f"{where}.amount")
+        amount = _decimal(line["amount"], f"{where}.amount")
+        quantity = _decimal(line.get("quantity", 1), f"{where}.quantity")
+        if quantity < 0:
+            raise _range(f"{where}.quantity", "Quantity must not be negative.")
+        rate = juris[3] if juris else Decimal(0)
+        tax = line_tax(amount, rate, currency)
+        details = []
+        if juris is not None:
+            code, name, juris_type, _ = juris
+            details.append(
+                {
+                    "jurisCode": code,
+                    "jurisName": name,
+                    "jurisType": juris_type,
+                    "jurisdictionType": juris_type,
+                    "country": country,
+                    "region": region or country,
+                    "taxType": "Sales" if country == "US" else "Output",
+                    "taxName": f"{name} STATE TAX" if country == "US" else f"{name} VAT",
+                    "rate": rate,
+                    "rateType": "General",
+                    "tax": tax,
+                    "taxCalculated": tax,
+                    "taxableAmount": amount,
+                    "nonTaxableAmount": Decimal(0),
+                    "exemptAmount": Decimal(0),
+                    "sourcing": "Destination",
+                }
+            )
+        number = line.get("number")
+        return {
+            "lineNumber": str(number) if number is not None else str(index + 1),
+            "itemCode": line.get("itemCode") or "",
+            "description": line.get("description") or "",
+            "quantity": quantity,
+            "lineAmount": amount,
+            "discountAmount": Decimal(0),
+            "exemptAmount": Decimal(0),
+            "taxableAmount": amount,
+            "tax": tax,
+            "taxCalculated": tax,
+            "taxCode": line.get("taxCode") or "P0000000",
+            "taxIncluded": False,
+            "isItemTaxable": juris is not None,
+            "taxDate": date,
+            "details": details,
+        }
+
+    @staticmethod
+    def _summary(lines: list[dict[str, Any]], country: str, region: str | None) -> list[Any]:
+        groups: dict[tuple[str, str, str, Decimal], dict[str, Any]] = {}
+        for line in lines:
+            for d in line["details"]:
+                key = (d["jurisCode"], d["jurisType"], d["taxName"], d["rate"])
+                entry = groups.setdefault(
+                    key,
+                    {
+                        "country": country,
+                        "region": region or country,
+                        "jurisType": d["jurisType"],
+                        "jurisCode": d["jurisCode"],
+                        "jurisName": d["jurisName"],
+                        "taxType": d["taxType"],
+                        "taxName": d["taxName"],
+                        "rateType": "General",
+                        "rate": d["rate"],
+                        "taxable": Decimal(0),
+                        "tax": Decimal(0),
+                        "taxCalculated": Decimal(0),
+                        "nonTaxable": Decimal(0),
+                        "exemption": Decimal(0),
+                    },
+                )
+                entry["taxable"] += d["taxableAmount"]
+                entry["tax"] += d["tax"]
+                entry["taxCalculated"] += d["taxCalculated"]
+        return list(groups.values())
