@@ -122,6 +122,90 @@ PAYMENT_COLUMNS: Columns = {
 }
 
 
+def _list_data(record: Record, key: str) -> list[Any] | None:
+    """``record[key]`` as a list: a Stripe list object's ``data`` or a plain array."""
+    value = record.get(key)
+    if isinstance(value, Mapping):
+        value = value.get("data")
+    if value is None:
+        return []
+    return value if isinstance(value, list) else None
+
+
+def _sum_of(key: str, item_key: str) -> Getter:
+    """Sum of an integer field over a list (null when any item is malformed)."""
+
+    def get(record: Record) -> int | None:
+        items = _list_data(record, key)
+        if items is None:
+            return None
+        return _sum_ints(as_int(i.get(item_key)) if isinstance(i, Mapping) else None for i in items)
+
+    return get
+
+
+def _count_of(key: str) -> Getter:
+    return lambda record: len(_list_data(record, key) or [])
+
+
+CREDIT_NOTE_COLUMNS: Columns = {
+    "source_id": ("str", field("id")),
+    "number": ("str", field("number")),
+    "invoice": ("str", field("invoice")),
+    "customer": ("str", field("customer")),
+    "status": ("str", field("status")),
+    "type": ("str", field("type")),
+    "reason": ("str", field("reason")),
+    "currency": ("str", field("currency", as_upper)),
+    "subtotal": ("Int64", field("subtotal", as_int)),
+    "tax": ("Int64", _sum_of("total_taxes", "amount")),
+    "total": ("Int64", field("total", as_int)),
+    "lines_amount": ("Int64", _sum_of("lines", "amount")),
+    "line_count": ("Int64", _count_of("lines")),
+    "refunded": ("Int64", _sum_of("refunds", "amount_refunded")),
+    "created": ("Int64", field("created", as_int)),
+    "effective_date": ("str", field("effective_at", unix_to_date)),
+}
+REFUND_COLUMNS: Columns = {
+    "source_id": ("str", field("id")),
+    "charge": ("str", field("charge")),
+    "payment_intent": ("str", field("payment_intent")),
+    "status": ("str", field("status")),
+    "reason": ("str", field("reason")),
+    "currency": ("str", field("currency", as_upper)),
+    "amount": ("Int64", field("amount", as_int)),
+    "created": ("Int64", field("created", as_int)),
+}
+CHARGE_COLUMNS: Columns = {
+    "source_id": ("str", field("id")),
+    "customer": ("str", field("customer")),
+    "payment_intent": ("str", field("payment_intent")),
+    "status": ("str", field("status")),
+    "currency": ("str", field("currency", as_upper)),
+    "amount": ("Int64", field("amount", as_int)),
+    "amount_captured": ("Int64", field("amount_captured", as_int)),
+    "amount_refunded": ("Int64", field("amount_refunded", as_int)),
+    "refunded": ("bool", field("refunded", as_bool)),
+    "failure_code": ("str", field("failure_code")),
+    "created": ("Int64", field("created", as_int)),
+}
+
+
+def flatten_stripe_credit_notes(records: Sequence[Record]) -> pd.DataFrame:
+    """Stripe credit notes, one row each, with their line and refund totals (all lines paged)."""
+    return flatten_with(records, CREDIT_NOTE_COLUMNS)
+
+
+def flatten_stripe_refunds(records: Sequence[Record]) -> pd.DataFrame:
+    """Stripe refunds, one row each."""
+    return flatten_with(records, REFUND_COLUMNS)
+
+
+def flatten_stripe_charges(records: Sequence[Record]) -> pd.DataFrame:
+    """Stripe charges, one row each, failed attempts included."""
+    return flatten_with(records, CHARGE_COLUMNS)
+
+
 def flatten_stripe_customers(records: Sequence[Record]) -> pd.DataFrame:
     """Stripe customers, one row each, with the CRM link from metadata."""
     return flatten_with(records, CUSTOMER_COLUMNS)

@@ -1,6 +1,7 @@
 """Contracts for Stripe records as finsync flattens them (API version 2026-07-29.dahlia).
 
-Version 1. Amounts are integers in the currency's minor unit, exactly as Stripe sends them.
+Version 1 (credit notes, refunds and charges added in version 1 of their own models). Amounts
+are integers in the currency's minor unit, exactly as Stripe sends them.
 """
 
 import pandas as pd
@@ -110,3 +111,93 @@ class StripePaymentRecord(pa.DataFrameModel):
     amount: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Amount, minor units")
     amount_received: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Received, minor units")
     created: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Unix seconds")
+
+
+class StripeCreditNoteRecord(pa.DataFrameModel):
+    """A Stripe credit note: a downgrade, a service credit or a duplicate, against one invoice.
+
+    Version 1. A pre-payment note lowers what is due on an open invoice; a post-payment note
+    is refunded to the card. Its lines plus its tax equal its total, and it never refunds more
+    than its total.
+    """
+
+    source_id: Series[str] = pa.Field(unique=True, str_startswith="cn_", description="Stripe id")
+    number: Series[str] = pa.Field(nullable=True, description="Credit note number")
+    invoice: Series[str] = pa.Field(str_startswith="in_", description="The invoice it credits")
+    customer: Series[str] = pa.Field(str_startswith="cus_", description="Stripe customer id")
+    status: Series[str] = pa.Field(isin=["issued", "void"], description="issued or void")
+    type: Series[str] = pa.Field(
+        isin=["pre_payment", "post_payment", "mixed"], description="Before or after payment"
+    )
+    reason: Series[str] = pa.Field(
+        nullable=True,
+        isin=["duplicate", "fraudulent", "order_change", "product_unsatisfactory"],
+        description="Why it was issued",
+    )
+    currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217, upper-case")
+    subtotal: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Sum of lines, minor units")
+    tax: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Sum of total_taxes, minor units")
+    total: Series[pd.Int64Dtype] = pa.Field(ge=0, description="subtotal + tax, minor units")
+    lines_amount: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, description="Sum of every line's amount (null when a line is malformed)"
+    )
+    line_count: Series[pd.Int64Dtype] = pa.Field(ge=1, description="Number of lines, all pages")
+    refunded: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, ge=0, description="Sum of refunds[].amount_refunded, minor units"
+    )
+    created: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Unix seconds")
+
+    @pa.dataframe_check(name="lines_tie_out")
+    def lines_tie_out(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["lines_amount"] == df["subtotal"]).fillna(False).astype(bool)
+
+    @pa.dataframe_check(name="total_ties_out")
+    def total_ties_out(cls, df: pd.DataFrame) -> Series[bool]:
+        return ((df["subtotal"] + df["tax"]) == df["total"]).fillna(False).astype(bool)
+
+    @pa.dataframe_check(name="refund_within_total")
+    def refund_within_total(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["refunded"] <= df["total"]).fillna(False).astype(bool)
+
+
+class StripeRefundRecord(pa.DataFrameModel):
+    """A Stripe refund of (part of) a charge. Version 1."""
+
+    source_id: Series[str] = pa.Field(unique=True, str_startswith="re_", description="Stripe id")
+    charge: Series[str] = pa.Field(str_matches=r"^(ch|py)_", description="The charge refunded")
+    payment_intent: Series[str] = pa.Field(nullable=True, description="The charge's intent")
+    status: Series[str] = pa.Field(
+        isin=["pending", "requires_action", "succeeded", "failed", "canceled"],
+        description="Stripe refund status",
+    )
+    reason: Series[str] = pa.Field(
+        nullable=True,
+        isin=["duplicate", "fraudulent", "requested_by_customer", "expired_uncaptured_charge"],
+        description="Why it was refunded",
+    )
+    currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217, upper-case")
+    amount: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Refunded, minor units")
+    created: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Unix seconds")
+
+
+class StripeChargeRecord(pa.DataFrameModel):
+    """A Stripe charge: one attempt to move money, succeeded or failed. Version 1."""
+
+    source_id: Series[str] = pa.Field(
+        unique=True, str_matches=r"^(ch|py)_", description="Stripe id"
+    )
+    customer: Series[str] = pa.Field(nullable=True, description="Stripe customer id")
+    payment_intent: Series[str] = pa.Field(nullable=True, description="The intent it belongs to")
+    status: Series[str] = pa.Field(
+        isin=["succeeded", "pending", "failed"], description="Stripe charge status"
+    )
+    currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217, upper-case")
+    amount: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Amount, minor units")
+    amount_captured: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Captured, minor units")
+    amount_refunded: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Refunded, minor units")
+    failure_code: Series[str] = pa.Field(nullable=True, description="Decline code when failed")
+    created: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Unix seconds")
+
+    @pa.dataframe_check(name="refund_within_amount")
+    def refund_within_amount(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["amount_refunded"] <= df["amount"]).fillna(False).astype(bool)

@@ -46,6 +46,39 @@ CREATE TABLE IF NOT EXISTS stripe_payments (
 );
 CREATE INDEX IF NOT EXISTS ix_stripe_payments_partition ON stripe_payments (partition_date);
 
+CREATE TABLE IF NOT EXISTS stripe_credit_notes (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_stripe_credit_notes_partition ON stripe_credit_notes (partition_date);
+
+CREATE TABLE IF NOT EXISTS stripe_refunds (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_stripe_refunds_partition ON stripe_refunds (partition_date);
+
+CREATE TABLE IF NOT EXISTS stripe_charges (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_stripe_charges_partition ON stripe_charges (partition_date);
+
 CREATE TABLE IF NOT EXISTS salesforce_accounts (
     source_id          TEXT NOT NULL PRIMARY KEY,
     partition_date     TEXT NOT NULL,

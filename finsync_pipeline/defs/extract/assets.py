@@ -1,19 +1,34 @@
 """Extract: source records exactly as each system sends them, one day partition at a time."""
 
 import datetime as dt
+import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+import pandera.pandas as pa
+from sqlalchemy.engine import Engine
 
-from finsync_pipeline.landing import iso_day, land_changes, land_records, read_cursor, unix_day
+from finsync_pipeline.landing import (
+    amounts_by_currency,
+    column_schema,
+    iso_day,
+    land_changes,
+    land_records,
+    read_cursor,
+    unix_day,
+)
+from finsync_pipeline.logic import normalize
 from finsync_pipeline.logic.normalize import netsuite_date
+from finsync_pipeline.money import is_known_currency
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run, window
 from finsync_pipeline.resources.netsuite import NetSuiteResource, suiteql_literal
 from finsync_pipeline.resources.salesforce import SalesforceResource, soql_select
 from finsync_pipeline.resources.stripe import StripeClient, StripeResource
 from finsync_pipeline.resources.warehouse import WarehouseResource
+from finsync_pipeline.schemas import stripe as stripe_schemas
 
 OWNERS = ["team:finance-data"]
 SALESFORCE_LOOKBACK = dt.timedelta(minutes=10)
@@ -116,6 +131,75 @@ def _max_cursor(old: str | None, rows: list[dict[str, Any]]) -> str | None:
     return max([*seen, *([old] if old else [])], default=None)
 
 
+@dataclass
+class _StripeChanges:
+    """What changed in Stripe since a stream's cursor: the latest version of each object."""
+
+    objects: list[dict[str, Any]]
+    mode: str
+    next_cursor: str
+    from_events: set[str]
+
+
+def _read_stripe_changes(
+    engine: Engine,
+    client: StripeClient,
+    *,
+    stream: str,
+    lister: Callable[..., Iterator[dict[str, Any]]],
+    event_types: list[str],
+    bounded: bool = False,
+) -> _StripeChanges:
+    """New objects by creation date, changed ones from the events list.
+
+    When there is no cursor yet, or it is older than the 30 days Stripe keeps events, the
+    events in between are gone: an unbounded stream (master data) lists everything again; a
+    ``bounded`` one (invoice changes, whose history the daily extract already holds) lists by
+    created date from its cursor (or from the start of the retention) and reads every event
+    Stripe still keeps.
+    """
+    raw = read_cursor(engine, stream)
+    cursor = json.loads(raw) if raw else None
+    started = int(dt.datetime.now(dt.UTC).timestamp())
+    retained_from = started - STRIPE_EVENT_RETENTION_S
+    stale = cursor is None or int(cursor["events_from"]) < retained_from
+    latest: dict[str, dict[str, Any]] = {}
+    from_events: set[str] = set()
+    events_from: int | None
+    if not stale:
+        assert cursor is not None
+        listing = lister(created_gte=int(cursor["created"]) - STRIPE_LOOKBACK_S)
+        events_from = int(cursor["events_from"]) - STRIPE_LOOKBACK_S
+        mode = "incremental (created + events)"
+    elif bounded:
+        since = int(cursor["created"]) - STRIPE_LOOKBACK_S if cursor else retained_from
+        listing = lister(created_gte=since)
+        events_from = retained_from
+        mode = "listing by created date + retained events"
+    else:
+        listing = lister()
+        events_from = None
+        mode = "full listing"
+    for obj in listing:
+        latest[str(obj.get("id"))] = obj
+    if events_from is not None:
+        events = sorted(
+            client.list_events(created_gte=events_from, types=event_types),
+            key=lambda e: (e.get("created", 0), str(e.get("id"))),
+        )
+        for event in events:
+            obj = (event.get("data") or {}).get("object") or {}
+            latest[str(obj.get("id"))] = obj
+            from_events.add(str(obj.get("id")))
+    records = list(latest.values())
+    newest = max(
+        (int(r["created"]) for r in records if isinstance(r.get("created"), int)),
+        default=int(cursor["created"]) if cursor else retained_from,
+    )
+    next_cursor = json.dumps({"created": newest, "events_from": started})
+    return _StripeChanges(records, mode, next_cursor, from_events)
+
+
 def _stripe_changes(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
@@ -125,52 +209,27 @@ def _stripe_changes(
     lister: Callable[..., Iterator[dict[str, Any]]],
     event_types: list[str],
 ) -> dg.MaterializeResult:
-    """New objects by creation date, changed ones from the events list; a full listing when
-    there is no cursor yet or the cursor is older than the 30 days Stripe keeps events."""
+    """Keep a master-data table current from its cursor (see ``_read_stripe_changes``)."""
     engine = warehouse.get_engine()
-    raw = read_cursor(engine, table)
-    cursor = json.loads(raw) if raw else None
-    started = int(dt.datetime.now(dt.UTC).timestamp())
-    full = cursor is None or started - int(cursor["events_from"]) > STRIPE_EVENT_RETENTION_S
-    latest: dict[str, dict[str, Any]] = {}
-    if full:
-        for obj in lister():
-            latest[str(obj.get("id"))] = obj
-    else:
-        assert cursor is not None
-        for obj in lister(created_gte=int(cursor["created"]) - STRIPE_LOOKBACK_S):
-            latest[str(obj.get("id"))] = obj
-        events = sorted(
-            client.list_events(
-                created_gte=int(cursor["events_from"]) - STRIPE_LOOKBACK_S, types=event_types
-            ),
-            key=lambda e: (e.get("created", 0), str(e.get("id"))),
-        )
-        for event in events:
-            obj = (event.get("data") or {}).get("object") or {}
-            latest[str(obj.get("id"))] = obj
-    records = list(latest.values())
-    newest = max(
-        (int(r["created"]) for r in records if isinstance(r.get("created"), int)),
-        default=int(cursor["created"]) if cursor else 0,
+    changes = _read_stripe_changes(
+        engine, client, stream=table, lister=lister, event_types=event_types
     )
-    next_cursor = json.dumps({"created": newest, "events_from": started})
     count = land_changes(
         engine,
         table=table,
         system="stripe",
         stream=table,
-        records=records,
+        records=changes.objects,
         id_key="id",
         created_date=_created,
         updated_at=_stripe_updated,
-        new_cursor=lambda _rows: next_cursor,
+        new_cursor=lambda _rows: changes.next_cursor,
         run_id=context.run.run_id,
     )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": count,
-            "mode": "full listing" if full else "incremental (created + events)",
+            "mode": changes.mode,
             "stripe requests": client.requests_made,
         }
     )
@@ -211,15 +270,16 @@ def _land(
     )
 
 
-def _stripe_window(context: dg.AssetExecutionContext) -> dict[str, int]:
+def _stripe_window(context: dg.AssetExecutionContext) -> dict[str, Any]:
     start, end = window(context)
     return {"created_gte": int(start.timestamp()), "created_lt": int(end.timestamp())}
 
 
 def _stripe_updated(record: Mapping[str, Any]) -> str | None:
     transitions = record.get("status_transitions") or {}
+    moments = [record.get("created"), record.get("voided_at"), *transitions.values()]
     latest = max(
-        (v for v in [record.get("created"), *transitions.values()] if isinstance(v, int)),
+        (v for v in moments if isinstance(v, int)),
         default=None,
     )
     if latest is None:
@@ -325,6 +385,268 @@ def stripe_payments(
         created_date=_created,
         updated_at=_stripe_updated,
         requests_made=lambda: client.requests_made,
+    )
+
+
+def _stripe_day(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    client: StripeClient,
+    *,
+    table: str,
+    records: Iterable[dict[str, Any]],
+    flatten: normalize.Flattener,
+    model: type[pa.DataFrameModel],
+    amount: str,
+) -> dg.MaterializeResult:
+    """Land a day range of Stripe objects; report the amounts per currency of ``amount``."""
+    fetched = list(records)
+    landed = _land(
+        context,
+        warehouse,
+        table=table,
+        system="stripe",
+        records=fetched,
+        id_key="id",
+        created_date=_created,
+        updated_at=_stripe_updated,
+        requests_made=lambda: client.requests_made,
+    )
+    frame = flatten(fetched)
+    known = frame[
+        frame["currency"].map(lambda c: isinstance(c, str) and is_known_currency(c)).astype(bool)
+        & frame[amount].notna()
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            **(landed.metadata or {}),
+            "dagster/column_schema": column_schema(model),
+            f"{amount} by currency": dg.MetadataValue.json(
+                amounts_by_currency(known, amount, "currency")
+            ),
+        }
+    )
+
+
+@dg.asset(
+    **_extract(
+        "stripe_credit_notes",
+        "stripe",
+        "Stripe credit notes created in the window, each with every line: the "
+        "downgrades, service credits and duplicates that reduce or refund an invoice.",
+    )
+)
+def stripe_credit_notes(
+    context: dg.AssetExecutionContext, stripe: StripeResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    client = stripe.get_client()
+    return _stripe_day(
+        context,
+        warehouse,
+        client,
+        table="stripe_credit_notes",
+        records=client.list_credit_notes(**_stripe_window(context)),
+        flatten=normalize.flatten_stripe_credit_notes,
+        model=stripe_schemas.StripeCreditNoteRecord,
+        amount="total",
+    )
+
+
+@dg.asset(
+    **_extract(
+        "stripe_refunds",
+        "stripe",
+        "Stripe refunds created in the window: money returned to a card, in full or in part.",
+    )
+)
+def stripe_refunds(
+    context: dg.AssetExecutionContext, stripe: StripeResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    client = stripe.get_client()
+    return _stripe_day(
+        context,
+        warehouse,
+        client,
+        table="stripe_refunds",
+        records=client.list_refunds(**_stripe_window(context)),
+        flatten=normalize.flatten_stripe_refunds,
+        model=stripe_schemas.StripeRefundRecord,
+        amount="amount",
+    )
+
+
+@dg.asset(
+    **_extract(
+        "stripe_charges",
+        "stripe",
+        "Stripe charges created in the window, declined attempts included: what each "
+        "card payment captured and how much of it was refunded.",
+    )
+)
+def stripe_charges(
+    context: dg.AssetExecutionContext, stripe: StripeResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    client = stripe.get_client()
+    return _stripe_day(
+        context,
+        warehouse,
+        client,
+        table="stripe_charges",
+        records=client.list_charges(**_stripe_window(context)),
+        flatten=normalize.flatten_stripe_charges,
+        model=stripe_schemas.StripeChargeRecord,
+        amount="amount_refunded",
+    )
+
+
+# Events that change an invoice or the money around it (at most 20 types per request).
+INVOICE_CHANGE_EVENTS = [
+    "invoice.created",
+    "invoice.finalized",
+    "invoice.updated",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "invoice.payment_succeeded",
+    "invoice.voided",
+    "invoice.marked_uncollectible",
+    "credit_note.created",
+    "credit_note.updated",
+    "credit_note.voided",
+    "charge.refunded",
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "payment_intent.canceled",
+]
+# Stripe object -> the day-partitioned extract table that holds it.
+CHANGE_TABLES = {
+    "invoice": "stripe_invoices",
+    "credit_note": "stripe_credit_notes",
+    "refund": "stripe_refunds",
+    "charge": "stripe_charges",
+    "payment_intent": "stripe_payments",
+}
+INVOICE_CHANGES_STREAM = "stripe_invoice_changes"
+
+
+@dg.asset(
+    **{
+        **_incremental(
+            "stripe_invoice_changes",
+            "stripe",
+            "Later changes to Stripe invoices and the money around them (paid, voided, "
+            "credited, refunded, declined), read from the events list since a cursor and "
+            "written back into the day partitions the objects were created in.",
+        ),
+        "deps": [
+            "stripe_invoices",
+            "stripe_credit_notes",
+            "stripe_refunds",
+            "stripe_charges",
+            "stripe_payments",
+        ],
+    }
+)
+def stripe_invoice_changes(
+    context: dg.AssetExecutionContext, stripe: StripeResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Refetch what changed and upsert it under its created day.
+
+    The day extracts see an invoice as it was when its day was extracted; a payment, void or
+    credit note days later would stay unseen until that day is extracted again. This asset
+    reads the change events since its cursor, refetches each changed invoice and credit note
+    in full (an event embeds only 10 lines) and upserts every changed object into its day
+    partition, so the next run of that day derives from the current state. The metadata
+    names the days touched per table.
+    """
+    engine = warehouse.get_engine()
+    client = stripe.get_client()
+
+    def lister(created_gte: int | None = None) -> Iterator[dict[str, Any]]:
+        return itertools.chain(
+            client.list_invoices(created_gte=created_gte),
+            client.list_credit_notes(created_gte=created_gte),
+            client.list_refunds(created_gte=created_gte),
+        )
+
+    changes = _read_stripe_changes(
+        engine,
+        client,
+        stream=INVOICE_CHANGES_STREAM,
+        lister=lister,
+        event_types=INVOICE_CHANGE_EVENTS,
+        bounded=True,
+    )
+    by_table: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in CHANGE_TABLES.values()}
+    for obj in changes.objects:
+        table = CHANGE_TABLES.get(str(obj.get("object")))
+        if table is not None:
+            by_table[table][str(obj.get("id"))] = obj
+    # A credit note changes its invoice's credited amounts: refetch the invoice too.
+    to_refetch = {
+        ("invoices", oid) for oid in by_table["stripe_invoices"] if oid in changes.from_events
+    } | {
+        ("credit_notes", oid)
+        for oid in by_table["stripe_credit_notes"]
+        if oid in changes.from_events
+    }
+    to_refetch |= {
+        ("invoices", str(note["invoice"]))
+        for note in by_table["stripe_credit_notes"].values()
+        if isinstance(note.get("invoice"), str)
+    }
+    for path, oid in sorted(to_refetch):
+        fresh = client.retrieve(path, oid)
+        by_table[CHANGE_TABLES[str(fresh.get("object"))]][oid] = fresh
+
+    landed: dict[str, int] = {}
+    days: dict[str, list[str]] = {}
+    for table, objects in by_table.items():
+        records = list(objects.values())
+        landed[table] = land_changes(
+            engine,
+            table=table,
+            system="stripe",
+            stream=INVOICE_CHANGES_STREAM,
+            records=records,
+            id_key="id",
+            created_date=_created,
+            updated_at=_stripe_updated,
+            new_cursor=lambda _rows: None,
+            run_id=context.run.run_id,
+        )
+        days[table] = sorted({d for d in map(_created, records) if d})
+    # The cursor moves only after every table holds the changes it covers.
+    land_changes(
+        engine,
+        table="stripe_invoices",
+        system="stripe",
+        stream=INVOICE_CHANGES_STREAM,
+        records=[],
+        id_key="id",
+        created_date=_created,
+        updated_at=_stripe_updated,
+        new_cursor=lambda _rows: changes.next_cursor,
+        run_id=context.run.run_id,
+    )
+    statuses: dict[str, int] = {}
+    for invoice in by_table["stripe_invoices"].values():
+        key = str(invoice.get("status"))
+        statuses[key] = statuses.get(key, 0) + 1
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": sum(landed.values()),
+            "mode": changes.mode,
+            "rows by table": dg.MetadataValue.json(landed),
+            "partition days touched": dg.MetadataValue.json(
+                {table: touched for table, touched in days.items() if touched}
+            ),
+            "invoices by status": dg.MetadataValue.json(statuses),
+            "objects refetched in full": len(to_refetch),
+            "stripe requests": client.requests_made,
+        }
     )
 
 

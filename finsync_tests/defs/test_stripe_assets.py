@@ -1,0 +1,242 @@
+"""Stripe billing and payment extracts through Dagster: day partitions, then change capture."""
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from finsync_pipeline import ledger
+from finsync_pipeline.definitions import defs
+from finsync_pipeline.partitions import range_tags
+from finsync_pipeline.resources.settings import PipelineSettings
+from finsync_pipeline.resources.stripe import StripeClient, StripeResource
+from finsync_pipeline.resources.warehouse import WarehouseResource, create_engine
+from finsync_pipeline.sandbox.generator import Company, CompanySpec, add_months, generate
+from finsync_pipeline.sandbox.server import Sandbox
+from finsync_tests.conftest import TEST_END
+
+# Seed 3 leaves two invoices open at the end, one of 26 lines: a void must page them all.
+SPEC = CompanySpec(accounts=40, months=2, seed=3, end=TEST_END)
+FIRST_DAY = add_months(TEST_END, -SPEC.months) + dt.timedelta(days=1)
+DAY_ASSETS = {
+    "stripe_invoices",
+    "stripe_credit_notes",
+    "stripe_refunds",
+    "stripe_charges",
+    "stripe_payments",
+}
+CHECKED = {"stripe_credit_notes", "stripe_refunds", "stripe_charges", "stripe_payments"}
+
+
+def _definitions(keys: set[str]) -> list[Any]:
+    """The loaded assets and contract checks of ``keys`` (loaded as Dagster loads them)."""
+    loaded = defs()
+    assets = [
+        a
+        for a in loaded.assets or []
+        if isinstance(a, dg.AssetsDefinition) and {k.to_user_string() for k in a.keys} & keys
+    ]
+    checks = [
+        c
+        for c in loaded.asset_checks or []
+        if {k.asset_key.to_user_string() for k in c.check_keys} & keys
+    ]
+    return [*assets, *checks]
+
+
+@pytest.fixture(scope="module")
+def company() -> Company:
+    return generate(SPEC)
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory, company: Company) -> Iterator[Sandbox]:
+    box = Sandbox(tmp_path_factory.mktemp("sandbox"))
+    box.seed(company)
+    with box:
+        yield box
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('warehouse') / 'warehouse.db'}"
+
+
+@pytest.fixture(scope="module")
+def resources(sandbox: Sandbox, url: str) -> dict[str, Any]:
+    env = sandbox.env
+    return {
+        "warehouse": WarehouseResource(url=url),
+        "settings": PipelineSettings(max_bad_share=0.2),
+        "stripe": StripeResource(api_key=env["STRIPE_API_KEY"], api_base=env["STRIPE_API_BASE"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def days_run(resources: dict[str, Any]) -> dg.ExecuteInProcessResult:
+    """The day extracts (and their contract checks) over the whole history, in one run."""
+    return dg.materialize(
+        _definitions(DAY_ASSETS),
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        tags=range_tags(FIRST_DAY, TEST_END),
+    )
+
+
+def _changes(resources: dict[str, Any]) -> dict[str, Any]:
+    result = dg.materialize(
+        _definitions({"stripe_invoice_changes"}),
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    (event,) = [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey("stripe_invoice_changes")
+    ]
+    return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+
+
+def _row(url: str, table: str, source_id: str) -> tuple[str, str, dict[str, Any]]:
+    with create_engine(url).connect() as conn:
+        day, run_id, payload = conn.execute(
+            sa.text(
+                f"SELECT partition_date, extraction_run_id, payload FROM {table} "
+                "WHERE source_id = :id"
+            ),
+            {"id": source_id},
+        ).one()
+    return day, run_id, ledger.loads(payload)
+
+
+def _in_window(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    lo = int(dt.datetime.combine(FIRST_DAY, dt.time(), tzinfo=dt.UTC).timestamp())
+    return [r for r in records if r["created"] >= lo]
+
+
+def _day(unix_s: int) -> str:
+    return dt.datetime.fromtimestamp(unix_s, dt.UTC).date().isoformat()
+
+
+def test_day_extracts_land_credit_notes_refunds_and_charges(
+    days_run: dg.ExecuteInProcessResult, company: Company, url: str
+) -> None:
+    assert days_run.success
+    evaluations = {e.asset_key.to_user_string(): e for e in days_run.get_asset_check_evaluations()}
+    assert set(evaluations) >= CHECKED
+    for asset in CHECKED:
+        meta = {k: getattr(v, "value", v) for k, v in evaluations[asset].metadata.items()}
+        assert evaluations[asset].passed and meta["rows quarantined"] == 0, asset
+    with create_engine(url).connect() as conn:
+        for table, obj in [
+            ("stripe_credit_notes", "credit_note"),
+            ("stripe_refunds", "refund"),
+            ("stripe_charges", "charge"),
+        ]:
+            ids = {r[0] for r in conn.execute(sa.text(f"SELECT source_id FROM {table}"))}
+            assert ids == {r["id"] for r in _in_window(company.stripe[obj])}, table
+            assert ids, table
+    # A credit note of more than 10 lines is paged in full, like an invoice.
+    for note in _in_window(company.stripe["credit_note"]):
+        _, _, payload = _row(url, "stripe_credit_notes", note["id"])
+        assert len(payload["lines"]["data"]) == len(note["lines"]["data"])
+        assert payload["lines"]["has_more"] is False
+    refunds = [
+        e
+        for e in days_run.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey("stripe_refunds")
+    ]
+    assert any(e.materialization.metadata["amount by currency"].value for e in refunds)
+
+
+def test_change_capture_writes_a_later_void_and_payment_into_the_original_day(
+    days_run: dg.ExecuteInProcessResult,
+    resources: dict[str, Any],
+    sandbox: Sandbox,
+    company: Company,
+    url: str,
+) -> None:
+    assert days_run.success
+    first = _changes(resources)
+    # No cursor yet: the listing by created date and every event Stripe still keeps.
+    assert first["mode"] == "listing by created date + retained events"
+    open_invoices = sorted(
+        (i for i in _in_window(company.stripe["invoice"]) if i["status"] == "open"),
+        key=lambda i: (-len(i["lines"]["data"]), i["created"]),
+    )
+    assert len(open_invoices) >= 2
+    to_void, to_pay = open_invoices[0], open_invoices[1]
+    assert len(to_void["lines"]["data"]) > 10
+    day_before, run_before, before = _row(url, "stripe_invoices", to_void["id"])
+    assert before["status"] == "open" and day_before == _day(to_void["created"])
+
+    env = sandbox.env
+    with StripeClient(api_key=env["STRIPE_API_KEY"], api_base=env["STRIPE_API_BASE"]) as client:
+        client.post(f"/v1/invoices/{to_void['id']}/void", {}, idempotency_key="t-void-1")
+        client.post(
+            f"/v1/invoices/{to_pay['id']}/pay",
+            {"paid_out_of_band": True},
+            idempotency_key="t-pay-1",
+        )
+
+    second = _changes(resources)
+    assert second["mode"] == "incremental (created + events)"
+    touched = second["partition days touched"]["stripe_invoices"]
+    assert _day(to_void["created"]) in touched and _day(to_pay["created"]) in touched
+    assert second["invoices by status"] == {"paid": 1, "void": 1}
+
+    day_after, run_after, voided = _row(url, "stripe_invoices", to_void["id"])
+    assert (day_after, voided["status"]) == (day_before, "void")
+    assert run_after != run_before
+    assert voided["status_transitions"]["voided_at"] is not None
+    # The event embeds 10 lines; the refetch brought every one of them.
+    assert [line["id"] for line in voided["lines"]["data"]] == [
+        line["id"] for line in to_void["lines"]["data"]
+    ]
+    _day_paid, _run, paid = _row(url, "stripe_invoices", to_pay["id"])
+    assert paid["status"] == "paid" and paid["amount_remaining"] == 0
+
+    third = _changes(resources)
+    # Only the short lookback is read again; the upsert keeps one row per invoice.
+    assert third["mode"] == "incremental (created + events)"
+    with create_engine(url).connect() as conn:
+        count = conn.execute(sa.text("SELECT COUNT(*) FROM stripe_invoices")).scalar_one()
+    assert count == len(_in_window(company.stripe["invoice"]))
+
+
+def test_a_cursor_older_than_the_event_retention_falls_back_to_a_listing(
+    days_run: dg.ExecuteInProcessResult, resources: dict[str, Any], url: str
+) -> None:
+    assert days_run.success
+    old = int(dt.datetime.now(dt.UTC).timestamp()) - 40 * 86400
+    with create_engine(url).begin() as conn:
+        conn.execute(
+            sa.text("DELETE FROM extract_cursors WHERE stream = :s"),
+            {"s": "stripe_invoice_changes"},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO extract_cursors (stream, cursor, updated_at, run_id) "
+                "VALUES (:s, :c, :u, 'test')"
+            ),
+            {
+                "s": "stripe_invoice_changes",
+                "c": json.dumps({"created": old, "events_from": old}),
+                "u": dt.datetime.now(dt.UTC).isoformat(),
+            },
+        )
+    meta = _changes(resources)
+    assert meta["mode"] == "listing by created date + retained events"
+    with create_engine(url).connect() as conn:
+        cursor = json.loads(
+            conn.execute(
+                sa.text("SELECT cursor FROM extract_cursors WHERE stream = :s"),
+                {"s": "stripe_invoice_changes"},
+            ).scalar_one()
+        )
+    assert cursor["events_from"] > old + 39 * 86400
