@@ -5,13 +5,15 @@ print a stack trace or a secret.
 """
 
 import argparse
+import contextlib
 import datetime as dt
+import getpass
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +165,121 @@ def cmd_schema_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selection(args: argparse.Namespace) -> Any:
+    from finsync_pipeline.exceptions_queue import Selection
+
+    return Selection(
+        source_ids=tuple(getattr(args, "records", None) or ()),
+        queue=args.queue,
+        kind=args.kind,
+        date_from=getattr(args, "from").isoformat() if getattr(args, "from") else None,
+        date_to=args.to.isoformat() if args.to else None,
+        status=getattr(args, "status", "open"),
+    )
+
+
+def _warehouse(home: str) -> Any:
+    from finsync_pipeline.resources.warehouse import create_engine
+    from finsync_pipeline.runner import prepare_home
+
+    prepare_home(Path(home))
+    return create_engine(os.environ["FINSYNC_WAREHOUSE_URL"])
+
+
+def _actor(args: argparse.Namespace) -> str:
+    return str(args.by or os.environ.get("USER") or getpass.getuser())
+
+
+def cmd_exceptions_list(args: argparse.Namespace) -> int:
+    from finsync_pipeline.exceptions_queue import list_exceptions
+
+    rows = list_exceptions(_warehouse(args.home), _selection(args))
+    if args.json:
+        print(rows.to_json(orient="records"))
+        return 0
+    if rows.empty:
+        print("no exceptions match")
+        return 0
+    columns = [
+        "kind",
+        "owner_queue",
+        "severity",
+        "source_id",
+        "partition_date",
+        "status",
+        "age_days",
+        "detail",
+    ]
+    print(rows[columns].to_string(index=False, max_colwidth=90))
+    print(f"{len(rows)} exception(s)")
+    return 0
+
+
+def cmd_exceptions_show(args: argparse.Namespace) -> int:
+    from finsync_pipeline.exceptions_queue import show
+
+    record = show(_warehouse(args.home), args.record)
+    if args.json:
+        print(json.dumps(record, default=str, sort_keys=True))
+        return 0
+    print(f"record {record['source_id']}")
+    for section in ("exceptions", "ledger", "quarantine", "actions"):
+        print(f"  {section}:")
+        for row in record[section] or [{"(none)": ""}]:
+            print("    " + "; ".join(f"{k}={v}" for k, v in row.items() if v not in (None, "")))
+    return 0
+
+
+def cmd_exceptions_resolve(args: argparse.Namespace) -> int:
+    from finsync_pipeline.exceptions_queue import resolve
+
+    count = resolve(_warehouse(args.home), _selection(args), actor=_actor(args), reason=args.why)
+    print(f"resolved {count} exception(s), recorded as by {_actor(args)}: {args.why}")
+    return 0
+
+
+def cmd_exceptions_retry(args: argparse.Namespace) -> int:
+    from finsync_pipeline.exceptions_queue import retry
+
+    outcome = retry(_warehouse(args.home), _selection(args), actor=_actor(args), reason=args.why)
+    for item in outcome.needs_fix:
+        print(f"not re-postable: {item}; it resolves itself once its cause is fixed")
+    print(f"queued {len(outcome.requeued)} document(s) for posting again")
+    if args.post and outcome.requeued:
+        from finsync_pipeline.runner import PipelineRun
+
+        with _systems(Path(args.home)):
+            first = dt.date.fromisoformat(outcome.date_from or outcome.date_to or "")
+            last = dt.date.fromisoformat(outcome.date_to or outcome.date_from or "")
+            run = PipelineRun(first, last, _progress(False))
+            run.post_from_sensor()
+            run.reconcile()
+            summary = run.summary()
+        print(
+            f"posted {summary['erp_invoices_posted'] + summary['erp_customers_posted']} "
+            f"document(s); drift now {summary['drift']}"
+        )
+    return 0
+
+
+@contextlib.contextmanager
+def _systems(home: Path) -> Iterator[None]:
+    """The configured systems, or the home's own sandbox when nothing is configured."""
+    from finsync_pipeline.runner import check_environment
+    from finsync_pipeline.sandbox.server import STATE_FILE, Sandbox
+
+    try:
+        check_environment()
+    except FinsyncError:
+        if not (home / "sandbox" / STATE_FILE).is_file():
+            raise
+        with Sandbox(home / "sandbox") as sandbox:
+            os.environ.update(sandbox.env)
+            yield
+        return
+    yield
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from finsync_pipeline.runner import REPO_ROOT, prepare_home
     from finsync_pipeline.sandbox.generator import CompanySpec, generate
@@ -271,6 +388,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder to write (default .finsync/contracts)",
     )
     export.set_defaults(func=cmd_schema_export)
+
+    exceptions = sub.add_parser("exceptions", help="work the finance exceptions queue")
+    exc_sub = exceptions.add_subparsers(dest="exceptions_command", required=True)
+
+    def selection_args(p: argparse.ArgumentParser, records: bool) -> None:
+        if records:
+            p.add_argument(
+                "records",
+                nargs="*",
+                metavar="RECORD",
+                help="source ids (Stripe invoice, Salesforce account, external id)",
+            )
+        p.add_argument("--queue", help="owner queue: finance_ops, revops or tax")
+        p.add_argument("--kind", help="exception kind, e.g. unmapped_product")
+        p.add_argument("--from", type=_date, help="first partition day")
+        p.add_argument("--to", type=_date, help="last partition day")
+        home_arg(p)
+
+    exc_list = exc_sub.add_parser("list", help="the queue, oldest first")
+    selection_args(exc_list, records=False)
+    exc_list.add_argument("--status", choices=["open", "resolved", "all"], default="open")
+    exc_list.add_argument("--json", action="store_true")
+    exc_list.set_defaults(func=cmd_exceptions_list)
+
+    exc_show = exc_sub.add_parser("show", help="one record: exceptions, ledger, actions")
+    exc_show.add_argument("record")
+    home_arg(exc_show)
+    exc_show.add_argument("--json", action="store_true")
+    exc_show.set_defaults(func=cmd_exceptions_show)
+
+    for name, func, text in [
+        ("resolve", cmd_exceptions_resolve, "close exceptions by hand (recorded)"),
+        ("retry", cmd_exceptions_retry, "queue refused or dead documents for posting again"),
+    ]:
+        action = exc_sub.add_parser(name, help=text)
+        selection_args(action, records=True)
+        action.add_argument("--why", required=True, help="the reason, kept with the action")
+        action.add_argument("--by", help="who acts (default: $USER)")
+        if name == "retry":
+            action.add_argument(
+                "--post",
+                action="store_true",
+                help="post now instead of waiting for the posting sensor",
+            )
+        action.set_defaults(func=func)
 
     ui = sub.add_parser("ui", help="the Dagster UI over the demo's home, with the sandbox")
     home_arg(ui)

@@ -283,12 +283,9 @@ def sync_exceptions(
         }
         for r in found.to_dict("records")
     ]
-    upsert_rows(
-        conn,
-        "finance_exceptions",
-        rows,
-        ["kind", "source_system", "source_id"],
-        update=[
+    if rows:
+        columns = list(rows[0])
+        refreshed = [
             "severity",
             "owner_queue",
             "detected_by",
@@ -296,12 +293,23 @@ def sync_exceptions(
             "correlation_id",
             "legal_entity",
             "detail",
-            "status",
-            "resolution",
             "last_seen",
-            "resolved_at",
-        ],
-    )
+        ]
+        # A problem seen again reopens, unless a person resolved it by hand: that was a
+        # decision (recorded in exception_actions), not a fix the pipeline can observe.
+        kept = "finance_exceptions.resolution LIKE 'manual%'"
+        conn.execute(
+            sa.text(
+                f"INSERT INTO finance_exceptions ({', '.join(columns)}) "
+                f"VALUES ({', '.join(':' + c for c in columns)}) "
+                "ON CONFLICT (kind, source_system, source_id) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in refreshed)
+                + f", status = CASE WHEN {kept} THEN finance_exceptions.status ELSE 'open' END"
+                f", resolution = CASE WHEN {kept} THEN finance_exceptions.resolution END"
+                f", resolved_at = CASE WHEN {kept} THEN finance_exceptions.resolved_at END"
+            ),
+            rows,
+        )
     kinds = list(kinds)
     if not kinds:
         # A detector that owns no kinds (posting resolves its own) resolves nothing here.

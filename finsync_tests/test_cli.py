@@ -6,6 +6,7 @@ SQLite warehouse and a real Dagster instance in the test's folder, at a small sc
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
+import requests
 import sqlalchemy as sa
 
 from finsync_pipeline.sandbox.server import Sandbox
@@ -280,3 +282,111 @@ def test_wrong_credential_is_one_line_naming_the_variable_without_the_secret(
     assert "Traceback" not in result.stderr
     assert wrong not in result.stderr + result.stdout
     assert env[variable] not in result.stderr + result.stdout
+
+
+def test_a_refused_document_is_reposted_with_one_command_and_every_action_is_recorded(
+    served: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    state, ports = served
+    home = str(tmp_path / "home")
+    window = ["--from", "2026-10-20", "--to", TEST_END.isoformat()]
+    proc, env = _serve(state, ports)
+    # Twelve days hold few invoices, so one planted malformed invoice is a large share.
+    env["FINSYNC_MAX_BAD_SHARE"] = "0.5"
+    try:
+        # NetSuite refuses the next two invoices it is sent (a validation error).
+        requests.post(
+            f"{env['NETSUITE_BASE_URL']}/__sandbox/faults",
+            json={
+                "status": 400,
+                "count": 2,
+                "retry_after_s": None,
+                "path_prefix": "/services/rest/record/v1/invoice",
+            },
+            timeout=10,
+        ).raise_for_status()
+        first = _summary(_finsync("run", "--home", home, *window, "--json", env=_env(**env)))
+        assert first["exceptions_open_by_kind"].get("posting_rejected") == 2
+        assert first["reconciliation"]["held_by_exception"] >= 2
+        listed = json.loads(
+            _finsync(
+                "exceptions", "list", "--home", home, "--kind", "posting_rejected", "--json"
+            ).stdout
+        )
+        refused = sorted(r["source_id"] for r in listed)
+        assert len(refused) == 2 and all(r["owner_queue"] == "finance_ops" for r in listed)
+
+        retried = _finsync(
+            "exceptions",
+            "retry",
+            *refused,
+            "--home",
+            home,
+            "--why",
+            "NetSuite item fixed",
+            "--by",
+            "ana",
+            "--post",
+            env=_env(**env),
+        )
+        assert retried.returncode == 0, retried.stderr
+        assert "queued 2 document(s)" in retried.stdout
+        assert "posted 2 document(s); drift now 0" in retried.stdout
+    finally:
+        _stop(proc)
+    shown = json.loads(_finsync("exceptions", "show", refused[0], "--home", home, "--json").stdout)
+    assert shown["ledger"][0]["state"] == "posted"
+    assert [e["status"] for e in shown["exceptions"]] == ["resolved"]
+    assert [(a["actor"], a["action"], a["reason"]) for a in shown["actions"]] == [
+        ("ana", "retry", "NetSuite item fixed")
+    ]
+
+
+def test_resolving_by_hand_needs_a_reason_and_is_recorded(
+    demo_home: Path, first_demo: dict[str, Any], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(demo_home, home)
+    no_reason = _finsync(
+        "exceptions", "resolve", "--home", str(home), "--kind", "unknown_legal_entity"
+    )
+    assert no_reason.returncode == 2 and "--why" in no_reason.stderr
+    nothing = _finsync("exceptions", "resolve", "--home", str(home), "--why", "x")
+    assert nothing.returncode == 2
+    assert "name the records" in nothing.stderr
+    done = _finsync(
+        "exceptions",
+        "resolve",
+        "--home",
+        str(home),
+        "--kind",
+        "unknown_legal_entity",
+        "--why",
+        "entity being set up",
+        "--by",
+        "li",
+    )
+    assert done.returncode == 0 and "resolved 1 exception(s)" in done.stdout
+    left = json.loads(
+        _finsync(
+            "exceptions", "list", "--home", str(home), "--kind", "unknown_legal_entity", "--json"
+        ).stdout
+    )
+    assert left == []
+    closed = json.loads(
+        _finsync(
+            "exceptions",
+            "list",
+            "--home",
+            str(home),
+            "--status",
+            "resolved",
+            "--kind",
+            "unknown_legal_entity",
+            "--json",
+        ).stdout
+    )
+    assert closed[0]["resolution"] == "manual by li: entity being set up"
+    # A later run sees the same cause but keeps the hand resolution: it was a decision.
+    again = _summary(_finsync("demo", "--home", str(home), *SCALE, "--json"))
+    assert "unknown_legal_entity" not in again["exceptions_open_by_kind"]

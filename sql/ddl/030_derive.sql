@@ -53,3 +53,17 @@ CREATE TABLE IF NOT EXISTS finance_exceptions (
     PRIMARY KEY (kind, source_system, source_id)
 );
 CREATE INDEX IF NOT EXISTS ix_finance_exceptions_status ON finance_exceptions (status, owner_queue);
+
+-- Every manual action on the exceptions queue: who, when, why. Append-only.
+CREATE TABLE IF NOT EXISTS exception_actions (
+    action_id           TEXT NOT NULL PRIMARY KEY,
+    at                  TEXT NOT NULL,
+    actor               TEXT NOT NULL,
+    action              TEXT NOT NULL CHECK (action IN ('resolve', 'retry', 'reopen')),
+    kind                TEXT NOT NULL,
+    source_system       TEXT NOT NULL,
+    source_id           TEXT NOT NULL,
+    reason              TEXT NOT NULL,
+    outcome             TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_exception_actions_record ON exception_actions (source_id);

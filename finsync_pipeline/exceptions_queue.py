@@ -1,0 +1,258 @@
+"""Working the finance exceptions queue: list, show, resolve and retry.
+
+Every manual action is recorded in ``exception_actions`` with who, when and why. A retry of a
+document the ERP refused (``posting_rejected``) or gave up on (``posting_dead``) puts its
+ledger row back to pending, so the next posting run sends it again under the same external id:
+fixing the cause and re-posting is one command. Other kinds resolve themselves once their
+cause is fixed (a mapping added, an account corrected) and the next run derives cleanly.
+"""
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from finsync_pipeline import ledger
+from finsync_pipeline.errors import FinsyncError
+from finsync_pipeline.resources.warehouse import read_frame
+
+POSTING_KINDS = ("posting_rejected", "posting_dead")
+
+
+class NothingSelected(FinsyncError):
+    """The selection matched no exception."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which exceptions an action applies to: records, a queue, a kind, a date range."""
+
+    source_ids: Sequence[str] = ()
+    queue: str | None = None
+    kind: str | None = None
+    date_from: str | None = None
+    date_to: str | None = None
+    status: str = "open"
+
+    def where(self) -> tuple[str, dict[str, Any]]:
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+        if self.status != "all":
+            clauses.append("status = :status")
+            params["status"] = self.status
+        if self.source_ids:
+            clauses.append("source_id IN :ids")
+            params["ids"] = list(self.source_ids)
+        if self.queue:
+            clauses.append("owner_queue = :queue")
+            params["queue"] = self.queue
+        if self.kind:
+            clauses.append("kind = :kind")
+            params["kind"] = self.kind
+        if self.date_from:
+            clauses.append("partition_date >= :date_from")
+            params["date_from"] = self.date_from
+        if self.date_to:
+            clauses.append("partition_date <= :date_to")
+            params["date_to"] = self.date_to
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.source_ids or self.queue or self.kind or self.date_from or self.date_to)
+
+
+def _query(conn: Connection, sql: str, selection: Selection) -> pd.DataFrame:
+    where, params = selection.where()
+    stmt = sa.text(sql.format(where=where))
+    if "ids" in params:
+        stmt = stmt.bindparams(sa.bindparam("ids", expanding=True))
+    result = conn.execute(stmt, params)
+    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def list_exceptions(engine: Engine, selection: Selection) -> pd.DataFrame:
+    """The selected exceptions, oldest first, with their age in days."""
+    with engine.connect() as conn:
+        rows = _query(
+            conn,
+            "SELECT kind, owner_queue, severity, source_system, source_id, partition_date, "
+            "legal_entity, status, first_seen, last_seen, detail, resolution "
+            "FROM finance_exceptions{where} ORDER BY first_seen, kind, source_id",
+            selection,
+        )
+    now = pd.Timestamp.now(tz="UTC")
+    rows["age_days"] = [int((now - pd.Timestamp(first)).days) for first in rows["first_seen"]]
+    return rows
+
+
+def show(engine: Engine, source_id: str) -> dict[str, Any]:
+    """Everything about one record: its exceptions, ledger rows, quarantine and actions."""
+    with engine.connect() as conn:
+        params = {"id": source_id}
+        exceptions = read_frame(
+            conn, "SELECT * FROM finance_exceptions WHERE source_id = :id ORDER BY kind", params
+        )
+        ledger_rows = read_frame(
+            conn,
+            "SELECT erp, doc_type, external_id, state, attempts, last_error, erp_internal_id, "
+            "partition_date, updated_at FROM posting_ledger "
+            "WHERE external_id = :id OR source_id = :id ORDER BY doc_type",
+            params,
+        )
+        quarantine = read_frame(
+            conn,
+            "SELECT asset, field, check_name, reason FROM quarantine WHERE source_id = :id",
+            params,
+        )
+        actions = read_frame(
+            conn,
+            "SELECT at, actor, action, kind, reason, outcome FROM exception_actions "
+            "WHERE source_id = :id ORDER BY at",
+            params,
+        )
+    if exceptions.empty and ledger_rows.empty and quarantine.empty:
+        raise NothingSelected(f"no exception, ledger row or quarantined record for {source_id}")
+    return {
+        "source_id": source_id,
+        "exceptions": exceptions.to_dict("records"),
+        "ledger": ledger_rows.to_dict("records"),
+        "quarantine": quarantine.to_dict("records"),
+        "actions": actions.to_dict("records"),
+    }
+
+
+def _record(
+    conn: Connection, row: Any, *, actor: str, action: str, reason: str, outcome: str
+) -> None:
+    conn.execute(
+        sa.text(
+            "INSERT INTO exception_actions (action_id, at, actor, action, kind, source_system, "
+            "source_id, reason, outcome) VALUES (:action_id, :at, :actor, :action, :kind, "
+            ":source_system, :source_id, :reason, :outcome)"
+        ),
+        {
+            "action_id": uuid.uuid4().hex,
+            "at": ledger.now_iso(),
+            "actor": actor,
+            "action": action,
+            "kind": row.kind,
+            "source_system": row.source_system,
+            "source_id": row.source_id,
+            "reason": reason,
+            "outcome": outcome,
+        },
+    )
+
+
+def _selected(conn: Connection, selection: Selection) -> pd.DataFrame:
+    if selection.is_empty:
+        raise NothingSelected(
+            "name the records, or select a whole --queue, --kind or --from/--to range"
+        )
+    rows = _query(
+        conn,
+        "SELECT kind, source_system, source_id, status, partition_date "
+        "FROM finance_exceptions{where}",
+        selection,
+    )
+    if rows.empty:
+        raise NothingSelected("no exception matches the selection")
+    return rows
+
+
+def resolve(engine: Engine, selection: Selection, *, actor: str, reason: str) -> int:
+    """Close the selected exceptions by hand; each closing is recorded with who and why."""
+    with engine.begin() as conn:
+        rows = _selected(conn, selection)
+        for row in rows.itertuples(index=False):
+            conn.execute(
+                sa.text(
+                    "UPDATE finance_exceptions SET status = 'resolved', resolved_at = :at, "
+                    "resolution = :resolution WHERE kind = :kind AND "
+                    "source_system = :source_system AND source_id = :source_id"
+                ),
+                {
+                    "at": ledger.now_iso(),
+                    "resolution": f"manual by {actor}: {reason}",
+                    "kind": row.kind,
+                    "source_system": row.source_system,
+                    "source_id": row.source_id,
+                },
+            )
+            _record(conn, row, actor=actor, action="resolve", reason=reason, outcome="resolved")
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class RetryOutcome:
+    """What a retry did: documents queued again, and exceptions only a fix can clear."""
+
+    requeued: list[str]
+    date_from: str | None
+    date_to: str | None
+    needs_fix: list[str]
+
+
+def retry(engine: Engine, selection: Selection, *, actor: str, reason: str) -> RetryOutcome:
+    """Queue the selected refused or dead documents for posting again.
+
+    The ledger row goes back to pending (a legal transition) with no waiting time; the
+    exception stays open until the document posts, and then resolves itself.
+    """
+    requeued: list[str] = []
+    needs_fix: list[str] = []
+    dates: list[str] = []
+    with engine.begin() as conn:
+        rows = _selected(conn, selection)
+        for row in rows.itertuples(index=False):
+            if row.kind not in POSTING_KINDS:
+                needs_fix.append(f"{row.kind} {row.source_id}")
+                _record(
+                    conn,
+                    row,
+                    actor=actor,
+                    action="retry",
+                    reason=reason,
+                    outcome="not a posting problem: resolves itself once the cause is fixed",
+                )
+                continue
+            state = conn.execute(
+                sa.text(
+                    "SELECT doc_type, state, partition_date FROM posting_ledger "
+                    "WHERE external_id = :id"
+                ),
+                {"id": row.source_id},
+            ).first()
+            if state is None or state.state not in ("rejected", "dead"):
+                needs_fix.append(
+                    f"{row.kind} {row.source_id} (ledger: "
+                    f"{'none' if state is None else state.state})"
+                )
+                continue
+            ledger.transition(
+                conn,
+                erp="netsuite",
+                doc_type=state.doc_type,
+                external_id=row.source_id,
+                to_state="pending",
+                run_id=None,
+                detail=f"manual retry by {actor}: {reason}",
+                expect_state=state.state,
+            )
+            _record(
+                conn,
+                row,
+                actor=actor,
+                action="retry",
+                reason=reason,
+                outcome=f"ledger {state.state} -> pending",
+            )
+            requeued.append(row.source_id)
+            if state.partition_date:
+                dates.append(str(state.partition_date))
+    return RetryOutcome(requeued, min(dates, default=None), max(dates, default=None), needs_fix)
