@@ -108,8 +108,8 @@ class PostingEngine:
         is_run_alive: Whether another run is still running; rows it holds in flight are left alone.
         max_attempts: Sends before a transiently failing document is declared dead.
         batch_size: Rows claimed per transaction.
-        on_hook: Test hook called with a point name ("claimed", "sent", "recorded") around
-            each side effect; the crash-safety tests kill the process there.
+        on_hook: Test hook called with a point name ("claimed", "sending", "sent",
+            "recorded") around each side effect; the crash-safety tests kill the process there.
     """
 
     def __init__(
@@ -267,6 +267,7 @@ class PostingEngine:
             "run_id": self.run_id,
             "expect_state": "in_flight",
         }
+        self.hook("sending")
         try:
             internal_id = self.client.upsert(record_type, doc.external_id, body)
         except PermanentUpstreamError as e:
