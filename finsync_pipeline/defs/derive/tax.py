@@ -1,0 +1,148 @@
+"""Derive: the tax check of every live invoice against Avalara AvaTax."""
+
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from finsync_pipeline.errors import PermanentUpstreamError
+from finsync_pipeline.landing import amounts_by_currency, load_payloads, sample, sync_exceptions
+from finsync_pipeline.logic.derive import LIVE_INVOICE_STATUSES
+from finsync_pipeline.logic.tax import address_from_account, build_sales_order, compare_tax
+from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
+from finsync_pipeline.resources.avalara import AvalaraResource
+from finsync_pipeline.resources.warehouse import (
+    WarehouseResource,
+    frame_records,
+    read_frame,
+    replace_partitions,
+)
+
+OWNERS = ["team:finance-data"]
+TAX_KINDS = ["tax_mismatch", "tax_address_missing"]
+# Finance-approved default: billed and engine tax may differ by 1 minor unit per invoice line
+# (an engine that rounds differently), never more. It belongs in PipelineSettings.
+TAX_TOLERANCE_MINOR_PER_LINE = 1
+
+TAX_CHECK_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("partition_date", "str", description="Partition day of the invoice."),
+        dg.TableColumn("invoice_id", "str", description="Stripe invoice id."),
+        dg.TableColumn("currency", "str", description="ISO 4217 code of the invoice."),
+        dg.TableColumn("billed_tax_minor", "int", description="Tax Stripe billed (minor units)."),
+        dg.TableColumn("engine_tax_minor", "int", description="Tax AvaTax computes (minor units)."),
+        dg.TableColumn("difference_minor", "int", description="Billed minus engine tax."),
+        dg.TableColumn("within_tolerance", "int", description="1 when within the tolerance."),
+        dg.TableColumn("jurisdiction", "str", description="Where AvaTax taxed, with its rates."),
+        dg.TableColumn("correlation_id", "str", description="finsync correlation id."),
+        dg.TableColumn("run_id", "str", description="The Dagster run that checked it."),
+    ]
+)
+
+
+@dg.asset(
+    group_name="derive",
+    kinds={"avalara", "python"},
+    owners=OWNERS,
+    partitions_def=daily_partitions,
+    backfill_policy=single_run,
+    deps=["invoices", "invoice_lines", "customers", "salesforce_accounts"],
+    pool="avalara_api",
+)
+def invoice_tax_checks(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    avalara: AvalaraResource,
+) -> dg.MaterializeResult:
+    """Every live invoice's billed tax checked against the tax Avalara AvaTax computes for the
+    customer's billing address (a SalesOrder estimate, never committed). A difference beyond
+    the tolerance, or a customer without a usable address, goes to the tax queue as a finance
+    exception; it resolves itself once a later run finds the invoice right."""
+    date_from, date_to = date_bounds(context)
+    engine = warehouse.get_engine()
+    bounds = {"date_from": date_from, "date_to": date_to}
+    with engine.connect() as conn:
+        invoices = read_frame(
+            conn,
+            "SELECT i.*, c.legal_entity FROM invoices i "
+            "LEFT JOIN customers c ON c.customer_key = i.customer_key "
+            "WHERE i.partition_date >= :date_from AND i.partition_date < :date_to",
+            bounds,
+        )
+        lines = read_frame(
+            conn,
+            "SELECT * FROM invoice_lines WHERE partition_date >= :date_from "
+            "AND partition_date < :date_to",
+            bounds,
+        )
+        accounts = load_payloads(conn, "salesforce_accounts")
+    live = invoices[invoices["status"].isin(LIVE_INVOICE_STATUSES)].sort_values("invoice_id")
+    account_of = dict(zip(accounts["source_id"], accounts["payload"], strict=True))
+    lines_of = {k: g for k, g in lines.groupby("invoice_id")}
+    results: dict[str, dict[str, Any]] = {}
+    problems: dict[str, str] = {}
+    with avalara.get_client() as client:
+        for inv in live.to_dict("records"):
+            invoice_id = str(inv["invoice_id"])
+            key = inv["customer_key"]
+            account = None if key is None or pd.isna(key) else account_of.get(str(key))
+            address, reason = address_from_account(account)
+            if address is None:
+                problems[invoice_id] = reason
+                continue
+            model = build_sales_order(
+                inv, lines_of.get(invoice_id, lines.iloc[0:0]), address, avalara.company_code
+            )
+            try:
+                results[invoice_id] = client.create_sales_order(model)
+            except PermanentUpstreamError as e:
+                if not (e.field or "").startswith("addresses"):
+                    raise
+                # AvaTax could not place the address: the customer record must be fixed.
+                problems[invoice_id] = f"AvaTax refused {e.field}: {e.detail}"
+        requests_made = client.requests_made
+    checks, found = compare_tax(
+        live, results, TAX_TOLERANCE_MINOR_PER_LINE, address_problems=problems
+    )
+    rows = frame_records(checks.assign(run_id=context.run.run_id))
+    with engine.begin() as conn:
+        replace_partitions(
+            conn,
+            "invoice_tax_checks",
+            rows,
+            date_from=date_from,
+            date_to=date_to,
+            key=["invoice_id"],
+        )
+        synced = sync_exceptions(
+            conn,
+            found,
+            detected_by="invoice_tax_checks",
+            kinds=TAX_KINDS,
+            date_from=date_from,
+            date_to=date_to,
+        )
+    mismatched = checks[checks["within_tolerance"] == 0]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(checks),
+            "dagster/column_schema": TAX_CHECK_SCHEMA,
+            "mismatches": len(mismatched),
+            "addresses missing": len(problems),
+            "billed tax by currency": dg.MetadataValue.json(
+                amounts_by_currency(checks, "billed_tax_minor", "currency")
+            ),
+            "AvaTax tax by currency": dg.MetadataValue.json(
+                amounts_by_currency(checks, "engine_tax_minor", "currency")
+            ),
+            "AvaTax requests": requests_made,
+            "tolerance (minor units per line)": TAX_TOLERANCE_MINOR_PER_LINE,
+            "exceptions found": len(found),
+            "exceptions auto-resolved": synced["auto_resolved"],
+            "mismatch sample": sample(
+                mismatched,
+                ["invoice_id", "currency", "billed_tax_minor", "engine_tax_minor", "jurisdiction"],
+            ),
+            "exception sample": sample(found, ["kind", "source_id", "detail"]),
+        }
+    )
