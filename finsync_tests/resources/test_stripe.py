@@ -9,10 +9,16 @@ import pytest
 from finsync_pipeline.errors import (
     AuthenticationError,
     ConfigurationError,
+    PermanentUpstreamError,
     RetryableUpstreamError,
 )
 from finsync_pipeline.resources.http import HttpOptions
-from finsync_pipeline.resources.stripe import STRIPE_API_VERSION, StripeClient, StripeResource
+from finsync_pipeline.resources.stripe import (
+    STRIPE_API_VERSION,
+    StripeClient,
+    StripeResource,
+    encode_form,
+)
 from finsync_pipeline.sandbox.generator import Company
 from finsync_pipeline.sandbox.server import Sandbox
 
@@ -194,3 +200,116 @@ def test_unusable_base_url_names_the_variable(options: HttpOptions) -> None:
         list(stripe.list_customers())
     assert "STRIPE_API_BASE" in str(info.value)
     assert "sk_test_abcdefgh" not in str(info.value)
+
+
+def test_lists_credit_notes_with_every_line_and_refunds(
+    sandbox: Sandbox, company: Company, options: HttpOptions
+) -> None:
+    stripe = client(sandbox, options, page_size=5)
+    notes = {n["id"]: n for n in stripe.list_credit_notes()}
+    generated = {n["id"]: n for n in company.stripe["credit_note"]}
+    assert notes.keys() == generated.keys()
+    for note_id, note in notes.items():
+        want = [line["id"] for line in generated[note_id]["lines"]["data"]]
+        assert [line["id"] for line in note["lines"]["data"]] == want
+    assert max(len(n["lines"]["data"]) for n in notes.values()) > 10
+    refunds = list(stripe.list_refunds())
+    assert {r["id"] for r in company.stripe["refund"]} <= {r["id"] for r in refunds}
+    one = company.stripe["refund"][0]
+    assert one["id"] in {r["id"] for r in stripe.list_refunds(charge=one["charge"])}
+    of_invoice = list(stripe.list_credit_notes(invoice=company.stripe["credit_note"][0]["invoice"]))
+    assert company.stripe["credit_note"][0]["id"] in {n["id"] for n in of_invoice}
+
+
+def test_retrieve_refetches_an_invoice_with_every_line(
+    sandbox: Sandbox, company: Company, options: HttpOptions
+) -> None:
+    big = next(i for i in company.stripe["invoice"] if len(i["lines"]["data"]) > 10)
+    stripe = client(sandbox, options)
+    invoice = stripe.retrieve("invoices", big["id"])
+    assert [line["id"] for line in invoice["lines"]["data"]] == [
+        line["id"] for line in big["lines"]["data"]
+    ]
+    assert invoice["lines"]["has_more"] is False
+    assert stripe.requests_made == 2  # the invoice, then one page of its remaining lines
+    customer = stripe.retrieve("customers", big["customer"])
+    assert customer["object"] == "customer"
+    with pytest.raises(PermanentUpstreamError) as info:
+        stripe.retrieve("invoices", "in_missing")
+    assert info.value.status == 404 and info.value.code == "resource_missing"
+
+
+def test_post_resends_the_same_idempotency_key_after_a_500(
+    sandbox: Sandbox, company: Company, options: HttpOptions, sleeps: list[float]
+) -> None:
+    charge = next(
+        c
+        for c in company.stripe["charge"]
+        if c["status"] == "succeeded" and c["amount_refunded"] == 0 and c["amount"] > 1000
+    )
+    seen: list[str] = []
+    stripe = client(sandbox, options)
+    stripe.http.session.hooks["response"].append(
+        lambda r, *a, **k: seen.append(r.request.headers.get("Idempotency-Key", "GET"))
+    )
+    sandbox.inject("stripe", status=500, count=1, retry_after_s=None, path_prefix="/v1/refunds")
+    params = {"charge": charge["id"], "amount": 1000, "metadata": {"credit_note": "cn_test"}}
+    refund = stripe.post("/v1/refunds", params, idempotency_key="refund:cn_test")
+    # The 500 came back, the client waited once and resent the very same key.
+    assert seen == ["refund:cn_test", "refund:cn_test"] and len(sleeps) == 1
+    assert refund["amount"] == 1000 and refund["metadata"] == {"credit_note": "cn_test"}
+    # A rerun of the same step (same key) replays the refund instead of refunding twice.
+    again = stripe.post("/v1/refunds", params, idempotency_key="refund:cn_test")
+    assert again["id"] == refund["id"]
+    assert stripe.retrieve("charges", charge["id"])["amount_refunded"] == 1000
+    with pytest.raises(PermanentUpstreamError) as info:
+        stripe.post("/v1/refunds", {**params, "amount": 999}, idempotency_key="refund:cn_test")
+    assert info.value.status == 400 and info.value.code == "idempotency_error"
+
+
+def test_post_without_a_key_sends_a_fresh_one(
+    sandbox: Sandbox, options: HttpOptions, company: Company
+) -> None:
+    stripe = client(sandbox, options)
+    seen: list[str] = []
+    stripe.http.session.hooks["response"].append(
+        lambda r, *a, **k: seen.append(r.request.headers.get("Idempotency-Key", "GET"))
+    )
+    customer = company.stripe["customer"][2]["id"]
+    for value in ("1", "2"):
+        updated = stripe.post(f"/v1/customers/{customer}", {"metadata": {"sync": value}})
+        assert updated["metadata"]["sync"] == value
+    assert len(set(seen)) == 2 and all(k.startswith("finsync-") for k in seen)
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        pytest.param(
+            {"metadata": {"crm_id": "001"}, "amount": 5},
+            [("metadata[crm_id]", "001"), ("amount", "5")],
+            id="nested-dict",
+        ),
+        pytest.param(
+            {"items": [{"price": "p", "quantity": 3}], "expand": ["latest_invoice"]},
+            [
+                ("items[0][price]", "p"),
+                ("items[0][quantity]", "3"),
+                ("expand[0]", "latest_invoice"),
+            ],
+            id="lists",
+        ),
+        pytest.param(
+            {"paid_out_of_band": True, "description": None},
+            [("paid_out_of_band", "true"), ("description", "")],
+            id="bool-and-unset",
+        ),
+    ],
+)
+def test_encode_form_uses_bracket_notation(params: dict, expected: list) -> None:
+    assert encode_form(params) == expected
+
+
+def test_encode_form_refuses_float_amounts() -> None:
+    with pytest.raises(TypeError, match="amount"):
+        encode_form({"amount": 10.5})

@@ -1,7 +1,10 @@
 """The Stripe simulator over real HTTP: auth, version pinning, pagination, lines, events, faults."""
 
+import threading
+import time
 from typing import Any
 
+import pytest
 import requests
 
 from finsync_pipeline.sandbox.generator import STRIPE_API_VERSION, Company
@@ -181,3 +184,177 @@ def test_admin_endpoint_arms_faults(http: requests.Session, sandbox: Sandbox) ->
     assert failed.status_code == 503 and failed.headers["Retry-After"] == "2"
     assert failed.json()["error"]["type"] == "api_error"
     assert _get(http, sandbox, "/v1/customers", limit=1).status_code == 200
+
+
+def _post(
+    http: requests.Session, sandbox: Sandbox, path: str, data: Any, key: str | None = None
+) -> requests.Response:
+    env = sandbox.env
+    headers = {
+        "Authorization": f"Bearer {env['STRIPE_API_KEY']}",
+        "Stripe-Version": STRIPE_API_VERSION,
+    }
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return http.post(env["STRIPE_API_BASE"] + path, data=data, headers=headers, timeout=10)
+
+
+def _refundable(sandbox: Sandbox, company: Company, http: requests.Session) -> dict:
+    """A succeeded charge nothing has refunded yet (not even an earlier test)."""
+    for charge in company.stripe["charge"]:
+        if charge["status"] == "succeeded" and charge["amount_refunded"] == 0:
+            live = _get(http, sandbox, f"/v1/charges/{charge['id']}").json()
+            if live["amount_refunded"] == 0 and charge["amount"] > 100:
+                return live
+    raise AssertionError("no refundable charge in the fixture company")
+
+
+def test_credit_notes_and_their_lines_page_like_invoices(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    notes = _list_all(http, sandbox, "/v1/credit_notes")
+    assert {n["id"] for n in notes} == {n["id"] for n in company.stripe["credit_note"]}
+    big = next(n for n in company.stripe["credit_note"] if len(n["lines"]["data"]) > 10)
+    shown = _get(http, sandbox, f"/v1/credit_notes/{big['id']}").json()
+    assert len(shown["lines"]["data"]) == 10 and shown["lines"]["has_more"] is True
+    lines = _list_all(http, sandbox, f"/v1/credit_notes/{big['id']}/lines")
+    assert [x["id"] for x in lines] == [x["id"] for x in big["lines"]["data"]]
+    mine = _list_all(http, sandbox, "/v1/credit_notes", invoice=big["invoice"])
+    assert [n["id"] for n in mine] == [
+        n["id"] for n in company.stripe["credit_note"] if n["invoice"] == big["invoice"]
+    ]
+
+
+def test_refunds_filter_by_charge_payment_intent_and_created(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    refunds = company.stripe["refund"]
+    listed = _list_all(http, sandbox, "/v1/refunds")
+    assert {r["id"] for r in refunds} <= {r["id"] for r in listed}
+    one = refunds[0]
+    by_charge = _list_all(http, sandbox, "/v1/refunds", charge=one["charge"])
+    by_intent = _list_all(http, sandbox, "/v1/refunds", payment_intent=one["payment_intent"])
+    assert one["id"] in {r["id"] for r in by_charge} == {r["id"] for r in by_intent}
+    cutoff = sorted(r["created"] for r in refunds)[len(refunds) // 2]
+    recent = _list_all(http, sandbox, "/v1/refunds", **{"created[gte]": cutoff})
+    assert recent and all(r["created"] >= cutoff for r in recent)
+    for path in (f"/v1/refunds/{one['id']}", f"/v1/charges/{one['charge']}"):
+        assert _get(http, sandbox, path).status_code == 200
+    retrieved = _get(http, sandbox, f"/v1/payment_intents/{one['payment_intent']}").json()
+    assert retrieved["latest_charge"] == one["charge"]
+
+
+def test_idempotency_key_replays_the_first_refund(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    charge = _refundable(sandbox, company, http)
+    form = {"charge": charge["id"], "amount": "100", "metadata[case]": "replay"}
+    first = _post(http, sandbox, "/v1/refunds", form, key="replay-1")
+    assert first.status_code == 200 and "Idempotent-Replayed" not in first.headers
+    again = _post(http, sandbox, "/v1/refunds", form, key="replay-1")
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    after = _get(http, sandbox, f"/v1/charges/{charge['id']}").json()
+    assert after["amount_refunded"] == 100, "the replay refunded nothing more"
+    refunds = _list_all(http, sandbox, "/v1/refunds", charge=charge["id"])
+    assert [r["id"] for r in refunds] == [first.json()["id"]]
+    events = _list_all(http, sandbox, "/v1/events", type="refund.created")
+    assert [e["request"]["idempotency_key"] for e in events].count("replay-1") == 1
+
+
+def test_same_key_with_other_parameters_is_an_idempotency_error(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    charge = _refundable(sandbox, company, http)
+    assert _post(
+        http, sandbox, "/v1/refunds", {"charge": charge["id"], "amount": "50"}, key="mismatch"
+    ).ok
+    other = _post(
+        http, sandbox, "/v1/refunds", {"charge": charge["id"], "amount": "60"}, key="mismatch"
+    )
+    assert other.status_code == 400
+    assert other.json()["error"]["type"] == "idempotency_error"
+
+
+def test_a_rejected_request_stores_nothing_under_its_key(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    charge = _refundable(sandbox, company, http)
+    too_much = str(charge["amount"] + 1)
+    bad = _post(
+        http, sandbox, "/v1/refunds", {"charge": charge["id"], "amount": too_much}, key="fix-me"
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "amount_too_large"
+    fixed = _post(http, sandbox, "/v1/refunds", {"charge": charge["id"]}, key="fix-me")
+    assert fixed.status_code == 200 and fixed.json()["amount"] == charge["amount"]
+    assert _get(http, sandbox, f"/v1/charges/{charge['id']}").json()["refunded"] is True
+
+
+def test_a_concurrent_request_with_the_same_key_is_409(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    customer = company.stripe["customer"][0]["id"]
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        release.wait(10)
+
+    sandbox.stripe.before_write = hold
+    form = {"metadata[crm_sync]": "1"}
+    first: list[requests.Response] = []
+    worker = threading.Thread(
+        target=lambda: first.append(
+            _post(requests.Session(), sandbox, f"/v1/customers/{customer}", form, key="busy")
+        )
+    )
+    try:
+        worker.start()
+        assert entered.wait(10)
+        sandbox.stripe.before_write = None
+        second = _post(http, sandbox, f"/v1/customers/{customer}", form, key="busy")
+        assert second.status_code == 409
+        assert second.json()["error"]["code"] == "idempotency_key_in_use"
+    finally:
+        release.set()
+        worker.join(10)
+        sandbox.stripe.before_write = None
+    assert first[0].status_code == 200
+    assert first[0].json()["metadata"]["crm_sync"] == "1"
+    replay = _post(http, sandbox, f"/v1/customers/{customer}", form, key="busy")
+    assert replay.headers["Idempotent-Replayed"] == "true"
+
+
+def test_keys_expire_after_24_hours(
+    http: requests.Session, sandbox: Sandbox, company: Company, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    customer = company.stripe["customer"][1]["id"]
+    form = {"metadata[note]": "a"}
+    assert _post(http, sandbox, f"/v1/customers/{customer}", form, key="old-key").ok
+    later = time.time() + 25 * 3600
+    monkeypatch.setattr(sandbox.stripe, "clock", lambda: later)
+    # Pruned: the same key now runs a new request, even with other parameters.
+    other = _post(http, sandbox, f"/v1/customers/{customer}", {"metadata[note]": "b"}, "old-key")
+    assert other.status_code == 200 and "Idempotent-Replayed" not in other.headers
+    assert other.json()["metadata"]["note"] == "b"
+
+
+def test_events_older_than_30_days_by_the_clock_are_gone(
+    http: requests.Session, sandbox: Sandbox, company: Company, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    newest = max(e["created"] for e in company.stripe["event"])
+    monkeypatch.setattr(sandbox.stripe, "clock", lambda: float(newest))
+    kept = _list_all(http, sandbox, "/v1/events", **{"created[gte]": 0})
+    assert kept and min(e["created"] for e in kept) >= newest - 30 * 86400
+    # Past every event: the generated ones and those earlier tests' writes emitted (up to a
+    # day ahead, under a moved clock).
+    beyond = max(newest, int(time.time())) + 40 * 86400
+    monkeypatch.setattr(sandbox.stripe, "clock", lambda: float(beyond))
+    assert _get(http, sandbox, "/v1/events", **{"created[gte]": 0}).json()["data"] == []
+    types = _list_all(
+        http,
+        sandbox,
+        "/v1/events",
+        **{"types[]": ["credit_note.created", "refund.created"], "created[gte]": 0},
+    )
+    assert types == []
