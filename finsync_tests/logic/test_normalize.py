@@ -6,6 +6,12 @@ import pandas as pd
 import pytest
 
 from finsync_pipeline.logic import normalize as n
+from finsync_pipeline.logic.validation import validate_frame
+from finsync_pipeline.schemas.stripe import (
+    StripeChargeRecord,
+    StripeCreditNoteRecord,
+    StripeRefundRecord,
+)
 
 INVOICE: dict[str, Any] = {
     "id": "in_1",
@@ -206,3 +212,95 @@ def test_correlation_ids_are_deterministic_and_distinct() -> None:
     assert a.startswith("fs-") and len(a) == 23
     assert a != n.correlation_id("stripe", "invoice", "in_2")
     assert a != n.correlation_id("salesforce", "invoice", "in_1")
+
+
+CREDIT_NOTE: dict[str, Any] = {
+    "id": "cn_1",
+    "number": "INV-0001-CN-01",
+    "invoice": "in_1",
+    "customer": "cus_1",
+    "status": "issued",
+    "type": "post_payment",
+    "reason": "order_change",
+    "currency": "usd",
+    "subtotal": 500,
+    "total": 540,
+    "total_taxes": [{"amount": 40}],
+    "refunds": [{"refund": "re_1", "amount_refunded": 540}],
+    "created": 1790812800,
+    "effective_at": 1790812800,
+    "lines": {
+        "data": [
+            {"id": "cnli_1", "amount": 300, "taxes": [{"amount": 24}]},
+            {"id": "cnli_2", "amount": 200, "taxes": [{"amount": 16}]},
+        ]
+    },
+}
+
+
+def test_a_credit_note_flattens_with_line_tax_and_refund_totals() -> None:
+    row = n.flatten_stripe_credit_notes([CREDIT_NOTE]).iloc[0]
+    assert (row["source_id"], row["invoice"], row["currency"]) == ("cn_1", "in_1", "USD")
+    assert (row["subtotal"], row["tax"], row["total"]) == (500, 40, 540)
+    assert (row["lines_amount"], row["line_count"], row["refunded"]) == (500, 2, 540)
+    assert row["effective_date"] == "2026-10-01"
+
+
+@pytest.mark.parametrize(
+    ("changes", "check"),
+    [
+        pytest.param({}, None, id="well-formed"),
+        pytest.param({"total": 541}, "total_ties_out", id="total-off-by-one"),
+        pytest.param(
+            {"lines": {"data": [{"id": "cnli_1", "amount": 300}]}}, "lines_tie_out", id="line-lost"
+        ),
+        pytest.param(
+            {"refunds": [{"amount_refunded": 600}]}, "refund_within_total", id="over-refunded"
+        ),
+        pytest.param({"status": "draft"}, "isin", id="unknown-status"),
+        pytest.param({"subtotal": 5.0}, "not_nullable", id="float-subtotal"),
+    ],
+)
+def test_the_credit_note_contract_names_what_broke(
+    changes: dict[str, Any], check: str | None
+) -> None:
+    frame = n.flatten_stripe_credit_notes([{**CREDIT_NOTE, **changes}])
+    outcome = validate_frame(frame, StripeCreditNoteRecord, system="stripe", obj="credit_note")
+    found = set(outcome.failures["check_name"].astype(str))
+    if check is None:
+        assert found == set()
+    else:
+        assert any(check in name for name in found), found
+
+
+def test_refunds_and_charges_flatten_and_keep_bad_amounts_visible() -> None:
+    refund = {
+        "id": "re_1",
+        "charge": "ch_1",
+        "payment_intent": "pi_1",
+        "status": "succeeded",
+        "reason": None,
+        "currency": "eur",
+        "amount": "1000",
+        "created": 1790812800,
+    }
+    row = n.flatten_stripe_refunds([refund]).iloc[0]
+    assert row["currency"] == "EUR" and pd.isna(row["amount"])
+    outcome = validate_frame(
+        n.flatten_stripe_refunds([refund]), StripeRefundRecord, system="stripe", obj="refund"
+    )
+    assert set(outcome.failures["field"]) == {"amount"}
+    charge = {
+        "id": "ch_1",
+        "status": "succeeded",
+        "currency": "usd",
+        "amount": 1000,
+        "amount_captured": 1000,
+        "amount_refunded": 1200,
+        "refunded": False,
+        "created": 1790812800,
+    }
+    frame = n.flatten_stripe_charges([charge])
+    assert frame.iloc[0]["amount_refunded"] == 1200 and not frame.iloc[0]["refunded"]
+    charged = validate_frame(frame, StripeChargeRecord, system="stripe", obj="charge")
+    assert "refund_within_amount" in set(charged.failures["check_name"])
