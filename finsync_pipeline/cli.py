@@ -19,8 +19,10 @@ from typing import Any
 
 from finsync_pipeline.errors import FinsyncError
 
+# Sandbox ports in order: Stripe, Salesforce, NetSuite, metering, AvaTax.
+SANDBOX_PORTS = (12111, 12112, 12113, 12114, 12115)
+
 DEFAULT_HOME = ".finsync"
-DEFAULT_PORTS = (12111, 12112, 12113)
 
 
 def _progress(quiet: bool) -> Any:
@@ -131,13 +133,7 @@ def cmd_sandbox_serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         **({"end": args.end} if args.end else {}),
     )
-    stripe_port, salesforce_port, netsuite_port = args.ports
-    serve(
-        Path(args.state),
-        host=args.host,
-        ports=(stripe_port, salesforce_port, netsuite_port),
-        spec=spec,
-    )
+    serve(Path(args.state), host=args.host, ports=args.ports, spec=spec)
     return 0
 
 
@@ -286,12 +282,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from finsync_pipeline.sandbox.server import Sandbox
 
     home = prepare_home(Path(args.home))
-    sandbox = Sandbox(
-        home / "sandbox",
-        stripe_port=args.ports[0],
-        salesforce_port=args.ports[1],
-        netsuite_port=args.ports[2],
-    )
+    sandbox = Sandbox.on_ports(home / "sandbox", host="127.0.0.1", ports=args.ports)
     if not sandbox.is_seeded():
         sandbox.seed(generate(CompanySpec()))
     with sandbox:
@@ -370,9 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ports",
         type=int,
-        nargs=3,
-        default=list(DEFAULT_PORTS),
-        metavar=("STRIPE", "SALESFORCE", "NETSUITE"),
+        nargs=5,
+        default=list(SANDBOX_PORTS),
+        metavar=("STRIPE", "SALESFORCE", "NETSUITE", "METERING", "AVALARA"),
     )
     company_args(serve)
     serve.set_defaults(func=cmd_sandbox_serve)
@@ -441,9 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument(
         "--ports",
         type=int,
-        nargs=3,
-        default=list(DEFAULT_PORTS),
-        metavar=("STRIPE", "SALESFORCE", "NETSUITE"),
+        nargs=5,
+        default=list(SANDBOX_PORTS),
+        metavar=("STRIPE", "SALESFORCE", "NETSUITE", "METERING", "AVALARA"),
         help="sandbox ports",
     )
     ui.set_defaults(func=cmd_ui)

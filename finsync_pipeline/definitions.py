@@ -11,6 +11,8 @@ from typing import Any
 
 import dagster as dg
 
+from finsync_pipeline.resources.avalara import AvalaraResource
+from finsync_pipeline.resources.metering import MeteringResource
 from finsync_pipeline.resources.netsuite import NetSuiteResource
 from finsync_pipeline.resources.salesforce import SalesforceResource
 from finsync_pipeline.resources.settings import PipelineSettings
@@ -33,6 +35,10 @@ def build_resources(mode: str) -> dict[str, object]:
     )
     stripe_base: dict[str, Any] = {"api_base": dg.EnvVar("STRIPE_API_BASE")} if sandbox else {}
     netsuite_base: dict[str, Any] = {"base_url": dg.EnvVar("NETSUITE_BASE_URL")} if sandbox else {}
+    metering_base: dict[str, Any] = {"base_url": dg.EnvVar("METERING_BASE_URL")} if sandbox else {}
+    avalara_base: dict[str, Any] = {"base_url": dg.EnvVar("AVALARA_BASE_URL")} if sandbox else {}
+    if os.environ.get("AVALARA_COMPANY_CODE"):
+        avalara_base["company_code"] = dg.EnvVar("AVALARA_COMPANY_CODE")
     return {
         "warehouse": WarehouseResource(url=warehouse_url),
         "settings": PipelineSettings(
@@ -54,6 +60,12 @@ def build_resources(mode: str) -> dict[str, object]:
             token_id=dg.EnvVar("NETSUITE_TOKEN_ID"),
             token_secret=dg.EnvVar("NETSUITE_TOKEN_SECRET"),
             **netsuite_base,
+        ),
+        "metering": MeteringResource(api_key=dg.EnvVar("METERING_API_KEY"), **metering_base),
+        "avalara": AvalaraResource(
+            account_id=dg.EnvVar("AVALARA_ACCOUNT_ID"),
+            license_key=dg.EnvVar("AVALARA_LICENSE_KEY"),
+            **avalara_base,
         ),
     }
 

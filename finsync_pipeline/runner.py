@@ -40,10 +40,14 @@ REQUIRED_ENV: dict[str, list[str]] = {
         "NETSUITE_TOKEN_ID",
         "NETSUITE_TOKEN_SECRET",
     ],
+    "Usage metering": ["METERING_API_KEY"],
+    "Avalara": ["AVALARA_ACCOUNT_ID", "AVALARA_LICENSE_KEY"],
 }
 SANDBOX_ENV: dict[str, list[str]] = {
     "Stripe": ["STRIPE_API_BASE"],
     "NetSuite": ["NETSUITE_BASE_URL"],
+    "Usage metering": ["METERING_BASE_URL"],
+    "Avalara": ["AVALARA_BASE_URL"],
 }
 
 

@@ -21,7 +21,7 @@ import simplejson
 
 LOG = logging.getLogger("finsync.sandbox")
 
-SYSTEMS = ("stripe", "salesforce", "netsuite")
+SYSTEMS = ("stripe", "salesforce", "netsuite", "metering", "avalara")
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""The sandbox: Stripe, Salesforce and NetSuite simulators over one persistent state directory.
+"""The sandbox: simulators of every external system over one persistent state directory.
 
-``Sandbox`` runs the three HTTP servers in background threads (for tests and the demo);
+Stripe, Salesforce, NetSuite, usage metering (OpenMeter) and Avalara AvaTax. ``Sandbox`` runs
+the HTTP servers in background threads (for tests and the demo);
 ``serve`` runs them in the foreground for ``finsync sandbox serve``. State (records, NetSuite
 postings, credentials, the spec it was seeded with) lives in ``state_dir/sandbox.sqlite3`` and
 survives restarts. Credentials are generated once per state directory and stored there.
@@ -12,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -19,16 +21,22 @@ from typing import Any
 import simplejson
 
 from finsync_pipeline.errors import FinsyncError
+from finsync_pipeline.sandbox.avalara_sim import AvalaraSimulator
 from finsync_pipeline.sandbox.generator import Company, CompanySpec, generate
 from finsync_pipeline.sandbox.http_base import Faults, SimServer
+from finsync_pipeline.sandbox.metering_sim import MeteringSimulator, seed_metering
 from finsync_pipeline.sandbox.netsuite_sim import NetSuiteSimulator, seed_netsuite
 from finsync_pipeline.sandbox.salesforce_sim import SalesforceSimulator, seed_salesforce
 from finsync_pipeline.sandbox.store import Store
 from finsync_pipeline.sandbox.stripe_sim import StripeSimulator, seed_stripe
+from finsync_pipeline.sandbox.usage_gen import generate_usage
 
 __all__ = ["Company", "CompanySpec", "Faults", "Sandbox", "SandboxError", "serve"]
 
 STATE_FILE = "sandbox.sqlite3"
+SYSTEM_ORDER = ("stripe", "salesforce", "netsuite", "metering", "avalara")
+DEFAULT_PORTS = (12111, 12112, 12113, 12114, 12115)
+AVALARA_COMPANY_CODE = "FINSYNC"
 
 
 class SandboxError(FinsyncError):
@@ -46,6 +54,9 @@ def _new_credentials() -> dict[str, str]:
         "netsuite_consumer_secret": secrets.token_hex(32),
         "netsuite_token_id": secrets.token_hex(32),
         "netsuite_token_secret": secrets.token_hex(32),
+        "metering_api_key": "om_test_" + secrets.token_urlsafe(32),
+        "avalara_account_id": str(secrets.randbelow(900_000_000) + 1_100_000_000),
+        "avalara_license_key": secrets.token_hex(8).upper(),
     }
 
 
@@ -74,6 +85,8 @@ class Sandbox:
         stripe_port: int = 0,
         salesforce_port: int = 0,
         netsuite_port: int = 0,
+        metering_port: int = 0,
+        avalara_port: int = 0,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +95,8 @@ class Sandbox:
             "stripe": stripe_port,
             "salesforce": salesforce_port,
             "netsuite": netsuite_port,
+            "metering": metering_port,
+            "avalara": avalara_port,
         }
         self.store = Store(self.state_dir / STATE_FILE)
         self.credentials = self._load_credentials()
@@ -108,17 +123,38 @@ class Sandbox:
             token_secret=creds["netsuite_token_secret"],
             clock=now,
         )
+        self.metering = MeteringSimulator(self.faults, self.store, creds["metering_api_key"], now)
+        self.avalara = AvalaraSimulator(
+            self.faults,
+            self.store,
+            account_id=creds["avalara_account_id"],
+            license_key=creds["avalara_license_key"],
+            clock=now,
+        )
         self._servers: dict[str, SimServer] = {}
+
+    @classmethod
+    def on_ports(cls, state_dir: Path, *, host: str, ports: Sequence[int]) -> "Sandbox":
+        """A sandbox listening on ``ports`` given in SYSTEM_ORDER (missing ones: any free)."""
+        padded = [*ports, *[0] * (len(SYSTEM_ORDER) - len(ports))]
+        named = {f"{system}_port": port for system, port in zip(SYSTEM_ORDER, padded, strict=True)}
+        return cls(state_dir, host=host, **named)
 
     def _now(self) -> float:
         return self.clock()
 
     def _load_credentials(self) -> dict[str, str]:
         stored = self.store.meta_get("credentials")
+        fresh = _new_credentials()
         if stored is not None:
             creds: dict[str, str] = simplejson.loads(stored)
-            return creds
-        creds = _new_credentials()
+            if set(fresh) <= set(creds):
+                return creds
+            # A state made before a system was added keeps its old credentials and gains the
+            # new system's.
+            creds = {**fresh, **creds}
+        else:
+            creds = fresh
         self.store.meta_set("credentials", simplejson.dumps(creds))
         return creds
 
@@ -153,6 +189,8 @@ class Sandbox:
             SandboxError: The state directory is already seeded.
         """
         spec = company.spec
+        usage_events, usage_planted = generate_usage(company)
+        planted = {**company.planted, **usage_planted}
         with self.store.tx() as conn:
             if conn.execute("SELECT 1 FROM meta WHERE key = 'spec'").fetchone() is not None:
                 raise SandboxError(
@@ -172,9 +210,11 @@ class Sandbox:
                             "end": spec.end.isoformat(),
                         }
                     ),
-                    simplejson.dumps(company.planted),
+                    simplejson.dumps(planted),
                 ),
             )
+        # The metering store opens its own transaction, so it is loaded after the others.
+        seed_metering(self.store, usage_events)
         self.salesforce.reset_cache()
 
     # lifecycle --------------------------------------------------------------------------------
@@ -182,7 +222,13 @@ class Sandbox:
         """Start the three HTTP servers in background threads."""
         if self._servers:
             raise SandboxError("sandbox already started")
-        apps = {"stripe": self.stripe, "salesforce": self.salesforce, "netsuite": self.netsuite}
+        apps = {
+            "stripe": self.stripe,
+            "salesforce": self.salesforce,
+            "netsuite": self.netsuite,
+            "metering": self.metering,
+            "avalara": self.avalara,
+        }
         try:
             for name, app in apps.items():
                 server = SimServer((self.host, self._ports[name]), app)
@@ -233,6 +279,12 @@ class Sandbox:
             "NETSUITE_CONSUMER_SECRET": creds["netsuite_consumer_secret"],
             "NETSUITE_TOKEN_ID": creds["netsuite_token_id"],
             "NETSUITE_TOKEN_SECRET": creds["netsuite_token_secret"],
+            "METERING_BASE_URL": self.url("metering"),
+            "METERING_API_KEY": creds["metering_api_key"],
+            "AVALARA_BASE_URL": self.url("avalara"),
+            "AVALARA_ACCOUNT_ID": creds["avalara_account_id"],
+            "AVALARA_LICENSE_KEY": creds["avalara_license_key"],
+            "AVALARA_COMPANY_CODE": AVALARA_COMPANY_CODE,
         }
 
     # control and inspection -------------------------------------------------------------------
@@ -268,6 +320,8 @@ class Sandbox:
             "stripe": self.stripe.request_count,
             "salesforce": self.salesforce.request_count,
             "netsuite": self.netsuite.request_count,
+            "metering": self.metering.request_count,
+            "avalara": self.avalara.request_count,
         }
 
     def netsuite_records(self, record_type: str) -> list[dict[str, Any]]:
@@ -276,9 +330,7 @@ class Sandbox:
         return self.netsuite.records(base, record_type)
 
 
-def serve(
-    state_dir: Path, *, host: str, ports: tuple[int, int, int], spec: CompanySpec | None
-) -> None:
+def serve(state_dir: Path, *, host: str, ports: Sequence[int], spec: CompanySpec | None) -> None:
     """Run the sandbox in the foreground until SIGINT or SIGTERM.
 
     Seeds the state from ``spec`` (or the default spec) when it is empty, then prints the
@@ -287,16 +339,11 @@ def serve(
     Args:
         state_dir: State directory (created when absent).
         host: Interface to bind.
-        ports: Ports of (Stripe, Salesforce, NetSuite); 0 picks a free one.
+        ports: Ports in SYSTEM_ORDER (Stripe, Salesforce, NetSuite, metering, AvaTax); 0
+            picks a free one; missing trailing ports are 0.
         spec: Company to generate when the state is empty.
     """
-    sandbox = Sandbox(
-        state_dir,
-        host=host,
-        stripe_port=ports[0],
-        salesforce_port=ports[1],
-        netsuite_port=ports[2],
-    )
+    sandbox = Sandbox.on_ports(state_dir, host=host, ports=ports)
     if not sandbox.is_seeded():
         sandbox.seed(generate(spec or CompanySpec()))
     stopping = threading.Event()
@@ -313,6 +360,7 @@ def serve(
         print(f"# finsync sandbox serving state {sandbox.state_dir}", flush=True)
         for key, value in sandbox.env.items():
             print(f"export {key}={value}", flush=True)
+        print("# finsync sandbox ready", flush=True)
         while not stopping.wait(0.5):
             pass
     finally:

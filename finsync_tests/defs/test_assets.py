@@ -13,6 +13,8 @@ from finsync_pipeline import ledger
 from finsync_pipeline.definitions import defs
 from finsync_pipeline.defs.automation.definitions import erp_posting_sensor
 from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
+from finsync_pipeline.resources.avalara import AvalaraResource
+from finsync_pipeline.resources.metering import MeteringResource
 from finsync_pipeline.resources.netsuite import NetSuiteResource
 from finsync_pipeline.resources.salesforce import SalesforceResource
 from finsync_pipeline.resources.settings import PipelineSettings
@@ -60,6 +62,15 @@ def _resources(
             login_url=env["SALESFORCE_LOGIN_URL"],
             client_id=env["SALESFORCE_CLIENT_ID"],
             client_secret=env["SALESFORCE_CLIENT_SECRET"],
+        ),
+        "metering": MeteringResource(
+            api_key=env["METERING_API_KEY"], base_url=env["METERING_BASE_URL"]
+        ),
+        "avalara": AvalaraResource(
+            account_id=env["AVALARA_ACCOUNT_ID"],
+            license_key=env["AVALARA_LICENSE_KEY"],
+            base_url=env["AVALARA_BASE_URL"],
+            company_code=env["AVALARA_COMPANY_CODE"],
         ),
         "netsuite": NetSuiteResource(
             account_id=env["NETSUITE_ACCOUNT_ID"],

@@ -25,6 +25,12 @@ ENV_KEYS = {
     "NETSUITE_CONSUMER_SECRET",
     "NETSUITE_TOKEN_ID",
     "NETSUITE_TOKEN_SECRET",
+    "METERING_BASE_URL",
+    "METERING_API_KEY",
+    "AVALARA_BASE_URL",
+    "AVALARA_ACCOUNT_ID",
+    "AVALARA_LICENSE_KEY",
+    "AVALARA_COMPANY_CODE",
 }
 SMALL = CompanySpec(accounts=12, months=2, seed=5, end=datetime.date(2026, 1, 31))
 
@@ -60,7 +66,13 @@ def test_env_names_and_netsuite_account_format(tmp_path: Path, small: Company) -
         env = box.env
         assert set(env) == ENV_KEYS
         assert env["NETSUITE_ACCOUNT_ID"].endswith("_SB1")
-        for key in ("STRIPE_API_BASE", "SALESFORCE_LOGIN_URL", "NETSUITE_BASE_URL"):
+        for key in (
+            "STRIPE_API_BASE",
+            "SALESFORCE_LOGIN_URL",
+            "NETSUITE_BASE_URL",
+            "METERING_BASE_URL",
+            "AVALARA_BASE_URL",
+        ):
             assert env[key].startswith("http://127.0.0.1:")
     with pytest.raises(SandboxError):
         _ = box.env
@@ -111,7 +123,13 @@ def test_request_counts_per_system(tmp_path: Path, small: Company) -> None:
         for _ in range(3):
             http.get(box.env["STRIPE_API_BASE"] + "/v1/customers", timeout=10)
         http.post(box.env["SALESFORCE_LOGIN_URL"] + "/services/oauth2/token", timeout=10)
-        assert box.request_counts() == {"stripe": 3, "salesforce": 1, "netsuite": 0}
+        assert box.request_counts() == {
+            "stripe": 3,
+            "salesforce": 1,
+            "netsuite": 0,
+            "metering": 0,
+            "avalara": 0,
+        }
 
 
 def test_netsuite_starts_with_master_data_only(tmp_path: Path, small: Company) -> None:
