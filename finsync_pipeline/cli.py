@@ -249,7 +249,8 @@ def cmd_exceptions_retry(args: argparse.Namespace) -> int:
             last = dt.date.fromisoformat(outcome.date_to or outcome.date_from or "")
             run = PipelineRun(first, last, _progress(False))
             run.post_from_sensor()
-            run.reconcile()
+            for lo, hi in run.unreconciled():
+                run.reconcile(lo, hi)
             summary = run.summary()
         print(
             f"posted {summary['erp_invoices_posted'] + summary['erp_customers_posted']} "

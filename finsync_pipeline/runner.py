@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from finsync_pipeline.errors import ConfigurationError, FinsyncError
 from finsync_pipeline.ledger import loads
 from finsync_pipeline.logic.reconcile import ALL_STATUSES
-from finsync_pipeline.partitions import range_tags
+from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
 from finsync_pipeline.resources.warehouse import create_engine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +148,7 @@ class PipelineRun:
         self.instance = dg.DagsterInstance.get()
         self.started = dt.datetime.now(dt.UTC)
         self.posting_runs = 0
+        self.reconciled: list[tuple[dt.date, dt.date]] = []
 
     def _execute(
         self, job_name: str, tags: dict[str, str], selection: list[dg.AssetKey] | None = None
@@ -195,13 +196,31 @@ class PipelineRun:
                     f"..{request.tags.get('dagster/asset_partition_range_end')}"
                 )
                 self._execute(sensor.job_name or "erp_posting_job", tags)
+                self.reconciled.append(
+                    (
+                        dt.date.fromisoformat(str(request.tags[RANGE_START_TAG])),
+                        dt.date.fromisoformat(str(request.tags[RANGE_END_TAG])),
+                    )
+                )
                 self.posting_runs += 1
 
-    def reconcile(self) -> None:
-        """Read NetSuite back and reconcile the whole range (after posting, or on a rerun)."""
+    def unreconciled(self) -> list[tuple[dt.date, dt.date]]:
+        """The day ranges of the window that no posting run has reconciled yet."""
+        gaps: list[tuple[dt.date, dt.date]] = []
+        day = self.first_day
+        for lo, hi in sorted(self.reconciled):
+            if lo > day:
+                gaps.append((day, min(lo - dt.timedelta(days=1), self.last_day)))
+            day = max(day, hi + dt.timedelta(days=1))
+        if day <= self.last_day:
+            gaps.append((day, self.last_day))
+        return [(lo, hi) for lo, hi in gaps if lo <= hi]
+
+    def reconcile(self, first_day: dt.date, last_day: dt.date) -> None:
+        """Read NetSuite back and reconcile a day range no posting run covered."""
         self._execute(
             "erp_posting_job",
-            range_tags(self.first_day, self.last_day),
+            range_tags(first_day, last_day),
             selection=[dg.AssetKey("erp_invoices"), dg.AssetKey("invoice_reconciliation")],
         )
 
@@ -292,10 +311,11 @@ def run_pipeline(
     run.ingest()
     progress("posting sensor: launching posting runs for due ledger rows")
     run.post_from_sensor()
-    # Posting runs reconcile the days they posted; one more pass covers every day of the range,
-    # including a rerun where nothing was due.
-    progress(f"reconcile: read NetSuite back and reconcile {first_day}..{last_day}")
-    run.reconcile()
+    # Posting runs reconcile the days they posted; the days they did not cover (all of them on
+    # a rerun where nothing was due) are read back and reconciled here.
+    for lo, hi in run.unreconciled():
+        progress(f"reconcile: read NetSuite back and reconcile {lo}..{hi}")
+        run.reconcile(lo, hi)
     summary = run.summary()
     summary["elapsed_s"] = round(time.monotonic() - started, 1)
     return summary

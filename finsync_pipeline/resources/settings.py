@@ -13,8 +13,13 @@ class PipelineSettings(dg.ConfigurableResource):
             the run goes on.
         posting_max_attempts: Sends before a transiently failing document is declared dead.
         posting_batch_size: Ledger rows claimed per transaction.
+        tax_tolerance_minor_per_line: How far billed tax may differ from the tax engine's, per
+            invoice line, in minor units (finance-approved: 1, an engine rounding differently).
+        avalara_concurrency: AvaTax estimates in flight at once.
     """
 
     max_bad_share: float = Field(default=0.05, ge=0.0, le=1.0)
     posting_max_attempts: int = Field(default=8, ge=1)
     posting_batch_size: int = Field(default=50, ge=1)
+    tax_tolerance_minor_per_line: int = Field(default=1, ge=0)
+    avalara_concurrency: int = Field(default=4, ge=1, le=16)

@@ -1,5 +1,6 @@
 """Derive: the tax check of every live invoice against Avalara AvaTax."""
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dagster as dg
@@ -11,6 +12,7 @@ from finsync_pipeline.logic.derive import LIVE_INVOICE_STATUSES
 from finsync_pipeline.logic.tax import address_from_account, build_sales_order, compare_tax
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
 from finsync_pipeline.resources.avalara import AvalaraResource
+from finsync_pipeline.resources.settings import PipelineSettings
 from finsync_pipeline.resources.warehouse import (
     WarehouseResource,
     frame_records,
@@ -20,10 +22,6 @@ from finsync_pipeline.resources.warehouse import (
 
 OWNERS = ["team:finance-data"]
 TAX_KINDS = ["tax_mismatch", "tax_address_missing"]
-# Finance-approved default: billed and engine tax may differ by 1 minor unit per invoice line
-# (an engine that rounds differently), never more. It belongs in PipelineSettings.
-TAX_TOLERANCE_MINOR_PER_LINE = 1
-
 TAX_CHECK_SCHEMA = dg.TableSchema(
     columns=[
         dg.TableColumn("partition_date", "str", description="Partition day of the invoice."),
@@ -53,6 +51,7 @@ def invoice_tax_checks(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     avalara: AvalaraResource,
+    settings: PipelineSettings,
 ) -> dg.MaterializeResult:
     """Every live invoice's billed tax checked against the tax Avalara AvaTax computes for the
     customer's billing address (a SalesOrder estimate, never committed). A difference beyond
@@ -81,28 +80,49 @@ def invoice_tax_checks(
     lines_of = {k: g for k, g in lines.groupby("invoice_id")}
     results: dict[str, dict[str, Any]] = {}
     problems: dict[str, str] = {}
-    with avalara.get_client() as client:
-        for inv in live.to_dict("records"):
-            invoice_id = str(inv["invoice_id"])
-            key = inv["customer_key"]
-            account = None if key is None or pd.isna(key) else account_of.get(str(key))
-            address, reason = address_from_account(account)
-            if address is None:
-                problems[invoice_id] = reason
-                continue
-            model = build_sales_order(
-                inv, lines_of.get(invoice_id, lines.iloc[0:0]), address, avalara.company_code
+    orders: list[tuple[str, dict[str, Any]]] = []
+    for inv in live.to_dict("records"):
+        invoice_id = str(inv["invoice_id"])
+        key = inv["customer_key"]
+        account = None if key is None or pd.isna(key) else account_of.get(str(key))
+        if account is None:
+            # No valid CRM account: derive already holds this invoice as unmatched_customer.
+            continue
+        address, reason = address_from_account(account)
+        if address is None:
+            problems[invoice_id] = reason
+            continue
+        orders.append(
+            (
+                invoice_id,
+                build_sales_order(
+                    inv, lines_of.get(invoice_id, lines.iloc[0:0]), address, avalara.company_code
+                ),
             )
-            try:
-                results[invoice_id] = client.create_sales_order(model)
-            except PermanentUpstreamError as e:
-                if not (e.field or "").startswith("addresses"):
-                    raise
-                # AvaTax could not place the address: the customer record must be fixed.
-                problems[invoice_id] = f"AvaTax refused {e.field}: {e.detail}"
-        requests_made = client.requests_made
+        )
+
+    def estimate(share: list[tuple[str, dict[str, Any]]]) -> int:
+        # One client (one HTTP session) per worker: sessions are not shared across threads.
+        with avalara.get_client() as client:
+            for invoice_id, model in share:
+                try:
+                    results[invoice_id] = client.create_sales_order(model)
+                except PermanentUpstreamError as e:
+                    if not (e.field or "").startswith("addresses"):
+                        raise
+                    # AvaTax could not place the address: the customer record must be fixed.
+                    problems[invoice_id] = f"AvaTax refused {e.field}: {e.detail}"
+            return client.requests_made
+
+    workers = max(1, settings.avalara_concurrency)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        requests_made = sum(pool.map(estimate, [orders[i::workers] for i in range(workers)]))
+    checked = live[live["invoice_id"].isin(results.keys() | problems.keys())]
     checks, found = compare_tax(
-        live, results, TAX_TOLERANCE_MINOR_PER_LINE, address_problems=problems
+        checked,
+        results,
+        settings.tax_tolerance_minor_per_line,
+        address_problems=problems,
     )
     rows = frame_records(checks.assign(run_id=context.run.run_id))
     with engine.begin() as conn:
@@ -136,7 +156,7 @@ def invoice_tax_checks(
                 amounts_by_currency(checks, "engine_tax_minor", "currency")
             ),
             "AvaTax requests": requests_made,
-            "tolerance (minor units per line)": TAX_TOLERANCE_MINOR_PER_LINE,
+            "tolerance (minor units per line)": settings.tax_tolerance_minor_per_line,
             "exceptions found": len(found),
             "exceptions auto-resolved": synced["auto_resolved"],
             "mismatch sample": sample(
