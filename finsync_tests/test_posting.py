@@ -208,7 +208,7 @@ def test_posts_parents_before_children_and_resolves_references(
 
     assert (poster.stats.posted, poster.stats.rejected, poster.stats.deferred) == (3, 0, 0)
     assert not poster.stats.paused
-    assert hooks.points == ["claimed", "sent", "recorded"] * 3
+    assert hooks.points == ["claimed", "sending", "sent", "recorded"] * 3
     for external_id, record in [
         ("SF_z_parent", parent),
         ("SF_a_child", child),
