@@ -22,10 +22,13 @@ ASSET_GROUPS = {
         "usage_events",
     ],
     "validate": [
+        "credit_notes",
         "customers",
         "invoice_lines",
         "invoices",
+        "payments",
         "quarantine",
+        "refunds",
         "subscriptions",
         "usage_daily",
     ],

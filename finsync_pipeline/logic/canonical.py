@@ -1,6 +1,7 @@
 """Canonical business objects from validated source frames. Pure: no Dagster, no I/O."""
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -248,3 +249,113 @@ SUBSCRIPTION_COLUMNS = [
     "extraction_run_id",
     "correlation_id",
 ]
+
+
+def invoice_payment_links(invoices: list[dict[str, Any]]) -> pd.DataFrame:
+    """(invoice, payment intent) pairs from Stripe's ``invoice.payments`` (API 2025-03-31+)."""
+    rows = []
+    for inv in invoices:
+        for pay in ((inv.get("payments") or {}).get("data")) or []:
+            payment = pay.get("payment") or {}
+            if payment.get("type") != "payment_intent" or not payment.get("payment_intent"):
+                continue
+            rows.append(
+                {
+                    "invoice_id": inv["id"],
+                    "payment_intent": payment["payment_intent"],
+                    "amount_paid_minor": int(pay.get("amount_paid") or 0),
+                    "currency": str(pay.get("currency") or inv.get("currency")).upper(),
+                    "status": str(pay.get("status")),
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["invoice_id", "payment_intent", "amount_paid_minor", "currency", "status"]
+    )
+
+
+def _lineage(df: pd.DataFrame, obj: str, id_column: str, run_id: str) -> pd.DataFrame:
+    df["source_system"] = "stripe"
+    df["source_id"] = df[id_column]
+    df["source_updated_at"] = None
+    df["extraction_run_id"] = run_id
+    df["correlation_id"] = [correlation_id("stripe", obj, i) for i in df[id_column]]
+    return df
+
+
+def build_payments(
+    charges: pd.DataFrame,
+    partition_of: Mapping[str, str],
+    invoice_of_intent: Mapping[str, str],
+    customer_keys: Mapping[str, str],
+    run_id: str,
+) -> pd.DataFrame:
+    """Canonical payments: one row per charge, linked to the invoice its intent paid."""
+    out = pd.DataFrame(
+        {
+            "payment_id": charges["source_id"],
+            "partition_date": charges["source_id"].map(partition_of),
+            "payment_intent": charges["payment_intent"],
+            "invoice_id": charges["payment_intent"].map(invoice_of_intent),
+            "stripe_customer_id": charges["customer"],
+            "customer_key": charges["customer"].map(customer_keys),
+            "status": charges["status"],
+            "currency": charges["currency"],
+            "amount_minor": charges["amount_captured"],
+            "refunded_minor": charges["amount_refunded"],
+            "failure_code": charges["failure_code"],
+        }
+    )
+    return _lineage(out, "charge", "payment_id", run_id).reset_index(drop=True)
+
+
+def build_credit_notes(
+    notes: pd.DataFrame,
+    partition_of: Mapping[str, str],
+    customer_keys: Mapping[str, str],
+    run_id: str,
+) -> pd.DataFrame:
+    """Canonical credit notes, in minor units, linked to the invoice they credit."""
+    out = pd.DataFrame(
+        {
+            "credit_note_id": notes["source_id"],
+            "partition_date": notes["source_id"].map(partition_of),
+            "number": notes["number"],
+            "invoice_id": notes["invoice"],
+            "stripe_customer_id": notes["customer"],
+            "customer_key": notes["customer"].map(customer_keys),
+            "type": notes["type"],
+            "status": notes["status"],
+            "reason": notes["reason"],
+            "currency": notes["currency"],
+            "subtotal_minor": notes["subtotal"],
+            "tax_minor": notes["tax"],
+            "total_minor": notes["total"],
+            "refunded_minor": notes["refunded"].fillna(0),
+        }
+    )
+    return _lineage(out, "credit_note", "credit_note_id", run_id).reset_index(drop=True)
+
+
+def build_refunds(
+    refunds: pd.DataFrame,
+    partition_of: Mapping[str, str],
+    invoice_of_intent: Mapping[str, str],
+    credit_note_of_refund: Mapping[str, str],
+    run_id: str,
+) -> pd.DataFrame:
+    """Canonical refunds: money returned on a charge, with its invoice and credit note."""
+    out = pd.DataFrame(
+        {
+            "refund_id": refunds["source_id"],
+            "partition_date": refunds["source_id"].map(partition_of),
+            "payment_id": refunds["charge"],
+            "payment_intent": refunds["payment_intent"],
+            "invoice_id": refunds["payment_intent"].map(invoice_of_intent),
+            "credit_note_id": refunds["source_id"].map(credit_note_of_refund),
+            "status": refunds["status"],
+            "reason": refunds["reason"],
+            "currency": refunds["currency"],
+            "amount_minor": refunds["amount"],
+        }
+    )
+    return _lineage(out, "refund", "refund_id", run_id).reset_index(drop=True)

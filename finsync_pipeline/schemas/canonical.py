@@ -111,3 +111,71 @@ class Subscription(Lineage):
     contract_term_months: Series[pd.Int64Dtype] = pa.Field(
         nullable=True, ge=1, description="Contract ContractTerm"
     )
+
+
+class Payment(Lineage):
+    """Money collected (or attempted) on a charge, linked to the invoice its intent paid."""
+
+    payment_id: Series[str] = pa.Field(
+        unique=True, str_matches=r"^(ch|py)_", description="Stripe charge id"
+    )
+    partition_date: Series[str] = pa.Field(iso_date=(), description="Day of the charge")
+    payment_intent: Series[str] = pa.Field(nullable=True, description="Stripe payment intent")
+    invoice_id: Series[str] = pa.Field(nullable=True, description="Invoice it paid, when known")
+    stripe_customer_id: Series[str] = pa.Field(nullable=True, description="Stripe customer id")
+    customer_key: Series[str] = pa.Field(nullable=True, description="Salesforce account id")
+    status: Series[str] = pa.Field(
+        isin=["succeeded", "pending", "failed"], description="Charge status"
+    )
+    currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217")
+    amount_minor: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Captured, minor units")
+    refunded_minor: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Refunded, minor units")
+    failure_code: Series[str] = pa.Field(nullable=True, description="Decline code when failed")
+
+    @pa.dataframe_check(name="refund_within_payment")
+    def refund_within_payment(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["refunded_minor"] <= df["amount_minor"]).fillna(False).astype(bool)
+
+
+class CreditNote(Lineage):
+    """A credit against one invoice, in minor units; lines plus tax equal the total."""
+
+    credit_note_id: Series[str] = pa.Field(
+        unique=True, str_startswith="cn_", description="Stripe credit note id"
+    )
+    partition_date: Series[str] = pa.Field(iso_date=(), description="Day it was created")
+    number: Series[str] = pa.Field(nullable=True, description="Credit note number")
+    invoice_id: Series[str] = pa.Field(str_startswith="in_", description="Invoice it credits")
+    stripe_customer_id: Series[str] = pa.Field(description="Stripe customer id")
+    customer_key: Series[str] = pa.Field(nullable=True, description="Salesforce account id")
+    type: Series[str] = pa.Field(
+        isin=["pre_payment", "post_payment", "mixed"], description="Before or after payment"
+    )
+    status: Series[str] = pa.Field(isin=["issued", "void"], description="issued or void")
+    reason: Series[str] = pa.Field(nullable=True, description="Why it was issued")
+    currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217")
+    subtotal_minor: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Lines, minor units")
+    tax_minor: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Tax, minor units")
+    total_minor: Series[pd.Int64Dtype] = pa.Field(ge=0, description="subtotal + tax")
+    refunded_minor: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Refunded to the card")
+
+    @pa.dataframe_check(name="total_ties_out")
+    def total_ties_out(cls, df: pd.DataFrame) -> Series[bool]:
+        return ((df["subtotal_minor"] + df["tax_minor"]) == df["total_minor"]).fillna(False)
+
+
+class Refund(Lineage):
+    """Money returned on a charge, linked to its invoice and credit note when known."""
+
+    refund_id: Series[str] = pa.Field(
+        unique=True, str_startswith="re_", description="Stripe refund id"
+    )
+    partition_date: Series[str] = pa.Field(iso_date=(), description="Day of the refund")
+    payment_id: Series[str] = pa.Field(description="The charge refunded")
+    payment_intent: Series[str] = pa.Field(nullable=True, description="Its payment intent")
+    invoice_id: Series[str] = pa.Field(nullable=True, description="The invoice it was paid on")
+    credit_note_id: Series[str] = pa.Field(nullable=True, description="The credit note behind it")
+    status: Series[str] = pa.Field(description="Stripe refund status")
+    reason: Series[str] = pa.Field(nullable=True, description="Why it was refunded")
+    currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217")
+    amount_minor: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Refunded, minor units")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandera.pandas as pa
 
-from finsync_pipeline.schemas import canonical, master, netsuite, salesforce, stripe
+from finsync_pipeline.schemas import canonical, master, netsuite, salesforce, stripe, usage
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,10 @@ CONTRACTS: list[ContractInfo] = [
     ContractInfo("invoice", 1, canonical.Invoice, "canonical"),
     ContractInfo("invoice_line", 1, canonical.InvoiceLine, "canonical"),
     ContractInfo("subscription", 1, canonical.Subscription, "canonical"),
+    ContractInfo("payment", 1, canonical.Payment, "canonical"),
+    ContractInfo("credit_note", 1, canonical.CreditNote, "canonical"),
+    ContractInfo("refund", 1, canonical.Refund, "canonical"),
+    ContractInfo("usage_daily", 1, usage.UsageDaily, "canonical"),
     ContractInfo("legal_entity", 1, master.LegalEntity, "mapping"),
     ContractInfo("product_mapping", 1, master.ProductMapping, "mapping"),
     ContractInfo("stripe_customer", 1, stripe.StripeCustomerRecord, "source"),
@@ -39,6 +43,10 @@ CONTRACTS: list[ContractInfo] = [
     ContractInfo("salesforce_opportunity", 1, salesforce.SalesforceOpportunityRecord, "source"),
     ContractInfo("salesforce_contract", 1, salesforce.SalesforceContractRecord, "source"),
     ContractInfo("erp_invoice", 1, netsuite.ErpInvoiceRecord, "source"),
+    ContractInfo("stripe_credit_note", 1, stripe.StripeCreditNoteRecord, "source"),
+    ContractInfo("stripe_refund", 1, stripe.StripeRefundRecord, "source"),
+    ContractInfo("stripe_charge", 1, stripe.StripeChargeRecord, "source"),
+    ContractInfo("usage_event", 1, usage.UsageEventRecord, "source"),
 ]
 
 _JSON_TYPES = {

@@ -267,3 +267,57 @@ def test_posting_sensor_asks_for_one_run_per_backlog(tmp_path: Path) -> None:
     assert isinstance(again, dg.SensorResult) and again.run_requests
     # The same backlog gives the same run key, so the daemon launches it once.
     assert again.run_requests[0].run_key == request.run_key
+
+
+def test_payments_find_their_invoices_and_refunds_their_credit_notes(
+    pipeline: tuple[dg.ExecuteInProcessResult, str, dict[str, Any]],
+) -> None:
+    _result, url, _ = pipeline
+    assert _scalar(url, "SELECT COUNT(*) FROM payments WHERE status = 'succeeded'") > 0
+    # Every collected payment is tied to the invoice its payment intent paid, unless that
+    # invoice is in quarantine (then the payment waits with it).
+    with create_engine(url).connect() as conn:
+        unlinked = {
+            r[0]
+            for r in conn.execute(
+                sa.text(
+                    "SELECT payment_intent FROM payments "
+                    "WHERE status = 'succeeded' AND invoice_id IS NULL"
+                )
+            )
+        }
+        quarantined_intents = {
+            pay["payment"]["payment_intent"]
+            for (payload,) in conn.execute(
+                sa.text(
+                    "SELECT payload FROM stripe_invoices WHERE source_id IN "
+                    "(SELECT source_id FROM quarantine WHERE asset = 'stripe_invoices')"
+                )
+            )
+            for pay in (ledger.loads(payload).get("payments") or {}).get("data") or []
+        }
+    assert unlinked <= quarantined_intents
+    assert (
+        _scalar(
+            url,
+            "SELECT COUNT(*) FROM payments p JOIN invoices i ON i.invoice_id = p.invoice_id "
+            "WHERE p.currency <> i.currency",
+        )
+        == 0
+    )
+    assert _scalar(url, "SELECT COUNT(*) FROM refunds") > 0
+    assert (
+        _scalar(
+            url, "SELECT COUNT(*) FROM refunds WHERE credit_note_id IS NULL OR invoice_id IS NULL"
+        )
+        == 0
+    )
+    # A credit note never credits more than its invoice.
+    assert (
+        _scalar(
+            url,
+            "SELECT COUNT(*) FROM credit_notes c JOIN invoices i ON i.invoice_id = c.invoice_id "
+            "WHERE c.total_minor > i.total_minor",
+        )
+        == 0
+    )

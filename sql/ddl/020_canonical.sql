@@ -84,3 +84,77 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     extraction_run_id           TEXT NOT NULL,
     correlation_id              TEXT NOT NULL
 );
+
+-- Which payment intents paid which invoices (Stripe invoice.payments), kept by the invoices
+-- asset so a payment made on a later day still finds its invoice.
+CREATE TABLE IF NOT EXISTS invoice_payments (
+    invoice_id              TEXT NOT NULL,
+    payment_intent          TEXT NOT NULL,
+    amount_paid_minor       BIGINT NOT NULL,
+    currency                TEXT NOT NULL,
+    status                  TEXT NOT NULL,
+    PRIMARY KEY (invoice_id, payment_intent)
+);
+CREATE INDEX IF NOT EXISTS ix_invoice_payments_intent ON invoice_payments (payment_intent);
+
+CREATE TABLE IF NOT EXISTS payments (
+    payment_id              TEXT NOT NULL PRIMARY KEY,   -- the Stripe charge id
+    partition_date          TEXT NOT NULL,
+    payment_intent          TEXT,
+    invoice_id              TEXT,
+    stripe_customer_id      TEXT,
+    customer_key            TEXT,
+    status                  TEXT NOT NULL,
+    currency                TEXT NOT NULL,
+    amount_minor            BIGINT NOT NULL,
+    refunded_minor          BIGINT NOT NULL,
+    failure_code            TEXT,
+    source_system           TEXT NOT NULL,
+    source_id               TEXT NOT NULL,
+    source_updated_at       TEXT,
+    extraction_run_id       TEXT NOT NULL,
+    correlation_id          TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_payments_partition ON payments (partition_date);
+
+CREATE TABLE IF NOT EXISTS credit_notes (
+    credit_note_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date          TEXT NOT NULL,
+    number                  TEXT,
+    invoice_id              TEXT NOT NULL,
+    stripe_customer_id      TEXT NOT NULL,
+    customer_key            TEXT,
+    type                    TEXT NOT NULL,
+    status                  TEXT NOT NULL,
+    reason                  TEXT,
+    currency                TEXT NOT NULL,
+    subtotal_minor          BIGINT NOT NULL,
+    tax_minor               BIGINT NOT NULL,
+    total_minor             BIGINT NOT NULL,
+    refunded_minor          BIGINT NOT NULL,
+    source_system           TEXT NOT NULL,
+    source_id               TEXT NOT NULL,
+    source_updated_at       TEXT,
+    extraction_run_id       TEXT NOT NULL,
+    correlation_id          TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_credit_notes_partition ON credit_notes (partition_date);
+
+CREATE TABLE IF NOT EXISTS refunds (
+    refund_id               TEXT NOT NULL PRIMARY KEY,
+    partition_date          TEXT NOT NULL,
+    payment_id              TEXT NOT NULL,
+    payment_intent          TEXT,
+    invoice_id              TEXT,
+    credit_note_id          TEXT,
+    status                  TEXT NOT NULL,
+    reason                  TEXT,
+    currency                TEXT NOT NULL,
+    amount_minor            BIGINT NOT NULL,
+    source_system           TEXT NOT NULL,
+    source_id               TEXT NOT NULL,
+    source_updated_at       TEXT,
+    extraction_run_id       TEXT NOT NULL,
+    correlation_id          TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_refunds_partition ON refunds (partition_date);

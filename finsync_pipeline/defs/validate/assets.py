@@ -19,6 +19,7 @@ from finsync_pipeline.logic.canonical import (
     build_customers,
     build_invoices,
     build_subscriptions,
+    invoice_payment_links,
 )
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
 from finsync_pipeline.resources.warehouse import (
@@ -124,7 +125,19 @@ def invoices(
     )
     Invoice.validate(head)
     InvoiceLine.validate(body)
+    valid_ids = set(head["invoice_id"])
+    links = invoice_payment_links([p for p in raw["payload"] if p.get("id") in valid_ids])
     with engine.begin() as conn:
+        if valid_ids:
+            conn.execute(
+                sa.text("DELETE FROM invoice_payments WHERE invoice_id IN :ids").bindparams(
+                    sa.bindparam("ids", expanding=True)
+                ),
+                {"ids": sorted(valid_ids)},
+            )
+        upsert_rows(
+            conn, "invoice_payments", frame_records(links), ["invoice_id", "payment_intent"]
+        )
         replace_partitions(
             conn,
             "invoices",
@@ -172,10 +185,17 @@ def invoices(
     owners=OWNERS,
     deps=[
         "stripe_customers",
+        "stripe_subscriptions",
         "stripe_invoices",
+        "stripe_payments",
+        "stripe_charges",
+        "stripe_credit_notes",
+        "stripe_refunds",
         "salesforce_accounts",
         "salesforce_opportunities",
         "salesforce_contracts",
+        "usage_events",
+        "erp_invoices",
     ],
 )
 def quarantine(warehouse: WarehouseResource) -> dg.MaterializeResult:
