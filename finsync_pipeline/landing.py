@@ -264,11 +264,13 @@ def sync_exceptions(
     kinds: Iterable[str],
     date_from: str | None = None,
     date_to: str | None = None,
+    source_ids: Iterable[str] | None = None,
 ) -> dict[str, int]:
     """Open (or refresh) the exceptions found; resolve the ones of this scope no longer found.
 
-    The scope is the detector, its kinds and, for partitioned detectors, the partition range:
-    a problem this run would have seen again but did not has lost its cause.
+    The scope is the detector, its kinds and, for partitioned detectors, the partition range
+    (for change-driven ones, the records this run looked at): a problem this run would have
+    seen again but did not has lost its cause.
     """
     at = now_iso()
     rows = [
@@ -320,12 +322,20 @@ def sync_exceptions(
     if date_from is not None:
         scope.append("partition_date >= :date_from AND partition_date < :date_to")
         params.update(date_from=date_from, date_to=date_to)
+    binds = [stmt_kinds]
+    if source_ids is not None:
+        ids = sorted(set(source_ids))
+        if not ids:
+            return {"open_or_refreshed": len(rows), "auto_resolved": 0}
+        scope.append("source_id IN :ids")
+        params["ids"] = ids
+        binds.append(sa.bindparam("ids", expanding=True))
     resolved = conn.execute(
         sa.text(
             "UPDATE finance_exceptions SET status = 'resolved', resolved_at = :at, "
             "resolution = 'auto: the cause is gone (derived cleanly on a later run)' "
             f"WHERE {' AND '.join(scope)} AND kind IN :kinds"
-        ).bindparams(stmt_kinds),
+        ).bindparams(*binds),
         {**params, "kinds": kinds},
     ).rowcount
     return {"open_or_refreshed": len(rows), "auto_resolved": int(resolved or 0)}

@@ -33,10 +33,12 @@ ASSET_GROUPS = {
         "usage_daily",
     ],
     "derive": [
+        "credit_memo_requests",
         "erp_customer_upserts",
         "finance_exceptions",
         "invoice_ready_transactions",
         "invoice_tax_checks",
+        "payment_applications",
     ],
     "post": ["erp_postings"],
     "reconcile": ["invoice_reconciliation"],

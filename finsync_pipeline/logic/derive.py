@@ -44,6 +44,9 @@ EXCEPTION_KINDS: dict[str, tuple[str, str]] = {
     "unknown_usage_subject": ("high", "revops"),
     "tax_mismatch": ("high", "tax"),
     "tax_address_missing": ("medium", "tax"),
+    "unmatched_payment": ("high", "finance_ops"),
+    "payment_held": ("medium", "finance_ops"),
+    "credit_note_held": ("medium", "finance_ops"),
 }
 
 
@@ -335,3 +338,278 @@ def derive_invoice_ready(
         ],
     )
     return ready, problems.frame()
+
+
+# -- credit memos and customer payments ------------------------------------------------------
+
+DOCUMENT_COLUMNS = [
+    "erp",
+    "doc_type",
+    "external_id",
+    "source_system",
+    "source_id",
+    "partition_date",
+    "currency",
+    "total_minor",
+    "payload",
+    "correlation_id",
+]
+
+
+def credit_memo_external_id(credit_note_id: str) -> str:
+    """The NetSuite external id of the credit memo for a Stripe credit note."""
+    return f"STRIPE_{credit_note_id}"
+
+
+def void_external_id(invoice_id: str) -> str:
+    """The NetSuite external id of the credit memo compensating a voided, posted invoice."""
+    return f"VOID_{invoice_id}"
+
+
+def payment_external_id(payment_id: str) -> str:
+    """The NetSuite external id of the customer payment for a Stripe charge."""
+    return f"STRIPE_{payment_id}"
+
+
+def _ready_index(ready: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    return {str(r["invoice_id"]): r for r in ready.to_dict("records")}
+
+
+def derive_credit_memos(
+    notes: pd.DataFrame,
+    note_lines: pd.DataFrame,
+    invoice_lines: pd.DataFrame,
+    ready: pd.DataFrame,
+    master: MasterData,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Credit memos for issued Stripe credit notes, against the invoice they credit.
+
+    A pre-payment note is applied to its invoice (it lowers what is due); a post-payment note
+    is not applied (the invoice is paid; the credit is refunded to the customer's card).
+
+    Args:
+        notes: Canonical credit notes.
+        note_lines: credit_note_id, invoice_line_item, amount_minor of every note line.
+        invoice_lines: line_id -> product_id of the credited invoices' lines.
+        ready: Invoice-ready transactions of the credited invoices (their ERP coordinates).
+        master: Mapping data.
+    """
+    problems = _Exceptions([])
+    rows: list[dict[str, Any]] = []
+    by_invoice = _ready_index(ready)
+    product_of = dict(zip(invoice_lines["line_id"], invoice_lines["product_id"], strict=True))
+    lines_of = {k: g for k, g in note_lines.groupby("credit_note_id")}
+    for note in notes[notes["status"] == "issued"].sort_values("credit_note_id").to_dict("records"):
+        note_id = str(note["credit_note_id"])
+        extra = {"partition_date": note["partition_date"], "correlation_id": note["correlation_id"]}
+        invoice = by_invoice.get(str(note["invoice_id"]))
+        if invoice is None:
+            problems.add(
+                "credit_note_held",
+                "stripe",
+                note_id,
+                f"Stripe credit note {note_id} credits invoice {note['invoice_id']}, "
+                "which is not ready for the ERP (see that invoice's exception)",
+                **extra,
+            )
+            continue
+        currency = str(note["currency"])
+        items: list[dict[str, Any]] = []
+        unmapped: set[str] = set()
+        for line in lines_of.get(note_id, note_lines.iloc[0:0]).to_dict("records"):
+            product = product_of.get(line["invoice_line_item"])
+            item = master.netsuite_items.get(str(product)) if product else None
+            if item is None:
+                unmapped.add(str(product or "(no product)"))
+                continue
+            items.append(
+                {
+                    "item": {"id": item},
+                    "quantity": 1,
+                    "amount": to_decimal(int(line["amount_minor"]), currency),
+                    "description": f"Credit for invoice line {line['invoice_line_item']}",
+                }
+            )
+        if unmapped:
+            problems.add(
+                "unmapped_product",
+                "stripe",
+                note_id,
+                f"Stripe credit note {note_id} credits products {', '.join(sorted(unmapped))} "
+                "with no NetSuite item in products.csv",
+                **extra,
+            )
+            continue
+        if int(note["tax_minor"]):
+            items.append(
+                {
+                    "item": {"id": master.netsuite_tax_item_id},
+                    "quantity": 1,
+                    "amount": to_decimal(int(note["tax_minor"]), currency),
+                    "description": "Tax",
+                }
+            )
+        external_id = credit_memo_external_id(note_id)
+        payload: dict[str, Any] = {
+            "externalId": external_id,
+            "entity": ref("customer", str(invoice["customer_external_id"])),
+            "tranDate": note["partition_date"],
+            "subsidiary": {"id": str(invoice["subsidiary_id"])},
+            "currency": {"id": master.netsuite_currency_ids[currency]},
+            "memo": f"finsync {note['correlation_id']} stripe credit note {note_id} "
+            f"({note['type']}, {note['reason'] or 'no reason'})",
+            "item": {"items": items},
+        }
+        if note["type"] == "pre_payment":
+            payload["apply"] = {
+                "items": [
+                    {
+                        "doc": ref("invoice", str(invoice["external_id"])),
+                        "apply": True,
+                        "amount": to_decimal(int(note["total_minor"]), currency),
+                    }
+                ]
+            }
+        rows.append(
+            {
+                "erp": ERP,
+                "doc_type": "credit_memo",
+                "external_id": external_id,
+                "source_system": "stripe",
+                "source_id": note_id,
+                "partition_date": note["partition_date"],
+                "currency": currency,
+                "total_minor": int(note["total_minor"]),
+                "payload": payload,
+                "correlation_id": note["correlation_id"],
+            }
+        )
+    return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS), problems.frame()
+
+
+def derive_void_compensations(voided: pd.DataFrame, ready: pd.DataFrame) -> pd.DataFrame:
+    """Credit memos that reverse invoices voided in billing after they were posted.
+
+    History is never edited: the posted invoice stays, and a credit memo for its full amount,
+    applied to it, brings its balance to zero.
+
+    Args:
+        voided: Canonical invoices now void whose ERP invoice is posted.
+        ready: Their invoice-ready transactions (the posted payloads).
+    """
+    rows: list[dict[str, Any]] = []
+    by_invoice = _ready_index(ready)
+    for inv in voided.sort_values("invoice_id").to_dict("records"):
+        posted = by_invoice.get(str(inv["invoice_id"]))
+        if posted is None:
+            continue
+        body = posted["payload"]
+        currency = str(inv["currency"])
+        external_id = void_external_id(str(inv["invoice_id"]))
+        rows.append(
+            {
+                "erp": ERP,
+                "doc_type": "credit_memo",
+                "external_id": external_id,
+                "source_system": "stripe",
+                "source_id": str(inv["invoice_id"]),
+                "partition_date": inv["partition_date"],
+                "currency": currency,
+                "total_minor": int(inv["total_minor"]),
+                "payload": {
+                    "externalId": external_id,
+                    "entity": body["entity"],
+                    "tranDate": inv["partition_date"],
+                    "subsidiary": body["subsidiary"],
+                    "currency": body["currency"],
+                    "memo": f"finsync {inv['correlation_id']} void of stripe invoice "
+                    f"{inv['invoice_id']}",
+                    "item": body["item"],
+                    "apply": {
+                        "items": [
+                            {
+                                "doc": ref("invoice", str(posted["external_id"])),
+                                "apply": True,
+                                "amount": to_decimal(int(inv["total_minor"]), currency),
+                            }
+                        ]
+                    },
+                },
+                "correlation_id": inv["correlation_id"],
+            }
+        )
+    return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS)
+
+
+def derive_payment_applications(
+    payments: pd.DataFrame, ready: pd.DataFrame, master: MasterData
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Customer payments for collected Stripe charges, applied to the invoice they paid.
+
+    Failed charges moved no money and are not posted. A collected payment whose invoice is
+    unknown is an ``unmatched_payment``; one whose invoice waits on an exception is
+    ``payment_held``.
+    """
+    problems = _Exceptions([])
+    rows: list[dict[str, Any]] = []
+    by_invoice = _ready_index(ready)
+    collected = payments[payments["status"] == "succeeded"]
+    for pay in collected.sort_values("payment_id").to_dict("records"):
+        payment_id = str(pay["payment_id"])
+        extra = {"partition_date": pay["partition_date"], "correlation_id": pay["correlation_id"]}
+        invoice_id = None if _na(pay["invoice_id"]) else str(pay["invoice_id"])
+        if invoice_id is None:
+            problems.add(
+                "unmatched_payment",
+                "stripe",
+                payment_id,
+                f"Stripe charge {payment_id} collected {pay['amount_minor']} "
+                f"{pay['currency']} (minor units) for no known invoice",
+                **extra,
+            )
+            continue
+        invoice = by_invoice.get(invoice_id)
+        if invoice is None:
+            problems.add(
+                "payment_held",
+                "stripe",
+                payment_id,
+                f"Stripe charge {payment_id} paid invoice {invoice_id}, which is not "
+                "ready for the ERP (see that invoice's exception)",
+                **extra,
+            )
+            continue
+        currency = str(pay["currency"])
+        amount = to_decimal(int(pay["amount_minor"]), currency)
+        external_id = payment_external_id(payment_id)
+        rows.append(
+            {
+                "erp": ERP,
+                "doc_type": "customer_payment",
+                "external_id": external_id,
+                "source_system": "stripe",
+                "source_id": payment_id,
+                "partition_date": pay["partition_date"],
+                "currency": currency,
+                "total_minor": int(pay["amount_minor"]),
+                "payload": {
+                    "externalId": external_id,
+                    "customer": ref("customer", str(invoice["customer_external_id"])),
+                    "tranDate": pay["partition_date"],
+                    "currency": {"id": master.netsuite_currency_ids[currency]},
+                    "payment": amount,
+                    "memo": f"finsync {pay['correlation_id']} stripe charge {payment_id}",
+                    "apply": {
+                        "items": [
+                            {
+                                "doc": ref("invoice", str(invoice["external_id"])),
+                                "apply": True,
+                                "amount": amount,
+                            }
+                        ]
+                    },
+                },
+                "correlation_id": pay["correlation_id"],
+            }
+        )
+    return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS), problems.frame()

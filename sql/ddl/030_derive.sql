@@ -67,3 +67,20 @@ CREATE TABLE IF NOT EXISTS exception_actions (
     outcome             TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ix_exception_actions_record ON exception_actions (source_id);
+
+-- Credit memos and customer payments ready for the ERP (invoices have their own table).
+CREATE TABLE IF NOT EXISTS erp_document_requests (
+    erp                     TEXT NOT NULL,
+    doc_type                TEXT NOT NULL,
+    external_id             TEXT NOT NULL,
+    source_system           TEXT NOT NULL,
+    source_id               TEXT NOT NULL,
+    partition_date          TEXT NOT NULL,
+    currency                TEXT NOT NULL,
+    total_minor             BIGINT NOT NULL,
+    payload                 TEXT NOT NULL,
+    correlation_id          TEXT NOT NULL,
+    run_id                  TEXT NOT NULL,
+    PRIMARY KEY (erp, doc_type, external_id)
+);
+CREATE INDEX IF NOT EXISTS ix_erp_document_requests_partition ON erp_document_requests (partition_date);

@@ -1,0 +1,224 @@
+"""Derive: credit memos and customer payments for the ERP, queued on the posting ledger.
+
+Change-driven like the canonical payments and credit notes they read: each run looks at the
+records its extracts landed, plus every record an open exception of these kinds still holds
+(its cause may be gone now), so a fixed mapping clears the queue on the next run.
+"""
+
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from finsync_pipeline import ledger
+from finsync_pipeline.landing import amounts_by_currency, sample, sync_exceptions
+from finsync_pipeline.logic.derive import (
+    ERP,
+    derive_credit_memos,
+    derive_payment_applications,
+    derive_void_compensations,
+)
+from finsync_pipeline.master_data import load_master_data
+from finsync_pipeline.resources.warehouse import (
+    WarehouseResource,
+    frame_records,
+    read_frame,
+    upsert_rows,
+)
+
+OWNERS = ["team:finance-data"]
+CREDIT_KINDS = ["credit_note_held", "unmapped_product"]
+PAYMENT_KINDS = ["unmatched_payment", "payment_held"]
+
+
+def _in(column: str, name: str = "ids") -> str:
+    return f"{column} IN :{name}"
+
+
+def _read(conn: Connection, sql: str, ids: list[str], **params: Any) -> pd.DataFrame:
+    if not ids:
+        ids = [""]
+    result = conn.execute(
+        sa.text(sql).bindparams(sa.bindparam("ids", expanding=True)), {"ids": ids, **params}
+    )
+    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def _held(conn: Connection, detected_by: str, kinds: list[str]) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            sa.text(
+                "SELECT source_id FROM finance_exceptions WHERE status = 'open' "
+                "AND detected_by = :by AND kind IN :kinds"
+            ).bindparams(sa.bindparam("kinds", expanding=True)),
+            {"by": detected_by, "kinds": kinds},
+        )
+    ]
+
+
+def _ready(conn: Connection, invoice_ids: list[str]) -> pd.DataFrame:
+    ready = _read(
+        conn,
+        "SELECT invoice_id, external_id, customer_external_id, subsidiary_id, currency, payload "
+        f"FROM invoice_ready_transactions WHERE erp = '{ERP}' AND {_in('invoice_id')}",
+        sorted(set(invoice_ids)),
+    )
+    ready["payload"] = [ledger.loads(p) for p in ready["payload"]]
+    return ready
+
+
+def _queue(
+    conn: Connection, docs: pd.DataFrame, doc_type: str, run_id: str
+) -> ledger.EnqueueResult:
+    rows = frame_records(
+        docs.assign(payload=[ledger.dumps(p) for p in docs["payload"]], run_id=run_id)
+    )
+    upsert_rows(conn, "erp_document_requests", rows, ["erp", "doc_type", "external_id"])
+    return ledger.enqueue(
+        conn,
+        [
+            ledger.LedgerDoc(
+                ERP,
+                doc_type,
+                r.external_id,
+                r.source_system,
+                r.source_id,
+                r.correlation_id,
+                r.partition_date,
+                r.payload,
+            )
+            for r in docs.itertuples(index=False)
+        ],
+        run_id=run_id,
+        repost_changed=False,
+    )
+
+
+def _metadata(
+    docs: pd.DataFrame, found: pd.DataFrame, queued: ledger.EnqueueResult, synced: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "dagster/row_count": len(docs),
+        "total by currency": dg.MetadataValue.json(
+            amounts_by_currency(docs, "total_minor", "currency")
+        ),
+        "ledger: new": queued.new,
+        "ledger: unchanged": queued.unchanged,
+        "exceptions found": len(found),
+        "exceptions auto-resolved": synced["auto_resolved"],
+        "exception sample": sample(found, ["kind", "source_id", "detail"]),
+    }
+
+
+@dg.asset(
+    group_name="derive",
+    kinds={"python", "sql"},
+    owners=OWNERS,
+    deps=["credit_notes", "invoices", "invoice_lines", "invoice_ready_transactions"],
+)
+def credit_memo_requests(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Credit memos the ERP should hold: one per issued Stripe credit note, and one reversing
+    each invoice voided in billing after it was posted (history is compensated, never edited)."""
+    run_id = context.run.run_id
+    engine = warehouse.get_engine()
+    master = load_master_data()
+    with engine.connect() as conn:
+        held = _held(conn, "credit_memo_requests", CREDIT_KINDS)
+        notes = _read(
+            conn,
+            f"SELECT * FROM credit_notes WHERE extraction_run_id = :run OR {_in('credit_note_id')}",
+            held,
+            run=run_id,
+        )
+        raw = _read(
+            conn,
+            f"SELECT payload FROM stripe_credit_notes WHERE {_in('source_id')}",
+            list(notes["credit_note_id"]),
+        )
+        voided = read_frame(
+            conn,
+            "SELECT i.* FROM invoices i JOIN posting_ledger l ON l.erp = :erp AND "
+            "l.doc_type = 'invoice' AND l.source_id = i.invoice_id AND l.state = 'posted' "
+            "WHERE i.status = 'void' AND i.extraction_run_id = :run",
+            {"erp": ERP, "run": run_id},
+        )
+        invoice_ids = [*notes["invoice_id"], *voided["invoice_id"]]
+        ready = _ready(conn, invoice_ids)
+        lines = _read(
+            conn,
+            f"SELECT line_id, product_id FROM invoice_lines WHERE {_in('invoice_id')}",
+            sorted(set(notes["invoice_id"])),
+        )
+    note_lines = pd.DataFrame(
+        [
+            {
+                "credit_note_id": note["id"],
+                "invoice_line_item": line.get("invoice_line_item"),
+                "amount_minor": int(line.get("amount") or 0),
+            }
+            for note in (ledger.loads(p) for p in raw["payload"])
+            for line in ((note.get("lines") or {}).get("data")) or []
+        ],
+        columns=["credit_note_id", "invoice_line_item", "amount_minor"],
+    )
+    memos, found = derive_credit_memos(notes, note_lines, lines, ready, master)
+    voids = derive_void_compensations(voided, ready)
+    docs = pd.concat([memos, voids], ignore_index=True)
+    with engine.begin() as conn:
+        queued = _queue(conn, docs, "credit_memo", run_id)
+        synced = sync_exceptions(
+            conn,
+            found,
+            detected_by="credit_memo_requests",
+            kinds=CREDIT_KINDS,
+            source_ids=list(notes["credit_note_id"]),
+        )
+    return dg.MaterializeResult(
+        metadata={**_metadata(docs, found, queued, synced), "void compensations": len(voids)}
+    )
+
+
+@dg.asset(
+    group_name="derive",
+    kinds={"python", "sql"},
+    owners=OWNERS,
+    deps=["payments", "invoice_ready_transactions"],
+)
+def payment_applications(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Customer payments the ERP should hold: every collected Stripe charge, applied to the
+    invoice it paid. A payment for no known invoice is an exception, never a guess."""
+    run_id = context.run.run_id
+    engine = warehouse.get_engine()
+    master = load_master_data()
+    with engine.connect() as conn:
+        held = _held(conn, "payment_applications", PAYMENT_KINDS)
+        payments = _read(
+            conn,
+            f"SELECT * FROM payments WHERE extraction_run_id = :run OR {_in('payment_id')}",
+            held,
+            run=run_id,
+        )
+        ready = _ready(conn, [i for i in payments["invoice_id"] if isinstance(i, str)])
+    docs, found = derive_payment_applications(payments, ready, master)
+    with engine.begin() as conn:
+        queued = _queue(conn, docs, "customer_payment", run_id)
+        synced = sync_exceptions(
+            conn,
+            found,
+            detected_by="payment_applications",
+            kinds=PAYMENT_KINDS,
+            source_ids=list(payments["payment_id"]),
+        )
+    return dg.MaterializeResult(
+        metadata={
+            **_metadata(docs, found, queued, synced),
+            "failed charges (not posted)": int((payments["status"] == "failed").sum()),
+        }
+    )

@@ -1,0 +1,160 @@
+"""Credit memos, void compensations and customer payments derived for the ERP."""
+
+from decimal import Decimal
+
+import pandas as pd
+import pytest
+
+from finsync_pipeline.logic.derive import (
+    derive_credit_memos,
+    derive_payment_applications,
+    derive_void_compensations,
+)
+from finsync_tests.logic.test_derive import MASTER
+
+READY = pd.DataFrame(
+    [
+        {
+            "invoice_id": "in_1",
+            "external_id": "STRIPE_in_1",
+            "customer_external_id": "SF_001A",
+            "subsidiary_id": "1",
+            "currency": "USD",
+            "payload": {
+                "entity": {"$ref": ["customer", "SF_001A"]},
+                "subsidiary": {"id": "1"},
+                "currency": {"id": "1"},
+                "item": {
+                    "items": [{"item": {"id": "101"}, "quantity": 1, "amount": Decimal("100.00")}]
+                },
+            },
+        }
+    ]
+)
+
+
+def _note(note_type: str, status: str = "issued", invoice: str = "in_1") -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "credit_note_id": "cn_1",
+                "invoice_id": invoice,
+                "partition_date": "2026-10-05",
+                "correlation_id": "fs-cn1",
+                "currency": "USD",
+                "type": note_type,
+                "status": status,
+                "reason": "order_change",
+                "tax_minor": 800,
+                "total_minor": 10800,
+            }
+        ]
+    )
+
+
+NOTE_LINES = pd.DataFrame(
+    [{"credit_note_id": "cn_1", "invoice_line_item": "il_1", "amount_minor": 10000}]
+)
+INVOICE_LINES = pd.DataFrame([{"line_id": "il_1", "product_id": "prod_platform"}])
+
+
+@pytest.mark.parametrize(
+    ("note_type", "applied"),
+    [("pre_payment", True), ("post_payment", False)],
+    ids=["pre-payment-applied", "post-payment-not-applied"],
+)
+def test_a_credit_note_becomes_a_credit_memo_against_its_invoice(
+    note_type: str, applied: bool
+) -> None:
+    docs, problems = derive_credit_memos(_note(note_type), NOTE_LINES, INVOICE_LINES, READY, MASTER)
+    assert problems.empty
+    memo = docs.iloc[0]
+    assert (memo["doc_type"], memo["external_id"], memo["total_minor"]) == (
+        "credit_memo",
+        "STRIPE_cn_1",
+        10800,
+    )
+    items = memo["payload"]["item"]["items"]
+    assert [i["amount"] for i in items] == [Decimal("100.00"), Decimal("8.00")]
+    assert memo["payload"]["entity"] == {"$ref": ["customer", "SF_001A"]}
+    assert ("apply" in memo["payload"]) is applied
+    if applied:
+        assert memo["payload"]["apply"]["items"][0]["doc"] == {"$ref": ["invoice", "STRIPE_in_1"]}
+
+
+def test_a_void_credit_note_or_one_on_an_unready_invoice_is_not_posted() -> None:
+    docs, problems = derive_credit_memos(
+        _note("pre_payment", status="void"), NOTE_LINES, INVOICE_LINES, READY, MASTER
+    )
+    assert docs.empty and problems.empty
+    docs, problems = derive_credit_memos(
+        _note("pre_payment", invoice="in_held"), NOTE_LINES, INVOICE_LINES, READY, MASTER
+    )
+    assert docs.empty
+    assert list(problems["kind"]) == ["credit_note_held"]
+    assert problems.iloc[0]["owner_queue"] == "finance_ops"
+
+
+def test_a_credit_note_for_an_unmapped_product_is_an_exception() -> None:
+    lines = pd.DataFrame([{"line_id": "il_1", "product_id": "prod_legacy"}])
+    docs, problems = derive_credit_memos(_note("pre_payment"), NOTE_LINES, lines, READY, MASTER)
+    assert docs.empty
+    assert list(problems["kind"]) == ["unmapped_product"]
+    assert "prod_legacy" in problems.iloc[0]["detail"]
+
+
+def test_a_voided_posted_invoice_is_reversed_by_a_full_credit_memo() -> None:
+    voided = pd.DataFrame(
+        [
+            {
+                "invoice_id": "in_1",
+                "partition_date": "2026-10-01",
+                "currency": "USD",
+                "total_minor": 10000,
+                "correlation_id": "fs-in1",
+            }
+        ]
+    )
+    docs = derive_void_compensations(voided, READY)
+    memo = docs.iloc[0]
+    assert (memo["external_id"], memo["total_minor"]) == ("VOID_in_1", 10000)
+    assert memo["payload"]["item"] == READY.iloc[0]["payload"]["item"]
+    assert memo["payload"]["apply"]["items"][0]["amount"] == Decimal("100.00")
+
+
+def _payments(**over: object) -> pd.DataFrame:
+    row = {
+        "payment_id": "ch_1",
+        "partition_date": "2026-10-02",
+        "correlation_id": "fs-ch1",
+        "invoice_id": "in_1",
+        "status": "succeeded",
+        "currency": "USD",
+        "amount_minor": 5000,
+    }
+    row.update(over)
+    return pd.DataFrame([row])
+
+
+@pytest.mark.parametrize(
+    ("over", "kind"),
+    [({"invoice_id": None}, "unmatched_payment"), ({"invoice_id": "in_held"}, "payment_held")],
+    ids=["no-invoice", "invoice-held"],
+)
+def test_a_payment_that_cannot_be_applied_is_an_exception(over: dict, kind: str) -> None:
+    docs, problems = derive_payment_applications(_payments(**over), READY, MASTER)
+    assert docs.empty
+    assert list(problems["kind"]) == [kind]
+    assert problems.iloc[0]["owner_queue"] == "finance_ops"
+
+
+def test_a_partial_payment_is_applied_for_what_was_collected_and_failures_are_skipped() -> None:
+    payments = pd.concat([_payments(), _payments(payment_id="ch_2", status="failed")])
+    docs, problems = derive_payment_applications(payments, READY, MASTER)
+    assert problems.empty
+    assert list(docs["external_id"]) == ["STRIPE_ch_1"]
+    body = docs.iloc[0]["payload"]
+    assert body["payment"] == Decimal("50.00")
+    assert body["apply"]["items"] == [
+        {"doc": {"$ref": ["invoice", "STRIPE_in_1"]}, "apply": True, "amount": Decimal("50.00")}
+    ]
