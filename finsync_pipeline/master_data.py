@@ -40,6 +40,7 @@ class MasterData:
     netsuite_currency_ids: dict[str, str]
     netsuite_items: dict[str, str]
     netsuite_tax_item_id: str
+    netsuite_service_credit_item_id: str | None = None
 
 
 def _rows(folder: Path, name: str, required: set[str]) -> list[dict[str, str]]:
@@ -107,4 +108,5 @@ def load_master_data(folder: Path | None = None) -> MasterData:
         },
         netsuite_items={r["stripe_product_id"]: r["netsuite_item_id"] for r in product_rows},
         netsuite_tax_item_id=settings["netsuite_tax_item_id"],
+        netsuite_service_credit_item_id=settings.get("netsuite_service_credit_item_id") or None,
     )

@@ -417,8 +417,14 @@ def derive_credit_memos(
         items: list[dict[str, Any]] = []
         unmapped: set[str] = set()
         for line in lines_of.get(note_id, note_lines.iloc[0:0]).to_dict("records"):
-            product = product_of.get(line["invoice_line_item"])
-            item = master.netsuite_items.get(str(product)) if product else None
+            credited = line["invoice_line_item"]
+            if _na(credited):
+                # A custom line (a service credit) credits no invoice line: its own item.
+                item = master.netsuite_service_credit_item_id
+                product = "(service credit)"
+            else:
+                product = product_of.get(credited)
+                item = master.netsuite_items.get(str(product)) if product else None
             if item is None:
                 unmapped.add(str(product or "(no product)"))
                 continue

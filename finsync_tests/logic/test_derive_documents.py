@@ -158,3 +158,16 @@ def test_a_partial_payment_is_applied_for_what_was_collected_and_failures_are_sk
     assert body["apply"]["items"] == [
         {"doc": {"$ref": ["invoice", "STRIPE_in_1"]}, "apply": True, "amount": Decimal("50.00")}
     ]
+
+
+def test_a_service_credit_line_posts_to_the_service_credit_item() -> None:
+    master = MASTER.__class__(**{**MASTER.__dict__, "netsuite_service_credit_item_id": "105"})
+    lines = pd.DataFrame(
+        [{"credit_note_id": "cn_1", "invoice_line_item": None, "amount_minor": 10000}]
+    )
+    docs, problems = derive_credit_memos(_note("pre_payment"), lines, INVOICE_LINES, READY, master)
+    assert problems.empty
+    assert docs.iloc[0]["payload"]["item"]["items"][0]["item"] == {"id": "105"}
+    # Without that item in erp_settings.csv the credit waits as an exception.
+    docs, problems = derive_credit_memos(_note("pre_payment"), lines, INVOICE_LINES, READY, MASTER)
+    assert docs.empty and "(service credit)" in problems.iloc[0]["detail"]
