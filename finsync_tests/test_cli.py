@@ -33,6 +33,7 @@ QUARANTINE_KINDS = {
     "invalid_date",
     "bad_currency_code",
     "malformed_usage_event",
+    "invalid_quantity",
 }
 EXCEPTION_KINDS = {
     "unmapped_product",

@@ -7,6 +7,9 @@ from finsync_pipeline.definitions import defs
 
 ASSET_GROUPS = {
     "extract": [
+        "cpq_quote_lines",
+        "cpq_quotes",
+        "cpq_subscriptions",
         "erp_invoices",
         "salesforce_accounts",
         "salesforce_contracts",
@@ -44,6 +47,9 @@ ASSET_GROUPS = {
     "reconcile": ["invoice_reconciliation"],
 }
 CHECKS = [
+    "cpq_quote_lines:contract",
+    "cpq_quotes:contract",
+    "cpq_subscriptions:contract",
     "erp_invoices:contract",
     "invoice_reconciliation:no_drift",
     "salesforce_accounts:contract",

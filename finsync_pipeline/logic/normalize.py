@@ -366,6 +366,102 @@ def flatten_salesforce_contracts(records: Sequence[Record]) -> pd.DataFrame:
     return flatten_with(records, CONTRACT_COLUMNS)
 
 
+def as_whole_number(value: Any) -> int | None:
+    """A count sent as a decimal (CPQ quantities come as ``25.0``); None unless whole."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    if not number.is_finite() or number != number.to_integral_value():
+        return None
+    return int(number)
+
+
+def _cpq_money(key: str) -> Getter:
+    # CPQ currency fields are decimals in the record's CurrencyIsoCode: exact minor units or null.
+    return lambda r: decimal_to_minor(r.get(key), as_upper(r.get("CurrencyIsoCode")))
+
+
+CPQ_QUOTE_COLUMNS: Columns = {
+    "source_id": ("str", field("Id")),
+    "name": ("str", field("Name")),
+    "account_id": ("str", field("SBQQ__Account__c")),
+    "opportunity_id": ("str", field("SBQQ__Opportunity2__c")),
+    "type": ("str", field("SBQQ__Type__c")),
+    "status": ("str", field("SBQQ__Status__c")),
+    "primary": ("bool", field("SBQQ__Primary__c", as_bool)),
+    "start_date": ("str", field("SBQQ__StartDate__c")),
+    "end_date": ("str", field("SBQQ__EndDate__c")),
+    "term_months": ("Int64", field("SBQQ__SubscriptionTerm__c", as_whole_number)),
+    "billing_frequency": ("str", field("SBQQ__BillingFrequency__c")),
+    "payment_terms": ("str", field("SBQQ__PaymentTerms__c")),
+    "master_contract_id": ("str", field("SBQQ__MasterContract__c")),
+    "currency": ("str", field("CurrencyIsoCode", as_upper)),
+    "net_amount_minor": ("Int64", _cpq_money("SBQQ__NetAmount__c")),
+}
+CPQ_QUOTE_LINE_COLUMNS: Columns = {
+    "source_id": ("str", field("Id")),
+    "quote_id": ("str", field("SBQQ__Quote__c")),
+    "product_id": ("str", field("SBQQ__Product__c")),
+    "product_code": ("str", field("SBQQ__ProductCode__c")),
+    "quantity": ("Int64", field("SBQQ__Quantity__c", as_whole_number)),
+    "prior_quantity": ("Int64", field("SBQQ__PriorQuantity__c", as_whole_number)),
+    "list_price_minor": ("Int64", _cpq_money("SBQQ__ListPrice__c")),
+    "net_price_minor": ("Int64", _cpq_money("SBQQ__NetPrice__c")),
+    "net_total_minor": ("Int64", _cpq_money("SBQQ__NetTotal__c")),
+    "start_date": ("str", field("SBQQ__StartDate__c")),
+    "end_date": ("str", field("SBQQ__EndDate__c")),
+    "term_months": ("Int64", field("SBQQ__SubscriptionTerm__c", as_whole_number)),
+    "billing_frequency": ("str", field("SBQQ__BillingFrequency__c")),
+    "renewed_subscription_id": ("str", field("SBQQ__RenewedSubscription__c")),
+    "upgraded_subscription_id": ("str", field("SBQQ__UpgradedSubscription__c")),
+    "stripe_subscription_item_id": ("str", field("Stripe_Subscription_Item_Id__c")),
+    "currency": ("str", field("CurrencyIsoCode", as_upper)),
+}
+CPQ_SUBSCRIPTION_COLUMNS: Columns = {
+    "source_id": ("str", field("Id")),
+    "contract_id": ("str", field("SBQQ__Contract__c")),
+    "account_id": ("str", field("SBQQ__Account__c")),
+    "product_id": ("str", field("SBQQ__Product__c")),
+    "quantity": ("Int64", field("SBQQ__Quantity__c", as_whole_number)),
+    "net_price_minor": ("Int64", _cpq_money("SBQQ__NetPrice__c")),
+    # The subscription's own dates, else the formula's fallback to the contract's.
+    "start_date": (
+        "str",
+        lambda r: as_text(r.get("SBQQ__SubscriptionStartDate__c") or r.get("SBQQ__StartDate__c")),
+    ),
+    "end_date": (
+        "str",
+        lambda r: as_text(r.get("SBQQ__SubscriptionEndDate__c") or r.get("SBQQ__EndDate__c")),
+    ),
+    "terminated_date": ("str", field("SBQQ__TerminatedDate__c")),
+    "billing_frequency": ("str", field("SBQQ__BillingFrequency__c")),
+    "quote_line_id": ("str", field("SBQQ__QuoteLine__c")),
+    "revised_subscription_id": ("str", field("SBQQ__RevisedSubscription__c")),
+    "stripe_subscription_item_id": ("str", field("Stripe_Subscription_Item_Id__c")),
+    "currency": ("str", field("CurrencyIsoCode", as_upper)),
+}
+
+
+def flatten_cpq_quotes(records: Sequence[Record]) -> pd.DataFrame:
+    """Salesforce CPQ quotes (SBQQ__Quote__c); the net amount becomes exact minor units."""
+    return flatten_with(records, CPQ_QUOTE_COLUMNS)
+
+
+def flatten_cpq_quote_lines(records: Sequence[Record]) -> pd.DataFrame:
+    """Salesforce CPQ quote lines (SBQQ__QuoteLine__c); quantities must be whole numbers."""
+    return flatten_with(records, CPQ_QUOTE_LINE_COLUMNS)
+
+
+def flatten_cpq_subscriptions(records: Sequence[Record]) -> pd.DataFrame:
+    """Salesforce CPQ subscriptions (SBQQ__Subscription__c), amendment deltas included."""
+    return flatten_with(records, CPQ_SUBSCRIPTION_COLUMNS)
+
+
 def netsuite_date(value: Any) -> str | None:
     """A SuiteQL date as YYYY-MM-DD: accounts format dates per preference (M/D/YYYY by default)."""
     text = as_text(value)

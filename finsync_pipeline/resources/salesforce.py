@@ -1,16 +1,28 @@
-"""Salesforce connector: OAuth2 client credentials and SOQL queries, with safe SOQL building."""
+"""Salesforce connector: OAuth2 (client credentials or JWT bearer), SOQL queries with safe SOQL
+building, the org's API quota, and upsert by external id."""
 
 import datetime
 import decimal
 import re
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import dagster as dg
+import jwt
 import requests
+import simplejson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import Field
 
-from finsync_pipeline.errors import AuthenticationError, PermanentUpstreamError
+from finsync_pipeline.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    PermanentUpstreamError,
+)
 from finsync_pipeline.resources.http import (
     ConnectorClient,
     ErrorInfo,
@@ -26,6 +38,14 @@ AUTH_MESSAGE = (
     "client credentials were rejected (invalid_client); "
     "set SALESFORCE_CLIENT_ID and SALESFORCE_CLIENT_SECRET"
 )
+JWT_AUTH_MESSAGE = (
+    "the JWT bearer assertion was rejected ({code}: {detail}); set SALESFORCE_CLIENT_ID, "
+    "SALESFORCE_USERNAME and SALESFORCE_PRIVATE_KEY (the key whose certificate the connected "
+    "app holds)"
+)
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# Salesforce refuses an assertion whose exp is more than 3 minutes away.
+JWT_LIFETIME_S = 170
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _API_VERSION = re.compile(r"^v\d+\.\d$")
 _API_USAGE = re.compile(r"(?:^|[,\s])api-usage=(\d+)/(\d+)")
@@ -189,6 +209,53 @@ def classify_salesforce(response: requests.Response, info: ErrorInfo) -> Verdict
     return None
 
 
+def load_private_key(pem: str) -> rsa.RSAPrivateKey:
+    """The RSA private key of a PEM text (PKCS#1 or PKCS#8, unencrypted).
+
+    A PEM kept in one environment line with literal ``\\n`` separators is accepted too.
+
+    Raises:
+        ConfigurationError: Not an unencrypted RSA private key (the key itself is never shown).
+    """
+    text = pem.strip()
+    if "\n" not in text and "\\n" in text:
+        text = text.replace("\\n", "\n")
+    try:
+        key = serialization.load_pem_private_key(text.encode(), password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigurationError(
+            "salesforce: SALESFORCE_PRIVATE_KEY is not an unencrypted PEM private key"
+        ) from e
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigurationError(
+            "salesforce: SALESFORCE_PRIVATE_KEY must be an RSA key (the JWT bearer flow is RS256)"
+        )
+    return key
+
+
+def jwt_assertion(
+    key: rsa.RSAPrivateKey, *, client_id: str, username: str, audience: str, now: float
+) -> str:
+    """The signed RS256 assertion of the JWT bearer flow (header ``{"alg":"RS256"}``)."""
+    claims = {"iss": client_id, "sub": username, "aud": audience, "exp": int(now) + JWT_LIFETIME_S}
+    return jwt.encode(claims, key, algorithm="RS256", headers={"typ": None})
+
+
+@dataclass(frozen=True)
+class QueryBatch:
+    """One batch of a query result.
+
+    Attributes:
+        records: The batch's records, ``attributes`` removed.
+        done: Whether this is the last batch.
+        total_size: ``totalSize`` of the whole result.
+    """
+
+    records: list[dict[str, Any]]
+    done: bool
+    total_size: int
+
+
 def parse_api_usage(header: str | None) -> tuple[int, int] | None:
     """(used, allowed) from ``Sforce-Limit-Info: api-usage=18/15000``."""
     if not header:
@@ -198,15 +265,28 @@ def parse_api_usage(header: str | None) -> tuple[int, int] | None:
 
 
 class SalesforceClient(ConnectorClient):
-    """Queries one Salesforce org with an OAuth2 client-credentials token.
+    """Queries and writes one Salesforce org with an OAuth2 access token.
+
+    With ``username`` and ``private_key`` it uses the JWT bearer flow (an RS256 assertion signed
+    with the connected app's certificate key); otherwise client credentials. Neither flow has a
+    refresh token: a 401 fetches a new token once.
 
     Args:
         login_url: The org's My Domain base URL hosting ``/services/oauth2/token``.
         client_id: Connected app consumer key.
-        client_secret: Connected app consumer secret.
+        client_secret: Connected app consumer secret (client credentials flow).
+        username: The pre-authorized user the JWT bearer flow acts as.
+        private_key: PEM of the RSA key whose certificate the connected app holds.
+        jwt_audience: The assertion's ``aud``; the login URL unless set (production orgs
+            may want ``https://login.salesforce.com``, sandboxes ``https://test.salesforce.com``).
         api_version: REST API version (``v60.0``).
         batch_size: Records per query batch (200 to 2000), sent as ``Sforce-Query-Options``.
         http_options: Timeouts and retry settings.
+        clock: Wall clock for the assertion's expiry.
+
+    Raises:
+        ConfigurationError: Neither a client secret nor a username and private key, or a key
+            that is not an RSA private key.
     """
 
     def __init__(
@@ -214,10 +294,14 @@ class SalesforceClient(ConnectorClient):
         *,
         login_url: str,
         client_id: str,
-        client_secret: str,
+        client_secret: str = "",
+        username: str | None = None,
+        private_key: str | None = None,
+        jwt_audience: str | None = None,
         api_version: str = "v60.0",
         batch_size: int = 2000,
         http_options: HttpOptions | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not _API_VERSION.match(api_version):
             raise ValueError(f"salesforce api_version must look like v60.0, got {api_version!r}")
@@ -226,6 +310,15 @@ class SalesforceClient(ConnectorClient):
         self._login_url = login_url.rstrip("/")
         self._client_id = client_id
         self._client_secret = client_secret
+        self._username = username or None
+        self._private_key = load_private_key(private_key) if username and private_key else None
+        if self._private_key is None and not client_secret:
+            raise ConfigurationError(
+                "salesforce: no credentials; set SALESFORCE_CLIENT_SECRET (client credentials) "
+                "or SALESFORCE_USERNAME and SALESFORCE_PRIVATE_KEY (JWT bearer)"
+            )
+        self._jwt_audience = (jwt_audience or self._login_url).rstrip("/")
+        self._clock = clock
         self._api_version = api_version
         self._batch_size = batch_size
         self._access_token: str | None = None
@@ -235,7 +328,7 @@ class SalesforceClient(ConnectorClient):
             SYSTEM,
             http_options or HttpOptions(),
             url_variable="SALESFORCE_LOGIN_URL",
-            secrets=[client_id, client_secret],
+            secrets=[client_id, client_secret, *(private_key or "").strip().splitlines()],
             error_parser=parse_salesforce_error,
             classifier=classify_salesforce,
             on_response=self._record_usage,
@@ -245,9 +338,24 @@ class SalesforceClient(ConnectorClient):
         return f"SalesforceClient(login_url={self._login_url!r}, api_version={self._api_version!r})"
 
     @property
+    def flow(self) -> str:
+        """``jwt_bearer`` or ``client_credentials``: how this client obtains its tokens."""
+        return "jwt_bearer" if self._private_key is not None else "client_credentials"
+
+    @property
     def api_usage(self) -> tuple[int, int] | None:
         """(used, allowed) API calls of the org's rolling 24 hours, from the last response."""
         return self._api_usage
+
+    def next_call_within(self, share: float) -> bool:
+        """Whether one more API call keeps the org's usage within ``share`` of its daily limit.
+
+        True before any response told the usage (the first call finds it out).
+        """
+        if self._api_usage is None:
+            return True
+        used, allowed = self._api_usage
+        return used + 1 <= share * allowed
 
     def query(self, soql: str) -> Iterator[dict[str, Any]]:
         """Every record matching ``soql``, following ``nextRecordsUrl`` until done.
@@ -256,49 +364,178 @@ class SalesforceClient(ConnectorClient):
         ``attributes`` is removed from each record (and from nested relationship records).
 
         Raises:
-            AuthenticationError: The client credentials were rejected.
+            AuthenticationError: The credentials were rejected.
             PermanentUpstreamError: Malformed query or unknown field (``field`` names it).
             RetryableUpstreamError: The org's API quota is spent, or transient failures lasted.
+        """
+        for batch in self.query_batches(soql):
+            yield from batch.records
+
+    def query_batches(self, soql: str) -> Iterator[QueryBatch]:
+        """The result of ``soql`` one batch (one API call) at a time.
+
+        A caller that stops iterating makes no further call: this is how an extract stays
+        under its share of the org's daily quota (see ``next_call_within``).
+
+        Raises:
+            The same errors as ``query``.
         """
         path: str | None = f"/services/data/{self._api_version}/query"
         params: dict[str, str] | None = {"q": soql}
         while path is not None:
-            body = parse_json(self._get(path, params), SYSTEM)
-            for record in body.get("records", []):
-                yield _strip_attributes(record)
-            if body.get("done", True):
+            body = parse_json(self._call("GET", path, params=params), SYSTEM)
+            done = bool(body.get("done", True))
+            yield QueryBatch(
+                [_strip_attributes(r) for r in body.get("records", [])],
+                done,
+                int(body.get("totalSize", 0)),
+            )
+            if done:
                 return
             path = body.get("nextRecordsUrl")
             if not path:
                 raise PermanentUpstreamError(SYSTEM, "query not done but no nextRecordsUrl")
             params = None
 
-    def _get(self, path: str, params: dict[str, str] | None) -> requests.Response:
+    def upsert(
+        self, sobject: str, ext_id_field: str, value: str, fields: dict[str, Any]
+    ) -> tuple[str, bool]:
+        """Create or update the one ``sobject`` record whose ``ext_id_field`` is ``value``.
+
+        ``PATCH /sobjects/{sobject}/{ext_id_field}/{value}`` is idempotent by construction:
+        resending after a timeout updates the record the first attempt created, so it is safe
+        to retry. An update answers 204 without a body; the id is then read back by external id.
+
+        Args:
+            sobject: sObject API name (``Opportunity``).
+            ext_id_field: A field flagged External ID (``Finsync_External_Id__c``).
+            value: The external id; percent-encoded into the path.
+            fields: Field values to set (Decimal for numbers, never float).
+
+        Returns:
+            (Salesforce id, True when the record was created).
+
+        Raises:
+            PermanentUpstreamError: A validation error (``code``/``field`` name it), an unknown
+                object or field (404), or a value several records share (300,
+                ``MULTIPLE_RECORDS``).
+        """
+        path = self._ext_path(sobject, ext_id_field, value)
+        response = self._call(
+            "PATCH", path, json_body=fields, expected=(200, 201, 204, 300), idempotent=True
+        )
+        if response.status_code == 300:
+            raise self._ambiguous(sobject, ext_id_field, response)
+        if response.status_code in (200, 201) and response.content:
+            body = parse_json(response, SYSTEM)
+            if isinstance(body, dict) and body.get("id"):
+                return str(body["id"]), bool(body.get("created", response.status_code == 201))
+        record = self.get_by_external_id(sobject, ext_id_field, value)
+        return str(record["Id"]), response.status_code == 201
+
+    def get_by_external_id(self, sobject: str, ext_id_field: str, value: str) -> dict[str, Any]:
+        """The one ``sobject`` record whose ``ext_id_field`` is ``value``.
+
+        Raises:
+            PermanentUpstreamError: None (404 NOT_FOUND) or several (300) match.
+        """
+        path = self._ext_path(sobject, ext_id_field, value)
+        response = self._call("GET", path, expected=(200, 300))
+        if response.status_code == 300:
+            raise self._ambiguous(sobject, ext_id_field, response)
+        return _strip_attributes(parse_json(response, SYSTEM))
+
+    def _ext_path(self, sobject: str, ext_id_field: str, value: str) -> str:
+        for name in (sobject, ext_id_field):
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+                raise ValueError(f"not a Salesforce API name: {name!r}")
+        if not value:
+            raise ValueError("an external id value is required")
+        return f"/services/data/{self._api_version}/sobjects/{sobject}/{ext_id_field}/" + quote(
+            value, safe=""
+        )
+
+    @staticmethod
+    def _ambiguous(sobject: str, ext_id_field: str, response: requests.Response) -> Exception:
+        return PermanentUpstreamError(
+            SYSTEM,
+            f"{sobject}.{ext_id_field}: the external id matches several records",
+            status=response.status_code,
+            code="MULTIPLE_RECORDS",
+            field=ext_id_field,
+        )
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json_body: Any = None,
+        expected: tuple[int, ...] = (200,),
+        idempotent: bool = True,
+    ) -> requests.Response:
         if self._access_token is None:
             self._authenticate()
         for reauthenticated in (False, True):
             headers = {
                 "Authorization": f"Bearer {self._access_token}",
-                "Sforce-Query-Options": f"batchSize={self._batch_size}",
                 "Accept": "application/json",
             }
+            if method == "GET":
+                headers["Sforce-Query-Options"] = f"batchSize={self._batch_size}"
+            kwargs: dict[str, Any] = {"params": params, "headers": headers}
+            if json_body is not None:
+                # simplejson keeps Decimal values exact numbers in the body.
+                kwargs["data"] = simplejson.dumps(json_body, use_decimal=True)
+                headers["Content-Type"] = "application/json"
             try:
                 return self.http.request(
-                    "GET",
+                    method,
                     f"{self._instance_url}{path}",
-                    idempotent=True,
-                    params=params,
-                    headers=headers,
+                    idempotent=idempotent,
+                    expected=expected,
+                    **kwargs,
                 )
             except AuthenticationError:
-                # Tokens from client credentials have no refresh token and expire by session
-                # policy: fetch a new one once, then give up.
+                # Neither flow has a refresh token and tokens expire by session policy: fetch a
+                # new one once, then give up.
                 if reauthenticated:
                     raise
                 self._authenticate()
         raise AssertionError("unreachable")
 
     def _authenticate(self) -> None:
+        if self._private_key is not None:
+            self._authenticate_jwt()
+        else:
+            self._authenticate_client_credentials()
+
+    def _authenticate_jwt(self) -> None:
+        assert self._private_key is not None and self._username is not None
+        assertion = jwt_assertion(
+            self._private_key,
+            client_id=self._client_id,
+            username=self._username,
+            audience=self._jwt_audience,
+            now=self._clock(),
+        )
+        try:
+            response = self.http.request(
+                "POST",
+                f"{self._login_url}/services/oauth2/token",
+                idempotent=True,
+                data={"grant_type": JWT_BEARER_GRANT, "assertion": assertion},
+                headers={"Accept": "application/json"},
+            )
+        except AuthenticationError as e:
+            message = JWT_AUTH_MESSAGE.format(code=e.code or "rejected", detail=e.detail)
+            error = AuthenticationError(SYSTEM, message, code=e.code)
+            error.status = e.status
+            raise error from e
+        self._take_token(response)
+
+    def _authenticate_client_credentials(self) -> None:
         try:
             response = self.http.request(
                 "POST",
@@ -316,6 +553,9 @@ class SalesforceClient(ConnectorClient):
             error = AuthenticationError(SYSTEM, AUTH_MESSAGE, code=e.code)
             error.status = e.status
             raise error from e
+        self._take_token(response)
+
+    def _take_token(self, response: requests.Response) -> None:
         body = parse_json(response, SYSTEM)
         token = body.get("access_token")
         instance_url = body.get("instance_url")
@@ -351,14 +591,19 @@ def _strip_value(value: Any) -> Any:
 class SalesforceResource(dg.ConfigurableResource):
     """Salesforce CRM and CPQ access through the REST API.
 
-    Authenticates with the OAuth2 client-credentials flow against the org's My Domain (the
-    flow is not available on login.salesforce.com) and queries at the ``instance_url`` the token
-    names.
+    Authenticates against the org's My Domain with the OAuth2 JWT bearer flow when
+    ``username`` and ``private_key`` are set, with client credentials otherwise, and queries
+    at the ``instance_url`` the token names.
 
     Attributes:
         login_url: My Domain base URL (``SALESFORCE_LOGIN_URL``).
         client_id: Connected app consumer key (``SALESFORCE_CLIENT_ID``).
-        client_secret: Connected app consumer secret (``SALESFORCE_CLIENT_SECRET``).
+        client_secret: Connected app consumer secret (``SALESFORCE_CLIENT_SECRET``); not
+            needed with the JWT bearer flow.
+        username: The pre-authorized user of the JWT bearer flow (``SALESFORCE_USERNAME``).
+        private_key: PEM of the RSA key whose certificate the connected app holds
+            (``SALESFORCE_PRIVATE_KEY``; literal ``\\n`` line separators accepted).
+        jwt_audience: The assertion's ``aud`` when it is not the login URL.
         api_version: REST API version.
         batch_size: Records per query batch (200 to 2000).
 
@@ -370,7 +615,18 @@ class SalesforceResource(dg.ConfigurableResource):
     login_url: str = Field(description="My Domain base URL (SALESFORCE_LOGIN_URL).")
     client_id: str = Field(repr=False, description="Consumer key (SALESFORCE_CLIENT_ID).")
     client_secret: str = Field(
-        repr=False, description="Consumer secret (SALESFORCE_CLIENT_SECRET)."
+        default="", repr=False, description="Consumer secret (SALESFORCE_CLIENT_SECRET)."
+    )
+    username: str | None = Field(
+        default=None, description="JWT bearer flow user (SALESFORCE_USERNAME)."
+    )
+    private_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="JWT bearer flow RSA key PEM (SALESFORCE_PRIVATE_KEY).",
+    )
+    jwt_audience: str | None = Field(
+        default=None, description="JWT bearer assertion audience; the login URL when unset."
     )
     api_version: str = Field(default="v60.0", description="REST API version, e.g. v60.0.")
     batch_size: int = Field(default=2000, description="Records per query batch (200-2000).")
@@ -381,6 +637,9 @@ class SalesforceResource(dg.ConfigurableResource):
             login_url=self.login_url,
             client_id=self.client_id,
             client_secret=self.client_secret,
+            username=self.username,
+            private_key=self.private_key,
+            jwt_audience=self.jwt_audience,
             api_version=self.api_version,
             batch_size=self.batch_size,
             http_options=http_options,

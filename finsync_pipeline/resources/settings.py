@@ -16,6 +16,9 @@ class PipelineSettings(dg.ConfigurableResource):
         tax_tolerance_minor_per_line: How far billed tax may differ from the tax engine's, per
             invoice line, in minor units (finance-approved: 1, an engine rounding differently).
         avalara_concurrency: AvaTax estimates in flight at once.
+        salesforce_max_quota_share: The share of the Salesforce org's daily API limit the
+            extracts may bring its usage to. Other integrations share that limit; an extract
+            that would pass it stops cleanly, lands what it read and resumes on the next run.
     """
 
     max_bad_share: float = Field(default=0.05, ge=0.0, le=1.0)
@@ -23,3 +26,4 @@ class PipelineSettings(dg.ConfigurableResource):
     posting_batch_size: int = Field(default=50, ge=1)
     tax_tolerance_minor_per_line: int = Field(default=1, ge=0)
     avalara_concurrency: int = Field(default=4, ge=1, le=16)
+    salesforce_max_quota_share: float = Field(default=0.5, gt=0.0, le=1.0)

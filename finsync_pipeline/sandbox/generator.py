@@ -7,7 +7,11 @@ generator or the wall clock.
 Records are what each system would hold:
 
 - ``salesforce``: Account, Opportunity and Contract field maps (no ``attributes``; the simulator
-  adds those on the wire).
+  adds those on the wire), and the CPQ objects SBQQ__Quote__c, SBQQ__QuoteLine__c and
+  SBQQ__Subscription__c: one primary quote per contract term with a line per Stripe
+  subscription item (same product, quantity and price, as decimals in the opportunity's
+  currency), and the subscriptions contracted from it. Renewal lines point at the subscription
+  they renew; some monthly subscriptions get a mid-term seat Amendment (see ``_cpq``).
 - ``stripe``: customer, subscription, invoice, credit_note, payment_intent, charge, refund and
   event objects in the ``2026-07-29.dahlia`` shape. An invoice (and a credit note) here holds
   *every* line in ``lines.data``; the simulator serves only the first 10 inline and pages the
@@ -25,6 +29,7 @@ import copy
 import datetime
 import random
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -280,9 +285,10 @@ class _Gen:
                 self.used_ids.add(candidate)
                 return candidate
 
-    def sfid(self, prefix: str) -> str:
+    def sfid(self, prefix: str, rng: random.Random | None = None) -> str:
+        source = rng or self.rng
         self.sf_counter += 1
-        body = prefix + "5g" + "".join(self.rng.choice(_ALNUM) for _ in range(5))
+        body = prefix + "5g" + "".join(source.choice(_ALNUM) for _ in range(5))
         body += f"{self.sf_counter:05d}"[-5:]
         body = body[:15].ljust(15, "0")
         return salesforce_id(prefix, body)
@@ -446,9 +452,20 @@ def generate(spec: CompanySpec) -> Company:
     charges += adjusted.charges
     events = _events(g, customers, invoices, payment_intents, adjusted.events)
 
+    cpq = _cpq(g, subs, opportunities, plant_n)
+    opportunities += cpq.amendment_opportunities
+    planted["invalid_quantity"] = cpq.planted
+
     company = Company(
         spec=spec,
-        salesforce={"Account": accounts, "Opportunity": opportunities, "Contract": contracts},
+        salesforce={
+            "Account": accounts,
+            "Opportunity": opportunities,
+            "Contract": contracts,
+            "SBQQ__Quote__c": cpq.quotes,
+            "SBQQ__QuoteLine__c": cpq.quote_lines,
+            "SBQQ__Subscription__c": cpq.subscriptions,
+        },
         stripe={
             "customer": customers,
             "subscription": subscriptions,
@@ -1005,6 +1022,362 @@ def _crm_deals(g: _Gen, subs: list[_Sub]) -> tuple[list[Record], list[Record]]:
                 }
             )
     return contracts, opps
+
+
+# Product2 ids of the CPQ price book, one per product (ProductCode = the Stripe product id).
+CPQ_PRODUCT_IDS: dict[str, str] = {
+    key: salesforce_id("01t", f"01t5g000000{n:04d}") for n, key in enumerate(PRODUCTS, start=1)
+}
+_BILLING_FREQUENCY = {"month": "Monthly", "year": "Annual"}
+
+
+@dataclass
+class _Cpq:
+    """The CPQ records of the company and the quote lines planted with a bad quantity."""
+
+    quotes: list[Record] = field(default_factory=list)
+    quote_lines: list[Record] = field(default_factory=list)
+    subscriptions: list[Record] = field(default_factory=list)
+    amendment_opportunities: list[Record] = field(default_factory=list)
+    planted: list[Record] = field(default_factory=list)
+
+
+def _sf_ts(value: str) -> int:
+    """Unix seconds of a Salesforce datetime string written by ``sf_datetime``."""
+    moment = datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z")
+    return int(moment.timestamp())
+
+
+def _qty(n: int) -> Decimal:
+    # CPQ quantities are Number(18, 2) fields: the API sends 25.0, not 25.
+    return Decimal(n).quantize(Decimal("0.1"))
+
+
+def _cpq(g: _Gen, subs: list[_Sub], opportunities: list[Record], plant_n: int) -> _Cpq:
+    """CPQ quotes, quote lines and subscriptions consistent with Stripe and the CRM.
+
+    Every contract term has one primary, accepted quote (Type Quote for new business, Renewal
+    after) on its opportunity, with one line per Stripe subscription item: the same product
+    (SBQQ__ProductCode__c is the Stripe product), quantity and unit price (the price per billing
+    period, a decimal in the opportunity's currency). Contracting the quote made one
+    SBQQ__Subscription__c per line under the term's contract; a renewal line names the
+    subscription it renews (SBQQ__RenewedSubscription__c).
+
+    Some monthly subscriptions also get an Amendment opportunity closed in their current term
+    that changes the seat count from the next billing period on. Stripe has not billed that
+    period by the end of the history, so every invoice still matches the quantity contracted
+    for its period. The amendment quote carries every line of the contract (SBQQ__Existing__c,
+    SBQQ__UpgradedSubscription__c, SBQQ__PriorQuantity__c); the changed line yields a delta
+    subscription whose SBQQ__RevisedSubscription__c points at the original.
+
+    A stream of its own: the CPQ records never shift the records generated before them.
+    """
+    crng = random.Random(f"{g.spec.seed}:salesforce-cpq")  # noqa: S311
+    out = _Cpq()
+    opp_by_id = {o["Id"]: o for o in opportunities}
+    counters = {"quote": 0, "line": 0, "sub": 0}
+
+    def number(kind: str) -> int:
+        counters[kind] += 1
+        return counters[kind]
+
+    def quote(
+        sub: _Sub,
+        *,
+        opp: Record,
+        qtype: str,
+        start: datetime.date,
+        end: datetime.date,
+        months: int,
+        stamp: int,
+        master_contract: str | None,
+    ) -> Record:
+        record: Record = {
+            "Id": g.sfid("a0Q", crng),
+            "Name": f"Q-{number('quote'):05d}",
+            "SBQQ__Account__c": sub.account_id,
+            "SBQQ__Opportunity2__c": opp["Id"],
+            "SBQQ__Primary__c": True,
+            "SBQQ__Status__c": "Accepted",
+            "SBQQ__Type__c": qtype,
+            "SBQQ__StartDate__c": start.isoformat(),
+            "SBQQ__EndDate__c": end.isoformat(),
+            "SBQQ__SubscriptionTerm__c": Decimal(months),
+            "SBQQ__NetAmount__c": Decimal(0),
+            "SBQQ__BillingFrequency__c": _BILLING_FREQUENCY[sub.interval],
+            "SBQQ__PaymentTerms__c": "Net 30",
+            "SBQQ__MasterContract__c": master_contract,
+            "SBQQ__Ordered__c": True,
+            "CurrencyIsoCode": sub.currency,
+            "CreatedDate": sf_datetime(stamp - crng.randint(2, 20) * 86400),
+            "LastModifiedDate": sf_datetime(stamp),
+            "SystemModstamp": sf_datetime(stamp),
+        }
+        out.quotes.append(record)
+        return record
+
+    def line(
+        sub: _Sub,
+        q: Record,
+        idx: int,
+        *,
+        quantity: int,
+        prior: int | None,
+        start: datetime.date,
+        end: datetime.date,
+        periods: int,
+        stamp: int,
+        renewed: str | None = None,
+        upgraded: str | None = None,
+    ) -> Record:
+        product, _qty_now = sub.products[idx]
+        unit = _major(price_amount(product, sub.currency, sub.interval), sub.currency)
+        effective = quantity - (prior or 0)
+        record: Record = {
+            "Id": g.sfid("a0L", crng),
+            "Name": f"QL-{number('line'):07d}",
+            "SBQQ__Quote__c": q["Id"],
+            "SBQQ__Number__c": Decimal(idx + 1),
+            "SBQQ__Product__c": CPQ_PRODUCT_IDS[f"prod_{product}"],
+            "SBQQ__ProductCode__c": f"prod_{product}",
+            "SBQQ__Quantity__c": _qty(quantity),
+            "SBQQ__PriorQuantity__c": None if prior is None else _qty(prior),
+            "SBQQ__ListPrice__c": unit,
+            "SBQQ__NetPrice__c": unit,
+            "SBQQ__NetTotal__c": unit * effective * periods,
+            "SBQQ__StartDate__c": start.isoformat(),
+            "SBQQ__EndDate__c": end.isoformat(),
+            "SBQQ__SubscriptionTerm__c": q["SBQQ__SubscriptionTerm__c"],
+            "SBQQ__ProrateMultiplier__c": Decimal(periods),
+            "SBQQ__SubscriptionPricing__c": "Fixed Price",
+            "SBQQ__ChargeType__c": "Recurring",
+            "SBQQ__BillingType__c": "Advance",
+            "SBQQ__BillingFrequency__c": _BILLING_FREQUENCY[sub.interval],
+            "SBQQ__Renewal__c": renewed is not None,
+            "SBQQ__Existing__c": upgraded is not None,
+            "SBQQ__RenewedSubscription__c": renewed,
+            "SBQQ__UpgradedSubscription__c": upgraded,
+            "Stripe_Subscription_Item_Id__c": sub.item_ids[idx],
+            "CurrencyIsoCode": sub.currency,
+            "CreatedDate": q["CreatedDate"],
+            "LastModifiedDate": sf_datetime(stamp),
+            "SystemModstamp": sf_datetime(stamp),
+        }
+        q["SBQQ__NetAmount__c"] += record["SBQQ__NetTotal__c"]
+        out.quote_lines.append(record)
+        return record
+
+    def subscription(
+        sub: _Sub,
+        ql: Record,
+        contract_id: str,
+        *,
+        quantity: int,
+        start: datetime.date,
+        end: datetime.date,
+        stamp: int,
+        original_line: Record,
+        revised: str | None,
+    ) -> Record:
+        sid = g.sfid("a0S", crng)
+        record: Record = {
+            "Id": sid,
+            "Name": f"SUB-{number('sub'):07d}",
+            "SBQQ__Contract__c": contract_id,
+            "SBQQ__Account__c": sub.account_id,
+            "SBQQ__Product__c": ql["SBQQ__Product__c"],
+            "SBQQ__Quantity__c": _qty(quantity),
+            "SBQQ__RenewalQuantity__c": _qty(quantity),
+            "SBQQ__ListPrice__c": ql["SBQQ__ListPrice__c"],
+            "SBQQ__NetPrice__c": ql["SBQQ__NetPrice__c"],
+            "SBQQ__CustomerPrice__c": ql["SBQQ__NetPrice__c"],
+            "SBQQ__RenewalPrice__c": ql["SBQQ__NetPrice__c"],
+            "SBQQ__SubscriptionStartDate__c": start.isoformat(),
+            "SBQQ__SubscriptionEndDate__c": end.isoformat(),
+            "SBQQ__StartDate__c": start.isoformat(),
+            "SBQQ__EndDate__c": end.isoformat(),
+            "SBQQ__QuoteLine__c": ql["Id"],
+            "SBQQ__OriginalQuoteLine__c": original_line["Id"],
+            "SBQQ__RevisedSubscription__c": revised,
+            "SBQQ__RootId__c": revised or sid,
+            "SBQQ__TerminatedDate__c": None,
+            "SBQQ__SubscriptionType__c": "Renewable",
+            "SBQQ__ProductSubscriptionType__c": "Renewable",
+            "SBQQ__BillingFrequency__c": ql["SBQQ__BillingFrequency__c"],
+            "SBQQ__BillingType__c": "Advance",
+            "SBQQ__ChargeType__c": "Recurring",
+            "SBQQ__ProrateMultiplier__c": ql["SBQQ__ProrateMultiplier__c"],
+            "Stripe_Subscription_Item_Id__c": ql["Stripe_Subscription_Item_Id__c"],
+            "CurrencyIsoCode": sub.currency,
+            "CreatedDate": sf_datetime(stamp),
+            "LastModifiedDate": sf_datetime(stamp),
+            "SystemModstamp": sf_datetime(stamp),
+        }
+        out.subscriptions.append(record)
+        return record
+
+    originals: list[Record] = []
+    for sub in subs:
+        per_term = 12 if sub.interval == "month" else 1
+        previous: list[Record] = []
+        current: list[tuple[Record, Record]] = []
+        for n, (term_start, contract_id, opp_id) in enumerate(sub.terms):
+            term_end = add_months(term_start, 12) - datetime.timedelta(days=1)
+            opp = opp_by_id[opp_id]
+            closed = _sf_ts(opp["SystemModstamp"])
+            q = quote(
+                sub,
+                opp=opp,
+                qtype="Quote" if n == 0 else "Renewal",
+                start=term_start,
+                end=term_end,
+                months=12,
+                stamp=closed,
+                master_contract=None,
+            )
+            activated = _ts(term_start, 8 * 3600)
+            current = []
+            for idx, (_product, qty) in enumerate(sub.products):
+                ql = line(
+                    sub,
+                    q,
+                    idx,
+                    quantity=qty,
+                    prior=None,
+                    start=term_start,
+                    end=term_end,
+                    periods=per_term,
+                    stamp=closed + idx + 1,
+                    renewed=previous[idx]["Id"] if previous else None,
+                )
+                originals.append(ql)
+                current.append(
+                    (
+                        ql,
+                        subscription(
+                            sub,
+                            ql,
+                            contract_id,
+                            quantity=qty,
+                            start=term_start,
+                            end=term_end,
+                            stamp=activated + idx + 1,
+                            original_line=ql,
+                            revised=None,
+                        ),
+                    )
+                )
+            previous = [s for _ql, s in current]
+        if sub.canceled_on is not None:
+            for _ql, s in current:
+                s["SBQQ__TerminatedDate__c"] = sub.canceled_on.isoformat()
+        _amend(g, crng, sub, current, out=out, quote=quote, line=line, subscription=subscription)
+
+    # Planted: a quote line whose quantity went negative (a bad import); the contract check
+    # must quarantine it.
+    for ql in _pick(crng, originals, plant_n):
+        ql["SBQQ__Quantity__c"] = -ql["SBQQ__Quantity__c"]
+        out.planted.append(
+            _plant("salesforce", "SBQQ__QuoteLine__c", ql["Id"], "SBQQ__Quantity__c")
+        )
+    return out
+
+
+def _amend(
+    g: _Gen,
+    crng: random.Random,
+    sub: _Sub,
+    current: list[tuple[Record, Record]],
+    *,
+    out: _Cpq,
+    quote: Callable[..., Record],
+    line: Callable[..., Record],
+    subscription: Callable[..., Record],
+) -> None:
+    """A mid-term seat change on a monthly subscription, effective at its next billing period.
+
+    Only when that period starts after the end of the history (Stripe has not billed it) and
+    before the term ends; a few subscriptions qualify at any scale.
+    """
+    roll = crng.random()
+    seats = next((i for i, (p, _q) in enumerate(sub.products) if p == "seats"), None)
+    if sub.interval != "month" or sub.canceled_on is not None or seats is None or not current:
+        return
+    if roll >= 0.15 and out.amendment_opportunities:
+        return
+    term_start, contract_id, _opp_id = sub.terms[-1]
+    next_term = add_months(term_start, 12)
+    k = 0
+    while _period_start(sub, k) <= g.spec.end:
+        k += 1
+    effective = _period_start(sub, k)
+    days_in = (g.spec.end - term_start).days
+    if effective >= next_term or days_in < 2:
+        return
+    periods = 0
+    while _period_start(sub, k + periods) < next_term:
+        periods += 1
+    term_end = next_term - datetime.timedelta(days=1)
+    old_qty = sub.products[seats][1]
+    delta = crng.choice([-3, -2, -1, 2, 5, 10, 15, 25])
+    if old_qty + delta < 1:
+        delta = 5
+    close = g.spec.end - datetime.timedelta(days=crng.randint(1, min(20, days_in - 1)))
+    closed_at = _ts(close, 17 * 3600)
+    unit = _major(price_amount("seats", sub.currency, "month"), sub.currency)
+    opp: Record = {
+        "Id": g.sfid("006", crng),
+        "Name": f"{sub.name} - Amendment {close.year}",
+        "AccountId": sub.account_id,
+        "StageName": "Closed Won",
+        "CloseDate": close.isoformat(),
+        "Amount": unit * delta * periods,
+        "Type": "Amendment",
+        "IsClosed": True,
+        "IsWon": True,
+        "ContractId": contract_id,
+        "CurrencyIsoCode": sub.currency,
+        "CreatedDate": sf_datetime(closed_at - crng.randint(3, 15) * 86400),
+        "LastModifiedDate": sf_datetime(closed_at),
+        "SystemModstamp": sf_datetime(closed_at),
+    }
+    out.amendment_opportunities.append(opp)
+    q = quote(
+        sub,
+        opp=opp,
+        qtype="Amendment",
+        start=effective,
+        end=term_end,
+        months=periods,
+        stamp=closed_at,
+        master_contract=contract_id,
+    )
+    for idx, (original, existing) in enumerate(current):
+        qty = sub.products[idx][1]
+        ql = line(
+            sub,
+            q,
+            idx,
+            quantity=qty + (delta if idx == seats else 0),
+            prior=qty,
+            start=effective,
+            end=term_end,
+            periods=periods,
+            stamp=closed_at + idx + 1,
+            upgraded=existing["Id"],
+        )
+        if idx == seats:
+            subscription(
+                sub,
+                ql,
+                contract_id,
+                quantity=delta,
+                start=effective,
+                end=term_end,
+                stamp=closed_at + 3600 + idx,
+                original_line=original,
+                revised=existing["Id"],
+            )
 
 
 def _pipeline_opps(g: _Gen, accounts: list[Record]) -> list[Record]:

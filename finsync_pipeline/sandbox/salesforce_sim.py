@@ -1,13 +1,24 @@
-"""Salesforce REST simulator: OAuth2 client credentials, SOQL with nextRecordsUrl, API usage.
+"""Salesforce REST simulator: OAuth2, SOQL with nextRecordsUrl, upsert by external id, API usage.
+
+Two OAuth2 flows, as a connected app offers them: client credentials, and the JWT bearer flow
+(an RS256 assertion signed with the private key whose certificate the connected app holds).
+The key pair is made once per state directory (``jwt_credentials``); the simulator itself keeps
+only the certificate and the pre-authorized username.
 
 Tokens live in the state file and expire after ``token_ttl_s`` (controllable, and forcibly via
 ``expire_sessions`` or ``POST /__sandbox/expire_sessions``) so connectors exercise their 401
 INVALID_SESSION_ID re-authentication. API calls are counted per hour in a rolling 24-hour window
-and reported on every response in ``Sforce-Limit-Info``; past the daily limit the org answers
-403 REQUEST_LIMIT_EXCEEDED as a real org does.
+and reported on every response in ``Sforce-Limit-Info``; past the daily limit (``daily_limit``,
+kept in the state, settable through ``POST /__sandbox/api_limit``) the org answers 403
+REQUEST_LIMIT_EXCEEDED as a real org does.
+
+Account and Opportunity carry the custom fields finsync writes back (``Finsync_Invoice_Status__c``,
+``Finsync_Paid__c``, ``Finsync_ERP_Invoice_Id__c``) and the external id ``Finsync_External_Id__c``
+(External ID, not Unique: two records may share a value, and an upsert on it then answers 300).
 """
 
 import base64
+import datetime
 import hashlib
 import hmac
 import re
@@ -17,13 +28,19 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+import jwt
 import simplejson
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from finsync_pipeline.sandbox import soql
-from finsync_pipeline.sandbox.generator import Company
+from finsync_pipeline.sandbox.generator import Company, salesforce_id
 from finsync_pipeline.sandbox.http_base import Faults, Request, Response, Simulator, json_response
 from finsync_pipeline.sandbox.store import Store
 
@@ -31,6 +48,64 @@ API_DAILY_LIMIT = 15000
 DEFAULT_BATCH = 2000
 _VERSION_RE = re.compile(r"^/services/data/(v\d{2,3}\.\d)(/.*)?$")
 _MAX_CURSORS = 200
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# Salesforce wants the assertion's exp within 3 minutes; a few seconds of clock skew are allowed.
+JWT_MAX_LIFETIME_S = 180
+JWT_CLOCK_SKEW_S = 5
+# sObject -> its external id fields (flagged External ID in setup; not Unique).
+EXTERNAL_ID_FIELDS: dict[str, frozenset[str]] = {
+    "Account": frozenset({"Finsync_External_Id__c"}),
+    "Opportunity": frozenset({"Finsync_External_Id__c"}),
+}
+_REQUIRED_ON_CREATE: dict[str, tuple[str, ...]] = {
+    "Account": ("Name",),
+    "Opportunity": ("Name", "StageName", "CloseDate"),
+}
+_ID_PREFIX = {"Account": "001", "Opportunity": "006"}
+_READ_ONLY = frozenset({"Id", "CreatedDate", "LastModifiedDate", "SystemModstamp"})
+_MAX_TEXT = 255
+
+
+def jwt_credentials(store: Store, org_id: str) -> tuple[str, str]:
+    """(username, private key PEM) of the JWT bearer flow for this state directory.
+
+    Made once and kept in the state: an RSA 2048 key pair, the self-signed certificate the
+    connected app holds, and the pre-authorized integration user. A deployment sets the two
+    values as ``SALESFORCE_USERNAME`` and ``SALESFORCE_PRIVATE_KEY``.
+    """
+    stored = _jwt_material(store, org_id)
+    return stored["username"], stored["private_key_pem"]
+
+
+def _jwt_material(store: Store, org_id: str) -> dict[str, str]:
+    raw = store.meta_get("salesforce_jwt")
+    if raw is not None:
+        material: dict[str, str] = simplejson.loads(raw)
+        return material
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "finsync sandbox connected app")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .sign(key, hashes.SHA256())
+    )
+    material = {
+        "username": f"integration@{org_id.lower()}.finsync.sandbox",
+        "private_key_pem": key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+        "certificate_pem": cert.public_bytes(serialization.Encoding.PEM).decode(),
+    }
+    store.meta_set("salesforce_jwt", simplejson.dumps(material))
+    return material
 
 
 def seed_salesforce(conn: sqlite3.Connection, company: Company) -> None:
@@ -49,6 +124,41 @@ def _errors(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> Response:
     return json_response(status, [{"message": message, "errorCode": code}], headers)
+
+
+def _oauth_error(error: str, description: str) -> Response:
+    return json_response(400, {"error": error, "error_description": description})
+
+
+def _field_error(code: str, message: str, fields: list[str]) -> dict[str, Any]:
+    return {"message": message, "errorCode": code, "fields": fields}
+
+
+def _type_error(obj: str, name: str, value: Any) -> dict[str, Any] | None:
+    """Salesforce's complaint about ``value`` for field ``name``, or None when it fits."""
+    ftype = soql.SCHEMA[obj][name]
+    if value is None:
+        return None
+    ok = {
+        "boolean": isinstance(value, bool),
+        "number": isinstance(value, int | Decimal) and not isinstance(value, bool),
+        "string": isinstance(value, str),
+        "id": isinstance(value, str) and len(value) in (15, 18),
+        "date": isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value) is not None,
+        "datetime": isinstance(value, str),
+    }[ftype]
+    if not ok:
+        return _field_error(
+            "JSON_PARSER_ERROR",
+            f"Cannot deserialize instance of {ftype} from {type(value).__name__} value "
+            f"{str(value)[:40]!r} for field {name}",
+            [name],
+        )
+    if ftype == "string" and len(value) > _MAX_TEXT:
+        return _field_error(
+            "STRING_TOO_LONG", f"{name}: data value too large (max length={_MAX_TEXT})", [name]
+        )
+    return None
 
 
 class SalesforceSimulator(Simulator):
@@ -79,6 +189,15 @@ class SalesforceSimulator(Simulator):
         self._cursors: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._cursor_lock = threading.Lock()
         self._batch_sizes: dict[str, int] = {}
+        self._write_lock = threading.Lock()
+        material = _jwt_material(store, org_id)
+        # As a connected app: the certificate and the pre-authorized user, never the key.
+        self.jwt_username = material["username"]
+        self._jwt_public_key = x509.load_pem_x509_certificate(
+            material["certificate_pem"].encode()
+        ).public_key()
+        stored_limit = store.meta_get("salesforce_daily_limit")
+        self.daily_limit = int(stored_limit) if stored_limit is not None else API_DAILY_LIMIT
 
     # admin ------------------------------------------------------------------------------------
     def expire_sessions(self) -> None:
@@ -86,14 +205,36 @@ class SalesforceSimulator(Simulator):
         with self.store.tx() as conn:
             conn.execute("UPDATE sf_token SET expires_at = 0")
 
+    def set_daily_limit(self, limit: int) -> None:
+        """Set the org's daily API request limit (kept in the state, so it survives restarts)."""
+        if int(limit) < 1:
+            raise ValueError(f"the daily API limit must be >= 1, got {limit}")
+        self.daily_limit = int(limit)
+        self.store.meta_set("salesforce_daily_limit", str(self.daily_limit))
+
+    def set_api_usage(self, used: int) -> None:
+        """Forget the calls counted so far and count ``used`` in the current hour instead."""
+        hour = int(self.clock() // 3600)
+        with self.store.tx() as conn:
+            conn.execute("DELETE FROM sf_usage")
+            if int(used) > 0:
+                conn.execute("INSERT INTO sf_usage (hour, n) VALUES (?, ?)", (hour, int(used)))
+
     def admin(self, path: str, args: dict[str, Any]) -> Response:
-        """``/__sandbox/expire_sessions`` and ``/__sandbox/token_ttl`` ({"seconds": N})."""
+        """``/__sandbox/expire_sessions``, ``/__sandbox/token_ttl`` ({"seconds": N}),
+        ``/__sandbox/api_limit`` ({"daily": N}) and ``/__sandbox/api_usage`` ({"used": N})."""
         if path == "/__sandbox/expire_sessions":
             self.expire_sessions()
             return json_response(200, {"ok": True})
         if path == "/__sandbox/token_ttl":
             self.token_ttl_s = float(args["seconds"])
             return json_response(200, {"ok": True, "token_ttl_s": self.token_ttl_s})
+        if path == "/__sandbox/api_limit":
+            self.set_daily_limit(int(args["daily"]))
+            return json_response(200, {"ok": True, "daily": self.daily_limit})
+        if path == "/__sandbox/api_usage":
+            self.set_api_usage(int(args["used"]))
+            return json_response(200, {"ok": True, "used": int(args["used"])})
         return super().admin(path, args)
 
     def reset_cache(self) -> None:
@@ -132,8 +273,9 @@ class SalesforceSimulator(Simulator):
         if not token or not self._token_valid(token):
             return _errors(401, "INVALID_SESSION_ID", "Session expired or invalid")
         used = self._count_call()
-        limit_header = {"Sforce-Limit-Info": f"api-usage={used}/{API_DAILY_LIMIT}"}
-        if used > API_DAILY_LIMIT:
+        limit = self.daily_limit
+        limit_header = {"Sforce-Limit-Info": f"api-usage={used}/{limit}"}
+        if used > limit:
             return _errors(
                 403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.", limit_header
             )
@@ -151,6 +293,8 @@ class SalesforceSimulator(Simulator):
                 400, {"error": "invalid_request", "error_description": "must use HTTP POST"}
             )
         form = dict(parse_qsl(req.body.decode("utf-8", "replace"), keep_blank_values=True))
+        if form.get("grant_type") == JWT_BEARER_GRANT:
+            return self._jwt_bearer(req, form.get("assertion", ""))
         client_id = form.get("client_id", "")
         client_secret = form.get("client_secret", "")
         auth = req.header("Authorization") or ""
@@ -175,6 +319,49 @@ class SalesforceSimulator(Simulator):
             return json_response(
                 400, {"error": "invalid_client", "error_description": "invalid client credentials"}
             )
+        return self._issue(req, signed=True)
+
+    def _jwt_bearer(self, req: Request, assertion: str) -> Response:
+        """Check an RS256 assertion as Salesforce does: signature, issuer, audience, exp, user."""
+        try:
+            header = jwt.get_unverified_header(assertion)
+            if header.get("alg") != "RS256":
+                return _oauth_error("invalid_grant", "invalid assertion: alg must be RS256")
+            claims = jwt.decode(
+                assertion,
+                self._jwt_public_key,  # type: ignore[arg-type]
+                algorithms=["RS256"],
+                options={"verify_exp": False, "verify_aud": False, "verify_iat": False},
+            )
+        except jwt.InvalidSignatureError:
+            return _oauth_error("invalid_grant", "invalid assertion: signature does not verify")
+        except jwt.InvalidTokenError:
+            return _oauth_error("invalid_grant", "invalid assertion")
+        if not hmac.compare_digest(str(claims.get("iss", "")).encode(), self.client_id.encode()):
+            return _oauth_error("invalid_client_id", "client identifier invalid")
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if req.base_url not in audiences:
+            return _oauth_error("invalid_grant", "audience is invalid")
+        exp = claims.get("exp")
+        now = self.clock()
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            return _oauth_error("invalid_grant", "invalid assertion: exp is required")
+        if exp <= now:
+            return _oauth_error(
+                "invalid_grant", "expired authorization: the assertion's exp passed"
+            )
+        if exp > now + JWT_MAX_LIFETIME_S + JWT_CLOCK_SKEW_S:
+            return _oauth_error(
+                "invalid_grant", "invalid assertion: exp is more than 3 minutes away"
+            )
+        # The legacy prn claim wins over sub when both are present.
+        user = claims.get("prn", claims.get("sub"))
+        if user != self.jwt_username:
+            return _oauth_error("invalid_grant", "user hasn't approved this consumer")
+        return self._issue(req, signed=False)
+
+    def _issue(self, req: Request, *, signed: bool) -> Response:
         now = self.clock()
         token = f"{self.org_id}!" + secrets.token_urlsafe(72)
         with self.store.tx() as conn:
@@ -183,25 +370,24 @@ class SalesforceSimulator(Simulator):
                 "INSERT INTO sf_token (token, expires_at) VALUES (?, ?)",
                 (token, now + self.token_ttl_s),
             )
-        issued_at = str(int(now * 1000))
         identity = f"{req.base_url}/id/{self.org_id}/005000000000001AAA"
-        signature = base64.b64encode(
-            hmac.new(
-                self.client_secret.encode(), (identity + issued_at).encode(), hashlib.sha256
-            ).digest()
-        ).decode()
-        return json_response(
-            200,
-            {
-                "access_token": token,
-                "instance_url": req.base_url,
-                "id": identity,
-                "token_type": "Bearer",
-                "issued_at": issued_at,
-                "signature": signature,
-                "scope": "api",
-            },
-        )
+        body: dict[str, Any] = {
+            "access_token": token,
+            "instance_url": req.base_url,
+            "id": identity,
+            "token_type": "Bearer",
+            "scope": "api",
+        }
+        if signed:
+            # Client credentials answers carry issued_at and an HMAC signature; JWT bearer not.
+            issued_at = str(int(now * 1000))
+            body["issued_at"] = issued_at
+            body["signature"] = base64.b64encode(
+                hmac.new(
+                    self.client_secret.encode(), (identity + issued_at).encode(), hashlib.sha256
+                ).digest()
+            ).decode()
+        return json_response(200, body)
 
     def _token_valid(self, token: str) -> bool:
         row = self.store.one("SELECT expires_at FROM sf_token WHERE token = ?", (token,))
@@ -235,6 +421,9 @@ class SalesforceSimulator(Simulator):
             return self._cache[obj]
 
     def _api(self, req: Request, version: str, rest: str) -> Response:
+        parts = [p for p in rest.split("/") if p]
+        if len(parts) == 4 and parts[0] == "sobjects":
+            return self._by_external_id(req, version, parts[1], parts[2], unquote(parts[3]))
         if req.method != "GET":
             return _errors(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{req.method}' not allowed.")
         if rest in ("/query", "/query/", "/queryAll", "/queryAll/"):
@@ -248,9 +437,13 @@ class SalesforceSimulator(Simulator):
             used = self._count_call() - 1
             return json_response(
                 200,
-                {"DailyApiRequests": {"Max": API_DAILY_LIMIT, "Remaining": API_DAILY_LIMIT - used}},
+                {
+                    "DailyApiRequests": {
+                        "Max": self.daily_limit,
+                        "Remaining": self.daily_limit - used,
+                    }
+                },
             )
-        parts = [p for p in rest.split("/") if p]
         if len(parts) == 3 and parts[0] == "sobjects" and parts[1] in soql.SCHEMA:
             return self._retrieve(version, parts[1], parts[2])
         return _errors(404, "NOT_FOUND", "The requested resource does not exist")
@@ -262,11 +455,23 @@ class SalesforceSimulator(Simulator):
         out.update(row)
         return out
 
+    @staticmethod
+    def _value(obj: str, rec: dict[str, Any], name: str) -> Any:
+        # A checkbox is never null in Salesforce: unset means false.
+        if soql.SCHEMA[obj].get(name) == "boolean":
+            return bool(rec.get(name))
+        return rec.get(name)
+
     def _query(self, req: Request, version: str, text: str) -> Response:
         query = soql.parse(text)
         matched = soql.execute(query, self._records(query.obj))
         rendered = [
-            self._render(query.obj, version, {f: rec.get(f) for f in query.fields}, rec["Id"])
+            self._render(
+                query.obj,
+                version,
+                {f: self._value(query.obj, rec, f) for f in query.fields},
+                rec["Id"],
+            )
             for rec in matched
         ]
         batch = DEFAULT_BATCH
@@ -318,3 +523,126 @@ class SalesforceSimulator(Simulator):
         if hit is None or hit[0] != obj:
             return _errors(404, "NOT_FOUND", "The requested resource does not exist")
         return json_response(200, self._render(obj, version, dict(hit[1]), hit[1]["Id"]))
+
+    # upsert by external id --------------------------------------------------------------------
+    def _by_external_id(
+        self, req: Request, version: str, obj: str, field_name: str, value: str
+    ) -> Response:
+        """``GET`` or ``PATCH`` (upsert) ``/sobjects/{SObject}/{ExtIdField}/{value}``."""
+        if obj not in soql.SCHEMA:
+            return _errors(404, "NOT_FOUND", "The requested resource does not exist")
+        if field_name not in EXTERNAL_ID_FIELDS.get(obj, frozenset()):
+            return _errors(
+                404,
+                "NOT_FOUND",
+                f"Provided external ID field does not exist or is not accessible: {field_name}",
+            )
+        if req.method not in ("GET", "PATCH"):
+            return _errors(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{req.method}' not allowed.")
+        with self._write_lock:
+            matches = [r for r in self._records(obj) if r.get(field_name) == value]
+            if len(matches) > 1:
+                return json_response(
+                    300,
+                    [f"/services/data/{version}/sobjects/{obj}/{r['Id']}" for r in matches],
+                )
+            if req.method == "GET":
+                if not matches:
+                    return _errors(404, "NOT_FOUND", "The requested resource does not exist")
+                rec = matches[0]
+                full = {name: self._value(obj, rec, name) for name in soql.SCHEMA[obj]}
+                return json_response(200, self._render(obj, version, full, rec["Id"]))
+            return self._upsert(obj, field_name, value, req.body, matches[0] if matches else None)
+
+    def _upsert(
+        self, obj: str, field_name: str, value: str, raw: bytes, existing: dict[str, Any] | None
+    ) -> Response:
+        try:
+            body = simplejson.loads(raw or b"{}", use_decimal=True)
+        except ValueError:
+            return _errors(400, "JSON_PARSER_ERROR", "The request body is not valid JSON")
+        if not isinstance(body, dict):
+            return _errors(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+        problems: list[dict[str, Any]] = []
+        for name, field_value in body.items():
+            if name == "attributes":
+                continue
+            if name not in soql.SCHEMA[obj]:
+                problems.append(
+                    _field_error(
+                        "INVALID_FIELD", f"No such column '{name}' on sobject of type {obj}", [name]
+                    )
+                )
+            elif name in _READ_ONLY:
+                problems.append(
+                    _field_error(
+                        "INVALID_FIELD_FOR_INSERT_UPDATE",
+                        f"Unable to create/update fields: {name}. Please check the security "
+                        "settings of this field and verify that it is read/write.",
+                        [name],
+                    )
+                )
+            elif name == field_name and field_value != value:
+                problems.append(
+                    _field_error(
+                        "INVALID_FIELD",
+                        f"The external id {name} in the body differs from the one in the URL",
+                        [name],
+                    )
+                )
+            else:
+                problem = _type_error(obj, name, field_value)
+                if problem is not None:
+                    problems.append(problem)
+        fields = {k: v for k, v in body.items() if k != "attributes"}
+        if existing is None:
+            missing = [f for f in _REQUIRED_ON_CREATE.get(obj, ()) if fields.get(f) in (None, "")]
+            if missing:
+                problems.append(
+                    _field_error(
+                        "REQUIRED_FIELD_MISSING",
+                        f"Required fields are missing: [{', '.join(missing)}]",
+                        missing,
+                    )
+                )
+        if problems:
+            return json_response(400, problems)
+        stamp = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S.000+0000"
+        )
+        if existing is not None:
+            existing.update(fields)
+            existing["LastModifiedDate"] = existing["SystemModstamp"] = stamp
+            with self.store.tx() as conn:
+                conn.execute(
+                    "UPDATE sf_record SET body = ? WHERE object = ? AND id = ?",
+                    (simplejson.dumps(existing, use_decimal=True), obj, existing["Id"]),
+                )
+            return Response(204)
+        rid = self._new_id(obj)
+        record = {
+            "Id": rid,
+            **fields,
+            field_name: value,
+            "CreatedDate": stamp,
+            "LastModifiedDate": stamp,
+            "SystemModstamp": stamp,
+        }
+        with self.store.tx() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(MAX(seq), -1) + 1 FROM sf_record WHERE object = ?", (obj,)
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO sf_record (object, id, seq, body) VALUES (?, ?, ?, ?)",
+                (obj, rid, int(row[0]), simplejson.dumps(record, use_decimal=True)),
+            )
+        with self._cache_lock:
+            self._cache[obj].append(record)
+            self._by_id[rid] = (obj, record)
+        return json_response(201, {"id": rid, "success": True, "errors": [], "created": True})
+
+    def _new_id(self, obj: str) -> str:
+        prefix = _ID_PREFIX[obj]
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+        body = prefix + "5h" + "".join(secrets.choice(alphabet) for _ in range(10))
+        return salesforce_id(prefix, body)

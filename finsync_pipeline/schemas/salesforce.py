@@ -1,4 +1,9 @@
-"""Contracts for Salesforce CRM records as SOQL returns them. Version 1."""
+"""Contracts for Salesforce CRM and CPQ records as SOQL returns them.
+
+Version 1 (the CPQ models CpqQuoteRecord, CpqQuoteLineRecord and CpqSubscriptionRecord were
+added in version 1 of their own). Currency fields are decimals in the record's
+CurrencyIsoCode on the wire and exact integers in its minor unit here.
+"""
 
 import pandas as pd
 import pandera.pandas as pa
@@ -43,3 +48,116 @@ class SalesforceContractRecord(pa.DataFrameModel):
     start_date: Series[str] = pa.Field(iso_date=(), description="StartDate")
     end_date: Series[str] = pa.Field(nullable=True, description="EndDate")
     term_months: Series[pd.Int64Dtype] = pa.Field(nullable=True, ge=1, description="ContractTerm")
+
+
+CPQ_QUOTE_TYPES = ["Quote", "Renewal", "Amendment", "Re-Quote"]
+CPQ_QUOTE_STATUSES = [
+    "Draft",
+    "In Review",
+    "Approved",
+    "Denied",
+    "Presented",
+    "Accepted",
+    "Rejected",
+]
+CPQ_BILLING_FREQUENCIES = ["Monthly", "Quarterly", "Semiannual", "Annual", "Invoice Plan"]
+
+
+class CpqQuoteRecord(pa.DataFrameModel):
+    """A CPQ quote (SBQQ__Quote__c): the primary, accepted one fixes a contract term's terms."""
+
+    source_id: Series[str] = pa.Field(unique=True, description="Quote Id")
+    account_id: Series[str] = pa.Field(description="SBQQ__Account__c")
+    opportunity_id: Series[str] = pa.Field(description="SBQQ__Opportunity2__c")
+    type: Series[str] = pa.Field(isin=CPQ_QUOTE_TYPES, description="SBQQ__Type__c")
+    status: Series[str] = pa.Field(isin=CPQ_QUOTE_STATUSES, description="SBQQ__Status__c")
+    primary: Series[bool] = pa.Field(description="SBQQ__Primary__c")
+    start_date: Series[str] = pa.Field(iso_date=(), description="SBQQ__StartDate__c")
+    end_date: Series[str] = pa.Field(nullable=True, description="SBQQ__EndDate__c")
+    term_months: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, ge=1, description="SBQQ__SubscriptionTerm__c (months)"
+    )
+    billing_frequency: Series[str] = pa.Field(
+        nullable=True, isin=CPQ_BILLING_FREQUENCIES, description="SBQQ__BillingFrequency__c"
+    )
+    master_contract_id: Series[str] = pa.Field(
+        nullable=True, description="SBQQ__MasterContract__c (the amended contract)"
+    )
+    currency: Series[str] = pa.Field(iso_currency=(), description="CurrencyIsoCode")
+    net_amount_minor: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, description="SBQQ__NetAmount__c in minor units"
+    )
+
+
+class CpqQuoteLineRecord(pa.DataFrameModel):
+    """A CPQ quote line (SBQQ__QuoteLine__c): one product's quantity and price on a quote.
+
+    The net price is per billing period; an amendment line carries the new total quantity and
+    the prior one.
+    """
+
+    source_id: Series[str] = pa.Field(unique=True, description="Quote line Id")
+    quote_id: Series[str] = pa.Field(description="SBQQ__Quote__c")
+    product_id: Series[str] = pa.Field(description="SBQQ__Product__c (Product2)")
+    product_code: Series[str] = pa.Field(
+        nullable=True, description="SBQQ__ProductCode__c (the Stripe product id)"
+    )
+    quantity: Series[pd.Int64Dtype] = pa.Field(
+        ge=0, description="SBQQ__Quantity__c, a whole number"
+    )
+    prior_quantity: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, ge=0, description="SBQQ__PriorQuantity__c (amendments)"
+    )
+    net_price_minor: Series[pd.Int64Dtype] = pa.Field(
+        ge=0, description="SBQQ__NetPrice__c per billing period, minor units"
+    )
+    net_total_minor: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, description="SBQQ__NetTotal__c, minor units"
+    )
+    start_date: Series[str] = pa.Field(nullable=True, description="SBQQ__StartDate__c")
+    end_date: Series[str] = pa.Field(nullable=True, description="SBQQ__EndDate__c")
+    billing_frequency: Series[str] = pa.Field(
+        nullable=True, isin=CPQ_BILLING_FREQUENCIES, description="SBQQ__BillingFrequency__c"
+    )
+    renewed_subscription_id: Series[str] = pa.Field(
+        nullable=True, description="SBQQ__RenewedSubscription__c (renewal lines)"
+    )
+    upgraded_subscription_id: Series[str] = pa.Field(
+        nullable=True, description="SBQQ__UpgradedSubscription__c (amendment lines)"
+    )
+    stripe_subscription_item_id: Series[str] = pa.Field(
+        nullable=True, description="Stripe_Subscription_Item_Id__c: the billed item"
+    )
+    currency: Series[str] = pa.Field(iso_currency=(), description="CurrencyIsoCode")
+
+
+class CpqSubscriptionRecord(pa.DataFrameModel):
+    """A CPQ subscription (SBQQ__Subscription__c): what a contract entitles the customer to.
+
+    An amendment adds a delta row (its quantity may be negative) whose revised subscription is
+    the original; the quantity in force is the sum over the original and its deltas.
+    """
+
+    source_id: Series[str] = pa.Field(unique=True, description="Subscription Id")
+    contract_id: Series[str] = pa.Field(description="SBQQ__Contract__c")
+    account_id: Series[str] = pa.Field(description="SBQQ__Account__c")
+    product_id: Series[str] = pa.Field(description="SBQQ__Product__c (Product2)")
+    quantity: Series[pd.Int64Dtype] = pa.Field(description="SBQQ__Quantity__c, a whole number")
+    net_price_minor: Series[pd.Int64Dtype] = pa.Field(
+        ge=0, description="SBQQ__NetPrice__c per billing period, minor units"
+    )
+    start_date: Series[str] = pa.Field(
+        iso_date=(), description="SBQQ__SubscriptionStartDate__c, else SBQQ__StartDate__c"
+    )
+    end_date: Series[str] = pa.Field(
+        nullable=True, description="SBQQ__SubscriptionEndDate__c, else SBQQ__EndDate__c"
+    )
+    terminated_date: Series[str] = pa.Field(nullable=True, description="SBQQ__TerminatedDate__c")
+    quote_line_id: Series[str] = pa.Field(nullable=True, description="SBQQ__QuoteLine__c")
+    revised_subscription_id: Series[str] = pa.Field(
+        nullable=True, description="SBQQ__RevisedSubscription__c (amendment deltas)"
+    )
+    stripe_subscription_item_id: Series[str] = pa.Field(
+        nullable=True, description="Stripe_Subscription_Item_Id__c: the billed item"
+    )
+    currency: Series[str] = pa.Field(iso_currency=(), description="CurrencyIsoCode")

@@ -1,9 +1,17 @@
 """SalesforceClient over real HTTP against the Salesforce simulator."""
 
+import datetime
+from collections.abc import Iterator
+from decimal import Decimal
+
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from finsync_pipeline.errors import (
     AuthenticationError,
+    ConfigurationError,
     PermanentUpstreamError,
     RetryableUpstreamError,
 )
@@ -11,9 +19,12 @@ from finsync_pipeline.resources.http import HttpOptions
 from finsync_pipeline.resources.salesforce import (
     SalesforceClient,
     SalesforceResource,
+    jwt_assertion,
+    load_private_key,
     soql_select,
 )
-from finsync_pipeline.sandbox.generator import Company
+from finsync_pipeline.sandbox.generator import Company, CompanySpec, generate
+from finsync_pipeline.sandbox.salesforce_sim import jwt_credentials
 from finsync_pipeline.sandbox.server import Sandbox
 from finsync_tests.resources.conftest import Scripted, ScriptedServer
 
@@ -163,3 +174,204 @@ def test_row_lock_contention_is_retried(scripted: ScriptedServer, options: HttpO
     assert locked.path == ok.path == "/services/data/v60.0/query?q=SELECT+Id+FROM+Account"
     assert ok.headers["Authorization"] == "Bearer 00Dx!tok"
     assert ok.headers["Sforce-Query-Options"] == "batchSize=2000"
+
+
+# JWT bearer ------------------------------------------------------------------------------------
+def jwt_client(sandbox: Sandbox, options: HttpOptions, **overrides: object) -> SalesforceClient:
+    username, pem = jwt_credentials(sandbox.store, sandbox.credentials["salesforce_org_id"])
+    settings: dict[str, object] = {
+        "login_url": sandbox.env["SALESFORCE_LOGIN_URL"],
+        "client_id": sandbox.env["SALESFORCE_CLIENT_ID"],
+        "username": username,
+        "private_key": pem,
+        "http_options": options,
+    }
+    settings.update(overrides)
+    return SalesforceClient(**settings)  # type: ignore[arg-type]
+
+
+def test_jwt_bearer_flow_end_to_end(
+    sandbox: Sandbox, company: Company, options: HttpOptions
+) -> None:
+    sf = jwt_client(sandbox, options)
+    assert sf.flow == "jwt_bearer"
+    records = list(sf.query(soql_select("SBQQ__Subscription__c", ["Id", "SBQQ__Quantity__c"])))
+    assert len(records) == len(company.salesforce["SBQQ__Subscription__c"])
+    assert all(isinstance(r["SBQQ__Quantity__c"], Decimal) for r in records)
+    before = sf.requests_made
+    sandbox.expire_salesforce_sessions()
+    assert len(list(sf.query(soql_select("Account", ["Id"])))) == len(company.salesforce["Account"])
+    # The 401, a new assertion for a new token, the query again.
+    assert sf.requests_made - before == 3
+
+
+def test_jwt_assertion_has_the_claims_salesforce_wants(sandbox: Sandbox) -> None:
+    username, pem = jwt_credentials(sandbox.store, sandbox.credentials["salesforce_org_id"])
+    key = load_private_key(pem)
+    assertion = jwt_assertion(
+        key, client_id="3MVG9abc", username=username, audience="https://x.example", now=1000.0
+    )
+    assert jwt.get_unverified_header(assertion) == {"alg": "RS256"}
+    claims = jwt.decode(
+        assertion,
+        key.public_key(),
+        algorithms=["RS256"],
+        audience="https://x.example",
+        options={"verify_exp": False},
+    )
+    assert claims == {"iss": "3MVG9abc", "sub": username, "aud": "https://x.example", "exp": 1170}
+    assert claims["exp"] - 1000 <= 180
+
+
+def test_jwt_key_in_one_env_line_is_accepted(sandbox: Sandbox, options: HttpOptions) -> None:
+    _username, pem = jwt_credentials(sandbox.store, sandbox.credentials["salesforce_org_id"])
+    one_line = pem.strip().replace("\n", "\\n")
+    sf = jwt_client(sandbox, options, private_key=one_line)
+    assert list(sf.query(soql_select("Contract", ["Id"])))
+
+
+def test_jwt_with_a_key_the_app_does_not_know_is_an_authentication_error(
+    sandbox: Sandbox, options: HttpOptions
+) -> None:
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = other.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    sf = jwt_client(sandbox, options, private_key=pem)
+    with pytest.raises(AuthenticationError) as info:
+        list(sf.query(soql_select("Account", ["Id"])))
+    assert info.value.code == "invalid_grant"
+    message = str(info.value)
+    assert "SALESFORCE_USERNAME" in message and "SALESFORCE_PRIVATE_KEY" in message
+    assert all(line not in message for line in pem.splitlines()[1:-1])
+    assert sf.requests_made == 1
+
+
+def test_jwt_key_that_is_not_a_key_is_a_configuration_error(sandbox: Sandbox) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        jwt_client(sandbox, HttpOptions(), private_key="-----BEGIN PRIVATE KEY-----\nnope\n")
+    assert "SALESFORCE_PRIVATE_KEY" in str(info.value) and "nope" not in str(info.value)
+    with pytest.raises(ConfigurationError):
+        SalesforceClient(login_url="http://127.0.0.1:1", client_id="cid")
+
+
+def test_resource_picks_jwt_when_username_and_key_are_set(sandbox: Sandbox) -> None:
+    env = sandbox.env
+    username, pem = jwt_credentials(sandbox.store, sandbox.credentials["salesforce_org_id"])
+    jwt_resource = SalesforceResource(
+        login_url=env["SALESFORCE_LOGIN_URL"],
+        client_id=env["SALESFORCE_CLIENT_ID"],
+        username=username,
+        private_key=pem,
+    )
+    assert jwt_resource.get_client().flow == "jwt_bearer"
+    assert pem.splitlines()[1] not in repr(jwt_resource)
+    secret_resource = SalesforceResource(
+        login_url=env["SALESFORCE_LOGIN_URL"],
+        client_id=env["SALESFORCE_CLIENT_ID"],
+        client_secret=env["SALESFORCE_CLIENT_SECRET"],
+    )
+    assert secret_resource.get_client().flow == "client_credentials"
+
+
+# upsert and quota ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def writable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """A sandbox of its own: writes must not change the shared one's record counts."""
+    box = Sandbox(tmp_path_factory.mktemp("writable-sandbox"))
+    box.seed(generate(CompanySpec(accounts=12, months=2, seed=4, end=datetime.date(2026, 10, 31))))
+    with box:
+        yield box
+
+
+def test_upsert_is_idempotent_and_returns_the_id(writable: Sandbox, options: HttpOptions) -> None:
+    sf = jwt_client(writable, options)
+    account = next(sf.query(soql_select("Account", ["Id"])))["Id"]
+    fields = {
+        "Name": "Writeback in_9",
+        "AccountId": account,
+        "StageName": "Closed Won",
+        "CloseDate": "2026-10-02",
+        "Amount": Decimal("1234.50"),
+        "Finsync_Invoice_Status__c": "open",
+    }
+    first_id, created = sf.upsert("Opportunity", "Finsync_External_Id__c", "STRIPE/in_9", fields)
+    assert created is True and first_id.startswith("006")
+    # A resend after an unknown outcome: the same record, updated, never a second one.
+    again_id, created_again = sf.upsert(
+        "Opportunity", "Finsync_External_Id__c", "STRIPE/in_9", {**fields, "Finsync_Paid__c": True}
+    )
+    assert (again_id, created_again) == (first_id, False)
+    record = sf.get_by_external_id("Opportunity", "Finsync_External_Id__c", "STRIPE/in_9")
+    assert record["Id"] == first_id and record["Finsync_Paid__c"] is True
+    assert record["Amount"] == Decimal("1234.50")
+    rows = list(
+        sf.query(
+            soql_select(
+                "Opportunity", ["Id"], where=[("Finsync_External_Id__c", "=", "STRIPE/in_9")]
+            )
+        )
+    )
+    assert rows == [{"Id": first_id}]
+
+
+def test_upsert_reauthenticates_after_session_expiry(
+    writable: Sandbox, options: HttpOptions
+) -> None:
+    sf = jwt_client(writable, options)
+    sf.upsert("Account", "Finsync_External_Id__c", "ACC-1", {"Name": "Writeback Ltd"})
+    writable.expire_salesforce_sessions()
+    before = sf.requests_made
+    _id, created = sf.upsert(
+        "Account", "Finsync_External_Id__c", "ACC-1", {"Finsync_Paid__c": True}
+    )
+    assert created is False
+    # 401, new token, the PATCH (204), then the id read back by external id.
+    assert sf.requests_made - before == 4
+
+
+def test_upsert_errors_are_permanent_and_named(writable: Sandbox, options: HttpOptions) -> None:
+    sf = jwt_client(writable, options)
+    with pytest.raises(PermanentUpstreamError) as invalid:
+        sf.upsert(
+            "Account", "Finsync_External_Id__c", "ACC-2", {"Name": "X", "Finsync_Paid__c": "y"}
+        )
+    assert invalid.value.status == 400 and invalid.value.code == "JSON_PARSER_ERROR"
+    assert invalid.value.field == "Finsync_Paid__c"
+    with pytest.raises(PermanentUpstreamError) as unknown:
+        sf.upsert("Account", "Bogus__c", "1", {"Name": "X"})
+    assert unknown.value.status == 404 and unknown.value.code == "NOT_FOUND"
+    with pytest.raises(ValueError):
+        sf.upsert("Account; DROP", "Finsync_External_Id__c", "1", {})
+
+
+def test_upsert_on_a_shared_external_id_is_300(
+    scripted: ScriptedServer, options: HttpOptions
+) -> None:
+    scripted.answer(
+        Scripted(200, {"access_token": "00Dx!tok", "instance_url": scripted.url}),
+        Scripted(300, ["/services/data/v60.0/sobjects/Account/001A", "/x/001B"]),
+    )
+    sf = SalesforceClient(
+        login_url=scripted.url, client_id="cid", client_secret="secret", http_options=options
+    )
+    with pytest.raises(PermanentUpstreamError) as info:
+        sf.upsert("Account", "Finsync_External_Id__c", "a/b c", {"Name": "X"})
+    assert info.value.code == "MULTIPLE_RECORDS" and info.value.status == 300
+    patch = scripted.seen[1]
+    assert patch.method == "PATCH"
+    assert patch.path == "/services/data/v60.0/sobjects/Account/Finsync_External_Id__c/a%2Fb%20c"
+    assert patch.body == b'{"Name": "X"}'
+
+
+def test_quota_share_is_read_from_the_limit_header(writable: Sandbox, options: HttpOptions) -> None:
+    sf = jwt_client(writable, options, batch_size=200)
+    assert sf.next_call_within(0.5), "unknown usage: the first call finds it out"
+    writable.salesforce.set_api_usage(0)
+    writable.salesforce.set_daily_limit(10)
+    try:
+        list(sf.query(soql_select("Contract", ["Id"])))
+        assert sf.api_usage == (1, 10)
+        assert sf.next_call_within(0.2) and not sf.next_call_within(0.1)
+    finally:
+        writable.salesforce.set_daily_limit(15000)

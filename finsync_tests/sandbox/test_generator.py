@@ -104,6 +104,7 @@ def test_all_planted_kinds_present_and_real(default_company: Company) -> None:
         "unmapped_product",
         "unknown_legal_entity",
         "tax_mismatch",
+        "invalid_quantity",
     }
     assert all(planted.values())
     invoices = {i["id"]: i for i in default_company.stripe["invoice"]}

@@ -112,6 +112,39 @@ CREATE TABLE IF NOT EXISTS salesforce_contracts (
 );
 CREATE INDEX IF NOT EXISTS ix_salesforce_contracts_partition ON salesforce_contracts (partition_date);
 
+CREATE TABLE IF NOT EXISTS cpq_quotes (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_cpq_quotes_partition ON cpq_quotes (partition_date);
+
+CREATE TABLE IF NOT EXISTS cpq_quote_lines (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_cpq_quote_lines_partition ON cpq_quote_lines (partition_date);
+
+CREATE TABLE IF NOT EXISTS cpq_subscriptions (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_cpq_subscriptions_partition ON cpq_subscriptions (partition_date);
+
 CREATE TABLE IF NOT EXISTS erp_invoices (
     source_id          TEXT NOT NULL PRIMARY KEY,
     partition_date     TEXT NOT NULL,

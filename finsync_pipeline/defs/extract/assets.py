@@ -26,8 +26,10 @@ from finsync_pipeline.money import is_known_currency
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run, window
 from finsync_pipeline.resources.netsuite import NetSuiteResource, suiteql_literal
 from finsync_pipeline.resources.salesforce import SalesforceResource, soql_select
+from finsync_pipeline.resources.settings import PipelineSettings
 from finsync_pipeline.resources.stripe import StripeClient, StripeResource
 from finsync_pipeline.resources.warehouse import WarehouseResource
+from finsync_pipeline.schemas import salesforce as salesforce_schemas
 from finsync_pipeline.schemas import stripe as stripe_schemas
 
 OWNERS = ["team:finance-data"]
@@ -77,6 +79,80 @@ CONTRACT_FIELDS = [
     "ContractTerm",
     "ContractNumber",
     "ActivatedDate",
+    "CreatedDate",
+    "SystemModstamp",
+]
+# Salesforce CPQ (SBQQ__ namespace): the fields that fix a renewal's terms.
+CPQ_QUOTE_FIELDS = [
+    "Id",
+    "Name",
+    "SBQQ__Account__c",
+    "SBQQ__Opportunity2__c",
+    "SBQQ__Primary__c",
+    "SBQQ__Status__c",
+    "SBQQ__Type__c",
+    "SBQQ__StartDate__c",
+    "SBQQ__EndDate__c",
+    "SBQQ__SubscriptionTerm__c",
+    "SBQQ__NetAmount__c",
+    "SBQQ__BillingFrequency__c",
+    "SBQQ__PaymentTerms__c",
+    "SBQQ__MasterContract__c",
+    "CurrencyIsoCode",
+    "CreatedDate",
+    "SystemModstamp",
+]
+CPQ_QUOTE_LINE_FIELDS = [
+    "Id",
+    "Name",
+    "SBQQ__Quote__c",
+    "SBQQ__Number__c",
+    "SBQQ__Product__c",
+    "SBQQ__ProductCode__c",
+    "SBQQ__Quantity__c",
+    "SBQQ__PriorQuantity__c",
+    "SBQQ__ListPrice__c",
+    "SBQQ__NetPrice__c",
+    "SBQQ__NetTotal__c",
+    "SBQQ__StartDate__c",
+    "SBQQ__EndDate__c",
+    "SBQQ__SubscriptionTerm__c",
+    "SBQQ__ProrateMultiplier__c",
+    "SBQQ__BillingFrequency__c",
+    "SBQQ__ChargeType__c",
+    "SBQQ__Renewal__c",
+    "SBQQ__Existing__c",
+    "SBQQ__RenewedSubscription__c",
+    "SBQQ__UpgradedSubscription__c",
+    "Stripe_Subscription_Item_Id__c",
+    "CurrencyIsoCode",
+    "CreatedDate",
+    "SystemModstamp",
+]
+CPQ_SUBSCRIPTION_FIELDS = [
+    "Id",
+    "Name",
+    "SBQQ__Contract__c",
+    "SBQQ__Account__c",
+    "SBQQ__Product__c",
+    "SBQQ__Quantity__c",
+    "SBQQ__RenewalQuantity__c",
+    "SBQQ__ListPrice__c",
+    "SBQQ__NetPrice__c",
+    "SBQQ__SubscriptionStartDate__c",
+    "SBQQ__SubscriptionEndDate__c",
+    "SBQQ__StartDate__c",
+    "SBQQ__EndDate__c",
+    "SBQQ__QuoteLine__c",
+    "SBQQ__OriginalQuoteLine__c",
+    "SBQQ__RevisedSubscription__c",
+    "SBQQ__RootId__c",
+    "SBQQ__TerminatedDate__c",
+    "SBQQ__SubscriptionType__c",
+    "SBQQ__BillingFrequency__c",
+    "SBQQ__ProrateMultiplier__c",
+    "Stripe_Subscription_Item_Id__c",
+    "CurrencyIsoCode",
     "CreatedDate",
     "SystemModstamp",
 ]
@@ -654,11 +730,21 @@ def _salesforce(
     context: dg.AssetExecutionContext,
     salesforce: SalesforceResource,
     warehouse: WarehouseResource,
+    settings: PipelineSettings,
     *,
     table: str,
     sobject: str,
     fields: list[str],
+    model: type[pa.DataFrameModel] | None = None,
 ) -> dg.MaterializeResult:
+    """Land what changed in ``sobject`` since the cursor, within the org's quota share.
+
+    The query is ordered by SystemModstamp and read one batch (one API call) at a time. Before
+    each further call the org's usage (``Sforce-Limit-Info``) is held against
+    ``settings.salesforce_max_quota_share`` of its daily limit: when the call would pass it,
+    the extract stops, lands the batches read, moves the cursor only to the newest record
+    landed, and says so in the metadata. The next run resumes from that cursor.
+    """
     engine = warehouse.get_engine()
     client = salesforce.get_client()
     cursor = read_cursor(engine, table)
@@ -669,12 +755,22 @@ def _salesforce(
         since = dt.datetime.fromisoformat(cursor) - SALESFORCE_LOOKBACK
         where.append(("SystemModstamp", ">", since))
     soql = soql_select(sobject, fields, where=where, order_by="SystemModstamp, Id")
+    share = settings.salesforce_max_quota_share
+    records: list[dict[str, Any]] = []
+    total = 0
+    stopped = False
+    for batch in client.query_batches(soql):
+        records.extend(batch.records)
+        total = batch.total_size
+        if not batch.done and not client.next_call_within(share):
+            stopped = True
+            break
     count = land_changes(
         engine,
         table=table,
         system="salesforce",
         stream=table,
-        records=client.query(soql),
+        records=records,
         id_key="Id",
         created_date=lambda r: iso_day(r.get("CreatedDate")),
         updated_at=lambda r: _sf_instant(r.get("SystemModstamp")),
@@ -686,10 +782,21 @@ def _salesforce(
         "mode": "incremental" if cursor else "full (first run)",
         "cursor (SystemModstamp)": read_cursor(engine, table) or "",
         "salesforce requests": client.requests_made,
+        "stopped at quota share": stopped,
+        "max quota share": share,
     }
     usage = client.api_usage
     if usage is not None:
         metadata["salesforce daily API usage"] = f"{usage[0]}/{usage[1]}"
+    if stopped:
+        metadata["records left for the next run"] = total - count
+        context.log.warning(
+            f"{table}: stopped at quota share {share:.0%} of the org's daily API limit "
+            f"(usage {usage[0] if usage else '?'}/{usage[1] if usage else '?'}); landed "
+            f"{count} of {total} records, the next run resumes from the cursor"
+        )
+    if model is not None:
+        metadata["dagster/column_schema"] = column_schema(model)
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -705,11 +812,13 @@ def salesforce_accounts(
     context: dg.AssetExecutionContext,
     salesforce: SalesforceResource,
     warehouse: WarehouseResource,
+    settings: PipelineSettings,
 ) -> dg.MaterializeResult:
     return _salesforce(
         context,
         salesforce,
         warehouse,
+        settings,
         table="salesforce_accounts",
         sobject="Account",
         fields=ACCOUNT_FIELDS,
@@ -728,11 +837,13 @@ def salesforce_opportunities(
     context: dg.AssetExecutionContext,
     salesforce: SalesforceResource,
     warehouse: WarehouseResource,
+    settings: PipelineSettings,
 ) -> dg.MaterializeResult:
     return _salesforce(
         context,
         salesforce,
         warehouse,
+        settings,
         table="salesforce_opportunities",
         sobject="Opportunity",
         fields=OPPORTUNITY_FIELDS,
@@ -751,15 +862,67 @@ def salesforce_contracts(
     context: dg.AssetExecutionContext,
     salesforce: SalesforceResource,
     warehouse: WarehouseResource,
+    settings: PipelineSettings,
 ) -> dg.MaterializeResult:
     return _salesforce(
         context,
         salesforce,
         warehouse,
+        settings,
         table="salesforce_contracts",
         sobject="Contract",
         fields=CONTRACT_FIELDS,
     )
+
+
+def _cpq_asset(
+    name: str, sobject: str, fields: list[str], model: type[pa.DataFrameModel], description: str
+) -> dg.AssetsDefinition:
+    @dg.asset(**_incremental(name, "salesforce", description))
+    def cpq_asset(
+        context: dg.AssetExecutionContext,
+        salesforce: SalesforceResource,
+        warehouse: WarehouseResource,
+        settings: PipelineSettings,
+    ) -> dg.MaterializeResult:
+        return _salesforce(
+            context,
+            salesforce,
+            warehouse,
+            settings,
+            table=name,
+            sobject=sobject,
+            fields=fields,
+            model=model,
+        )
+
+    return cpq_asset
+
+
+cpq_quotes = _cpq_asset(
+    "cpq_quotes",
+    "SBQQ__Quote__c",
+    CPQ_QUOTE_FIELDS,
+    salesforce_schemas.CpqQuoteRecord,
+    "Every Salesforce CPQ quote, kept current by SystemModstamp: the new business, renewal "
+    "and amendment quotes whose primary, accepted version fixes a contract term.",
+)
+cpq_quote_lines = _cpq_asset(
+    "cpq_quote_lines",
+    "SBQQ__QuoteLine__c",
+    CPQ_QUOTE_LINE_FIELDS,
+    salesforce_schemas.CpqQuoteLineRecord,
+    "Every Salesforce CPQ quote line, kept current by SystemModstamp: product, quantity and "
+    "net price per billing period as quoted, with the subscription each renews or amends.",
+)
+cpq_subscriptions = _cpq_asset(
+    "cpq_subscriptions",
+    "SBQQ__Subscription__c",
+    CPQ_SUBSCRIPTION_FIELDS,
+    salesforce_schemas.CpqSubscriptionRecord,
+    "Every Salesforce CPQ subscription, kept current by SystemModstamp: what each contract "
+    "entitles the customer to (product, quantity, price, dates), amendment deltas included.",
+)
 
 
 @dg.asset(

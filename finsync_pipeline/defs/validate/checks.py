@@ -108,6 +108,27 @@ CONTRACTS = [
         normalize.flatten_salesforce_contracts,
     ),
     Contract(
+        "cpq_quotes",
+        "salesforce",
+        "SBQQ__Quote__c",
+        salesforce.CpqQuoteRecord,
+        normalize.flatten_cpq_quotes,
+    ),
+    Contract(
+        "cpq_quote_lines",
+        "salesforce",
+        "SBQQ__QuoteLine__c",
+        salesforce.CpqQuoteLineRecord,
+        normalize.flatten_cpq_quote_lines,
+    ),
+    Contract(
+        "cpq_subscriptions",
+        "salesforce",
+        "SBQQ__Subscription__c",
+        salesforce.CpqSubscriptionRecord,
+        normalize.flatten_cpq_subscriptions,
+    ),
+    Contract(
         "erp_invoices",
         "netsuite",
         "invoice",
