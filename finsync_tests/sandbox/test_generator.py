@@ -276,3 +276,68 @@ def test_events_tell_each_adjustment_in_order(default_company: Company) -> None:
     end = FIXED.end
     last = max(e["created"] for e in events)
     assert datetime.datetime.fromtimestamp(last, datetime.UTC).date() <= end
+
+
+def test_cpq_lines_match_the_stripe_items_they_quote(default_company: Company) -> None:
+    sf = default_company.salesforce
+    quotes = {q["Id"]: q for q in sf["SBQQ__Quote__c"]}
+    opps = {o["Id"]: o for o in sf["Opportunity"]}
+    contracts = {c["Id"]: c for c in sf["Contract"]}
+    planted = {p["id"] for p in default_company.planted["invalid_quantity"]}
+    assert planted
+    items = {
+        item["id"]: (sub, item)
+        for sub in default_company.stripe["subscription"]
+        for item in sub["items"]["data"]
+    }
+    checked = 0
+    for line in sf["SBQQ__QuoteLine__c"]:
+        quote = quotes[line["SBQQ__Quote__c"]]
+        opp = opps[quote["SBQQ__Opportunity2__c"]]
+        assert quote["SBQQ__Account__c"] == opp["AccountId"]
+        assert line["CurrencyIsoCode"] == opp["CurrencyIsoCode"] == quote["CurrencyIsoCode"]
+        sub, item = items[line["Stripe_Subscription_Item_Id__c"]]
+        assert line["SBQQ__ProductCode__c"] == item["price"]["product"]
+        exponent = 0 if sub["currency"] == "jpy" else 2
+        assert line["SBQQ__NetPrice__c"].scaleb(exponent) == item["price"]["unit_amount"]
+        if quote["SBQQ__Type__c"] == "Amendment":
+            assert line["SBQQ__PriorQuantity__c"] == item["quantity"]
+            assert contracts[quote["SBQQ__MasterContract__c"]]["Id"] == opp["ContractId"]
+            assert opp["Type"] == "Amendment" and opp["StageName"] == "Closed Won"
+            continue
+        expected = -item["quantity"] if line["Id"] in planted else item["quantity"]
+        assert line["SBQQ__Quantity__c"] == expected
+        assert opp["Type"] == ("New Business" if quote["SBQQ__Type__c"] == "Quote" else "Renewal")
+        checked += 1
+    assert checked > 500
+
+
+def test_cpq_subscriptions_follow_contracts_renewals_and_amendments(
+    default_company: Company,
+) -> None:
+    sf = default_company.salesforce
+    subs = {s["Id"]: s for s in sf["SBQQ__Subscription__c"]}
+    lines = {q["Id"]: q for q in sf["SBQQ__QuoteLine__c"]}
+    contracts = {c["Id"]: c for c in sf["Contract"]}
+    deltas = [s for s in subs.values() if s["SBQQ__RevisedSubscription__c"]]
+    assert deltas, "some subscriptions are amended mid-term"
+    for sub in subs.values():
+        contract = contracts[sub["SBQQ__Contract__c"]]
+        assert sub["SBQQ__Account__c"] == contract["AccountId"]
+        assert contract["StartDate"] <= sub["SBQQ__SubscriptionStartDate__c"]
+        assert sub["SBQQ__SubscriptionEndDate__c"] == contract["EndDate"]
+    for delta in deltas:
+        original = subs[delta["SBQQ__RevisedSubscription__c"]]
+        line = lines[delta["SBQQ__QuoteLine__c"]]
+        assert line["SBQQ__UpgradedSubscription__c"] == original["Id"]
+        assert (
+            delta["SBQQ__Quantity__c"] == line["SBQQ__Quantity__c"] - line["SBQQ__PriorQuantity__c"]
+        )
+        # Effective after the last day of history: Stripe has billed none of it yet.
+        assert delta["SBQQ__SubscriptionStartDate__c"] > default_company.spec.end.isoformat()
+    renewals = [q for q in lines.values() if q["SBQQ__RenewedSubscription__c"]]
+    assert renewals
+    for line in renewals:
+        renewed = subs[line["SBQQ__RenewedSubscription__c"]]
+        assert renewed["SBQQ__SubscriptionEndDate__c"] < line["SBQQ__StartDate__c"]
+        assert renewed["Stripe_Subscription_Item_Id__c"] == line["Stripe_Subscription_Item_Id__c"]
