@@ -1,18 +1,34 @@
-"""NetSuite connector: SuiteTalk REST records (upsert by external id) and SuiteQL."""
+"""NetSuite connector: SuiteTalk REST records (upsert by external id) and SuiteQL.
+
+Records are written with ``PUT /record/v1/{type}/eid:{external id}``: an upsert, so resending
+it after a timeout cannot make a duplicate. When every attempt failed and at least one of them
+may have reached NetSuite (a read timeout, a connection lost after sending, a 500/502/504),
+``upsert`` raises ``AmbiguousOutcomeError`` rather than a plain retryable error: the document
+may exist, and the caller settles that by looking it up (``get_by_external_id`` or, for many
+documents at once, ``lookup_many``).
+"""
 
 import datetime
 import decimal
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import dagster as dg
 import requests
 import simplejson
+import urllib3
 from pydantic import Field
+from requests.adapters import HTTPAdapter
 
-from finsync_pipeline.errors import ConfigurationError, PermanentUpstreamError
+from finsync_pipeline.errors import (
+    AmbiguousOutcomeError,
+    ConfigurationError,
+    PermanentUpstreamError,
+    RetryableUpstreamError,
+)
 from finsync_pipeline.resources.http import (
     ConnectorClient,
     ErrorInfo,
@@ -36,6 +52,67 @@ _ACCOUNT_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 # A 404 with these codes means "no such record"; any other 404 (a wrong record type or path)
 # is a defect that must not read as "absent".
 _NOT_FOUND_CODES = frozenset({None, "NONEXISTENT_ID", "RECORD_NOT_FOUND", "NOT_FOUND"})
+# Record type -> (SuiteQL table, transaction type or None, columns lookup_many reads).
+LOOKUP_TABLES: Mapping[str, tuple[str, str | None, tuple[str, ...]]] = {
+    "customer": ("customer", None, ("id", "externalid", "entityid", "companyname", "currency")),
+    "invoice": (
+        "transaction",
+        "CustInvc",
+        ("id", "externalid", "tranid", "entity", "currency", "foreigntotal", "status"),
+    ),
+    "creditmemo": (
+        "transaction",
+        "CustCred",
+        ("id", "externalid", "tranid", "entity", "currency", "foreigntotal", "status"),
+    ),
+    "customerpayment": (
+        "transaction",
+        "CustPymt",
+        ("id", "externalid", "tranid", "entity", "currency", "foreigntotal", "status"),
+    ),
+}
+# External ids per SuiteQL IN list: Oracle allows 1000 expressions; fewer keep the query short.
+LOOKUP_CHUNK = 500
+# A response with one of these may come after NetSuite committed the write.
+_MAYBE_PROCESSED_STATUSES = frozenset({500, 502, 504})
+
+
+class _SendLog(HTTPAdapter):
+    """The transport adapter, noting per thread whether a request may have been processed
+    without its answer arriving (the request left, then a read timeout, a dropped connection
+    or a 500/502/504). ``HttpClient`` retries an idempotent PUT through such failures; this
+    tells the connector whether the give-up that may follow is ambiguous."""
+
+    def __init__(self) -> None:
+        # Retries are HttpClient's alone: urllib3 must never resend behind its back.
+        super().__init__(max_retries=0)
+        self._local = threading.local()
+
+    def reset(self) -> None:
+        self._local.uncertain = False
+
+    @property
+    def uncertain(self) -> bool:
+        return bool(getattr(self._local, "uncertain", False))
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        try:
+            response = super().send(request, *args, **kwargs)
+        except requests.exceptions.ConnectTimeout:
+            raise
+        except requests.exceptions.ConnectionError as e:
+            cause = e.args[0] if e.args else None
+            reason = getattr(cause, "reason", cause)
+            if not isinstance(reason, urllib3.exceptions.NewConnectionError):
+                self._local.uncertain = True
+            raise
+        except requests.exceptions.RequestException:
+            # A read timeout (or a broken answer): the request had been sent.
+            self._local.uncertain = True
+            raise
+        if response.status_code in _MAYBE_PROCESSED_STATUSES:
+            self._local.uncertain = True
+        return response
 
 
 def suiteql_literal(value: str | int | decimal.Decimal | datetime.date) -> str:
@@ -134,6 +211,9 @@ class NetSuiteClient(ConnectorClient):
             token_secret=token_secret,
         )
         self.http.session.headers.update({"Accept": "application/json"})
+        self._send_log = _SendLog()
+        self.http.session.mount("https://", self._send_log)
+        self.http.session.mount("http://", self._send_log)
 
     def __repr__(self) -> str:
         return f"NetSuiteClient(rest={self._rest!r}, requests_made={self.requests_made})"
@@ -142,7 +222,9 @@ class NetSuiteClient(ConnectorClient):
         """Create or update the record whose external id is ``external_id``.
 
         ``PUT /record/v1/{type}/eid:{external_id}`` is idempotent, so it is retried on
-        timeouts and transient errors without risk of a duplicate.
+        timeouts and transient errors (429 concurrency limits and 503 maintenance included,
+        honouring Retry-After) without risk of a duplicate. Record types are NetSuite's
+        lower-case REST names: ``customer``, ``invoice``, ``creditmemo``, ``customerpayment``.
 
         Returns:
             The record's internal id, parsed from the ``Location`` header.
@@ -150,18 +232,36 @@ class NetSuiteClient(ConnectorClient):
         Raises:
             PermanentUpstreamError: NetSuite refused the record (``code`` is ``o:errorCode``,
                 ``field`` is ``o:errorPath``).
+            AmbiguousOutcomeError: The retries ran out and an attempt may have committed (a
+                read timeout, a connection lost after sending, a 500/502/504): look the
+                document up before sending it again.
+            RetryableUpstreamError: The retries ran out and no attempt was processed (429,
+                503, nothing sent).
         """
         url = self._record_url(record_type, f"eid:{_external_id(external_id)}")
-        response = self.http.request(
-            "PUT",
-            url,
-            idempotent=True,
-            expected=(200, 204),
-            auth=self._auth,
-            # simplejson writes Decimal amounts exactly; json would need a float.
-            data=simplejson.dumps(body, use_decimal=True).encode("utf-8"),
-            headers={"Content-Type": "application/json"},
-        )
+        self._send_log.reset()
+        try:
+            response = self.http.request(
+                "PUT",
+                url,
+                idempotent=True,
+                expected=(200, 204),
+                auth=self._auth,
+                # simplejson writes Decimal amounts exactly; json would need a float.
+                data=simplejson.dumps(body, use_decimal=True).encode("utf-8"),
+                headers={"Content-Type": "application/json"},
+            )
+        except RetryableUpstreamError as e:
+            if not self._send_log.uncertain:
+                raise
+            raise AmbiguousOutcomeError(
+                SYSTEM,
+                f"upsert of {record_type} eid:{external_id} may have been applied: {e.detail}; "
+                "look the document up before any resend",
+                status=e.status,
+                code=e.code,
+                retry_after_s=e.retry_after_s,
+            ) from e
         location = response.headers.get("Location", "")
         internal_id = urlsplit(location).path.rstrip("/").rsplit("/", 1)[-1]
         if not _INTERNAL_ID.match(internal_id):
@@ -182,6 +282,44 @@ class NetSuiteClient(ConnectorClient):
         if not _INTERNAL_ID.match(internal_id):
             raise ValueError(f"netsuite internal ids are digits, got {internal_id!r}")
         return self._get(self._record_url(record_type, internal_id))
+
+    def lookup_many(
+        self, record_type: str, external_ids: Iterable[str]
+    ) -> dict[str, dict[str, Any]]:
+        """The records among ``external_ids`` that exist, by external id, in few SuiteQL queries.
+
+        Settles many ambiguous or in-flight documents at once: one query per
+        ``LOOKUP_CHUNK`` external ids (``WHERE externalid IN (...)``, every value escaped with
+        ``suiteql_literal``). Each value is the SuiteQL row (lower-case columns, values as
+        strings: ``id``, ``externalid``, and for transactions ``tranid``, ``entity``,
+        ``currency``, ``foreigntotal``, ``status``). External ids that are absent are missing
+        from the result.
+
+        Raises:
+            ValueError: An unsupported record type or a malformed external id.
+            PermanentUpstreamError: NetSuite answered two records for one external id.
+        """
+        if record_type not in LOOKUP_TABLES:
+            raise ValueError(f"lookup_many supports {sorted(LOOKUP_TABLES)}, not {record_type!r}")
+        table, tran_type, columns = LOOKUP_TABLES[record_type]
+        wanted = list(dict.fromkeys(_external_id(x) for x in external_ids))
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted), LOOKUP_CHUNK):
+            chunk = wanted[start : start + LOOKUP_CHUNK]
+            where = f"externalid IN ({', '.join(suiteql_literal(x) for x in chunk)})"
+            if tran_type is not None:
+                where = f"type = {suiteql_literal(tran_type)} AND {where}"
+            query = f"SELECT {', '.join(columns)} FROM {table} WHERE {where} ORDER BY id"
+            for row in self.suiteql(query):
+                key = str(row.get("externalid"))
+                if key in found:
+                    raise PermanentUpstreamError(
+                        SYSTEM,
+                        f"two {record_type} records carry external id {key} "
+                        f"({found[key].get('id')} and {row.get('id')})",
+                    )
+                found[key] = row
+        return found
 
     def suiteql(self, query: str, *, page_size: int = MAX_SUITEQL_PAGE) -> Iterator[dict[str, Any]]:
         """Every row of a SuiteQL query, paged with limit/offset while ``hasMore``.

@@ -8,8 +8,10 @@ small-response server at a few dozen requests per second.
 
 import contextlib
 import logging
+import math
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
@@ -61,6 +63,9 @@ class Response:
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    withhold_s: float | None = None
+    """When set, nothing is answered: the connection stalls this long, then closes (a
+    commit-then-timeout fault)."""
 
 
 def dumps(obj: Any) -> bytes:
@@ -96,17 +101,97 @@ class FaultRule:
 
 
 @dataclass
+class MaintenanceWindow:
+    """A system down for maintenance: every request answers 503 with Retry-After.
+
+    The window ends at ``until`` (on the ``Faults`` clock) or after ``remaining`` requests,
+    whichever form it was opened with.
+    """
+
+    system: str
+    until: float | None
+    remaining: int | None
+    retry_after_s: int | None
+
+
+@dataclass
+class CommitThenTimeout:
+    """The next ``remaining`` successful writes commit, then the answer never arrives.
+
+    The connection stalls ``stall_s`` seconds (longer than the client's read timeout, so the
+    client gives up) and is then closed without a response; ``stall_s == 0`` closes it at once.
+    """
+
+    system: str
+    remaining: int
+    stall_s: float
+    path_prefix: str | None
+
+
+@dataclass
+class ConcurrencyLimit:
+    """At most ``limit`` requests of a system in flight; one more answers 429."""
+
+    limit: int
+    retry_after_s: int | None
+
+
+@dataclass
+class Rejection:
+    """What ``Faults.admit`` answers instead of serving a request."""
+
+    status: int
+    retry_after_s: int | None
+
+
+def _check_system(system: str) -> None:
+    if system not in SYSTEMS:
+        raise ValueError(f"unknown sandbox system {system!r}; expected one of {SYSTEMS}")
+
+
+def _check_retry_after(retry_after_s: int | None) -> int | None:
+    if retry_after_s is None:
+        return None
+    if int(retry_after_s) < 0:
+        raise ValueError("retry_after_s must be >= 0")
+    return int(retry_after_s)
+
+
+@dataclass
 class Faults:
     """Deterministic fault injection shared by the simulators.
 
-    Rules fire in the order they were armed; each matching request consumes one count. The design
-    leaves room for other fault kinds (maintenance windows, commit-then-timeout, concurrency
-    limits) as further rule types consulted in ``take``.
+    Kinds of fault, consulted for each request in this order:
+
+    1. a maintenance window (``maintenance``): 503 with Retry-After, for a time or a number of
+       requests;
+    2. status rules (``add``): the next ``count`` matching requests answer a status, in the
+       order the rules were armed;
+    3. a concurrency limit (``set_concurrency_limit``): a request arriving while ``limit``
+       others of its system are in flight answers 429;
+    4. pacing of admitted requests: a gate (``hold``/``release``) that parks them until
+       released, and a fixed latency (``set_latency``); both make overlap deterministic;
+    5. commit-then-timeout (``commit_then_timeout``): after a write succeeded, its answer is
+       withheld (the connection stalls, then closes) so the client sees an ambiguous outcome.
+
+    Every kind is per system and cleared by ``clear``. ``clock`` times maintenance windows.
     """
 
     rules: list[FaultRule] = field(default_factory=list)
+    windows: list[MaintenanceWindow] = field(default_factory=list)
+    commit_timeouts: list[CommitThenTimeout] = field(default_factory=list)
+    limits: dict[str, ConcurrencyLimit] = field(default_factory=dict)
+    latency_s: dict[str, float] = field(default_factory=dict)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _changed: threading.Condition = field(init=False, repr=False, compare=False)
+    _in_flight: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    _gates: dict[str, threading.Event] = field(default_factory=dict, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        self._changed = threading.Condition(self._lock)
+
+    # status rules -----------------------------------------------------------------------------
     def add(
         self,
         system: str,
@@ -121,24 +206,14 @@ class Faults:
         Raises:
             ValueError: Unknown system, a status that is not an HTTP error, or count < 1.
         """
-        if system not in SYSTEMS:
-            raise ValueError(f"unknown sandbox system {system!r}; expected one of {SYSTEMS}")
+        _check_system(system)
         if not 400 <= int(status) <= 599:
             raise ValueError(f"fault status must be an HTTP error (400-599), got {status}")
         if int(count) < 1:
             raise ValueError(f"fault count must be >= 1, got {count}")
-        if retry_after_s is not None and int(retry_after_s) < 0:
-            raise ValueError("retry_after_s must be >= 0")
+        retry_after = _check_retry_after(retry_after_s)
         with self._lock:
-            self.rules.append(
-                FaultRule(
-                    system,
-                    int(status),
-                    int(count),
-                    None if retry_after_s is None else int(retry_after_s),
-                    path_prefix,
-                )
-            )
+            self.rules.append(FaultRule(system, int(status), int(count), retry_after, path_prefix))
 
     def take(self, system: str, path: str) -> FaultRule | None:
         """Consume and return the first armed fault matching this request, if any."""
@@ -154,10 +229,255 @@ class Faults:
                 return FaultRule(rule.system, rule.status, 0, rule.retry_after_s, rule.path_prefix)
         return None
 
-    def clear(self, system: str | None = None) -> None:
-        """Disarm all faults, or those of one system."""
+    # maintenance windows ----------------------------------------------------------------------
+    def maintenance(
+        self,
+        system: str,
+        *,
+        seconds: float | None = None,
+        requests: int | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        """Open a maintenance window: every request of ``system`` answers 503 with Retry-After.
+
+        Give exactly one of ``seconds`` (from now on the ``clock``) or ``requests`` (the next
+        that many requests). Retry-After is ``retry_after_s`` when given, else the seconds left
+        in a timed window (rounded up) or 1 for a counted one.
+
+        Raises:
+            ValueError: Unknown system, both or neither of seconds/requests, or a value < 1.
+        """
+        _check_system(system)
+        if (seconds is None) == (requests is None):
+            raise ValueError("a maintenance window takes exactly one of seconds or requests")
+        if seconds is not None and float(seconds) <= 0:
+            raise ValueError(f"maintenance seconds must be > 0, got {seconds}")
+        if requests is not None and int(requests) < 1:
+            raise ValueError(f"maintenance requests must be >= 1, got {requests}")
+        retry_after = _check_retry_after(retry_after_s)
         with self._lock:
-            self.rules = [r for r in self.rules if system is not None and r.system != system]
+            until = None if seconds is None else self.clock() + float(seconds)
+            count = None if requests is None else int(requests)
+            self.windows.append(MaintenanceWindow(system, until, count, retry_after))
+
+    def _in_maintenance(self, system: str) -> Rejection | None:
+        now = self.clock()
+        for window in list(self.windows):
+            if window.system != system:
+                continue
+            if window.until is not None:
+                left = window.until - now
+                if left <= 0:
+                    self.windows.remove(window)
+                    continue
+                retry = window.retry_after_s
+                return Rejection(503, math.ceil(left) if retry is None else retry)
+            assert window.remaining is not None
+            window.remaining -= 1
+            if window.remaining <= 0:
+                self.windows.remove(window)
+            return Rejection(503, 1 if window.retry_after_s is None else window.retry_after_s)
+        return None
+
+    # concurrency ------------------------------------------------------------------------------
+    def set_concurrency_limit(
+        self, system: str, limit: int | None, *, retry_after_s: int | None = None
+    ) -> None:
+        """Allow at most ``limit`` requests of ``system`` in flight (None: no limit).
+
+        A request arriving while ``limit`` are in flight answers 429 (NetSuite:
+        ``CONCURRENCY_LIMIT_EXCEEDED``), with Retry-After only when ``retry_after_s`` is given:
+        NetSuite documents none.
+
+        Raises:
+            ValueError: Unknown system or a limit < 1.
+        """
+        _check_system(system)
+        retry_after = _check_retry_after(retry_after_s)
+        with self._lock:
+            if limit is None:
+                self.limits.pop(system, None)
+                return
+            if int(limit) < 1:
+                raise ValueError(f"concurrency limit must be >= 1, got {limit}")
+            self.limits[system] = ConcurrencyLimit(int(limit), retry_after)
+
+    def in_flight(self, system: str) -> int:
+        """Requests of ``system`` admitted and not yet answered."""
+        with self._lock:
+            return self._in_flight.get(system, 0)
+
+    def wait_in_flight(self, system: str, n: int, timeout_s: float = 10.0) -> bool:
+        """Block until at least ``n`` requests of ``system`` are in flight; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: self._in_flight.get(system, 0) >= n, timeout=timeout_s
+            )
+
+    def admit(self, system: str, path: str) -> Rejection | None:
+        """Decide a request: the rejection to answer, or None when it is admitted.
+
+        An admitted request counts as in flight until ``leave`` is called for it.
+        """
+        with self._changed:
+            rejection = self._in_maintenance(system)
+            if rejection is not None:
+                return rejection
+        rule = self.take(system, path)
+        if rule is not None:
+            return Rejection(rule.status, rule.retry_after_s)
+        with self._changed:
+            limit = self.limits.get(system)
+            running = self._in_flight.get(system, 0)
+            if limit is not None and running >= limit.limit:
+                return Rejection(429, limit.retry_after_s)
+            self._in_flight[system] = running + 1
+            self._changed.notify_all()
+        return None
+
+    def leave(self, system: str) -> None:
+        """An admitted request of ``system`` was answered."""
+        with self._changed:
+            self._in_flight[system] = max(0, self._in_flight.get(system, 0) - 1)
+            self._changed.notify_all()
+
+    # pacing -----------------------------------------------------------------------------------
+    def hold(self, system: str) -> None:
+        """Park every admitted request of ``system`` (it stays in flight) until ``release``."""
+        _check_system(system)
+        with self._lock:
+            self._gates.setdefault(system, threading.Event()).clear()
+
+    def release(self, system: str | None = None) -> None:
+        """Let held requests of ``system`` (or of every system) proceed."""
+        with self._lock:
+            for name, gate in list(self._gates.items()):
+                if system is None or name == system:
+                    gate.set()
+                    del self._gates[name]
+
+    def set_latency(self, system: str, seconds: float) -> None:
+        """Delay every admitted request of ``system`` by ``seconds`` (0 removes the delay)."""
+        _check_system(system)
+        if float(seconds) < 0:
+            raise ValueError("latency must be >= 0")
+        with self._lock:
+            if float(seconds) == 0:
+                self.latency_s.pop(system, None)
+            else:
+                self.latency_s[system] = float(seconds)
+
+    def pace(self, system: str, stopping: threading.Event | None = None) -> None:
+        """Wait as the gate and latency of ``system`` require (called for admitted requests)."""
+        with self._lock:
+            gate = self._gates.get(system)
+            delay = self.latency_s.get(system, 0.0)
+        if gate is not None:
+            # A held request waits at most a minute: a forgotten hold must not hang a test run.
+            gate.wait(timeout=60.0)
+        if delay:
+            (stopping or threading.Event()).wait(delay)
+
+    # commit-then-timeout ----------------------------------------------------------------------
+    def commit_then_timeout(
+        self,
+        system: str,
+        *,
+        count: int = 1,
+        stall_s: float = 5.0,
+        path_prefix: str | None = None,
+    ) -> None:
+        """Withhold the answer of the next ``count`` successful writes to ``system``.
+
+        Each write commits (the document exists), then its connection stalls ``stall_s``
+        seconds and closes without a response. Pick ``stall_s`` above the client's read
+        timeout for a read timeout, or 0 for a connection dropped at once. Only writes that
+        succeeded (2xx) count; reads never do.
+
+        Raises:
+            ValueError: Unknown system, count < 1 or stall_s < 0.
+        """
+        _check_system(system)
+        if int(count) < 1:
+            raise ValueError(f"fault count must be >= 1, got {count}")
+        if float(stall_s) < 0:
+            raise ValueError("stall_s must be >= 0")
+        with self._lock:
+            self.commit_timeouts.append(
+                CommitThenTimeout(system, int(count), float(stall_s), path_prefix)
+            )
+
+    def take_commit_timeout(self, system: str, path: str) -> float | None:
+        """Consume the first commit-then-timeout matching a committed write: its stall, or None."""
+        with self._lock:
+            for rule in self.commit_timeouts:
+                if rule.system != system:
+                    continue
+                if rule.path_prefix and not path.startswith(rule.path_prefix):
+                    continue
+                rule.remaining -= 1
+                if rule.remaining <= 0:
+                    self.commit_timeouts.remove(rule)
+                return rule.stall_s
+        return None
+
+    # inspection -------------------------------------------------------------------------------
+    def clear(self, system: str | None = None) -> None:
+        """Disarm every fault (status rules, windows, limits, pacing, commit-then-timeout),
+        or those of one system; held requests are released."""
+
+        def keep(name: str) -> bool:
+            return system is not None and name != system
+
+        with self._lock:
+            self.rules = [r for r in self.rules if keep(r.system)]
+            self.windows = [w for w in self.windows if keep(w.system)]
+            self.commit_timeouts = [c for c in self.commit_timeouts if keep(c.system)]
+            self.limits = {k: v for k, v in self.limits.items() if keep(k)}
+            self.latency_s = {k: v for k, v in self.latency_s.items() if keep(k)}
+        self.release(system)
+
+    def describe(self) -> dict[str, Any]:
+        """What is armed, as JSON-ready data (the admin endpoint answers it)."""
+        with self._lock:
+            now = self.clock()
+            return {
+                "status": [
+                    {
+                        "system": r.system,
+                        "status": r.status,
+                        "remaining": r.remaining,
+                        "retry_after_s": r.retry_after_s,
+                        "path_prefix": r.path_prefix,
+                    }
+                    for r in self.rules
+                ],
+                "maintenance": [
+                    {
+                        "system": w.system,
+                        "seconds_left": None if w.until is None else max(0.0, w.until - now),
+                        "requests_left": w.remaining,
+                        "retry_after_s": w.retry_after_s,
+                    }
+                    for w in self.windows
+                ],
+                "commit_then_timeout": [
+                    {
+                        "system": c.system,
+                        "remaining": c.remaining,
+                        "stall_s": c.stall_s,
+                        "path_prefix": c.path_prefix,
+                    }
+                    for c in self.commit_timeouts
+                ],
+                "concurrency_limit": {
+                    k: {"limit": v.limit, "retry_after_s": v.retry_after_s}
+                    for k, v in self.limits.items()
+                },
+                "latency_s": dict(self.latency_s),
+                "held": sorted(self._gates),
+                "in_flight": {k: v for k, v in self._in_flight.items() if v},
+            }
 
 
 class Simulator:
@@ -169,6 +489,8 @@ class Simulator:
         self.faults = faults
         self._count = 0
         self._count_lock = threading.Lock()
+        # Set when the server stops, so a stalled or delayed answer ends promptly.
+        self.stopping = threading.Event()
 
     @property
     def request_count(self) -> int:
@@ -181,15 +503,26 @@ class Simulator:
             return self._admin(req)
         with self._count_lock:
             self._count += 1
-        fault = self.faults.take(self.system, req.path)
-        if fault is not None:
-            headers = {}
-            if fault.retry_after_s is not None:
-                headers["Retry-After"] = str(fault.retry_after_s)
-            resp = self.fault_response(fault.status)
-            resp.headers.update(headers)
+        rejection = self.faults.admit(self.system, req.path)
+        if rejection is not None:
+            resp = self.fault_response(rejection.status)
+            if rejection.retry_after_s is not None:
+                resp.headers["Retry-After"] = str(rejection.retry_after_s)
             return resp
-        return self.handle(req)
+        try:
+            self.faults.pace(self.system, self.stopping)
+            resp = self.handle(req)
+        finally:
+            self.faults.leave(self.system)
+        if 200 <= resp.status < 300 and self.is_write(req):
+            stall = self.faults.take_commit_timeout(self.system, req.path)
+            if stall is not None:
+                resp.withhold_s = stall
+        return resp
+
+    def is_write(self, req: Request) -> bool:
+        """Whether a request changes state (what commit-then-timeout applies to)."""
+        return req.method in ("POST", "PUT", "PATCH", "DELETE")
 
     def _admin(self, req: Request) -> Response:
         if req.method != "POST":
@@ -199,20 +532,68 @@ class Simulator:
             if not isinstance(args, dict):
                 raise ValueError("body must be a JSON object")
             if req.path == "/__sandbox/faults":
-                if args.get("clear"):
-                    self.faults.clear(args.get("system"))
-                else:
-                    self.faults.add(
-                        str(args.get("system", self.system)),
-                        status=int(args["status"]),
-                        count=int(args.get("count", 1)),
-                        retry_after_s=args.get("retry_after_s", 1),
-                        path_prefix=args.get("path_prefix"),
-                    )
-                return json_response(200, {"ok": True, "armed": len(self.faults.rules)})
+                self._arm(args)
+                return json_response(
+                    200, {"ok": True, "armed": len(self.faults.rules), **self.faults.describe()}
+                )
             return self.admin(req.path, args)
         except (KeyError, ValueError, TypeError) as e:
             return json_response(400, {"error": f"bad admin request: {e}"})
+
+    def _arm(self, args: dict[str, Any]) -> None:
+        """``POST /__sandbox/faults``: arm (or clear) one fault described by ``args``.
+
+        ``{"clear": true[, "system"]}``; ``{"kind": "status", "status", "count",
+        "retry_after_s", "path_prefix"}`` (the default kind); ``{"kind": "maintenance",
+        "seconds" | "requests", "retry_after_s"}``; ``{"kind": "concurrency_limit", "limit"
+        (null removes it), "retry_after_s"}``; ``{"kind": "commit_then_timeout", "count",
+        "stall_s", "path_prefix"}``; ``{"kind": "latency", "seconds"}``; ``{"kind": "hold"}``
+        and ``{"kind": "release"}``. ``system`` defaults to the simulator addressed.
+        """
+        faults = self.faults
+        system = str(args.get("system", self.system))
+        if args.get("clear"):
+            faults.clear(args.get("system"))
+            return
+        kind = args.get("kind", "status")
+        if kind == "status":
+            faults.add(
+                system,
+                status=int(args["status"]),
+                count=int(args.get("count", 1)),
+                retry_after_s=args.get("retry_after_s", 1),
+                path_prefix=args.get("path_prefix"),
+            )
+        elif kind == "maintenance":
+            seconds, requests = args.get("seconds"), args.get("requests")
+            faults.maintenance(
+                system,
+                seconds=None if seconds is None else float(seconds),
+                requests=None if requests is None else int(requests),
+                retry_after_s=args.get("retry_after_s"),
+            )
+        elif kind == "concurrency_limit":
+            limit = args.get("limit")
+            faults.set_concurrency_limit(
+                system,
+                None if limit is None else int(limit),
+                retry_after_s=args.get("retry_after_s"),
+            )
+        elif kind == "commit_then_timeout":
+            faults.commit_then_timeout(
+                system,
+                count=int(args.get("count", 1)),
+                stall_s=float(args.get("stall_s", 5.0)),
+                path_prefix=args.get("path_prefix"),
+            )
+        elif kind == "latency":
+            faults.set_latency(system, float(args["seconds"]))
+        elif kind == "hold":
+            faults.hold(system)
+        elif kind == "release":
+            faults.release(args.get("system"))
+        else:
+            raise ValueError(f"unknown fault kind {kind!r}")
 
     def admin(self, path: str, args: dict[str, Any]) -> Response:
         """System-specific admin endpoints; none by default."""
@@ -254,6 +635,11 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             LOG.exception("sandbox %s failed on %s %s", app.system, self.command, path)
             resp = app.internal_error()
+        if resp.withhold_s is not None:
+            # Commit-then-timeout: the write is committed, its answer never leaves.
+            app.stopping.wait(resp.withhold_s)
+            self.close_connection = True
+            return
         self.send_response(resp.status)
         for key, value in resp.headers.items():
             self.send_header(key, value)
@@ -303,6 +689,7 @@ class SimServer(ThreadingHTTPServer):
 
     def start(self) -> None:
         """Serve in a background thread."""
+        self.app.stopping.clear()
         self._thread = threading.Thread(
             target=self.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -313,6 +700,7 @@ class SimServer(ThreadingHTTPServer):
 
     def stop(self, on_closed: Callable[[], None] | None = None) -> None:
         """Stop accepting, drop keep-alive connections, close the listening socket."""
+        self.app.stopping.set()
         self.shutdown()
         with self._open_lock:
             open_socks = list(self._open)

@@ -1,10 +1,30 @@
 """NetSuite SuiteTalk REST simulator: TBA (OAuth 1.0a HMAC-SHA256), record API, SuiteQL.
 
-Records: ``customer`` and ``invoice`` can be created (POST), upserted by external id
-(``PUT .../eid:{x}``) and read; master data (subsidiary, currency, item) can be read. Bodies are
-validated as NetSuite would and rejected with its RFC 7807-style ``o:errorDetails`` envelope.
-An upsert that updates an existing record replaces the ``item`` sublist it sends, so resending
-the same document is idempotent.
+Records: ``customer``, ``invoice``, ``creditmemo`` and ``customerpayment`` can be created
+(POST), upserted by external id (``PUT .../eid:{x}``) and read by internal id or ``eid:``;
+master data (subsidiary, currency, item) can be read. Bodies are validated as NetSuite would and
+rejected with its RFC 7807-style ``o:errorDetails`` envelope, ``o:errorPath`` naming the field.
+An upsert that updates an existing record replaces the sublists it sends (``item``, ``apply``),
+so resending the same document is idempotent.
+
+Applications: a credit memo or a customer payment applies to invoices of the same customer and
+currency through its ``apply`` sublist (``{"items": [{"doc": {"id"}, "apply": true,
+"amount"}]}``), never beyond the invoice's ``amountRemaining``. An invoice's read-only
+``amountRemaining``, ``amountPaid`` and ``status`` ("Open", "Paid In Full") follow what is
+applied to it. Invoices cannot be voided or deleted through REST here: a compensation is a
+credit memo. ``createdFrom`` on a credit memo links it to its invoice but applies nothing.
+
+Sandbox simplifications, to keep in mind against a live account:
+
+- SuiteQL ``paymentapplication (id, payment, paymenttype, invoice, amount)`` is not a NetSuite
+  table: a real account exposes applications through ``transactionline`` and
+  ``previoustransactionlinelink``. ``payment`` is the applying transaction's id (a CustPymt or a
+  CustCred, told apart by ``paymenttype``).
+- The sandbox keeps no exchange rates: ``amountremaining`` equals ``foreignamountremaining``
+  (the transaction currency), and ``foreigntotal`` of a credit memo or payment is positive.
+- SuiteQL ``status`` codes: CustInvc A (Open) / B (Paid In Full); CustCred A (Open) / B (Fully
+  Applied); CustPymt B (Not Deposited). REST renders ``status`` as its name, a plain string.
+- ``amountremaining`` of a credit memo or payment is its unapplied amount.
 """
 
 import base64
@@ -80,6 +100,71 @@ _INVOICE_FIELDS = {
     "postingPeriod",
     "tranId",
 }
+_CREDIT_MEMO_FIELDS = _INVOICE_FIELDS | {"createdFrom", "apply"}
+_PAYMENT_FIELDS = {
+    "externalId",
+    "customer",
+    "tranDate",
+    "currency",
+    "payment",
+    "memo",
+    "account",
+    "paymentMethod",
+    "apply",
+    "subsidiary",
+    "exchangeRate",
+    "postingPeriod",
+    "checkNum",
+    "tranId",
+    "department",
+    "class",
+    "location",
+}
+_APPLY_FIELDS = {"doc", "apply", "amount", "line"}
+# Record type (as the REST path spells it, lower-case) -> SuiteQL transaction type.
+_TRAN_TYPES = {"invoice": "CustInvc", "creditmemo": "CustCred", "customerpayment": "CustPymt"}
+_TRAN_PREFIX = {"invoice": "INV", "creditmemo": "CM", "customerpayment": "PYMT"}
+# SuiteQL status code while something remains / once nothing remains, and the REST names.
+_STATUS = {"CustInvc": ("A", "B"), "CustCred": ("A", "B"), "CustPymt": ("B", "B")}
+_STATUS_NAMES = {
+    ("CustInvc", "A"): "Open",
+    ("CustInvc", "B"): "Paid In Full",
+    ("CustCred", "A"): "Open",
+    ("CustCred", "B"): "Fully Applied",
+    ("CustPymt", "B"): "Not Deposited",
+}
+# Added to the shared store's schema by the simulator itself; a state file made before these
+# existed gains them when the simulator opens it.
+_APPLICATION_DDL = (
+    "CREATE TABLE IF NOT EXISTS ns_application (id INTEGER PRIMARY KEY, payment INTEGER NOT "
+    "NULL, paymenttype TEXT NOT NULL, invoice INTEGER NOT NULL, amount TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS ns_application_payment ON ns_application (payment)",
+    "CREATE INDEX IF NOT EXISTS ns_application_invoice ON ns_application (invoice)",
+)
+_REMAINING_COLUMNS = ("amountremaining", "foreignamountremaining")
+
+
+def _status_code(tran_type: str, remaining: Decimal) -> str:
+    open_code, closed_code = _STATUS[tran_type]
+    return closed_code if remaining == 0 else open_code
+
+
+def ensure_schema(store: Store) -> None:
+    """Add the application table and the amount-remaining columns to the store if missing."""
+    with store.tx() as conn:
+        for ddl in _APPLICATION_DDL:
+            conn.execute(ddl)
+        have = {r[1] for r in conn.execute("PRAGMA table_info(ns_transaction)")}
+        for column in _REMAINING_COLUMNS:
+            if column not in have:
+                conn.execute(f"ALTER TABLE ns_transaction ADD COLUMN {column} TEXT")
+        # Invoices stored before applications existed have nothing applied to them.
+        conn.execute(
+            "UPDATE ns_transaction SET amountremaining = foreigntotal, "
+            "foreignamountremaining = foreigntotal WHERE amountremaining IS NULL"
+        )
+
+
 _LINE_FIELDS = {
     "item",
     "quantity",
@@ -177,6 +262,16 @@ class NetSuiteSimulator(Simulator):
         self.token_id = token_id
         self.token_secret = token_secret
         self.clock = clock
+        ensure_schema(store)
+
+    def is_write(self, req: Request) -> bool:
+        """Record writes only: a SuiteQL query is a POST that changes nothing."""
+        return req.path.startswith(RECORD_ROOT + "/") and req.method in (
+            "POST",
+            "PUT",
+            "PATCH",
+            "DELETE",
+        )
 
     def fault_response(self, status: int) -> Response:
         """NetSuite's envelope: 429 is its concurrency limit."""
@@ -276,7 +371,7 @@ class NetSuiteSimulator(Simulator):
             if req.method != "GET" or ident is None:
                 raise NsError(405, "USER_ERROR", f"{req.method} is not supported on {rtype}.")
             return self._get_master(base, rtype, ident)
-        if rtype not in ("customer", "invoice"):
+        if rtype != "customer" and rtype not in _TRAN_TYPES:
             raise NsError(404, "NONEXISTENT_ID", f"Record type '{parts[0]}' is not supported.")
         if req.method == "GET" and ident is not None:
             found = self._find(rtype, ident)
@@ -341,15 +436,17 @@ class NetSuiteSimulator(Simulator):
         return body
 
     def _find(self, rtype: str, ident: str) -> sqlite3.Row | None:
-        table = "ns_customer" if rtype == "customer" else "ns_transaction"
-        extra = "" if rtype == "customer" else " AND type = 'CustInvc'"
+        if rtype == "customer":
+            table, extra, args = "ns_customer", "", []
+        else:
+            table, extra, args = "ns_transaction", " AND type = ?", [_TRAN_TYPES[rtype]]
         if ident.startswith("eid:"):
             return self.store.one(
-                f"SELECT * FROM {table} WHERE externalid = ?{extra}", (ident[4:],)
+                f"SELECT * FROM {table} WHERE externalid = ?{extra}", [ident[4:], *args]
             )
         if not ident.isdigit():
             return None
-        return self.store.one(f"SELECT * FROM {table} WHERE id = ?{extra}", (int(ident),))
+        return self.store.one(f"SELECT * FROM {table} WHERE id = ?{extra}", [int(ident), *args])
 
     def _master(self, rtype: str, rid: Any) -> dict[str, Any] | None:
         if not isinstance(rid, str | int) or isinstance(rid, bool):
@@ -413,20 +510,82 @@ class NetSuiteSimulator(Simulator):
             )
         return body
 
-    def _validate_invoice(self, body: dict[str, Any]) -> dict[str, Any]:
-        for key in body:
-            if key not in _INVOICE_FIELDS and not key.startswith("custbody"):
-                raise NsError(400, "INVALID_CONTENT", f"Invalid field name {key}.", key)
-        entity = self._ref_id(body, "entity", "entity", required=True)
+    def _check_date(self, body: dict[str, Any], name: str, *, required: bool) -> None:
+        value = body.get(name)
+        if value is None and not required:
+            return
+        if value is None:
+            raise NsError(400, "USER_ERROR", f"Please enter value(s) for: {name}.", name)
+        try:
+            if not isinstance(value, str) or len(value) != 10:
+                raise ValueError(value)
+            datetime.date.fromisoformat(value)
+        except ValueError:
+            raise NsError(
+                400,
+                "INVALID_CONTENT",
+                f"Invalid date value {value!r} for {name}: use YYYY-MM-DD.",
+                name,
+            ) from None
+
+    @staticmethod
+    def _amount(
+        value: Any, path: str, name: str, currency: dict[str, Any], *, required: bool = True
+    ) -> Decimal | None:
+        """An exact amount: a JSON number within the currency's decimal places."""
+        if value is None:
+            if required:
+                raise NsError(400, "USER_ERROR", f"Please enter value(s) for: {name}.", path)
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | Decimal):
+            raise NsError(400, "INVALID_CONTENT", f"Invalid number {value!r} for {name}.", path)
+        amount = Decimal(value)
+        places = int(currency["currencyPrecision"])
+        exponent = amount.normalize().as_tuple().exponent
+        if isinstance(exponent, int) and -exponent > places:
+            raise NsError(
+                400,
+                "INVALID_CONTENT",
+                f"Amount {amount} has more decimal places than "
+                f"{currency['symbol']} allows ({places}).",
+                path,
+            )
+        return amount
+
+    def _customer_ref(self, body: dict[str, Any], name: str) -> sqlite3.Row:
+        entity = self._ref_id(body, name, name, required=True)
         customer = self._find("customer", str(entity))
         if customer is None:
             raise NsError(
                 400,
                 "USER_ERROR",
-                f"Invalid Field Value {entity} for the following field: entity.",
-                "entity",
+                f"Invalid Field Value {entity} for the following field: {name}.",
+                name,
             )
-        sub = self._ref_id(body, "subsidiary", "subsidiary", required=True)
+        return customer
+
+    def _currency_ref(self, body: dict[str, Any], *, default: str | None) -> dict[str, Any]:
+        currency_id = self._ref_id(body, "currency", "currency", required=default is None)
+        if currency_id is None:
+            currency_id = default
+            body["currency"] = {"id": default}
+        currency = self._master("currency", currency_id)
+        if currency is None:
+            raise NsError(
+                400,
+                "USER_ERROR",
+                f"Invalid Field Value {currency_id} for the following field: currency.",
+                "currency",
+            )
+        return currency
+
+    def _subsidiary_ref(
+        self, body: dict[str, Any], customer: sqlite3.Row, *, required: bool
+    ) -> None:
+        sub = self._ref_id(body, "subsidiary", "subsidiary", required=required)
+        if sub is None:
+            body["subsidiary"] = {"id": customer["subsidiary"]}
+            return
         if self._master("subsidiary", sub) is None:
             raise NsError(
                 400,
@@ -438,38 +597,31 @@ class NetSuiteSimulator(Simulator):
             raise NsError(
                 400,
                 "USER_ERROR",
-                f"The subsidiary {sub} is not valid for customer {entity}.",
+                f"The subsidiary {sub} is not valid for customer {customer['id']}.",
                 "subsidiary",
             )
-        currency_id = self._ref_id(body, "currency", "currency", required=True)
-        currency = self._master("currency", currency_id)
-        if currency is None:
-            raise NsError(
-                400,
-                "USER_ERROR",
-                f"Invalid Field Value {currency_id} for the following field: currency.",
-                "currency",
-            )
-        for date_field, required in (("tranDate", True), ("dueDate", False)):
-            value = body.get(date_field)
-            if value is None and not required:
-                continue
-            try:
-                if not isinstance(value, str) or len(value) != 10:
-                    raise ValueError(value)
-                datetime.date.fromisoformat(value)
-            except ValueError:
-                raise NsError(
-                    400,
-                    "INVALID_CONTENT",
-                    f"Invalid date value {value!r} for {date_field}: use YYYY-MM-DD.",
-                    date_field,
-                ) from None
+
+    @staticmethod
+    def _check_fields(body: dict[str, Any], allowed: set[str], custom: str) -> None:
+        for key in body:
+            if key not in allowed and not key.startswith(custom):
+                raise NsError(400, "INVALID_CONTENT", f"Invalid field name {key}.", key)
+
+    def _validate_sales(
+        self, body: dict[str, Any], allowed: set[str]
+    ) -> tuple[sqlite3.Row, dict[str, Any], Decimal]:
+        """An invoice or credit memo: its customer, currency and total (the sum of its lines)."""
+        self._check_fields(body, allowed, "custbody")
+        customer = self._customer_ref(body, "entity")
+        self._subsidiary_ref(body, customer, required=True)
+        currency = self._currency_ref(body, default=None)
+        self._check_date(body, "tranDate", required=True)
+        self._check_date(body, "dueDate", required=False)
         sublist = body.get("item")
         items = sublist.get("items") if isinstance(sublist, dict) else None
         if not isinstance(items, list) or not items:
             raise NsError(400, "USER_ERROR", "You must enter at least one line item.", "item")
-        places = int(currency["currencyPrecision"])
+        total = Decimal(0)
         for n, line in enumerate(items):
             path = f"item.items[{n}]"
             if not isinstance(line, dict):
@@ -487,35 +639,167 @@ class NetSuiteSimulator(Simulator):
                     f"Invalid Field Value {item_id} for the following field: item.",
                     f"{path}.item",
                 )
-            for num_field, required in (("amount", True), ("quantity", False), ("rate", False)):
+            amount = self._amount(line.get("amount"), f"{path}.amount", "amount", currency)
+            for num_field in ("quantity", "rate"):
                 value = line.get(num_field)
-                if value is None:
-                    if required:
-                        raise NsError(
-                            400,
-                            "USER_ERROR",
-                            f"Please enter value(s) for: {num_field}.",
-                            f"{path}.{num_field}",
-                        )
-                    continue
-                if isinstance(value, bool) or not isinstance(value, int | Decimal):
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, int | Decimal)
+                ):
                     raise NsError(
                         400,
                         "INVALID_CONTENT",
                         f"Invalid number {value!r} for {num_field}.",
                         f"{path}.{num_field}",
                     )
-            amount = Decimal(line["amount"])
-            exponent = amount.normalize().as_tuple().exponent
-            if isinstance(exponent, int) and -exponent > places:
+            assert amount is not None
+            total += amount
+        return customer, currency, total
+
+    def _validate_invoice(self, body: dict[str, Any]) -> Decimal:
+        return self._validate_sales(body, _INVOICE_FIELDS)[2]
+
+    def _validate_credit_memo(
+        self, conn: sqlite3.Connection, body: dict[str, Any], own_id: int | None
+    ) -> tuple[Decimal, list[tuple[int, Decimal]]]:
+        customer, currency, total = self._validate_sales(body, _CREDIT_MEMO_FIELDS)
+        source = self._ref_id(body, "createdFrom", "createdFrom", required=False)
+        if source is not None:
+            invoice = self._find("invoice", source)
+            if invoice is None or invoice["entity"] != str(customer["id"]):
                 raise NsError(
                     400,
-                    "INVALID_CONTENT",
-                    f"Amount {amount} has more decimal places than "
-                    f"{currency['symbol']} allows ({places}).",
+                    "USER_ERROR",
+                    f"Invalid Field Value {source} for the following field: createdFrom "
+                    "(an invoice of this customer).",
+                    "createdFrom",
+                )
+        applied = self._validate_apply(conn, body, customer, currency, own_id)
+        if sum((a for _, a in applied), Decimal(0)) > total:
+            raise NsError(
+                400,
+                "USER_ERROR",
+                f"The total applied exceeds the credit memo total {total}.",
+                "apply",
+            )
+        return total, applied
+
+    def _validate_payment(
+        self, conn: sqlite3.Connection, body: dict[str, Any], own_id: int | None
+    ) -> tuple[Decimal, list[tuple[int, Decimal]]]:
+        self._check_fields(body, _PAYMENT_FIELDS, "custbody")
+        customer = self._customer_ref(body, "customer")
+        self._subsidiary_ref(body, customer, required=False)
+        currency = self._currency_ref(body, default=customer["currency"])
+        self._check_date(body, "tranDate", required=True)
+        payment = self._amount(body.get("payment"), "payment", "payment", currency)
+        assert payment is not None
+        if payment <= 0:
+            raise NsError(400, "USER_ERROR", "The payment amount must be positive.", "payment")
+        applied = self._validate_apply(conn, body, customer, currency, own_id)
+        if sum((a for _, a in applied), Decimal(0)) > payment:
+            raise NsError(
+                400,
+                "USER_ERROR",
+                f"The total applied exceeds the payment amount {payment}.",
+                "payment",
+            )
+        return payment, applied
+
+    def _validate_apply(
+        self,
+        conn: sqlite3.Connection,
+        body: dict[str, Any],
+        customer: sqlite3.Row,
+        currency: dict[str, Any],
+        own_id: int | None,
+    ) -> list[tuple[int, Decimal]]:
+        """The ``apply`` sublist as (invoice id, amount); each within the invoice's remainder.
+
+        The remainder leaves out what this document applied before, so resending it is
+        idempotent.
+        """
+        sublist = body.get("apply")
+        if sublist is None:
+            return []
+        items = sublist.get("items") if isinstance(sublist, dict) else None
+        if not isinstance(items, list):
+            raise NsError(400, "INVALID_CONTENT", "apply must be a sublist with items.", "apply")
+        out: list[tuple[int, Decimal]] = []
+        seen: set[int] = set()
+        for n, line in enumerate(items):
+            path = f"apply.items[{n}]"
+            if not isinstance(line, dict):
+                raise NsError(400, "INVALID_CONTENT", "A line must be an object.", path)
+            for key in line:
+                if key not in _APPLY_FIELDS:
+                    raise NsError(
+                        400, "INVALID_CONTENT", f"Invalid field name {key}.", f"{path}.{key}"
+                    )
+            flag = line.get("apply", True)
+            if not isinstance(flag, bool):
+                raise NsError(400, "INVALID_CONTENT", "apply must be true or false.", path)
+            if not flag:
+                continue
+            doc = self._ref_id(line, "doc", f"{path}.doc", required=True)
+            invoice = self._find("invoice", str(doc))
+            if invoice is None:
+                raise NsError(
+                    400,
+                    "USER_ERROR",
+                    f"Invalid Field Value {doc} for the following field: doc (an open invoice).",
+                    f"{path}.doc",
+                )
+            if invoice["entity"] != str(customer["id"]):
+                raise NsError(
+                    400,
+                    "USER_ERROR",
+                    f"Invoice {invoice['tranid']} belongs to another customer.",
+                    f"{path}.doc",
+                )
+            if invoice["currency"] != str(body["currency"]["id"]):
+                raise NsError(
+                    400,
+                    "USER_ERROR",
+                    f"Invoice {invoice['tranid']} is in another currency.",
+                    f"{path}.doc",
+                )
+            inv_id = int(invoice["id"])
+            if inv_id in seen:
+                raise NsError(
+                    400,
+                    "USER_ERROR",
+                    f"Invoice {invoice['tranid']} is applied twice.",
+                    f"{path}.doc",
+                )
+            seen.add(inv_id)
+            amount = self._amount(line.get("amount"), f"{path}.amount", "amount", currency)
+            assert amount is not None
+            if amount <= 0:
+                raise NsError(
+                    400, "USER_ERROR", "An applied amount must be positive.", f"{path}.amount"
+                )
+            remaining = self._remaining(conn, inv_id, excluding=own_id)
+            if amount > remaining:
+                raise NsError(
+                    400,
+                    "USER_ERROR",
+                    f"The amount applied ({amount}) exceeds the amount remaining on invoice "
+                    f"{invoice['tranid']} ({remaining}).",
                     f"{path}.amount",
                 )
-        return body
+            out.append((inv_id, amount))
+        return out
+
+    @staticmethod
+    def _remaining(conn: sqlite3.Connection, invoice_id: int, *, excluding: int | None) -> Decimal:
+        row = conn.execute(
+            "SELECT foreigntotal FROM ns_transaction WHERE id = ?", (invoice_id,)
+        ).fetchone()
+        applied = conn.execute(
+            "SELECT amount FROM ns_application WHERE invoice = ? AND payment IS NOT ?",
+            (invoice_id, excluding),
+        ).fetchall()
+        return Decimal(row[0]) - sum((Decimal(a[0]) for a in applied), Decimal(0))
 
     def _write(self, rtype: str, body: dict[str, Any], eid: Any, *, upsert: bool) -> int:
         """Validate and store a record; lookup, validation and write share one transaction."""
@@ -538,8 +822,17 @@ class NetSuiteSimulator(Simulator):
             if rtype == "customer":
                 self._validate_customer(merged)
                 return self._write_customer(conn, existing, merged, now)
-            self._validate_invoice(merged)
-            return self._write_invoice(conn, existing, merged, now)
+            own_id = int(existing["id"]) if existing else None
+            applied: list[tuple[int, Decimal]] = []
+            if rtype == "invoice":
+                total = self._validate_invoice(merged)
+            elif rtype == "creditmemo":
+                total, applied = self._validate_credit_memo(conn, merged, own_id)
+            else:
+                total, applied = self._validate_payment(conn, merged, own_id)
+            return self._write_transaction(
+                conn, rtype, existing, merged, now, total=total, applied=applied
+            )
 
     @staticmethod
     def _next_id(conn: sqlite3.Connection, table: str, floor: int) -> int:
@@ -582,39 +875,83 @@ class NetSuiteSimulator(Simulator):
         )
         return rid
 
-    def _write_invoice(
+    def _write_transaction(
         self,
         conn: sqlite3.Connection,
+        rtype: str,
         existing: sqlite3.Row | None,
         rec: dict[str, Any],
         now: str,
+        *,
+        total: Decimal,
+        applied: list[tuple[int, Decimal]],
     ) -> int:
+        """Store an invoice, credit memo or payment and keep every invoice it touches in step."""
         rid = int(existing["id"]) if existing else self._next_id(conn, "ns_transaction", 5000)
         created = existing["datecreated"] if existing else now
-        tran_id = existing["tranid"] if existing else f"INV-{rid}"
-        total = sum((Decimal(line["amount"]) for line in rec["item"]["items"]), Decimal(0))
+        tran_type = _TRAN_TYPES[rtype]
+        tran_id = existing["tranid"] if existing else f"{_TRAN_PREFIX[rtype]}-{rid}"
+        entity = rec["customer"] if rtype == "customerpayment" else rec["entity"]
+        touched = {
+            int(r[0])
+            for r in conn.execute("SELECT invoice FROM ns_application WHERE payment = ?", (rid,))
+        }
+        conn.execute("DELETE FROM ns_application WHERE payment = ?", (rid,))
+        conn.executemany(
+            "INSERT INTO ns_application (payment, paymenttype, invoice, amount) "
+            "VALUES (?, ?, ?, ?)",
+            [(rid, tran_type, invoice, str(amount)) for invoice, amount in applied],
+        )
+        touched |= {invoice for invoice, _ in applied}
+        unapplied = total - sum((a for _, a in applied), Decimal(0))
         conn.execute(
             "INSERT OR REPLACE INTO ns_transaction (id, externalid, type, tranid, entity, "
             "trandate, currency, subsidiary, foreigntotal, status, memo, otherrefnum, "
-            "lastmodifieddate, datecreated, body) "
-            "VALUES (?, ?, 'CustInvc', ?, ?, ?, ?, ?, ?, 'A', ?, ?, ?, ?, ?)",
+            "lastmodifieddate, datecreated, body, amountremaining, foreignamountremaining) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 rid,
                 rec.get("externalId"),
+                tran_type,
                 tran_id,
-                str(rec["entity"]["id"]),
+                str(entity["id"]),
                 rec["tranDate"],
                 str(rec["currency"]["id"]),
                 str(rec["subsidiary"]["id"]),
                 str(total),
+                _status_code(tran_type, unapplied),
                 rec.get("memo"),
                 rec.get("otherRefNum"),
                 now,
                 created,
                 simplejson.dumps(rec, use_decimal=True),
+                str(unapplied),
+                str(unapplied),
             ),
         )
+        if rtype == "invoice":
+            touched.add(rid)
+        for invoice in sorted(touched):
+            self._refresh_invoice(conn, invoice, now)
         return rid
+
+    def _refresh_invoice(self, conn: sqlite3.Connection, invoice_id: int, now: str) -> None:
+        """Recompute an invoice's amount remaining and status from what is applied to it."""
+        remaining = self._remaining(conn, invoice_id, excluding=None)
+        if remaining < 0:
+            # Only an invoice edited below what was already applied gets here.
+            raise NsError(
+                400,
+                "USER_ERROR",
+                f"The invoice total is less than the {remaining.copy_negate()} over-applied "
+                "to it by payments and credits.",
+                "item",
+            )
+        conn.execute(
+            "UPDATE ns_transaction SET amountremaining = ?, foreignamountremaining = ?, "
+            "status = ?, lastmodifieddate = ? WHERE id = ?",
+            (str(remaining), str(remaining), _status_code("CustInvc", remaining), now, invoice_id),
+        )
 
     # rendering --------------------------------------------------------------------------------
     def _ref(self, base: str, rtype: str, rid: Any) -> dict[str, Any]:
@@ -627,6 +964,10 @@ class NetSuiteSimulator(Simulator):
             row = self._find("customer", rid)
             if row is not None:
                 ref_name = f"{row['entityid']} {row['companyname']}"
+        elif rtype == "invoice":
+            row = self._find("invoice", rid)
+            if row is not None:
+                ref_name = f"Invoice #{row['tranid']}"
         out: dict[str, Any] = {
             "links": [{"rel": "self", "href": f"{base}{RECORD_ROOT}/{rtype}/{rid}"}],
             "id": rid,
@@ -642,15 +983,15 @@ class NetSuiteSimulator(Simulator):
     def _render(self, base: str, rtype: str, row: sqlite3.Row) -> dict[str, Any]:
         rec: dict[str, Any] = simplejson.loads(row["body"], use_decimal=True)
         rid = str(row["id"])
-        out: dict[str, Any] = {
-            "links": [{"rel": "self", "href": f"{base}{RECORD_ROOT}/{rtype}/{rid}"}],
-            "id": rid,
-        }
+        self_href = f"{base}{RECORD_ROOT}/{rtype}/{rid}"
+        out: dict[str, Any] = {"links": [{"rel": "self", "href": self_href}], "id": rid}
         for key, value in rec.items():
             if key in ("subsidiary", "currency", "terms", "department", "class", "location"):
                 out[key] = self._ref(base, key, value["id"]) if value else None
-            elif key in ("parent", "entity"):
+            elif key in ("parent", "entity", "customer"):
                 out[key] = self._ref(base, "customer", value["id"])
+            elif key == "createdFrom":
+                out[key] = self._ref(base, "invoice", value["id"])
             elif key == "item":
                 lines = []
                 for n, line in enumerate(value["items"]):
@@ -660,9 +1001,11 @@ class NetSuiteSimulator(Simulator):
                     rendered.setdefault("quantity", Decimal(1))
                     lines.append(rendered)
                 out["item"] = {
-                    "links": [{"rel": "self", "href": f"{base}{RECORD_ROOT}/{rtype}/{rid}/item"}],
+                    "links": [{"rel": "self", "href": f"{self_href}/item"}],
                     "items": lines,
                 }
+            elif key == "apply":
+                continue
             else:
                 out[key] = value
         out["dateCreated"] = self._iso(row["datecreated"])
@@ -670,22 +1013,40 @@ class NetSuiteSimulator(Simulator):
         if rtype == "customer":
             out.setdefault("isPerson", False)
             out.setdefault("isInactive", False)
-        else:
+            return out
+        total = Decimal(row["foreigntotal"])
+        remaining = Decimal(row["amountremaining"])
+        out["tranId"] = row["tranid"]
+        out["status"] = _STATUS_NAMES[(row["type"], row["status"])]
+        out["total"] = total
+        if rtype in ("invoice", "creditmemo"):
             lines = rec["item"]["items"]
-            total = sum((Decimal(x["amount"]) for x in lines), Decimal(0))
             tax = sum(
                 (Decimal(x["amount"]) for x in lines if str(x["item"]["id"]) == TAX_ITEM_ID),
                 Decimal(0),
             )
-            out.update(
-                tranId=row["tranid"],
-                status="Open",
-                total=total,
-                subtotal=total - tax,
-                taxTotal=tax,
-                amountRemaining=total,
-                amountPaid=Decimal(0),
-            )
+            out.update(subtotal=total - tax, taxTotal=tax)
+        if rtype == "invoice":
+            out.update(amountRemaining=remaining, amountPaid=total - remaining)
+            return out
+        applied = self.store.all(
+            "SELECT invoice, amount FROM ns_application WHERE payment = ? ORDER BY id", (rid,)
+        )
+        out["apply"] = {
+            "links": [{"rel": "self", "href": f"{self_href}/apply"}],
+            "items": [
+                {
+                    "doc": self._ref(base, "invoice", a["invoice"]),
+                    "apply": True,
+                    "amount": Decimal(a["amount"]),
+                    "line": n,
+                }
+                for n, a in enumerate(applied)
+            ],
+        }
+        out.update(applied=total - remaining, unapplied=remaining)
+        if rtype == "creditmemo":
+            out["amountRemaining"] = remaining
         return out
 
     def _get_master(self, base: str, rtype: str, ident: str) -> Response:
@@ -703,9 +1064,9 @@ class NetSuiteSimulator(Simulator):
             return [simplejson.loads(r["body"], use_decimal=True) for r in rows]
         if rtype == "customer":
             found = self.store.all("SELECT * FROM ns_customer ORDER BY id")
-        elif rtype == "invoice":
+        elif rtype in _TRAN_TYPES:
             found = self.store.all(
-                "SELECT * FROM ns_transaction WHERE type = 'CustInvc' ORDER BY id"
+                "SELECT * FROM ns_transaction WHERE type = ? ORDER BY id", (_TRAN_TYPES[rtype],)
             )
         else:
             raise ValueError(f"unknown NetSuite record type {rtype!r}")

@@ -1,10 +1,15 @@
 """A SuiteQL subset translated to SQLite with bound parameters.
 
-Supported: ``SELECT col, ... | * FROM customer|transaction [WHERE ...] [ORDER BY col [ASC|DESC],
-...]``; conditions ``= != <> < <= > >= [NOT] IN (...) [NOT] LIKE IS [NOT] NULL`` joined by
-AND/OR/NOT with parentheses; literals ``'text'`` (``''`` escapes a quote), numbers, NULL and
-``TO_DATE('2025-01-01', 'YYYY-MM-DD')``. Tables and columns are whitelisted and every literal is
-bound, so no text of the query reaches SQLite verbatim.
+Supported: ``SELECT col, ... | * FROM customer|transaction|paymentapplication [WHERE ...]
+[ORDER BY col [ASC|DESC], ...]``; conditions ``= != <> < <= > >= [NOT] IN (...) [NOT] LIKE
+IS [NOT] NULL`` joined by AND/OR/NOT with parentheses; literals ``'text'`` (``''`` escapes a
+quote), numbers, NULL and ``TO_DATE('2025-01-01', 'YYYY-MM-DD')``. Tables and columns are
+whitelisted and every literal is bound, so no text of the query reaches SQLite verbatim.
+
+``transaction`` holds invoices (type 'CustInvc'), credit memos ('CustCred') and customer
+payments ('CustPymt'). ``paymentapplication`` (what a payment or credit memo applied to which
+invoice) is a sandbox simplification: a real account answers that from ``transactionline`` and
+``previoustransactionlinelink`` (see ``netsuite_sim``).
 """
 
 import datetime
@@ -44,10 +49,17 @@ TABLES: dict[str, tuple[str, list[str]]] = {
             "otherrefnum",
             "lastmodifieddate",
             "datecreated",
+            "amountremaining",
+            "foreignamountremaining",
         ],
     ),
+    "paymentapplication": (
+        "ns_application",
+        ["id", "payment", "paymenttype", "invoice", "amount"],
+    ),
 }
-_NUMERIC_TEXT = {"foreigntotal"}
+# Exact decimal text columns: compared with numbers by value, not as text.
+_NUMERIC_TEXT = {"foreigntotal", "amountremaining", "foreignamountremaining", "amount"}
 _KEYWORDS = {
     "SELECT",
     "FROM",
@@ -277,7 +289,7 @@ class _Parser:
         if kind == "number":
             self.params.append(value)
             if name in _NUMERIC_TEXT:
-                # foreigntotal is stored as exact decimal text; compare it by value.
+                # Amounts are stored as exact decimal text; compare them by value.
                 return "CAST(? AS NUMERIC)"
             return "?"
         self.params.append(value)

@@ -1,15 +1,20 @@
 """NetSuiteClient over real HTTP against the NetSuite simulator (TBA-signed)."""
 
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from finsync_pipeline.errors import (
+    AmbiguousOutcomeError,
     AuthenticationError,
     PermanentUpstreamError,
     RetryableUpstreamError,
 )
+from finsync_pipeline.resources import netsuite as netsuite_module
 from finsync_pipeline.resources.http import HttpOptions
 from finsync_pipeline.resources.netsuite import (
     NetSuiteClient,
@@ -255,3 +260,197 @@ def test_resource_hides_secrets_in_repr(sandbox: Sandbox) -> None:
     ]
     for text in (repr(resource), repr(resource.get_client()), repr(resource.get_client()._auth)):
         assert not any(s in text for s in secrets)
+
+
+# -- credit memos and payments -------------------------------------------------------------
+
+
+def test_credit_memo_and_payment_upserts_apply_to_the_invoice(
+    sandbox: Sandbox, options: HttpOptions
+) -> None:
+    ns = client(sandbox, options)
+    customer_id = ns.upsert("customer", "t-cus-apply", customer_body("Apply Ltd"))
+    invoice_id = ns.upsert(
+        "invoice", "t-inv-apply", invoice_body(customer_id, [("101", Decimal("100.00"))])
+    )
+    memo = {
+        **invoice_body(customer_id, [("101", Decimal("30.00"))]),
+        "createdFrom": {"id": invoice_id},
+        "apply": {"items": [{"doc": {"id": invoice_id}, "apply": True, "amount": Decimal(30)}]},
+    }
+    memo_id = ns.upsert("creditmemo", "t-cm-apply", memo)
+    payment = {
+        "customer": {"id": customer_id},
+        "tranDate": "2026-10-05",
+        "currency": {"id": "1"},
+        "payment": Decimal("70.00"),
+        "memo": "finsync test payment",
+        "apply": {
+            "items": [{"doc": {"id": invoice_id}, "apply": True, "amount": Decimal("70.00")}]
+        },
+    }
+    payment_id = ns.upsert("customerpayment", "t-pay-apply", payment)
+    # Resending the payment (an upsert) changes nothing.
+    assert ns.upsert("customerpayment", "t-pay-apply", payment) == payment_id
+
+    invoice = ns.get("invoice", invoice_id)
+    assert invoice is not None
+    assert (invoice["status"], invoice["amountRemaining"]) == ("Paid In Full", Decimal("0.00"))
+    fetched = ns.get_by_external_id("customerpayment", "t-pay-apply")
+    assert fetched is not None and fetched["id"] == payment_id
+    assert fetched["apply"]["items"][0]["amount"] == Decimal("70.00")
+    credit = ns.get_by_external_id("creditmemo", "t-cm-apply")
+    assert credit is not None and credit["id"] == memo_id
+    assert credit["status"] == "Fully Applied"
+
+    # Another payment applied to the paid invoice is a permanent refusal naming the field.
+    with pytest.raises(PermanentUpstreamError) as info:
+        ns.upsert("customerpayment", "t-pay-over", payment)
+    assert (info.value.status, info.value.field) == (400, "apply.items[0].amount")
+    assert ns.get_by_external_id("customerpayment", "t-pay-over") is None
+
+
+# -- ambiguous outcomes --------------------------------------------------------------------
+
+
+def _short_read(sleeps: list[float]) -> HttpOptions:
+    return HttpOptions(
+        timeout=(5.0, 0.2), max_attempts=3, sleep=sleeps.append, rng=random.Random(3)
+    )
+
+
+def test_timeouts_after_the_write_committed_end_as_ambiguous(
+    sandbox: Sandbox, sleeps: list[float]
+) -> None:
+    ns = client(sandbox, _short_read(sleeps))
+    sandbox.faults.commit_then_timeout("netsuite", count=3, stall_s=0.6)
+    with pytest.raises(AmbiguousOutcomeError) as info:
+        ns.upsert("customer", "t-cus-ambiguous", customer_body("Ambiguous Co"))
+    assert "look the document up" in str(info.value)
+    assert isinstance(info.value.__cause__, RetryableUpstreamError)
+    # Retried as an idempotent PUT, then given up; the lookup settles it.
+    assert ns.requests_made == 3
+    assert len(sleeps) == 2
+    found = ns.get_by_external_id("customer", "t-cus-ambiguous")
+    assert found is not None and found["companyName"] == "Ambiguous Co"
+
+
+def test_a_dropped_answer_is_resent_and_keeps_one_record(
+    sandbox: Sandbox, sleeps: list[float]
+) -> None:
+    ns = client(sandbox, _short_read(sleeps))
+    sandbox.faults.commit_then_timeout("netsuite", count=1, stall_s=0)
+    first = ns.upsert("customer", "t-cus-dropped", customer_body("Dropped Co"))
+    assert ns.requests_made == 2
+    assert [
+        c["id"]
+        for c in sandbox.netsuite_records("customer")
+        if c.get("externalId") == "t-cus-dropped"
+    ] == [first]
+
+
+def test_a_timeout_then_maintenance_is_still_ambiguous(
+    scripted: ScriptedServer, sleeps: list[float]
+) -> None:
+    scripted.answer(
+        Scripted(204, None, {"Location": f"{scripted.url}/r/customer/5"}, delay_s=0.6),
+        Scripted(503, {"o:errorDetails": [{"detail": "down", "o:errorCode": "X"}]}),
+    )
+    ns = NetSuiteClient(
+        account_id="1234567_SB1",
+        base_url=scripted.url,
+        consumer_key="ck",
+        consumer_secret="cs",
+        token_id="ti",
+        token_secret="ts",
+        http_options=HttpOptions(
+            timeout=(5.0, 0.2), max_attempts=2, sleep=sleeps.append, rng=random.Random(3)
+        ),
+    )
+    # The first attempt may have committed even though the last one was refused unprocessed.
+    with pytest.raises(AmbiguousOutcomeError) as info:
+        ns.upsert("customer", "c-1", {"companyName": "A"})
+    assert info.value.status == 503
+
+
+def test_an_outage_that_processed_nothing_stays_retryable(
+    sandbox: Sandbox, sleeps: list[float]
+) -> None:
+    ns = client(sandbox, _short_read(sleeps))
+    sandbox.faults.maintenance("netsuite", requests=3, retry_after_s=1)
+    with pytest.raises(RetryableUpstreamError) as info:
+        ns.upsert("customer", "t-cus-maint", customer_body("Maintenance Co"))
+    assert not isinstance(info.value, AmbiguousOutcomeError)
+    assert (info.value.status, sleeps) == (503, [1.0, 1.0])
+    assert ns.get_by_external_id("customer", "t-cus-maint") is None
+
+
+def test_the_concurrency_limit_is_retried_honouring_retry_after(sandbox: Sandbox) -> None:
+    faults = sandbox.faults
+    faults.set_concurrency_limit("netsuite", 1, retry_after_s=2)
+    faults.hold("netsuite")
+    busy = client(sandbox, HttpOptions())
+    waits: list[float] = []
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(busy.get_by_external_id, "customer", "t-never-created")
+        assert faults.wait_in_flight("netsuite", 1)
+        released = threading.Event()
+
+        def wait(seconds: float) -> None:
+            # The other request finishes while this client backs off.
+            waits.append(seconds)
+            if not released.is_set():
+                released.set()
+                faults.release("netsuite")
+                other.result(timeout=10)
+
+        ns = client(sandbox, HttpOptions(sleep=wait, rng=random.Random(3)))
+        cid = ns.upsert("customer", "t-cus-limited", customer_body("Limited Co"))
+    assert cid.isdigit()
+    assert waits == [2.0]
+    assert ns.requests_made == 2
+
+
+# -- lookup_many ---------------------------------------------------------------------------
+
+
+def test_lookup_many_finds_what_exists_in_chunked_queries(
+    sandbox: Sandbox, options: HttpOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = client(sandbox, options)
+    customer_id = ns.upsert("customer", "t-cus-many", customer_body("Many Inc"))
+    ids = {
+        f"t-inv-many-{n}": ns.upsert(
+            "invoice",
+            f"t-inv-many-{n}",
+            invoice_body(customer_id, [("101", Decimal(f"{n + 1}.25"))]),
+        )
+        for n in range(5)
+    }
+    # A credit memo sharing an invoice's external id is another record type: not found.
+    ns.upsert("creditmemo", "t-inv-many-x", invoice_body(customer_id, [("101", Decimal(1))]))
+    monkeypatch.setattr(netsuite_module, "LOOKUP_CHUNK", 2)
+    before = ns.requests_made
+    wanted = [*ids, "t-inv-many-x", "t-inv-missing", "t-inv-many-0"]
+    found = ns.lookup_many("invoice", wanted)
+    # Seven distinct external ids in chunks of two: four queries.
+    assert ns.requests_made - before == 4
+    assert {k: v["id"] for k, v in found.items()} == ids
+    assert found["t-inv-many-3"]["foreigntotal"] == "4.25"
+    assert found["t-inv-many-3"]["entity"] == customer_id
+    credits = ns.lookup_many("creditmemo", ["t-inv-many-x", "t-inv-many-0"])
+    assert list(credits) == ["t-inv-many-x"]
+    customers = ns.lookup_many("customer", ["t-cus-many"])
+    assert customers["t-cus-many"]["id"] == customer_id
+    assert ns.lookup_many("invoice", []) == {}
+
+
+def test_lookup_many_checks_its_arguments_before_sending(
+    sandbox: Sandbox, options: HttpOptions
+) -> None:
+    ns = client(sandbox, options)
+    with pytest.raises(ValueError, match="external ids"):
+        ns.lookup_many("invoice", ["ok", "x' OR '1'='1"])
+    with pytest.raises(ValueError, match="lookup_many supports"):
+        ns.lookup_many("journalentry", ["ok"])
+    assert ns.requests_made == 0

@@ -301,3 +301,280 @@ def test_injected_429_is_netsuite_envelope(ns: NetSuite, sandbox: Sandbox) -> No
     assert resp.status_code == 429 and resp.headers["Retry-After"] == "2"
     assert resp.json()["o:errorDetails"][0]["o:errorCode"] == "CONCURRENCY_LIMIT_EXCEEDED"
     assert ns.call("GET", f"{REST}/record/v1/subsidiary/1").status_code == 200
+
+
+# -- credit memos, customer payments and what they apply ----------------------------------
+
+
+def _put(ns: NetSuite, rtype: str, eid: str, body: dict[str, Any]) -> str:
+    resp = ns.call("PUT", f"{REST}/record/v1/{rtype}/eid:{eid}", body)
+    assert resp.status_code == 204, resp.text
+    return resp.headers["Location"].rsplit("/", 1)[1]
+
+
+def _get(ns: NetSuite, rtype: str, ident: str) -> dict[str, Any]:
+    resp = ns.call("GET", f"{REST}/record/v1/{rtype}/{ident}")
+    assert resp.status_code == 200, resp.text
+    got: dict[str, Any] = simplejson.loads(resp.text, use_decimal=True)
+    return got
+
+
+def _payment(customer_id: str, amount: Decimal, *applied: tuple[str, Decimal]) -> dict[str, Any]:
+    return {
+        "customer": {"id": customer_id},
+        "tranDate": "2026-02-01",
+        "currency": {"id": "1"},
+        "payment": amount,
+        "memo": "ch_test",
+        "apply": {
+            "items": [{"doc": {"id": doc}, "apply": True, "amount": a} for doc, a in applied]
+        },
+    }
+
+
+def _credit_memo(
+    customer_id: str, invoice_id: str, amount: Decimal, applied: Decimal | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "entity": {"id": customer_id},
+        "createdFrom": {"id": invoice_id},
+        "tranDate": "2026-02-02",
+        "subsidiary": {"id": "1"},
+        "currency": {"id": "1"},
+        "memo": "cn_test",
+        "item": {"items": [{"item": {"id": "101"}, "quantity": 1, "amount": amount}]},
+    }
+    if applied is not None:
+        body["apply"] = {"items": [{"doc": {"id": invoice_id}, "apply": True, "amount": applied}]}
+    return body
+
+
+def test_payments_apply_to_an_invoice_until_paid_in_full(ns: NetSuite, sandbox: Sandbox) -> None:
+    customer = _put_customer(ns, "SF-001PAY")
+    invoice = _put(ns, "invoice", "in_PAY1", _invoice(customer, Decimal("100.10")))
+    first = _put(
+        ns, "customerpayment", "ch_PAY1", _payment(customer, Decimal("150.00"), (invoice, 100))
+    )
+    got = _get(ns, "invoice", invoice)
+    assert (got["status"], got["amountRemaining"], got["amountPaid"]) == (
+        "Open",
+        Decimal("8.35"),
+        Decimal("100"),
+    )
+
+    payment = _get(ns, "customerpayment", "eid:ch_PAY1")
+    assert payment["id"] == first and payment["tranId"].startswith("PYMT-")
+    assert payment["customer"]["id"] == customer
+    assert payment["currency"]["id"] == "1"
+    assert payment["payment"] == Decimal("150.00")
+    assert payment["status"] == "Not Deposited"
+    (line,) = payment["apply"]["items"]
+    assert (line["doc"]["id"], line["apply"], line["amount"]) == (invoice, True, Decimal(100))
+    assert line["doc"]["refName"].startswith("Invoice #INV-")
+    assert (payment["applied"], payment["unapplied"]) == (Decimal(100), Decimal("50.00"))
+
+    # Resending the same payment changes nothing: what it applied before is not counted twice.
+    assert (
+        _put(
+            ns,
+            "customerpayment",
+            "ch_PAY1",
+            _payment(customer, Decimal("150.00"), (invoice, 100)),
+        )
+        == first
+    )
+    assert _get(ns, "invoice", invoice)["amountRemaining"] == Decimal("8.35")
+
+    _put(
+        ns,
+        "customerpayment",
+        "ch_PAY2",
+        _payment(customer, Decimal("8.35"), (invoice, Decimal("8.35"))),
+    )
+    paid = _get(ns, "invoice", "eid:in_PAY1")
+    assert (paid["status"], paid["amountRemaining"], paid["amountPaid"]) == (
+        "Paid In Full",
+        Decimal("0.00"),
+        Decimal("108.35"),
+    )
+    ours = [
+        p
+        for p in sandbox.netsuite_records("customerpayment")
+        if p["externalId"] in ("ch_PAY1", "ch_PAY2")
+    ]
+    assert len(ours) == 2
+
+
+def test_a_credit_memo_applies_to_its_invoice(ns: NetSuite) -> None:
+    customer = _put_customer(ns, "SF-001CM")
+    invoice = _put(ns, "invoice", "in_CM1", _invoice(customer, Decimal("100.10")))
+    memo_id = _put(
+        ns,
+        "creditmemo",
+        "cn_CM1",
+        _credit_memo(customer, invoice, Decimal("20.00"), Decimal("20.00")),
+    )
+    memo = _get(ns, "creditmemo", "eid:cn_CM1")
+    assert memo["id"] == memo_id and memo["tranId"].startswith("CM-")
+    assert memo["entity"]["id"] == customer
+    assert memo["createdFrom"]["id"] == invoice
+    assert memo["item"]["items"][0]["amount"] == Decimal("20.00")
+    assert (memo["total"], memo["status"], memo["amountRemaining"]) == (
+        Decimal("20.00"),
+        "Fully Applied",
+        Decimal("0.00"),
+    )
+    assert memo["apply"]["items"][0]["doc"]["id"] == invoice
+    got = _get(ns, "invoice", invoice)
+    assert (got["status"], got["amountRemaining"]) == ("Open", Decimal("88.35"))
+
+    # createdFrom alone links the memo but applies nothing.
+    _put(ns, "creditmemo", "cn_CM2", _credit_memo(customer, invoice, Decimal("5.00"), None))
+    assert _get(ns, "creditmemo", "eid:cn_CM2")["status"] == "Open"
+    assert _get(ns, "invoice", invoice)["amountRemaining"] == Decimal("88.35")
+
+
+def test_an_invoice_cannot_be_voided_or_deleted(ns: NetSuite) -> None:
+    customer = _put_customer(ns, "SF-001VOID")
+    invoice = _put(ns, "invoice", "in_VOID1", _invoice(customer, Decimal("10.00")))
+    assert ns.call("DELETE", f"{REST}/record/v1/invoice/{invoice}").status_code == 405
+    assert _get(ns, "invoice", invoice)["status"] == "Open"
+
+
+@pytest.mark.parametrize(
+    ("rtype", "mutate", "path"),
+    [
+        pytest.param(
+            "customerpayment",
+            lambda b, other: b["apply"]["items"][0].update(amount=Decimal("108.36")),
+            "apply.items[0].amount",
+            id="payment-beyond-amount-remaining",
+        ),
+        pytest.param(
+            "customerpayment",
+            lambda b, other: b["apply"]["items"][0].update(doc={"id": other["foreign"]}),
+            "apply.items[0].doc",
+            id="payment-to-another-customers-invoice",
+        ),
+        pytest.param(
+            "customerpayment",
+            lambda b, other: b["apply"]["items"][0].update(doc={"id": other["eur"]}),
+            "apply.items[0].doc",
+            id="payment-to-an-invoice-in-another-currency",
+        ),
+        pytest.param(
+            "customerpayment",
+            lambda b, other: b.update(payment=Decimal("50.00")),
+            "payment",
+            id="applied-more-than-the-payment",
+        ),
+        pytest.param(
+            "customerpayment",
+            lambda b, other: b.update(payment=Decimal("100.001")),
+            "payment",
+            id="payment-with-too-many-decimals",
+        ),
+        pytest.param(
+            "customerpayment",
+            lambda b, other: b.update(customer={"id": "424242"}),
+            "customer",
+            id="payment-of-an-unknown-customer",
+        ),
+        pytest.param(
+            "customerpayment",
+            lambda b, other: b["apply"]["items"][0].update(doc={"id": "424242"}),
+            "apply.items[0].doc",
+            id="payment-to-an-unknown-invoice",
+        ),
+        pytest.param(
+            "creditmemo",
+            lambda b, other: b["apply"]["items"][0].update(amount=Decimal("108.36")),
+            "apply.items[0].amount",
+            id="credit-beyond-amount-remaining",
+        ),
+        pytest.param(
+            "creditmemo",
+            lambda b, other: b.update(createdFrom={"id": other["foreign"]}),
+            "createdFrom",
+            id="credit-from-another-customers-invoice",
+        ),
+        pytest.param(
+            "creditmemo",
+            lambda b, other: b["item"]["items"][0].update(amount=Decimal("10.00")),
+            "apply",
+            id="credit-applied-beyond-its-total",
+        ),
+    ],
+)
+def test_invalid_applications_are_400_with_error_path(
+    ns: NetSuite, rtype: str, mutate: Any, path: str
+) -> None:
+    customer = _put_customer(ns, "SF-001APPLY")
+    invoice = _put(ns, "invoice", "in_APPLY1", _invoice(customer, Decimal("100.10")))
+    stranger = _put_customer(ns, "SF-001STRANGER", "Stranger Co")
+    eur_invoice = dict(_invoice(customer, Decimal("10.00")), currency={"id": "2"})
+    other = {
+        "foreign": _put(ns, "invoice", "in_APPLY_OTHER", _invoice(stranger, Decimal("100.10"))),
+        "eur": _put(ns, "invoice", "in_APPLY_EUR", eur_invoice),
+    }
+    if rtype == "customerpayment":
+        body = _payment(customer, Decimal("200.00"), (invoice, Decimal("100.00")))
+    else:
+        body = _credit_memo(customer, invoice, Decimal("100.00"), Decimal("100.00"))
+    mutate(body, other)
+    resp = ns.call("PUT", f"{REST}/record/v1/{rtype}/eid:x_INVALID", body)
+    assert resp.status_code == 400, resp.text
+    detail = resp.json()["o:errorDetails"][0]
+    assert detail["o:errorPath"] == path
+    assert detail["o:errorCode"] in ("USER_ERROR", "INVALID_CONTENT")
+    assert detail["detail"]
+    # Nothing was stored and nothing was applied.
+    assert ns.call("GET", f"{REST}/record/v1/{rtype}/eid:x_INVALID").status_code == 404
+    assert _get(ns, "invoice", invoice)["amountRemaining"] == Decimal("108.35")
+
+
+def test_suiteql_serves_credit_memos_payments_and_applications(ns: NetSuite) -> None:
+    customer = _put_customer(ns, "SF-001SQLPAY")
+    invoice = _put(ns, "invoice", "in_SQLPAY1", _invoice(customer, Decimal("100.10")))
+    payment = _put(
+        ns,
+        "customerpayment",
+        "ch_SQLPAY1",
+        _payment(customer, Decimal("60.00"), (invoice, Decimal("60.00"))),
+    )
+    memo = _put(
+        ns,
+        "creditmemo",
+        "cn_SQLPAY1",
+        _credit_memo(customer, invoice, Decimal("48.35"), Decimal("48.35")),
+    )
+    q = (
+        "SELECT id, type, externalid, entity, foreigntotal, status, amountremaining, "
+        "foreignamountremaining, currency, memo FROM transaction WHERE externalid IN "
+        "('in_SQLPAY1', 'ch_SQLPAY1', 'cn_SQLPAY1') ORDER BY id"
+    )
+    rows = {r["type"]: r for r in ns.suiteql(q, limit=10).json()["items"]}
+    assert rows["CustInvc"]["id"] == invoice
+    assert (rows["CustInvc"]["status"], rows["CustInvc"]["amountremaining"]) == ("B", "0.00")
+    assert rows["CustInvc"]["foreignamountremaining"] == "0.00"
+    assert (rows["CustPymt"]["id"], rows["CustPymt"]["foreigntotal"]) == (payment, "60.00")
+    assert (rows["CustPymt"]["entity"], rows["CustPymt"]["memo"]) == (customer, "ch_test")
+    assert (rows["CustCred"]["id"], rows["CustCred"]["foreigntotal"]) == (memo, "48.35")
+    assert rows["CustCred"]["status"] == "B"
+
+    applications = ns.suiteql(
+        f"SELECT payment, paymenttype, invoice, amount FROM paymentapplication "
+        f"WHERE invoice = {invoice} ORDER BY id",
+        limit=10,
+    ).json()["items"]
+    assert [(a["payment"], a["paymenttype"], a["amount"]) for a in applications] == [
+        (payment, "CustPymt", "60.00"),
+        (memo, "CustCred", "48.35"),
+    ]
+    # Amounts compare by value, not as text.
+    open_ones = ns.suiteql(
+        "SELECT id FROM transaction WHERE type = 'CustInvc' AND externalid = 'in_SQLPAY1' "
+        "AND amountremaining > 0",
+        limit=10,
+    ).json()
+    assert open_ones["totalResults"] == 0
