@@ -25,6 +25,11 @@ def default_warehouse_url() -> str:
     return f"sqlite:///{home / 'warehouse.db'}"
 
 
+def _optional_env(**fields: str) -> dict[str, Any]:
+    """Bind each field to its variable only when the variable is set (alternative logins)."""
+    return {field: dg.EnvVar(name) for field, name in fields.items() if os.environ.get(name)}
+
+
 def build_resources(mode: str) -> dict[str, object]:
     """The resources for ``mode`` ("sandbox" or "live")."""
     sandbox = mode == "sandbox"
@@ -51,7 +56,11 @@ def build_resources(mode: str) -> dict[str, object]:
         "salesforce": SalesforceResource(
             login_url=dg.EnvVar("SALESFORCE_LOGIN_URL"),
             client_id=dg.EnvVar("SALESFORCE_CLIENT_ID"),
-            client_secret=dg.EnvVar("SALESFORCE_CLIENT_SECRET"),
+            **_optional_env(
+                client_secret="SALESFORCE_CLIENT_SECRET",  # noqa: S106  (a variable name)
+                username="SALESFORCE_USERNAME",
+                private_key="SALESFORCE_PRIVATE_KEY",
+            ),
         ),
         "netsuite": NetSuiteResource(
             account_id=dg.EnvVar("NETSUITE_ACCOUNT_ID"),

@@ -297,6 +297,7 @@ class Claimed:
     payload: Any
     payload_hash: str
     attempts: int
+    posted_hash: str | None = None
 
 
 def claim(
@@ -371,8 +372,8 @@ def claim(
         row = conn.execute(
             sa.text(
                 "SELECT correlation_id, source_id, partition_date, payload, payload_hash, "
-                "attempts FROM posting_ledger WHERE erp = :erp AND doc_type = :doc_type "
-                "AND external_id = :external_id"
+                "attempts, posted_hash FROM posting_ledger WHERE erp = :erp "
+                "AND doc_type = :doc_type AND external_id = :external_id"
             ),
             {"erp": erp, "doc_type": doc_type, "external_id": external_id},
         ).one()
@@ -387,6 +388,7 @@ def claim(
                 loads(row.payload),
                 row.payload_hash,
                 int(row.attempts),
+                row.posted_hash,
             )
         )
     return claimed

@@ -24,7 +24,12 @@ from finsync_pipeline.errors import (
 )
 
 # Document type -> NetSuite record type.
-RECORD_TYPES = {"customer": "customer", "invoice": "invoice"}
+RECORD_TYPES = {
+    "customer": "customer",
+    "invoice": "invoice",
+    "credit_memo": "creditmemo",
+    "customer_payment": "customerpayment",
+}
 DEFAULT_MAX_ATTEMPTS = 8
 # A document waiting for another (its customer) is due again after this delay, so neither this
 # run nor the sensor spins on it. Rows released by a pause are due at once: the paused run
@@ -146,7 +151,10 @@ class PostingEngine:
                 continue
             found = self.client.get_by_external_id(RECORD_TYPES[doc_type], external_id)
             with self.engine.begin() as conn:
-                if found is not None:
+                payload_hash, posted_hash = self._hashes(conn, doc_type, external_id)
+                # Found under a first post, it is this payload; found after an earlier post, it
+                # may be the older version, so the row goes back to be sent again (an upsert).
+                if found is not None and posted_hash is None:
                     ledger.transition(
                         conn,
                         erp=self.erp,
@@ -155,10 +163,11 @@ class PostingEngine:
                         to_state="posted",
                         run_id=self.run_id,
                         erp_internal_id=str(found["id"]),
-                        posted_hash=self._hash_of(conn, doc_type, external_id),
+                        posted_hash=payload_hash,
                         detail=f"settled by lookup: run {holder} had sent it",
                         expect_state="in_flight",
                     )
+                    self._wake_dependents(conn, doc_type, external_id)
                     self.stats.recovered_posted += 1
                 else:
                     ledger.transition(
@@ -168,21 +177,23 @@ class PostingEngine:
                         external_id=external_id,
                         to_state="pending",
                         run_id=self.run_id,
-                        detail=f"settled by lookup: run {holder} had not sent it",
+                        detail=f"settled by lookup: run {holder} had not sent it"
+                        if found is None
+                        else f"run {holder} died updating it; the update is sent again",
                         expect_state="in_flight",
                     )
                     self.stats.recovered_pending += 1
 
-    def _hash_of(self, conn: Any, doc_type: str, external_id: str) -> str:
-        return str(
-            conn.execute(
-                sa.text(
-                    "SELECT payload_hash FROM posting_ledger WHERE erp = :erp AND "
-                    "doc_type = :doc_type AND external_id = :external_id"
-                ),
-                {"erp": self.erp, "doc_type": doc_type, "external_id": external_id},
-            ).scalar_one()
-        )
+    def _hashes(self, conn: Any, doc_type: str, external_id: str) -> tuple[str, str | None]:
+        """(payload hash, hash of the version last posted) of a ledger row."""
+        row = conn.execute(
+            sa.text(
+                "SELECT payload_hash, posted_hash FROM posting_ledger WHERE erp = :erp AND "
+                "doc_type = :doc_type AND external_id = :external_id"
+            ),
+            {"erp": self.erp, "doc_type": doc_type, "external_id": external_id},
+        ).one()
+        return str(row.payload_hash), row.posted_hash
 
     # -- posting ---------------------------------------------------------------------------
     def post(
@@ -221,7 +232,14 @@ class PostingEngine:
                         break
                     self._post_one(doc)
 
-    def _release(self, docs: list[ledger.Claimed], why: str, *, wait_s: float) -> None:
+    def _release(
+        self,
+        docs: list[ledger.Claimed],
+        why: str,
+        *,
+        wait_s: float,
+        waiting_for: str | None = None,
+    ) -> None:
         """Give claimed rows back, due again after ``wait_s``: never re-claimed by this run,
         and never relaunched by the sensor in a tight loop."""
         due = _iso_in(wait_s) if wait_s else None
@@ -238,6 +256,29 @@ class PostingEngine:
                     next_attempt_at=due,
                     expect_state="in_flight",
                 )
+                if waiting_for is not None:
+                    conn.execute(
+                        sa.text(
+                            "UPDATE posting_ledger SET waiting_for = :ref WHERE erp = :erp "
+                            "AND doc_type = :doc_type AND external_id = :external_id"
+                        ),
+                        {
+                            "ref": waiting_for,
+                            "erp": self.erp,
+                            "doc_type": doc.doc_type,
+                            "external_id": doc.external_id,
+                        },
+                    )
+
+    def _wake_dependents(self, conn: Any, doc_type: str, external_id: str) -> None:
+        """Documents waiting for this one are due now: they post in this same run."""
+        conn.execute(
+            sa.text(
+                "UPDATE posting_ledger SET next_attempt_at = NULL, waiting_for = NULL "
+                "WHERE erp = :erp AND state = 'pending' AND waiting_for = :ref"
+            ),
+            {"erp": self.erp, "ref": f"{doc_type}:{external_id}"},
+        )
 
     def _post_one(self, doc: ledger.Claimed) -> None:
         refs = list(dict.fromkeys(_find_refs(doc.payload)))
@@ -251,11 +292,14 @@ class PostingEngine:
                     external_ids=[x for t, x in refs if t == ref_type],
                 )
                 ids.update({(ref_type, k): v for k, v in found.items()})
-        missing = [f"{t} {x}" for t, x in refs if (t, x) not in ids]
+        missing = [(t, x) for t, x in refs if (t, x) not in ids]
         if missing:
             self.stats.blocked += 1
             self._release(
-                [doc], f"waiting for {', '.join(missing)} to be posted", wait_s=BLOCKED_WAIT_S
+                [doc],
+                f"waiting for {', '.join(f'{t} {x}' for t, x in missing)} to be posted",
+                wait_s=BLOCKED_WAIT_S,
+                waiting_for=f"{missing[0][0]}:{missing[0][1]}",
             )
             return
         body = _resolve_refs(doc.payload, ids)
@@ -291,9 +335,19 @@ class PostingEngine:
             return
         except AmbiguousOutcomeError as e:
             # The write may have committed: settle by looking the document up, never resend blind.
-            existing = self.client.get_by_external_id(record_type, doc.external_id)
+            try:
+                existing = self.client.get_by_external_id(record_type, doc.external_id)
+            except RetryableUpstreamError as lookup_error:
+                # The ERP cannot even be read (a maintenance window): settle on a later run.
+                with self.engine.begin() as conn:
+                    self._defer(conn, doc, lookup_error, common)
+                self.stats.paused = True
+                return
+            # Finding an earlier version of a re-posted document proves nothing about this one:
+            # resend it (an upsert by external id, so safe) instead of marking it posted.
+            first_post = doc.posted_hash is None
             with self.engine.begin() as conn:
-                if existing is not None:
+                if existing is not None and first_post:
                     ledger.transition(
                         conn,
                         to_state="posted",
@@ -303,6 +357,7 @@ class PostingEngine:
                         detail="ambiguous send settled by lookup: found",
                         **common,
                     )
+                    self._wake_dependents(conn, doc.doc_type, doc.external_id)
                     self.stats.posted += 1
                 else:
                     self._defer(conn, doc, e, common)
@@ -328,6 +383,7 @@ class PostingEngine:
                 count_attempt=True,
                 **common,
             )
+            self._wake_dependents(conn, doc.doc_type, doc.external_id)
         self.stats.posted += 1
         self.hook("recorded")
 

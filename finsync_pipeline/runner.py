@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from finsync_pipeline.errors import ConfigurationError, FinsyncError
 from finsync_pipeline.ledger import loads
-from finsync_pipeline.logic.reconcile import ALL_STATUSES
+from finsync_pipeline.logic.reconcile import ALL_STATUSES, DRIFT_STATUSES
 from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
 from finsync_pipeline.resources.warehouse import create_engine
 
@@ -32,7 +32,7 @@ MAX_SENSOR_TICKS = 6
 # What each system needs in the environment, in the words a user acts on.
 REQUIRED_ENV: dict[str, list[str]] = {
     "Stripe": ["STRIPE_API_KEY"],
-    "Salesforce": ["SALESFORCE_LOGIN_URL", "SALESFORCE_CLIENT_ID", "SALESFORCE_CLIENT_SECRET"],
+    "Salesforce": ["SALESFORCE_LOGIN_URL", "SALESFORCE_CLIENT_ID"],
     "NetSuite": [
         "NETSUITE_ACCOUNT_ID",
         "NETSUITE_CONSUMER_KEY",
@@ -71,6 +71,12 @@ def check_environment() -> None:
         for name in [*names, *extra]:
             if not os.environ.get(name):
                 raise ConfigurationError(f"{system} is not configured: set {name}")
+    jwt = os.environ.get("SALESFORCE_USERNAME") and os.environ.get("SALESFORCE_PRIVATE_KEY")
+    if not (jwt or os.environ.get("SALESFORCE_CLIENT_SECRET")):
+        raise ConfigurationError(
+            "Salesforce is not configured: set SALESFORCE_CLIENT_SECRET, or SALESFORCE_USERNAME "
+            "and SALESFORCE_PRIVATE_KEY for the JWT bearer flow"
+        )
 
 
 def _finsync_message(error: Any) -> str | None:
@@ -221,7 +227,15 @@ class PipelineRun:
         self._execute(
             "erp_posting_job",
             range_tags(first_day, last_day),
-            selection=[dg.AssetKey("erp_invoices"), dg.AssetKey("invoice_reconciliation")],
+            selection=[
+                dg.AssetKey(key)
+                for key in (
+                    "erp_invoices",
+                    "invoice_reconciliation",
+                    "erp_payments",
+                    "payment_reconciliation",
+                )
+            ],
         )
 
     def extract_tables(self) -> list[str]:
@@ -246,10 +260,15 @@ class PipelineRun:
                 loads(p).get("status")
                 for (p,) in conn.execute(sa.text("SELECT payload FROM stripe_invoices"))
             ]
-            recon = {
-                s: scalar("SELECT COUNT(*) FROM invoice_reconciliation WHERE status = :s", s=s)
-                for s in ALL_STATUSES
-            }
+
+            def by_status(table: str) -> dict[str, int]:
+                return {
+                    s: scalar(f"SELECT COUNT(*) FROM {table} WHERE status = :s", s=s)
+                    for s in ALL_STATUSES
+                }
+
+            recon = by_status("invoice_reconciliation")
+            payment_recon = by_status("payment_reconciliation")
             exceptions = {
                 r.kind: int(r.n)
                 for r in conn.execute(
@@ -289,9 +308,8 @@ class PipelineRun:
                 ),
                 "erp_invoices_in_erp": scalar("SELECT COUNT(*) FROM erp_invoices"),
                 "reconciliation": recon,
-                "drift": sum(
-                    v for k, v in recon.items() if k not in ("matched", "held_by_exception")
-                ),
+                "payment_reconciliation": payment_recon,
+                "drift": sum(recon[k] + payment_recon[k] for k in DRIFT_STATUSES),
                 "exceptions_open": sum(exceptions.values()),
                 "exceptions_open_by_kind": exceptions,
                 "quarantined_rows": sum(quarantine.values()),

@@ -6,6 +6,7 @@ SQLite warehouse and a real Dagster instance in the test's folder, at a small sc
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -229,7 +230,7 @@ def _serve(state: Path, ports: list[int]) -> tuple[subprocess.Popen[str], dict[s
     for line in proc.stdout:
         if line.startswith("export "):
             key, value = line.removeprefix("export ").strip().split("=", 1)
-            env[key] = value
+            env[key] = shlex.split(value)[0]
         if line.startswith("# finsync sandbox ready"):
             break
     return proc, env
@@ -281,7 +282,7 @@ def test_missing_credential_says_which_variable_to_set(tmp_path: Path) -> None:
     ("variable", "says"),
     [
         ("STRIPE_API_KEY", "set STRIPE_API_KEY"),
-        ("SALESFORCE_CLIENT_SECRET", "set SALESFORCE_CLIENT_ID and SALESFORCE_CLIENT_SECRET"),
+        ("SALESFORCE_USERNAME", "SALESFORCE_USERNAME and SALESFORCE_PRIVATE_KEY"),
         ("NETSUITE_TOKEN_SECRET", "NETSUITE_TOKEN_SECRET"),
     ],
     ids=["stripe", "salesforce", "netsuite"],

@@ -285,10 +285,13 @@ def test_an_invoice_whose_customer_is_not_posted_is_held_back_not_sent(
     assert client.requests_made == 0
     assert by_external_id(sandbox, "invoice") == {}
 
-    # Once the customer is posted, the next run sends the invoice.
+    assert stored["waiting_for"] == "customer:SF_later"
+    assert stored["next_attempt_at"] is not None  # the sensor does not spin on it
+
+    # Posting the customer makes the waiting invoice due at once: the same run sends it.
     later = make_engine(warehouse_engine, client, "run-2")
     later.post("customer")
-    make_due_now(warehouse_engine, "STRIPE_in_1")
+    assert row(warehouse_engine, "STRIPE_in_1")["next_attempt_at"] is None
     later.post("invoice")
     assert later.stats.posted == 2
     invoices = by_external_id(sandbox, "invoice")

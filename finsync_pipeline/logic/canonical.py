@@ -274,6 +274,9 @@ def invoice_payment_links(invoices: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _lineage(df: pd.DataFrame, obj: str, id_column: str, run_id: str) -> pd.DataFrame:
+    # A link that matched nothing is all-missing; keep text columns text (not float NaN).
+    text = [c for c in df.columns if not c.endswith("_minor")]
+    df = df.astype(dict.fromkeys(text, "str"))
     df["source_system"] = "stripe"
     df["source_id"] = df[id_column]
     df["source_updated_at"] = None

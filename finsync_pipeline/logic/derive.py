@@ -418,6 +418,8 @@ def derive_credit_memos(
         unmapped: set[str] = set()
         for line in lines_of.get(note_id, note_lines.iloc[0:0]).to_dict("records"):
             credited = line["invoice_line_item"]
+            item: str | None
+            product: str | None
             if _na(credited):
                 # A custom line (a service credit) credits no invoice line: its own item.
                 item = master.netsuite_service_credit_item_id
@@ -433,7 +435,9 @@ def derive_credit_memos(
                     "item": {"id": item},
                     "quantity": 1,
                     "amount": to_decimal(int(line["amount_minor"]), currency),
-                    "description": f"Credit for invoice line {line['invoice_line_item']}",
+                    "description": "Service credit"
+                    if _na(credited)
+                    else f"Credit for invoice line {credited}",
                 }
             )
         if unmapped:

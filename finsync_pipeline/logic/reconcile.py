@@ -136,3 +136,22 @@ def summarize(recon: pd.DataFrame) -> dict[str, int]:
     """Counts per status, every status present (zero when absent)."""
     counts = recon["status"].value_counts()
     return {status: int(counts.get(status, 0)) for status in ALL_STATUSES}
+
+
+def reconcile_payments(
+    expected: pd.DataFrame, erp: pd.DataFrame, held_ids: set[str]
+) -> pd.DataFrame:
+    """Classify every collected gateway payment and every ERP customer payment of a range.
+
+    The same statuses and explanations as invoices: a payment is one document on each side,
+    keyed by its external id and found again by the correlation id in the ERP memo.
+
+    Args:
+        expected: Collected payments: external_id, payment_id, partition_date, currency,
+            total_minor, correlation_id.
+        erp: ERP customer payments of the range (the columns of ``reconcile_invoices``).
+        held_ids: Payment or external ids an open finance exception holds back.
+    """
+    as_documents = expected.rename(columns={"payment_id": "invoice_id"})
+    recon = reconcile_invoices(as_documents, erp, held_ids)
+    return recon.rename(columns={"invoice_id": "payment_id"})

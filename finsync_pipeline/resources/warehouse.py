@@ -37,6 +37,13 @@ def split_statements(sql_text: str) -> list[str]:
     return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
 
 
+# Columns added after their table first shipped: CREATE TABLE IF NOT EXISTS leaves a warehouse
+# created earlier without them, so they are added here (portable ALTER TABLE ... ADD COLUMN).
+ADDED_COLUMNS: list[tuple[str, str, str]] = [
+    ("posting_ledger", "waiting_for", "TEXT"),
+]
+
+
 def migrate(engine: Engine, folders: Sequence[str] = ("ddl", "views")) -> None:
     """Apply every DDL and view file in order. Idempotent: safe on every start."""
     with _MIGRATE_LOCK, engine.begin() as conn:
@@ -44,6 +51,12 @@ def migrate(engine: Engine, folders: Sequence[str] = ("ddl", "views")) -> None:
             for path in sorted((SQL_DIR / folder).glob("*.sql")):
                 for statement in split_statements(path.read_text()):
                     conn.exec_driver_sql(statement)
+            if folder == "ddl":
+                inspector = sa.inspect(conn)
+                for table, column, sql_type in ADDED_COLUMNS:
+                    present = {c["name"] for c in inspector.get_columns(table)}
+                    if column not in present:
+                        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
 
 
 @functools.cache

@@ -1992,6 +1992,7 @@ def netsuite_master_data() -> dict[str, list[Record]]:
             ("102", "Seats"),
             ("103", "Premium Support"),
             ("104", "Onboarding"),
+            ("105", "Service Credits"),
             (TAX_ITEM_ID, "Sales Tax"),
         ]
     ]

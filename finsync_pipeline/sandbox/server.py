@@ -9,6 +9,7 @@ survives restarts. Credentials are generated once per state directory and stored
 
 import datetime
 import secrets
+import shlex
 import signal
 import sys
 import threading
@@ -26,7 +27,11 @@ from finsync_pipeline.sandbox.generator import Company, CompanySpec, generate
 from finsync_pipeline.sandbox.http_base import Faults, SimServer
 from finsync_pipeline.sandbox.metering_sim import MeteringSimulator, seed_metering
 from finsync_pipeline.sandbox.netsuite_sim import NetSuiteSimulator, seed_netsuite
-from finsync_pipeline.sandbox.salesforce_sim import SalesforceSimulator, seed_salesforce
+from finsync_pipeline.sandbox.salesforce_sim import (
+    SalesforceSimulator,
+    jwt_credentials,
+    seed_salesforce,
+)
 from finsync_pipeline.sandbox.store import Store
 from finsync_pipeline.sandbox.stripe_sim import StripeSimulator, seed_stripe
 from finsync_pipeline.sandbox.usage_gen import generate_usage
@@ -267,12 +272,17 @@ class Sandbox:
     def env(self) -> dict[str, str]:
         """The environment variables a deployment sets to point finsync at these systems."""
         creds = self.credentials
+        username, private_key = jwt_credentials(self.store, creds["salesforce_org_id"])
         return {
             "STRIPE_API_BASE": self.url("stripe"),
             "STRIPE_API_KEY": creds["stripe_api_key"],
             "SALESFORCE_LOGIN_URL": self.url("salesforce"),
             "SALESFORCE_CLIENT_ID": creds["salesforce_client_id"],
             "SALESFORCE_CLIENT_SECRET": creds["salesforce_client_secret"],
+            # The JWT bearer flow's user and key (the sandbox's connected app holds the cert);
+            # finsync uses JWT when both are set.
+            "SALESFORCE_USERNAME": username,
+            "SALESFORCE_PRIVATE_KEY": private_key,
             "NETSUITE_ACCOUNT_ID": creds["netsuite_account_id"],
             "NETSUITE_BASE_URL": self.url("netsuite"),
             "NETSUITE_CONSUMER_KEY": creds["netsuite_consumer_key"],
@@ -359,7 +369,10 @@ def serve(state_dir: Path, *, host: str, ports: Sequence[int], spec: CompanySpec
     try:
         print(f"# finsync sandbox serving state {sandbox.state_dir}", flush=True)
         for key, value in sandbox.env.items():
-            print(f"export {key}={value}", flush=True)
+            # One line per variable, quoted for the shell: the private key PEM's line breaks
+            # are written as \n, which the Salesforce connector reads back.
+            one_line = value.replace("\n", "\\n")
+            print(f"export {key}={shlex.quote(one_line)}", flush=True)
         print("# finsync sandbox ready", flush=True)
         while not stopping.wait(0.5):
             pass

@@ -176,10 +176,16 @@ def test_posting_and_reconciliation_metadata(
 ) -> None:
     result, url, _ = pipeline
     posted = _metadata(result, "erp_postings")
-    assert posted["posted"] == len(sandbox.netsuite_records("customer")) + len(
-        sandbox.netsuite_records("invoice")
-    )
+    held = {
+        t: len(sandbox.netsuite_records(t))
+        for t in ("customer", "invoice", "creditmemo", "customerpayment")
+    }
+    assert held["creditmemo"] > 0 and held["customerpayment"] > 0
+    assert posted["posted"] == sum(held.values())
     assert posted["rejected"] == 0
+    payments = _metadata(result, "payment_reconciliation")
+    assert payments["drift"] == 0
+    assert payments["matched"] == held["customerpayment"]
     recon = _metadata(result, "invoice_reconciliation")
     assert recon["drift"] == 0
     assert recon["matched"] == len(sandbox.netsuite_records("invoice"))

@@ -177,3 +177,63 @@ def test_summarize_of_nothing_is_all_zero() -> None:
     empty = reconcile_invoices(billing().iloc[0:0], erp().iloc[0:0], set())
     assert empty.empty
     assert summarize(empty) == dict.fromkeys(ALL_STATUSES, 0)
+
+
+def test_payments_reconcile_with_the_invoice_classification() -> None:
+    import pandas as pd
+
+    from finsync_pipeline.logic.reconcile import reconcile_payments, summarize
+
+    expected = pd.DataFrame(
+        [
+            {
+                "external_id": "STRIPE_ch_1",
+                "payment_id": "ch_1",
+                "partition_date": "2026-10-02",
+                "currency": "USD",
+                "total_minor": 5000,
+                "correlation_id": "fs-" + "a" * 20,
+            },
+            {
+                "external_id": "STRIPE_ch_2",
+                "payment_id": "ch_2",
+                "partition_date": "2026-10-02",
+                "currency": "USD",
+                "total_minor": 7000,
+                "correlation_id": "fs-" + "b" * 20,
+            },
+            {
+                "external_id": "STRIPE_ch_3",
+                "payment_id": "ch_3",
+                "partition_date": "2026-10-02",
+                "currency": "EUR",
+                "total_minor": 100,
+                "correlation_id": "fs-" + "c" * 20,
+            },
+        ]
+    )
+    erp = pd.DataFrame(
+        [
+            {
+                "source_id": "9001",
+                "external_id": "STRIPE_ch_1",
+                "tran_date": "2026-10-02",
+                "currency": "USD",
+                "total_minor": 5000,
+                "memo": None,
+            },
+            {
+                "source_id": "9002",
+                "external_id": "STRIPE_ch_2",
+                "tran_date": "2026-10-02",
+                "currency": "USD",
+                "total_minor": 6999,
+                "memo": None,
+            },
+        ]
+    )
+    recon = reconcile_payments(expected, erp, held_ids={"ch_3"})
+    assert "payment_id" in recon.columns and "invoice_id" not in recon.columns
+    by_id = dict(zip(recon["payment_id"], recon["status"], strict=True))
+    assert by_id == {"ch_1": "matched", "ch_2": "amount_mismatch", "ch_3": "held_by_exception"}
+    assert summarize(recon)["amount_mismatch"] == 1

@@ -1,6 +1,7 @@
 """The Sandbox lifecycle: env block, seeding, restarts, request counts and `serve`."""
 
 import datetime
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ ENV_KEYS = {
     "SALESFORCE_LOGIN_URL",
     "SALESFORCE_CLIENT_ID",
     "SALESFORCE_CLIENT_SECRET",
+    "SALESFORCE_USERNAME",
+    "SALESFORCE_PRIVATE_KEY",
     "NETSUITE_ACCOUNT_ID",
     "NETSUITE_BASE_URL",
     "NETSUITE_CONSUMER_KEY",
@@ -140,7 +143,8 @@ def test_netsuite_starts_with_master_data_only(tmp_path: Path, small: Company) -
     assert [s["id"] for s in box.netsuite_records("subsidiary")] == ["1", "2", "3", "4"]
     currencies = {c["symbol"]: c["currencyPrecision"] for c in box.netsuite_records("currency")}
     assert currencies == {"USD": 2, "EUR": 2, "GBP": 2, "JPY": 0}
-    assert {i["id"] for i in box.netsuite_records("item")} == {"101", "102", "103", "104", "190"}
+    items = {i["id"] for i in box.netsuite_records("item")}
+    assert items == {"101", "102", "103", "104", "105", "190"}
 
 
 def test_serve_prints_env_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -165,7 +169,7 @@ def test_serve_prints_env_and_stops_on_sigterm(tmp_path: Path) -> None:
             assert line, f"serve exited early: {proc.stderr.read() if proc.stderr else ''}"
             if line.startswith("export "):
                 key, _, value = line[len("export ") :].strip().partition("=")
-                exports[key] = value
+                exports[key] = shlex.split(value)[0]
         assert set(exports) == ENV_KEYS
         resp = requests.post(
             exports["SALESFORCE_LOGIN_URL"] + "/__sandbox/faults",

@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS posting_ledger (
     claimed_by          TEXT,
     claimed_at          TEXT,
     next_attempt_at     TEXT,
+    -- doc_type:external_id of the document this one waits for (a parent, an invoice);
+    -- posting that document makes this one due at once.
+    waiting_for         TEXT,
     posted_at           TEXT,
     created_at          TEXT NOT NULL,
     updated_at          TEXT NOT NULL,

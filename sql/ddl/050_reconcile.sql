@@ -19,3 +19,23 @@ CREATE TABLE IF NOT EXISTS invoice_reconciliation (
     PRIMARY KEY (partition_date, external_id)
 );
 CREATE INDEX IF NOT EXISTS ix_invoice_reconciliation_status ON invoice_reconciliation (status);
+
+-- Gateway (Stripe) payments against NetSuite customer payments, same classification.
+CREATE TABLE IF NOT EXISTS payment_reconciliation (
+    partition_date      TEXT NOT NULL,
+    external_id         TEXT NOT NULL,
+    payment_id          TEXT,
+    erp_internal_ids    TEXT,
+    status              TEXT NOT NULL CHECK (status IN (
+        'matched', 'missing_in_erp', 'amount_mismatch', 'currency_mismatch',
+        'duplicate_in_erp', 'extra_in_erp', 'held_by_exception')),
+    billing_currency    TEXT,
+    billing_total_minor BIGINT,
+    erp_currency        TEXT,
+    erp_total_minor     BIGINT,
+    correlation_id      TEXT,
+    explanation         TEXT NOT NULL,
+    run_id              TEXT NOT NULL,
+    PRIMARY KEY (partition_date, external_id)
+);
+CREATE INDEX IF NOT EXISTS ix_payment_reconciliation_status ON payment_reconciliation (status);

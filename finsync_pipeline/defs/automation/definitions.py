@@ -23,13 +23,19 @@ ERP_TAG = "finsync/erp"
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.groups("extract", "validate", "derive")
-    - dg.AssetSelection.assets("erp_invoices"),
+    - dg.AssetSelection.assets("erp_invoices", "erp_payments"),
     description="Extract, validate and derive a day range; queues documents for posting.",
 )
 
 erp_posting_job = dg.define_asset_job(
     "erp_posting_job",
-    selection=dg.AssetSelection.assets("erp_postings", "erp_invoices", "invoice_reconciliation"),
+    selection=dg.AssetSelection.assets(
+        "erp_postings",
+        "erp_invoices",
+        "invoice_reconciliation",
+        "erp_payments",
+        "payment_reconciliation",
+    ),
     tags={ERP_TAG: ERP},
     description="Post due ledger rows to NetSuite, read NetSuite back and reconcile.",
 )

@@ -50,7 +50,12 @@ def _rejection_exceptions(rejections: list[dict[str, str]]) -> pd.DataFrame:
     owners=OWNERS,
     partitions_def=daily_partitions,
     backfill_policy=single_run,
-    deps=["erp_customer_upserts", "invoice_ready_transactions"],
+    deps=[
+        "erp_customer_upserts",
+        "invoice_ready_transactions",
+        "credit_memo_requests",
+        "payment_applications",
+    ],
     pool="netsuite_api",
 )
 def erp_postings(
@@ -59,8 +64,9 @@ def erp_postings(
     warehouse: WarehouseResource,
     settings: PipelineSettings,
 ) -> dg.MaterializeResult:
-    """Customers and invoices written to NetSuite from the posting ledger: customers first,
-    parents before children, then the window's invoices. Each document is upserted by its
+    """Customers, invoices, credit memos and customer payments written to NetSuite from the
+    posting ledger: customers first, parents before children, then the window's invoices, then
+    the credit memos and payments that apply to them. Each document is upserted by its
     deterministic external id and every outcome is committed before the next send, so a crash
     anywhere loses nothing and posts nothing twice."""
     date_from, date_to = date_bounds(context)
@@ -88,7 +94,9 @@ def erp_postings(
             )
         ]
     poster.post("customer", depths=depths)
-    poster.post("invoice", date_from=date_from, date_to=date_to)
+    # Invoices before what references them: credit memos and payments apply to invoices.
+    for doc_type in ("invoice", "credit_memo", "customer_payment"):
+        poster.post(doc_type, date_from=date_from, date_to=date_to)
     found = _rejection_exceptions(poster.stats.rejections)
     with engine.begin() as conn:
         upserted = sync_exceptions(conn, found, detected_by="erp_postings", kinds=[])

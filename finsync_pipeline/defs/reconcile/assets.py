@@ -5,8 +5,17 @@ import pandas as pd
 
 from finsync_pipeline.landing import load_payloads, quarantined_ids, sample
 from finsync_pipeline.logic import normalize
-from finsync_pipeline.logic.derive import LIVE_INVOICE_STATUSES, invoice_external_id
-from finsync_pipeline.logic.reconcile import DRIFT_STATUSES, reconcile_invoices, summarize
+from finsync_pipeline.logic.derive import (
+    LIVE_INVOICE_STATUSES,
+    invoice_external_id,
+    payment_external_id,
+)
+from finsync_pipeline.logic.reconcile import (
+    DRIFT_STATUSES,
+    reconcile_invoices,
+    reconcile_payments,
+    summarize,
+)
 from finsync_pipeline.master_data import load_master_data
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
 from finsync_pipeline.resources.warehouse import (
@@ -65,16 +74,7 @@ def invoice_reconciliation(
             date_to=date_to,
             key=["partition_date", "external_id"],
         )
-    counts = summarize(recon)
-    drift = recon[recon["status"].isin(DRIFT_STATUSES)]
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": len(recon),
-            **{k: v for k, v in counts.items()},
-            "drift": int(sum(counts[s] for s in DRIFT_STATUSES)),
-            "drift sample": sample(drift, ["status", "external_id", "explanation"]),
-        }
-    )
+    return _recon_result(recon)
 
 
 @dg.asset_check(
@@ -87,11 +87,76 @@ def invoice_reconciliation(
 def invoice_reconciliation_no_drift(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
+    return _drift_check(context, warehouse, "invoice_reconciliation")
+
+
+@dg.asset(
+    group_name="reconcile",
+    kinds={"python", "sql"},
+    owners=OWNERS,
+    partitions_def=daily_partitions,
+    backfill_policy=single_run,
+    deps=["payments", "erp_payments", "payment_applications", "erp_postings"],
+)
+def payment_reconciliation(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """The gateway against NetSuite, payment by payment: every collected Stripe charge is one
+    NetSuite customer payment with the same amount and currency, or the difference is
+    classified and explained. Failed charges moved no money and are not expected."""
+    date_from, date_to = date_bounds(context)
+    engine = warehouse.get_engine()
+    rng = {"date_from": date_from, "date_to": date_to}
+    with engine.connect() as conn:
+        collected = read_frame(
+            conn,
+            "SELECT payment_id, partition_date, currency, amount_minor AS total_minor, "
+            "correlation_id FROM payments WHERE status = 'succeeded' "
+            "AND partition_date >= :date_from AND partition_date < :date_to",
+            rng,
+        )
+        held = read_frame(conn, "SELECT source_id FROM finance_exceptions WHERE status = 'open'")
+        raw = load_payloads(conn, "erp_payments", date_from, date_to)
+        bad_erp = quarantined_ids(conn, "erp_payments")
+    codes = {v: k for k, v in load_master_data().netsuite_currency_ids.items()}
+    erp = normalize.flatten_erp_invoices(list(raw["payload"]), codes)
+    erp = erp[~erp["source_id"].isin(bad_erp)]
+    collected["external_id"] = collected["payment_id"].map(payment_external_id)
+    recon = reconcile_payments(collected, erp, set(held["source_id"]))
+    recon["run_id"] = context.run.run_id
+    with engine.begin() as conn:
+        replace_partitions(
+            conn,
+            "payment_reconciliation",
+            frame_records(recon),
+            date_from=date_from,
+            date_to=date_to,
+            key=["partition_date", "external_id"],
+        )
+    return _recon_result(recon)
+
+
+def _recon_result(recon: pd.DataFrame) -> dg.MaterializeResult:
+    counts = summarize(recon)
+    drift = recon[recon["status"].isin(DRIFT_STATUSES)]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(recon),
+            **counts,
+            "drift": int(sum(counts[s] for s in DRIFT_STATUSES)),
+            "drift sample": sample(drift, ["status", "external_id", "explanation"]),
+        }
+    )
+
+
+def _drift_check(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, table: str
+) -> dg.AssetCheckResult:
     date_from, date_to = date_bounds(context)
     with warehouse.get_engine().connect() as conn:
         recon = read_frame(
             conn,
-            "SELECT status, external_id, explanation FROM invoice_reconciliation "
+            f"SELECT status, external_id, explanation FROM {table} "
             "WHERE partition_date >= :date_from AND partition_date < :date_to",
             {"date_from": date_from, "date_to": date_to},
         )
@@ -106,3 +171,16 @@ def invoice_reconciliation_no_drift(
             "sample": sample(pd.DataFrame(drift), ["status", "external_id", "explanation"]),
         },
     )
+
+
+@dg.asset_check(
+    asset=payment_reconciliation,
+    name="no_drift",
+    partitions_def=daily_partitions,
+    description="Every collected payment of the range is in NetSuite exactly once with the "
+    "same currency and amount, or held by an open finance exception.",
+)
+def payment_reconciliation_no_drift(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    return _drift_check(context, warehouse, "payment_reconciliation")

@@ -194,8 +194,12 @@ def invoices(
         "salesforce_accounts",
         "salesforce_opportunities",
         "salesforce_contracts",
+        "cpq_quotes",
+        "cpq_quote_lines",
+        "cpq_subscriptions",
         "usage_events",
         "erp_invoices",
+        "erp_payments",
     ],
 )
 def quarantine(warehouse: WarehouseResource) -> dg.MaterializeResult:

@@ -136,6 +136,15 @@ CONTRACTS = [
         _erp_invoices,
         partitioned=True,
     ),
+    # Customer payments come back from SuiteQL in the same transaction shape as invoices.
+    Contract(
+        "erp_payments",
+        "netsuite",
+        "customer payment",
+        netsuite.ErpInvoiceRecord,
+        _erp_invoices,
+        partitioned=True,
+    ),
 ]
 
 
