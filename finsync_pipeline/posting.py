@@ -8,7 +8,9 @@ the next run finds the row in flight and settles it by lookup.
 
 import datetime as dt
 import random
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -129,9 +131,18 @@ class PostingEngine:
         batch_size: int = 50,
         rng: random.Random | None = None,
         on_hook: Callable[[str], None] | None = None,
+        concurrency: int = 1,
+        client_factory: Callable[[], ErpClient] | None = None,
     ) -> None:
         self.engine = engine
-        self.client = client
+        self._shared_client = client
+        self._client_factory = client_factory
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._sent: list[tuple[ledger.Claimed, str]] = []
+        # Documents of one batch are independent (parents and invoices post in earlier
+        # batches), so up to ``concurrency`` are sent at once, each worker with its own client.
+        self.concurrency = concurrency if client_factory is not None else 1
         self.erp = erp
         self.run_id = run_id
         self.is_run_alive = is_run_alive
@@ -140,6 +151,25 @@ class PostingEngine:
         self.rng = rng or random.Random()  # noqa: S311  (backoff jitter, not a secret)
         self.hook = on_hook or (lambda _point: None)
         self.stats = PostingStats()
+
+    @property
+    def client(self) -> ErpClient:
+        """The calling worker's ERP client (the shared one without a factory)."""
+        if self._client_factory is None or self.concurrency == 1:
+            return self._shared_client
+        client: ErpClient | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._client_factory()
+            self._local.client = client
+        return client
+
+    def _count(self, field: str) -> None:
+        with self._lock:
+            setattr(self.stats, field, getattr(self.stats, field) + 1)
+
+    def _reject(self, rejection: dict[str, str]) -> None:
+        with self._lock:
+            self.stats.rejections.append(rejection)
 
     # -- settling what earlier runs left behind -------------------------------------------
     def recover(self) -> None:
@@ -168,7 +198,7 @@ class PostingEngine:
                         expect_state="in_flight",
                     )
                     self._wake_dependents(conn, doc_type, external_id)
-                    self.stats.recovered_posted += 1
+                    self._count("recovered_posted")
                 else:
                     ledger.transition(
                         conn,
@@ -182,7 +212,7 @@ class PostingEngine:
                         else f"run {holder} died updating it; the update is sent again",
                         expect_state="in_flight",
                     )
-                    self.stats.recovered_pending += 1
+                    self._count("recovered_pending")
 
     def _hashes(self, conn: Any, doc_type: str, external_id: str) -> tuple[str, str | None]:
         """(payload hash, hash of the version last posted) of a ledger row."""
@@ -222,15 +252,29 @@ class PostingEngine:
                 if not batch:
                     break
                 self.hook("claimed")
-                for i, doc in enumerate(batch):
-                    if self.stats.paused:
-                        self._release(
-                            batch[i:],
-                            "posting paused: the ERP is unavailable",
-                            wait_s=PAUSE_WAIT_S,
-                        )
-                        break
-                    self._post_one(doc)
+                try:
+                    if self.concurrency > 1:
+                        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                            list(pool.map(self._post_unless_paused, batch))
+                        continue
+                    for i, doc in enumerate(batch):
+                        if self.stats.paused:
+                            self._release(
+                                batch[i:],
+                                "posting paused: the ERP is unavailable",
+                                wait_s=PAUSE_WAIT_S,
+                            )
+                            break
+                        self._post_one(doc)
+                finally:
+                    # Even when a send raises (bad credentials), what was sent is recorded.
+                    self._record_sent()
+
+    def _post_unless_paused(self, doc: ledger.Claimed) -> None:
+        if self.stats.paused:
+            self._release([doc], "posting paused: the ERP is unavailable", wait_s=PAUSE_WAIT_S)
+        else:
+            self._post_one(doc)
 
     def _release(
         self,
@@ -294,7 +338,7 @@ class PostingEngine:
                 ids.update({(ref_type, k): v for k, v in found.items()})
         missing = [(t, x) for t, x in refs if (t, x) not in ids]
         if missing:
-            self.stats.blocked += 1
+            self._count("blocked")
             self._release(
                 [doc],
                 f"waiting for {', '.join(f'{t} {x}' for t, x in missing)} to be posted",
@@ -320,8 +364,8 @@ class PostingEngine:
                 ledger.transition(
                     conn, to_state="rejected", detail=e.detail, count_attempt=True, **common
                 )
-            self.stats.rejected += 1
-            self.stats.rejections.append(
+            self._count("rejected")
+            self._reject(
                 {
                     "doc_type": doc.doc_type,
                     "external_id": doc.external_id,
@@ -358,7 +402,7 @@ class PostingEngine:
                         **common,
                     )
                     self._wake_dependents(conn, doc.doc_type, doc.external_id)
-                    self.stats.posted += 1
+                    self._count("posted")
                 else:
                     self._defer(conn, doc, e, common)
             return
@@ -374,17 +418,36 @@ class PostingEngine:
                 self.stats.paused = True
             return
         self.hook("sent")
+        with self._lock:
+            self._sent.append((doc, internal_id))
+
+    def _record_sent(self) -> None:
+        """Commit every document this batch sent successfully, in one transaction.
+
+        One commit per batch instead of one per document: a crash before it leaves the batch
+        in flight, and the next run settles each document by looking it up in the ERP.
+        """
+        with self._lock:
+            sent, self._sent = self._sent, []
+        if not sent:
+            return
         with self.engine.begin() as conn:
-            ledger.transition(
-                conn,
-                to_state="posted",
-                erp_internal_id=internal_id,
-                posted_hash=doc.payload_hash,
-                count_attempt=True,
-                **common,
-            )
-            self._wake_dependents(conn, doc.doc_type, doc.external_id)
-        self.stats.posted += 1
+            for doc, internal_id in sent:
+                ledger.transition(
+                    conn,
+                    erp=self.erp,
+                    doc_type=doc.doc_type,
+                    external_id=doc.external_id,
+                    run_id=self.run_id,
+                    expect_state="in_flight",
+                    to_state="posted",
+                    erp_internal_id=internal_id,
+                    posted_hash=doc.payload_hash,
+                    count_attempt=True,
+                )
+                self._wake_dependents(conn, doc.doc_type, doc.external_id)
+        for _ in sent:
+            self._count("posted")
         self.hook("recorded")
 
     def _defer(
@@ -399,8 +462,8 @@ class PostingEngine:
                 count_attempt=True,
                 **common,
             )
-            self.stats.dead += 1
-            self.stats.rejections.append(
+            self._count("dead")
+            self._reject(
                 {
                     "doc_type": doc.doc_type,
                     "external_id": doc.external_id,
@@ -422,4 +485,4 @@ class PostingEngine:
             next_attempt_at=due,
             **common,
         )
-        self.stats.deferred += 1
+        self._count("deferred")

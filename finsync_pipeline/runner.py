@@ -51,6 +51,35 @@ SANDBOX_ENV: dict[str, list[str]] = {
 }
 
 
+_RELAXED: set[str] = set()
+
+
+def relax_embedded_dagster_storage(dagster_home: Path) -> None:
+    """Let the embedded Dagster instance's SQLite files skip fsync (``synchronous=OFF``).
+
+    Dagster writes two events per asset partition of a run (planned, materialized), each in
+    its own transaction: a single-run backfill of a year of daily partitions is thousands of
+    fsyncs per asset, a third of the demo's time. Those files hold run history, not money: a
+    process crash cannot corrupt them, only a power cut could. The warehouse, and with it the
+    posting ledger, keeps ``synchronous=FULL``; connections to any other file are untouched.
+    Deployments use PostgreSQL storage (dagster.yaml), where this does not apply.
+    """
+    root = str(dagster_home.resolve())
+    if root in _RELAXED or os.environ.get("FINSYNC_DAGSTER_SQLITE_SYNC", "").upper() == "FULL":
+        return
+    _RELAXED.add(root)
+
+    @sa.event.listens_for(sa.engine.Engine, "connect")
+    def _relax(dbapi_connection: Any, _record: Any) -> None:
+        if not type(dbapi_connection).__module__.startswith("sqlite3"):
+            return
+        cursor = dbapi_connection.cursor()
+        files = [row[2] or "" for row in cursor.execute("PRAGMA database_list").fetchall()]
+        if files and files[0].startswith(root + os.sep):
+            cursor.execute("PRAGMA synchronous=OFF")
+        cursor.close()
+
+
 def prepare_home(home: Path) -> Path:
     """Create the embedded home: warehouse, Dagster instance (with our dagster.yaml), env."""
     home = home.resolve()
@@ -151,6 +180,7 @@ class PipelineRun:
         from finsync_pipeline.definitions import defs
 
         self.defs = defs()
+        relax_embedded_dagster_storage(Path(os.environ["DAGSTER_HOME"]))
         self.instance = dg.DagsterInstance.get()
         self.started = dt.datetime.now(dt.UTC)
         self.posting_runs = 0

@@ -496,3 +496,43 @@ def test_recovery_leaves_rows_of_a_live_run_alone(
     assert poster.stats == type(poster.stats)()
     assert client.requests_made == 0
     assert by_external_id(sandbox, "customer") == {}
+
+
+def test_concurrent_workers_post_each_document_once_and_back_off_past_the_erp_limit(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient, sleeps: list[float]
+) -> None:
+    docs = [customer("conc")] + [invoice(f"in_c{n}", "conc") for n in range(24)]
+    enqueue(warehouse_engine, *docs)
+
+    def run(run_id: str) -> PostingEngine:
+        poster = PostingEngine(
+            warehouse_engine,
+            client,
+            erp=ERP,
+            run_id=run_id,
+            is_run_alive=lambda _r: False,
+            batch_size=8,
+            concurrency=4,
+            client_factory=lambda: make_client(sandbox, sleeps),
+        )
+        poster.post("customer")
+        poster.post("invoice")
+        return poster
+
+    # NetSuite answers 429 past two requests in flight: a run configured for four workers
+    # backs off, defers what the limit refused, and pauses; nothing is refused for good.
+    sandbox.faults.set_concurrency_limit("netsuite", 2)
+    first = run("run-c1")
+    assert first.stats.posted > 0 and first.stats.paused
+    assert (first.stats.rejected, first.stats.dead) == (0, 0)
+    sandbox.faults.set_concurrency_limit("netsuite", None)
+    with warehouse_engine.begin() as conn:
+        conn.execute(sa.text("UPDATE posting_ledger SET next_attempt_at = NULL"))
+    second = run("run-c2")
+    assert first.stats.posted + second.stats.posted == 25
+    held = by_external_id(sandbox, "invoice")
+    assert sorted(held) == sorted(f"STRIPE_in_c{n}" for n in range(24))
+    with warehouse_engine.connect() as conn:
+        states = {r[0] for r in conn.execute(sa.text("SELECT DISTINCT state FROM posting_ledger"))}
+        assert ledger.verify_journal(conn) is None
+    assert states == {"posted"}

@@ -16,6 +16,9 @@ class PipelineSettings(dg.ConfigurableResource):
         tax_tolerance_minor_per_line: How far billed tax may differ from the tax engine's, per
             invoice line, in minor units (finance-approved: 1, an engine rounding differently).
         avalara_concurrency: AvaTax estimates in flight at once.
+        netsuite_concurrency: Documents a posting run sends at once. NetSuite's default tier
+            allows 5 concurrent requests per account; one is left for reads and other
+            integrations.
         salesforce_max_quota_share: The share of the Salesforce org's daily API limit the
             extracts may bring its usage to. Other integrations share that limit; an extract
             that would pass it stops cleanly, lands what it read and resumes on the next run.
@@ -26,4 +29,5 @@ class PipelineSettings(dg.ConfigurableResource):
     posting_batch_size: int = Field(default=50, ge=1)
     tax_tolerance_minor_per_line: int = Field(default=1, ge=0)
     avalara_concurrency: int = Field(default=4, ge=1, le=16)
+    netsuite_concurrency: int = Field(default=4, ge=1, le=20)
     salesforce_max_quota_share: float = Field(default=0.5, gt=0.0, le=1.0)

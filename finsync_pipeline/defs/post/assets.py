@@ -80,6 +80,8 @@ def erp_postings(
         is_run_alive=lambda run_id: _run_alive(context.instance, run_id),
         max_attempts=settings.posting_max_attempts,
         batch_size=settings.posting_batch_size,
+        concurrency=settings.netsuite_concurrency,
+        client_factory=netsuite.get_client,
     )
     poster.recover()
     with engine.connect() as conn:
@@ -114,7 +116,7 @@ def erp_postings(
     return dg.MaterializeResult(
         metadata={
             **poster.stats.as_metadata(),
-            "netsuite requests": client.requests_made,
+            "netsuite requests (lookups)": client.requests_made,
             "ledger by state": dg.MetadataValue.json(counts),
             "exceptions opened": upserted["open_or_refreshed"],
             "exceptions auto-resolved": int(resolved or 0),
