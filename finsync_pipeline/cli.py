@@ -19,6 +19,8 @@ from typing import Any
 
 from finsync_pipeline.errors import FinsyncError
 
+# With --faults, how long the demo waits for documents deferred by the ERP outage.
+DRAIN_S = 240.0
 # Sandbox ports in order: Stripe, Salesforce, NetSuite, metering, AvaTax.
 SANDBOX_PORTS = (12111, 12112, 12113, 12114, 12115)
 
@@ -94,12 +96,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"accounts over {spec.months} months (seed {spec.seed}); reusing it"
         )
     with sandbox:
+        if args.faults:
+            sandbox.arm_fault_preset()
+            progress(
+                "sandbox: faults armed (throttling, an ERP maintenance window, "
+                "concurrency limits, writes that commit but never answer)"
+            )
         # Pointed at the sandbox exactly as a deployment is pointed at the real services.
         os.environ.update(sandbox.env)
         os.environ.setdefault("FINSYNC_MODE", "sandbox")
         check_environment()
         first_day = add_months(spec.end, -spec.months) + dt.timedelta(days=1)
-        summary = run_pipeline(first_day, spec.end, progress)
+        summary = run_pipeline(
+            first_day, spec.end, progress, drain_s=DRAIN_S if args.faults else 0.0
+        )
         summary["planted"] = {k: len(v) for k, v in sandbox.planted().items()}
         summary["sandbox_requests"] = sandbox.request_counts()
     summary["elapsed_s"] = round(time.monotonic() - started, 1)
@@ -133,7 +143,7 @@ def cmd_sandbox_serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         **({"end": args.end} if args.end else {}),
     )
-    serve(Path(args.state), host=args.host, ports=args.ports, spec=spec)
+    serve(Path(args.state), host=args.host, ports=args.ports, spec=spec, faults=args.faults)
     return 0
 
 
@@ -337,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the full pipeline against the sandbox")
     company_args(demo)
+    demo.add_argument(
+        "--faults",
+        action="store_true",
+        help="arm the sandbox's faults: throttling, an ERP maintenance window, concurrency "
+        "limits and writes that commit but never answer",
+    )
     home_arg(demo)
     demo.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     demo.add_argument("--quiet", action="store_true", help="with --json, no progress lines")
@@ -358,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
     serve = sandbox_sub.add_parser("serve", help="serve the simulators until Ctrl-C")
     serve.add_argument("--state", required=True, help="state folder (survives restarts)")
+    serve.add_argument(
+        "--faults",
+        action="store_true",
+        help="arm the demo's fault preset (see finsync demo --faults); more "
+        "faults can be armed at runtime with POST /__sandbox/faults",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument(
         "--ports",

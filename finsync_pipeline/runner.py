@@ -240,6 +240,36 @@ class PipelineRun:
                 )
                 self.posting_runs += 1
 
+    def drain(self, max_wait_s: float) -> None:
+        """Wait for retries that come due soon (after an ERP outage) and post them.
+
+        A daemon ticks the sensor every minute; in-process, the runner waits for the next
+        retry instead, as long as it comes due within ``max_wait_s``. Documents waiting for
+        another document, or with nothing due soon, are left to later runs.
+        """
+        engine = create_engine(os.environ["FINSYNC_WAREHOUSE_URL"])
+        deadline = time.monotonic() + max_wait_s
+        while True:
+            with engine.connect() as conn:
+                due = conn.execute(
+                    sa.text(
+                        "SELECT MIN(next_attempt_at) FROM posting_ledger WHERE state = 'pending' "
+                        "AND waiting_for IS NULL"
+                    )
+                ).scalar()
+            if due is None:
+                return
+            wait = (dt.datetime.fromisoformat(str(due)) - dt.datetime.now(dt.UTC)).total_seconds()
+            if time.monotonic() + max(wait, 0) > deadline:
+                return
+            if wait > 0:
+                self.progress(f"waiting {wait:.0f}s for deferred documents to come due")
+                time.sleep(wait + 0.5)
+            before = self.posting_runs
+            self.post_from_sensor()
+            if self.posting_runs == before:
+                return
+
     def unreconciled(self) -> list[tuple[dt.date, dt.date]]:
         """The day ranges of the window that no posting run has reconciled yet."""
         gaps: list[tuple[dt.date, dt.date]] = []
@@ -350,7 +380,11 @@ class PipelineRun:
 
 
 def run_pipeline(
-    first_day: dt.date, last_day: dt.date, progress: Callable[[str], None]
+    first_day: dt.date,
+    last_day: dt.date,
+    progress: Callable[[str], None],
+    *,
+    drain_s: float = 0.0,
 ) -> dict[str, Any]:
     """Ingest, post (sensor-driven) and reconcile a day range; return the summary."""
     started = time.monotonic()
@@ -359,6 +393,8 @@ def run_pipeline(
     run.ingest()
     progress("posting sensor: launching posting runs for due ledger rows")
     run.post_from_sensor()
+    if drain_s:
+        run.drain(drain_s)
     # Posting runs reconcile the days they posted; the days they did not cover (all of them on
     # a rerun where nothing was due) are read back and reconciled here.
     for lo, hi in run.unreconciled():

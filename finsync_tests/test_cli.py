@@ -421,3 +421,20 @@ def test_resolving_by_hand_needs_a_reason_and_is_recorded(
     # A later run sees the same cause but keeps the hand resolution: it was a decision.
     again = _summary(_finsync("demo", "--home", str(home), *SCALE, "--json"))
     assert "unknown_legal_entity" not in again["exceptions_open_by_kind"]
+
+
+def test_demo_with_faults_still_ends_with_zero_drift_and_no_duplicate(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    summary = _summary(_finsync("demo", "--home", str(home), *SCALE, "--faults", "--json"))
+    assert summary["drift"] == 0
+    for recon in (summary["reconciliation"], summary["payment_reconciliation"]):
+        assert recon["duplicate_in_erp"] == recon["missing_in_erp"] == 0
+    assert summary["erp_invoices_in_erp"] == summary["reconciliation"]["matched"] > 0
+    # The outage was real: NetSuite answered 503s and 429s, and some writes never answered.
+    assert summary["posting_runs"] >= 1
+    sandbox = Sandbox(home / "sandbox")
+    for record_type in ("customer", "invoice", "creditmemo", "customerpayment"):
+        external_ids = [r["externalId"] for r in sandbox.netsuite_records(record_type)]
+        assert len(external_ids) == len(set(external_ids)), record_type
+    assert "posting_rejected" not in summary["exceptions_open_by_kind"]
+    assert "posting_dead" not in summary["exceptions_open_by_kind"]

@@ -320,6 +320,24 @@ class Sandbox:
             path_prefix=path_prefix,
         )
 
+    def arm_fault_preset(self) -> dict[str, Any]:
+        """The faults of ``finsync demo --faults``: what a bad day at the vendors looks like.
+
+        Stripe and Salesforce throttle (429, 503 with Retry-After); NetSuite allows fewer
+        concurrent requests than finsync's workers, goes into a maintenance window for its
+        first requests, and commits some writes without ever answering. The pipeline must
+        still end with zero drift and no duplicate.
+        """
+        self.faults.add("stripe", status=429, count=4, retry_after_s=1)
+        self.faults.add("salesforce", status=503, count=2, retry_after_s=1)
+        self.faults.add("avalara", status=429, count=3, retry_after_s=1)
+        self.faults.set_concurrency_limit("netsuite", 3)
+        self.faults.maintenance("netsuite", requests=40, retry_after_s=1)
+        self.faults.commit_then_timeout(
+            "netsuite", count=8, stall_s=0, path_prefix="/services/rest/record/v1/invoice"
+        )
+        return self.faults.describe()
+
     def expire_salesforce_sessions(self) -> None:
         """Expire every Salesforce access token (next call: 401 INVALID_SESSION_ID)."""
         self.salesforce.expire_sessions()
@@ -340,7 +358,14 @@ class Sandbox:
         return self.netsuite.records(base, record_type)
 
 
-def serve(state_dir: Path, *, host: str, ports: Sequence[int], spec: CompanySpec | None) -> None:
+def serve(
+    state_dir: Path,
+    *,
+    host: str,
+    ports: Sequence[int],
+    spec: CompanySpec | None,
+    faults: bool = False,
+) -> None:
     """Run the sandbox in the foreground until SIGINT or SIGTERM.
 
     Seeds the state from ``spec`` (or the default spec) when it is empty, then prints the
@@ -356,6 +381,8 @@ def serve(state_dir: Path, *, host: str, ports: Sequence[int], spec: CompanySpec
     sandbox = Sandbox.on_ports(state_dir, host=host, ports=ports)
     if not sandbox.is_seeded():
         sandbox.seed(generate(spec or CompanySpec()))
+    if faults:
+        sandbox.arm_fault_preset()
     stopping = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:

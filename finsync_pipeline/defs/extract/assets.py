@@ -171,6 +171,11 @@ ERP_INVOICE_COLUMNS = [
 ]
 
 
+# A read that outlives the HTTP client's own retries (an outage of minutes, a maintenance
+# window) is retried by Dagster, later, rather than failing the run; reads are idempotent.
+EXTRACT_RETRY = dg.RetryPolicy(max_retries=4, delay=5, backoff=dg.Backoff.EXPONENTIAL)
+
+
 def _extract(name: str, system: str, description: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -181,6 +186,7 @@ def _extract(name: str, system: str, description: str) -> dict[str, Any]:
         "owners": OWNERS,
         "description": description,
         "pool": f"{system}_api",
+        "retry_policy": EXTRACT_RETRY,
     }
 
 
