@@ -31,6 +31,8 @@ RECORD_TYPES = {
     "invoice": "invoice",
     "credit_memo": "creditmemo",
     "customer_payment": "customerpayment",
+    # Status written back to the CRM (Salesforce), through the same ledger.
+    "account_status": "Account",
 }
 DEFAULT_MAX_ATTEMPTS = 8
 # A document waiting for another (its customer) is due again after this delay, so neither this

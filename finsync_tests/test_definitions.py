@@ -44,7 +44,7 @@ ASSET_GROUPS = {
         "invoice_tax_checks",
         "payment_applications",
     ],
-    "post": ["erp_postings"],
+    "post": ["crm_status_writeback", "erp_postings"],
     "reconcile": ["invoice_reconciliation", "payment_reconciliation"],
 }
 CHECKS = [

@@ -53,9 +53,10 @@ JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 JWT_MAX_LIFETIME_S = 180
 JWT_CLOCK_SKEW_S = 5
 # sObject -> its external id fields (flagged External ID in setup; not Unique).
+# ``Id`` works as an external id in an upsert (API 37+); it can only update, never create.
 EXTERNAL_ID_FIELDS: dict[str, frozenset[str]] = {
-    "Account": frozenset({"Finsync_External_Id__c"}),
-    "Opportunity": frozenset({"Finsync_External_Id__c"}),
+    "Account": frozenset({"Finsync_External_Id__c", "Id"}),
+    "Opportunity": frozenset({"Finsync_External_Id__c", "Id"}),
 }
 _REQUIRED_ON_CREATE: dict[str, tuple[str, ...]] = {
     "Account": ("Name",),
@@ -552,6 +553,8 @@ class SalesforceSimulator(Simulator):
                 rec = matches[0]
                 full = {name: self._value(obj, rec, name) for name in soql.SCHEMA[obj]}
                 return json_response(200, self._render(obj, version, full, rec["Id"]))
+            if field_name == "Id" and not matches:
+                return _errors(404, "NOT_FOUND", f"Provided external ID field Id {value} not found")
             return self._upsert(obj, field_name, value, req.body, matches[0] if matches else None)
 
     def _upsert(

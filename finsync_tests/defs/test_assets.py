@@ -327,3 +327,45 @@ def test_payments_find_their_invoices_and_refunds_their_credit_notes(
         )
         == 0
     )
+
+
+def test_billing_status_reaches_salesforce_once_per_change(
+    pipeline: tuple[dg.ExecuteInProcessResult, str, dict[str, Any]],
+) -> None:
+    result, url, resources = pipeline
+    sent = _metadata(result, "crm_status_writeback")
+    assert sent["changed (sent)"] > 0 and sent["rejected"] == 0
+    crm = resources["salesforce"].get_client()
+    accounts = list(
+        crm.query(
+            "SELECT Id, Finsync_Invoice_Status__c, Finsync_Paid__c, Finsync_ERP_Invoice_Id__c "
+            "FROM Account WHERE Finsync_Invoice_Status__c != null"
+        )
+    )
+    assert len(accounts) == sent["changed (sent)"]
+    with create_engine(url).connect() as conn:
+        posted = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT source_id, erp_internal_id FROM posting_ledger "
+                    "WHERE doc_type = 'invoice' AND state = 'posted'"
+                )
+            ).fetchall()
+        )
+    erp_ids = set(posted.values())
+    for account in accounts:
+        assert "invoiced in ERP" in account["Finsync_Invoice_Status__c"]
+        if account["Finsync_ERP_Invoice_Id__c"]:
+            assert account["Finsync_ERP_Invoice_Id__c"] in erp_ids
+    # Nothing changed since: a second run sends nothing.
+    loaded = defs()
+    again = dg.materialize(
+        [
+            a
+            for a in loaded.assets or []
+            if isinstance(a, dg.AssetsDefinition) and dg.AssetKey("crm_status_writeback") in a.keys
+        ],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert _metadata(again, "crm_status_writeback")["changed (sent)"] == 0

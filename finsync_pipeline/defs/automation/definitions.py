@@ -35,9 +35,11 @@ erp_posting_job = dg.define_asset_job(
         "invoice_reconciliation",
         "erp_payments",
         "payment_reconciliation",
+        "crm_status_writeback",
     ),
     tags={ERP_TAG: ERP},
-    description="Post due ledger rows to NetSuite, read NetSuite back and reconcile.",
+    description="Post due ledger rows to NetSuite, read NetSuite back, reconcile, and write "
+    "the billing status back to Salesforce.",
 )
 
 daily_sync_job = dg.define_asset_job(
