@@ -20,7 +20,12 @@ import sqlalchemy as sa
 
 from finsync_pipeline.errors import ConfigurationError, FinsyncError
 from finsync_pipeline.ledger import loads
-from finsync_pipeline.logic.reconcile import ALL_STATUSES, DRIFT_STATUSES
+from finsync_pipeline.logic.reconcile import (
+    ALL_STATUSES,
+    DRIFT_STATUSES,
+    RENEWAL_DRIFT,
+    RENEWAL_STATUSES,
+)
 from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
 from finsync_pipeline.resources.warehouse import create_engine
 
@@ -294,6 +299,7 @@ class PipelineRun:
                     "invoice_reconciliation",
                     "erp_payments",
                     "payment_reconciliation",
+                    "renewal_reconciliation",
                 )
             ],
         )
@@ -329,6 +335,10 @@ class PipelineRun:
 
             recon = by_status("invoice_reconciliation")
             payment_recon = by_status("payment_reconciliation")
+            renewal_recon = {
+                s: scalar("SELECT COUNT(*) FROM renewal_reconciliation WHERE status = :s", s=s)
+                for s in RENEWAL_STATUSES
+            }
             exceptions = {
                 r.kind: int(r.n)
                 for r in conn.execute(
@@ -369,7 +379,9 @@ class PipelineRun:
                 "erp_invoices_in_erp": scalar("SELECT COUNT(*) FROM erp_invoices"),
                 "reconciliation": recon,
                 "payment_reconciliation": payment_recon,
+                "renewal_reconciliation": renewal_recon,
                 "drift": sum(recon[k] + payment_recon[k] for k in DRIFT_STATUSES),
+                "renewal_drift": sum(renewal_recon[k] for k in RENEWAL_DRIFT),
                 "exceptions_open": sum(exceptions.values()),
                 "exceptions_open_by_kind": exceptions,
                 "quarantined_rows": sum(quarantine.values()),

@@ -45,7 +45,7 @@ ASSET_GROUPS = {
         "payment_applications",
     ],
     "post": ["crm_status_writeback", "erp_postings"],
-    "reconcile": ["invoice_reconciliation", "payment_reconciliation"],
+    "reconcile": ["invoice_reconciliation", "payment_reconciliation", "renewal_reconciliation"],
 }
 CHECKS = [
     "cpq_quote_lines:contract",
@@ -55,6 +55,7 @@ CHECKS = [
     "erp_payments:contract",
     "invoice_reconciliation:no_drift",
     "payment_reconciliation:no_drift",
+    "renewal_reconciliation:no_drift",
     "salesforce_accounts:contract",
     "salesforce_contracts:contract",
     "salesforce_opportunities:contract",

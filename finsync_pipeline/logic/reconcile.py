@@ -155,3 +155,114 @@ def reconcile_payments(
     as_documents = expected.rename(columns={"payment_id": "invoice_id"})
     recon = reconcile_invoices(as_documents, erp, held_ids)
     return recon.rename(columns={"invoice_id": "payment_id"})
+
+
+RENEWAL_STATUSES = (
+    "matched",
+    "held_by_exception",
+    "missing_in_billing",
+    "missing_in_erp",
+    "amount_mismatch",
+    "currency_mismatch",
+    "status_mismatch",
+)
+RENEWAL_DRIFT = tuple(s for s in RENEWAL_STATUSES if s not in ("matched", "held_by_exception"))
+RENEWAL_COLUMNS = [
+    "opportunity_id",
+    "account_id",
+    "close_date",
+    "term_start",
+    "status",
+    "crm_currency",
+    "crm_amount_minor",
+    "invoice_id",
+    "billing_currency",
+    "billing_subtotal_minor",
+    "erp_status",
+    "explanation",
+]
+
+
+def reconcile_renewals(
+    renewals: pd.DataFrame,
+    invoices: pd.DataFrame,
+    erp_status: dict[str, str],
+    held_ids: set[str],
+    *,
+    grace_days: int = 3,
+    billed_through: tuple[str, str] | None = None,
+) -> pd.DataFrame:
+    """Each closed-won renewal in the CRM against its first invoice in billing and the ERP.
+
+    The renewal's new term starts on its contract's start date; its first invoice is the
+    account's invoice dated that day (or within ``grace_days`` after), whose subtotal must equal
+    the renewal's amount in the same currency, and which must be in the ERP.
+
+    Args:
+        renewals: opportunity_id, account_id, close_date, term_start, currency, amount_minor.
+        invoices: Finalized invoices: invoice_id, customer_key, invoice_date, currency,
+            subtotal_minor, status (a void one means billing undid the renewal).
+        erp_status: invoice_id -> its status in invoice reconciliation (matched, ...).
+        held_ids: Records an open finance exception holds back.
+        billed_through: The first and last day of billing history extracted; a renewal whose
+            term starts outside it cannot be judged from this history and is left out.
+    """
+    if billed_through is not None:
+        starts = renewals["term_start"].fillna(renewals["close_date"])
+        inside = (starts >= billed_through[0]) & (starts <= billed_through[1])
+        renewals = renewals[inside]
+    by_account = {k: g for k, g in invoices.groupby("customer_key")}
+    rows: list[dict[str, object]] = []
+    for opp in renewals.sort_values(["close_date", "opportunity_id"]).to_dict("records"):
+        start = pd.Timestamp(opp["term_start"] or opp["close_date"])
+        base: dict[str, object] = {
+            "opportunity_id": opp["opportunity_id"],
+            "account_id": opp["account_id"],
+            "close_date": opp["close_date"],
+            "term_start": start.date().isoformat(),
+            "crm_currency": opp["currency"],
+            "crm_amount_minor": opp["amount_minor"],
+            "invoice_id": None,
+            "billing_currency": None,
+            "billing_subtotal_minor": None,
+            "erp_status": None,
+        }
+        crm = f"{opp['amount_minor']} {opp['currency']} (minor units)"
+        candidates = by_account.get(opp["account_id"], invoices.iloc[0:0])
+        dates = pd.to_datetime(candidates["invoice_date"])
+        window = candidates[(dates >= start) & (dates <= start + pd.Timedelta(days=grace_days))]
+        if window.empty:
+            if opp["account_id"] in held_ids:
+                status, why = "held_by_exception", "the account is held by an open exception"
+            else:
+                status = "missing_in_billing"
+                why = f"the CRM renewed for {crm} from {base['term_start']}; billing has no invoice"
+            rows.append({**base, "status": status, "explanation": why})
+            continue
+        exact = window[window["subtotal_minor"] == opp["amount_minor"]]
+        invoice = (exact if len(exact) else window).sort_values("invoice_date").iloc[0]
+        base.update(
+            invoice_id=invoice["invoice_id"],
+            billing_currency=invoice["currency"],
+            billing_subtotal_minor=invoice["subtotal_minor"],
+            erp_status=erp_status.get(str(invoice["invoice_id"])),
+        )
+        billing = f"{invoice['subtotal_minor']} {invoice['currency']} (minor units)"
+        if invoice.get("status") == "void":
+            status = "status_mismatch"
+            why = f"the CRM renewal is closed won, but billing voided its invoice ({billing})"
+        elif invoice["currency"] != opp["currency"]:
+            status, why = "currency_mismatch", f"CRM {crm}, billing {billing}"
+        elif invoice["subtotal_minor"] != opp["amount_minor"]:
+            status, why = "amount_mismatch", f"CRM {crm}, billing {billing} before tax"
+        elif base["erp_status"] == "matched":
+            status, why = "matched", f"CRM, billing and the ERP agree on {crm}"
+        elif base["erp_status"] == "held_by_exception" or invoice["invoice_id"] in held_ids:
+            status, why = "held_by_exception", "the invoice is held by an open exception"
+        elif base["erp_status"] is None:
+            status, why = "missing_in_erp", f"billing invoiced {billing}; the ERP has nothing"
+        else:
+            status = "status_mismatch"
+            why = f"billing invoiced {billing}; the ERP side is {base['erp_status']}"
+        rows.append({**base, "status": status, "explanation": why})
+    return pd.DataFrame(rows, columns=RENEWAL_COLUMNS)

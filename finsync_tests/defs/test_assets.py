@@ -369,3 +369,18 @@ def test_billing_status_reaches_salesforce_once_per_change(
         instance=dg.DagsterInstance.ephemeral(),
     )
     assert _metadata(again, "crm_status_writeback")["changed (sent)"] == 0
+
+
+def test_every_closed_won_renewal_is_invoiced_and_in_the_erp(
+    pipeline: tuple[dg.ExecuteInProcessResult, str, dict[str, Any]],
+) -> None:
+    result, url, _ = pipeline
+    renewals = _metadata(result, "renewal_reconciliation")
+    assert renewals["matched"] > 0
+    # The only disagreements are renewals whose invoice billing voided while the CRM still
+    # shows them closed won: reported as status_mismatch, never as a missing invoice.
+    assert renewals["drift"] == renewals["status_mismatch"], renewals["drift sample"]
+    assert renewals["missing_in_billing"] == renewals["missing_in_erp"] == 0
+    assert (
+        _scalar(url, "SELECT COUNT(*) FROM renewal_reconciliation") == renewals["dagster/row_count"]
+    )

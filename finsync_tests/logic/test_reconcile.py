@@ -237,3 +237,65 @@ def test_payments_reconcile_with_the_invoice_classification() -> None:
     by_id = dict(zip(recon["payment_id"], recon["status"], strict=True))
     assert by_id == {"ch_1": "matched", "ch_2": "amount_mismatch", "ch_3": "held_by_exception"}
     assert summarize(recon)["amount_mismatch"] == 1
+
+
+@pytest.mark.parametrize(
+    ("invoice", "erp", "status"),
+    [
+        (
+            {"invoice_date": "2026-10-01", "currency": "EUR", "subtotal_minor": 1062600},
+            "matched",
+            "matched",
+        ),
+        (
+            {"invoice_date": "2026-10-02", "currency": "EUR", "subtotal_minor": 1062600},
+            None,
+            "missing_in_erp",
+        ),
+        (
+            {"invoice_date": "2026-10-01", "currency": "EUR", "subtotal_minor": 999},
+            "matched",
+            "amount_mismatch",
+        ),
+        (
+            {"invoice_date": "2026-10-01", "currency": "USD", "subtotal_minor": 1062600},
+            "matched",
+            "currency_mismatch",
+        ),
+        (
+            {"invoice_date": "2026-11-15", "currency": "EUR", "subtotal_minor": 1062600},
+            "matched",
+            "missing_in_billing",
+        ),
+        (
+            {"invoice_date": "2026-10-01", "currency": "EUR", "subtotal_minor": 1062600},
+            "held_by_exception",
+            "held_by_exception",
+        ),
+    ],
+    ids=["agree", "not-in-erp", "amount", "currency", "no-invoice-in-term", "held", "voided"],
+)
+def test_a_renewal_is_checked_against_billing_and_the_erp(
+    invoice: dict, erp: str | None, status: str
+) -> None:
+    import pandas as pd
+
+    from finsync_pipeline.logic.reconcile import reconcile_renewals
+
+    renewals = pd.DataFrame(
+        [
+            {
+                "opportunity_id": "006R",
+                "account_id": "001A",
+                "close_date": "2026-09-28",
+                "term_start": "2026-10-01",
+                "currency": "EUR",
+                "amount_minor": 1062600,
+            }
+        ]
+    )
+    invoices = pd.DataFrame([{"invoice_id": "in_1", "customer_key": "001A", **invoice}])
+    recon = reconcile_renewals(renewals, invoices, {"in_1": erp} if erp else {}, set())
+    row = recon.iloc[0]
+    assert row["status"] == status
+    assert row["explanation"]

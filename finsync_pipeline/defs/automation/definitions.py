@@ -35,6 +35,7 @@ erp_posting_job = dg.define_asset_job(
         "invoice_reconciliation",
         "erp_payments",
         "payment_reconciliation",
+        "renewal_reconciliation",
         "crm_status_writeback",
     ),
     tags={ERP_TAG: ERP},

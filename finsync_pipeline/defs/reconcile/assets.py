@@ -2,6 +2,7 @@
 
 import dagster as dg
 import pandas as pd
+import sqlalchemy as sa
 
 from finsync_pipeline.landing import load_payloads, quarantined_ids, sample
 from finsync_pipeline.logic import normalize
@@ -12,8 +13,11 @@ from finsync_pipeline.logic.derive import (
 )
 from finsync_pipeline.logic.reconcile import (
     DRIFT_STATUSES,
+    RENEWAL_DRIFT,
+    RENEWAL_STATUSES,
     reconcile_invoices,
     reconcile_payments,
+    reconcile_renewals,
     summarize,
 )
 from finsync_pipeline.master_data import load_master_data
@@ -23,6 +27,7 @@ from finsync_pipeline.resources.warehouse import (
     frame_records,
     read_frame,
     replace_partitions,
+    upsert_rows,
 )
 
 OWNERS = ["team:finance-data"]
@@ -184,3 +189,96 @@ def payment_reconciliation_no_drift(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
     return _drift_check(context, warehouse, "payment_reconciliation")
+
+
+@dg.asset(
+    group_name="reconcile",
+    kinds={"python", "sql"},
+    owners=OWNERS,
+    deps=["salesforce_opportunities", "salesforce_contracts", "invoices", "invoice_reconciliation"],
+)
+def renewal_reconciliation(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Every closed-won renewal in Salesforce against its first invoice in Stripe (same
+    currency, subtotal equal to the renewal amount) and that invoice in NetSuite: the CRM,
+    billing and the ERP agree on each renewal, or the difference is explained."""
+    engine = warehouse.get_engine()
+    with engine.connect() as conn:
+        opps_raw = load_payloads(conn, "salesforce_opportunities")
+        contracts_raw = load_payloads(conn, "salesforce_contracts")
+        bad = quarantined_ids(conn, "salesforce_opportunities")
+        invoices = read_frame(
+            conn,
+            "SELECT invoice_id, customer_key, invoice_date, currency, subtotal_minor, status "
+            "FROM invoices WHERE status IN ('open', 'paid', 'uncollectible', 'void') "
+            "AND customer_key IS NOT NULL",
+        )
+        erp = read_frame(
+            conn,
+            "SELECT invoice_id, status FROM invoice_reconciliation WHERE invoice_id IS NOT NULL",
+        )
+        held = read_frame(conn, "SELECT source_id FROM finance_exceptions WHERE status = 'open'")
+    opps = normalize.flatten_salesforce_opportunities(list(opps_raw["payload"]))
+    contracts = normalize.flatten_salesforce_contracts(list(contracts_raw["payload"]))
+    start_of = dict(zip(contracts["source_id"], contracts["start_date"], strict=True))
+    renewals = opps[(opps["type"] == "Renewal") & opps["is_won"] & ~opps["source_id"].isin(bad)]
+    renewals = pd.DataFrame(
+        {
+            "opportunity_id": renewals["source_id"],
+            "account_id": renewals["account_id"],
+            "close_date": renewals["close_date"],
+            "term_start": renewals["contract_id"].map(start_of),
+            "currency": renewals["currency"],
+            "amount_minor": renewals["amount_minor"],
+        }
+    )
+    billed = (
+        (str(invoices["invoice_date"].min()), str(invoices["invoice_date"].max()))
+        if len(invoices)
+        else ("9999-12-31", "0000-01-01")
+    )
+    recon = reconcile_renewals(
+        renewals,
+        invoices,
+        dict(zip(erp["invoice_id"], erp["status"], strict=True)),
+        set(held["source_id"]),
+        billed_through=billed,
+    )
+    recon["run_id"] = context.run.run_id
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM renewal_reconciliation"))
+        upsert_rows(conn, "renewal_reconciliation", frame_records(recon), ["opportunity_id"])
+    counts = recon["status"].value_counts().astype(int).to_dict()
+    drift = recon[recon["status"].isin(RENEWAL_DRIFT)]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(recon),
+            **{s: int(counts.get(s, 0)) for s in RENEWAL_STATUSES},
+            "drift": len(drift),
+            "outside the billing history (not judged)": len(renewals) - len(recon),
+            "drift sample": sample(drift, ["status", "opportunity_id", "explanation"]),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=renewal_reconciliation,
+    name="no_drift",
+    description="Every closed-won renewal is invoiced for its amount and in the ERP, or held "
+    "by an open finance exception.",
+)
+def renewal_reconciliation_no_drift(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.get_engine().connect() as conn:
+        recon = read_frame(
+            conn, "SELECT status, opportunity_id, explanation FROM renewal_reconciliation"
+        )
+    drift = recon[recon["status"].isin(RENEWAL_DRIFT)]
+    return dg.AssetCheckResult(
+        passed=drift.empty,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "drift": len(drift),
+            "sample": sample(drift, ["status", "opportunity_id", "explanation"]),
+        },
+    )
