@@ -272,6 +272,16 @@ def test_payments_reconcile_with_the_invoice_classification() -> None:
             "held_by_exception",
             "held_by_exception",
         ),
+        (
+            {
+                "invoice_date": "2026-10-01",
+                "currency": "EUR",
+                "subtotal_minor": 1062600,
+                "status": "void",
+            },
+            None,
+            "status_mismatch",
+        ),
     ],
     ids=["agree", "not-in-erp", "amount", "currency", "no-invoice-in-term", "held", "voided"],
 )
