@@ -75,6 +75,8 @@ def build_customers(
             "extraction_run_id": run_id,
         }
     )
+    # A lookup that matched nothing (no Stripe customers yet) must stay a text column.
+    out = out.astype({"stripe_customer_id": "str", "parent_customer_key": "str"})
     out["correlation_id"] = [
         correlation_id("salesforce", "Account", k) for k in out["customer_key"]
     ]
@@ -142,6 +144,8 @@ def build_invoices(
             "correlation_id": kept["source_id"].map(corr_of),
         }
     )
+    # A lookup that matched nothing (no customers landed yet) must stay a text column.
+    head = head.astype({"customer_key": "str", "subscription_id": "str", "number": "str"})
     return head.reset_index(drop=True), body.reset_index(drop=True)
 
 

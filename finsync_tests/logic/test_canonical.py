@@ -220,3 +220,38 @@ def test_a_subscription_without_its_contract_keeps_empty_terms() -> None:
     )
     assert out.iloc[0]["contract_start"] is None
     assert pd.isna(out.iloc[0]["customer_key"])
+
+
+def test_canonical_invoices_validate_before_any_customer_has_landed() -> None:
+    # A first run over a narrow window can extract invoices whose customers it has not seen:
+    # the unmatched link stays an empty text column, and the contract still holds.
+    from finsync_pipeline.logic.normalize import flatten_stripe_invoices
+    from finsync_pipeline.schemas.canonical import Invoice
+
+    invoice = {
+        "id": "in_1",
+        "customer": "cus_1",
+        "status": "paid",
+        "currency": "usd",
+        "subtotal": 100,
+        "total": 100,
+        "total_taxes": [],
+        "created": 1760000000,
+        "lines": {
+            "data": [
+                {
+                    "id": "il_1",
+                    "amount": 100,
+                    "currency": "usd",
+                    "quantity": 1,
+                    "pricing": {"price_details": {"product": "prod_platform"}},
+                }
+            ]
+        },
+    }
+    heads, lines = flatten_stripe_invoices([invoice])
+    head, _ = build_invoices(
+        heads, lines, pd.Series(dtype=object), pd.Series({"in_1": "2025-10-09"}), "run"
+    )
+    Invoice.validate(head)
+    assert head["customer_key"].isna().all()

@@ -21,10 +21,8 @@ from finsync_pipeline.landing import (
     unix_day,
 )
 from finsync_pipeline.logic import normalize
-from finsync_pipeline.logic.normalize import netsuite_date
 from finsync_pipeline.money import is_known_currency
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run, window
-from finsync_pipeline.resources.netsuite import NetSuiteResource, suiteql_literal
 from finsync_pipeline.resources.salesforce import SalesforceResource, soql_select
 from finsync_pipeline.resources.settings import PipelineSettings
 from finsync_pipeline.resources.stripe import StripeClient, StripeResource
@@ -156,24 +154,6 @@ CPQ_SUBSCRIPTION_FIELDS = [
     "CreatedDate",
     "SystemModstamp",
 ]
-ERP_INVOICE_COLUMNS = [
-    "id",
-    "externalid",
-    "tranid",
-    "entity",
-    "trandate",
-    "currency",
-    "subsidiary",
-    "foreigntotal",
-    "status",
-    "memo",
-    "lastmodifieddate",
-]
-
-
-# A read that outlives the HTTP client's own retries (an outage of minutes, a maintenance
-# window) is retried by Dagster, later, rather than failing the run; reads are idempotent.
-EXTRACT_RETRY = dg.RetryPolicy(max_retries=4, delay=5, backoff=dg.Backoff.EXPONENTIAL)
 
 
 def _extract(name: str, system: str, description: str) -> dict[str, Any]:
@@ -186,7 +166,6 @@ def _extract(name: str, system: str, description: str) -> dict[str, Any]:
         "owners": OWNERS,
         "description": description,
         "pool": f"{system}_api",
-        "retry_policy": EXTRACT_RETRY,
     }
 
 
@@ -929,38 +908,3 @@ cpq_subscriptions = _cpq_asset(
     "Every Salesforce CPQ subscription, kept current by SystemModstamp: what each contract "
     "entitles the customer to (product, quantity, price, dates), amendment deltas included.",
 )
-
-
-@dg.asset(
-    **{
-        **_extract(
-            "erp_invoices",
-            "netsuite",
-            "NetSuite invoices dated in the window, read back through SuiteQL after "
-            "posting: what the ERP really holds, for reconciliation.",
-        ),
-        "deps": ["erp_postings"],
-    }
-)
-def erp_invoices(
-    context: dg.AssetExecutionContext, netsuite: NetSuiteResource, warehouse: WarehouseResource
-) -> dg.MaterializeResult:
-    start, end = window(context)
-    query = (
-        f"SELECT {', '.join(ERP_INVOICE_COLUMNS)} FROM transaction "
-        f"WHERE type = {suiteql_literal('CustInvc')} "
-        f"AND trandate >= {suiteql_literal(start.date())} "
-        f"AND trandate < {suiteql_literal(end.date())} ORDER BY id"
-    )
-    client = netsuite.get_client()
-    return _land(
-        context,
-        warehouse,
-        table="erp_invoices",
-        system="netsuite",
-        records=({**r, "id": str(r.get("id"))} for r in client.suiteql(query)),
-        id_key="id",
-        created_date=lambda r: netsuite_date(r.get("trandate")),
-        updated_at=lambda r: r.get("lastmodifieddate"),
-        requests_made=lambda: client.requests_made,
-    )
