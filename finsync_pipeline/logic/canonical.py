@@ -52,11 +52,16 @@ def build_customers(
         for r in accounts.itertuples()
     }
     depths = hierarchy_depths(parents)
-    billing = (
+    first = (
         stripe_customers.sort_values(["created", "source_id"])
         .drop_duplicates("salesforce_account_id", keep="first")
-        .set_index("salesforce_account_id")["source_id"]
+        .set_index("salesforce_account_id")
     )
+    billing = first["source_id"]
+    # The tax profile comes from billing, where tax is charged: exempt, reverse charge (B2B
+    # cross-border VAT) or taxable ("none"), and whether the customer gave a tax id.
+    tax_status = first["tax_exempt"] if "tax_exempt" in first else pd.Series(dtype="str")
+    tax_ids = first["tax_id_count"] if "tax_id_count" in first else pd.Series(dtype="Int64")
     out = pd.DataFrame(
         {
             "customer_key": accounts["source_id"],
@@ -66,6 +71,13 @@ def build_customers(
             "parent_customer_key": accounts["parent_id"],
             "hierarchy_depth": accounts["source_id"].map(depths).astype("Int64"),
             "legal_entity": accounts["legal_entity"],
+            "tax_exempt": accounts["source_id"].map(tax_status),
+            "has_tax_id": accounts["source_id"]
+            .map(tax_ids)
+            .fillna(0)
+            .astype(int)
+            .gt(0)
+            .astype(int),
             "currency": accounts["currency"],
             "country": accounts["country"],
             "po_required": accounts["po_required"].astype(int),
@@ -76,7 +88,9 @@ def build_customers(
         }
     )
     # A lookup that matched nothing (no Stripe customers yet) must stay a text column.
-    out = out.astype({"stripe_customer_id": "str", "parent_customer_key": "str"})
+    out = out.astype(
+        {"stripe_customer_id": "str", "parent_customer_key": "str", "tax_exempt": "str"}
+    )
     out["correlation_id"] = [
         correlation_id("salesforce", "Account", k) for k in out["customer_key"]
     ]

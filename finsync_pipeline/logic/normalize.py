@@ -100,6 +100,8 @@ CUSTOMER_COLUMNS: Columns = {
     "currency": ("str", field("currency", as_upper)),
     "salesforce_account_id": ("str", _metadata("salesforce_account_id")),
     "legal_entity": ("str", _metadata("legal_entity")),
+    "tax_exempt": ("str", field("tax_exempt")),
+    "tax_id_count": ("Int64", lambda r: len(((r.get("tax_ids") or {}).get("data")) or [])),
     "created": ("Int64", field("created", as_int)),
 }
 SUBSCRIPTION_COLUMNS: Columns = {

@@ -38,6 +38,12 @@ class Customer(Lineage):
         ge=-1, description="0 = top of the hierarchy; -1 = parent unknown or a cycle"
     )
     legal_entity: Series[str] = pa.Field(nullable=True, description="Legal entity code")
+    tax_exempt: Series[str] = pa.Field(
+        nullable=True,
+        isin=["none", "exempt", "reverse"],
+        description="Tax profile from billing: taxable (none), exempt, or reverse charge",
+    )
+    has_tax_id: Series[int] = pa.Field(isin=[0, 1], description="A tax id is on file (1)")
     currency: Series[str] = pa.Field(iso_currency=(), description="Billing currency")
     country: Series[str] = pa.Field(nullable=True, description="Billing country")
     po_required: Series[int] = pa.Field(isin=[0, 1], description="A PO number is required")

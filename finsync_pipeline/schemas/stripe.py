@@ -23,6 +23,9 @@ class StripeCustomerRecord(pa.DataFrameModel):
         description="metadata.salesforce_account_id: the CRM account this customer bills"
     )
     legal_entity: Series[str] = pa.Field(nullable=True, description="metadata.legal_entity")
+    tax_exempt: Series[str] = pa.Field(
+        nullable=True, isin=["none", "exempt", "reverse"], description="Tax status"
+    )
     created: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Unix seconds")
 
 

@@ -114,6 +114,8 @@ def test_stripe_customers_keep_their_salesforce_link() -> None:
                 "currency": "eur",
                 "created": 1,
                 "metadata": {"salesforce_account_id": "001A", "legal_entity": "EU01"},
+                "tax_exempt": "reverse",
+                "tax_ids": {"data": [{"type": "eu_vat", "value": "DE123456789"}]},
             },
             {"id": "cus_2", "created": "yesterday", "metadata": None},
         ]
@@ -124,6 +126,8 @@ def test_stripe_customers_keep_their_salesforce_link() -> None:
         "currency": "EUR",
         "salesforce_account_id": "001A",
         "legal_entity": "EU01",
+        "tax_exempt": "reverse",
+        "tax_id_count": 1,
         "created": 1,
     }
     assert pd.isna(frame.iloc[1]["salesforce_account_id"])

@@ -9,6 +9,8 @@ CREATE TABLE IF NOT EXISTS customers (
     parent_customer_key     TEXT,
     hierarchy_depth         INTEGER NOT NULL,
     legal_entity            TEXT,
+    tax_exempt              TEXT,
+    has_tax_id              INTEGER NOT NULL DEFAULT 0,
     currency                TEXT,
     country                 TEXT,
     po_required             INTEGER NOT NULL,

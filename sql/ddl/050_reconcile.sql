@@ -39,3 +39,22 @@ CREATE TABLE IF NOT EXISTS payment_reconciliation (
     PRIMARY KEY (partition_date, external_id)
 );
 CREATE INDEX IF NOT EXISTS ix_payment_reconciliation_status ON payment_reconciliation (status);
+
+-- Closed-won renewals in Salesforce against their first invoice in Stripe and in NetSuite.
+CREATE TABLE IF NOT EXISTS renewal_reconciliation (
+    opportunity_id          TEXT NOT NULL PRIMARY KEY,
+    account_id              TEXT NOT NULL,
+    close_date              TEXT NOT NULL,
+    term_start              TEXT NOT NULL,
+    status                  TEXT NOT NULL CHECK (status IN (
+        'matched', 'held_by_exception', 'missing_in_billing', 'missing_in_erp',
+        'amount_mismatch', 'currency_mismatch', 'status_mismatch')),
+    crm_currency            TEXT,
+    crm_amount_minor        BIGINT,
+    invoice_id              TEXT,
+    billing_currency        TEXT,
+    billing_subtotal_minor  BIGINT,
+    erp_status              TEXT,
+    explanation             TEXT NOT NULL,
+    run_id                  TEXT NOT NULL
+);
