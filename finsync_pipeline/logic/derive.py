@@ -505,7 +505,7 @@ def derive_void_compensations(voided: pd.DataFrame, ready: pd.DataFrame) -> pd.D
 
     Args:
         voided: Canonical invoices now void whose ERP invoice is posted.
-        ready: Their invoice-ready transactions (the posted payloads).
+        ready: invoice_id, external_id and the payload that was posted for each.
     """
     rows: list[dict[str, Any]] = []
     by_invoice = _ready_index(ready)

@@ -9,12 +9,14 @@ Statuses:
     currency_mismatch  one ERP document, different currency.
     duplicate_in_erp   more than one ERP document carries the source's external or correlation id.
     extra_in_erp       an ERP document that no billing document accounts for.
+    status_mismatch    voided in billing after posting, but not yet reversed in the ERP.
 """
 
 import pandas as pd
 
 DRIFT_STATUSES = (
     "missing_in_erp",
+    "status_mismatch",
     "amount_mismatch",
     "currency_mismatch",
     "duplicate_in_erp",

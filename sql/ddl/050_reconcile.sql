@@ -8,7 +8,7 @@ CREATE TABLE IF NOT EXISTS invoice_reconciliation (
     erp_internal_ids    TEXT,
     status              TEXT NOT NULL CHECK (status IN (
         'matched', 'missing_in_erp', 'amount_mismatch', 'currency_mismatch',
-        'duplicate_in_erp', 'extra_in_erp', 'held_by_exception')),
+        'duplicate_in_erp', 'extra_in_erp', 'held_by_exception', 'status_mismatch')),
     billing_currency    TEXT,
     billing_total_minor BIGINT,
     erp_currency        TEXT,

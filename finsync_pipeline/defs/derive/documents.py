@@ -142,13 +142,13 @@ def credit_memo_requests(
         )
         voided = read_frame(
             conn,
-            "SELECT i.* FROM invoices i JOIN posting_ledger l ON l.erp = :erp AND "
+            "SELECT i.*, l.external_id AS posted_external_id, l.payload AS posted_payload "
+            "FROM invoices i JOIN posting_ledger l ON l.erp = :erp AND "
             "l.doc_type = 'invoice' AND l.source_id = i.invoice_id AND l.state = 'posted' "
             "WHERE i.status = 'void' AND i.extraction_run_id = :run",
             {"erp": ERP, "run": run_id},
         )
-        invoice_ids = [*notes["invoice_id"], *voided["invoice_id"]]
-        ready = _ready(conn, invoice_ids)
+        ready = _ready(conn, list(notes["invoice_id"]))
         lines = _read(
             conn,
             f"SELECT line_id, product_id FROM invoice_lines WHERE {_in('invoice_id')}",
@@ -167,7 +167,15 @@ def credit_memo_requests(
         columns=["credit_note_id", "invoice_line_item", "amount_minor"],
     )
     memos, found = derive_credit_memos(notes, note_lines, lines, ready, master)
-    voids = derive_void_compensations(voided, ready)
+    # A voided invoice is no longer ready for the ERP; what was posted is in the ledger.
+    posted = pd.DataFrame(
+        {
+            "invoice_id": voided["invoice_id"],
+            "external_id": voided["posted_external_id"],
+            "payload": [ledger.loads(p) for p in voided["posted_payload"]],
+        }
+    )
+    voids = derive_void_compensations(voided, posted)
     docs = pd.concat([memos, voids], ignore_index=True)
     with engine.begin() as conn:
         queued = _queue(conn, docs, "credit_memo", run_id)

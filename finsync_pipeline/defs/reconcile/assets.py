@@ -10,6 +10,7 @@ from finsync_pipeline.logic.derive import (
     LIVE_INVOICE_STATUSES,
     invoice_external_id,
     payment_external_id,
+    void_external_id,
 )
 from finsync_pipeline.logic.reconcile import (
     DRIFT_STATUSES,
@@ -63,12 +64,39 @@ def invoice_reconciliation(
         )
         raw = load_payloads(conn, "erp_invoices", date_from, date_to)
         bad_erp = quarantined_ids(conn, "erp_invoices")
+        posted = read_frame(
+            conn,
+            "SELECT doc_type, source_id, external_id FROM posting_ledger WHERE erp = 'netsuite' "
+            "AND state = 'posted' AND doc_type IN ('invoice', 'credit_memo') "
+            "AND partition_date >= :date_from AND partition_date < :date_to",
+            rng,
+        )
     codes = {v: k for k, v in load_master_data().netsuite_currency_ids.items()}
     erp = normalize.flatten_erp_invoices(list(raw["payload"]), codes)
     erp = erp[~erp["source_id"].isin(bad_erp)]
-    live = billing[billing["status"].isin(LIVE_INVOICE_STATUSES)].copy()
-    live["external_id"] = live["invoice_id"].map(invoice_external_id)
-    recon = reconcile_invoices(live, erp, set(held["source_id"]))
+    # An invoice voided in billing after it was posted stays in the ERP, reversed by a credit
+    # memo (VOID_<invoice>): it is expected there, and reversed or not is what matters.
+    posted_invoices = set(posted.loc[posted["doc_type"] == "invoice", "source_id"])
+    reversed_ids = set(posted.loc[posted["doc_type"] == "credit_memo", "external_id"])
+    expected = billing[
+        billing["status"].isin(LIVE_INVOICE_STATUSES)
+        | ((billing["status"] == "void") & billing["invoice_id"].isin(posted_invoices))
+    ].copy()
+    expected["external_id"] = expected["invoice_id"].map(invoice_external_id)
+    recon = reconcile_invoices(expected, erp, set(held["source_id"]))
+    voided = set(expected.loc[expected["status"] == "void", "invoice_id"])
+    for i in recon.index[recon["invoice_id"].isin(voided)]:
+        reversal = void_external_id(str(recon.at[i, "invoice_id"]))
+        if recon.at[i, "status"] != "matched":
+            continue
+        if reversal in reversed_ids:
+            recon.at[i, "explanation"] = f"voided in billing; reversed in the ERP by {reversal}"
+        else:
+            recon.at[i, "status"] = "status_mismatch"
+            recon.at[i, "explanation"] = (
+                "voided in billing, still open in the ERP: "
+                f"its reversing credit memo {reversal} is not posted"
+            )
     recon["run_id"] = context.run.run_id
     with engine.begin() as conn:
         replace_partitions(
