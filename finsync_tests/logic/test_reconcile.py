@@ -170,6 +170,7 @@ def test_summarize_counts_every_status(recon: pd.DataFrame) -> None:
         "currency_mismatch": 1,
         "duplicate_in_erp": 2,
         "extra_in_erp": 2,
+        "status_mismatch": 0,
     }
 
 
