@@ -250,7 +250,9 @@ def reconcile_renewals(
             erp_status=erp_status.get(str(invoice["invoice_id"])),
         )
         billing = f"{invoice['subtotal_minor']} {invoice['currency']} (minor units)"
-        if invoice.get("status") == "void":
+        if invoice.get("status") == "quarantined":
+            status, why = "held_by_exception", "its invoice is in quarantine (see the reason)"
+        elif invoice.get("status") == "void":
             status = "status_mismatch"
             why = f"the CRM renewal is closed won, but billing voided its invoice ({billing})"
         elif invoice["currency"] != opp["currency"]:

@@ -50,7 +50,12 @@ def migrate(engine: Engine, folders: Sequence[str] = ("ddl", "views")) -> None:
     """Apply every DDL and view file in order. Idempotent: safe on every start."""
     with _MIGRATE_LOCK, engine.begin() as conn:
         for folder in folders:
-            for path in sorted((SQL_DIR / folder).glob("*.sql")):
+            # Portable files first, then the ones for this database's dialect (date math).
+            paths = [
+                *sorted((SQL_DIR / folder).glob("*.sql")),
+                *sorted((SQL_DIR / folder / engine.dialect.name).glob("*.sql")),
+            ]
+            for path in paths:
                 for statement in split_statements(path.read_text()):
                     conn.exec_driver_sql(statement)
             if folder == "ddl":

@@ -283,8 +283,27 @@ def test_payments_reconcile_with_the_invoice_classification() -> None:
             None,
             "status_mismatch",
         ),
+        (
+            {
+                "invoice_date": "2026-10-01",
+                "currency": "USDX",
+                "subtotal_minor": 1062600,
+                "status": "quarantined",
+            },
+            None,
+            "held_by_exception",
+        ),
     ],
-    ids=["agree", "not-in-erp", "amount", "currency", "no-invoice-in-term", "held", "voided"],
+    ids=[
+        "agree",
+        "not-in-erp",
+        "amount",
+        "currency",
+        "no-invoice-in-term",
+        "held",
+        "voided",
+        "quarantined",
+    ],
 )
 def test_a_renewal_is_checked_against_billing_and_the_erp(
     invoice: dict, erp: str | None, status: str

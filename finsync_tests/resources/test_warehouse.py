@@ -205,3 +205,31 @@ def test_frame_records_round_trips_through_the_warehouse(warehouse_engine: Engin
     # A missing value lands as SQL NULL, never as the text 'nan' or '<NA>'.
     assert [r.source_id for r in nulls] == ["in_1"]
     assert kept == "2026-10-02"
+
+
+def test_exception_aging_buckets_on_both_databases(warehouse_engine: Engine) -> None:
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    rows = [
+        ("a", now - dt.timedelta(hours=5)),
+        ("b", now - dt.timedelta(days=5)),
+        ("c", now - dt.timedelta(days=40)),
+    ]
+    with warehouse_engine.begin() as conn:
+        for source_id, first_seen in rows:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO finance_exceptions (kind, source_system, source_id, severity, "
+                    "owner_queue, detected_by, detail, status, first_seen, last_seen) VALUES "
+                    "('unmapped_product', 'stripe', :id, 'high', 'finance_ops', 'test', 'x', "
+                    "'open', :at, :at)"
+                ),
+                {"id": source_id, "at": first_seen.isoformat()},
+            )
+        aging = dict(
+            conn.execute(
+                sa.text("SELECT age_bucket, open_exceptions FROM v_exception_aging")
+            ).fetchall()
+        )
+    assert aging == {"0-1 days": 1, "2-7 days": 1, "over 30 days": 1}

@@ -5,6 +5,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from finsync_pipeline.landing import load_payloads, quarantined_ids, sample
+from finsync_pipeline.ledger import loads as ledger_loads
 from finsync_pipeline.logic import normalize
 from finsync_pipeline.logic.derive import (
     LIVE_INVOICE_STATUSES,
@@ -247,6 +248,38 @@ def renewal_reconciliation(
             "SELECT invoice_id, status FROM invoice_reconciliation WHERE invoice_id IS NOT NULL",
         )
         held = read_frame(conn, "SELECT source_id FROM finance_exceptions WHERE status = 'open'")
+        # An invoice in quarantine still explains a renewal: it is held, not missing.
+        quarantined = read_frame(
+            conn,
+            "SELECT payload FROM stripe_invoices WHERE source_id IN "
+            "(SELECT source_id FROM quarantine WHERE asset = 'stripe_invoices')",
+        )
+        keys = read_frame(
+            conn,
+            "SELECT stripe_customer_id, customer_key FROM customers "
+            "WHERE stripe_customer_id IS NOT NULL",
+        )
+    held_invoices, _lines = normalize.flatten_stripe_invoices(
+        [ledger_loads(p) for p in quarantined["payload"]]
+    )
+    invoices = pd.concat(
+        [
+            invoices,
+            pd.DataFrame(
+                {
+                    "invoice_id": held_invoices["source_id"],
+                    "customer_key": held_invoices["customer"].map(
+                        dict(zip(keys["stripe_customer_id"], keys["customer_key"], strict=True))
+                    ),
+                    "invoice_date": held_invoices["invoice_date"],
+                    "currency": held_invoices["currency"],
+                    "subtotal_minor": held_invoices["subtotal"],
+                    "status": "quarantined",
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
     opps = normalize.flatten_salesforce_opportunities(list(opps_raw["payload"]))
     contracts = normalize.flatten_salesforce_contracts(list(contracts_raw["payload"]))
     start_of = dict(zip(contracts["source_id"], contracts["start_date"], strict=True))
