@@ -191,6 +191,7 @@ def reconcile_renewals(
     erp_status: dict[str, str],
     held_ids: set[str],
     *,
+    quarantined_accounts: frozenset[str] | set[str] = frozenset(),
     grace_days: int = 3,
     billed_through: tuple[str, str] | None = None,
 ) -> pd.DataFrame:
@@ -206,6 +207,8 @@ def reconcile_renewals(
             subtotal_minor, status (a void one means billing undid the renewal).
         erp_status: invoice_id -> its status in invoice reconciliation (matched, ...).
         held_ids: Records an open finance exception holds back.
+        quarantined_accounts: CRM accounts in quarantine: their invoices have no customer key,
+            so a renewal on one is held (see the quarantine reason), not missing.
         billed_through: The first and last day of billing history extracted; a renewal whose
             term starts outside it cannot be judged from this history and is left out.
     """
@@ -234,7 +237,12 @@ def reconcile_renewals(
         dates = pd.to_datetime(candidates["invoice_date"])
         window = candidates[(dates >= start) & (dates <= start + pd.Timedelta(days=grace_days))]
         if window.empty:
-            if opp["account_id"] in held_ids:
+            if opp["account_id"] in quarantined_accounts:
+                status, why = (
+                    "held_by_exception",
+                    "its CRM account is in quarantine (see the reason)",
+                )
+            elif opp["account_id"] in held_ids:
                 status, why = "held_by_exception", "the account is held by an open exception"
             else:
                 status = "missing_in_billing"

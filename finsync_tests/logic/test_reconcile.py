@@ -329,3 +329,31 @@ def test_a_renewal_is_checked_against_billing_and_the_erp(
     row = recon.iloc[0]
     assert row["status"] == status
     assert row["explanation"]
+
+
+def test_a_renewal_on_a_quarantined_account_is_held_not_missing() -> None:
+    import pandas as pd
+
+    from finsync_pipeline.logic.reconcile import reconcile_renewals
+
+    renewals = pd.DataFrame(
+        [
+            {
+                "opportunity_id": f"006{a}",
+                "account_id": f"001{a}",
+                "close_date": "2026-09-28",
+                "term_start": "2026-10-01",
+                "currency": "EUR",
+                "amount_minor": 1062600,
+            }
+            for a in ("Q", "M")
+        ]
+    )
+    no_invoices = pd.DataFrame(
+        columns=["invoice_id", "customer_key", "invoice_date", "currency", "subtotal_minor"]
+    )
+    recon = reconcile_renewals(renewals, no_invoices, {}, set(), quarantined_accounts={"001Q"})
+    by_id = dict(zip(recon["opportunity_id"], recon["status"], strict=True))
+    assert by_id == {"006Q": "held_by_exception", "006M": "missing_in_billing"}
+    held = recon[recon["opportunity_id"] == "006Q"].iloc[0]
+    assert "quarantine" in held["explanation"]

@@ -237,6 +237,7 @@ def renewal_reconciliation(
         opps_raw = load_payloads(conn, "salesforce_opportunities")
         contracts_raw = load_payloads(conn, "salesforce_contracts")
         bad = quarantined_ids(conn, "salesforce_opportunities")
+        bad_accounts = quarantined_ids(conn, "salesforce_accounts")
         invoices = read_frame(
             conn,
             "SELECT invoice_id, customer_key, invoice_date, currency, subtotal_minor, status "
@@ -304,6 +305,7 @@ def renewal_reconciliation(
         invoices,
         dict(zip(erp["invoice_id"], erp["status"], strict=True)),
         set(held["source_id"]),
+        quarantined_accounts=bad_accounts,
         billed_through=billed,
     )
     recon["run_id"] = context.run.run_id
