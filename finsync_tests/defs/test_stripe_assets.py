@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -240,3 +241,40 @@ def test_a_cursor_older_than_the_event_retention_falls_back_to_a_listing(
             ).scalar_one()
         )
     assert cursor["events_from"] > old + 39 * 86400
+
+
+def test_the_last_of_several_changes_in_one_second_wins(
+    resources: dict[str, Any], sandbox: Sandbox, company: Company, url: str
+) -> None:
+    customers = _definitions({"stripe_customers"})
+
+    def run() -> None:
+        result = dg.materialize(
+            customers, resources=resources, instance=dg.DagsterInstance.ephemeral()
+        )
+        assert result.success
+
+    run()  # sets the cursor, so the next run reads events
+    customer_id = company.stripe["customer"][0]["id"]
+    env = sandbox.env
+    frozen = int(dt.datetime.now(dt.UTC).timestamp())
+    sandbox.clock = lambda: float(frozen)
+    try:
+        with StripeClient(api_key=env["STRIPE_API_KEY"], api_base=env["STRIPE_API_BASE"]) as client:
+            # Eight updates stamped with the same second: event ids are random, so only the
+            # order Stripe lists them in says which came last.
+            for n in range(8):
+                client.post(
+                    f"/v1/customers/{customer_id}",
+                    {"description": f"edit {n}"},
+                    idempotency_key=f"t-same-second-{n}",
+                )
+    finally:
+        sandbox.clock = time.time
+    run()
+    with create_engine(url).connect() as conn:
+        payload = conn.execute(
+            sa.text("SELECT payload FROM stripe_customers WHERE source_id = :id"),
+            {"id": customer_id},
+        ).scalar_one()
+    assert ledger.loads(payload)["description"] == "edit 7"

@@ -244,10 +244,12 @@ def _read_stripe_changes(
     for obj in listing:
         latest[str(obj.get("id"))] = obj
     if events_from is not None:
-        events = sorted(
-            client.list_events(created_gte=events_from, types=event_types),
-            key=lambda e: (e.get("created", 0), str(e.get("id"))),
-        )
+        # Stripe lists events newest first; within one second only that order tells which
+        # change came last (event ids are random). Reverse it, then a stable sort by time.
+        # A duplicate delivery of an event replays the same snapshot, so it changes nothing.
+        events = list(client.list_events(created_gte=events_from, types=event_types))
+        events.reverse()
+        events.sort(key=lambda e: int(e.get("created") or 0))
         for event in events:
             obj = (event.get("data") or {}).get("object") or {}
             latest[str(obj.get("id"))] = obj
