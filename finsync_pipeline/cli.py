@@ -103,7 +103,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             sandbox.arm_fault_preset()
             progress(
                 "sandbox: faults armed (throttling, an ERP maintenance window, "
-                "concurrency limits, writes that commit but never answer)"
+                "concurrency limits, writes that commit but never answer, "
+                "Stripe events delivered twice)"
             )
         # Pointed at the sandbox exactly as a deployment is pointed at the real services.
         os.environ.update(sandbox.env)

@@ -115,6 +115,19 @@ class MaintenanceWindow:
 
 
 @dataclass
+class RepeatedItems:
+    """The next ``remaining`` list pages served after a cursor repeat the cursor's item first.
+
+    At-least-once delivery on the wire: a consumer reading a listing sees the item at each such
+    page boundary twice and must not count or apply it twice.
+    """
+
+    system: str
+    remaining: int
+    path_prefix: str | None
+
+
+@dataclass
 class CommitThenTimeout:
     """The next ``remaining`` successful writes commit, then the answer never arrives.
 
@@ -172,7 +185,10 @@ class Faults:
     4. pacing of admitted requests: a gate (``hold``/``release``) that parks them until
        released, and a fixed latency (``set_latency``); both make overlap deterministic;
     5. commit-then-timeout (``commit_then_timeout``): after a write succeeded, its answer is
-       withheld (the connection stalls, then closes) so the client sees an ambiguous outcome.
+       withheld (the connection stalls, then closes) so the client sees an ambiguous outcome;
+    6. repeated items (``repeat_items``): list pages after a cursor start with the cursor's
+       item again, so a listing delivers some records twice (simulators that page by cursor
+       consult it).
 
     Every kind is per system and cleared by ``clear``. ``clock`` times maintenance windows.
     """
@@ -180,6 +196,7 @@ class Faults:
     rules: list[FaultRule] = field(default_factory=list)
     windows: list[MaintenanceWindow] = field(default_factory=list)
     commit_timeouts: list[CommitThenTimeout] = field(default_factory=list)
+    repeats: list[RepeatedItems] = field(default_factory=list)
     limits: dict[str, ConcurrencyLimit] = field(default_factory=dict)
     latency_s: dict[str, float] = field(default_factory=dict)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
@@ -421,10 +438,38 @@ class Faults:
                 return rule.stall_s
         return None
 
+    # repeated items ---------------------------------------------------------------------------
+    def repeat_items(self, system: str, *, pages: int = 1, path_prefix: str | None = None) -> None:
+        """Make the next ``pages`` cursor pages of ``system`` (under ``path_prefix``) repeat
+        the cursor's item first.
+
+        Raises:
+            ValueError: Unknown system or pages < 1.
+        """
+        _check_system(system)
+        if int(pages) < 1:
+            raise ValueError(f"repeat_items pages must be >= 1, got {pages}")
+        with self._lock:
+            self.repeats.append(RepeatedItems(system, int(pages), path_prefix))
+
+    def take_repeat(self, system: str, path: str) -> bool:
+        """Consume one armed repeat matching a page served after a cursor; True if one was."""
+        with self._lock:
+            for rule in self.repeats:
+                if rule.system != system:
+                    continue
+                if rule.path_prefix and not path.startswith(rule.path_prefix):
+                    continue
+                rule.remaining -= 1
+                if rule.remaining <= 0:
+                    self.repeats.remove(rule)
+                return True
+        return False
+
     # inspection -------------------------------------------------------------------------------
     def clear(self, system: str | None = None) -> None:
-        """Disarm every fault (status rules, windows, limits, pacing, commit-then-timeout),
-        or those of one system; held requests are released."""
+        """Disarm every fault (status rules, windows, limits, pacing, commit-then-timeout,
+        repeated items), or those of one system; held requests are released."""
 
         def keep(name: str) -> bool:
             return system is not None and name != system
@@ -433,6 +478,7 @@ class Faults:
             self.rules = [r for r in self.rules if keep(r.system)]
             self.windows = [w for w in self.windows if keep(w.system)]
             self.commit_timeouts = [c for c in self.commit_timeouts if keep(c.system)]
+            self.repeats = [r for r in self.repeats if keep(r.system)]
             self.limits = {k: v for k, v in self.limits.items() if keep(k)}
             self.latency_s = {k: v for k, v in self.latency_s.items() if keep(k)}
         self.release(system)
@@ -469,6 +515,10 @@ class Faults:
                         "path_prefix": c.path_prefix,
                     }
                     for c in self.commit_timeouts
+                ],
+                "repeat_items": [
+                    {"system": r.system, "pages_left": r.remaining, "path_prefix": r.path_prefix}
+                    for r in self.repeats
                 ],
                 "concurrency_limit": {
                     k: {"limit": v.limit, "retry_after_s": v.retry_after_s}
@@ -547,7 +597,8 @@ class Simulator:
         "retry_after_s", "path_prefix"}`` (the default kind); ``{"kind": "maintenance",
         "seconds" | "requests", "retry_after_s"}``; ``{"kind": "concurrency_limit", "limit"
         (null removes it), "retry_after_s"}``; ``{"kind": "commit_then_timeout", "count",
-        "stall_s", "path_prefix"}``; ``{"kind": "latency", "seconds"}``; ``{"kind": "hold"}``
+        "stall_s", "path_prefix"}``; ``{"kind": "repeat_items", "pages", "path_prefix"}``;
+        ``{"kind": "latency", "seconds"}``; ``{"kind": "hold"}``
         and ``{"kind": "release"}``. ``system`` defaults to the simulator addressed.
         """
         faults = self.faults
@@ -585,6 +636,10 @@ class Simulator:
                 count=int(args.get("count", 1)),
                 stall_s=float(args.get("stall_s", 5.0)),
                 path_prefix=args.get("path_prefix"),
+            )
+        elif kind == "repeat_items":
+            faults.repeat_items(
+                system, pages=int(args.get("pages", 1)), path_prefix=args.get("path_prefix")
             )
         elif kind == "latency":
             faults.set_latency(system, float(args["seconds"]))

@@ -325,10 +325,12 @@ class Sandbox:
 
         Stripe and Salesforce throttle (429, 503 with Retry-After); NetSuite allows fewer
         concurrent requests than finsync's workers, goes into a maintenance window for its
-        first requests, and commits some writes without ever answering. The pipeline must
-        still end with zero drift and no duplicate.
+        first requests, and commits some writes without ever answering; Stripe's event
+        listing delivers the event at each page boundary twice. The pipeline must still end
+        with zero drift and no duplicate.
         """
         self.faults.add("stripe", status=429, count=4, retry_after_s=1)
+        self.faults.repeat_items("stripe", pages=50, path_prefix="/v1/events")
         self.faults.add("salesforce", status=503, count=2, retry_after_s=1)
         self.faults.add("avalara", status=429, count=3, retry_after_s=1)
         self.faults.set_concurrency_limit("netsuite", 3)

@@ -432,7 +432,9 @@ class StripeSimulator(Simulator):
                     param="starting_after" if after else "ending_before",
                 )
             cmp = "<" if after else ">"
-            where.append(f"(created {cmp} ? OR (created = ? AND seq {cmp} ?))")
+            # An armed repeat serves the cursor's item again first (at-least-once delivery).
+            tie = "<=" if after and self.faults.take_repeat(self.system, req.path) else cmp
+            where.append(f"(created {cmp} ? OR (created = ? AND seq {tie} ?))")
             args += [cursor["created"], cursor["created"], cursor["seq"]]
             if before:
                 order = "ASC"

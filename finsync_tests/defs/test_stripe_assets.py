@@ -243,20 +243,29 @@ def test_a_cursor_older_than_the_event_retention_falls_back_to_a_listing(
     assert cursor["events_from"] > old + 39 * 86400
 
 
-def test_the_last_of_several_changes_in_one_second_wins(
+def test_the_last_of_several_changes_in_one_second_wins_even_when_events_repeat(
     resources: dict[str, Any], sandbox: Sandbox, company: Company, url: str
 ) -> None:
     customers = _definitions({"stripe_customers"})
+    env = sandbox.env
+    # Pages of three, so the eight events below span page boundaries the fault repeats at.
+    paged = {
+        **resources,
+        "stripe": StripeResource(
+            api_key=env["STRIPE_API_KEY"], api_base=env["STRIPE_API_BASE"], page_size=3
+        ),
+    }
 
-    def run() -> None:
-        result = dg.materialize(
-            customers, resources=resources, instance=dg.DagsterInstance.ephemeral()
-        )
+    def run() -> dict[str, Any]:
+        result = dg.materialize(customers, resources=paged, instance=dg.DagsterInstance.ephemeral())
         assert result.success
+        (event,) = result.get_asset_materialization_events()
+        return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
 
     run()  # sets the cursor, so the next run reads events
+    with create_engine(url).connect() as conn:
+        rows_before = conn.execute(sa.text("SELECT COUNT(*) FROM stripe_customers")).scalar_one()
     customer_id = company.stripe["customer"][0]["id"]
-    env = sandbox.env
     frozen = int(dt.datetime.now(dt.UTC).timestamp())
     sandbox.clock = lambda: float(frozen)
     try:
@@ -271,10 +280,17 @@ def test_the_last_of_several_changes_in_one_second_wins(
                 )
     finally:
         sandbox.clock = time.time
-    run()
+    sandbox.faults.repeat_items("stripe", pages=100, path_prefix="/v1/events")
+    try:
+        meta = run()
+    finally:
+        sandbox.faults.clear("stripe")
+    assert meta["events delivered twice (applied once)"] >= 2
     with create_engine(url).connect() as conn:
         payload = conn.execute(
             sa.text("SELECT payload FROM stripe_customers WHERE source_id = :id"),
             {"id": customer_id},
         ).scalar_one()
+        rows_after = conn.execute(sa.text("SELECT COUNT(*) FROM stripe_customers")).scalar_one()
     assert ledger.loads(payload)["description"] == "edit 7"
+    assert rows_after == rows_before

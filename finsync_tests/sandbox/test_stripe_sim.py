@@ -186,6 +186,25 @@ def test_admin_endpoint_arms_faults(http: requests.Session, sandbox: Sandbox) ->
     assert _get(http, sandbox, "/v1/customers", limit=1).status_code == 200
 
 
+def test_repeated_items_fault_delivers_the_page_boundary_twice(
+    http: requests.Session, sandbox: Sandbox
+) -> None:
+    resp = http.post(
+        sandbox.env["STRIPE_API_BASE"] + "/__sandbox/faults",
+        json={"kind": "repeat_items", "pages": 1, "path_prefix": "/v1/customers"},
+        timeout=10,
+    )
+    assert resp.status_code == 200
+    first = _get(http, sandbox, "/v1/customers", limit=3).json()["data"]
+    after = first[-1]["id"]
+    repeated = _get(http, sandbox, "/v1/customers", limit=3, starting_after=after).json()["data"]
+    # The armed page starts with the cursor's customer again; the next page is back to normal.
+    assert repeated[0]["id"] == after and len(repeated) == 3
+    plain = _get(http, sandbox, "/v1/customers", limit=3, starting_after=after).json()["data"]
+    assert plain[0]["id"] != after
+    assert [c["id"] for c in plain[:2]] == [c["id"] for c in repeated[1:]]
+
+
 def _post(
     http: requests.Session, sandbox: Sandbox, path: str, data: Any, key: str | None = None
 ) -> requests.Response:

@@ -200,6 +200,7 @@ class _StripeChanges:
     mode: str
     next_cursor: str
     from_events: set[str]
+    repeated_events: int = 0
 
 
 def _read_stripe_changes(
@@ -226,6 +227,7 @@ def _read_stripe_changes(
     stale = cursor is None or int(cursor["events_from"]) < retained_from
     latest: dict[str, dict[str, Any]] = {}
     from_events: set[str] = set()
+    repeated = 0
     events_from: int | None
     if not stale:
         assert cursor is not None
@@ -245,11 +247,13 @@ def _read_stripe_changes(
         latest[str(obj.get("id"))] = obj
     if events_from is not None:
         # Stripe lists events newest first; within one second only that order tells which
-        # change came last (event ids are random). Reverse it, then a stable sort by time.
-        # A duplicate delivery of an event replays the same snapshot, so it changes nothing.
-        events = list(client.list_events(created_gte=events_from, types=event_types))
-        events.reverse()
-        events.sort(key=lambda e: int(e.get("created") or 0))
+        # change came last (event ids are random). Replay the listing oldest first with a
+        # stable sort by time. An event delivered twice (the sandbox's repeat_items fault)
+        # counts once, at its oldest position: a later replay would bring back a stale snapshot.
+        listed = list(client.list_events(created_gte=events_from, types=event_types))
+        once = {str(e.get("id")): e for e in reversed(listed)}
+        events = sorted(once.values(), key=lambda e: int(e.get("created") or 0))
+        repeated = len(listed) - len(once)
         for event in events:
             obj = (event.get("data") or {}).get("object") or {}
             latest[str(obj.get("id"))] = obj
@@ -260,7 +264,7 @@ def _read_stripe_changes(
         default=int(cursor["created"]) if cursor else retained_from,
     )
     next_cursor = json.dumps({"created": newest, "events_from": started})
-    return _StripeChanges(records, mode, next_cursor, from_events)
+    return _StripeChanges(records, mode, next_cursor, from_events, repeated)
 
 
 def _stripe_changes(
@@ -293,6 +297,7 @@ def _stripe_changes(
         metadata={
             "dagster/row_count": count,
             "mode": changes.mode,
+            "events delivered twice (applied once)": changes.repeated_events,
             "stripe requests": client.requests_made,
         }
     )
@@ -702,6 +707,7 @@ def stripe_invoice_changes(
         metadata={
             "dagster/row_count": sum(landed.values()),
             "mode": changes.mode,
+            "events delivered twice (applied once)": changes.repeated_events,
             "rows by table": dg.MetadataValue.json(landed),
             "partition days touched": dg.MetadataValue.json(
                 {table: touched for table, touched in days.items() if touched}
