@@ -11,8 +11,10 @@ import sqlalchemy as sa
 
 from finsync_pipeline import ledger
 from finsync_pipeline.definitions import defs
-from finsync_pipeline.defs.automation.definitions import erp_posting_sensor
+from finsync_pipeline.defs.automation.definitions import automation, erp_posting_sensor
+from finsync_pipeline.errors import ConfigurationError
 from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
+from finsync_pipeline.posting_flows import BATCH_WINDOWS_ENV, FLOWS_TAG, batch_windows
 from finsync_pipeline.resources.avalara import AvalaraResource
 from finsync_pipeline.resources.metering import MeteringResource
 from finsync_pipeline.resources.netsuite import NetSuiteResource
@@ -273,6 +275,102 @@ def test_posting_sensor_asks_for_one_run_per_backlog(tmp_path: Path) -> None:
     assert isinstance(again, dg.SensorResult) and again.run_requests
     # The same backlog gives the same run key, so the daemon launches it once.
     assert again.run_requests[0].run_key == request.run_key
+
+
+def _doc(doc_type: str, source_id: str, day: str) -> ledger.LedgerDoc:
+    return ledger.LedgerDoc(
+        "netsuite",
+        doc_type,
+        f"STRIPE_{source_id}",
+        "stripe",
+        source_id,
+        "fs-00000000000000000000",
+        day,
+        {"memo": source_id},
+    )
+
+
+def _states(url: str) -> dict[str, str]:
+    with create_engine(url).connect() as conn:
+        rows = conn.execute(sa.text("SELECT doc_type, state FROM posting_ledger")).all()
+    return {doc_type: state for doc_type, state in rows}
+
+
+def test_a_batch_flow_waits_for_its_window_and_only_its_window_posts_it(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(BATCH_WINDOWS_ENV, '{"credit_memo": "0 3 * * *"}')
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    resources = _resources(sandbox.env, url)
+    with create_engine(url).begin() as conn:
+        ledger.enqueue(
+            conn, [_doc("credit_memo", "cn_x", "2026-10-06")], run_id="t", repost_changed=False
+        )
+    # Only a batch document is due: the near-real-time sensor leaves it alone...
+    idle = _sensor(resources)
+    assert isinstance(idle, dg.SensorResult) and not idle.run_requests
+    # ...and its window (one schedule per cron) launches a run for it at the next tick.
+    (window,) = [s for s in automation().schedules or [] if s.name.startswith("erp_posting_window")]
+    assert window.name == "erp_posting_window_credit_memo"
+    assert window.cron_schedule == "0 3 * * *"
+    tick = dg.build_schedule_context(
+        resources={"warehouse": resources["warehouse"]},
+        scheduled_execution_time=dt.datetime(2026, 10, 7, 3, tzinfo=dt.UTC),
+    )
+    request = window(tick)
+    assert isinstance(request, dg.RunRequest)
+    assert request.tags[FLOWS_TAG] == "credit_memo"
+    assert request.tags[RANGE_START_TAG] == request.tags[RANGE_END_TAG] == "2026-10-06"
+
+    with create_engine(url).begin() as conn:
+        ledger.enqueue(
+            conn, [_doc("invoice", "in_x", "2026-10-06")], run_id="t", repost_changed=False
+        )
+    realtime = _sensor(resources)
+    assert isinstance(realtime, dg.SensorResult) and realtime.run_requests
+    assert realtime.run_requests[0].tags[FLOWS_TAG] == "customer,invoice,customer_payment"
+
+    # The sensor's run sends the invoice and leaves the credit memo for its window. (The test
+    # documents are not real invoices: NetSuite refuses them, proof enough they were sent.)
+    posting = [
+        a
+        for a in defs().assets or []
+        if isinstance(a, dg.AssetsDefinition) and dg.AssetKey("erp_postings") in a.keys
+    ]
+    result = dg.materialize(
+        posting,
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        tags=dict(realtime.run_requests[0].tags),
+    )
+    assert result.success
+    states = _states(url)
+    assert states == {"credit_memo": "pending", "invoice": "rejected"}
+    # A nightly or manual run without the tag leaves batch flows to their windows too.
+    nightly = dg.materialize(
+        posting,
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        tags=range_tags(dt.date(2026, 10, 6), dt.date(2026, 10, 6)),
+    )
+    assert nightly.success
+    assert _states(url)["credit_memo"] == "pending"
+    result = dg.materialize(
+        posting,
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        tags=dict(request.tags),
+    )
+    assert result.success
+    assert _states(url) == {"credit_memo": "rejected", "invoice": "rejected"}
+
+
+def test_a_malformed_batch_window_setting_names_the_variable() -> None:
+    with pytest.raises(ConfigurationError, match=BATCH_WINDOWS_ENV + ": unknown flow 'refund'"):
+        batch_windows('{"refund": "0 3 * * *"}')
+    with pytest.raises(ConfigurationError, match="not a cron of 5 fields"):
+        batch_windows('{"invoice": "every night"}')
+    assert batch_windows("") == {}
 
 
 def test_payments_find_their_invoices_and_refunds_their_credit_notes(

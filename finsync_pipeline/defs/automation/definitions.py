@@ -3,7 +3,8 @@
 Flows:
     ingest_job       extract -> validate -> derive (queues documents on the posting ledger)
     erp_posting_job  post -> read back -> reconcile; launched by ``erp_posting_sensor`` as soon
-                     as the ledger holds due documents (near real time)
+                     as the ledger holds due documents of a near-real-time flow, and by one
+                     ``erp_posting_window_*`` schedule per batch window (``posting_flows``)
     daily_sync_job   everything, for the previous day; ``daily_sync_schedule`` runs it as a
                      deployment would, and backfills run it over any range in one run
 """
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 from finsync_pipeline.ledger import now_iso
 from finsync_pipeline.logic.derive import ERP
 from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, daily_partitions
+from finsync_pipeline.posting_flows import FLOWS_TAG, batch_windows, realtime_flows
 from finsync_pipeline.resources.warehouse import WarehouseResource
 
 ERP_TAG = "finsync/erp"
@@ -58,46 +60,101 @@ daily_sync_schedule = dg.build_schedule_from_partitioned_job(
 )
 
 
-def due_posting_window(conn: sa.Connection) -> dict[str, object] | None:
-    """What the ledger holds that is due for posting: the date range and a fingerprint."""
+def due_posting_window(conn: sa.Connection, flows: list[str]) -> dict[str, object] | None:
+    """What the ledger holds due for posting in ``flows``: the date range and a fingerprint."""
     row = conn.execute(
         sa.text(
             "SELECT COUNT(*) AS n, MIN(partition_date) AS lo, MAX(partition_date) AS hi, "
             "MAX(updated_at) AS touched FROM posting_ledger WHERE erp = :erp AND "
-            "state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
-        ),
-        {"erp": ERP, "now": now_iso()},
+            "state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= :now) "
+            "AND doc_type IN :flows"
+        ).bindparams(sa.bindparam("flows", expanding=True)),
+        {"erp": ERP, "now": now_iso(), "flows": flows},
     ).one()
     if not row.n:
         return None
     return {"count": int(row.n), "lo": row.lo, "hi": row.hi, "touched": row.touched}
 
 
+def _posting_request(due: dict[str, object], flows: list[str], run_key: str) -> dg.RunRequest:
+    last_day = daily_partitions.get_last_partition_key()
+    return dg.RunRequest(
+        run_key=run_key,
+        tags={
+            RANGE_START_TAG: str(due["lo"] or last_day),
+            RANGE_END_TAG: str(due["hi"] or last_day),
+            ERP_TAG: ERP,
+            FLOWS_TAG: ",".join(flows),
+        },
+    )
+
+
 @dg.sensor(
     job=erp_posting_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Launches a posting run whenever the ledger holds due documents.",
+    description="Launches a posting run whenever the ledger holds due documents of a "
+    "near-real-time flow.",
 )
 def erp_posting_sensor(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource
 ) -> dg.SensorResult:
+    flows = realtime_flows(batch_windows())
+    if not flows:
+        return dg.SensorResult(skip_reason="every posting flow waits for a batch window")
     with warehouse.get_engine().connect() as conn:
-        due = due_posting_window(conn)
+        due = due_posting_window(conn, flows)
     if due is None:
         return dg.SensorResult(skip_reason="no documents are due for posting")
-    last_day = daily_partitions.get_last_partition_key()
-    lo = str(due["lo"] or last_day)
-    hi = str(due["hi"] or last_day)
     # The run key fingerprints the due set: the same backlog never launches twice, a changed
     # backlog (new rows, a retry coming due) launches once more.
-    run_key = f"{ERP}:{lo}:{hi}:{due['count']}:{due['touched']}"
+    request = _posting_request(
+        due, flows, f"{ERP}:{due['lo']}:{due['hi']}:{due['count']}:{due['touched']}"
+    )
     return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(
-                run_key=run_key,
-                tags={RANGE_START_TAG: lo, RANGE_END_TAG: hi, ERP_TAG: ERP},
-            )
-        ],
-        cursor=json.dumps({"last_run_key": run_key}),
+        run_requests=[request], cursor=json.dumps({"last_run_key": request.run_key})
+    )
+
+
+def posting_window_schedule(flows: list[str], cron: str) -> dg.ScheduleDefinition:
+    """The batch window of ``flows``: at each tick of ``cron`` (UTC), one posting run for
+    whatever of them is due."""
+
+    @dg.schedule(
+        name="erp_posting_window_" + "_".join(flows),
+        job=erp_posting_job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Batch window ({cron} UTC) posting {', '.join(flows)}.",
+    )
+    def _window(
+        context: dg.ScheduleEvaluationContext, warehouse: WarehouseResource
+    ) -> dg.RunRequest | dg.SkipReason:
+        with warehouse.get_engine().connect() as conn:
+            due = due_posting_window(conn, flows)
+        if due is None:
+            return dg.SkipReason(f"no {', '.join(flows)} documents are due for posting")
+        tick = context.scheduled_execution_time.isoformat()
+        return _posting_request(due, flows, f"{ERP}:window:{'+'.join(flows)}:{tick}")
+
+    return _window
+
+
+def posting_window_schedules(windows: dict[str, str]) -> list[dg.ScheduleDefinition]:
+    """One schedule per distinct cron of the batch flows."""
+    by_cron: dict[str, list[str]] = {}
+    for flow, cron in windows.items():
+        by_cron.setdefault(cron, []).append(flow)
+    return [posting_window_schedule(flows, cron) for cron, flows in sorted(by_cron.items())]
+
+
+@dg.definitions
+def automation() -> dg.Definitions:
+    """The jobs, the posting sensor, the daily schedule and the batch-window schedules set in
+    FINSYNC_POSTING_BATCH_WINDOWS (none by default: every flow posts in near real time)."""
+    return dg.Definitions(
+        jobs=[ingest_job, erp_posting_job, daily_sync_job],
+        sensors=[erp_posting_sensor],
+        schedules=[daily_sync_schedule, *posting_window_schedules(batch_windows())],
     )

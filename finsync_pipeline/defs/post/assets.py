@@ -9,6 +9,7 @@ from finsync_pipeline.landing import sample, sync_exceptions
 from finsync_pipeline.logic.derive import ERP, EXCEPTION_COLUMNS, EXCEPTION_KINDS
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
 from finsync_pipeline.posting import PostingEngine
+from finsync_pipeline.posting_flows import batch_windows, flows_of_run
 from finsync_pipeline.resources.netsuite import NetSuiteResource
 from finsync_pipeline.resources.settings import PipelineSettings
 from finsync_pipeline.resources.warehouse import WarehouseResource
@@ -65,10 +66,11 @@ def erp_postings(
     settings: PipelineSettings,
 ) -> dg.MaterializeResult:
     """Customers, invoices, credit memos and customer payments written to NetSuite from the
-    posting ledger: customers first, parents before children, then the window's invoices, then
-    the credit memos and payments that apply to them. Each document is upserted by its
-    deterministic external id and every outcome is committed before the next send, so a crash
-    anywhere loses nothing and posts nothing twice."""
+    posting ledger (the flows the run is for; see ``posting_flows``): customers first,
+    parents before children, then the window's invoices, then the credit memos and payments
+    that apply to them. Each document is upserted by its deterministic external id and every
+    outcome is committed before the next send, so a crash anywhere loses nothing and posts
+    nothing twice."""
     date_from, date_to = date_bounds(context)
     engine = warehouse.get_engine()
     client = netsuite.get_client()
@@ -95,10 +97,14 @@ def erp_postings(
                 {"erp": ERP},
             )
         ]
-    poster.post("customer", depths=depths)
-    # Invoices before what references them: credit memos and payments apply to invoices.
-    for doc_type in ("invoice", "credit_memo", "customer_payment"):
-        poster.post(doc_type, date_from=date_from, date_to=date_to)
+    # The run's flows (see ``flows_of_run``), in order: customers parents first, then
+    # invoices before the credit memos and payments that apply to them.
+    flows = flows_of_run(context.run.tags, batch_windows())
+    for doc_type in flows:
+        if doc_type == "customer":
+            poster.post("customer", depths=depths)
+        else:
+            poster.post(doc_type, date_from=date_from, date_to=date_to)
     found = _rejection_exceptions(poster.stats.rejections)
     with engine.begin() as conn:
         upserted = sync_exceptions(conn, found, detected_by="erp_postings", kinds=[])
@@ -116,6 +122,7 @@ def erp_postings(
     return dg.MaterializeResult(
         metadata={
             **poster.stats.as_metadata(),
+            "flows posted": ", ".join(flows),
             "netsuite requests (lookups)": client.requests_made,
             "ledger by state": dg.MetadataValue.json(counts),
             "exceptions opened": upserted["open_or_refreshed"],
