@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
 import simplejson
@@ -162,6 +162,30 @@ def _check_system(system: str) -> None:
         raise ValueError(f"unknown sandbox system {system!r}; expected one of {SYSTEMS}")
 
 
+class _CountedRule(Protocol):
+    system: str
+    remaining: int
+    path_prefix: str | None
+
+
+_Rule = TypeVar("_Rule", bound=_CountedRule)
+
+
+def _consume(rules: list[_Rule], system: str, path: str) -> _Rule | None:
+    """Count one use of the first rule matching ``system`` and ``path``, dropping it when used
+    up; the rule, or None. The caller holds the lock that guards ``rules``."""
+    for rule in rules:
+        if rule.system != system:
+            continue
+        if rule.path_prefix and not path.startswith(rule.path_prefix):
+            continue
+        rule.remaining -= 1
+        if rule.remaining <= 0:
+            rules.remove(rule)
+        return rule
+    return None
+
+
 def _check_retry_after(retry_after_s: int | None) -> int | None:
     if retry_after_s is None:
         return None
@@ -235,16 +259,10 @@ class Faults:
     def take(self, system: str, path: str) -> FaultRule | None:
         """Consume and return the first armed fault matching this request, if any."""
         with self._lock:
-            for rule in self.rules:
-                if rule.system != system:
-                    continue
-                if rule.path_prefix and not path.startswith(rule.path_prefix):
-                    continue
-                rule.remaining -= 1
-                if rule.remaining <= 0:
-                    self.rules.remove(rule)
-                return FaultRule(rule.system, rule.status, 0, rule.retry_after_s, rule.path_prefix)
-        return None
+            rule = _consume(self.rules, system, path)
+        if rule is None:
+            return None
+        return FaultRule(rule.system, rule.status, 0, rule.retry_after_s, rule.path_prefix)
 
     # maintenance windows ----------------------------------------------------------------------
     def maintenance(
@@ -427,16 +445,8 @@ class Faults:
     def take_commit_timeout(self, system: str, path: str) -> float | None:
         """Consume the first commit-then-timeout matching a committed write: its stall, or None."""
         with self._lock:
-            for rule in self.commit_timeouts:
-                if rule.system != system:
-                    continue
-                if rule.path_prefix and not path.startswith(rule.path_prefix):
-                    continue
-                rule.remaining -= 1
-                if rule.remaining <= 0:
-                    self.commit_timeouts.remove(rule)
-                return rule.stall_s
-        return None
+            rule = _consume(self.commit_timeouts, system, path)
+        return None if rule is None else rule.stall_s
 
     # repeated items ---------------------------------------------------------------------------
     def repeat_items(self, system: str, *, pages: int = 1, path_prefix: str | None = None) -> None:
@@ -455,16 +465,7 @@ class Faults:
     def take_repeat(self, system: str, path: str) -> bool:
         """Consume one armed repeat matching a page served after a cursor; True if one was."""
         with self._lock:
-            for rule in self.repeats:
-                if rule.system != system:
-                    continue
-                if rule.path_prefix and not path.startswith(rule.path_prefix):
-                    continue
-                rule.remaining -= 1
-                if rule.remaining <= 0:
-                    self.repeats.remove(rule)
-                return True
-        return False
+            return _consume(self.repeats, system, path) is not None
 
     # inspection -------------------------------------------------------------------------------
     def clear(self, system: str | None = None) -> None:
