@@ -249,34 +249,6 @@ def _sensor(resources: dict[str, Any]) -> dg.SensorResult | dg.SkipReason:
     return erp_posting_sensor(context)  # type: ignore[return-value]
 
 
-def test_posting_sensor_asks_for_one_run_per_backlog(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
-    resources = {"warehouse": WarehouseResource(url=url)}
-    idle = _sensor(resources)
-    assert isinstance(idle, dg.SensorResult) and not idle.run_requests
-
-    doc = ledger.LedgerDoc(
-        "netsuite",
-        "invoice",
-        "STRIPE_in_x",
-        "stripe",
-        "in_x",
-        "fs-00000000000000000000",
-        "2026-10-05",
-        {"a": 1},
-    )
-    with create_engine(url).begin() as conn:
-        ledger.enqueue(conn, [doc], run_id="test", repost_changed=False)
-    first = _sensor(resources)
-    assert isinstance(first, dg.SensorResult) and first.run_requests
-    request = first.run_requests[0]
-    assert request.tags[RANGE_START_TAG] == request.tags[RANGE_END_TAG] == "2026-10-05"
-    again = _sensor(resources)
-    assert isinstance(again, dg.SensorResult) and again.run_requests
-    # The same backlog gives the same run key, so the daemon launches it once.
-    assert again.run_requests[0].run_key == request.run_key
-
-
 def _doc(doc_type: str, source_id: str, day: str) -> ledger.LedgerDoc:
     return ledger.LedgerDoc(
         "netsuite",
@@ -288,6 +260,26 @@ def _doc(doc_type: str, source_id: str, day: str) -> ledger.LedgerDoc:
         day,
         {"memo": source_id},
     )
+
+
+def test_posting_sensor_asks_for_one_run_per_backlog(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    resources = {"warehouse": WarehouseResource(url=url)}
+    idle = _sensor(resources)
+    assert isinstance(idle, dg.SensorResult) and not idle.run_requests
+
+    with create_engine(url).begin() as conn:
+        ledger.enqueue(
+            conn, [_doc("invoice", "in_x", "2026-10-05")], run_id="test", repost_changed=False
+        )
+    first = _sensor(resources)
+    assert isinstance(first, dg.SensorResult) and first.run_requests
+    request = first.run_requests[0]
+    assert request.tags[RANGE_START_TAG] == request.tags[RANGE_END_TAG] == "2026-10-05"
+    again = _sensor(resources)
+    assert isinstance(again, dg.SensorResult) and again.run_requests
+    # The same backlog gives the same run key, so the daemon launches it once.
+    assert again.run_requests[0].run_key == request.run_key
 
 
 def _states(url: str) -> dict[str, str]:
