@@ -1,9 +1,10 @@
 """NetSuite SuiteTalk REST simulator: TBA (OAuth 1.0a HMAC-SHA256), record API, SuiteQL.
 
-Records: ``customer``, ``invoice``, ``creditmemo`` and ``customerpayment`` can be created
-(POST), upserted by external id (``PUT .../eid:{x}``) and read by internal id or ``eid:``;
-master data (subsidiary, currency, item) can be read. Bodies are validated as NetSuite would and
-rejected with its RFC 7807-style ``o:errorDetails`` envelope, ``o:errorPath`` naming the field.
+Records: ``customer``, ``invoice``, ``creditmemo``, ``customerpayment`` and ``customerrefund``
+can be created (POST), upserted by external id (``PUT .../eid:{x}``) and read by internal id or
+``eid:``; master data (subsidiary, currency, item) can be read. Bodies are validated as NetSuite
+would and rejected with its RFC 7807-style ``o:errorDetails`` envelope, ``o:errorPath`` naming
+the field.
 An upsert that updates an existing record replaces the sublists it sends (``item``, ``apply``),
 so resending the same document is idempotent.
 
@@ -13,18 +14,22 @@ currency through its ``apply`` sublist (``{"items": [{"doc": {"id"}, "apply": tr
 ``amountRemaining``, ``amountPaid`` and ``status`` ("Open", "Paid In Full") follow what is
 applied to it. Invoices cannot be voided or deleted through REST here: a compensation is a
 credit memo. ``createdFrom`` on a credit memo links it to its invoice but applies nothing.
+A customer refund pays credit back out: its ``apply`` sublist takes amounts from credit memos or
+payments of the customer (never beyond their unapplied amount), and its total is their sum.
 
 Sandbox simplifications, to keep in mind against a live account:
 
 - SuiteQL ``paymentapplication (id, payment, paymenttype, invoice, amount)`` is not a NetSuite
   table: a real account exposes applications through ``transactionline`` and
-  ``previoustransactionlinelink``. ``payment`` is the applying transaction's id (a CustPymt or a
-  CustCred, told apart by ``paymenttype``).
+  ``previoustransactionlinelink``. ``payment`` is the applying transaction's id (a CustPymt, a
+  CustCred or a CustRfnd, told apart by ``paymenttype``); ``invoice`` is the document applied
+  to (a credit memo or payment when ``paymenttype`` is CustRfnd).
 - The sandbox keeps no exchange rates: ``amountremaining`` equals ``foreignamountremaining``
   (the transaction currency), and ``foreigntotal`` of a credit memo or payment is positive.
 - SuiteQL ``status`` codes: CustInvc A (Open) / B (Paid In Full); CustCred A (Open) / B (Fully
   Applied); CustPymt B (Not Deposited). REST renders ``status`` as its name, a plain string.
-- ``amountremaining`` of a credit memo or payment is its unapplied amount.
+  A customer refund (CustRfnd) carries no status.
+- ``amountremaining`` of a credit memo or payment is its unapplied amount, less any refund.
 """
 
 import base64
@@ -120,11 +125,32 @@ _PAYMENT_FIELDS = {
     "class",
     "location",
 }
+# A customer refund pays out credits: its total is what its apply sublist takes from them.
+_REFUND_FIELDS = (_PAYMENT_FIELDS - {"payment"}) | {"toBePrinted"}
 _APPLY_FIELDS = {"doc", "apply", "amount", "line"}
 # Record type (as the REST path spells it, lower-case) -> SuiteQL transaction type.
-_TRAN_TYPES = {"invoice": "CustInvc", "creditmemo": "CustCred", "customerpayment": "CustPymt"}
-_TRAN_PREFIX = {"invoice": "INV", "creditmemo": "CM", "customerpayment": "PYMT"}
-# SuiteQL status code while something remains / once nothing remains, and the REST names.
+_TRAN_TYPES = {
+    "invoice": "CustInvc",
+    "creditmemo": "CustCred",
+    "customerpayment": "CustPymt",
+    "customerrefund": "CustRfnd",
+}
+_TRAN_PREFIX = {
+    "invoice": "INV",
+    "creditmemo": "CM",
+    "customerpayment": "PYMT",
+    "customerrefund": "RFND",
+}
+# What each applying record type may apply to: a payment or credit memo settles invoices; a
+# refund pays out the unapplied credit of credit memos and payments.
+_APPLY_TARGETS = {
+    "creditmemo": ("invoice",),
+    "customerpayment": ("invoice",),
+    "customerrefund": ("creditmemo", "customerpayment"),
+}
+_TARGET_NAMES = {"invoice": "Invoice", "creditmemo": "Credit memo", "customerpayment": "Payment"}
+# SuiteQL status code while something remains / once nothing remains, and the REST names. A
+# customer refund has no status here (SuiteQL omits it, REST leaves it out).
 _STATUS = {"CustInvc": ("A", "B"), "CustCred": ("A", "B"), "CustPymt": ("B", "B")}
 _STATUS_NAMES = {
     ("CustInvc", "A"): "Open",
@@ -144,7 +170,9 @@ _APPLICATION_DDL = (
 _REMAINING_COLUMNS = ("amountremaining", "foreignamountremaining")
 
 
-def _status_code(tran_type: str, remaining: Decimal) -> str:
+def _status_code(tran_type: str, remaining: Decimal) -> str | None:
+    if tran_type not in _STATUS:
+        return None
     open_code, closed_code = _STATUS[tran_type]
     return closed_code if remaining == 0 else open_code
 
@@ -673,12 +701,16 @@ class NetSuiteSimulator(Simulator):
                     "(an invoice of this customer).",
                     "createdFrom",
                 )
-        applied = self._validate_apply(conn, body, customer, currency, own_id)
-        if sum((a for _, a in applied), Decimal(0)) > total:
+        applied = self._validate_apply(
+            conn, body, "creditmemo", customer=customer, currency=currency, own_id=own_id
+        )
+        # What a refund already paid out of this credit is spent too.
+        spent = sum((a for _, a in applied), Decimal(0)) + self._refunded(conn, own_id)
+        if spent > total:
             raise NsError(
                 400,
                 "USER_ERROR",
-                f"The total applied exceeds the credit memo total {total}.",
+                f"The total applied and refunded exceeds the credit memo total {total}.",
                 "apply",
             )
         return total, applied
@@ -695,26 +727,64 @@ class NetSuiteSimulator(Simulator):
         assert payment is not None
         if payment <= 0:
             raise NsError(400, "USER_ERROR", "The payment amount must be positive.", "payment")
-        applied = self._validate_apply(conn, body, customer, currency, own_id)
-        if sum((a for _, a in applied), Decimal(0)) > payment:
+        applied = self._validate_apply(
+            conn, body, "customerpayment", customer=customer, currency=currency, own_id=own_id
+        )
+        spent = sum((a for _, a in applied), Decimal(0)) + self._refunded(conn, own_id)
+        if spent > payment:
             raise NsError(
                 400,
                 "USER_ERROR",
-                f"The total applied exceeds the payment amount {payment}.",
+                f"The total applied and refunded exceeds the payment amount {payment}.",
                 "payment",
             )
         return payment, applied
+
+    def _validate_refund(
+        self, conn: sqlite3.Connection, body: dict[str, Any], own_id: int | None
+    ) -> tuple[Decimal, list[tuple[int, Decimal]]]:
+        """A customer refund: its total is the credit it pays out, at least one line."""
+        self._check_fields(body, _REFUND_FIELDS, "custbody")
+        customer = self._customer_ref(body, "customer")
+        self._subsidiary_ref(body, customer, required=False)
+        currency = self._currency_ref(body, default=customer["currency"])
+        self._check_date(body, "tranDate", required=True)
+        applied = self._validate_apply(
+            conn, body, "customerrefund", customer=customer, currency=currency, own_id=own_id
+        )
+        if not applied:
+            raise NsError(
+                400,
+                "USER_ERROR",
+                "You must apply the refund to at least one credit memo or payment.",
+                "apply",
+            )
+        return sum((a for _, a in applied), Decimal(0)), applied
+
+    @staticmethod
+    def _refunded(conn: sqlite3.Connection, credit_id: int | None) -> Decimal:
+        """What customer refunds paid out of a credit memo or payment."""
+        if credit_id is None:
+            return Decimal(0)
+        rows = conn.execute(
+            "SELECT amount FROM ns_application WHERE invoice = ? AND paymenttype = 'CustRfnd'",
+            (credit_id,),
+        ).fetchall()
+        return sum((Decimal(r[0]) for r in rows), Decimal(0))
 
     def _validate_apply(
         self,
         conn: sqlite3.Connection,
         body: dict[str, Any],
+        rtype: str,
+        *,
         customer: sqlite3.Row,
         currency: dict[str, Any],
         own_id: int | None,
     ) -> list[tuple[int, Decimal]]:
-        """The ``apply`` sublist as (invoice id, amount); each within the invoice's remainder.
+        """The ``apply`` sublist as (document id, amount); each within the document's remainder.
 
+        Invoices for a payment or credit memo, credits (credit memos, payments) for a refund.
         The remainder leaves out what this document applied before, so resending it is
         idempotent.
         """
@@ -741,65 +811,59 @@ class NetSuiteSimulator(Simulator):
             if not flag:
                 continue
             doc = self._ref_id(line, "doc", f"{path}.doc", required=True)
-            invoice = self._find("invoice", str(doc))
-            if invoice is None:
+            targets = _APPLY_TARGETS[rtype]
+            found = [(t, r) for t in targets if (r := self._find(t, str(doc))) is not None]
+            if not found:
+                wanted = " or ".join(_TARGET_NAMES[t].lower() for t in targets)
                 raise NsError(
                     400,
                     "USER_ERROR",
-                    f"Invalid Field Value {doc} for the following field: doc (an open invoice).",
+                    f"Invalid Field Value {doc} for the following field: doc (an open {wanted}).",
                     f"{path}.doc",
                 )
-            if invoice["entity"] != str(customer["id"]):
+            target_type, target = found[0]
+            name = f"{_TARGET_NAMES[target_type]} {target['tranid']}"
+            if target["entity"] != str(customer["id"]):
                 raise NsError(
-                    400,
-                    "USER_ERROR",
-                    f"Invoice {invoice['tranid']} belongs to another customer.",
-                    f"{path}.doc",
+                    400, "USER_ERROR", f"{name} belongs to another customer.", f"{path}.doc"
                 )
-            if invoice["currency"] != str(body["currency"]["id"]):
-                raise NsError(
-                    400,
-                    "USER_ERROR",
-                    f"Invoice {invoice['tranid']} is in another currency.",
-                    f"{path}.doc",
-                )
-            inv_id = int(invoice["id"])
-            if inv_id in seen:
-                raise NsError(
-                    400,
-                    "USER_ERROR",
-                    f"Invoice {invoice['tranid']} is applied twice.",
-                    f"{path}.doc",
-                )
-            seen.add(inv_id)
+            if target["currency"] != str(body["currency"]["id"]):
+                raise NsError(400, "USER_ERROR", f"{name} is in another currency.", f"{path}.doc")
+            target_id = int(target["id"])
+            if target_id in seen:
+                raise NsError(400, "USER_ERROR", f"{name} is applied twice.", f"{path}.doc")
+            seen.add(target_id)
             amount = self._amount(line.get("amount"), f"{path}.amount", "amount", currency)
             assert amount is not None
             if amount <= 0:
                 raise NsError(
                     400, "USER_ERROR", "An applied amount must be positive.", f"{path}.amount"
                 )
-            remaining = self._remaining(conn, inv_id, excluding=own_id)
+            remaining = self._remaining(conn, target_id, excluding=own_id)
             if amount > remaining:
                 raise NsError(
                     400,
                     "USER_ERROR",
-                    f"The amount applied ({amount}) exceeds the amount remaining on invoice "
-                    f"{invoice['tranid']} ({remaining}).",
+                    f"The amount applied ({amount}) exceeds the amount remaining on "
+                    f"{name[0].lower()}{name[1:]} ({remaining}).",
                     f"{path}.amount",
                 )
-            out.append((inv_id, amount))
+            out.append((target_id, amount))
         return out
 
     @staticmethod
-    def _remaining(conn: sqlite3.Connection, invoice_id: int, *, excluding: int | None) -> Decimal:
-        row = conn.execute(
-            "SELECT foreigntotal FROM ns_transaction WHERE id = ?", (invoice_id,)
-        ).fetchone()
+    def _remaining(conn: sqlite3.Connection, doc_id: int, *, excluding: int | None) -> Decimal:
+        """What is left of a document: its total less what others applied to it (an invoice's
+        payments, a credit's refunds) and what it applied itself (a credit's invoices);
+        ``excluding`` leaves out one applying document (the one being written)."""
+        row = conn.execute("SELECT foreigntotal FROM ns_transaction WHERE id = ?", (doc_id,))
+        total = Decimal(row.fetchone()[0])
         applied = conn.execute(
-            "SELECT amount FROM ns_application WHERE invoice = ? AND payment IS NOT ?",
-            (invoice_id, excluding),
+            "SELECT amount FROM ns_application WHERE (invoice = ? AND payment IS NOT ?) "
+            "OR payment = ?",
+            (doc_id, excluding, doc_id),
         ).fetchall()
-        return Decimal(row[0]) - sum((Decimal(a[0]) for a in applied), Decimal(0))
+        return total - sum((Decimal(a[0]) for a in applied), Decimal(0))
 
     def _write(self, rtype: str, body: dict[str, Any], eid: Any, *, upsert: bool) -> int:
         """Validate and store a record; lookup, validation and write share one transaction."""
@@ -828,6 +892,8 @@ class NetSuiteSimulator(Simulator):
                 total = self._validate_invoice(merged)
             elif rtype == "creditmemo":
                 total, applied = self._validate_credit_memo(conn, merged, own_id)
+            elif rtype == "customerrefund":
+                total, applied = self._validate_refund(conn, merged, own_id)
             else:
                 total, applied = self._validate_payment(conn, merged, own_id)
             return self._write_transaction(
@@ -886,12 +952,14 @@ class NetSuiteSimulator(Simulator):
         total: Decimal,
         applied: list[tuple[int, Decimal]],
     ) -> int:
-        """Store an invoice, credit memo or payment and keep every invoice it touches in step."""
+        """Store a transaction and keep every document it applies to in step."""
         rid = int(existing["id"]) if existing else self._next_id(conn, "ns_transaction", 5000)
         created = existing["datecreated"] if existing else now
         tran_type = _TRAN_TYPES[rtype]
         tran_id = existing["tranid"] if existing else f"{_TRAN_PREFIX[rtype]}-{rid}"
-        entity = rec["customer"] if rtype == "customerpayment" else rec["entity"]
+        entity = (
+            rec["customer"] if rtype in ("customerpayment", "customerrefund") else rec["entity"]
+        )
         touched = {
             int(r[0])
             for r in conn.execute("SELECT invoice FROM ns_application WHERE payment = ?", (rid,))
@@ -929,28 +997,28 @@ class NetSuiteSimulator(Simulator):
                 str(unapplied),
             ),
         )
-        if rtype == "invoice":
-            touched.add(rid)
-        for invoice in sorted(touched):
-            self._refresh_invoice(conn, invoice, now)
+        for doc_id in sorted(touched | {rid}):
+            self._refresh(conn, doc_id, now)
         return rid
 
-    def _refresh_invoice(self, conn: sqlite3.Connection, invoice_id: int, now: str) -> None:
-        """Recompute an invoice's amount remaining and status from what is applied to it."""
-        remaining = self._remaining(conn, invoice_id, excluding=None)
+    def _refresh(self, conn: sqlite3.Connection, doc_id: int, now: str) -> None:
+        """Recompute a document's amount remaining and status from its applications."""
+        tran_type = conn.execute("SELECT type FROM ns_transaction WHERE id = ?", (doc_id,))
+        code = tran_type.fetchone()[0]
+        remaining = self._remaining(conn, doc_id, excluding=None)
         if remaining < 0:
-            # Only an invoice edited below what was already applied gets here.
+            # Only a document edited below what was already applied or refunded gets here.
             raise NsError(
                 400,
                 "USER_ERROR",
-                f"The invoice total is less than the {remaining.copy_negate()} over-applied "
-                "to it by payments and credits.",
-                "item",
+                f"The total is less than the {remaining.copy_negate()} over-applied to this "
+                "transaction by payments, credits and refunds.",
+                "item" if code == "CustInvc" else "apply",
             )
         conn.execute(
             "UPDATE ns_transaction SET amountremaining = ?, foreignamountremaining = ?, "
             "status = ?, lastmodifieddate = ? WHERE id = ?",
-            (str(remaining), str(remaining), _status_code("CustInvc", remaining), now, invoice_id),
+            (str(remaining), str(remaining), _status_code(code, remaining), now, doc_id),
         )
 
     # rendering --------------------------------------------------------------------------------
@@ -1017,7 +1085,8 @@ class NetSuiteSimulator(Simulator):
         total = Decimal(row["foreigntotal"])
         remaining = Decimal(row["amountremaining"])
         out["tranId"] = row["tranid"]
-        out["status"] = _STATUS_NAMES[(row["type"], row["status"])]
+        if row["status"] is not None:
+            out["status"] = _STATUS_NAMES[(row["type"], row["status"])]
         out["total"] = total
         if rtype in ("invoice", "creditmemo"):
             lines = rec["item"]["items"]
@@ -1030,13 +1099,16 @@ class NetSuiteSimulator(Simulator):
             out.update(amountRemaining=remaining, amountPaid=total - remaining)
             return out
         applied = self.store.all(
-            "SELECT invoice, amount FROM ns_application WHERE payment = ? ORDER BY id", (rid,)
+            "SELECT a.invoice, a.amount, t.type FROM ns_application a JOIN ns_transaction t "
+            "ON t.id = a.invoice WHERE a.payment = ? ORDER BY a.id",
+            (rid,),
         )
+        record_of = {code: name for name, code in _TRAN_TYPES.items()}
         out["apply"] = {
             "links": [{"rel": "self", "href": f"{self_href}/apply"}],
             "items": [
                 {
-                    "doc": self._ref(base, "invoice", a["invoice"]),
+                    "doc": self._ref(base, record_of[a["type"]], a["invoice"]),
                     "apply": True,
                     "amount": Decimal(a["amount"]),
                     "line": n,
@@ -1044,6 +1116,8 @@ class NetSuiteSimulator(Simulator):
                 for n, a in enumerate(applied)
             ],
         }
+        if rtype == "customerrefund":
+            return out
         out.update(applied=total - remaining, unapplied=remaining)
         if rtype == "creditmemo":
             out["amountRemaining"] = remaining

@@ -6,9 +6,10 @@ IS [NOT] NULL`` joined by AND/OR/NOT with parentheses; literals ``'text'`` (``''
 quote), numbers, NULL and ``TO_DATE('2025-01-01', 'YYYY-MM-DD')``. Tables and columns are
 whitelisted and every literal is bound, so no text of the query reaches SQLite verbatim.
 
-``transaction`` holds invoices (type 'CustInvc'), credit memos ('CustCred') and customer
-payments ('CustPymt'). ``paymentapplication`` (what a payment or credit memo applied to which
-invoice) is a sandbox simplification: a real account answers that from ``transactionline`` and
+``transaction`` holds invoices (type 'CustInvc'), credit memos ('CustCred'), customer
+payments ('CustPymt') and customer refunds ('CustRfnd'). ``paymentapplication`` (what a payment
+or credit memo applied to which invoice, and what a refund paid out of which credit) is a
+sandbox simplification: a real account answers that from ``transactionline`` and
 ``previoustransactionlinelink`` (see ``netsuite_sim``).
 """
 

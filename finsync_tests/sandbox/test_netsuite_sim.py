@@ -578,3 +578,113 @@ def test_suiteql_serves_credit_memos_payments_and_applications(ns: NetSuite) -> 
         limit=10,
     ).json()
     assert open_ones["totalResults"] == 0
+
+
+def _refund(customer_id: str, *applied: tuple[str, Decimal]) -> dict[str, Any]:
+    return {
+        "customer": {"id": customer_id},
+        "tranDate": "2026-02-03",
+        "currency": {"id": "1"},
+        "memo": "re_test",
+        "apply": {
+            "items": [{"doc": {"id": doc}, "apply": True, "amount": a} for doc, a in applied]
+        },
+    }
+
+
+def test_a_customer_refund_pays_out_an_unapplied_credit(ns: NetSuite) -> None:
+    """A paid invoice's post-payment credit memo stays open until a refund pays it out."""
+    customer = _put_customer(ns, "SF-001RFND")
+    invoice = _put(ns, "invoice", "in_RFND1", _invoice(customer, Decimal("100.10")))
+    _put(
+        ns,
+        "customerpayment",
+        "ch_RFND1",
+        _payment(customer, Decimal("108.35"), (invoice, Decimal("108.35"))),
+    )
+    memo = _put(
+        ns, "creditmemo", "cn_RFND1", _credit_memo(customer, invoice, Decimal("30.00"), None)
+    )
+    refund_id = _put(ns, "customerrefund", "re_RFND1", _refund(customer, (memo, Decimal("25.00"))))
+
+    refund = _get(ns, "customerrefund", "eid:re_RFND1")
+    assert refund["id"] == refund_id and refund["tranId"].startswith("RFND-")
+    assert (refund["customer"]["id"], refund["total"]) == (customer, Decimal("25.00"))
+    assert "status" not in refund
+    (line,) = refund["apply"]["items"]
+    assert (line["doc"]["id"], line["amount"]) == (memo, Decimal("25.00"))
+    credit = _get(ns, "creditmemo", memo)
+    assert (credit["status"], credit["amountRemaining"]) == ("Open", Decimal("5.00"))
+
+    # Resending the refund is idempotent; a second one cannot pay out more than is left.
+    assert _put(ns, "customerrefund", "re_RFND1", _refund(customer, (memo, Decimal("25.00")))) == (
+        refund_id
+    )
+    assert _get(ns, "creditmemo", memo)["amountRemaining"] == Decimal("5.00")
+    too_much = ns.call(
+        "PUT",
+        f"{REST}/record/v1/customerrefund/eid:re_RFND2",
+        _refund(customer, (memo, Decimal("5.01"))),
+    )
+    assert too_much.status_code == 400
+    assert too_much.json()["o:errorDetails"][0]["o:errorPath"] == "apply.items[0].amount"
+    _put(ns, "customerrefund", "re_RFND2", _refund(customer, (memo, Decimal("5.00"))))
+    credit = _get(ns, "creditmemo", memo)
+    assert (credit["status"], credit["amountRemaining"]) == ("Fully Applied", Decimal("0.00"))
+    # Re-upserting the credit memo cannot take back what was refunded out of it.
+    same = _credit_memo(customer, invoice, Decimal("30.00"), None)
+    assert _put(ns, "creditmemo", "cn_RFND1", same) == memo
+    smaller = _credit_memo(customer, invoice, Decimal("20.00"), None)
+    resp = ns.call("PUT", f"{REST}/record/v1/creditmemo/eid:cn_RFND1", smaller)
+    assert resp.status_code == 400
+
+    rows = ns.suiteql(
+        "SELECT id, type, foreigntotal, status FROM transaction WHERE type = 'CustRfnd' "
+        "AND externalid IN ('re_RFND1', 're_RFND2') ORDER BY id",
+        limit=10,
+    ).json()["items"]
+    assert [(r["id"], r["foreigntotal"], "status" in r) for r in rows][0] == (
+        refund_id,
+        "25.00",
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        pytest.param(lambda b, o: b["apply"].update(items=[]), "apply", id="nothing-applied"),
+        pytest.param(
+            lambda b, o: b["apply"]["items"][0].update(doc={"id": o["invoice"]}),
+            "apply.items[0].doc",
+            id="refund-of-an-invoice",
+        ),
+        pytest.param(
+            lambda b, o: b["apply"]["items"][0].update(doc={"id": o["foreign"]}),
+            "apply.items[0].doc",
+            id="refund-of-another-customers-credit",
+        ),
+        pytest.param(lambda b, o: b.update(payment=Decimal(1)), "payment", id="unknown-field"),
+    ],
+)
+def test_invalid_refunds_are_400_with_error_path(ns: NetSuite, mutate: Any, path: str) -> None:
+    customer = _put_customer(ns, "SF-001RFNDBAD")
+    stranger = _put_customer(ns, "SF-001RFNDSTRANGER", "Stranger Co")
+    invoice = _put(ns, "invoice", "in_RFNDBAD1", _invoice(customer, Decimal("100.10")))
+    foreign_invoice = _put(ns, "invoice", "in_RFNDBAD2", _invoice(stranger, Decimal("10.00")))
+    memo = _put(
+        ns, "creditmemo", "cn_RFNDBAD1", _credit_memo(customer, invoice, Decimal("9.00"), None)
+    )
+    foreign = _put(
+        ns,
+        "creditmemo",
+        "cn_RFNDBAD2",
+        _credit_memo(stranger, foreign_invoice, Decimal("9.00"), None),
+    )
+    body = _refund(customer, (memo, Decimal("9.00")))
+    mutate(body, {"invoice": invoice, "foreign": foreign})
+    resp = ns.call("PUT", f"{REST}/record/v1/customerrefund/eid:re_RFNDBAD", body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["o:errorDetails"][0]["o:errorPath"] == path
+    assert ns.call("GET", f"{REST}/record/v1/customerrefund/eid:re_RFNDBAD").status_code == 404
+    assert _get(ns, "creditmemo", memo)["amountRemaining"] == Decimal("9.00")
