@@ -31,8 +31,10 @@ RECORD_TYPES = {
     "invoice": "invoice",
     "credit_memo": "creditmemo",
     "customer_payment": "customerpayment",
+    "customer_refund": "customerrefund",
     # Status written back to the CRM (Salesforce), through the same ledger.
     "account_status": "Account",
+    "opportunity_status": "Opportunity",
 }
 DEFAULT_MAX_ATTEMPTS = 8
 # A document waiting for another (its customer) is due again after this delay, so neither this

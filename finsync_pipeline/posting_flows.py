@@ -18,7 +18,7 @@ import dagster as dg
 
 from finsync_pipeline.errors import ConfigurationError
 
-POSTING_FLOWS = ("customer", "invoice", "credit_memo", "customer_payment")
+POSTING_FLOWS = ("customer", "invoice", "credit_memo", "customer_payment", "customer_refund")
 BATCH_WINDOWS_ENV = "FINSYNC_POSTING_BATCH_WINDOWS"
 FLOWS_TAG = "finsync/posting_flows"
 

@@ -433,7 +433,7 @@ def test_demo_with_faults_still_ends_with_zero_drift_and_no_duplicate(tmp_path: 
     # The outage was real: NetSuite answered 503s and 429s, and some writes never answered.
     assert summary["posting_runs"] >= 1
     sandbox = Sandbox(home / "sandbox")
-    for record_type in ("customer", "invoice", "creditmemo", "customerpayment"):
+    for record_type in ("customer", "invoice", "creditmemo", "customerpayment", "customerrefund"):
         external_ids = [r["externalId"] for r in sandbox.netsuite_records(record_type)]
         assert len(external_ids) == len(set(external_ids)), record_type
     assert "posting_rejected" not in summary["exceptions_open_by_kind"]

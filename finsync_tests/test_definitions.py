@@ -38,6 +38,7 @@ ASSET_GROUPS = {
     ],
     "derive": [
         "credit_memo_requests",
+        "customer_refund_requests",
         "erp_customer_upserts",
         "finance_exceptions",
         "invoice_ready_transactions",

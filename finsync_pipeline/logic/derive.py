@@ -47,6 +47,9 @@ EXCEPTION_KINDS: dict[str, tuple[str, str]] = {
     "unmatched_payment": ("high", "finance_ops"),
     "payment_held": ("medium", "finance_ops"),
     "credit_note_held": ("medium", "finance_ops"),
+    "unmatched_refund": ("high", "finance_ops"),
+    "refund_held": ("medium", "finance_ops"),
+    "refund_reversed": ("high", "finance_ops"),
 }
 
 
@@ -371,6 +374,11 @@ def payment_external_id(payment_id: str) -> str:
     return f"STRIPE_{payment_id}"
 
 
+def refund_external_id(refund_id: str) -> str:
+    """The NetSuite external id of the customer refund for a Stripe refund."""
+    return f"STRIPE_{refund_id}"
+
+
 def _ready_index(ready: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return {str(r["invoice_id"]): r for r in ready.to_dict("records")}
 
@@ -620,6 +628,114 @@ def derive_payment_applications(
                     },
                 },
                 "correlation_id": pay["correlation_id"],
+            }
+        )
+    return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS), problems.frame()
+
+
+# Stripe refund statuses that returned no money: a refund in one of them is never posted.
+UNDONE_REFUND_STATUSES = ("failed", "canceled")
+
+
+def derive_customer_refunds(
+    refunds: pd.DataFrame, memos: pd.DataFrame, posted: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Customer refunds for the money Stripe returned, paying out the credit memo of the
+    credit note behind each refund.
+
+    NetSuite books a refund as a customer refund applied to a credit (the post-payment credit
+    memo finsync posts unapplied), so the customer's balance and the bank both tie out. Only a
+    succeeded refund is posted; a pending one waits for its next change. A refund with no
+    credit note is an ``unmatched_refund`` (finance decides what it credits, never finsync); one
+    whose credit note waits on an exception is ``refund_held``; one that failed or was canceled
+    after its customer refund posted is ``refund_reversed`` (void it in NetSuite).
+
+    Args:
+        refunds: Canonical refunds.
+        memos: credit_note_id, external_id and the queued payload of each credit memo.
+        posted: refund_id and erp_internal_id of customer refunds already posted.
+    """
+    problems = _Exceptions([])
+    rows: list[dict[str, Any]] = []
+    memo_of = {str(r["credit_note_id"]): r for r in memos.to_dict("records")}
+    posted_as = dict(zip(posted["refund_id"], posted["erp_internal_id"], strict=True))
+    for refund in refunds.sort_values("refund_id").to_dict("records"):
+        refund_id = str(refund["refund_id"])
+        extra = {
+            "partition_date": refund["partition_date"],
+            "correlation_id": refund["correlation_id"],
+        }
+        money = f"{refund['amount_minor']} {refund['currency']} (minor units)"
+        if refund["status"] in UNDONE_REFUND_STATUSES:
+            if refund_id in posted_as:
+                problems.add(
+                    "refund_reversed",
+                    "stripe",
+                    refund_id,
+                    f"Stripe refund {refund_id} of {money} is {refund['status']}, but its "
+                    f"customer refund (NetSuite id {posted_as[refund_id]}) is posted: void it "
+                    "in NetSuite so the credit returns to the customer's balance",
+                    **extra,
+                )
+            continue
+        if refund["status"] != "succeeded":
+            continue
+        note_id = None if _na(refund["credit_note_id"]) else str(refund["credit_note_id"])
+        if note_id is None:
+            problems.add(
+                "unmatched_refund",
+                "stripe",
+                refund_id,
+                f"Stripe refund {refund_id} returned {money} on charge {refund['payment_id']} "
+                "with no credit note: issue a credit note for it in Stripe, so the ERP has the "
+                "credit the refund pays out",
+                **extra,
+            )
+            continue
+        memo = memo_of.get(note_id)
+        if memo is None:
+            problems.add(
+                "refund_held",
+                "stripe",
+                refund_id,
+                f"Stripe refund {refund_id} pays out credit note {note_id}, which is not "
+                "ready for the ERP (see that credit note's exception)",
+                **extra,
+            )
+            continue
+        body = memo["payload"]
+        currency = str(refund["currency"])
+        amount = to_decimal(int(refund["amount_minor"]), currency)
+        external_id = refund_external_id(refund_id)
+        rows.append(
+            {
+                "erp": ERP,
+                "doc_type": "customer_refund",
+                "external_id": external_id,
+                "source_system": "stripe",
+                "source_id": refund_id,
+                "partition_date": refund["partition_date"],
+                "currency": currency,
+                "total_minor": int(refund["amount_minor"]),
+                "payload": {
+                    "externalId": external_id,
+                    "customer": body["entity"],
+                    "tranDate": refund["partition_date"],
+                    "subsidiary": body["subsidiary"],
+                    "currency": body["currency"],
+                    "memo": f"finsync {refund['correlation_id']} stripe refund {refund_id} "
+                    f"of charge {refund['payment_id']} ({refund['reason'] or 'no reason'})",
+                    "apply": {
+                        "items": [
+                            {
+                                "doc": ref("credit_memo", str(memo["external_id"])),
+                                "apply": True,
+                                "amount": amount,
+                            }
+                        ]
+                    },
+                },
+                "correlation_id": refund["correlation_id"],
             }
         )
     return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS), problems.frame()

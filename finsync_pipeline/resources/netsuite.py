@@ -70,6 +70,11 @@ LOOKUP_TABLES: Mapping[str, tuple[str, str | None, tuple[str, ...]]] = {
         "CustPymt",
         ("id", "externalid", "tranid", "entity", "currency", "foreigntotal", "status"),
     ),
+    "customerrefund": (
+        "transaction",
+        "CustRfnd",
+        ("id", "externalid", "tranid", "entity", "currency", "foreigntotal", "status"),
+    ),
 }
 # External ids per SuiteQL IN list: Oracle allows 1000 expressions; fewer keep the query short.
 LOOKUP_CHUNK = 500
@@ -224,7 +229,8 @@ class NetSuiteClient(ConnectorClient):
         ``PUT /record/v1/{type}/eid:{external_id}`` is idempotent, so it is retried on
         timeouts and transient errors (429 concurrency limits and 503 maintenance included,
         honouring Retry-After) without risk of a duplicate. Record types are NetSuite's
-        lower-case REST names: ``customer``, ``invoice``, ``creditmemo``, ``customerpayment``.
+        lower-case REST names: ``customer``, ``invoice``, ``creditmemo``, ``customerpayment``,
+        ``customerrefund``.
 
         Returns:
             The record's internal id, parsed from the ``Location`` header.

@@ -180,14 +180,24 @@ def test_posting_and_reconciliation_metadata(
     posted = _metadata(result, "erp_postings")
     held = {
         t: len(sandbox.netsuite_records(t))
-        for t in ("customer", "invoice", "creditmemo", "customerpayment")
+        for t in ("customer", "invoice", "creditmemo", "customerpayment", "customerrefund")
     }
-    assert held["creditmemo"] > 0 and held["customerpayment"] > 0
+    assert held["creditmemo"] > 0 and held["customerpayment"] > 0 and held["customerrefund"] > 0
     assert posted["posted"] == sum(held.values())
     assert posted["rejected"] == 0
     payments = _metadata(result, "payment_reconciliation")
     assert payments["drift"] == 0
-    assert payments["matched"] == held["customerpayment"]
+    assert payments["matched"] == held["customerpayment"] + held["customerrefund"]
+    # Each refund paid its amount out of the credit memo of the credit note it refunds.
+    memos = {str(m["id"]): m for m in sandbox.netsuite_records("creditmemo")}
+    for refund in sandbox.netsuite_records("customerrefund"):
+        (line,) = refund["apply"]["items"]
+        memo = memos[line["doc"]["id"]]
+        refund_id = refund["externalId"].removeprefix("STRIPE_")
+        note = _scalar(url, f"SELECT credit_note_id FROM refunds WHERE refund_id = '{refund_id}'")
+        assert memo["externalId"] == f"STRIPE_{note}"
+        assert line["amount"] == refund["total"] <= memo["total"]
+        assert memo["entity"]["id"] == refund["customer"]["id"]
     recon = _metadata(result, "invoice_reconciliation")
     assert recon["drift"] == 0
     assert recon["matched"] == len(sandbox.netsuite_records("invoice"))

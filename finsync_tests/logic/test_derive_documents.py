@@ -1,4 +1,4 @@
-"""Credit memos, void compensations and customer payments derived for the ERP."""
+"""Credit memos, void compensations, customer payments and refunds derived for the ERP."""
 
 from decimal import Decimal
 
@@ -7,6 +7,7 @@ import pytest
 
 from finsync_pipeline.logic.derive import (
     derive_credit_memos,
+    derive_customer_refunds,
     derive_payment_applications,
     derive_void_compensations,
 )
@@ -171,3 +172,92 @@ def test_a_service_credit_line_posts_to_the_service_credit_item() -> None:
     # Without that item in erp_settings.csv the credit waits as an exception.
     docs, problems = derive_credit_memos(_note("pre_payment"), lines, INVOICE_LINES, READY, MASTER)
     assert docs.empty and "(service credit)" in problems.iloc[0]["detail"]
+
+
+def _refunds(**over: object) -> pd.DataFrame:
+    row = {
+        "refund_id": "re_1",
+        "partition_date": "2026-10-09",
+        "correlation_id": "fs-re1",
+        "payment_id": "ch_1",
+        "credit_note_id": "cn_1",
+        "status": "succeeded",
+        "reason": "requested_by_customer",
+        "currency": "JPY",
+        "amount_minor": 1200,
+    }
+    row.update(over)
+    return pd.DataFrame([row])
+
+
+MEMOS = pd.DataFrame(
+    [
+        {
+            "credit_note_id": "cn_1",
+            "external_id": "STRIPE_cn_1",
+            "payload": {
+                "entity": {"$ref": ["customer", "SF_001A"]},
+                "subsidiary": {"id": "3"},
+                "currency": {"id": "4"},
+            },
+        }
+    ]
+)
+NOT_POSTED = pd.DataFrame(columns=["refund_id", "erp_internal_id"])
+
+
+def test_a_refund_pays_out_the_credit_memo_of_its_credit_note() -> None:
+    docs, problems = derive_customer_refunds(_refunds(), MEMOS, NOT_POSTED)
+    assert problems.empty
+    (doc,) = docs.to_dict("records")
+    assert (doc["doc_type"], doc["external_id"], doc["total_minor"]) == (
+        "customer_refund",
+        "STRIPE_re_1",
+        1200,
+    )
+    body = doc["payload"]
+    assert body["customer"] == {"$ref": ["customer", "SF_001A"]}
+    assert (body["subsidiary"], body["currency"]) == ({"id": "3"}, {"id": "4"})
+    assert body["tranDate"] == "2026-10-09"
+    # JPY has no minor unit: 1200 minor units are 1200 yen, not 12.00.
+    assert body["apply"]["items"] == [
+        {"doc": {"$ref": ["credit_memo", "STRIPE_cn_1"]}, "apply": True, "amount": Decimal(1200)}
+    ]
+    assert "fs-re1" in body["memo"]
+
+
+@pytest.mark.parametrize(
+    ("over", "kind", "wanted"),
+    [
+        ({"credit_note_id": None}, "unmatched_refund", "no credit note"),
+        ({"credit_note_id": "cn_held"}, "refund_held", "not ready for the ERP"),
+    ],
+    ids=["no-credit-note", "credit-note-held"],
+)
+def test_a_refund_with_no_credit_to_pay_out_is_an_exception(
+    over: dict, kind: str, wanted: str
+) -> None:
+    docs, problems = derive_customer_refunds(_refunds(**over), MEMOS, NOT_POSTED)
+    assert docs.empty
+    (problem,) = problems.to_dict("records")
+    assert (problem["kind"], problem["owner_queue"], problem["source_id"]) == (
+        kind,
+        "finance_ops",
+        "re_1",
+    )
+    assert wanted in problem["detail"] and problem["correlation_id"] == "fs-re1"
+
+
+@pytest.mark.parametrize("status", ["pending", "requires_action", "failed", "canceled"])
+def test_an_unsettled_or_undone_refund_is_not_posted(status: str) -> None:
+    docs, problems = derive_customer_refunds(_refunds(status=status), MEMOS, NOT_POSTED)
+    assert docs.empty and problems.empty
+
+
+def test_a_refund_undone_after_it_posted_asks_finance_to_void_it() -> None:
+    posted = pd.DataFrame([{"refund_id": "re_1", "erp_internal_id": "7007"}])
+    docs, problems = derive_customer_refunds(_refunds(status="failed"), MEMOS, posted)
+    assert docs.empty
+    (problem,) = problems.to_dict("records")
+    assert problem["kind"] == "refund_reversed" and problem["severity"] == "high"
+    assert "7007" in problem["detail"] and "void" in problem["detail"]

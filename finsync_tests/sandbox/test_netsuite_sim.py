@@ -643,11 +643,10 @@ def test_a_customer_refund_pays_out_an_unapplied_credit(ns: NetSuite) -> None:
         "AND externalid IN ('re_RFND1', 're_RFND2') ORDER BY id",
         limit=10,
     ).json()["items"]
-    assert [(r["id"], r["foreigntotal"], "status" in r) for r in rows][0] == (
-        refund_id,
-        "25.00",
-        False,
-    )
+    assert [(r["id"], r["foreigntotal"], "status" in r) for r in rows] == [
+        (refund_id, "25.00", False),
+        (rows[1]["id"], "5.00", False),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -192,7 +192,13 @@ def invoice_ready_transactions(
     group_name="derive",
     kinds={"sql"},
     owners=OWNERS,
-    deps=["erp_customer_upserts", "invoice_ready_transactions"],
+    deps=[
+        "erp_customer_upserts",
+        "invoice_ready_transactions",
+        "credit_memo_requests",
+        "payment_applications",
+        "customer_refund_requests",
+    ],
 )
 def finance_exceptions(warehouse: WarehouseResource) -> dg.MaterializeResult:
     """The finance exceptions queue: one row per problem with its kind, owner queue, source

@@ -1,4 +1,4 @@
-"""Derive: credit memos and customer payments for the ERP, queued on the posting ledger.
+"""Derive: credit memos, customer payments and refunds for the ERP, queued on the posting ledger.
 
 Change-driven like the canonical payments and credit notes they read: each run looks at the
 records its extracts landed, plus every record an open exception of these kinds still holds
@@ -16,7 +16,9 @@ from finsync_pipeline import ledger
 from finsync_pipeline.landing import amounts_by_currency, sample, sync_exceptions
 from finsync_pipeline.logic.derive import (
     ERP,
+    credit_memo_external_id,
     derive_credit_memos,
+    derive_customer_refunds,
     derive_payment_applications,
     derive_void_compensations,
 )
@@ -31,6 +33,7 @@ from finsync_pipeline.resources.warehouse import (
 OWNERS = ["team:finance-data"]
 CREDIT_KINDS = ["credit_note_held", "unmapped_product"]
 PAYMENT_KINDS = ["unmatched_payment", "payment_held"]
+REFUND_KINDS = ["unmatched_refund", "refund_held", "refund_reversed"]
 
 
 def _in(column: str, name: str = "ids") -> str:
@@ -228,5 +231,63 @@ def payment_applications(
         metadata={
             **_metadata(docs, found, queued, synced),
             "failed charges (not posted)": int((payments["status"] == "failed").sum()),
+        }
+    )
+
+
+@dg.asset(
+    group_name="derive",
+    kinds={"python", "sql"},
+    owners=OWNERS,
+    deps=["refunds", "credit_memo_requests"],
+)
+def customer_refund_requests(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Customer refunds the ERP should hold: every succeeded Stripe refund, paying out the
+    credit memo of the credit note it refunds. A refund with no credit note, or one undone
+    after it posted, is an exception for finance, never a guess."""
+    run_id = context.run.run_id
+    engine = warehouse.get_engine()
+    with engine.connect() as conn:
+        held = _held(conn, "customer_refund_requests", REFUND_KINDS)
+        refunds = _read(
+            conn,
+            f"SELECT * FROM refunds WHERE extraction_run_id = :run OR {_in('refund_id')}",
+            held,
+            run=run_id,
+        )
+        notes = sorted({n for n in refunds["credit_note_id"] if isinstance(n, str)})
+        memos = _read(
+            conn,
+            "SELECT source_id AS credit_note_id, external_id, payload FROM posting_ledger "
+            f"WHERE erp = :erp AND doc_type = 'credit_memo' AND {_in('external_id')}",
+            [credit_memo_external_id(n) for n in notes],
+            erp=ERP,
+        )
+        posted = _read(
+            conn,
+            "SELECT source_id AS refund_id, erp_internal_id FROM posting_ledger WHERE erp = :erp "
+            f"AND doc_type = 'customer_refund' AND state = 'posted' AND {_in('source_id')}",
+            list(refunds["refund_id"]),
+            erp=ERP,
+        )
+    memos["payload"] = [ledger.loads(p) for p in memos["payload"]]
+    docs, found = derive_customer_refunds(refunds, memos, posted)
+    with engine.begin() as conn:
+        queued = _queue(conn, docs, "customer_refund", run_id)
+        synced = sync_exceptions(
+            conn,
+            found,
+            detected_by="customer_refund_requests",
+            kinds=REFUND_KINDS,
+            source_ids=list(refunds["refund_id"]),
+        )
+    return dg.MaterializeResult(
+        metadata={
+            **_metadata(docs, found, queued, synced),
+            "refunds not yet settled (not posted)": int(
+                (~refunds["status"].isin(["succeeded", "failed", "canceled"])).sum()
+            ),
         }
     )

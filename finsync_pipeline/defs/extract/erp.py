@@ -58,13 +58,14 @@ def read_back(
     warehouse: WarehouseResource,
     *,
     table: str,
-    transaction_type: str,
+    transaction_types: tuple[str, ...],
 ) -> dg.MaterializeResult:
-    """Land the NetSuite transactions of one type dated in the window (SuiteQL, paged)."""
+    """Land the NetSuite transactions of the given types dated in the window (SuiteQL, paged)."""
     start, end = window(context)
+    types = ", ".join(suiteql_literal(t) for t in transaction_types)
     query = (
         f"SELECT {', '.join(TRANSACTION_COLUMNS)} FROM transaction "
-        f"WHERE type = {suiteql_literal(transaction_type)} "
+        f"WHERE type IN ({types}) "
         f"AND trandate >= {suiteql_literal(start.date())} "
         f"AND trandate < {suiteql_literal(end.date())} ORDER BY id"
     )
@@ -99,7 +100,7 @@ def erp_invoices(
     context: dg.AssetExecutionContext, netsuite: NetSuiteResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     return read_back(
-        context, netsuite, warehouse, table="erp_invoices", transaction_type="CustInvc"
+        context, netsuite, warehouse, table="erp_invoices", transaction_types=("CustInvc",)
     )
 
 
@@ -108,8 +109,9 @@ def erp_invoices(
         **_extract(
             "erp_payments",
             "netsuite",
-            "NetSuite customer payments dated in the window, read back through SuiteQL after "
-            "posting: what the ERP really received, for payment reconciliation.",
+            "NetSuite customer payments and customer refunds dated in the window, read back "
+            "through SuiteQL after posting: the money the ERP shows received and paid back, "
+            "for payment reconciliation.",
         ),
         "deps": ["erp_postings"],
         "retry_policy": READ_BACK_RETRY,
@@ -120,5 +122,9 @@ def erp_payments(
     context: dg.AssetExecutionContext, netsuite: NetSuiteResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     return read_back(
-        context, netsuite, warehouse, table="erp_payments", transaction_type="CustPymt"
+        context,
+        netsuite,
+        warehouse,
+        table="erp_payments",
+        transaction_types=("CustPymt", "CustRfnd"),
     )

@@ -56,6 +56,7 @@ def _rejection_exceptions(rejections: list[dict[str, str]]) -> pd.DataFrame:
         "invoice_ready_transactions",
         "credit_memo_requests",
         "payment_applications",
+        "customer_refund_requests",
     ],
     pool="netsuite_api",
 )
@@ -65,12 +66,12 @@ def erp_postings(
     warehouse: WarehouseResource,
     settings: PipelineSettings,
 ) -> dg.MaterializeResult:
-    """Customers, invoices, credit memos and customer payments written to NetSuite from the
-    posting ledger (the flows the run is for; see ``posting_flows``): customers first,
-    parents before children, then the window's invoices, then the credit memos and payments
-    that apply to them. Each document is upserted by its deterministic external id and every
-    outcome is committed before the next send, so a crash anywhere loses nothing and posts
-    nothing twice."""
+    """Customers, invoices, credit memos, customer payments and customer refunds written to
+    NetSuite from the posting ledger (the flows the run is for; see ``posting_flows``):
+    customers first, parents before children, then the window's invoices, then the credit
+    memos and payments that apply to them, then the refunds that pay credit memos out. Each
+    document is upserted by its deterministic external id and every outcome is committed
+    before the next send, so a crash anywhere loses nothing and posts nothing twice."""
     date_from, date_to = date_bounds(context)
     engine = warehouse.get_engine()
     client = netsuite.get_client()
@@ -98,7 +99,7 @@ def erp_postings(
             )
         ]
     # The run's flows (see ``flows_of_run``), in order: customers parents first, then
-    # invoices before the credit memos and payments that apply to them.
+    # invoices before the credit memos and payments that apply to them, then refunds.
     flows = flows_of_run(context.run.tags, batch_windows())
     for doc_type in flows:
         if doc_type == "customer":

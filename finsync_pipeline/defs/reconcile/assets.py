@@ -11,6 +11,7 @@ from finsync_pipeline.logic.derive import (
     LIVE_INVOICE_STATUSES,
     invoice_external_id,
     payment_external_id,
+    refund_external_id,
     void_external_id,
 )
 from finsync_pipeline.logic.reconcile import (
@@ -130,14 +131,22 @@ def invoice_reconciliation_no_drift(
     owners=OWNERS,
     partitions_def=daily_partitions,
     backfill_policy=single_run,
-    deps=["payments", "erp_payments", "payment_applications", "erp_postings"],
+    deps=[
+        "payments",
+        "refunds",
+        "erp_payments",
+        "payment_applications",
+        "customer_refund_requests",
+        "erp_postings",
+    ],
 )
 def payment_reconciliation(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    """The gateway against NetSuite, payment by payment: every collected Stripe charge is one
-    NetSuite customer payment with the same amount and currency, or the difference is
-    classified and explained. Failed charges moved no money and are not expected."""
+    """The gateway against NetSuite, money movement by money movement: every collected Stripe
+    charge is one NetSuite customer payment, and every succeeded Stripe refund one NetSuite
+    customer refund, with the same amount and currency, or the difference is classified and
+    explained. Failed charges and refunds moved no money and are not expected."""
     date_from, date_to = date_bounds(context)
     engine = warehouse.get_engine()
     rng = {"date_from": date_from, "date_to": date_to}
@@ -149,6 +158,13 @@ def payment_reconciliation(
             "AND partition_date >= :date_from AND partition_date < :date_to",
             rng,
         )
+        refunded = read_frame(
+            conn,
+            "SELECT refund_id AS payment_id, partition_date, currency, amount_minor AS "
+            "total_minor, correlation_id FROM refunds WHERE status = 'succeeded' "
+            "AND partition_date >= :date_from AND partition_date < :date_to",
+            rng,
+        )
         held = read_frame(conn, "SELECT source_id FROM finance_exceptions WHERE status = 'open'")
         raw = load_payloads(conn, "erp_payments", date_from, date_to)
         bad_erp = quarantined_ids(conn, "erp_payments")
@@ -156,7 +172,9 @@ def payment_reconciliation(
     erp = normalize.flatten_erp_invoices(list(raw["payload"]), codes)
     erp = erp[~erp["source_id"].isin(bad_erp)]
     collected["external_id"] = collected["payment_id"].map(payment_external_id)
-    recon = reconcile_payments(collected, erp, set(held["source_id"]))
+    refunded["external_id"] = refunded["payment_id"].map(refund_external_id)
+    moved = pd.concat([collected, refunded], ignore_index=True)
+    recon = reconcile_payments(moved, erp, set(held["source_id"]))
     recon["run_id"] = context.run.run_id
     with engine.begin() as conn:
         replace_partitions(
@@ -211,8 +229,8 @@ def _drift_check(
     asset=payment_reconciliation,
     name="no_drift",
     partitions_def=daily_partitions,
-    description="Every collected payment of the range is in NetSuite exactly once with the "
-    "same currency and amount, or held by an open finance exception.",
+    description="Every collected payment and succeeded refund of the range is in NetSuite "
+    "exactly once with the same currency and amount, or held by an open finance exception.",
 )
 def payment_reconciliation_no_drift(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource

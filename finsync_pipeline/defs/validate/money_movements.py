@@ -145,7 +145,7 @@ def credit_notes(
     group_name="validate",
     kinds={"python", "sql"},
     owners=OWNERS,
-    deps=["stripe_refunds", "invoices"],
+    deps=["stripe_refunds", "stripe_credit_notes", "invoices"],
 )
 def refunds(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
@@ -157,10 +157,17 @@ def refunds(
         engine, "stripe_refunds", context.run.run_id, normalize.flatten_stripe_refunds
     )
     # Stripe links a refund to its credit note from the credit note's side (refunds[]); the two
-    # are created together, so the credit notes this run landed cover this run's refunds.
+    # are created together, so the credit notes this run landed cover this run's new refunds. A
+    # refund landed again later (a status change) keeps the link it was first given.
     with engine.connect() as conn:
         notes = load_run_payloads(conn, "stripe_credit_notes", context.run.run_id)
-    note_of = {
+    note_of = _lookup(
+        engine,
+        "SELECT refund_id, credit_note_id FROM refunds WHERE refund_id IN :keys "
+        "AND credit_note_id IS NOT NULL",
+        sorted(found["source_id"]),
+    )
+    note_of |= {
         str(r.get("refund")): str(note.get("id"))
         for note in notes["payload"]
         for r in note.get("refunds") or []
