@@ -51,7 +51,11 @@ def _print_table(command: str, summary: dict[str, Any]) -> None:
         ("NetSuite invoices in the ERP (window)", summary["erp_invoices_in_erp"]),
         ("Invoices reconciled: matched", recon["matched"]),
         ("Invoices reconciled: held by an open exception", recon["held_by_exception"]),
-        ("Payments reconciled: matched", summary["payment_reconciliation"]["matched"]),
+        ("Payments and refunds reconciled: matched", summary["payment_reconciliation"]["matched"]),
+        (
+            "Awaiting a batch posting window",
+            recon["awaiting_window"] + summary["payment_reconciliation"]["awaiting_window"],
+        ),
         ("Renewals reconciled: matched", summary["renewal_reconciliation"]["matched"]),
         ("Drift: invoices and payments against the ERP", summary["drift"]),
         ("Drift: renewals (CRM vs billing vs ERP)", summary["renewal_drift"]),

@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 
 import dagster as dg
+import sqlalchemy as sa
 
 from finsync_pipeline.errors import ConfigurationError
 
@@ -82,3 +83,24 @@ def _valid_cron(cron: str) -> bool:
     except dg.DagsterInvalidDefinitionError:
         return False
     return True
+
+
+def awaiting_windows(conn: sa.Connection, erp: str, windows: dict[str, str]) -> dict[str, str]:
+    """External id -> cron of every unposted ledger document that waits for a batch window:
+    one of a batch flow, or one waiting for a document of a batch flow (an invoice for its
+    customer). Reconciliation shows these as ``awaiting_window``, not as missing."""
+    if not windows:
+        return {}
+    rows = conn.execute(
+        sa.text(
+            "SELECT doc_type, external_id, waiting_for FROM posting_ledger "
+            "WHERE erp = :erp AND state IN ('pending', 'in_flight')"
+        ),
+        {"erp": erp},
+    )
+    awaiting: dict[str, str] = {}
+    for doc_type, external_id, waiting_for in rows:
+        flow = doc_type if doc_type in windows else str(waiting_for or "").split(":", 1)[0]
+        if flow in windows:
+            awaiting[str(external_id)] = windows[flow]
+    return awaiting

@@ -438,3 +438,19 @@ def test_demo_with_faults_still_ends_with_zero_drift_and_no_duplicate(tmp_path: 
         assert len(external_ids) == len(set(external_ids)), record_type
     assert "posting_rejected" not in summary["exceptions_open_by_kind"]
     assert "posting_dead" not in summary["exceptions_open_by_kind"]
+
+
+def test_documents_of_a_batch_flow_await_their_window_and_are_not_drift(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    windows = '{"customer_payment": "0 3 * * *", "customer_refund": "0 3 * * *"}'
+    env = _env(FINSYNC_POSTING_BATCH_WINDOWS=windows)
+    summary = _summary(_finsync("demo", "--home", str(home), *SCALE, "--json", env=env))
+    payments = summary["payment_reconciliation"]
+    # Invoices post at once; payments and refunds wait on the ledger for the 03:00 window.
+    assert summary["reconciliation"]["matched"] > 0
+    assert payments["awaiting_window"] > 0
+    assert payments["matched"] == payments["missing_in_erp"] == 0
+    assert summary["drift"] == 0
+    sandbox = Sandbox(home / "sandbox")
+    assert sandbox.netsuite_records("customerpayment") == []
+    assert sandbox.netsuite_records("customerrefund") == []

@@ -22,6 +22,7 @@ from finsync_pipeline.ledger import (
     LedgerDoc,
     check_transition,
 )
+from finsync_pipeline.posting_flows import awaiting_windows
 
 ERP = "netsuite"
 LEGAL = [(f, t) for f in STATES for t in sorted(TRANSITIONS[f])]
@@ -693,3 +694,36 @@ def test_concurrent_writers_keep_one_unbroken_journal(warehouse_engine: Engine) 
         assert ledger.verify_journal(conn) is None
         seqs = [r["seq"] for r in journal(conn)]
     assert seqs == list(range(1, 61))
+
+
+def test_documents_of_batch_flows_and_their_dependents_await_the_window(
+    warehouse_engine: Engine,
+) -> None:
+    with warehouse_engine.begin() as conn:
+        ledger.enqueue(
+            conn,
+            [
+                doc("STRIPE_cn_1", {"memo": "a"}, doc_type="credit_memo"),
+                doc("STRIPE_in_1", {"memo": "b"}, doc_type="invoice"),
+                doc("STRIPE_in_2", {"memo": "c"}, doc_type="invoice"),
+                doc("STRIPE_cn_2", {"memo": "d"}, doc_type="credit_memo"),
+            ],
+            run_id="r",
+            repost_changed=False,
+        )
+        # in_2 waits for its customer, whose flow is batch; cn_2 has already posted.
+        conn.execute(
+            sa.text(
+                "UPDATE posting_ledger SET waiting_for = 'customer:SF_1' "
+                "WHERE external_id = 'STRIPE_in_2'"
+            )
+        )
+        conn.execute(
+            sa.text("UPDATE posting_ledger SET state = 'posted' WHERE external_id = 'STRIPE_cn_2'")
+        )
+        windows = {"credit_memo": "0 3 * * *", "customer": "0 4 * * *"}
+        assert awaiting_windows(conn, ERP, windows) == {
+            "STRIPE_cn_1": "0 3 * * *",
+            "STRIPE_in_2": "0 4 * * *",
+        }
+        assert awaiting_windows(conn, ERP, {}) == {}

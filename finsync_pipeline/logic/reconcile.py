@@ -5,12 +5,16 @@ Statuses:
     missing_in_erp     billing has a postable document the ERP lacks, and nothing explains why.
     held_by_exception  billing has a document the ERP lacks because an open finance exception
                        holds it; it is tracked in the exceptions queue, so it is not drift.
+    awaiting_window    billing has a document the ERP lacks because its posting flow is batch
+                       and it waits on the ledger for the flow's window; not drift.
     amount_mismatch    one ERP document, different total.
     currency_mismatch  one ERP document, different currency.
     duplicate_in_erp   more than one ERP document carries the source's external or correlation id.
     extra_in_erp       an ERP document that no billing document accounts for.
     status_mismatch    voided in billing after posting, but not yet reversed in the ERP.
 """
+
+from collections.abc import Mapping
 
 import pandas as pd
 
@@ -22,7 +26,7 @@ DRIFT_STATUSES = (
     "duplicate_in_erp",
     "extra_in_erp",
 )
-ALL_STATUSES = ("matched", "held_by_exception", *DRIFT_STATUSES)
+ALL_STATUSES = ("matched", "held_by_exception", "awaiting_window", *DRIFT_STATUSES)
 CORRELATION_PATTERN = r"(fs-[0-9a-f]{20})"
 RECON_COLUMNS = [
     "partition_date",
@@ -44,7 +48,10 @@ def _fmt(minor: object, currency: object) -> str:
 
 
 def reconcile_invoices(
-    expected: pd.DataFrame, erp: pd.DataFrame, held_ids: set[str]
+    expected: pd.DataFrame,
+    erp: pd.DataFrame,
+    held_ids: set[str],
+    awaiting: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Classify every billing invoice and every ERP invoice of a date range.
 
@@ -54,7 +61,9 @@ def reconcile_invoices(
         erp: ERP invoices of the range: source_id, external_id, tran_date, currency,
             total_minor, memo.
         held_ids: Invoice or external ids an open finance exception holds back.
+        awaiting: External id -> the batch window (a cron) its ledger row waits for.
     """
+    awaiting = awaiting or {}
     rows: list[dict[str, object]] = []
     erp = erp.copy()
     erp["matched_to"] = None
@@ -90,6 +99,9 @@ def reconcile_invoices(
         if found.empty:
             if is_held:
                 status, why = "held_by_exception", "not posted: an open finance exception holds it"
+            elif external_id in awaiting:
+                status = "awaiting_window"
+                why = f"queued for the batch posting window ({awaiting[external_id]}, UTC)"
             else:
                 status, why = "missing_in_erp", f"billing has {billing}; the ERP has no document"
         elif len(found) > 1:
@@ -141,7 +153,10 @@ def summarize(recon: pd.DataFrame) -> dict[str, int]:
 
 
 def reconcile_payments(
-    expected: pd.DataFrame, erp: pd.DataFrame, held_ids: set[str]
+    expected: pd.DataFrame,
+    erp: pd.DataFrame,
+    held_ids: set[str],
+    awaiting: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Classify every collected gateway payment and every ERP customer payment of a range.
 
@@ -153,22 +168,26 @@ def reconcile_payments(
             total_minor, correlation_id.
         erp: ERP customer payments of the range (the columns of ``reconcile_invoices``).
         held_ids: Payment or external ids an open finance exception holds back.
+        awaiting: External id -> the batch window (a cron) its ledger row waits for.
     """
     as_documents = expected.rename(columns={"payment_id": "invoice_id"})
-    recon = reconcile_invoices(as_documents, erp, held_ids)
+    recon = reconcile_invoices(as_documents, erp, held_ids, awaiting)
     return recon.rename(columns={"invoice_id": "payment_id"})
 
 
 RENEWAL_STATUSES = (
     "matched",
     "held_by_exception",
+    "awaiting_window",
     "missing_in_billing",
     "missing_in_erp",
     "amount_mismatch",
     "currency_mismatch",
     "status_mismatch",
 )
-RENEWAL_DRIFT = tuple(s for s in RENEWAL_STATUSES if s not in ("matched", "held_by_exception"))
+RENEWAL_DRIFT = tuple(
+    s for s in RENEWAL_STATUSES if s not in ("matched", "held_by_exception", "awaiting_window")
+)
 RENEWAL_COLUMNS = [
     "opportunity_id",
     "account_id",
@@ -271,6 +290,9 @@ def reconcile_renewals(
             status, why = "matched", f"CRM, billing and the ERP agree on {crm}"
         elif base["erp_status"] == "held_by_exception" or invoice["invoice_id"] in held_ids:
             status, why = "held_by_exception", "the invoice is held by an open exception"
+        elif base["erp_status"] == "awaiting_window":
+            status = "awaiting_window"
+            why = f"billing invoiced {billing}; it waits for its batch posting window"
         elif base["erp_status"] is None:
             status, why = "missing_in_erp", f"billing invoiced {billing}; the ERP has nothing"
         else:

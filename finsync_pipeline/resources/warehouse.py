@@ -6,6 +6,7 @@ one transaction per partition range.
 """
 
 import functools
+import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -46,24 +47,93 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
 ]
 
 
-def migrate(engine: Engine, folders: Sequence[str] = ("ddl", "views")) -> None:
-    """Apply every DDL and view file in order. Idempotent: safe on every start."""
+# Tables whose constraints changed after they first shipped. CREATE TABLE IF NOT EXISTS cannot
+# change a CHECK, and SQLite cannot alter one, so each migration rebuilds its tables once from
+# their current DDL, copying every row, and is recorded in ``schema_migrations``. Append only.
+REBUILDS: list[tuple[str, tuple[str, ...]]] = [
+    (
+        "0001_reconciliation_awaiting_window",
+        ("invoice_reconciliation", "payment_reconciliation", "renewal_reconciliation"),
+    ),
+]
+# Serializes migrations across processes on PostgreSQL (Dagster runs each step in its own).
+_PG_MIGRATE_LOCK_KEY = 7302410
+
+
+def _statements(folder: str, dialect: str) -> list[str]:
+    # Portable files first, then the ones for this database's dialect (date math).
+    paths = [
+        *sorted((SQL_DIR / folder).glob("*.sql")),
+        *sorted((SQL_DIR / folder / dialect).glob("*.sql")),
+    ]
+    return [stmt for path in paths for stmt in split_statements(path.read_text())]
+
+
+def migrate(engine: Engine) -> None:
+    """Apply every DDL file, the pending rebuilds, then every view file. Idempotent: safe on
+    every start, and a warehouse of any earlier version ends with the current schema."""
+    dialect = engine.dialect.name
+    ddl = _statements("ddl", dialect)
+    views = _statements("views", dialect)
     with _MIGRATE_LOCK, engine.begin() as conn:
-        for folder in folders:
-            # Portable files first, then the ones for this database's dialect (date math).
-            paths = [
-                *sorted((SQL_DIR / folder).glob("*.sql")),
-                *sorted((SQL_DIR / folder / engine.dialect.name).glob("*.sql")),
-            ]
-            for path in paths:
-                for statement in split_statements(path.read_text()):
+        if dialect == "postgresql":
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATE_LOCK_KEY}
+            )
+        for statement in ddl:
+            conn.exec_driver_sql(statement)
+        inspector = sa.inspect(conn)
+        for table, column, sql_type in ADDED_COLUMNS:
+            present = {c["name"] for c in inspector.get_columns(table)}
+            if column not in present:
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
+        applied = {v for (v,) in conn.execute(sa.text("SELECT version FROM schema_migrations"))}
+        for version, tables in REBUILDS:
+            if version in applied:
+                continue
+            # Views read the tables being replaced; they are recreated below.
+            for statement in views:
+                if statement.upper().startswith("DROP VIEW"):
                     conn.exec_driver_sql(statement)
-            if folder == "ddl":
-                inspector = sa.inspect(conn)
-                for table, column, sql_type in ADDED_COLUMNS:
-                    present = {c["name"] for c in inspector.get_columns(table)}
-                    if column not in present:
-                        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
+            for table in tables:
+                _rebuild(conn, table, ddl)
+            conn.execute(
+                sa.text("INSERT INTO schema_migrations (version, applied_at) VALUES (:v, :at)"),
+                {"v": version, "at": pd.Timestamp.now(tz="UTC").isoformat()},
+            )
+        for statement in views:
+            conn.exec_driver_sql(statement)
+
+
+def _rebuild(conn: Connection, table: str, ddl: Sequence[str]) -> None:
+    """Recreate ``table`` from its current DDL with every row it holds (columns it shares)."""
+    create = re.compile(rf"^CREATE TABLE IF NOT EXISTS {table}\s*\(", re.IGNORECASE)
+    index = re.compile(rf"^CREATE (UNIQUE )?INDEX IF NOT EXISTS \w+ ON {table}\b", re.IGNORECASE)
+    (definition,) = [s for s in ddl if create.match(s)]
+    scratch = f"{table}__rebuild"
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {scratch}")
+    conn.exec_driver_sql(create.sub(f"CREATE TABLE {scratch} (", definition, count=1))
+    old = {c["name"] for c in sa.inspect(conn).get_columns(table)}
+    columns = ", ".join(
+        c["name"] for c in sa.inspect(conn).get_columns(scratch) if c["name"] in old
+    )
+    conn.exec_driver_sql(f"INSERT INTO {scratch} ({columns}) SELECT {columns} FROM {table}")
+    conn.exec_driver_sql(f"DROP TABLE {table}")
+    conn.exec_driver_sql(f"ALTER TABLE {scratch} RENAME TO {table}")
+    if conn.dialect.name == "postgresql":
+        # Constraints keep the scratch table's names; give them the table's own back, so a
+        # later rebuild's scratch table does not collide with them.
+        names = conn.execute(
+            sa.text("SELECT conname FROM pg_constraint WHERE conrelid = CAST(:t AS regclass)"),
+            {"t": table},
+        ).scalars()
+        for name in list(names):
+            if name.startswith(scratch):
+                renamed = table + name.removeprefix(scratch)
+                conn.exec_driver_sql(f"ALTER TABLE {table} RENAME CONSTRAINT {name} TO {renamed}")
+    for statement in ddl:
+        if index.match(statement):
+            conn.exec_driver_sql(statement)
 
 
 @functools.cache

@@ -171,7 +171,18 @@ def test_summarize_counts_every_status(recon: pd.DataFrame) -> None:
         "duplicate_in_erp": 2,
         "extra_in_erp": 2,
         "status_mismatch": 0,
+        "awaiting_window": 0,
     }
+
+
+def test_a_document_queued_for_its_batch_window_is_awaiting_not_missing() -> None:
+    awaiting = {"STRIPE_in_missing": "0 3 * * *", "STRIPE_in_held": "0 3 * * *"}
+    recon = reconcile_invoices(billing(), erp(), HELD, awaiting).set_index("invoice_id")
+    assert recon.at["in_missing", "status"] == "awaiting_window"
+    assert "0 3 * * *" in recon.at["in_missing", "explanation"]
+    # An open exception explains a document first: it is what a person must act on.
+    assert recon.at["in_held", "status"] == "held_by_exception"
+    assert summarize(recon.reset_index())["missing_in_erp"] == 0
 
 
 def test_summarize_of_nothing_is_all_zero() -> None:
@@ -274,6 +285,11 @@ def test_payments_reconcile_with_the_invoice_classification() -> None:
             "held_by_exception",
         ),
         (
+            {"invoice_date": "2026-10-01", "currency": "EUR", "subtotal_minor": 1062600},
+            "awaiting_window",
+            "awaiting_window",
+        ),
+        (
             {
                 "invoice_date": "2026-10-01",
                 "currency": "EUR",
@@ -301,6 +317,7 @@ def test_payments_reconcile_with_the_invoice_classification() -> None:
         "currency",
         "no-invoice-in-term",
         "held",
+        "awaiting-window",
         "voided",
         "quarantined",
     ],

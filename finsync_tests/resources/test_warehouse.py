@@ -4,6 +4,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -233,3 +234,75 @@ def test_exception_aging_buckets_on_both_databases(warehouse_engine: Engine) -> 
             ).fetchall()
         )
     assert aging == {"0-1 days": 1, "2-7 days": 1, "over 30 days": 1}
+
+
+OLD_INVOICE_RECONCILIATION = """
+CREATE TABLE invoice_reconciliation (
+    partition_date TEXT NOT NULL, external_id TEXT NOT NULL, invoice_id TEXT,
+    erp_internal_ids TEXT,
+    status TEXT NOT NULL CHECK (status IN ('matched', 'missing_in_erp')),
+    billing_currency TEXT, billing_total_minor BIGINT, erp_currency TEXT,
+    erp_total_minor BIGINT, correlation_id TEXT, explanation TEXT NOT NULL,
+    run_id TEXT NOT NULL, PRIMARY KEY (partition_date, external_id))
+"""
+
+
+def _recon_row(external_id: str, status: str) -> dict[str, Any]:
+    return {
+        "partition_date": "2026-10-01",
+        "external_id": external_id,
+        "status": status,
+        "explanation": "x",
+        "run_id": "run-1",
+    }
+
+
+def test_a_warehouse_made_before_a_check_changed_is_rebuilt_once_keeping_its_rows(
+    warehouse_engine: Engine,
+) -> None:
+    # A warehouse from before `awaiting_window` existed: the old CHECK, one row, no migration.
+    with warehouse_engine.begin() as conn:
+        conn.exec_driver_sql("DROP VIEW IF EXISTS v_reconciliation_drift")
+        conn.exec_driver_sql("DROP TABLE invoice_reconciliation")
+        conn.exec_driver_sql(OLD_INVOICE_RECONCILIATION)
+        conn.exec_driver_sql("DELETE FROM schema_migrations")
+        upsert_rows(
+            conn,
+            "invoice_reconciliation",
+            [_recon_row("STRIPE_in_1", "missing_in_erp")],
+            ["partition_date", "external_id"],
+        )
+    with pytest.raises(sa.exc.IntegrityError), warehouse_engine.begin() as conn:
+        upsert_rows(
+            conn,
+            "invoice_reconciliation",
+            [_recon_row("STRIPE_in_2", "awaiting_window")],
+            ["partition_date", "external_id"],
+        )
+
+    migrate(warehouse_engine)
+    migrate(warehouse_engine)
+
+    with warehouse_engine.begin() as conn:
+        upsert_rows(
+            conn,
+            "invoice_reconciliation",
+            [_recon_row("STRIPE_in_2", "awaiting_window")],
+            ["partition_date", "external_id"],
+        )
+        rows = read_frame(
+            conn, "SELECT external_id, status FROM invoice_reconciliation ORDER BY external_id"
+        )
+        drift = read_frame(conn, "SELECT status, documents FROM v_reconciliation_drift")
+        versions = read_frame(conn, "SELECT version FROM schema_migrations")
+    assert list(rows.itertuples(index=False, name=None)) == [
+        ("STRIPE_in_1", "missing_in_erp"),
+        ("STRIPE_in_2", "awaiting_window"),
+    ]
+    # The view is back over the new table, and a document awaiting its window is not drift.
+    assert list(drift.itertuples(index=False, name=None)) == [("missing_in_erp", 1)]
+    assert list(versions["version"]) == ["0001_reconciliation_awaiting_window"]
+    indexes = {
+        i["name"] for i in sa.inspect(warehouse_engine).get_indexes("invoice_reconciliation")
+    }
+    assert "ix_invoice_reconciliation_status" in indexes

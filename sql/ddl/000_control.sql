@@ -24,3 +24,10 @@ CREATE TABLE IF NOT EXISTS extract_cursors (
     updated_at  TEXT NOT NULL,
     run_id      TEXT NOT NULL
 );
+
+-- One row per schema migration applied (see REBUILDS in resources/warehouse.py): a table
+-- rebuilt from its current DDL because a constraint changed after it first shipped.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     TEXT NOT NULL PRIMARY KEY,
+    applied_at  TEXT NOT NULL
+);

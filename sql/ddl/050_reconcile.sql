@@ -1,6 +1,8 @@
 -- Reconcile stage: every difference between billing and the ERP, classified and explained
 -- with both sides' values and the correlation id. Matched rows are kept too, so a day's
--- reconciliation is complete evidence, not only a list of problems.
+-- reconciliation is complete evidence, not only a list of problems. A status added to a
+-- CHECK here needs a rebuild of its table in REBUILDS (resources/warehouse.py), or existing
+-- warehouses keep the old CHECK.
 CREATE TABLE IF NOT EXISTS invoice_reconciliation (
     partition_date      TEXT NOT NULL,
     external_id         TEXT NOT NULL,
@@ -8,7 +10,8 @@ CREATE TABLE IF NOT EXISTS invoice_reconciliation (
     erp_internal_ids    TEXT,
     status              TEXT NOT NULL CHECK (status IN (
         'matched', 'missing_in_erp', 'amount_mismatch', 'currency_mismatch',
-        'duplicate_in_erp', 'extra_in_erp', 'held_by_exception', 'status_mismatch')),
+        'duplicate_in_erp', 'extra_in_erp', 'held_by_exception', 'status_mismatch',
+        'awaiting_window')),
     billing_currency    TEXT,
     billing_total_minor BIGINT,
     erp_currency        TEXT,
@@ -28,7 +31,7 @@ CREATE TABLE IF NOT EXISTS payment_reconciliation (
     erp_internal_ids    TEXT,
     status              TEXT NOT NULL CHECK (status IN (
         'matched', 'missing_in_erp', 'amount_mismatch', 'currency_mismatch',
-        'duplicate_in_erp', 'extra_in_erp', 'held_by_exception')),
+        'duplicate_in_erp', 'extra_in_erp', 'held_by_exception', 'awaiting_window')),
     billing_currency    TEXT,
     billing_total_minor BIGINT,
     erp_currency        TEXT,
@@ -48,7 +51,7 @@ CREATE TABLE IF NOT EXISTS renewal_reconciliation (
     term_start              TEXT NOT NULL,
     status                  TEXT NOT NULL CHECK (status IN (
         'matched', 'held_by_exception', 'missing_in_billing', 'missing_in_erp',
-        'amount_mismatch', 'currency_mismatch', 'status_mismatch')),
+        'amount_mismatch', 'currency_mismatch', 'status_mismatch', 'awaiting_window')),
     crm_currency            TEXT,
     crm_amount_minor        BIGINT,
     invoice_id              TEXT,

@@ -10,7 +10,8 @@ FROM finance_exceptions
 WHERE status = 'open'
 GROUP BY owner_queue, kind, severity;
 
--- Reconciliation drift by day, status and currency (matched and held rows are not drift).
+-- Reconciliation drift by day, status and currency (matched rows, and rows held by an
+-- exception or awaiting their batch posting window, are not drift).
 DROP VIEW IF EXISTS v_reconciliation_drift;
 CREATE VIEW v_reconciliation_drift AS
 SELECT partition_date, status, COALESCE(billing_currency, erp_currency) AS currency,
@@ -18,7 +19,7 @@ SELECT partition_date, status, COALESCE(billing_currency, erp_currency) AS curre
        SUM(COALESCE(billing_total_minor, 0)) AS billing_total_minor,
        SUM(COALESCE(erp_total_minor, 0)) AS erp_total_minor
 FROM invoice_reconciliation
-WHERE status NOT IN ('matched', 'held_by_exception')
+WHERE status NOT IN ('matched', 'held_by_exception', 'awaiting_window')
 GROUP BY partition_date, status, COALESCE(billing_currency, erp_currency);
 
 -- What the posting ledger still holds back, by ERP, document type and state.

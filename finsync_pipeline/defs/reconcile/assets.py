@@ -8,6 +8,7 @@ from finsync_pipeline.landing import load_payloads, quarantined_ids, sample
 from finsync_pipeline.ledger import loads as ledger_loads
 from finsync_pipeline.logic import normalize
 from finsync_pipeline.logic.derive import (
+    ERP,
     LIVE_INVOICE_STATUSES,
     invoice_external_id,
     payment_external_id,
@@ -25,6 +26,7 @@ from finsync_pipeline.logic.reconcile import (
 )
 from finsync_pipeline.master_data import load_master_data
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
+from finsync_pipeline.posting_flows import awaiting_windows, batch_windows
 from finsync_pipeline.resources.warehouse import (
     WarehouseResource,
     frame_records,
@@ -73,6 +75,7 @@ def invoice_reconciliation(
             "AND partition_date >= :date_from AND partition_date < :date_to",
             rng,
         )
+        awaiting = awaiting_windows(conn, ERP, batch_windows())
     codes = {v: k for k, v in load_master_data().netsuite_currency_ids.items()}
     erp = normalize.flatten_erp_invoices(list(raw["payload"]), codes)
     erp = erp[~erp["source_id"].isin(bad_erp)]
@@ -85,7 +88,7 @@ def invoice_reconciliation(
         | ((billing["status"] == "void") & billing["invoice_id"].isin(posted_invoices))
     ].copy()
     expected["external_id"] = expected["invoice_id"].map(invoice_external_id)
-    recon = reconcile_invoices(expected, erp, set(held["source_id"]))
+    recon = reconcile_invoices(expected, erp, set(held["source_id"]), awaiting)
     voided = set(expected.loc[expected["status"] == "void", "invoice_id"])
     for i in recon.index[recon["invoice_id"].isin(voided)]:
         reversal = void_external_id(str(recon.at[i, "invoice_id"]))
@@ -93,6 +96,12 @@ def invoice_reconciliation(
             continue
         if reversal in reversed_ids:
             recon.at[i, "explanation"] = f"voided in billing; reversed in the ERP by {reversal}"
+        elif reversal in awaiting:
+            recon.at[i, "status"] = "awaiting_window"
+            recon.at[i, "explanation"] = (
+                f"voided in billing; its reversing credit memo {reversal} is queued for the "
+                f"batch posting window ({awaiting[reversal]}, UTC)"
+            )
         else:
             recon.at[i, "status"] = "status_mismatch"
             recon.at[i, "explanation"] = (
@@ -117,7 +126,8 @@ def invoice_reconciliation(
     name="no_drift",
     partitions_def=daily_partitions,
     description="Every live billing invoice of the range is in NetSuite exactly once with the "
-    "same currency and total, or held by an open finance exception.",
+    "same currency and total, held by an open finance exception, or queued for its batch "
+    "posting window.",
 )
 def invoice_reconciliation_no_drift(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
@@ -168,13 +178,14 @@ def payment_reconciliation(
         held = read_frame(conn, "SELECT source_id FROM finance_exceptions WHERE status = 'open'")
         raw = load_payloads(conn, "erp_payments", date_from, date_to)
         bad_erp = quarantined_ids(conn, "erp_payments")
+        awaiting = awaiting_windows(conn, ERP, batch_windows())
     codes = {v: k for k, v in load_master_data().netsuite_currency_ids.items()}
     erp = normalize.flatten_erp_invoices(list(raw["payload"]), codes)
     erp = erp[~erp["source_id"].isin(bad_erp)]
     collected["external_id"] = collected["payment_id"].map(payment_external_id)
     refunded["external_id"] = refunded["payment_id"].map(refund_external_id)
     moved = pd.concat([collected, refunded], ignore_index=True)
-    recon = reconcile_payments(moved, erp, set(held["source_id"]))
+    recon = reconcile_payments(moved, erp, set(held["source_id"]), awaiting)
     recon["run_id"] = context.run.run_id
     with engine.begin() as conn:
         replace_partitions(
@@ -230,7 +241,8 @@ def _drift_check(
     name="no_drift",
     partitions_def=daily_partitions,
     description="Every collected payment and succeeded refund of the range is in NetSuite "
-    "exactly once with the same currency and amount, or held by an open finance exception.",
+    "exactly once with the same currency and amount, held by an open finance exception, or "
+    "queued for its batch posting window.",
 )
 def payment_reconciliation_no_drift(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
