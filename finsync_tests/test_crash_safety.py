@@ -3,7 +3,9 @@
 Each posting process is forked from the test and kills itself at a seeded side-effect point:
 after a claim commits, before a send, after the ERP answered but before the ledger recorded
 it, or after the record. The next process settles what the dead one left in flight by looking
-it up in NetSuite. At the end NetSuite holds exactly one document per source document.
+it up in NetSuite. At the end NetSuite holds exactly one document per source document, of every
+type the engine posts (customers, invoices, credit memos, payments applied to invoices, refunds
+paying credit memos out), and the kills fell while each type was being posted.
 """
 
 import multiprocessing
@@ -29,7 +31,37 @@ ERP = "netsuite"
 SEED = 20261126
 KILLS = 24
 CUSTOMERS = 12
-INVOICES = 80
+INVOICES = 32
+PAYMENTS = 12  # each pays invoice n in full
+CREDITS = 8  # each an unapplied credit memo, paid out by a customer refund
+# The documents each run posts, in order. Each run dies within its first 14 points; with these
+# counts (and the seed) the 24 kills fall on every type, which the test asserts.
+FLOWS = ("customer", "invoice", "credit_memo", "customer_payment", "customer_refund")
+RECORDS = {
+    "customer": ("customer", "SF_C", CUSTOMERS),
+    "invoice": ("invoice", "STRIPE_in_crash", INVOICES),
+    "credit_memo": ("creditmemo", "STRIPE_cn_crash", CREDITS),
+    "customer_payment": ("customerpayment", "STRIPE_ch_crash", PAYMENTS),
+    "customer_refund": ("customerrefund", "STRIPE_re_crash", CREDITS),
+}
+
+
+def _amount(n: int) -> Any:
+    return ledger.loads(f"{100 + n}.25")
+
+
+def _stripe_doc(doc_type: str, source_id: str, payload: dict[str, Any]) -> LedgerDoc:
+    external_id = f"STRIPE_{source_id}"
+    return LedgerDoc(
+        ERP,
+        doc_type,
+        external_id,
+        "stripe",
+        source_id,
+        f"fs-{source_id}",
+        "2026-10-01",
+        {"externalId": external_id, "tranDate": "2026-10-01", "currency": {"id": "1"}, **payload},
+    )
 
 
 def _docs() -> list[LedgerDoc]:
@@ -59,32 +91,30 @@ def _docs() -> list[LedgerDoc]:
             )
         )
     for n in range(INVOICES):
-        external_id = f"STRIPE_in_crash{n}"
+        line = {"item": {"id": "101"}, "quantity": 1, "amount": _amount(n)}
         payload = {
-            "externalId": external_id,
             "entity": {"$ref": ["customer", f"SF_C{n % CUSTOMERS}"]},
-            "tranDate": "2026-10-01",
             "subsidiary": {"id": "1"},
-            "currency": {"id": "1"},
             "memo": f"crash test {n}",
-            "item": {
-                "items": [
-                    {"item": {"id": "101"}, "quantity": 1, "amount": ledger.loads(f"{100 + n}.25")}
-                ]
-            },
+            "item": {"items": [line]},
         }
-        docs.append(
-            LedgerDoc(
-                ERP,
-                "invoice",
-                external_id,
-                "stripe",
-                f"in_crash{n}",
-                f"fs-i{n}",
-                "2026-10-01",
-                payload,
-            )
-        )
+        docs.append(_stripe_doc("invoice", f"in_crash{n}", payload))
+    for n in range(PAYMENTS):
+        applied = {"doc": {"$ref": ["invoice", f"STRIPE_in_crash{n}"]}, "amount": _amount(n)}
+        payload = {
+            "customer": {"$ref": ["customer", f"SF_C{n % CUSTOMERS}"]},
+            "payment": _amount(n),
+            "apply": {"items": [{**applied, "apply": True}]},
+        }
+        docs.append(_stripe_doc("customer_payment", f"ch_crash{n}", payload))
+    for n in range(CREDITS):
+        customer = {"$ref": ["customer", f"SF_C{n % CUSTOMERS}"]}
+        line = {"item": {"id": "101"}, "quantity": 1, "amount": ledger.loads("10.00")}
+        memo = {"entity": customer, "subsidiary": {"id": "1"}, "item": {"items": [line]}}
+        docs.append(_stripe_doc("credit_memo", f"cn_crash{n}", memo))
+        applied = {"doc": {"$ref": ["credit_memo", f"STRIPE_cn_crash{n}"]}, "apply": True}
+        refund = {"customer": customer, "apply": {"items": [{**applied, "amount": line["amount"]}]}}
+        docs.append(_stripe_doc("customer_refund", f"re_crash{n}", refund))
     return docs
 
 
@@ -119,8 +149,11 @@ def _post(url: str, env: dict[str, str], kill_at: int | None, run_id: str, log: 
         on_hook=hook,
     )
     poster.recover()
-    poster.post("customer", depths=[0, 1])
-    poster.post("invoice")
+    for doc_type in FLOWS:
+        if doc_type == "customer":
+            poster.post("customer", depths=[0, 1])
+        else:
+            poster.post(doc_type)
 
 
 @pytest.fixture
@@ -138,7 +171,7 @@ def test_sigkill_anywhere_then_rerun_gives_exactly_one_erp_document_per_source(
     docs = _docs()
     engine = create_engine(url)
     with engine.begin() as conn:
-        for doc_type in ("customer", "invoice"):
+        for doc_type in FLOWS:
             ledger.enqueue(
                 conn,
                 [d for d in docs if d.doc_type == doc_type],
@@ -178,16 +211,36 @@ def test_sigkill_anywhere_then_rerun_gives_exactly_one_erp_document_per_source(
             ).fetchall()
         )
         assert ledger.verify_journal(conn) is None
+        # The document type each killed run was posting when it died (its last transition).
+        died_in = {
+            doc_type
+            for (doc_type,) in conn.execute(
+                sa.text(
+                    "SELECT j.doc_type FROM posting_ledger_journal j WHERE j.run_id LIKE 'run-%' "
+                    "AND j.run_id <> 'run-final' AND j.seq = (SELECT MAX(k.seq) FROM "
+                    "posting_ledger_journal k WHERE k.run_id = j.run_id)"
+                )
+            )
+        }
     assert set(states.values()) == {"posted"}
-    for record_type, expected in (("customer", CUSTOMERS), ("invoice", INVOICES)):
+    assert died_in == set(FLOWS), died_in
+    for record_type, prefix, expected in RECORDS.values():
         held = [
             r
             for r in sandbox.netsuite_records(record_type)
-            if str(r.get("externalId", "")).startswith(("SF_C", "STRIPE_in_crash"))
+            if str(r.get("externalId", "")).startswith(prefix)
         ]
         external_ids = [r["externalId"] for r in held]
         # Nothing lost, nothing twice, and the ledger knows each document's ERP id.
-        assert len(external_ids) == len(set(external_ids)) == expected
+        assert len(external_ids) == len(set(external_ids)) == expected, record_type
         assert {r["externalId"]: str(r["id"]) for r in held} == {
             x: internal[x] for x in external_ids
         }
+    # Money moved once: paid invoices are paid in full, refunded credits fully paid out.
+    invoices = {r["externalId"]: r for r in sandbox.netsuite_records("invoice")}
+    for n in range(INVOICES):
+        status = invoices[f"STRIPE_in_crash{n}"]["status"]
+        assert status == ("Paid In Full" if n < PAYMENTS else "Open"), n
+    for memo in sandbox.netsuite_records("creditmemo"):
+        if str(memo.get("externalId", "")).startswith("STRIPE_cn_crash"):
+            assert (memo["status"], memo["amountRemaining"]) == ("Fully Applied", 0)
