@@ -404,7 +404,8 @@ class SalesforceClient(ConnectorClient):
 
         ``PATCH /sobjects/{sobject}/{ext_id_field}/{value}`` is idempotent by construction:
         resending after a timeout updates the record the first attempt created, so it is safe
-        to retry. An update answers 204 without a body; the id is then read back by external id.
+        to retry. From API v46.0 an update answers 200 with the id; before, 204 without a body,
+        and the id is then read back by external id.
 
         Args:
             sobject: sObject API name (``Opportunity``).

@@ -13,8 +13,11 @@ kept in the state, settable through ``POST /__sandbox/api_limit``) the org answe
 REQUEST_LIMIT_EXCEEDED as a real org does.
 
 Account and Opportunity carry the custom fields finsync writes back (``Finsync_Invoice_Status__c``,
-``Finsync_Paid__c``, ``Finsync_ERP_Invoice_Id__c``) and the external id ``Finsync_External_Id__c``
-(External ID, not Unique: two records may share a value, and an upsert on it then answers 300).
+``Finsync_Paid__c``, ``Finsync_ERP_Invoice_Id__c``, and on Opportunity
+``Finsync_Stripe_Invoice_Id__c``) and the external id ``Finsync_External_Id__c`` (External ID, not
+Unique: two records may share a value, and an upsert on it then answers 300). An upsert that
+updates answers as the URL's API version does: 200 with ``{id, success, errors, created: false}``
+from v46.0, 204 without a body before.
 """
 
 import base64
@@ -64,6 +67,8 @@ _REQUIRED_ON_CREATE: dict[str, tuple[str, ...]] = {
 }
 _ID_PREFIX = {"Account": "001", "Opportunity": "006"}
 _READ_ONLY = frozenset({"Id", "CreatedDate", "LastModifiedDate", "SystemModstamp"})
+# From API v46.0 an upsert answers with a body on update too, and says whether it created.
+UPSERT_RESULT_SINCE = 46
 _MAX_TEXT = 255
 
 
@@ -555,10 +560,19 @@ class SalesforceSimulator(Simulator):
                 return json_response(200, self._render(obj, version, full, rec["Id"]))
             if field_name == "Id" and not matches:
                 return _errors(404, "NOT_FOUND", f"Provided external ID field Id {value} not found")
-            return self._upsert(obj, field_name, value, req.body, matches[0] if matches else None)
+            return self._upsert(
+                obj, field_name, value, req.body, matches[0] if matches else None, version=version
+            )
 
     def _upsert(
-        self, obj: str, field_name: str, value: str, raw: bytes, existing: dict[str, Any] | None
+        self,
+        obj: str,
+        field_name: str,
+        value: str,
+        raw: bytes,
+        existing: dict[str, Any] | None,
+        *,
+        version: str,
     ) -> Response:
         try:
             body = simplejson.loads(raw or b"{}", use_decimal=True)
@@ -613,6 +627,7 @@ class SalesforceSimulator(Simulator):
         stamp = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC).strftime(
             "%Y-%m-%dT%H:%M:%S.000+0000"
         )
+        with_result = int(version[1:].partition(".")[0]) >= UPSERT_RESULT_SINCE
         if existing is not None:
             existing.update(fields)
             existing["LastModifiedDate"] = existing["SystemModstamp"] = stamp
@@ -621,7 +636,11 @@ class SalesforceSimulator(Simulator):
                     "UPDATE sf_record SET body = ? WHERE object = ? AND id = ?",
                     (simplejson.dumps(existing, use_decimal=True), obj, existing["Id"]),
                 )
-            return Response(204)
+            if not with_result:
+                return Response(204)
+            return json_response(
+                200, {"id": existing["Id"], "success": True, "errors": [], "created": False}
+            )
         rid = self._new_id(obj)
         record = {
             "Id": rid,
@@ -642,7 +661,10 @@ class SalesforceSimulator(Simulator):
         with self._cache_lock:
             self._cache[obj].append(record)
             self._by_id[rid] = (obj, record)
-        return json_response(201, {"id": rid, "success": True, "errors": [], "created": True})
+        created: dict[str, Any] = {"id": rid, "success": True, "errors": []}
+        if with_result:
+            created["created"] = True
+        return json_response(201, created)
 
     def _new_id(self, obj: str) -> str:
         prefix = _ID_PREFIX[obj]

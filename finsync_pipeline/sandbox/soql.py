@@ -51,6 +51,7 @@ SCHEMA: dict[str, dict[str, str]] = {
         "CurrencyIsoCode": "string",
         **{name: "string" for name in ("Finsync_Invoice_Status__c", "Finsync_ERP_Invoice_Id__c")},
         "Finsync_Paid__c": "boolean",
+        "Finsync_Stripe_Invoice_Id__c": "string",
         "Finsync_External_Id__c": "string",
         "CreatedDate": "datetime",
         "LastModifiedDate": "datetime",

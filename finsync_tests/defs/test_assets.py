@@ -2,6 +2,7 @@
 
 import datetime as dt
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -442,7 +443,7 @@ def test_billing_status_reaches_salesforce_once_per_change(
             "FROM Account WHERE Finsync_Invoice_Status__c != null"
         )
     )
-    assert len(accounts) == sent["changed (sent)"]
+    assert len(accounts) == sent["accounts changed (sent)"]
     with create_engine(url).connect() as conn:
         posted = dict(
             conn.execute(
@@ -457,7 +458,9 @@ def test_billing_status_reaches_salesforce_once_per_change(
         assert "invoiced in ERP" in account["Finsync_Invoice_Status__c"]
         if account["Finsync_ERP_Invoice_Id__c"]:
             assert account["Finsync_ERP_Invoice_Id__c"] in erp_ids
-    # Nothing changed since: a second run sends nothing.
+    # Nothing changed since: a second run sends nothing and leaves the ledger as it was.
+    journal = "SELECT COUNT(*) FROM posting_ledger_journal WHERE erp = 'salesforce'"
+    before = _scalar(url, journal)
     loaded = defs()
     again = dg.materialize(
         [
@@ -468,7 +471,125 @@ def test_billing_status_reaches_salesforce_once_per_change(
         resources=resources,
         instance=dg.DagsterInstance.ephemeral(),
     )
-    assert _metadata(again, "crm_status_writeback")["changed (sent)"] == 0
+    rerun = _metadata(again, "crm_status_writeback")
+    assert rerun["changed (sent)"] == rerun["renewal opportunities changed (sent)"] == 0
+    assert rerun["unchanged"] == rerun["dagster/row_count"] == sent["dagster/row_count"]
+    assert _scalar(url, journal) == before
+
+
+def test_each_renewal_opportunity_says_whether_it_was_invoiced_and_paid(
+    pipeline: tuple[dg.ExecuteInProcessResult, str, dict[str, Any]],
+) -> None:
+    result, url, resources = pipeline
+    sent = _metadata(result, "crm_status_writeback")
+    with create_engine(url).connect() as conn:
+        renewals = {
+            r.opportunity_id: r
+            for r in conn.execute(
+                sa.text(
+                    "SELECT r.opportunity_id, r.status, r.invoice_id, i.status AS billing, "
+                    "l.state AS ledger_state, l.erp_internal_id FROM renewal_reconciliation r "
+                    "LEFT JOIN invoices i ON i.invoice_id = r.invoice_id "
+                    "LEFT JOIN posting_ledger l ON l.erp = 'netsuite' AND "
+                    "l.doc_type = 'invoice' AND l.source_id = r.invoice_id"
+                )
+            )
+        }
+    assert sent["renewal opportunities"] == len(renewals)
+    assert sent["renewal opportunities changed (sent)"] == len(renewals) > 0
+    # Read back from the Salesforce sandbox over HTTP, as a sales rep's report would.
+    crm = resources["salesforce"].get_client()
+    written = {
+        o["Id"]: o
+        for o in crm.query(
+            "SELECT Id, Finsync_Invoice_Status__c, Finsync_Paid__c, Finsync_ERP_Invoice_Id__c, "
+            "Finsync_Stripe_Invoice_Id__c FROM Opportunity WHERE Finsync_Invoice_Status__c != null"
+        )
+    }
+    assert set(renewals) <= set(written)
+    paid = [
+        r
+        for r in renewals.values()
+        if r.status == "matched" and r.billing == "paid" and r.ledger_state == "posted"
+    ]
+    assert paid, "the test company has a matched, paid renewal"
+    for r in paid:
+        opp = written[r.opportunity_id]
+        assert opp["Finsync_Paid__c"] is True
+        assert opp["Finsync_ERP_Invoice_Id__c"] == r.erp_internal_id
+        assert opp["Finsync_Stripe_Invoice_Id__c"] == r.invoice_id
+        assert opp["Finsync_Invoice_Status__c"].startswith("Invoiced in ERP (invoice ")
+        assert opp["Finsync_Invoice_Status__c"].endswith("), paid")
+    unpaid = [r for r in renewals.values() if r not in paid]
+    assert all(written[r.opportunity_id]["Finsync_Paid__c"] is False for r in unpaid)
+
+
+def _materialize(resources: dict[str, Any], *keys: str) -> dg.ExecuteInProcessResult:
+    loaded = defs()
+    return dg.materialize(
+        [*(loaded.assets or []), *(loaded.asset_checks or [])],  # type: ignore[list-item]
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        selection=dg.AssetSelection.assets(*keys),
+    )
+
+
+def test_a_renewal_on_a_quarantined_account_says_why_it_is_held(
+    pipeline: tuple[dg.ExecuteInProcessResult, str, dict[str, Any]],
+) -> None:
+    _result, url, resources = pipeline
+    with create_engine(url).connect() as conn:
+        bad = conn.execute(
+            sa.text(
+                "SELECT source_id, reason FROM quarantine WHERE asset = 'salesforce_accounts' "
+                "ORDER BY source_id"
+            )
+        ).first()
+    assert bad is not None, "the test company plants a malformed Salesforce account"
+    crm = resources["salesforce"].get_client()
+    # A renewal closes in Salesforce for that account; billing cannot invoice a customer
+    # finsync cannot place, so reconciliation holds the renewal.
+    renewal = {
+        "Name": "Renewal held by a bad account",
+        "AccountId": bad.source_id,
+        "Type": "Renewal",
+        "StageName": "Closed Won",
+        "IsClosed": True,
+        "IsWon": True,
+        "CloseDate": (TEST_END - dt.timedelta(days=15)).isoformat(),
+        "Amount": Decimal("1200.00"),
+        "CurrencyIsoCode": "USD",
+    }
+    # The sandbox is shared by the SQLite and the PostgreSQL run: one renewal for each.
+    key = f"TEST-HELD-RENEWAL-{create_engine(url).dialect.name}"
+    opp_id, created = crm.upsert("Opportunity", "Finsync_External_Id__c", key, renewal)
+    assert created
+    chain = ("salesforce_opportunities", "renewal_reconciliation", "crm_status_writeback")
+    try:
+        sent = _metadata(_materialize(resources, *chain), "crm_status_writeback")
+        # Only what changed is sent: the new renewal, no Account.
+        assert sent["renewal opportunities changed (sent)"] == 1
+        assert sent["accounts changed (sent)"] == 0
+        assert sent["renewal opportunities held"] >= 1
+        held = crm.get_by_external_id("Opportunity", "Id", opp_id)
+        assert held["Finsync_Invoice_Status__c"] == f"Held: data check failed: {bad.reason}"
+        assert held["Finsync_Paid__c"] is False
+        assert held["Finsync_ERP_Invoice_Id__c"] is None
+    finally:
+        # Leave the shared pipeline as it was: the renewal is lost, reconciliation drops it.
+        crm.upsert(
+            "Opportunity",
+            "Finsync_External_Id__c",
+            key,
+            {"StageName": "Closed Lost", "IsWon": False},
+        )
+        _materialize(resources, *chain[:2])
+    with create_engine(url).connect() as conn:
+        left = conn.execute(
+            sa.text("SELECT COUNT(*) FROM renewal_reconciliation WHERE opportunity_id = :id"),
+            {"id": opp_id},
+        ).scalar_one()
+    assert left == 0
 
 
 def test_every_closed_won_renewal_is_invoiced_and_in_the_erp(

@@ -9,6 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from finsync_pipeline.crm_writeback import SalesforceStatusClient
 from finsync_pipeline.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -315,6 +316,39 @@ def test_upsert_is_idempotent_and_returns_the_id(writable: Sandbox, options: Htt
     assert rows == [{"Id": first_id}]
 
 
+@pytest.mark.parametrize(
+    ("api_version", "calls"),
+    [("v60.0", 1), ("v45.0", 2)],
+    ids=["v60-answers-with-the-id", "v45-answers-204-and-the-id-is-read-back"],
+)
+def test_status_client_updates_a_renewal_opportunity_by_its_id(
+    writable: Sandbox, options: HttpOptions, api_version: str, calls: int
+) -> None:
+    sf = jwt_client(writable, options, api_version=api_version)
+    renewal = next(sf.query(soql_select("Opportunity", ["Id"], where=[("Type", "=", "Renewal")])))[
+        "Id"
+    ]
+    fields = {
+        "Finsync_Invoice_Status__c": f"Invoiced in ERP (invoice ACME-{api_version}), paid",
+        "Finsync_Paid__c": True,
+        "Finsync_ERP_Invoice_Id__c": "5012",
+        "Finsync_Stripe_Invoice_Id__c": "in_renewal",
+    }
+    before = sf.requests_made
+    assert SalesforceStatusClient(sf).upsert("Opportunity", renewal, fields) == renewal
+    assert sf.requests_made - before == calls
+    record = sf.get_by_external_id("Opportunity", "Id", renewal)
+    assert {name: record[name] for name in fields} == fields
+    listed = sf.query(
+        soql_select("Opportunity", ["Id", *fields], where=[("Finsync_Paid__c", "=", True)])
+    )
+    assert {"Id": renewal, **fields} in list(listed)
+    # Id can only update: an Opportunity that does not exist is refused, never created.
+    with pytest.raises(PermanentUpstreamError) as missing:
+        SalesforceStatusClient(sf).upsert("Opportunity", "006000000000000AAA", fields)
+    assert missing.value.status == 404
+
+
 def test_upsert_reauthenticates_after_session_expiry(
     writable: Sandbox, options: HttpOptions
 ) -> None:
@@ -326,8 +360,8 @@ def test_upsert_reauthenticates_after_session_expiry(
         "Account", "Finsync_External_Id__c", "ACC-1", {"Finsync_Paid__c": True}
     )
     assert created is False
-    # 401, new token, the PATCH (204), then the id read back by external id.
-    assert sf.requests_made - before == 4
+    # 401, new token, then the PATCH, whose answer (API v60.0) carries the id.
+    assert sf.requests_made - before == 3
 
 
 def test_upsert_errors_are_permanent_and_named(writable: Sandbox, options: HttpOptions) -> None:

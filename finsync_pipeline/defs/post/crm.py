@@ -5,13 +5,22 @@ import pandas as pd
 import sqlalchemy as sa
 
 from finsync_pipeline import ledger
-from finsync_pipeline.crm_writeback import CRM, DOC_TYPE, SalesforceStatusClient, account_statuses
+from finsync_pipeline.crm_writeback import (
+    ACCOUNT_STATUS,
+    CRM,
+    OPPORTUNITY_STATUS,
+    SalesforceStatusClient,
+    account_statuses,
+    hold_reasons,
+    opportunity_statuses,
+)
 from finsync_pipeline.defs.post.assets import _run_alive
+from finsync_pipeline.landing import sample
 from finsync_pipeline.logic.derive import ERP, LIVE_INVOICE_STATUSES
 from finsync_pipeline.posting import PostingEngine
 from finsync_pipeline.resources.salesforce import SalesforceResource
 from finsync_pipeline.resources.settings import PipelineSettings
-from finsync_pipeline.resources.warehouse import WarehouseResource
+from finsync_pipeline.resources.warehouse import WarehouseResource, read_frame
 
 OWNERS = ["team:finance-data"]
 
@@ -20,7 +29,7 @@ OWNERS = ["team:finance-data"]
     group_name="post",
     kinds={"salesforce", "python"},
     owners=OWNERS,
-    deps=["erp_postings", "invoices"],
+    deps=["erp_postings", "invoices", "renewal_reconciliation"],
     pool="salesforce_api",
 )
 def crm_status_writeback(
@@ -29,29 +38,49 @@ def crm_status_writeback(
     warehouse: WarehouseResource,
     settings: PipelineSettings,
 ) -> dg.MaterializeResult:
-    """Each billing account's status in Salesforce: how many of its invoices are in the ERP,
-    how many are paid, and the latest ERP invoice, so sales and customer success see whether a
-    renewal was invoiced and paid. Only a changed status is sent, through the posting ledger."""
+    """Billing and posting status in Salesforce, so sales and customer success see whether a
+    renewal was invoiced and paid: on each billing Account (its invoices in the ERP, paid, the
+    latest ERP invoice) and on each closed-won renewal Opportunity (its invoice, in the ERP or
+    not, paid or not, or why it is held). Only a changed status is sent, through the posting
+    ledger."""
     engine = warehouse.get_engine()
     with engine.connect() as conn:
         invoices = _invoices(conn)
-    statuses = account_statuses(invoices)
-    docs = [
-        ledger.LedgerDoc(
-            CRM,
-            DOC_TYPE,
-            r.customer_key,
-            "finsync",
-            r.customer_key,
-            f"account-status-{r.customer_key}",
-            None,
-            r.payload,
+        renewals = _renewals(conn)
+        holds = hold_reasons(
+            read_frame(
+                conn,
+                "SELECT source_id, kind, owner_queue, detail FROM finance_exceptions "
+                "WHERE status = 'open'",
+            ),
+            read_frame(conn, "SELECT source_id, reason FROM quarantine"),
         )
-        for r in statuses.itertuples(index=False)
-    ]
+    accounts = account_statuses(invoices)
+    opportunities = opportunity_statuses(renewals, holds)
+    docs = {
+        ACCOUNT_STATUS: [
+            ledger.LedgerDoc(
+                CRM, ACCOUNT_STATUS, key, "finsync", key, f"account-status-{key}", None, payload
+            )
+            for key, payload in zip(accounts["customer_key"], accounts["payload"], strict=True)
+        ],
+        OPPORTUNITY_STATUS: [
+            ledger.LedgerDoc(
+                CRM, OPPORTUNITY_STATUS, key, "finsync", key, f"renewal-status-{key}", None, payload
+            )
+            for key, payload in zip(
+                opportunities["opportunity_id"], opportunities["payload"], strict=True
+            )
+        ],
+    }
     with engine.begin() as conn:
-        queued = ledger.enqueue(conn, docs, run_id=context.run.run_id, repost_changed=True)
+        queued = {
+            doc_type: ledger.enqueue(conn, batch, run_id=context.run.run_id, repost_changed=True)
+            for doc_type, batch in docs.items()
+        }
     client = salesforce.get_client()
+    # One engine for both types: a Salesforce outage that pauses it while Accounts post
+    # leaves the Opportunities pending too, for the next run, instead of retrying into it.
     poster = PostingEngine(
         engine,
         SalesforceStatusClient(client),
@@ -62,14 +91,33 @@ def crm_status_writeback(
         batch_size=settings.posting_batch_size,
     )
     poster.recover()
-    poster.post(DOC_TYPE)
+    sent: dict[str, int] = {}
+    for doc_type in docs:
+        before = poster.stats.posted
+        poster.post(doc_type)
+        sent[doc_type] = poster.stats.posted - before
+    payloads = opportunities["payload"]
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": len(statuses),
+            "dagster/row_count": len(accounts) + len(opportunities),
+            "accounts": len(accounts),
+            "accounts changed (sent)": sent[ACCOUNT_STATUS],
+            "renewal opportunities": len(opportunities),
+            "renewal opportunities changed (sent)": sent[OPPORTUNITY_STATUS],
+            "renewal opportunities paid": int(sum(p["Finsync_Paid__c"] for p in payloads)),
+            "renewal opportunities held": int(
+                (opportunities["status"] == "held_by_exception").sum()
+            ),
             "changed (sent)": poster.stats.posted,
-            "unchanged": queued.unchanged,
+            "unchanged": sum(q.unchanged for q in queued.values()),
             "rejected": poster.stats.rejected,
             "deferred": poster.stats.deferred,
+            "rejected sample": sample(
+                pd.DataFrame(
+                    poster.stats.rejections, columns=["doc_type", "external_id", "detail"]
+                ),
+                ["doc_type", "external_id", "detail"],
+            ),
             "salesforce requests": client.requests_made,
         }
     )
@@ -85,3 +133,22 @@ def _invoices(conn: sa.Connection) -> pd.DataFrame:
     ).bindparams(sa.bindparam("live", expanding=True))
     result = conn.execute(stmt, {"erp": ERP, "live": list(LIVE_INVOICE_STATUSES)})
     return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def _renewals(conn: sa.Connection) -> pd.DataFrame:
+    """Each reconciled renewal with its invoice's billing status and ERP ledger row."""
+    result = conn.execute(
+        sa.text(
+            "SELECT r.opportunity_id, r.account_id, r.status, r.explanation, r.term_start, "
+            "r.crm_currency, r.crm_amount_minor, r.invoice_id, r.billing_currency, "
+            "r.billing_subtotal_minor, i.number AS invoice_number, i.status AS billing_status, "
+            "i.due_date, l.state AS ledger_state, l.erp_internal_id "
+            "FROM renewal_reconciliation r "
+            "LEFT JOIN invoices i ON i.invoice_id = r.invoice_id "
+            "LEFT JOIN posting_ledger l ON l.erp = :erp AND l.doc_type = 'invoice' "
+            "AND l.source_id = r.invoice_id"
+        ),
+        {"erp": ERP},
+    )
+    # object dtype: a column of amounts with a NULL must stay integers, never become float.
+    return pd.DataFrame(result.fetchall(), columns=list(result.keys()), dtype=object)
