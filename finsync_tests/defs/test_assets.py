@@ -331,7 +331,10 @@ def test_a_batch_flow_waits_for_its_window_and_only_its_window_posts_it(
         )
     realtime = _sensor(resources)
     assert isinstance(realtime, dg.SensorResult) and realtime.run_requests
-    assert realtime.run_requests[0].tags[FLOWS_TAG] == "customer,invoice,customer_payment"
+    assert (
+        realtime.run_requests[0].tags[FLOWS_TAG]
+        == "customer,invoice,customer_payment,customer_refund"
+    )
 
     # The sensor's run sends the invoice and leaves the credit memo for its window. (The test
     # documents are not real invoices: NetSuite refuses them, proof enough they were sent.)
