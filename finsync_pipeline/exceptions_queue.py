@@ -21,6 +21,8 @@ from finsync_pipeline.errors import FinsyncError
 from finsync_pipeline.resources.warehouse import read_frame
 
 POSTING_KINDS = ("posting_rejected", "posting_dead")
+# The systems with documents on the posting ledger.
+LEDGER_SYSTEMS = ("netsuite", "salesforce")
 
 
 class NothingSelected(FinsyncError):
@@ -221,12 +223,15 @@ def retry(engine: Engine, selection: Selection, *, actor: str, reason: str) -> R
                     outcome="not a posting problem: resolves itself once the cause is fixed",
                 )
                 continue
+            # The exception's system is the one that refused the document: NetSuite, or
+            # Salesforce for a status update.
+            erp = row.source_system if row.source_system in LEDGER_SYSTEMS else "netsuite"
             state = conn.execute(
                 sa.text(
                     "SELECT doc_type, state, partition_date FROM posting_ledger "
-                    "WHERE external_id = :id"
+                    "WHERE erp = :erp AND external_id = :id"
                 ),
-                {"id": row.source_id},
+                {"erp": erp, "id": row.source_id},
             ).first()
             if state is None or state.state not in ("rejected", "dead"):
                 needs_fix.append(
@@ -236,7 +241,7 @@ def retry(engine: Engine, selection: Selection, *, actor: str, reason: str) -> R
                 continue
             ledger.transition(
                 conn,
-                erp="netsuite",
+                erp=erp,
                 doc_type=state.doc_type,
                 external_id=row.source_id,
                 to_state="pending",

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from finsync_pipeline import ledger
+from finsync_pipeline import exceptions_queue, ledger
 from finsync_pipeline.definitions import defs
 from finsync_pipeline.defs.automation.definitions import automation, erp_posting_sensor
 from finsync_pipeline.errors import ConfigurationError
@@ -291,6 +291,52 @@ def test_posting_sensor_asks_for_one_run_per_backlog(tmp_path: Path) -> None:
     assert isinstance(again, dg.SensorResult) and again.run_requests
     # The same backlog gives the same run key, so the daemon launches it once.
     assert again.run_requests[0].run_key == request.run_key
+
+
+def test_a_status_salesforce_refuses_goes_to_revops_and_retry_resends_it(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    resources = _resources(sandbox.env, url)
+    engine = create_engine(url)
+    missing = "006000000000000AAA"  # no such Opportunity in the org
+    status = {"Finsync_Invoice_Status__c": "Not yet invoiced", "Finsync_Paid__c": False}
+    doc = ledger.LedgerDoc(
+        "salesforce", "opportunity_status", missing, "finsync", missing, "r-1", None, status
+    )
+    with engine.begin() as conn:
+        ledger.enqueue(conn, [doc], run_id="t", repost_changed=True)
+    writeback = [
+        a
+        for a in defs().assets or []
+        if isinstance(a, dg.AssetsDefinition) and dg.AssetKey("crm_status_writeback") in a.keys
+    ]
+    result = dg.materialize(writeback, resources=resources, instance=dg.DagsterInstance.ephemeral())
+    assert _metadata(result, "crm_status_writeback")["rejected"] == 1
+    with engine.connect() as conn:
+        (row,) = conn.execute(
+            sa.text(
+                "SELECT kind, source_system, owner_queue, detail FROM finance_exceptions "
+                "WHERE source_id = :id AND status = 'open'"
+            ),
+            {"id": missing},
+        ).all()
+    assert (row.kind, row.source_system, row.owner_queue) == (
+        "posting_rejected",
+        "salesforce",
+        "revops",
+    )
+    assert row.detail.startswith(f"Salesforce refused opportunity_status {missing}")
+    # Once the org is fixed, one command puts it back on the ledger for the next run.
+    outcome = exceptions_queue.retry(
+        engine, exceptions_queue.Selection(source_ids=(missing,)), actor="ana", reason="fixed"
+    )
+    assert outcome.requeued == [missing] and not outcome.needs_fix
+    with engine.connect() as conn:
+        state = conn.execute(
+            sa.text("SELECT state FROM posting_ledger WHERE erp = 'salesforce'")
+        ).scalar_one()
+    assert state == "pending"
 
 
 def _states(url: str) -> dict[str, str]:

@@ -23,7 +23,15 @@ def _run_alive(instance: dg.DagsterInstance, run_id: str) -> bool:
     return run is not None and not run.is_finished
 
 
-def _rejection_exceptions(rejections: list[dict[str, str]]) -> pd.DataFrame:
+def rejection_exceptions(
+    rejections: list[dict[str, str]],
+    *,
+    system: str = ERP,
+    name: str = "NetSuite",
+    owner_queue: str | None = None,
+) -> pd.DataFrame:
+    """A finance exception for each document the target system refused or the engine gave up
+    on, carrying the system's own message (``source_system`` is the target system)."""
     rows = []
     for r in rejections:
         kind = "posting_dead" if r.get("dead") else "posting_rejected"
@@ -31,18 +39,35 @@ def _rejection_exceptions(rejections: list[dict[str, str]]) -> pd.DataFrame:
         rows.append(
             {
                 "kind": kind,
-                "source_system": ERP,
+                "source_system": system,
                 "source_id": r["external_id"],
                 "severity": severity,
-                "owner_queue": owner,
+                "owner_queue": owner_queue or owner,
                 "partition_date": r["partition_date"] or None,
                 "correlation_id": r["correlation_id"],
                 "legal_entity": None,
-                "detail": f"NetSuite refused {r['doc_type']} {r['external_id']} "
+                "detail": f"{name} refused {r['doc_type']} {r['external_id']} "
                 f"({r['source_id']}): {r['detail']}",
             }
         )
     return pd.DataFrame(rows, columns=EXCEPTION_COLUMNS)
+
+
+def resolve_posted(conn: sa.Connection, system: str) -> int:
+    """Resolve the rejection exceptions of ``system`` whose document has since posted."""
+    return int(
+        conn.execute(
+            sa.text(
+                "UPDATE finance_exceptions SET status = 'resolved', resolved_at = :at, "
+                "resolution = 'auto: the document has since posted' WHERE status = 'open' "
+                "AND kind IN ('posting_rejected', 'posting_dead') AND source_system = :erp "
+                "AND source_id IN (SELECT external_id FROM posting_ledger WHERE erp = :erp "
+                "AND state = 'posted')"
+            ),
+            {"at": ledger.now_iso(), "erp": system},
+        ).rowcount
+        or 0
+    )
 
 
 @dg.asset(
@@ -106,19 +131,11 @@ def erp_postings(
             poster.post("customer", depths=depths)
         else:
             poster.post(doc_type, date_from=date_from, date_to=date_to)
-    found = _rejection_exceptions(poster.stats.rejections)
+    found = rejection_exceptions(poster.stats.rejections)
     with engine.begin() as conn:
         upserted = sync_exceptions(conn, found, detected_by="erp_postings", kinds=[])
         # A rejected or dead document that has since posted has lost its cause.
-        resolved = conn.execute(
-            sa.text(
-                "UPDATE finance_exceptions SET status = 'resolved', resolved_at = :at, "
-                "resolution = 'auto: the document has since posted' WHERE status = 'open' "
-                "AND kind IN ('posting_rejected', 'posting_dead') AND source_id IN "
-                "(SELECT external_id FROM posting_ledger WHERE erp = :erp AND state = 'posted')"
-            ),
-            {"at": ledger.now_iso(), "erp": ERP},
-        ).rowcount
+        resolved = resolve_posted(conn, ERP)
         counts = ledger.state_counts(conn, erp=ERP)
     return dg.MaterializeResult(
         metadata={
@@ -127,7 +144,7 @@ def erp_postings(
             "netsuite requests (lookups)": client.requests_made,
             "ledger by state": dg.MetadataValue.json(counts),
             "exceptions opened": upserted["open_or_refreshed"],
-            "exceptions auto-resolved": int(resolved or 0),
+            "exceptions auto-resolved": resolved,
             "rejections": sample(found, ["kind", "source_id", "detail"]),
         }
     )

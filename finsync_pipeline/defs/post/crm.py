@@ -14,8 +14,8 @@ from finsync_pipeline.crm_writeback import (
     hold_reasons,
     opportunity_statuses,
 )
-from finsync_pipeline.defs.post.assets import _run_alive
-from finsync_pipeline.landing import sample
+from finsync_pipeline.defs.post.assets import _run_alive, rejection_exceptions, resolve_posted
+from finsync_pipeline.landing import sample, sync_exceptions
 from finsync_pipeline.logic.derive import ERP, LIVE_INVOICE_STATUSES
 from finsync_pipeline.posting import PostingEngine
 from finsync_pipeline.resources.salesforce import SalesforceResource
@@ -96,6 +96,14 @@ def crm_status_writeback(
         before = poster.stats.posted
         poster.post(doc_type)
         sent[doc_type] = poster.stats.posted - before
+    # A refused update (a validation rule on a closed Opportunity, a field missing in the org)
+    # is for the Salesforce admins (revops) to fix; `finsync exceptions retry` resends it.
+    found = rejection_exceptions(
+        poster.stats.rejections, system=CRM, name="Salesforce", owner_queue="revops"
+    )
+    with engine.begin() as conn:
+        opened = sync_exceptions(conn, found, detected_by="crm_status_writeback", kinds=[])
+        resolved = resolve_posted(conn, CRM)
     payloads = opportunities["payload"]
     return dg.MaterializeResult(
         metadata={
@@ -118,6 +126,8 @@ def crm_status_writeback(
                 ),
                 ["doc_type", "external_id", "detail"],
             ),
+            "exceptions opened": opened["open_or_refreshed"],
+            "exceptions auto-resolved": resolved,
             "salesforce requests": client.requests_made,
         }
     )
