@@ -379,6 +379,31 @@ def refund_external_id(refund_id: str) -> str:
     return f"STRIPE_{refund_id}"
 
 
+def _stripe_document(
+    doc_type: str,
+    external_id: str,
+    source_id: str,
+    record: dict[str, Any],
+    *,
+    total_minor: int,
+    payload: dict[str, Any],
+) -> dict[str, Any]:
+    """A ledger document (``DOCUMENT_COLUMNS``) from a Stripe record of the partition, currency
+    and correlation id it carries."""
+    return {
+        "erp": ERP,
+        "doc_type": doc_type,
+        "external_id": external_id,
+        "source_system": "stripe",
+        "source_id": source_id,
+        "partition_date": record["partition_date"],
+        "currency": str(record["currency"]),
+        "total_minor": total_minor,
+        "payload": payload,
+        "correlation_id": record["correlation_id"],
+    }
+
+
 def _ready_index(ready: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return {str(r["invoice_id"]): r for r in ready.to_dict("records")}
 
@@ -489,18 +514,14 @@ def derive_credit_memos(
                 ]
             }
         rows.append(
-            {
-                "erp": ERP,
-                "doc_type": "credit_memo",
-                "external_id": external_id,
-                "source_system": "stripe",
-                "source_id": note_id,
-                "partition_date": note["partition_date"],
-                "currency": currency,
-                "total_minor": int(note["total_minor"]),
-                "payload": payload,
-                "correlation_id": note["correlation_id"],
-            }
+            _stripe_document(
+                "credit_memo",
+                external_id,
+                note_id,
+                note,
+                total_minor=int(note["total_minor"]),
+                payload=payload,
+            )
         )
     return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS), problems.frame()
 
@@ -525,16 +546,13 @@ def derive_void_compensations(voided: pd.DataFrame, ready: pd.DataFrame) -> pd.D
         currency = str(inv["currency"])
         external_id = void_external_id(str(inv["invoice_id"]))
         rows.append(
-            {
-                "erp": ERP,
-                "doc_type": "credit_memo",
-                "external_id": external_id,
-                "source_system": "stripe",
-                "source_id": str(inv["invoice_id"]),
-                "partition_date": inv["partition_date"],
-                "currency": currency,
-                "total_minor": int(inv["total_minor"]),
-                "payload": {
+            _stripe_document(
+                "credit_memo",
+                external_id,
+                str(inv["invoice_id"]),
+                inv,
+                total_minor=int(inv["total_minor"]),
+                payload={
                     "externalId": external_id,
                     "entity": body["entity"],
                     "tranDate": inv["partition_date"],
@@ -553,8 +571,7 @@ def derive_void_compensations(voided: pd.DataFrame, ready: pd.DataFrame) -> pd.D
                         ]
                     },
                 },
-                "correlation_id": inv["correlation_id"],
-            }
+            )
         )
     return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS)
 
@@ -601,16 +618,13 @@ def derive_payment_applications(
         amount = to_decimal(int(pay["amount_minor"]), currency)
         external_id = payment_external_id(payment_id)
         rows.append(
-            {
-                "erp": ERP,
-                "doc_type": "customer_payment",
-                "external_id": external_id,
-                "source_system": "stripe",
-                "source_id": payment_id,
-                "partition_date": pay["partition_date"],
-                "currency": currency,
-                "total_minor": int(pay["amount_minor"]),
-                "payload": {
+            _stripe_document(
+                "customer_payment",
+                external_id,
+                payment_id,
+                pay,
+                total_minor=int(pay["amount_minor"]),
+                payload={
                     "externalId": external_id,
                     "customer": ref("customer", str(invoice["customer_external_id"])),
                     "tranDate": pay["partition_date"],
@@ -627,8 +641,7 @@ def derive_payment_applications(
                         ]
                     },
                 },
-                "correlation_id": pay["correlation_id"],
-            }
+            )
         )
     return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS), problems.frame()
 
@@ -708,16 +721,13 @@ def derive_customer_refunds(
         amount = to_decimal(int(refund["amount_minor"]), currency)
         external_id = refund_external_id(refund_id)
         rows.append(
-            {
-                "erp": ERP,
-                "doc_type": "customer_refund",
-                "external_id": external_id,
-                "source_system": "stripe",
-                "source_id": refund_id,
-                "partition_date": refund["partition_date"],
-                "currency": currency,
-                "total_minor": int(refund["amount_minor"]),
-                "payload": {
+            _stripe_document(
+                "customer_refund",
+                external_id,
+                refund_id,
+                refund,
+                total_minor=int(refund["amount_minor"]),
+                payload={
                     "externalId": external_id,
                     "customer": body["entity"],
                     "tranDate": refund["partition_date"],
@@ -735,7 +745,6 @@ def derive_customer_refunds(
                         ]
                     },
                 },
-                "correlation_id": refund["correlation_id"],
-            }
+            )
         )
     return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS), problems.frame()

@@ -10,7 +10,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from finsync_pipeline import ledger
 from finsync_pipeline.landing import amounts_by_currency, sample, sync_exceptions
@@ -100,9 +100,24 @@ def _queue(
     )
 
 
-def _metadata(
-    docs: pd.DataFrame, found: pd.DataFrame, queued: ledger.EnqueueResult, synced: dict[str, int]
+def _publish(
+    engine: Engine,
+    docs: pd.DataFrame,
+    found: pd.DataFrame,
+    *,
+    doc_type: str,
+    detected_by: str,
+    kinds: list[str],
+    source_ids: list[str],
+    run_id: str,
 ) -> dict[str, Any]:
+    """Queue the derived documents and sync the detector's exceptions in one transaction;
+    the asset's common metadata."""
+    with engine.begin() as conn:
+        queued = _queue(conn, docs, doc_type, run_id)
+        synced = sync_exceptions(
+            conn, found, detected_by=detected_by, kinds=kinds, source_ids=source_ids
+        )
     return {
         "dagster/row_count": len(docs),
         "total by currency": dg.MetadataValue.json(
@@ -180,18 +195,17 @@ def credit_memo_requests(
     )
     voids = derive_void_compensations(voided, posted)
     docs = pd.concat([memos, voids], ignore_index=True)
-    with engine.begin() as conn:
-        queued = _queue(conn, docs, "credit_memo", run_id)
-        synced = sync_exceptions(
-            conn,
-            found,
-            detected_by="credit_memo_requests",
-            kinds=CREDIT_KINDS,
-            source_ids=list(notes["credit_note_id"]),
-        )
-    return dg.MaterializeResult(
-        metadata={**_metadata(docs, found, queued, synced), "void compensations": len(voids)}
+    published = _publish(
+        engine,
+        docs,
+        found,
+        doc_type="credit_memo",
+        detected_by="credit_memo_requests",
+        kinds=CREDIT_KINDS,
+        source_ids=list(notes["credit_note_id"]),
+        run_id=run_id,
     )
+    return dg.MaterializeResult(metadata={**published, "void compensations": len(voids)})
 
 
 @dg.asset(
@@ -218,18 +232,19 @@ def payment_applications(
         )
         ready = _ready(conn, [i for i in payments["invoice_id"] if isinstance(i, str)])
     docs, found = derive_payment_applications(payments, ready, master)
-    with engine.begin() as conn:
-        queued = _queue(conn, docs, "customer_payment", run_id)
-        synced = sync_exceptions(
-            conn,
-            found,
-            detected_by="payment_applications",
-            kinds=PAYMENT_KINDS,
-            source_ids=list(payments["payment_id"]),
-        )
+    published = _publish(
+        engine,
+        docs,
+        found,
+        doc_type="customer_payment",
+        detected_by="payment_applications",
+        kinds=PAYMENT_KINDS,
+        source_ids=list(payments["payment_id"]),
+        run_id=run_id,
+    )
     return dg.MaterializeResult(
         metadata={
-            **_metadata(docs, found, queued, synced),
+            **published,
             "failed charges (not posted)": int((payments["status"] == "failed").sum()),
         }
     )
@@ -274,18 +289,19 @@ def customer_refund_requests(
         )
     memos["payload"] = [ledger.loads(p) for p in memos["payload"]]
     docs, found = derive_customer_refunds(refunds, memos, posted)
-    with engine.begin() as conn:
-        queued = _queue(conn, docs, "customer_refund", run_id)
-        synced = sync_exceptions(
-            conn,
-            found,
-            detected_by="customer_refund_requests",
-            kinds=REFUND_KINDS,
-            source_ids=list(refunds["refund_id"]),
-        )
+    published = _publish(
+        engine,
+        docs,
+        found,
+        doc_type="customer_refund",
+        detected_by="customer_refund_requests",
+        kinds=REFUND_KINDS,
+        source_ids=list(refunds["refund_id"]),
+        run_id=run_id,
+    )
     return dg.MaterializeResult(
         metadata={
-            **_metadata(docs, found, queued, synced),
+            **published,
             "refunds not yet settled (not posted)": int(
                 (~refunds["status"].isin(["succeeded", "failed", "canceled"])).sum()
             ),
