@@ -111,6 +111,11 @@ def test_demo_posts_every_clean_invoice_and_reconciles_with_zero_drift(
     assert s["erp_invoices_posted"] > 0
     assert s["erp_invoices_in_erp"] == s["erp_invoices_posted"] == recon["matched"]
     assert s["drift"] == 0
+    # Each renewal the CRM and billing disagree on is drift, and revops has it in its queue.
+    renewals = s["renewal_reconciliation"]
+    assert s["renewal_drift"] - renewals["missing_in_erp"] == s["exceptions_open_by_kind"].get(
+        "renewal_mismatch", 0
+    )
     # Every finalized invoice is accounted for: posted and matched, held by an exception, or
     # in quarantine. None vanished.
     quarantined_invoices = s["quarantined_by_asset"].get("stripe_invoices", 0)

@@ -50,6 +50,7 @@ EXCEPTION_KINDS: dict[str, tuple[str, str]] = {
     "unmatched_refund": ("high", "finance_ops"),
     "refund_held": ("medium", "finance_ops"),
     "refund_reversed": ("high", "finance_ops"),
+    "renewal_mismatch": ("medium", "revops"),
 }
 
 

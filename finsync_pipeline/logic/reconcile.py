@@ -18,6 +18,8 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from finsync_pipeline.logic.derive import EXCEPTION_COLUMNS, EXCEPTION_KINDS
+
 DRIFT_STATUSES = (
     "missing_in_erp",
     "status_mismatch",
@@ -202,6 +204,38 @@ RENEWAL_COLUMNS = [
     "erp_status",
     "explanation",
 ]
+
+
+# Renewal differences between the CRM and billing: revops works them in the exceptions queue
+# (a renewal missing in the ERP is the invoice's own difference, in invoice reconciliation).
+RENEWAL_EXCEPTION_STATUSES = (
+    "missing_in_billing",
+    "amount_mismatch",
+    "currency_mismatch",
+    "status_mismatch",
+)
+
+
+def renewal_exceptions(recon: pd.DataFrame) -> pd.DataFrame:
+    """A ``renewal_mismatch`` exception for each renewal the CRM and billing disagree on."""
+    rows = []
+    for r in recon[recon["status"].isin(RENEWAL_EXCEPTION_STATUSES)].to_dict("records"):
+        severity, owner = EXCEPTION_KINDS["renewal_mismatch"]
+        rows.append(
+            {
+                "kind": "renewal_mismatch",
+                "source_system": "salesforce",
+                "source_id": r["opportunity_id"],
+                "severity": severity,
+                "owner_queue": owner,
+                "partition_date": r["term_start"],
+                "correlation_id": None,
+                "legal_entity": None,
+                "detail": f"Closed-won renewal {r['opportunity_id']} of account "
+                f"{r['account_id']} ({r['status']}): {r['explanation']}",
+            }
+        )
+    return pd.DataFrame(rows, columns=EXCEPTION_COLUMNS)
 
 
 def reconcile_renewals(

@@ -374,3 +374,45 @@ def test_a_renewal_on_a_quarantined_account_is_held_not_missing() -> None:
     assert by_id == {"006Q": "held_by_exception", "006M": "missing_in_billing"}
     held = recon[recon["opportunity_id"] == "006Q"].iloc[0]
     assert "quarantine" in held["explanation"]
+
+
+def test_a_renewal_the_crm_and_billing_disagree_on_goes_to_revops() -> None:
+    from finsync_pipeline.logic.reconcile import RENEWAL_COLUMNS, renewal_exceptions
+
+    base = dict.fromkeys(RENEWAL_COLUMNS)
+    recon = pd.DataFrame(
+        [
+            {
+                **base,
+                "opportunity_id": "006A",
+                "account_id": "001A",
+                "term_start": "2026-10-01",
+                "status": "status_mismatch",
+                "explanation": "billing voided its invoice",
+            },
+            {
+                **base,
+                "opportunity_id": "006B",
+                "account_id": "001B",
+                "term_start": "2026-10-01",
+                "status": "matched",
+                "explanation": "agree",
+            },
+            # The ERP side of a renewal is its invoice's difference, already reconciled there.
+            {
+                **base,
+                "opportunity_id": "006C",
+                "account_id": "001C",
+                "term_start": "2026-10-01",
+                "status": "missing_in_erp",
+                "explanation": "the ERP has nothing",
+            },
+        ]
+    )
+    (problem,) = renewal_exceptions(recon).to_dict("records")
+    assert (problem["kind"], problem["owner_queue"], problem["source_id"]) == (
+        "renewal_mismatch",
+        "revops",
+        "006A",
+    )
+    assert "001A" in problem["detail"] and "billing voided its invoice" in problem["detail"]

@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 
-from finsync_pipeline.landing import load_payloads, quarantined_ids, sample
+from finsync_pipeline.landing import load_payloads, quarantined_ids, sample, sync_exceptions
 from finsync_pipeline.ledger import loads as ledger_loads
 from finsync_pipeline.logic import normalize
 from finsync_pipeline.logic.derive import (
@@ -22,6 +22,7 @@ from finsync_pipeline.logic.reconcile import (
     reconcile_invoices,
     reconcile_payments,
     reconcile_renewals,
+    renewal_exceptions,
     summarize,
 )
 from finsync_pipeline.master_data import load_master_data
@@ -339,9 +340,17 @@ def renewal_reconciliation(
         billed_through=billed,
     )
     recon["run_id"] = context.run.run_id
+    found = renewal_exceptions(recon)
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM renewal_reconciliation"))
         upsert_rows(conn, "renewal_reconciliation", frame_records(recon), ["opportunity_id"])
+        synced = sync_exceptions(
+            conn,
+            found,
+            detected_by="renewal_reconciliation",
+            kinds=["renewal_mismatch"],
+            source_ids=list(recon["opportunity_id"]),
+        )
     counts = recon["status"].value_counts().astype(int).to_dict()
     drift = recon[recon["status"].isin(RENEWAL_DRIFT)]
     return dg.MaterializeResult(
@@ -350,6 +359,8 @@ def renewal_reconciliation(
             **{s: int(counts.get(s, 0)) for s in RENEWAL_STATUSES},
             "drift": len(drift),
             "outside the billing history (not judged)": len(renewals) - len(recon),
+            "exceptions open (revops)": len(found),
+            "exceptions auto-resolved": synced["auto_resolved"],
             "drift sample": sample(drift, ["status", "opportunity_id", "explanation"]),
         }
     )
