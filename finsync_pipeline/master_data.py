@@ -30,6 +30,7 @@ class LegalEntity:
     country: str
     currency: str
     netsuite_subsidiary_id: str
+    netsuite_refund_account_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def load_master_data(folder: Path | None = None) -> MasterData:
                 country=r["country"],
                 currency=normalize_currency(r["currency"]),
                 netsuite_subsidiary_id=r["netsuite_subsidiary_id"],
+                netsuite_refund_account_id=r.get("netsuite_refund_account_id") or None,
             )
             for r in entity_rows
         },

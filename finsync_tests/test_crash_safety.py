@@ -113,7 +113,8 @@ def _docs() -> list[LedgerDoc]:
         memo = {"entity": customer, "subsidiary": {"id": "1"}, "item": {"items": [line]}}
         docs.append(_stripe_doc("credit_memo", f"cn_crash{n}", memo))
         applied = {"doc": {"$ref": ["credit_memo", f"STRIPE_cn_crash{n}"]}, "apply": True}
-        refund = {"customer": customer, "apply": {"items": [{**applied, "amount": line["amount"]}]}}
+        paid_out = {"items": [{**applied, "amount": line["amount"]}]}
+        refund = {"customer": customer, "account": {"id": "111"}, "apply": paid_out}
         docs.append(_stripe_doc("customer_refund", f"re_crash{n}", refund))
     return docs
 

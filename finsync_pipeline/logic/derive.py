@@ -50,6 +50,7 @@ EXCEPTION_KINDS: dict[str, tuple[str, str]] = {
     "unmatched_refund": ("high", "finance_ops"),
     "refund_held": ("medium", "finance_ops"),
     "refund_reversed": ("high", "finance_ops"),
+    "refund_account_unmapped": ("high", "finance_ops"),
     "renewal_mismatch": ("medium", "revops"),
 }
 
@@ -652,7 +653,7 @@ UNDONE_REFUND_STATUSES = ("failed", "canceled")
 
 
 def derive_customer_refunds(
-    refunds: pd.DataFrame, memos: pd.DataFrame, posted: pd.DataFrame
+    refunds: pd.DataFrame, memos: pd.DataFrame, posted: pd.DataFrame, master: MasterData
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Customer refunds for the money Stripe returned, paying out the credit memo of the
     credit note behind each refund.
@@ -662,15 +663,23 @@ def derive_customer_refunds(
     succeeded refund is posted; a pending one waits for its next change. A refund with no
     credit note is an ``unmatched_refund`` (finance decides what it credits, never finsync); one
     whose credit note waits on an exception is ``refund_held``; one that failed or was canceled
-    after its customer refund posted is ``refund_reversed`` (void it in NetSuite).
+    after its customer refund posted is ``refund_reversed`` (void it in NetSuite). A refund is
+    paid from its subsidiary's ``netsuite_refund_account_id`` (legal_entities.csv); a
+    subsidiary without one is ``refund_account_unmapped``.
 
     Args:
         refunds: Canonical refunds.
         memos: credit_note_id, external_id and the queued payload of each credit memo.
         posted: refund_id and erp_internal_id of customer refunds already posted.
+        master: Mapping data (the refund account of each subsidiary).
     """
     problems = _Exceptions([])
     rows: list[dict[str, Any]] = []
+    account_of = {
+        e.netsuite_subsidiary_id: e.netsuite_refund_account_id
+        for e in master.legal_entities.values()
+        if e.netsuite_refund_account_id
+    }
     memo_of = {str(r["credit_note_id"]): r for r in memos.to_dict("records")}
     posted_as = dict(zip(posted["refund_id"], posted["erp_internal_id"], strict=True))
     for refund in refunds.sort_values("refund_id").to_dict("records"):
@@ -718,6 +727,17 @@ def derive_customer_refunds(
             )
             continue
         body = memo["payload"]
+        subsidiary = str(body["subsidiary"]["id"])
+        if subsidiary not in account_of:
+            problems.add(
+                "refund_account_unmapped",
+                "stripe",
+                refund_id,
+                f"Stripe refund {refund_id} is paid out by NetSuite subsidiary {subsidiary}, "
+                "which has no netsuite_refund_account_id in legal_entities.csv",
+                **extra,
+            )
+            continue
         currency = str(refund["currency"])
         amount = to_decimal(int(refund["amount_minor"]), currency)
         external_id = refund_external_id(refund_id)
@@ -734,6 +754,7 @@ def derive_customer_refunds(
                     "tranDate": refund["partition_date"],
                     "subsidiary": body["subsidiary"],
                     "currency": body["currency"],
+                    "account": {"id": account_of[subsidiary]},
                     "memo": f"finsync {refund['correlation_id']} stripe refund {refund_id} "
                     f"of charge {refund['payment_id']} ({refund['reason'] or 'no reason'})",
                     "apply": {

@@ -1956,7 +1956,8 @@ def _events(
 
 
 def netsuite_master_data() -> dict[str, list[Record]]:
-    """NetSuite master data the mapping CSVs point at: subsidiaries, currencies, items."""
+    """NetSuite master data the mapping CSVs point at: subsidiaries, currencies, items and the
+    bank accounts refunds are paid from."""
     subsidiaries = [
         {
             "id": sid,
@@ -1996,4 +1997,23 @@ def netsuite_master_data() -> dict[str, list[Record]]:
             (TAX_ITEM_ID, "Sales Tax"),
         ]
     ]
-    return {"subsidiary": subsidiaries, "currency": currencies, "item": items}
+    # One bank account per subsidiary that Stripe money moves through (legal_entities.csv maps
+    # each entity's refunds to it).
+    accounts = [
+        {
+            "id": refund_account_id(sid),
+            "acctNumber": f"10{sid}0",
+            "acctName": f"Stripe clearing {entity}",
+            "acctType": "Bank",
+            "subsidiary": {"id": sid},
+            "currency": {"id": cid},
+            "isInactive": False,
+        }
+        for entity, (sid, _ccy, cid, _countries) in LEGAL_ENTITIES.items()
+    ]
+    return {"subsidiary": subsidiaries, "currency": currencies, "item": items, "account": accounts}
+
+
+def refund_account_id(subsidiary_id: str) -> str:
+    """The sandbox NetSuite bank account a subsidiary pays customer refunds from."""
+    return f"11{subsidiary_id}"

@@ -47,7 +47,7 @@ from urllib.parse import quote, unquote
 import simplejson
 
 from finsync_pipeline.sandbox import suiteql
-from finsync_pipeline.sandbox.generator import TAX_ITEM_ID, Company
+from finsync_pipeline.sandbox.generator import TAX_ITEM_ID, Company, netsuite_master_data
 from finsync_pipeline.sandbox.http_base import Faults, Request, Response, Simulator, dumps
 from finsync_pipeline.sandbox.store import Store
 
@@ -69,7 +69,7 @@ _TITLES = {
     503: "Service Unavailable",
     504: "Gateway Timeout",
 }
-_MASTER_TYPES = ("subsidiary", "currency", "item")
+_MASTER_TYPES = ("subsidiary", "currency", "item", "account")
 _CUSTOMER_FIELDS = {
     "externalId",
     "entityId",
@@ -191,6 +191,15 @@ def ensure_schema(store: Store) -> None:
             "UPDATE ns_transaction SET amountremaining = foreigntotal, "
             "foreignamountremaining = foreigntotal WHERE amountremaining IS NULL"
         )
+        # A store seeded before bank accounts existed gains them (refunds are paid from one).
+        if conn.execute("SELECT 1 FROM ns_master WHERE type = 'subsidiary'").fetchone():
+            conn.executemany(
+                "INSERT OR IGNORE INTO ns_master (type, id, body) VALUES ('account', ?, ?)",
+                [
+                    (rec["id"], simplejson.dumps(rec, use_decimal=True))
+                    for rec in netsuite_master_data()["account"]
+                ],
+            )
 
 
 _LINE_FIELDS = {
@@ -743,12 +752,23 @@ class NetSuiteSimulator(Simulator):
     def _validate_refund(
         self, conn: sqlite3.Connection, body: dict[str, Any], own_id: int | None
     ) -> tuple[Decimal, list[tuple[int, Decimal]]]:
-        """A customer refund: its total is the credit it pays out, at least one line."""
+        """A customer refund: its total is the credit it pays out, at least one line, paid from
+        a bank account of the customer's subsidiary."""
         self._check_fields(body, _REFUND_FIELDS, "custbody")
         customer = self._customer_ref(body, "customer")
         self._subsidiary_ref(body, customer, required=False)
         currency = self._currency_ref(body, default=customer["currency"])
         self._check_date(body, "tranDate", required=True)
+        account_id = self._ref_id(body, "account", "account", required=True)
+        account = self._master("account", account_id)
+        if account is None or str(account["subsidiary"]["id"]) != str(body["subsidiary"]["id"]):
+            raise NsError(
+                400,
+                "USER_ERROR",
+                f"Invalid Field Value {account_id} for the following field: account (a bank "
+                "account of the refund's subsidiary).",
+                "account",
+            )
         applied = self._validate_apply(
             conn, body, "customerrefund", customer=customer, currency=currency, own_id=own_id
         )

@@ -4,6 +4,8 @@ A mapping file that breaks its contract stops the run that loads it, with the fi
 a wrong mapping would post every affected document to the wrong place.
 """
 
+from typing import Optional
+
 import pandera.pandas as pa
 from pandera.typing import Series
 
@@ -23,6 +25,13 @@ class LegalEntity(pa.DataFrameModel):
     currency: Series[str] = pa.Field(iso_currency=(), description="Functional currency")
     netsuite_subsidiary_id: Series[str] = pa.Field(
         str_matches=r"^[0-9]+$", description="NetSuite subsidiary internal id"
+    )
+    # Optional: a file from before the column existed still loads (refunds then wait).
+    netsuite_refund_account_id: Optional[Series[str]] = pa.Field(  # noqa: UP045 (pandera)
+        nullable=True,
+        str_matches=r"^([0-9]+)?$",
+        description="NetSuite bank account (of this subsidiary) customer refunds are paid from; "
+        "empty when the entity refunds nothing through finsync",
     )
 
 

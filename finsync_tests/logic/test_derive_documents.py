@@ -11,6 +11,7 @@ from finsync_pipeline.logic.derive import (
     derive_payment_applications,
     derive_void_compensations,
 )
+from finsync_pipeline.master_data import LegalEntity
 from finsync_tests.logic.test_derive import MASTER
 
 READY = pd.DataFrame(
@@ -204,10 +205,19 @@ MEMOS = pd.DataFrame(
     ]
 )
 NOT_POSTED = pd.DataFrame(columns=["refund_id", "erp_internal_id"])
+REFUND_MASTER = MASTER.__class__(
+    **{
+        **MASTER.__dict__,
+        "legal_entities": {
+            "UK01": LegalEntity("UK01", "finsync Ltd", "GB", "GBP", "3", "113"),
+            "US01": LegalEntity("US01", "finsync Inc.", "US", "USD", "1"),  # refunds nothing
+        },
+    }
+)
 
 
 def test_a_refund_pays_out_the_credit_memo_of_its_credit_note() -> None:
-    docs, problems = derive_customer_refunds(_refunds(), MEMOS, NOT_POSTED)
+    docs, problems = derive_customer_refunds(_refunds(), MEMOS, NOT_POSTED, REFUND_MASTER)
     assert problems.empty
     (doc,) = docs.to_dict("records")
     assert (doc["doc_type"], doc["external_id"], doc["total_minor"]) == (
@@ -218,6 +228,8 @@ def test_a_refund_pays_out_the_credit_memo_of_its_credit_note() -> None:
     body = doc["payload"]
     assert body["customer"] == {"$ref": ["customer", "SF_001A"]}
     assert (body["subsidiary"], body["currency"]) == ({"id": "3"}, {"id": "4"})
+    # Paid from the subsidiary's bank account, as legal_entities.csv maps it.
+    assert body["account"] == {"id": "113"}
     assert body["tranDate"] == "2026-10-09"
     # JPY has no minor unit: 1200 minor units are 1200 yen, not 12.00.
     assert body["apply"]["items"] == [
@@ -237,7 +249,7 @@ def test_a_refund_pays_out_the_credit_memo_of_its_credit_note() -> None:
 def test_a_refund_with_no_credit_to_pay_out_is_an_exception(
     over: dict, kind: str, wanted: str
 ) -> None:
-    docs, problems = derive_customer_refunds(_refunds(**over), MEMOS, NOT_POSTED)
+    docs, problems = derive_customer_refunds(_refunds(**over), MEMOS, NOT_POSTED, REFUND_MASTER)
     assert docs.empty
     (problem,) = problems.to_dict("records")
     assert (problem["kind"], problem["owner_queue"], problem["source_id"]) == (
@@ -250,14 +262,27 @@ def test_a_refund_with_no_credit_to_pay_out_is_an_exception(
 
 @pytest.mark.parametrize("status", ["pending", "requires_action", "failed", "canceled"])
 def test_an_unsettled_or_undone_refund_is_not_posted(status: str) -> None:
-    docs, problems = derive_customer_refunds(_refunds(status=status), MEMOS, NOT_POSTED)
+    docs, problems = derive_customer_refunds(
+        _refunds(status=status), MEMOS, NOT_POSTED, REFUND_MASTER
+    )
     assert docs.empty and problems.empty
 
 
 def test_a_refund_undone_after_it_posted_asks_finance_to_void_it() -> None:
     posted = pd.DataFrame([{"refund_id": "re_1", "erp_internal_id": "7007"}])
-    docs, problems = derive_customer_refunds(_refunds(status="failed"), MEMOS, posted)
+    docs, problems = derive_customer_refunds(
+        _refunds(status="failed"), MEMOS, posted, REFUND_MASTER
+    )
     assert docs.empty
     (problem,) = problems.to_dict("records")
     assert problem["kind"] == "refund_reversed" and problem["severity"] == "high"
     assert "7007" in problem["detail"] and "void" in problem["detail"]
+
+
+def test_a_refund_from_a_subsidiary_with_no_refund_account_is_an_exception() -> None:
+    memos = MEMOS.assign(payload=[{**MEMOS.iloc[0]["payload"], "subsidiary": {"id": "1"}}])
+    docs, problems = derive_customer_refunds(_refunds(), memos, NOT_POSTED, REFUND_MASTER)
+    assert docs.empty
+    (problem,) = problems.to_dict("records")
+    assert problem["kind"] == "refund_account_unmapped"
+    assert "subsidiary 1" in problem["detail"] and "legal_entities.csv" in problem["detail"]

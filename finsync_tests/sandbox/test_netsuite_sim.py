@@ -9,6 +9,7 @@ import pytest
 import requests
 import simplejson
 
+from finsync_pipeline.sandbox.netsuite_sim import ensure_schema
 from finsync_pipeline.sandbox.server import Sandbox
 from finsync_tests.sandbox.oauth1 import sign
 
@@ -585,6 +586,7 @@ def _refund(customer_id: str, *applied: tuple[str, Decimal]) -> dict[str, Any]:
         "customer": {"id": customer_id},
         "tranDate": "2026-02-03",
         "currency": {"id": "1"},
+        "account": {"id": "111"},
         "memo": "re_test",
         "apply": {
             "items": [{"doc": {"id": doc}, "apply": True, "amount": a} for doc, a in applied]
@@ -664,6 +666,12 @@ def test_a_customer_refund_pays_out_an_unapplied_credit(ns: NetSuite) -> None:
             id="refund-of-another-customers-credit",
         ),
         pytest.param(lambda b, o: b.update(payment=Decimal(1)), "payment", id="unknown-field"),
+        pytest.param(lambda b, o: b.pop("account"), "account", id="no-bank-account"),
+        pytest.param(
+            lambda b, o: b.update(account={"id": "112"}),
+            "account",
+            id="bank-account-of-another-subsidiary",
+        ),
     ],
 )
 def test_invalid_refunds_are_400_with_error_path(ns: NetSuite, mutate: Any, path: str) -> None:
@@ -687,3 +695,11 @@ def test_invalid_refunds_are_400_with_error_path(ns: NetSuite, mutate: Any, path
     assert resp.json()["o:errorDetails"][0]["o:errorPath"] == path
     assert ns.call("GET", f"{REST}/record/v1/customerrefund/eid:re_RFNDBAD").status_code == 404
     assert _get(ns, "creditmemo", memo)["amountRemaining"] == Decimal("9.00")
+
+
+def test_a_state_seeded_before_bank_accounts_existed_gains_them(sandbox: Sandbox) -> None:
+    with sandbox.store.tx() as conn:
+        conn.execute("DELETE FROM ns_master WHERE type = 'account'")
+    ensure_schema(sandbox.store)
+    accounts = {a["id"]: a["subsidiary"]["id"] for a in sandbox.netsuite_records("account")}
+    assert accounts == {"111": "1", "112": "2", "113": "3", "114": "4"}

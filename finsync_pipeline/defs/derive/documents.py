@@ -33,7 +33,7 @@ from finsync_pipeline.resources.warehouse import (
 OWNERS = ["team:finance-data"]
 CREDIT_KINDS = ["credit_note_held", "unmapped_product"]
 PAYMENT_KINDS = ["unmatched_payment", "payment_held"]
-REFUND_KINDS = ["unmatched_refund", "refund_held", "refund_reversed"]
+REFUND_KINDS = ["unmatched_refund", "refund_held", "refund_reversed", "refund_account_unmapped"]
 
 
 def _in(column: str, name: str = "ids") -> str:
@@ -288,7 +288,7 @@ def customer_refund_requests(
             erp=ERP,
         )
     memos["payload"] = [ledger.loads(p) for p in memos["payload"]]
-    docs, found = derive_customer_refunds(refunds, memos, posted)
+    docs, found = derive_customer_refunds(refunds, memos, posted, load_master_data())
     published = _publish(
         engine,
         docs,
