@@ -21,6 +21,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
+from finsync_pipeline.logic import derive
 from finsync_pipeline.sandbox.server import Sandbox
 from finsync_tests.conftest import TEST_END
 
@@ -459,3 +460,9 @@ def test_documents_of_a_batch_flow_await_their_window_and_are_not_drift(tmp_path
     sandbox = Sandbox(home / "sandbox")
     assert sandbox.netsuite_records("customerpayment") == []
     assert sandbox.netsuite_records("customerrefund") == []
+
+
+def test_the_readme_explains_every_exception_kind() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [kind for kind in derive.EXCEPTION_KINDS if f"`{kind}`" not in readme]
+    assert not missing, f"README.md does not explain the exception kinds {missing}"
