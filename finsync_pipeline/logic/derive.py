@@ -71,7 +71,10 @@ def ref(doc_type: str, external_id: str) -> dict[str, list[str]]:
 
 
 @dataclass
-class _Exceptions:
+class ExceptionRows:
+    """Finance exceptions found by a pure derive or reconcile step, as EXCEPTION_COLUMNS rows;
+    severity and owner queue come from the kind."""
+
     rows: list[dict[str, Any]]
 
     def add(self, kind: str, system: str, source_id: str, detail: str, **extra: Any) -> None:
@@ -102,7 +105,7 @@ def derive_customer_upserts(
     customers: pd.DataFrame, master: MasterData
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """ERP customer upserts (parents before children) and the customers that cannot be placed."""
-    problems = _Exceptions([])
+    problems = ExceptionRows([])
     rows: list[dict[str, Any]] = []
     placed: set[str] = set()
     ordered = customers.sort_values(["hierarchy_depth", "customer_key"])
@@ -205,7 +208,7 @@ def derive_invoice_ready(
     Only live invoices (open, paid, uncollectible) are posted; drafts are not final and voids
     before posting never reach the ERP.
     """
-    problems = _Exceptions([])
+    problems = ExceptionRows([])
     placed = dict(zip(upserts["customer_key"], upserts["external_id"], strict=True))
     entity_of: Mapping[str, Any] = dict(
         zip(customers["customer_key"], customers["legal_entity"], strict=True)
@@ -429,7 +432,7 @@ def derive_credit_memos(
         ready: Invoice-ready transactions of the credited invoices (their ERP coordinates).
         master: Mapping data.
     """
-    problems = _Exceptions([])
+    problems = ExceptionRows([])
     rows: list[dict[str, Any]] = []
     by_invoice = _ready_index(ready)
     product_of = dict(zip(invoice_lines["line_id"], invoice_lines["product_id"], strict=True))
@@ -587,7 +590,7 @@ def derive_payment_applications(
     unknown is an ``unmatched_payment``; one whose invoice waits on an exception is
     ``payment_held``.
     """
-    problems = _Exceptions([])
+    problems = ExceptionRows([])
     rows: list[dict[str, Any]] = []
     by_invoice = _ready_index(ready)
     collected = payments[payments["status"] == "succeeded"]
@@ -673,7 +676,7 @@ def derive_customer_refunds(
         posted: refund_id and erp_internal_id of customer refunds already posted.
         master: Mapping data (the refund account of each subsidiary).
     """
-    problems = _Exceptions([])
+    problems = ExceptionRows([])
     rows: list[dict[str, Any]] = []
     account_of = {
         e.netsuite_subsidiary_id: e.netsuite_refund_account_id

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from finsync_pipeline.logic.derive import EXCEPTION_COLUMNS, EXCEPTION_KINDS
+from finsync_pipeline.logic.derive import ExceptionRows
 
 DRIFT_STATUSES = (
     "missing_in_erp",
@@ -218,24 +218,17 @@ RENEWAL_EXCEPTION_STATUSES = (
 
 def renewal_exceptions(recon: pd.DataFrame) -> pd.DataFrame:
     """A ``renewal_mismatch`` exception for each renewal the CRM and billing disagree on."""
-    rows = []
+    problems = ExceptionRows([])
     for r in recon[recon["status"].isin(RENEWAL_EXCEPTION_STATUSES)].to_dict("records"):
-        severity, owner = EXCEPTION_KINDS["renewal_mismatch"]
-        rows.append(
-            {
-                "kind": "renewal_mismatch",
-                "source_system": "salesforce",
-                "source_id": r["opportunity_id"],
-                "severity": severity,
-                "owner_queue": owner,
-                "partition_date": r["term_start"],
-                "correlation_id": None,
-                "legal_entity": None,
-                "detail": f"Closed-won renewal {r['opportunity_id']} of account "
-                f"{r['account_id']} ({r['status']}): {r['explanation']}",
-            }
+        problems.add(
+            "renewal_mismatch",
+            "salesforce",
+            r["opportunity_id"],
+            f"Closed-won renewal {r['opportunity_id']} of account {r['account_id']} "
+            f"({r['status']}): {r['explanation']}",
+            partition_date=r["term_start"],
         )
-    return pd.DataFrame(rows, columns=EXCEPTION_COLUMNS)
+    return problems.frame()
 
 
 def reconcile_renewals(
