@@ -252,6 +252,15 @@ def cmd_exceptions_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def retry_range(date_from: str | None, date_to: str | None) -> tuple[dt.date, dt.date]:
+    """The days to reconcile after re-posting: those of the re-queued documents, or today when
+    none has a day (a customer, a Salesforce status)."""
+    today = dt.datetime.now(dt.UTC).date()
+    first = dt.date.fromisoformat(date_from) if date_from else today
+    last = dt.date.fromisoformat(date_to) if date_to else first
+    return first, last
+
+
 def cmd_exceptions_retry(args: argparse.Namespace) -> int:
     from finsync_pipeline.exceptions_queue import retry
 
@@ -263,8 +272,7 @@ def cmd_exceptions_retry(args: argparse.Namespace) -> int:
         from finsync_pipeline.runner import PipelineRun
 
         with _systems(Path(args.home)):
-            first = dt.date.fromisoformat(outcome.date_from or outcome.date_to or "")
-            last = dt.date.fromisoformat(outcome.date_to or outcome.date_from or "")
+            first, last = retry_range(outcome.date_from, outcome.date_to)
             run = PipelineRun(first, last, _progress(False))
             run.post_from_sensor()
             for lo, hi in run.unreconciled():

@@ -4,6 +4,7 @@ These run the real command in a subprocess against the real sandbox over HTTP, o
 SQLite warehouse and a real Dagster instance in the test's folder, at a small scale.
 """
 
+import datetime as dt
 import json
 import os
 import shlex
@@ -21,6 +22,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
+from finsync_pipeline.cli import retry_range
 from finsync_pipeline.logic import derive
 from finsync_pipeline.sandbox.server import Sandbox
 from finsync_tests.conftest import TEST_END
@@ -466,3 +468,13 @@ def test_the_readme_explains_every_exception_kind() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [kind for kind in derive.EXCEPTION_KINDS if f"`{kind}`" not in readme]
     assert not missing, f"README.md does not explain the exception kinds {missing}"
+
+
+def test_retry_reconciles_the_days_of_what_it_requeued_or_today_for_undated_documents() -> None:
+    assert retry_range("2026-10-02", "2026-10-05") == (
+        dt.date(2026, 10, 2),
+        dt.date(2026, 10, 5),
+    )
+    # A customer or a Salesforce status has no day: re-posting it must not fail.
+    today = dt.datetime.now(dt.UTC).date()
+    assert retry_range(None, None) == (today, today)
