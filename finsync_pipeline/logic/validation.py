@@ -29,6 +29,31 @@ class ValidationOutcome:
         return len(self.bad_ids) / self.rows if self.rows else 0.0
 
 
+def conform(df: pd.DataFrame, model: type[pa.DataFrameModel]) -> pd.DataFrame:
+    """``df`` with every contract column that holds no value cast to the contract's dtype.
+
+    A day with no credit note, or a lookup that matched nothing, builds columns of dtype
+    ``object`` or ``float64`` (pandas cannot infer a type from no values). Such a frame keeps
+    its contract: an empty day is an ordinary day, not a type error. Columns with values are
+    left alone, so a real type error is still caught by the contract.
+    """
+    out = df.copy()
+    for name, column in model.to_schema().columns.items():
+        if name not in out:
+            continue
+        if out.empty or (out[name].dtype == object and out[name].isna().all()):
+            out[name] = out[name].astype(str(column.dtype))
+    return out
+
+
+def check_contract(df: pd.DataFrame, model: type[pa.DataFrameModel]) -> pd.DataFrame:
+    """Validate ``df`` against ``model`` (eagerly: a failure stops the step) and return it,
+    conformed (see ``conform``)."""
+    out = conform(df, model)
+    model.validate(out)
+    return out
+
+
 def validate_frame(
     df: pd.DataFrame,
     model: type[pa.DataFrameModel],

@@ -21,6 +21,7 @@ from finsync_pipeline.logic.canonical import (
     build_subscriptions,
     invoice_payment_links,
 )
+from finsync_pipeline.logic.validation import check_contract
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
 from finsync_pipeline.resources.warehouse import (
     WarehouseResource,
@@ -57,7 +58,7 @@ def customers(
     billing = normalize.flatten_stripe_customers(list(stripe_raw["payload"]))
     billing = billing[~billing["source_id"].isin(bad_customers)]
     out = build_customers(accounts, billing, context.run.run_id)
-    Customer.validate(out)
+    out = check_contract(out, Customer)
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM customers"))
         upsert_rows(conn, "customers", frame_records(out), ["customer_key"])
@@ -123,8 +124,8 @@ def invoices(
         pd.Series(partition_of),
         context.run.run_id,
     )
-    Invoice.validate(head)
-    InvoiceLine.validate(body)
+    head = check_contract(head, Invoice)
+    body = check_contract(body, InvoiceLine)
     valid_ids = set(head["invoice_id"])
     links = invoice_payment_links([p for p in raw["payload"] if p.get("id") in valid_ids])
     with engine.begin() as conn:
@@ -249,7 +250,7 @@ def subscriptions(
     out = build_subscriptions(
         valid, contracts, keys.set_index("stripe_customer_id")["customer_key"], context.run.run_id
     )
-    Subscription.validate(out)
+    out = check_contract(out, Subscription)
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM subscriptions"))
         upsert_rows(conn, "subscriptions", frame_records(out), ["subscription_id"])

@@ -21,6 +21,7 @@ from finsync_pipeline.landing import (
 )
 from finsync_pipeline.logic import normalize
 from finsync_pipeline.logic.canonical import build_credit_notes, build_payments, build_refunds
+from finsync_pipeline.logic.validation import check_contract
 from finsync_pipeline.resources.warehouse import WarehouseResource, frame_records, upsert_rows
 from finsync_pipeline.schemas.canonical import CreditNote, Payment, Refund
 
@@ -66,7 +67,7 @@ def _invoice_of_intent(engine: Engine, intents: list[str]) -> dict[str, str]:
 def _store(
     engine: Engine, table: str, key: str, out: pd.DataFrame, model: type[pa.DataFrameModel]
 ) -> dict[str, Any]:
-    model.validate(out)
+    out = check_contract(out, model)
     with engine.begin() as conn:
         upsert_rows(conn, table, frame_records(out), [key])
     return {

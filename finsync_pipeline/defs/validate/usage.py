@@ -23,7 +23,12 @@ from finsync_pipeline.landing import (
 )
 from finsync_pipeline.ledger import loads
 from finsync_pipeline.logic.derive import EXCEPTION_COLUMNS, EXCEPTION_KINDS
-from finsync_pipeline.logic.validation import FAILURE_COLUMNS, ValidationOutcome, validate_frame
+from finsync_pipeline.logic.validation import (
+    FAILURE_COLUMNS,
+    ValidationOutcome,
+    check_contract,
+    validate_frame,
+)
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
 from finsync_pipeline.resources.settings import PipelineSettings
 from finsync_pipeline.resources.warehouse import SQL_DIR, WarehouseResource, read_frame, upsert_rows
@@ -268,7 +273,7 @@ def usage_daily(
             {"date_from": date_from, "date_to": date_to},
         )
     # The SQL fixes the shape; a sample of its rows is held to the contract all the same.
-    UsageDaily.validate(preview.astype({"quantity": "Int64", "events": "Int64"}))
+    check_contract(preview.astype({"quantity": "Int64", "events": "Int64"}), UsageDaily)
     rows = int(totals["n"].sum()) if len(totals) else 0
     return dg.MaterializeResult(
         metadata={
