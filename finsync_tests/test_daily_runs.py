@@ -1,9 +1,7 @@
 """A deployment runs one day at a time: every day, empty or not, runs alone and ends right.
 
 The daily schedule launches ``daily_sync_job`` for one partition each night. These tests run
-that job, through Dagster, against the sandbox over HTTP, on real warehouses: days with nothing
-at all, days with only some kinds of records, and a month of single days compared document for
-document with one backfill of the same month.
+that job, through Dagster, against the sandbox over HTTP, on a real SQLite warehouse.
 """
 
 import datetime as dt
@@ -26,15 +24,11 @@ SPEC = CompanySpec(accounts=24, months=1, seed=13, end=TEST_END)
 FIRST_DAY = add_months(TEST_END, -SPEC.months) + dt.timedelta(days=1)
 
 
-def _sandbox(folder: Path) -> Sandbox:
-    sb = Sandbox(folder)
-    sb.seed(generate(SPEC))
-    return sb
-
-
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    with _sandbox(tmp_path / "sandbox") as sb:
+    sb = Sandbox(tmp_path / "sandbox")
+    sb.seed(generate(SPEC))
+    with sb:
         yield sb
 
 
@@ -61,7 +55,7 @@ def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
 
 
 def test_a_day_with_nothing_at_all_is_an_ordinary_day(sandbox: Sandbox, sqlite_url: str) -> None:
-    # The day before the company's history: no invoice, charge, credit note, refund or usage.
+    # Days before the company's history: no invoice, charge, credit note, refund or usage.
     empty = FIRST_DAY - dt.timedelta(days=3)
     _daily(sandbox, sqlite_url, empty, dg.DagsterInstance.ephemeral())
     assert _rows(sqlite_url, "SELECT COUNT(*) FROM invoices") == [(0,)]
