@@ -183,7 +183,16 @@ class PostingEngine:
         for doc_type, external_id, holder in stale:
             if holder and self.is_run_alive(holder):
                 continue
-            found = self.client.get_by_external_id(RECORD_TYPES[doc_type], external_id)
+            row = {"erp": self.erp, "doc_type": doc_type, "external_id": external_id}
+            settle = {"run_id": self.run_id, "expect_state": "in_flight", **row}
+            try:
+                found = self.client.get_by_external_id(RECORD_TYPES[doc_type], external_id)
+            except PermanentUpstreamError as e:
+                # An id that cannot even be asked for was never sent either.
+                with self.engine.begin() as conn:
+                    ledger.transition(conn, to_state="rejected", detail=e.detail, **settle)
+                self._count("rejected")
+                continue
             with self.engine.begin() as conn:
                 payload_hash, posted_hash = self._hashes(conn, doc_type, external_id)
                 # Found under a first post, it is this payload; found after an earlier post, it
@@ -191,30 +200,22 @@ class PostingEngine:
                 if found is not None and posted_hash is None:
                     ledger.transition(
                         conn,
-                        erp=self.erp,
-                        doc_type=doc_type,
-                        external_id=external_id,
                         to_state="posted",
-                        run_id=self.run_id,
                         erp_internal_id=str(found["id"]),
                         posted_hash=payload_hash,
                         detail=f"settled by lookup: run {holder} had sent it",
-                        expect_state="in_flight",
+                        **settle,
                     )
                     self._wake_dependents(conn, doc_type, external_id)
                     self._count("recovered_posted")
                 else:
                     ledger.transition(
                         conn,
-                        erp=self.erp,
-                        doc_type=doc_type,
-                        external_id=external_id,
                         to_state="pending",
-                        run_id=self.run_id,
                         detail=f"settled by lookup: run {holder} had not sent it"
                         if found is None
                         else f"run {holder} died updating it; the update is sent again",
-                        expect_state="in_flight",
+                        **settle,
                     )
                     self._count("recovered_pending")
 

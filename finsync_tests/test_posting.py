@@ -353,6 +353,29 @@ def test_a_validation_error_rejects_the_row_with_the_erp_reason(
     assert set(by_external_id(sandbox, "invoice")) == {"STRIPE_in_good"}
 
 
+def test_an_id_that_cannot_go_in_a_url_rejects_that_document_and_posts_the_others(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient
+) -> None:
+    # A hostile upstream id: a path, a query and a fragment in one.
+    bad = "in_a/../customer/1?x=1#y"
+    enqueue(warehouse_engine, customer("c"), invoice(bad, "c"), invoice("in_good", "c"))
+    poster = make_engine(warehouse_engine, client, "run-1")
+    poster.post("customer")
+    poster.post("invoice")
+
+    stored = row(warehouse_engine, f"STRIPE_{bad}")
+    assert stored["state"] == "rejected"
+    assert "was not sent" in stored["last_error"]
+    (rejection,) = poster.stats.rejections
+    assert rejection["source_id"] == bad
+    assert rejection["detail"].endswith("[field externalId]")
+    assert set(by_external_id(sandbox, "invoice")) == {"STRIPE_in_good"}
+    # Reading NetSuite back asks for it like any other id, and finds nothing.
+    assert client.lookup_many("invoice", [f"STRIPE_{bad}", "STRIPE_in_good"]).keys() == {
+        "STRIPE_in_good"
+    }
+
+
 def test_an_outage_beyond_the_retries_defers_the_row_and_pauses_the_run(
     warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient, sleeps: list[float]
 ) -> None:
@@ -480,6 +503,21 @@ def test_recovery_puts_back_what_the_dead_run_had_not_sent(
     assert poster.stats.posted == 2
     assert set(by_external_id(sandbox, "customer")) == {"SF_a", "SF_b"}
     assert row(warehouse_engine, "SF_a")["attempts"] == 1
+
+
+def test_recovery_rejects_an_id_that_a_crashed_run_left_in_flight_and_could_not_send(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient
+) -> None:
+    # Before ids were checked per document, such a row crashed its run after the claim.
+    enqueue(warehouse_engine, customer("c"), invoice("in_a/b", "c"), invoice("in_ok", "c"))
+    _claim_as(warehouse_engine, "dead-run", doc_type="invoice")
+    poster = make_engine(warehouse_engine, client, "run-2")
+    poster.recover()
+    poster.post("customer")
+    poster.post("invoice")
+
+    assert row(warehouse_engine, "STRIPE_in_a/b")["state"] == "rejected"
+    assert set(by_external_id(sandbox, "invoice")) == {"STRIPE_in_ok"}
 
 
 def test_recovery_leaves_rows_of_a_live_run_alone(

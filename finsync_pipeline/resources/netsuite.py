@@ -237,7 +237,7 @@ class NetSuiteClient(ConnectorClient):
 
         Raises:
             PermanentUpstreamError: NetSuite refused the record (``code`` is ``o:errorCode``,
-                ``field`` is ``o:errorPath``).
+                ``field`` is ``o:errorPath``), or the external id cannot be sent at all.
             AmbiguousOutcomeError: The retries ran out and an attempt may have committed (a
                 read timeout, a connection lost after sending, a 500/502/504): look the
                 document up before sending it again.
@@ -302,13 +302,15 @@ class NetSuiteClient(ConnectorClient):
         from the result.
 
         Raises:
-            ValueError: An unsupported record type or a malformed external id.
+            ValueError: An unsupported record type.
             PermanentUpstreamError: NetSuite answered two records for one external id.
         """
         if record_type not in LOOKUP_TABLES:
             raise ValueError(f"lookup_many supports {sorted(LOOKUP_TABLES)}, not {record_type!r}")
         table, tran_type, columns = LOOKUP_TABLES[record_type]
-        wanted = list(dict.fromkeys(_external_id(x) for x in external_ids))
+        # SuiteQL literals are quoted, so any id can be asked for; one finsync would never
+        # send is simply not found.
+        wanted = list(dict.fromkeys(external_ids))
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(wanted), LOOKUP_CHUNK):
             chunk = wanted[start : start + LOOKUP_CHUNK]
@@ -391,9 +393,17 @@ class NetSuiteClient(ConnectorClient):
 
 
 def _external_id(value: str) -> str:
+    """An external id fit for an ``eid:`` URL path, or a refusal of that one document.
+
+    Nothing is sent: the refusal is permanent (resending cannot help), so the posting engine
+    rejects the document with the reason and goes on with the others.
+    """
     if not _EXTERNAL_ID.match(value):
-        raise ValueError(
-            f"netsuite external ids may hold only letters, digits, '_' and '-', got {value!r}"
+        raise PermanentUpstreamError(
+            SYSTEM,
+            f"external id {value!r} was not sent: finsync sends NetSuite external ids of "
+            "letters, digits, '_' and '-' only",
+            field="externalId",
         )
     return value
 

@@ -10,13 +10,18 @@ from pandera.typing import Series
 
 import finsync_pipeline.schemas.checks  # noqa: F401  (registers iso_date, iso_currency)
 
+# A Stripe object id: its prefix, then letters and digits. Ids become ERP external ids and URL
+# path segments, so one with anything else (a '/', a '?') is quarantined here, not sent.
+STRIPE_ID = r"^{}_[A-Za-z0-9]+$"
 INVOICE_STATUSES = ["draft", "open", "paid", "uncollectible", "void"]
 
 
 class StripeCustomerRecord(pa.DataFrameModel):
     """A Stripe customer, linked to its Salesforce account through metadata."""
 
-    source_id: Series[str] = pa.Field(unique=True, str_startswith="cus_", description="Stripe id")
+    source_id: Series[str] = pa.Field(
+        unique=True, str_matches=STRIPE_ID.format("cus"), description="Stripe id"
+    )
     name: Series[str] = pa.Field(nullable=True, description="Customer name")
     currency: Series[str] = pa.Field(nullable=True, description="Default currency, upper-case")
     salesforce_account_id: Series[str] = pa.Field(
@@ -32,7 +37,9 @@ class StripeCustomerRecord(pa.DataFrameModel):
 class StripeInvoiceRecord(pa.DataFrameModel):
     """A Stripe invoice header with its line totals (lines: StripeInvoiceLineRecord)."""
 
-    source_id: Series[str] = pa.Field(unique=True, str_startswith="in_", description="Stripe id")
+    source_id: Series[str] = pa.Field(
+        unique=True, str_matches=STRIPE_ID.format("in"), description="Stripe id"
+    )
     customer: Series[str] = pa.Field(str_startswith="cus_", description="Stripe customer id")
     status: Series[str] = pa.Field(isin=INVOICE_STATUSES, description="Stripe invoice status")
     currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217, upper-case")
@@ -73,7 +80,9 @@ class StripeInvoiceLineRecord(pa.DataFrameModel):
 class StripeSubscriptionRecord(pa.DataFrameModel):
     """A Stripe subscription; since 2025-03-31.basil its periods live on each item."""
 
-    source_id: Series[str] = pa.Field(unique=True, str_startswith="sub_", description="Stripe id")
+    source_id: Series[str] = pa.Field(
+        unique=True, str_matches=STRIPE_ID.format("sub"), description="Stripe id"
+    )
     customer: Series[str] = pa.Field(str_startswith="cus_", description="Stripe customer id")
     status: Series[str] = pa.Field(
         isin=[
@@ -96,7 +105,9 @@ class StripeSubscriptionRecord(pa.DataFrameModel):
 class StripePaymentRecord(pa.DataFrameModel):
     """A Stripe payment intent: money collected, in minor units."""
 
-    source_id: Series[str] = pa.Field(unique=True, str_startswith="pi_", description="Stripe id")
+    source_id: Series[str] = pa.Field(
+        unique=True, str_matches=STRIPE_ID.format("pi"), description="Stripe id"
+    )
     customer: Series[str] = pa.Field(nullable=True, description="Stripe customer id")
     status: Series[str] = pa.Field(
         isin=[
@@ -124,7 +135,9 @@ class StripeCreditNoteRecord(pa.DataFrameModel):
     than its total.
     """
 
-    source_id: Series[str] = pa.Field(unique=True, str_startswith="cn_", description="Stripe id")
+    source_id: Series[str] = pa.Field(
+        unique=True, str_matches=STRIPE_ID.format("cn"), description="Stripe id"
+    )
     number: Series[str] = pa.Field(nullable=True, description="Credit note number")
     invoice: Series[str] = pa.Field(str_startswith="in_", description="The invoice it credits")
     customer: Series[str] = pa.Field(str_startswith="cus_", description="Stripe customer id")
@@ -166,7 +179,9 @@ class StripeCreditNoteRecord(pa.DataFrameModel):
 class StripeRefundRecord(pa.DataFrameModel):
     """A Stripe refund of (part of) a charge. Version 1."""
 
-    source_id: Series[str] = pa.Field(unique=True, str_startswith="re_", description="Stripe id")
+    source_id: Series[str] = pa.Field(
+        unique=True, str_matches=STRIPE_ID.format("re"), description="Stripe id"
+    )
     charge: Series[str] = pa.Field(str_matches=r"^(ch|py)_", description="The charge refunded")
     payment_intent: Series[str] = pa.Field(nullable=True, description="The charge's intent")
     status: Series[str] = pa.Field(
@@ -187,7 +202,7 @@ class StripeChargeRecord(pa.DataFrameModel):
     """A Stripe charge: one attempt to move money, succeeded or failed. Version 1."""
 
     source_id: Series[str] = pa.Field(
-        unique=True, str_matches=r"^(ch|py)_", description="Stripe id"
+        unique=True, str_matches=STRIPE_ID.format("(ch|py)"), description="Stripe id"
     )
     customer: Series[str] = pa.Field(nullable=True, description="Stripe customer id")
     payment_intent: Series[str] = pa.Field(nullable=True, description="The intent it belongs to")

@@ -107,3 +107,13 @@ def test_a_row_without_an_id_is_still_explained() -> None:
     assert outcome.failures.iloc[0]["reason"] == (
         "stripe invoice (no id): field source_id fails not_nullable (value is null)"
     )
+
+
+def test_an_id_that_could_not_go_in_a_url_is_quarantined_with_its_reason() -> None:
+    hostile = {**INVOICE, "id": "in_a/../customer/1?x=1"}
+    outcome = validate_frame(
+        invoices(INVOICE, hostile), StripeInvoiceRecord, system="stripe", obj="invoice"
+    )
+    assert outcome.bad_ids == {"in_a/../customer/1?x=1"}
+    (reason,) = outcome.failures["reason"]
+    assert reason.startswith("stripe invoice in_a/../customer/1?x=1: field source_id fails")
