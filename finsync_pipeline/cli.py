@@ -269,19 +269,30 @@ def cmd_exceptions_retry(args: argparse.Namespace) -> int:
         print(f"not re-postable: {item}; it resolves itself once its cause is fixed")
     print(f"queued {len(outcome.requeued)} document(s) for posting again")
     if args.post and outcome.requeued:
+        from finsync_pipeline.exceptions_queue import posting_report
         from finsync_pipeline.runner import PipelineRun
 
         with _systems(Path(args.home)):
             first, last = retry_range(outcome.date_from, outcome.date_to)
             run = PipelineRun(first, last, _progress(False))
+            if outcome.date_from:
+                # Derive the documents' days again, so what is sent follows today's mappings.
+                run.ingest()
             run.post_from_sensor()
             for lo, hi in run.unreconciled():
                 run.reconcile(lo, hi)
             summary = run.summary()
-        print(
-            f"posted {summary['erp_invoices_posted'] + summary['erp_customers_posted']} "
-            f"document(s); drift now {summary['drift']}"
-        )
+        report = posting_report(_warehouse(args.home), outcome.requeued)
+        for doc in report:
+            items = f" (items {', '.join(doc['items_sent'])})" if doc["items_sent"] else ""
+            answer = (
+                f"posted, internal id {doc['erp_internal_id']}"
+                if doc["state"] == "posted"
+                else f"{doc['state']}: {doc['erp_answer'] or 'not sent yet'}"
+            )
+            print(f"sent {doc['doc_type']} {doc['external_id']}{items}; {doc['erp']}: {answer}")
+        posted = sum(doc["state"] == "posted" for doc in report)
+        print(f"posted {posted} document(s); drift now {summary['drift']}")
     return 0
 
 

@@ -93,29 +93,36 @@ def list_exceptions(engine: Engine, selection: Selection) -> pd.DataFrame:
 
 
 def show(engine: Engine, source_id: str) -> dict[str, Any]:
-    """Everything about one record: its exceptions, ledger rows, quarantine and actions."""
+    """Everything about one record: its exceptions, ledger rows, quarantine and actions.
+
+    ``source_id`` may be the source record (``in_...``) or its ERP external id
+    (``STRIPE_in_...``): a posting exception is filed under the external id, and shows either
+    way.
+    """
     with engine.connect() as conn:
         params = {"id": source_id}
-        exceptions = read_frame(
-            conn, "SELECT * FROM finance_exceptions WHERE source_id = :id ORDER BY kind", params
-        )
         ledger_rows = read_frame(
             conn,
-            "SELECT erp, doc_type, external_id, state, attempts, last_error, erp_internal_id, "
-            "partition_date, updated_at FROM posting_ledger "
+            "SELECT erp, doc_type, external_id, source_id, state, attempts, last_error, "
+            "erp_internal_id, partition_date, updated_at FROM posting_ledger "
             "WHERE external_id = :id OR source_id = :id ORDER BY doc_type",
             params,
+        )
+        names = sorted({source_id, *ledger_rows["external_id"], *ledger_rows["source_id"]})
+        ledger_rows = ledger_rows.drop(columns=["source_id"])
+        exceptions = _read_ids(
+            conn, "SELECT * FROM finance_exceptions WHERE source_id IN :ids ORDER BY kind", names
         )
         quarantine = read_frame(
             conn,
             "SELECT asset, field, check_name, reason FROM quarantine WHERE source_id = :id",
             params,
         )
-        actions = read_frame(
+        actions = _read_ids(
             conn,
-            "SELECT at, actor, action, kind, reason, outcome FROM exception_actions "
-            "WHERE source_id = :id ORDER BY at",
-            params,
+            "SELECT at, actor, action, kind, source_id, reason, outcome FROM exception_actions "
+            "WHERE source_id IN :ids ORDER BY at",
+            names,
         )
     if exceptions.empty and ledger_rows.empty and quarantine.empty:
         raise NothingSelected(f"no exception, ledger row or quarantined record for {source_id}")
@@ -126,6 +133,42 @@ def show(engine: Engine, source_id: str) -> dict[str, Any]:
         "quarantine": quarantine.to_dict("records"),
         "actions": actions.to_dict("records"),
     }
+
+
+def _read_ids(conn: Connection, sql: str, ids: list[str]) -> pd.DataFrame:
+    result = conn.execute(
+        sa.text(sql).bindparams(sa.bindparam("ids", expanding=True)), {"ids": ids}
+    )
+    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def posting_report(engine: Engine, external_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """What the ledger last sent for each document and what the ERP answered."""
+    if not external_ids:
+        return []
+    with engine.connect() as conn:
+        rows = _read_ids(
+            conn,
+            "SELECT erp, doc_type, external_id, state, erp_internal_id, last_error, payload "
+            "FROM posting_ledger WHERE external_id IN :ids ORDER BY external_id",
+            list(external_ids),
+        )
+    report = []
+    for row in rows.itertuples(index=False):
+        payload = ledger.loads(row.payload)
+        lines = ((payload.get("item") or {}).get("items")) or []
+        report.append(
+            {
+                "erp": row.erp,
+                "doc_type": row.doc_type,
+                "external_id": row.external_id,
+                "items_sent": [str((x.get("item") or {}).get("id")) for x in lines],
+                "state": row.state,
+                "erp_internal_id": row.erp_internal_id,
+                "erp_answer": None if row.state == "posted" else row.last_error,
+            }
+        )
+    return report
 
 
 def _record(

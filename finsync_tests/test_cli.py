@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from finsync_pipeline.cli import retry_range
 from finsync_pipeline.logic import derive
+from finsync_pipeline.master_data import DEFAULT_DIR
 from finsync_pipeline.sandbox.server import Sandbox
 from finsync_tests.conftest import TEST_END
 
@@ -379,6 +380,61 @@ def test_a_refused_document_is_reposted_with_one_command_and_every_action_is_rec
     assert [(a["actor"], a["action"], a["reason"]) for a in shown["actions"]] == [
         ("ana", "retry", "NetSuite item fixed")
     ]
+
+
+def test_a_retry_after_a_mapping_fix_sends_what_todays_mappings_derive(
+    served: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    state, ports = served
+    home = str(tmp_path / "home")
+    window = ["--from", "2026-10-20", "--to", TEST_END.isoformat()]
+    mappings = tmp_path / "mappings"
+    shutil.copytree(DEFAULT_DIR, mappings)
+    products = mappings / "products.csv"
+    fixed = products.read_text()
+    # A mistyped item: NetSuite has no item 999, so every invoice with seats is refused.
+    products.write_text(fixed.replace("prod_seats,102,", "prod_seats,999,"))
+    proc, env = _serve(state, ports)
+    env |= {"FINSYNC_MAX_BAD_SHARE": "0.5", "FINSYNC_MAPPINGS_DIR": str(mappings)}
+    try:
+        first = _summary(_finsync("run", "--home", home, *window, "--json", env=_env(**env)))
+        assert first["exceptions_open_by_kind"].get("posting_rejected", 0) > 0
+        listed = json.loads(
+            _finsync(
+                "exceptions", "list", "--home", home, "--kind", "posting_rejected", "--json"
+            ).stdout
+        )
+        refused = sorted(r["source_id"] for r in listed)
+        products.write_text(fixed)  # finance corrects the mapping, then retries
+        retried = _finsync(
+            "exceptions",
+            "retry",
+            *refused,
+            "--home",
+            home,
+            "--why",
+            "seats item fixed",
+            "--post",
+            env=_env(**env),
+        )
+    finally:
+        _stop(proc)
+    assert retried.returncode == 0, retried.stderr
+    # Each document is named with what was sent and what NetSuite answered.
+    for external_id in refused:
+        assert f" {external_id} (items " in retried.stdout
+    assert "999" not in retried.stdout
+    assert f"posted {len(refused)} document(s); drift now 0" in retried.stdout
+    # The exception was filed under the ERP external id; the Stripe id finds it too.
+    shown = json.loads(
+        _finsync(
+            "exceptions", "show", refused[0].removeprefix("STRIPE_"), "--home", home, "--json"
+        ).stdout
+    )
+    assert ("posting_rejected", "resolved") in {
+        (e["kind"], e["status"]) for e in shown["exceptions"]
+    }
+    assert [a["action"] for a in shown["actions"]] == ["retry"]
 
 
 def test_resolving_by_hand_needs_a_reason_and_is_recorded(
