@@ -47,7 +47,8 @@ def build_resources(mode: str) -> dict[str, object]:
     return {
         "warehouse": WarehouseResource(url=warehouse_url),
         "settings": PipelineSettings(
-            max_bad_share=float(os.environ.get("FINSYNC_MAX_BAD_SHARE", "0.05"))
+            max_bad_share=float(os.environ.get("FINSYNC_MAX_BAD_SHARE", "0.05")),
+            min_bad_records=int(os.environ.get("FINSYNC_MIN_BAD_RECORDS", "5")),
         ),
         "stripe": StripeResource(
             api_key=dg.EnvVar("STRIPE_API_KEY"),

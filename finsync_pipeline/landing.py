@@ -190,6 +190,27 @@ def load_run_payloads(conn: Connection, table: str, run_id: str) -> pd.DataFrame
     return df
 
 
+def load_pending_payloads(conn: Connection, table: str, canonical: str, key: str) -> pd.DataFrame:
+    """The records of an extract table that its canonical table does not carry yet.
+
+    A record is pending when no canonical row exists for it, or when the canonical row came
+    from another landing (its ``extraction_run_id`` differs). So a run that landed records and
+    then failed, or was killed, before validating them leaves them pending, and the next run
+    carries them whatever day it runs for. Records in quarantine wait there instead.
+    """
+    df = read_frame(
+        conn,
+        "SELECT l.source_id, l.partition_date, l.source_updated_at, l.extraction_run_id, "
+        f"l.payload FROM {table} l LEFT JOIN {canonical} c ON c.{key} = l.source_id "
+        f"WHERE (c.{key} IS NULL OR c.extraction_run_id <> l.extraction_run_id) "
+        "AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.asset = :table "
+        "AND q.source_id = l.source_id) ORDER BY l.source_id",
+        {"table": table},
+    )
+    df["payload"] = [loads(p) for p in df["payload"]]
+    return df
+
+
 def quarantined_ids(conn: Connection, asset: str) -> set[str]:
     """Ids of the records of ``asset`` that are in quarantine now."""
     return {

@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from finsync_pipeline.definitions import defs
-from finsync_pipeline.resources.warehouse import create_engine
+from finsync_pipeline.partitions import range_tags
+from finsync_pipeline.resources.warehouse import WarehouseResource, create_engine
 from finsync_pipeline.sandbox.generator import CompanySpec, add_months, generate
 from finsync_pipeline.sandbox.server import Sandbox
 from finsync_tests.conftest import TEST_END
@@ -32,15 +33,40 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
         yield sb
 
 
-def _daily(sb: Sandbox, url: str, day: dt.date, instance: dg.DagsterInstance) -> None:
-    """What the daily schedule launches for ``day``: the whole pipeline for one partition."""
+@pytest.fixture
+def instance(tmp_path: Path) -> dg.DagsterInstance:
+    """A Dagster instance on disk, as a deployment has: schedules and sensors read its runs."""
+    (tmp_path / "dagster").mkdir()
+    return dg.DagsterInstance.local_temp(str(tmp_path / "dagster"))
+
+
+def _daily(
+    sb: Sandbox,
+    url: str,
+    day: dt.date,
+    instance: dg.DagsterInstance,
+    *,
+    last_day: dt.date | None = None,
+    env: dict[str, str] | None = None,
+    expect_success: bool = True,
+) -> None:
+    """What the daily schedule launches for ``day``: the whole pipeline for one partition
+    (or, with ``last_day``, what a backfill launches for a range, in one run)."""
     job = defs().resolve_job_def("daily_sync_job")
+    where: dict[str, Any] = (
+        {"partition_key": day.isoformat()}
+        if last_day is None
+        else {"tags": range_tags(day, last_day)}
+    )
     result = job.execute_in_process(
         instance=instance,
-        partition_key=day.isoformat(),
-        resources=_resources(sb.env, url),
+        resources=_resources(env or sb.env, url),
         raise_on_error=False,
+        **where,
     )
+    if not expect_success:
+        assert not result.success, f"{day}: the run was meant to fail"
+        return
     failures = [
         f"{e.step_key}: {e.step_failure_data.error.message.splitlines()[0]}"
         for e in result.all_events
@@ -63,3 +89,101 @@ def test_a_day_with_nothing_at_all_is_an_ordinary_day(sandbox: Sandbox, sqlite_u
         sqlite_url,
         "SELECT COUNT(*) FROM posting_ledger WHERE doc_type <> 'customer' AND erp = 'netsuite'",
     ) == [(0,)]
+
+
+def test_what_a_failed_day_left_half_done_the_next_day_finishes(
+    sandbox: Sandbox, sqlite_url: str, instance: dg.DagsterInstance
+) -> None:
+    # October 24 has one refund and the credit note behind it. Its run lands them from Stripe,
+    # then fails: Salesforce refuses the credentials, so nothing downstream of the customers
+    # runs. October 25's run (credentials fixed) must still carry both to NetSuite.
+    refund_day = dt.date(2026, 10, 24)
+    _daily(sandbox, sqlite_url, FIRST_DAY, instance, last_day=refund_day - dt.timedelta(days=1))
+    broken = {**sandbox.env, "SALESFORCE_CLIENT_SECRET": "revoked"}
+    _daily(sandbox, sqlite_url, refund_day, instance, env=broken, expect_success=False)
+    assert _rows(sqlite_url, "SELECT COUNT(*) FROM stripe_credit_notes") == [(1,)]
+    _daily(sandbox, sqlite_url, refund_day + dt.timedelta(days=1), instance)
+
+    (note,) = _rows(sqlite_url, "SELECT source_id FROM stripe_credit_notes")
+    memo = (
+        "SELECT state FROM posting_ledger WHERE doc_type = 'credit_memo' "
+        f"AND source_id = '{note[0]}'"
+    )
+    # October 25's run carried the credit note and its refund, and queued the credit memo...
+    assert _rows(sqlite_url, memo) == [("pending",)]
+    assert _rows(sqlite_url, "SELECT credit_note_id FROM refunds") == [note]
+    assert (
+        _rows(
+            sqlite_url,
+            "SELECT kind, source_id FROM finance_exceptions WHERE status = 'open' "
+            "AND kind IN ('unmatched_refund', 'credit_note_held')",
+        )
+        == []
+    )
+    # ...and the next nightly tick runs the failed day again, which posts and reconciles it,
+    # then forgets the day once it has succeeded.
+    assert _tick(instance, refund_day + dt.timedelta(days=2)) == ["2026-10-24", "2026-10-25"]
+    _daily(sandbox, sqlite_url, refund_day, instance)
+    assert _rows(sqlite_url, memo) == [("posted",)]
+    assert _rows(
+        sqlite_url,
+        "SELECT COUNT(*) FROM payment_reconciliation WHERE status <> 'matched' "
+        "AND partition_date = '2026-10-24'",
+    ) == [(0,)]
+    assert _tick(instance, refund_day + dt.timedelta(days=2)) == ["2026-10-25"]
+
+
+def _tick(instance: dg.DagsterInstance, day: dt.date) -> list[str | None]:
+    """The partitions the daily schedule's tick at 02:00 UTC of ``day`` asks runs for."""
+    tick = dg.build_schedule_context(
+        instance=instance,
+        repository_def=defs().get_repository_def(),
+        scheduled_execution_time=dt.datetime.combine(day, dt.time(2), tzinfo=dt.UTC),
+    )
+    requests = defs().resolve_schedule_def("daily_sync_job_schedule").evaluate_tick(tick)
+    return [r.partition_key for r in requests.run_requests or []]
+
+
+def test_a_late_change_to_an_old_day_reaches_the_erp_without_a_rerun_by_hand(
+    sandbox: Sandbox, sqlite_url: str, instance: dg.DagsterInstance
+) -> None:
+    today = dt.date(2026, 10, 29)
+    _daily(sandbox, sqlite_url, FIRST_DAY, instance, last_day=today - dt.timedelta(days=1))
+    (invoice_id, day), *_ = _rows(
+        sqlite_url,
+        "SELECT i.invoice_id, i.partition_date FROM invoices i JOIN posting_ledger l "
+        "ON l.source_id = i.invoice_id AND l.doc_type = 'invoice' AND l.state = 'posted' "
+        "WHERE i.status = 'open' ORDER BY i.invoice_id",
+    )
+    # Finance voids an invoice of an older day in Stripe; the nightly run of today reads the
+    # void from the events stream and writes it back into the invoice's own day.
+    stripe = _resources(sandbox.env, sqlite_url)["stripe"].get_client()
+    stripe.post(f"/v1/invoices/{invoice_id}/void", {}, idempotency_key=f"void-{invoice_id}")
+    _daily(sandbox, sqlite_url, today, instance)
+    assert _rows(sqlite_url, f"SELECT status FROM invoices WHERE invoice_id = '{invoice_id}'") == [
+        ("open",)
+    ]
+
+    # The late-changes sensor asks for that day again, and its run reverses the invoice.
+    assert _late_changes(instance, sqlite_url) == [day]
+    _daily(sandbox, sqlite_url, dt.date.fromisoformat(day), instance)
+    assert _rows(
+        sqlite_url, f"SELECT state FROM posting_ledger WHERE external_id = 'VOID_{invoice_id}'"
+    ) == [("posted",)]
+    assert _rows(
+        sqlite_url,
+        f"SELECT status FROM invoice_reconciliation WHERE invoice_id = '{invoice_id}'",
+    ) == [("matched",)]
+    # That day is carried now; later days of the sandbox's history may have changes of their own.
+    assert day not in _late_changes(instance, sqlite_url)
+
+
+def _late_changes(instance: dg.DagsterInstance, url: str) -> list[str | None]:
+    """The partitions the late-changes sensor asks runs for."""
+    sensor = defs().resolve_sensor_def("late_changes_sensor")
+    context = dg.build_sensor_context(
+        instance=instance,
+        definitions=defs(),
+        resources={"warehouse": WarehouseResource(url=url)},
+    )
+    return [r.partition_key for r in sensor.evaluate_tick(context).run_requests or []]

@@ -103,7 +103,10 @@ def test_checks_jobs_schedules_sensors(definitions: dg.Definitions) -> None:
     jobs = {j.name for j in definitions.resolve_all_job_defs()} - {"__ASSET_JOB"}
     assert jobs == {"daily_sync_job", "erp_posting_job", "ingest_job"}
     assert [s.name for s in definitions.schedules or []] == ["daily_sync_job_schedule"]
-    assert [s.name for s in definitions.sensors or []] == ["erp_posting_sensor"]
+    assert [s.name for s in definitions.sensors or []] == [
+        "erp_posting_sensor",
+        "late_changes_sensor",
+    ]
 
 
 def test_contract_checks_block_downstream(definitions: dg.Definitions) -> None:

@@ -291,14 +291,16 @@ def invoice_payment_links(invoices: list[dict[str, Any]]) -> pd.DataFrame:
     )
 
 
-def _lineage(df: pd.DataFrame, obj: str, id_column: str, run_id: str) -> pd.DataFrame:
+def _lineage(df: pd.DataFrame, obj: str, id_column: str, run_of: Mapping[str, str]) -> pd.DataFrame:
     # A link that matched nothing is all-missing; keep text columns text (not float NaN).
     text = [c for c in df.columns if not c.endswith("_minor")]
     df = df.astype(dict.fromkeys(text, "str"))
     df["source_system"] = "stripe"
     df["source_id"] = df[id_column]
     df["source_updated_at"] = None
-    df["extraction_run_id"] = run_id
+    # The run that landed the version carried: a later run that finds a landed record with
+    # another run id knows the canonical row is behind it.
+    df["extraction_run_id"] = df[id_column].map(run_of).astype("str")
     df["correlation_id"] = [correlation_id("stripe", obj, i) for i in df[id_column]]
     return df
 
@@ -308,9 +310,12 @@ def build_payments(
     partition_of: Mapping[str, str],
     invoice_of_intent: Mapping[str, str],
     customer_keys: Mapping[str, str],
-    run_id: str,
+    run_of: Mapping[str, str],
 ) -> pd.DataFrame:
-    """Canonical payments: one row per charge, linked to the invoice its intent paid."""
+    """Canonical payments: one row per charge, linked to the invoice its intent paid.
+
+    ``partition_of`` and ``run_of`` map each charge to its day and the run that landed it.
+    """
     out = pd.DataFrame(
         {
             "payment_id": charges["source_id"],
@@ -326,14 +331,14 @@ def build_payments(
             "failure_code": charges["failure_code"],
         }
     )
-    return _lineage(out, "charge", "payment_id", run_id).reset_index(drop=True)
+    return _lineage(out, "charge", "payment_id", run_of).reset_index(drop=True)
 
 
 def build_credit_notes(
     notes: pd.DataFrame,
     partition_of: Mapping[str, str],
     customer_keys: Mapping[str, str],
-    run_id: str,
+    run_of: Mapping[str, str],
 ) -> pd.DataFrame:
     """Canonical credit notes, in minor units, linked to the invoice they credit."""
     out = pd.DataFrame(
@@ -354,7 +359,7 @@ def build_credit_notes(
             "refunded_minor": notes["refunded"].fillna(0),
         }
     )
-    return _lineage(out, "credit_note", "credit_note_id", run_id).reset_index(drop=True)
+    return _lineage(out, "credit_note", "credit_note_id", run_of).reset_index(drop=True)
 
 
 def build_refunds(
@@ -362,7 +367,7 @@ def build_refunds(
     partition_of: Mapping[str, str],
     invoice_of_intent: Mapping[str, str],
     credit_note_of_refund: Mapping[str, str],
-    run_id: str,
+    run_of: Mapping[str, str],
 ) -> pd.DataFrame:
     """Canonical refunds: money returned on a charge, with its invoice and credit note."""
     out = pd.DataFrame(
@@ -379,4 +384,4 @@ def build_refunds(
             "amount_minor": refunds["amount"],
         }
     )
-    return _lineage(out, "refund", "refund_id", run_id).reset_index(drop=True)
+    return _lineage(out, "refund", "refund_id", run_of).reset_index(drop=True)

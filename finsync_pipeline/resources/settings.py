@@ -11,6 +11,9 @@ class PipelineSettings(dg.ConfigurableResource):
         max_bad_share: The share of a partition's records that may break their contract before
             the blocking contract check fails the run. Below it, bad rows go to quarantine and
             the run goes on.
+        min_bad_records: How many records must break their contract before the share counts:
+            on a quiet day of three invoices one malformed record is a third of the day, which
+            says nothing about the feed, so it goes to quarantine and the run goes on.
         posting_max_attempts: Sends before a transiently failing document is declared dead.
         posting_batch_size: Ledger rows claimed per transaction.
         tax_tolerance_minor_per_line: How far billed tax may differ from the tax engine's, per
@@ -25,9 +28,15 @@ class PipelineSettings(dg.ConfigurableResource):
     """
 
     max_bad_share: float = Field(default=0.05, ge=0.0, le=1.0)
+    min_bad_records: int = Field(default=5, ge=1)
     posting_max_attempts: int = Field(default=8, ge=1)
     posting_batch_size: int = Field(default=50, ge=1)
     tax_tolerance_minor_per_line: int = Field(default=1, ge=0)
     avalara_concurrency: int = Field(default=4, ge=1, le=16)
     netsuite_concurrency: int = Field(default=4, ge=1, le=20)
     salesforce_max_quota_share: float = Field(default=0.5, gt=0.0, le=1.0)
+
+    def feed_is_broken(self, bad: int, share: float) -> bool:
+        """Whether ``bad`` records breaking their contract, ``share`` of those checked, should
+        stop the run: too many to be a few bad rows, and too large a share to be noise."""
+        return bad >= self.min_bad_records and share > self.max_bad_share

@@ -53,13 +53,13 @@ def warehouse_url(
 
 
 def _resources(
-    env: dict[str, str], warehouse_url: str, max_bad_share: float = 0.2
+    env: dict[str, str], warehouse_url: str, max_bad_share: float = 0.2, min_bad_records: int = 5
 ) -> dict[str, Any]:
     # A small company carries the same planted problems as a large one, so its bad share is
     # higher; the threshold is raised to let the run go on and the rows go to quarantine.
     return {
         "warehouse": WarehouseResource(url=warehouse_url),
-        "settings": PipelineSettings(max_bad_share=max_bad_share),
+        "settings": PipelineSettings(max_bad_share=max_bad_share, min_bad_records=min_bad_records),
         "stripe": StripeResource(api_key=env["STRIPE_API_KEY"], api_base=env["STRIPE_API_BASE"]),
         "salesforce": SalesforceResource(
             login_url=env["SALESFORCE_LOGIN_URL"],
@@ -239,7 +239,7 @@ def test_a_bad_share_above_the_threshold_stops_the_run_before_downstream(
     loaded = defs()
     result = dg.materialize(
         [*(loaded.assets or []), *(loaded.asset_checks or [])],  # type: ignore[list-item]
-        resources=_resources(sandbox.env, url, max_bad_share=0.0),
+        resources=_resources(sandbox.env, url, max_bad_share=0.0, min_bad_records=1),
         instance=dg.DagsterInstance.ephemeral(),
         tags=range_tags(FIRST_DAY, TEST_END),
         raise_on_error=False,

@@ -84,3 +84,14 @@ CREATE TABLE IF NOT EXISTS erp_document_requests (
     PRIMARY KEY (erp, doc_type, external_id)
 );
 CREATE INDEX IF NOT EXISTS ix_erp_document_requests_partition ON erp_document_requests (partition_date);
+
+-- The version (the landing's extraction_run_id) of each canonical row that a change-driven
+-- derive asset last derived from. A row with another version, or none here, is derived on the
+-- next run, so a run that failed between validate and derive leaves nothing behind.
+CREATE TABLE IF NOT EXISTS derived_versions (
+    asset                   TEXT NOT NULL,
+    source_id               TEXT NOT NULL,
+    extraction_run_id       TEXT NOT NULL,
+    derived_at              TEXT NOT NULL,
+    PRIMARY KEY (asset, source_id)
+);

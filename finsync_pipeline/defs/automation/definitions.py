@@ -6,9 +6,11 @@ Flows:
                      as the ledger holds due documents of a near-real-time flow, and by one
                      ``erp_posting_window_*`` schedule per batch window (``posting_flows``)
     daily_sync_job   everything, for the previous day; ``daily_sync_schedule`` runs it as a
-                     deployment would, and backfills run it over any range in one run
+                     deployment would (and runs again a recent day whose run failed), and
+                     backfills run it over any range in one run
 """
 
+import datetime as dt
 import json
 
 import dagster as dg
@@ -16,7 +18,12 @@ import sqlalchemy as sa
 
 from finsync_pipeline.ledger import now_iso
 from finsync_pipeline.logic.derive import ERP
-from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, daily_partitions
+from finsync_pipeline.partitions import (
+    HISTORY_START,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    daily_partitions,
+)
 from finsync_pipeline.posting_flows import FLOWS_TAG, batch_windows, realtime_flows
 from finsync_pipeline.resources.warehouse import WarehouseResource
 
@@ -52,12 +59,57 @@ daily_sync_job = dg.define_asset_job(
     description="The whole pipeline, extract to reconcile, for a day range.",
 )
 
-daily_sync_schedule = dg.build_schedule_from_partitioned_job(
-    daily_sync_job,
-    hour_of_day=2,
-    minute_of_hour=0,
-    description="Each night, the previous UTC day from extract to reconcile.",
+# How many days before yesterday the nightly tick looks back for a day whose run failed.
+CATCH_UP_DAYS = 7
+RETRY_OF_TAG = "finsync/retry_of"
+
+
+def failed_days(instance: dg.DagsterInstance, days: list[str]) -> dict[str, str]:
+    """Each of ``days`` whose latest daily run failed or was canceled -> that run's id."""
+    failed = {}
+    for day in days:
+        records = instance.get_run_records(
+            filters=dg.RunsFilter(job_name=daily_sync_job.name, tags={"dagster/partition": day}),
+            limit=1,
+        )
+        if records and records[0].dagster_run.status in (
+            dg.DagsterRunStatus.FAILURE,
+            dg.DagsterRunStatus.CANCELED,
+        ):
+            failed[day] = records[0].dagster_run.run_id
+    return failed
+
+
+@dg.schedule(
+    name="daily_sync_job_schedule",
+    job=daily_sync_job,
+    cron_schedule="0 2 * * *",
+    execution_timezone="UTC",
+    description="Each night, the previous UTC day from extract to reconcile, and again any of "
+    f"the {CATCH_UP_DAYS} days before it whose last run failed.",
 )
+def daily_sync_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+    """Yesterday's run, and a new run for each recent day whose latest run failed or was
+    canceled: the next night finishes what a failed night left, without anyone re-running a
+    day by hand. A day that keeps failing is tried each night for ``CATCH_UP_DAYS`` nights."""
+    today = (context.scheduled_execution_time or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    yesterday = today.date() - dt.timedelta(days=1)
+    earliest = dt.date.fromisoformat(HISTORY_START)
+    earlier = [
+        d.isoformat()
+        for d in (yesterday - dt.timedelta(days=n) for n in range(CATCH_UP_DAYS, 0, -1))
+        if d >= earliest
+    ]
+    requests = [
+        dg.RunRequest(
+            run_key=f"{day}:after:{run_id}", partition_key=day, tags={RETRY_OF_TAG: run_id}
+        )
+        for day, run_id in failed_days(context.instance, earlier).items()
+    ]
+    return [
+        *requests,
+        dg.RunRequest(run_key=yesterday.isoformat(), partition_key=yesterday.isoformat()),
+    ]
 
 
 def due_posting_window(conn: sa.Connection, flows: list[str]) -> dict[str, object] | None:
@@ -116,6 +168,77 @@ def erp_posting_sensor(
     )
 
 
+# Days the late-changes sensor asks runs for at one tick, oldest first.
+LATE_DAYS_PER_TICK = 7
+LATE_CHANGES_TAG = "finsync/late_changes"
+
+
+def days_behind(conn: sa.Connection, limit: int) -> list[dict[str, object]]:
+    """The days whose landed Stripe invoices the canonical invoices do not carry yet.
+
+    The events stream writes a late change (a payment, a void, a finalization days later)
+    back into the day the invoice was created, under the run that read it; the canonical row
+    keeps the run that validated its day. A day with such a difference has changes nothing
+    downstream has seen. Quarantined invoices wait in quarantine instead.
+    """
+    rows = conn.execute(
+        sa.text(
+            "SELECT l.partition_date AS day, COUNT(*) AS n, MAX(l.extracted_at) AS touched "
+            "FROM stripe_invoices l LEFT JOIN invoices c ON c.invoice_id = l.source_id "
+            "WHERE l.partition_date >= :start "
+            "AND (c.invoice_id IS NULL OR c.extraction_run_id <> l.extraction_run_id) "
+            "AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.asset = 'stripe_invoices' "
+            "AND q.source_id = l.source_id) "
+            "GROUP BY l.partition_date ORDER BY l.partition_date LIMIT :limit"
+        ),
+        {"start": HISTORY_START, "limit": limit},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+@dg.sensor(
+    job=daily_sync_job,
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Runs an older day again when the events stream has written a late change "
+    "into it (an invoice paid, voided or finalized after its day), so the change reaches "
+    "derive, the ledger and reconciliation without anyone re-running the day by hand.",
+)
+def late_changes_sensor(
+    context: dg.SensorEvaluationContext, warehouse: WarehouseResource
+) -> dg.SensorResult:
+    busy = context.instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=daily_sync_job.name,
+            statuses=[
+                dg.DagsterRunStatus.QUEUED,
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED,
+            ],
+        ),
+        limit=1,
+    )
+    if busy:
+        # A running day may be the very run about to carry these changes.
+        return dg.SensorResult(skip_reason="a daily run is in progress")
+    with warehouse.get_engine().connect() as conn:
+        behind = days_behind(conn, LATE_DAYS_PER_TICK)
+    if not behind:
+        return dg.SensorResult(skip_reason="every landed change is carried downstream")
+    # The run key fingerprints the day's unseen changes: the same changes never launch twice.
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=f"{d['day']}:{d['n']}:{d['touched']}",
+                partition_key=str(d["day"]),
+                tags={LATE_CHANGES_TAG: str(d["n"])},
+            )
+            for d in behind
+        ]
+    )
+
+
 def posting_window_schedule(flows: list[str], cron: str) -> dg.ScheduleDefinition:
     """The batch window of ``flows``: at each tick of ``cron`` (UTC), one posting run for
     whatever of them is due."""
@@ -151,10 +274,11 @@ def posting_window_schedules(windows: dict[str, str]) -> list[dg.ScheduleDefinit
 
 @dg.definitions
 def automation() -> dg.Definitions:
-    """The jobs, the posting sensor, the daily schedule and the batch-window schedules set in
-    FINSYNC_POSTING_BATCH_WINDOWS (none by default: every flow posts in near real time)."""
+    """The jobs, the posting and late-changes sensors, the daily schedule and the batch-window
+    schedules set in FINSYNC_POSTING_BATCH_WINDOWS (none by default: every flow posts in near
+    real time)."""
     return dg.Definitions(
         jobs=[ingest_job, erp_posting_job, daily_sync_job],
-        sensors=[erp_posting_sensor],
+        sensors=[erp_posting_sensor, late_changes_sensor],
         schedules=[daily_sync_schedule, *posting_window_schedules(batch_windows())],
     )

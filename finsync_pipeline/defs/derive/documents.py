@@ -1,8 +1,10 @@
 """Derive: credit memos, customer payments and refunds for the ERP, queued on the posting ledger.
 
-Change-driven like the canonical payments and credit notes they read: each run looks at the
-records its extracts landed, plus every record an open exception of these kinds still holds
-(its cause may be gone now), so a fixed mapping clears the queue on the next run.
+Change-driven like the canonical payments and credit notes they read: each run derives from
+every canonical row whose version (the run that landed it) it has not derived from yet, as
+``derived_versions`` records, plus every record an open exception of these kinds still holds
+(its cause may be gone now), so a fixed mapping clears the queue on the next run. A run that
+failed or was killed between validate and derive leaves its rows for the next run.
 """
 
 from typing import Any
@@ -33,6 +35,8 @@ from finsync_pipeline.resources.warehouse import (
 OWNERS = ["team:finance-data"]
 CREDIT_KINDS = ["credit_note_held", "unmapped_product"]
 PAYMENT_KINDS = ["unmatched_payment", "payment_held"]
+# The derive_versions name of the reversals of invoices voided after they were posted.
+VOID_COMPENSATIONS = "void_compensations"
 REFUND_KINDS = ["unmatched_refund", "refund_held", "refund_reversed", "refund_account_unmapped"]
 
 
@@ -47,6 +51,30 @@ def _read(conn: Connection, sql: str, ids: list[str], **params: Any) -> pd.DataF
         sa.text(sql).bindparams(sa.bindparam("ids", expanding=True)), {"ids": ids, **params}
     )
     return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def _pending(
+    conn: Connection, *, asset: str, table: str, key: str, held: list[str]
+) -> pd.DataFrame:
+    """The rows of a canonical table that ``asset`` has not derived from at their current
+    version, and the rows an open exception of its kinds holds."""
+    return _read(
+        conn,
+        f"SELECT c.* FROM {table} c LEFT JOIN derived_versions d ON d.asset = :asset "
+        f"AND d.source_id = c.{key} WHERE d.source_id IS NULL "
+        f"OR d.extraction_run_id <> c.extraction_run_id OR {_in('c.' + key)}",
+        held,
+        asset=asset,
+    )
+
+
+def _versions(asset: str, rows: pd.DataFrame, key: str) -> list[dict[str, Any]]:
+    """What ``asset`` derived from, to record in ``derived_versions``."""
+    at = ledger.now_iso()
+    return [
+        {"asset": asset, "source_id": k, "extraction_run_id": v, "derived_at": at}
+        for k, v in zip(rows[key], rows["extraction_run_id"], strict=True)
+    ]
 
 
 def _held(conn: Connection, detected_by: str, kinds: list[str]) -> list[str]:
@@ -109,15 +137,17 @@ def _publish(
     detected_by: str,
     kinds: list[str],
     source_ids: list[str],
+    versions: list[dict[str, Any]],
     run_id: str,
 ) -> dict[str, Any]:
-    """Queue the derived documents and sync the detector's exceptions in one transaction;
-    the asset's common metadata."""
+    """Queue the derived documents, sync the detector's exceptions and record the versions
+    derived from, in one transaction; the asset's common metadata."""
     with engine.begin() as conn:
         queued = _queue(conn, docs, doc_type, run_id)
         synced = sync_exceptions(
             conn, found, detected_by=detected_by, kinds=kinds, source_ids=source_ids
         )
+        upsert_rows(conn, "derived_versions", versions, ["asset", "source_id"])
     return {
         "dagster/row_count": len(docs),
         "total by currency": dg.MetadataValue.json(
@@ -147,11 +177,12 @@ def credit_memo_requests(
     master = load_master_data()
     with engine.connect() as conn:
         held = _held(conn, "credit_memo_requests", CREDIT_KINDS)
-        notes = _read(
+        notes = _pending(
             conn,
-            f"SELECT * FROM credit_notes WHERE extraction_run_id = :run OR {_in('credit_note_id')}",
-            held,
-            run=run_id,
+            asset="credit_memo_requests",
+            table="credit_notes",
+            key="credit_note_id",
+            held=held,
         )
         raw = _read(
             conn,
@@ -163,8 +194,10 @@ def credit_memo_requests(
             "SELECT i.*, l.external_id AS posted_external_id, l.payload AS posted_payload "
             "FROM invoices i JOIN posting_ledger l ON l.erp = :erp AND "
             "l.doc_type = 'invoice' AND l.source_id = i.invoice_id AND l.state = 'posted' "
-            "WHERE i.status = 'void' AND i.extraction_run_id = :run",
-            {"erp": ERP, "run": run_id},
+            "LEFT JOIN derived_versions d ON d.asset = :voids AND d.source_id = i.invoice_id "
+            "WHERE i.status = 'void' AND (d.source_id IS NULL "
+            "OR d.extraction_run_id <> i.extraction_run_id)",
+            {"erp": ERP, "voids": VOID_COMPENSATIONS},
         )
         ready = _ready(conn, list(notes["invoice_id"]))
         lines = _read(
@@ -203,6 +236,10 @@ def credit_memo_requests(
         detected_by="credit_memo_requests",
         kinds=CREDIT_KINDS,
         source_ids=list(notes["credit_note_id"]),
+        versions=[
+            *_versions("credit_memo_requests", notes, "credit_note_id"),
+            *_versions(VOID_COMPENSATIONS, voided, "invoice_id"),
+        ],
         run_id=run_id,
     )
     return dg.MaterializeResult(metadata={**published, "void compensations": len(voids)})
@@ -224,11 +261,8 @@ def payment_applications(
     master = load_master_data()
     with engine.connect() as conn:
         held = _held(conn, "payment_applications", PAYMENT_KINDS)
-        payments = _read(
-            conn,
-            f"SELECT * FROM payments WHERE extraction_run_id = :run OR {_in('payment_id')}",
-            held,
-            run=run_id,
+        payments = _pending(
+            conn, asset="payment_applications", table="payments", key="payment_id", held=held
         )
         ready = _ready(conn, [i for i in payments["invoice_id"] if isinstance(i, str)])
     docs, found = derive_payment_applications(payments, ready, master)
@@ -240,6 +274,7 @@ def payment_applications(
         detected_by="payment_applications",
         kinds=PAYMENT_KINDS,
         source_ids=list(payments["payment_id"]),
+        versions=_versions("payment_applications", payments, "payment_id"),
         run_id=run_id,
     )
     return dg.MaterializeResult(
@@ -266,11 +301,8 @@ def customer_refund_requests(
     engine = warehouse.get_engine()
     with engine.connect() as conn:
         held = _held(conn, "customer_refund_requests", REFUND_KINDS)
-        refunds = _read(
-            conn,
-            f"SELECT * FROM refunds WHERE extraction_run_id = :run OR {_in('refund_id')}",
-            held,
-            run=run_id,
+        refunds = _pending(
+            conn, asset="customer_refund_requests", table="refunds", key="refund_id", held=held
         )
         notes = sorted({n for n in refunds["credit_note_id"] if isinstance(n, str)})
         memos = _read(
@@ -297,6 +329,7 @@ def customer_refund_requests(
         detected_by="customer_refund_requests",
         kinds=REFUND_KINDS,
         source_ids=list(refunds["refund_id"]),
+        versions=_versions("customer_refund_requests", refunds, "refund_id"),
         run_id=run_id,
     )
     return dg.MaterializeResult(

@@ -83,7 +83,9 @@ def customers(
             group_name="validate",
             kinds={"python", "sql"},
             owners=OWNERS,
-            deps=["stripe_invoices", "stripe_customers"],
+            # The changes stream writes late changes into the extract first: the same run
+            # validates them.
+            deps=["stripe_invoices", "stripe_invoice_changes", "stripe_customers"],
             description="Stripe invoices in integer minor units with their lineage and "
             "correlation id; quarantined invoices are left out until fixed.",
             partitions_def=daily_partitions,

@@ -2,7 +2,7 @@
 
 Each check runs its pandera contract lazily over the partition range, sends every invalid row
 to quarantine with the system, record, field and check, and fails the run only when the share
-of bad rows passes ``PipelineSettings.max_bad_share``.
+of bad rows passes ``PipelineSettings.max_bad_share`` and at least ``min_bad_records`` are bad.
 """
 
 from collections.abc import Callable
@@ -209,14 +209,16 @@ def _result(
                 {"a": asset},
             ).scalar_one()
         share = held / total if total else 0.0
+        bad = held
     return dg.AssetCheckResult(
-        passed=share <= settings.max_bad_share,
+        passed=not settings.feed_is_broken(bad, share),
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={
             "rows checked": outcome.rows,
             "rows quarantined": bad,
             "bad share": round(share, 4),
             "threshold": settings.max_bad_share,
+            "minimum bad records": settings.min_bad_records,
             "failures by check": dg.MetadataValue.json(
                 outcome.failures.groupby("check_name").size().astype(int).to_dict()
             ),

@@ -1,10 +1,13 @@
 """Validate: canonical payments, credit notes and refunds.
 
-These assets are change-driven rather than partitioned: each run turns what this run's Stripe
-extracts landed (their rows carry the run id) into canonical rows. The cost follows the day's
-volume, and Dagster does not record a year of partitions for each of them on a backfill.
+These assets are change-driven rather than partitioned: each run turns what the Stripe extracts
+landed and the canonical tables do not carry yet into canonical rows. That is this run's
+landings, plus whatever an earlier run landed and then failed (or was killed) before carrying,
+so the next run finishes it whatever day it runs for. The cost follows the day's volume, and
+Dagster does not record a year of partitions for each of them on a backfill.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
@@ -16,9 +19,9 @@ from sqlalchemy.engine import Engine
 from finsync_pipeline.landing import (
     amounts_by_currency,
     column_schema,
-    load_run_payloads,
-    quarantined_ids,
+    load_pending_payloads,
 )
+from finsync_pipeline.ledger import loads
 from finsync_pipeline.logic import normalize
 from finsync_pipeline.logic.canonical import build_credit_notes, build_payments, build_refunds
 from finsync_pipeline.logic.validation import check_contract
@@ -28,16 +31,16 @@ from finsync_pipeline.schemas.canonical import CreditNote, Payment, Refund
 OWNERS = ["team:finance-data"]
 
 
-def _landed(
-    engine: Engine, table: str, run_id: str, flatten: Any
-) -> tuple[pd.DataFrame, dict[str, str]]:
-    """This run's valid records of an extract table, flattened, and their partition days."""
-    with engine.connect() as conn:
-        raw = load_run_payloads(conn, table, run_id)
-        bad = quarantined_ids(conn, table)
-    flat = flatten(list(raw["payload"]))
-    partition_of = dict(zip(raw["source_id"], raw["partition_date"], strict=True))
-    return flat[~flat["source_id"].isin(bad)].reset_index(drop=True), partition_of
+class Landed:
+    """The landed records of an extract table that its canonical table does not carry yet."""
+
+    def __init__(self, engine: Engine, table: str, canonical: str, key: str, flatten: Any):
+        with engine.connect() as conn:
+            raw = load_pending_payloads(conn, table, canonical, key)
+        self.payloads: list[dict[str, Any]] = list(raw["payload"])
+        self.records: pd.DataFrame = flatten(self.payloads)
+        self.partition_of = dict(zip(raw["source_id"], raw["partition_date"], strict=True))
+        self.run_of = dict(zip(raw["source_id"], raw["extraction_run_id"], strict=True))
 
 
 def _lookup(engine: Engine, sql: str, keys: list[str]) -> dict[str, str]:
@@ -64,6 +67,48 @@ def _invoice_of_intent(engine: Engine, intents: list[str]) -> dict[str, str]:
     )
 
 
+def _credit_note_of_refund(
+    engine: Engine,
+    refunds: pd.DataFrame,
+    partition_of: Mapping[str, str],
+    invoice_of_intent: Mapping[str, str],
+) -> dict[str, str]:
+    """Refund id -> the credit note behind it.
+
+    Stripe links the two from the credit note's side (``refunds[]``) and creates them together,
+    so the note is among those landed on the refund's day or those crediting its invoice,
+    whichever run landed them. A refund landed again later (a status change) keeps the link it
+    was first given.
+    """
+    ids = sorted(refunds["source_id"])
+    note_of = _lookup(
+        engine,
+        "SELECT refund_id, credit_note_id FROM refunds WHERE refund_id IN :keys "
+        "AND credit_note_id IS NOT NULL",
+        ids,
+    )
+    days = sorted({partition_of[i] for i in ids if partition_of.get(i)})
+    invoices = sorted(
+        {invoice_of_intent[i] for i in refunds["payment_intent"] if i in invoice_of_intent}
+    )
+    if not days and not invoices:
+        return note_of
+    stmt = sa.text(
+        "SELECT payload FROM stripe_credit_notes WHERE partition_date IN :days OR source_id IN "
+        "(SELECT credit_note_id FROM credit_notes WHERE invoice_id IN :invoices)"
+    ).bindparams(sa.bindparam("days", expanding=True), sa.bindparam("invoices", expanding=True))
+    with engine.connect() as conn:
+        payloads = [loads(p) for (p,) in conn.execute(stmt, {"days": days, "invoices": invoices})]
+    wanted = set(ids)
+    found = {
+        str(r["refund"]): str(note.get("id"))
+        for note in payloads
+        for r in note.get("refunds") or []
+        if r.get("refund") in wanted
+    }
+    return found | note_of
+
+
 def _store(
     engine: Engine, table: str, key: str, out: pd.DataFrame, model: type[pa.DataFrameModel]
 ) -> dict[str, Any]:
@@ -80,23 +125,24 @@ def _store(
     group_name="validate",
     kinds={"python", "sql"},
     owners=OWNERS,
-    deps=["stripe_charges", "invoices", "customers"],
+    deps=["stripe_charges", "stripe_invoice_changes", "invoices", "customers"],
 )
 def payments(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    """Every charge this run extracted, as a canonical payment in minor units, linked to the
+    """Every charge landed and not yet carried, as a canonical payment in minor units, linked to the
     invoice its payment intent paid (even when the invoice is from an earlier day)."""
     engine = warehouse.get_engine()
-    charges, partition_of = _landed(
-        engine, "stripe_charges", context.run.run_id, normalize.flatten_stripe_charges
+    landed = Landed(
+        engine, "stripe_charges", "payments", "payment_id", normalize.flatten_stripe_charges
     )
+    charges = landed.records
     out = build_payments(
         charges,
-        partition_of,
+        landed.partition_of,
         _invoice_of_intent(engine, list(charges["payment_intent"])),
         _customer_keys(engine, list(charges["customer"])),
-        context.run.run_id,
+        landed.run_of,
     )
     meta = _store(engine, "payments", "payment_id", out, Payment)
     succeeded = out[out["status"] == "succeeded"]
@@ -116,19 +162,27 @@ def payments(
     group_name="validate",
     kinds={"python", "sql"},
     owners=OWNERS,
-    deps=["stripe_credit_notes", "customers"],
+    deps=["stripe_credit_notes", "stripe_invoice_changes", "customers"],
 )
 def credit_notes(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    """Every credit note this run extracted, in minor units, against the invoice it credits:
+    """Every credit note landed and not yet carried, in minor units, against the invoice it credits:
     what becomes a credit memo in the ERP."""
     engine = warehouse.get_engine()
-    notes, partition_of = _landed(
-        engine, "stripe_credit_notes", context.run.run_id, normalize.flatten_stripe_credit_notes
+    landed = Landed(
+        engine,
+        "stripe_credit_notes",
+        "credit_notes",
+        "credit_note_id",
+        normalize.flatten_stripe_credit_notes,
     )
+    notes = landed.records
     out = build_credit_notes(
-        notes, partition_of, _customer_keys(engine, list(notes["customer"])), context.run.run_id
+        notes,
+        landed.partition_of,
+        _customer_keys(engine, list(notes["customer"])),
+        landed.run_of,
     )
     meta = _store(engine, "credit_notes", "credit_note_id", out, CreditNote)
     return dg.MaterializeResult(
@@ -146,40 +200,25 @@ def credit_notes(
     group_name="validate",
     kinds={"python", "sql"},
     owners=OWNERS,
-    deps=["stripe_refunds", "stripe_credit_notes", "invoices"],
+    deps=["stripe_refunds", "stripe_invoice_changes", "credit_notes", "invoices"],
 )
 def refunds(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    """Every refund this run extracted, in minor units, with the charge, invoice and credit
+    """Every refund landed and not yet carried, in minor units, with the charge, invoice and credit
     note behind it."""
     engine = warehouse.get_engine()
-    found, partition_of = _landed(
-        engine, "stripe_refunds", context.run.run_id, normalize.flatten_stripe_refunds
+    landed = Landed(
+        engine, "stripe_refunds", "refunds", "refund_id", normalize.flatten_stripe_refunds
     )
-    # Stripe links a refund to its credit note from the credit note's side (refunds[]); the two
-    # are created together, so the credit notes this run landed cover this run's new refunds. A
-    # refund landed again later (a status change) keeps the link it was first given.
-    with engine.connect() as conn:
-        notes = load_run_payloads(conn, "stripe_credit_notes", context.run.run_id)
-    note_of = _lookup(
-        engine,
-        "SELECT refund_id, credit_note_id FROM refunds WHERE refund_id IN :keys "
-        "AND credit_note_id IS NOT NULL",
-        sorted(found["source_id"]),
-    )
-    note_of |= {
-        str(r.get("refund")): str(note.get("id"))
-        for note in notes["payload"]
-        for r in note.get("refunds") or []
-        if r.get("refund")
-    }
+    found = landed.records
+    invoice_of = _invoice_of_intent(engine, list(found["payment_intent"]))
     out = build_refunds(
         found,
-        partition_of,
-        _invoice_of_intent(engine, list(found["payment_intent"])),
-        note_of,
-        context.run.run_id,
+        landed.partition_of,
+        invoice_of,
+        _credit_note_of_refund(engine, found, landed.partition_of, invoice_of),
+        landed.run_of,
     )
     meta = _store(engine, "refunds", "refund_id", out, Refund)
     return dg.MaterializeResult(

@@ -134,13 +134,14 @@ def usage_events_contract(
     checked, failures = check_usage_events(warehouse.get_engine(), context.run.run_id)
     outcome = ValidationOutcome(checked, failures)
     return dg.AssetCheckResult(
-        passed=outcome.bad_share <= settings.max_bad_share,
+        passed=not settings.feed_is_broken(len(outcome.bad_ids), outcome.bad_share),
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={
             "rows checked": checked,
             "rows quarantined": len(outcome.bad_ids),
             "bad share": round(outcome.bad_share, 4),
             "threshold": settings.max_bad_share,
+            "minimum bad records": settings.min_bad_records,
             "failures by check": dg.MetadataValue.json(
                 failures.groupby("check_name").size().astype(int).to_dict()
             ),
