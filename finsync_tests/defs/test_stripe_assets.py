@@ -411,6 +411,19 @@ def test_a_deleted_draft_is_recorded_as_gone_and_never_reaches_the_canonical_inv
     assert _row(url, "stripe_invoices", kept["id"])[2]["deleted"] is True
 
 
+def test_the_first_run_records_the_planted_deleted_draft(
+    recent: tuple[Company, Sandbox, dict[str, Any], str],
+) -> None:
+    company, _sandbox, resources, url = recent
+    (planted,) = company.planted["deleted_draft"]
+    assert planted["id"] not in {i["id"] for i in company.stripe["invoice"]}
+    meta = _changes(resources)
+    assert meta["mode"] == "listing by created date + retained events"
+    assert meta["deleted drafts recorded"] == 1
+    _day_landed, _run, gone = _row(url, "stripe_invoices", planted["id"])
+    assert gone["deleted"] is True and gone["status"] == "draft"
+
+
 def test_a_404_without_a_deletion_event_fails_naming_the_invoice(
     recent: tuple[Company, Sandbox, dict[str, Any], str],
 ) -> None:
