@@ -640,8 +640,10 @@ def stripe_invoice_changes(
     credit note days later would stay unseen until that day is extracted again. This asset
     reads the change events since its cursor, refetches each changed invoice and credit note
     in full (an event embeds only 10 lines) and upserts every changed object into its day
-    partition, so the next run of that day derives from the current state. The metadata
-    names the days touched per table.
+    partition, so the next run of that day derives from the current state. A draft deleted
+    in Stripe answers 404 to the refetch; when an ``invoice.deleted`` event explains it, its
+    last snapshot lands marked ``"deleted": true`` and downstream treats it as gone. The
+    metadata names the days touched per table and counts the deleted drafts recorded.
     """
     engine = warehouse.get_engine()
     client = stripe.get_client()
