@@ -9,6 +9,8 @@ system, the record and the field, and never carries a secret.
     │   ├── AuthenticationError   credentials rejected (401/403 on login); names the variable
     │   ├── RetryableUpstreamError  429, 5xx, timeouts: safe to retry with backoff
     │   ├── PermanentUpstreamError  4xx validation: retrying cannot help
+    │   │   └── RecordMissingError  404: the record does not exist (any more); the caller
+    │   │                           decides whether that is a fact (a deleted draft) or a fault
     │   └── AmbiguousOutcomeError   a write may or may not have happened (timeout after send);
     │                               settle it by looking the document up, never by resending
     ├── ContractViolation         a record breaks its pandera contract (system, record, field)
@@ -76,6 +78,14 @@ class RetryableUpstreamError(UpstreamError):
 
 class PermanentUpstreamError(UpstreamError):
     """A permanent failure (4xx validation): resending the same request cannot succeed."""
+
+
+class RecordMissingError(PermanentUpstreamError):
+    """The system answered that the record does not exist (404), e.g. a deleted draft.
+
+    Only the caller knows whether that is expected: a record whose deletion it saw is gone, a
+    record it was told about but cannot find is a fault it must report.
+    """
 
 
 class AmbiguousOutcomeError(UpstreamError):

@@ -133,7 +133,10 @@ def test_demo_puts_every_planted_problem_in_quarantine_or_the_exception_queue(
     demo_home: Path, first_demo: dict[str, Any]
 ) -> None:
     planted = Sandbox(demo_home / "sandbox").planted()
-    assert set(planted) == QUARANTINE_KINDS | EXCEPTION_KINDS | {"duplicate_usage_event"}
+    assert set(planted) == QUARANTINE_KINDS | EXCEPTION_KINDS | {
+        "duplicate_usage_event",
+        "deleted_draft",
+    }
     engine = sa.create_engine(f"sqlite:///{demo_home / 'warehouse.db'}")
     with engine.connect() as conn:
         quarantined = {r[0] for r in conn.execute(sa.text("SELECT source_id FROM quarantine"))}
@@ -177,6 +180,15 @@ def test_demo_puts_every_planted_problem_in_quarantine_or_the_exception_queue(
     for reason in reasons:
         assert reason.split(" ")[0] in {"stripe", "salesforce", "netsuite", "metering"}
         assert "field" in reason
+    # A deleted draft is gone: not malformed, not a problem to work, never an invoice.
+    (deleted,) = planted["deleted_draft"]
+    assert deleted["id"] not in quarantined
+    assert not {source_id for _kind, source_id in open_exceptions} & {deleted["id"]}
+    with engine.connect() as conn:
+        held = conn.execute(
+            sa.text("SELECT COUNT(*) FROM invoices WHERE invoice_id = :id"), {"id": deleted["id"]}
+        ).scalar_one()
+    assert held == 0
 
 
 def test_demo_runs_are_in_the_dagster_instance(demo_home: Path, first_demo: dict[str, Any]) -> None:

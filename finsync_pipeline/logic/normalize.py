@@ -265,6 +265,20 @@ def _line_tax(line: Record) -> int | None:
     return _sum_ints(as_int(t.get("amount")) if isinstance(t, Mapping) else None for t in taxes)
 
 
+def split_deleted(records: Iterable[Record]) -> tuple[list[Record], list[Record]]:
+    """The records that still exist, and those landed as deleted.
+
+    Stripe marks a deleted object ``"deleted": true``; change capture lands a deleted draft
+    invoice that way. A deleted draft is gone, not malformed: it is neither checked against a
+    contract nor built into a canonical record.
+    """
+    live: list[Record] = []
+    gone: list[Record] = []
+    for record in records:
+        (gone if record.get("deleted") is True else live).append(record)
+    return live, gone
+
+
 def flatten_stripe_invoices(records: Sequence[Record]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stripe invoices and every one of their lines (the extractor already paged past 10)."""
     invoices: list[dict[str, Any]] = []

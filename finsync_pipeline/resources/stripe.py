@@ -8,7 +8,7 @@ import dagster as dg
 import requests
 from pydantic import Field
 
-from finsync_pipeline.errors import PermanentUpstreamError
+from finsync_pipeline.errors import PermanentUpstreamError, RecordMissingError
 from finsync_pipeline.resources.http import (
     ConnectorClient,
     ErrorInfo,
@@ -201,13 +201,22 @@ class StripeClient(ConnectorClient):
         fetched), so a refetch after an event never keeps the event's truncated snapshot.
 
         Raises:
-            PermanentUpstreamError: Unknown object (404 ``resource_missing``) or a malformed id.
+            RecordMissingError: No such object (404 ``resource_missing``): it never existed or
+                was deleted (Stripe deletes draft invoices for good).
+            PermanentUpstreamError: Any other refusal, or an answer that is not the object.
         """
         if not object_path.isidentifier() or "/" in object_id or not object_id:
             raise ValueError(f"stripe: bad object path or id: {object_path!r}, {object_id!r}")
-        response = self.http.request(
-            "GET", f"{self._base}/v1/{object_path}/{object_id}", idempotent=True
-        )
+        try:
+            response = self.http.request(
+                "GET", f"{self._base}/v1/{object_path}/{object_id}", idempotent=True
+            )
+        except PermanentUpstreamError as e:
+            if e.status == 404 and e.code == "resource_missing":
+                raise RecordMissingError(
+                    SYSTEM, e.detail, status=404, code=e.code, field=e.field
+                ) from e
+            raise
         body = parse_json(response, SYSTEM)
         if not isinstance(body, dict) or body.get("id") != object_id:
             raise PermanentUpstreamError(

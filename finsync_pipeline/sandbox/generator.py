@@ -435,7 +435,8 @@ def generate(spec: CompanySpec) -> Company:
         )
     rest = [s for s in others if s not in bad_ccy] or subs
     customer_by_id = {c["id"]: c for c in customers}
-    for sub in _pick(rng, rest, plant_n):
+    unknown_entity = _pick(rng, rest, plant_n)
+    for sub in unknown_entity:
         by_account[sub.account_id]["Legal_Entity__c"] = "ZZ99"
         customer_by_id[sub.customer_id]["metadata"]["legal_entity"] = "ZZ99"
         planted["unknown_legal_entity"].append(
@@ -483,7 +484,157 @@ def generate(spec: CompanySpec) -> Company:
     from finsync_pipeline.sandbox.tax_plant import plant_tax_mismatches
 
     plant_tax_mismatches(company)
+    untouched = [s for s in rest if s not in unknown_entity] or subs
+    _plant_deleted_draft(g, company, untouched)
     return company
+
+
+def _plant_deleted_draft(g: _Gen, company: Company, subs: list[_Sub]) -> None:
+    """A one-off draft invoice someone made and deleted near the end of the history.
+
+    Deleting drafts is routine in Stripe: the invoice is gone (GET answers 404), but its
+    ``invoice.created`` and ``invoice.deleted`` events stay listed for 30 days and still name
+    it. It is recorded in ``company.planted["deleted_draft"]``. Its own seeded PRNG keeps
+    every other record of the company unchanged.
+    """
+    prng = random.Random(f"{g.spec.seed}:deleted_draft")  # noqa: S311 - synthetic data
+    planted = company.planted.setdefault("deleted_draft", [])
+    day = g.spec.end - datetime.timedelta(days=2)
+    # The customer must exist before its draft, and the draft must fall inside the history.
+    fits = [s for s in subs if s.start < day and day >= g.window_start]
+    if not fits:
+        return
+    sub = prng.choice(fits)
+    cur = sub.currency.lower()
+    inv_id = g.rid("in_", 24, prng)
+    created = _ts(day, sub.hour_s)
+    unit = price_amount("seats", sub.currency, "month")
+    quantity = prng.randint(1, 20)
+    amount = unit * quantity
+    tax = tax_for(amount, sub.tax_rate)
+    txr = f"txr_{sub.country.lower()}{('_' + sub.state.lower()) if sub.state else ''}"
+    taxes = {
+        "tax_behavior": "exclusive",
+        "tax_rate_details": {"tax_rate": txr},
+        "taxability_reason": "standard_rated" if tax else "not_collecting",
+        "taxable_amount": amount,
+        "type": "tax_rate_details",
+    }
+    line = {
+        "id": g.rid("il_", 24, prng),
+        "object": "line_item",
+        "amount": amount,
+        "currency": cur,
+        "description": "Seats true-up",
+        "discount_amounts": [],
+        "discountable": True,
+        "discounts": [],
+        "invoice": inv_id,
+        "livemode": False,
+        "metadata": {},
+        "parent": {
+            "type": "invoice_item_details",
+            "invoice_item_details": {
+                "invoice_item": g.rid("ii_", 24, prng),
+                "proration": False,
+                "proration_details": {"credited_items": None},
+                "subscription": None,
+            },
+            "subscription_item_details": None,
+        },
+        "period": {"start": created, "end": created},
+        "pretax_credit_amounts": [],
+        "pricing": {
+            "price_details": {
+                "price": f"price_seats_{cur}_trueup",
+                "product": "prod_seats",
+            },
+            "type": "price_details",
+            "unit_amount_decimal": str(unit),
+        },
+        "quantity": quantity,
+        "subtotal": amount,
+        "taxes": [dict(taxes, amount=tax)],
+    }
+    draft: Record = {
+        "id": inv_id,
+        "object": "invoice",
+        "account_country": sub.country,
+        "amount_due": amount + tax,
+        "amount_overpaid": 0,
+        "amount_paid": 0,
+        "amount_remaining": amount + tax,
+        "amount_shipping": 0,
+        "attempt_count": 0,
+        "attempted": False,
+        "auto_advance": False,
+        "billing_reason": "manual",
+        "collection_method": "charge_automatically",
+        "created": created,
+        "currency": cur,
+        "customer": sub.customer_id,
+        "customer_email": None,
+        "customer_name": sub.name,
+        "default_payment_method": None,
+        "description": None,
+        "discounts": [],
+        "due_date": None,
+        "effective_at": None,
+        "ending_balance": None,
+        "last_finalization_error": None,
+        "lines": {
+            "object": "list",
+            "data": [line],
+            "has_more": False,
+            "url": f"/v1/invoices/{inv_id}/lines",
+        },
+        "livemode": False,
+        "metadata": {},
+        "number": None,
+        "parent": None,
+        "payments": {
+            "object": "list",
+            "data": [],
+            "has_more": False,
+            "url": f"/v1/invoice_payments?invoice={inv_id}",
+        },
+        "period_end": created,
+        "period_start": created,
+        "post_payment_credit_notes_amount": 0,
+        "pre_payment_credit_notes_amount": 0,
+        "starting_balance": 0,
+        "status": "draft",
+        "status_transitions": {
+            "finalized_at": None,
+            "marked_uncollectible_at": None,
+            "paid_at": None,
+            "voided_at": None,
+        },
+        "subtotal": amount,
+        "subtotal_excluding_tax": amount,
+        "total": amount + tax,
+        "total_discount_amounts": [],
+        "total_excluding_tax": amount,
+        "total_taxes": [dict(taxes, amount=tax, taxable_amount=amount)],
+    }
+    events = company.stripe["event"]
+    for at, etype in ((created, "invoice.created"), (created + 3 * 3600, "invoice.deleted")):
+        events.append(
+            {
+                "id": g.rid("evt_", 24, prng),
+                "object": "event",
+                "api_version": STRIPE_API_VERSION,
+                "created": at,
+                "data": {"object": copy.deepcopy(draft)},
+                "livemode": False,
+                "pending_webhooks": 0,
+                "request": {"id": None, "idempotency_key": None},
+                "type": etype,
+            }
+        )
+    # Stable: the events already in order keep their relative order.
+    events.sort(key=lambda e: e["created"])
+    planted.append(_plant("stripe", "invoice", inv_id, "deleted"))
 
 
 def _plant(system: str, obj: str, rid: str, fld: str) -> Record:

@@ -5,13 +5,15 @@ rather than parsed and re-serialised: listing stays cheap at any scale. Ordering
 by ``(created, seq)``, where ``seq`` is the insertion order, with indexes backing every filter.
 
 Writes (``POST``, form-encoded with bracket notation) cover what finsync and its tests need:
-``/v1/customers/{id}`` (update), ``/v1/refunds`` (create), ``/v1/invoices/{id}/void`` and
-``/v1/invoices/{id}/pay`` (out of band). Each write emits the events Stripe would, stamped by the
-simulator's clock. ``Idempotency-Key`` behaves as Stripe documents it: the first result of a key
-is kept for 24 hours and replayed (``Idempotent-Replayed: true``); the same key with other
-parameters is a 400 ``idempotency_error``; a key whose first request is still running is a 409.
-A request rejected by validation stores nothing, so it can be corrected and retried with the
-same key.
+``/v1/customers/{id}`` (update), ``/v1/refunds`` (create), ``/v1/invoices`` (a draft with no
+lines), ``/v1/invoices/{id}/void`` and ``/v1/invoices/{id}/pay`` (out of band), and
+``DELETE /v1/invoices/{id}``, which Stripe allows on drafts only: a finalized invoice must be
+voided instead, and a deleted one answers 404 from then on. Each write emits the events Stripe
+would, stamped by the simulator's clock. ``Idempotency-Key`` behaves as Stripe documents it: the
+first result of a key is kept for 24 hours and replayed (``Idempotent-Replayed: true``); the
+same key with other parameters is a 400 ``idempotency_error``; a key whose first request is
+still running is a 409. A request rejected by validation stores nothing, so it can be corrected
+and retried with the same key.
 """
 
 import base64
@@ -288,6 +290,12 @@ class StripeSimulator(Simulator):
             if write is None:
                 raise unknown
             return self._idempotent(req, write)
+        if req.method == "DELETE":
+            # Stripe ignores Idempotency-Key on DELETE: it is idempotent by definition (a
+            # second DELETE of the same invoice answers 404).
+            if obj == "invoice" and len(parts) == 3:
+                return self._delete_invoice(req, parts[2])
+            raise unknown
         if req.method != "GET":
             raise unknown
         if len(parts) == 2:
@@ -516,6 +524,8 @@ class StripeSimulator(Simulator):
             return lambda req, form: self._update_customer(req, rest[0], form)
         if obj == "refund" and not rest:
             return self._create_refund
+        if obj == "invoice" and not rest:
+            return self._create_invoice
         if obj == "invoice" and len(rest) == 2 and rest[1] in ("void", "pay"):
             return lambda req, form: self._settle_invoice(req, rest[0], rest[1], form)
         return None
@@ -851,3 +861,168 @@ class StripeSimulator(Simulator):
             self._save(conn, invoice)
             self._emit(conn, req, etype, invoice, previous)
         return json_response(200, invoice)
+
+    def _create_invoice(self, req: Request, form: list[tuple[str, str]]) -> Response:
+        """A one-off draft for a customer, as ``POST /v1/invoices`` makes it.
+
+        Since 2022-08-01 Stripe leaves pending invoice items out unless asked, so the draft has
+        no lines; this sandbox keeps no invoice items, so it accepts no
+        ``pending_invoice_items_behavior`` either.
+        """
+        flat = self._check_form(
+            form,
+            {
+                "customer",
+                "auto_advance",
+                "collection_method",
+                "days_until_due",
+                "description",
+                "currency",
+                "metadata",
+                "expand[]",
+            },
+        )
+        customer_id = flat.get("customer")
+        if not customer_id:
+            raise StripeError(400, "Missing required param: customer.", param="customer")
+        row = self.store.one(
+            "SELECT body FROM stripe_object WHERE object = 'customer' AND id = ?", (customer_id,)
+        )
+        if row is None:
+            # A missing object named by a parameter is a 400 in Stripe, not a 404.
+            raise StripeError(
+                400,
+                f"No such customer: '{customer_id}'",
+                code="resource_missing",
+                param="customer",
+            )
+        customer = simplejson.loads(row["body"], use_decimal=True)
+        method = flat.get("collection_method") or "charge_automatically"
+        if method not in ("charge_automatically", "send_invoice"):
+            raise StripeError(
+                400, f"Invalid collection_method: {method}", param="collection_method"
+            )
+        due_days: int | None = None
+        if "days_until_due" in flat:
+            try:
+                due_days = int(flat["days_until_due"])
+            except ValueError:
+                raise StripeError(
+                    400, f"Invalid integer: {flat['days_until_due']}", param="days_until_due"
+                ) from None
+        if method == "send_invoice" and due_days is None:
+            raise StripeError(
+                400,
+                "Missing required param: days_until_due (required when collection_method is "
+                "send_invoice).",
+                param="days_until_due",
+            )
+        if method == "charge_automatically" and due_days is not None:
+            raise StripeError(
+                400,
+                "days_until_due can only be set when collection_method is send_invoice.",
+                param="days_until_due",
+            )
+        currency = (flat.get("currency") or customer.get("currency") or "").lower()
+        if not currency:
+            raise StripeError(400, "Missing required param: currency.", param="currency")
+        auto_advance = flat.get("auto_advance", "false")
+        if auto_advance not in ("true", "false"):
+            raise StripeError(400, f"Invalid boolean: {auto_advance}", param="auto_advance")
+        now = int(self.clock())
+        invoice_id = "in_" + secrets.token_hex(12)
+        invoice: dict[str, Any] = {
+            "id": invoice_id,
+            "object": "invoice",
+            "account_country": (customer.get("address") or {}).get("country"),
+            "amount_due": 0,
+            "amount_overpaid": 0,
+            "amount_paid": 0,
+            "amount_remaining": 0,
+            "amount_shipping": 0,
+            "attempt_count": 0,
+            "attempted": False,
+            "auto_advance": auto_advance == "true",
+            "billing_reason": "manual",
+            "collection_method": method,
+            "created": now,
+            "currency": currency,
+            "customer": customer_id,
+            "customer_email": customer.get("email"),
+            "customer_name": customer.get("name"),
+            "default_payment_method": None,
+            "description": flat.get("description") or None,
+            "discounts": [],
+            "due_date": now + due_days * 86400 if due_days is not None else None,
+            "effective_at": None,
+            "ending_balance": None,
+            "last_finalization_error": None,
+            "lines": {
+                "object": "list",
+                "data": [],
+                "has_more": False,
+                "url": f"/v1/invoices/{invoice_id}/lines",
+            },
+            "livemode": False,
+            "metadata": {
+                k[len("metadata[") : -1]: v
+                for k, v in flat.items()
+                if k.startswith("metadata[") and v
+            },
+            "number": None,
+            "parent": None,
+            "payments": {
+                "object": "list",
+                "data": [],
+                "has_more": False,
+                "url": f"/v1/invoice_payments?invoice={invoice_id}",
+            },
+            "period_end": now,
+            "period_start": now,
+            "post_payment_credit_notes_amount": 0,
+            "pre_payment_credit_notes_amount": 0,
+            "starting_balance": 0,
+            "status": "draft",
+            "status_transitions": {
+                "finalized_at": None,
+                "marked_uncollectible_at": None,
+                "paid_at": None,
+                "voided_at": None,
+            },
+            "subtotal": 0,
+            "subtotal_excluding_tax": 0,
+            "total": 0,
+            "total_discount_amounts": [],
+            "total_excluding_tax": 0,
+            "total_taxes": [],
+        }
+        with self.store.tx() as conn:
+            self._insert(conn, invoice, ref=None, type_=None)
+            self._emit(conn, req, "invoice.created", invoice)
+        return json_response(200, invoice)
+
+    def _delete_invoice(self, req: Request, invoice_id: str) -> Response:
+        """``DELETE /v1/invoices/{id}``: drafts only; the invoice is gone afterwards.
+
+        The ``invoice.deleted`` event carries the invoice as it was. Its earlier events stay in
+        the events list (for the 30 days Stripe keeps events) and still name it.
+        """
+        body = (req.body or b"").decode(errors="replace")
+        unknown = [key for key, _value in [*req.params(), *parse_qsl(body)]]
+        if unknown:
+            raise StripeError(400, f"Received unknown parameter: {unknown[0]}", param=unknown[0])
+        invoice = self._load("invoice", invoice_id)
+        status = invoice.get("status")
+        if status != "draft":
+            raise StripeError(
+                400,
+                f"You can only delete draft invoices. Invoice {invoice_id} is {status}; a "
+                "finalized invoice can be voided instead.",
+            )
+        with self.store.tx() as conn:
+            conn.execute(
+                "DELETE FROM stripe_object WHERE object = 'invoice' AND id = ?", (invoice_id,)
+            )
+            conn.execute("DELETE FROM stripe_line WHERE invoice = ?", (invoice_id,))
+            self._emit(conn, req, "invoice.deleted", invoice)
+        return json_response(200, {"id": invoice_id, "object": "invoice", "deleted": True})

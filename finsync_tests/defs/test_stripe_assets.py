@@ -4,10 +4,12 @@ import datetime as dt
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
+import requests
 import sqlalchemy as sa
 
 from finsync_pipeline import ledger
@@ -294,3 +296,165 @@ def test_the_last_of_several_changes_in_one_second_wins_even_when_events_repeat(
         rows_after = conn.execute(sa.text("SELECT COUNT(*) FROM stripe_customers")).scalar_one()
     assert ledger.loads(payload)["description"] == "edit 7"
     assert rows_after == rows_before
+
+
+# History ending yesterday, so the events of the generator's planted deleted draft are within
+# the 30 days Stripe keeps and the first change-capture run reads them.
+RECENT = CompanySpec(
+    accounts=8, months=1, seed=3, end=dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+)
+
+
+@pytest.fixture
+def recent(tmp_path: Path) -> Iterator[tuple[Company, Sandbox, dict[str, Any], str]]:
+    """A fresh sandbox of a recent company and an empty warehouse, for one test alone."""
+    company = generate(RECENT)
+    box = Sandbox(tmp_path / "sandbox")
+    box.seed(company)
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    with box:
+        env = box.env
+        resources = {
+            "warehouse": WarehouseResource(url=url),
+            "settings": PipelineSettings(max_bad_share=1.0),
+            "stripe": StripeResource(
+                api_key=env["STRIPE_API_KEY"], api_base=env["STRIPE_API_BASE"]
+            ),
+        }
+        yield company, box, resources, url
+
+
+def _delete_invoice(sandbox: Sandbox, invoice_id: str) -> None:
+    env = sandbox.env
+    response = requests.delete(
+        f"{env['STRIPE_API_BASE']}/v1/invoices/{invoice_id}",
+        headers={"Authorization": f"Bearer {env['STRIPE_API_KEY']}"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["deleted"] is True
+
+
+def _validate_day(resources: dict[str, Any], day: dt.date) -> dg.ExecuteInProcessResult:
+    """The invoice contract check and the canonical invoices of one day, without re-extracting."""
+    return dg.materialize(
+        _definitions({"stripe_invoices", "invoices"}),
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        partition_key=day.isoformat(),
+        selection=dg.AssetSelection.assets("invoices", "invoice_lines")
+        | dg.AssetSelection.checks_for_assets("stripe_invoices"),
+    )
+
+
+def test_a_deleted_draft_is_recorded_as_gone_and_never_reaches_the_canonical_invoices(
+    recent: tuple[Company, Sandbox, dict[str, Any], str],
+) -> None:
+    company, sandbox, resources, url = recent
+    yesterday = RECENT.end
+    env = sandbox.env
+    customer = company.stripe["customer"][0]["id"]
+    noon = dt.datetime.combine(yesterday, dt.time(12), tzinfo=dt.UTC).timestamp()
+    # A draft made yesterday: change capture reads its event and lands it as a draft.
+    sandbox.clock = lambda: noon
+    try:
+        with StripeClient(api_key=env["STRIPE_API_KEY"], api_base=env["STRIPE_API_BASE"]) as c:
+            kept = c.post("/v1/invoices", {"customer": customer}, idempotency_key="t-draft-a")
+    finally:
+        sandbox.clock = time.time
+    first = _changes(resources)
+    assert first["invoices by status"].get("draft") == 1
+    day, _run, landed = _row(url, "stripe_invoices", kept["id"])
+    assert (day, landed["status"], landed.get("deleted")) == (yesterday.isoformat(), "draft", None)
+    before = _validate_day(resources, yesterday)
+    assert before.success
+    with create_engine(url).connect() as conn:
+        canonical = conn.execute(
+            sa.text("SELECT status FROM invoices WHERE invoice_id = :id"), {"id": kept["id"]}
+        ).scalar_one()
+    assert canonical == "draft"
+
+    # Today the draft is deleted, and a second draft is made and deleted between two runs:
+    # its invoice.created event names an invoice that already answers 404.
+    _delete_invoice(sandbox, kept["id"])
+    with StripeClient(api_key=env["STRIPE_API_KEY"], api_base=env["STRIPE_API_BASE"]) as c:
+        brief = c.post("/v1/invoices", {"customer": customer}, idempotency_key="t-draft-b")
+    _delete_invoice(sandbox, brief["id"])
+
+    second = _changes(resources)
+    assert second["deleted drafts recorded"] == 2
+    assert second["invoices by status"] == {"deleted": 2}
+    for invoice in (kept, brief):
+        day, _run, gone = _row(url, "stripe_invoices", invoice["id"])
+        assert day == _day(invoice["created"])
+        assert (gone["deleted"], gone["status"], gone["id"]) == (True, "draft", invoice["id"])
+
+    after = _validate_day(resources, yesterday)
+    assert after.success
+    (check,) = after.get_asset_check_evaluations()
+    assert check.passed
+    (canonical_event,) = [
+        e for e in after.get_asset_materialization_events() if e.asset_key.path == ["invoices"]
+    ]
+    assert canonical_event.materialization.metadata["deleted drafts (left out)"].value == 1
+    with create_engine(url).connect() as conn:
+        for table, column in (("invoices", "invoice_id"), ("quarantine", "source_id")):
+            count = conn.execute(
+                sa.text(f"SELECT COUNT(*) FROM {table} WHERE {column} IN (:a, :b)"),
+                {"a": kept["id"], "b": brief["id"]},
+            ).scalar_one()
+            assert count == 0, table
+
+    # The deletion stays recorded: a later run reads the same events again, and does not fail.
+    third = _changes(resources)
+    assert third["mode"] == "incremental (created + events)"
+    assert _row(url, "stripe_invoices", kept["id"])[2]["deleted"] is True
+
+
+def test_the_first_run_records_the_planted_deleted_draft(
+    recent: tuple[Company, Sandbox, dict[str, Any], str],
+) -> None:
+    company, _sandbox, resources, url = recent
+    (planted,) = company.planted["deleted_draft"]
+    assert planted["id"] not in {i["id"] for i in company.stripe["invoice"]}
+    meta = _changes(resources)
+    assert meta["mode"] == "listing by created date + retained events"
+    assert meta["deleted drafts recorded"] == 1
+    _day_landed, _run, gone = _row(url, "stripe_invoices", planted["id"])
+    assert gone["deleted"] is True and gone["status"] == "draft"
+
+
+def test_a_404_without_a_deletion_event_fails_naming_the_invoice(
+    recent: tuple[Company, Sandbox, dict[str, Any], str],
+) -> None:
+    company, sandbox, resources, url = recent
+    env = sandbox.env
+    customer = company.stripe["customer"][0]["id"]
+    with StripeClient(api_key=env["STRIPE_API_KEY"], api_base=env["STRIPE_API_BASE"]) as c:
+        draft = c.post("/v1/invoices", {"customer": customer}, idempotency_key="t-draft-c")
+    # The invoice vanishes with no invoice.deleted event: not a deletion anyone recorded.
+    with sandbox.stripe.store.tx() as conn:
+        conn.execute(
+            "DELETE FROM stripe_object WHERE object = 'invoice' AND id = ?", (draft["id"],)
+        )
+    result = dg.materialize(
+        _definitions({"stripe_invoice_changes"}),
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    error = failure.step_failure_data.error
+    assert error is not None and error.cause is not None
+    # Dagster wraps the asset's error; the cause is finsync's, naming system, record and 404.
+    assert error.cause.cls_name == "PermanentUpstreamError"
+    message = error.cause.message
+    assert message.startswith("finsync_pipeline.errors.PermanentUpstreamError: stripe: invoice ")
+    assert draft["id"] in message and "404" in message and "no deletion event" in message
+    with create_engine(url).connect() as conn:
+        cursor = conn.execute(
+            sa.text("SELECT COUNT(*) FROM extract_cursors WHERE stream = :s"),
+            {"s": "stripe_invoice_changes"},
+        ).scalar_one()
+    assert cursor == 0  # the cursor does not move past a change it could not land

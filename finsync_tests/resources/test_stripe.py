@@ -10,6 +10,7 @@ from finsync_pipeline.errors import (
     AuthenticationError,
     ConfigurationError,
     PermanentUpstreamError,
+    RecordMissingError,
     RetryableUpstreamError,
 )
 from finsync_pipeline.resources.http import HttpOptions
@@ -237,6 +238,32 @@ def test_retrieve_refetches_an_invoice_with_every_line(
     with pytest.raises(PermanentUpstreamError) as info:
         stripe.retrieve("invoices", "in_missing")
     assert info.value.status == 404 and info.value.code == "resource_missing"
+
+
+def test_retrieve_of_a_deleted_draft_is_a_record_missing_error(
+    sandbox: Sandbox, company: Company, options: HttpOptions
+) -> None:
+    stripe = client(sandbox, options)
+    draft = stripe.post("/v1/invoices", {"customer": company.stripe["customer"][0]["id"]})
+    assert stripe.retrieve("invoices", draft["id"])["status"] == "draft"
+    response = stripe.http.request(
+        "DELETE", f"{sandbox.env['STRIPE_API_BASE']}/v1/invoices/{draft['id']}", idempotent=True
+    )
+    assert response.json() == {"id": draft["id"], "object": "invoice", "deleted": True}
+    with pytest.raises(RecordMissingError) as missing:
+        stripe.retrieve("invoices", draft["id"])
+    assert isinstance(missing.value, PermanentUpstreamError)
+    assert (missing.value.status, missing.value.code) == (404, "resource_missing")
+    assert str(missing.value).startswith("stripe: ") and draft["id"] in str(missing.value)
+    # A finalized invoice cannot be deleted: it stays a plain permanent error, not "missing".
+    finalized = next(i for i in company.stripe["invoice"] if i["status"] == "paid")
+    with pytest.raises(PermanentUpstreamError) as refused:
+        stripe.http.request(
+            "DELETE",
+            f"{sandbox.env['STRIPE_API_BASE']}/v1/invoices/{finalized['id']}",
+            idempotent=True,
+        )
+    assert refused.value.status == 400 and not isinstance(refused.value, RecordMissingError)
 
 
 def test_post_resends_the_same_idempotency_key_after_a_500(

@@ -1,5 +1,6 @@
 """The synthetic company: deterministic, internally consistent, with the planted problems."""
 
+import calendar
 import datetime
 from collections import Counter
 
@@ -105,6 +106,7 @@ def test_all_planted_kinds_present_and_real(default_company: Company) -> None:
         "unknown_legal_entity",
         "tax_mismatch",
         "invalid_quantity",
+        "deleted_draft",
     }
     assert all(planted.values())
     invoices = {i["id"]: i for i in default_company.stripe["invoice"]}
@@ -130,6 +132,19 @@ def test_all_planted_kinds_present_and_real(default_company: Company) -> None:
     assert legacy_users == {p["id"] for p in planted["unmapped_product"]}
     zz = [p for p in planted["unknown_legal_entity"] if p["system"] == "salesforce"]
     assert all(accounts[p["id"]]["Legal_Entity__c"] == "ZZ99" for p in zz)
+    # A deleted draft no longer exists; only its created and deleted events name it.
+    (deleted,) = planted["deleted_draft"]
+    assert deleted["id"] not in invoices
+    events = [
+        e for e in default_company.stripe["event"] if e["data"]["object"]["id"] == deleted["id"]
+    ]
+    assert [e["type"] for e in events] == ["invoice.created", "invoice.deleted"]
+    assert {e["data"]["object"]["status"] for e in events} == {"draft"}
+    customers = {c["id"] for c in default_company.stripe["customer"]}
+    assert events[0]["data"]["object"]["customer"] in customers
+    # Within the last 30 days of the history, so a run the day after still reads its events.
+    end_ts = calendar.timegm(FIXED.end.timetuple()) + 86399
+    assert end_ts - 30 * 86400 < events[0]["created"] < events[1]["created"] <= end_ts
     # NetSuite starts with master data only: the pipeline creates every transaction.
     assert not default_company.netsuite.keys() - {"subsidiary", "currency", "item", "account"}
 

@@ -377,3 +377,73 @@ def test_events_older_than_30_days_by_the_clock_are_gone(
         **{"types[]": ["credit_note.created", "refund.created"], "created[gte]": 0},
     )
     assert types == []
+
+
+def _delete(http: requests.Session, sandbox: Sandbox, path: str) -> requests.Response:
+    env = sandbox.env
+    return http.delete(
+        env["STRIPE_API_BASE"] + path,
+        headers={
+            "Authorization": f"Bearer {env['STRIPE_API_KEY']}",
+            "Stripe-Version": STRIPE_API_VERSION,
+        },
+        timeout=10,
+    )
+
+
+def _events_of(http: requests.Session, sandbox: Sandbox, object_id: str, since: int) -> list[dict]:
+    events = _list_all(
+        http, sandbox, "/v1/events", **{"types[]": ["invoice.*"], "created[gte]": since}
+    )
+    return [e for e in events if e["data"]["object"]["id"] == object_id]
+
+
+def test_a_deleted_draft_is_gone_but_its_events_remain(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    customer = company.stripe["customer"][2]
+    created = _post(http, sandbox, "/v1/invoices", {"customer": customer["id"]}, key="draft-1")
+    assert created.status_code == 200
+    draft = created.json()
+    assert (draft["status"], draft["number"], draft["total"]) == ("draft", None, 0)
+    assert draft["currency"] == customer["currency"] and draft["lines"]["data"] == []
+    assert _get(http, sandbox, f"/v1/invoices/{draft['id']}").json()["status"] == "draft"
+
+    gone = _delete(http, sandbox, f"/v1/invoices/{draft['id']}")
+    assert gone.status_code == 200
+    assert gone.json() == {"id": draft["id"], "object": "invoice", "deleted": True}
+    for path in (f"/v1/invoices/{draft['id']}", f"/v1/invoices/{draft['id']}/lines"):
+        missing = _get(http, sandbox, path)
+        assert missing.status_code == 404, path
+        error = missing.json()["error"]
+        assert (error["type"], error["code"]) == ("invalid_request_error", "resource_missing")
+        assert draft["id"] in error["message"]
+    # DELETE is idempotent by definition: the second one finds nothing to delete.
+    again = _delete(http, sandbox, f"/v1/invoices/{draft['id']}")
+    assert again.status_code == 404 and again.json()["error"]["code"] == "resource_missing"
+    listed = _list_all(http, sandbox, "/v1/invoices", customer=customer["id"])
+    assert draft["id"] not in {i["id"] for i in listed}
+    events = _events_of(http, sandbox, draft["id"], draft["created"])
+    assert sorted(e["type"] for e in events) == ["invoice.created", "invoice.deleted"]
+    (deleted,) = [e for e in events if e["type"] == "invoice.deleted"]
+    assert deleted["data"]["object"]["status"] == "draft"
+    assert "deleted" not in deleted["data"]["object"]
+
+
+def test_only_a_draft_can_be_deleted(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    finalized = next(i for i in company.stripe["invoice"] if i["status"] in ("open", "paid"))
+    refused = _delete(http, sandbox, f"/v1/invoices/{finalized['id']}")
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["type"] == "invalid_request_error" and "void" in error["message"]
+    assert _get(http, sandbox, f"/v1/invoices/{finalized['id']}").status_code == 200
+    since = int(time.time()) - 60
+    assert not _events_of(http, sandbox, finalized["id"], since)
+    unknown = _post(http, sandbox, "/v1/invoices", {"customer": "cus_nobody"})
+    assert unknown.status_code == 400
+    assert (unknown.json()["error"]["code"], unknown.json()["error"]["param"]) == (
+        "resource_missing",
+        "customer",
+    )

@@ -4,13 +4,14 @@ import datetime as dt
 import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 import pandera.pandas as pa
 from sqlalchemy.engine import Engine
 
+from finsync_pipeline.errors import PermanentUpstreamError, RecordMissingError
 from finsync_pipeline.landing import (
     amounts_by_currency,
     column_schema,
@@ -35,6 +36,9 @@ SALESFORCE_LOOKBACK = dt.timedelta(minutes=10)
 STRIPE_LOOKBACK_S = 600
 # Stripe keeps events for 30 days; leave a day of margin before trusting an events cursor.
 STRIPE_EVENT_RETENTION_S = 29 * 86400
+# Events after which the object no longer exists: Stripe deletes a draft invoice for good (a
+# finalized one can only be voided), and GET answers 404 from then on.
+STRIPE_DELETION_EVENTS = {"invoice.deleted"}
 
 ACCOUNT_FIELDS = [
     "Id",
@@ -201,6 +205,8 @@ class _StripeChanges:
     next_cursor: str
     from_events: set[str]
     repeated_events: int = 0
+    # Object id -> (Unix time of its deletion event, the object as it was when deleted).
+    deleted: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
 
 
 def _read_stripe_changes(
@@ -227,6 +233,7 @@ def _read_stripe_changes(
     stale = cursor is None or int(cursor["events_from"]) < retained_from
     latest: dict[str, dict[str, Any]] = {}
     from_events: set[str] = set()
+    deleted: dict[str, tuple[int, dict[str, Any]]] = {}
     repeated = 0
     events_from: int | None
     if not stale:
@@ -256,15 +263,20 @@ def _read_stripe_changes(
         repeated = len(listed) - len(once)
         for event in events:
             obj = (event.get("data") or {}).get("object") or {}
-            latest[str(obj.get("id"))] = obj
-            from_events.add(str(obj.get("id")))
+            oid = str(obj.get("id"))
+            if oid in deleted:
+                continue  # a deletion is final: nothing stamped after it can bring the object back
+            if event.get("type") in STRIPE_DELETION_EVENTS:
+                deleted[oid] = (int(event.get("created") or 0), obj)
+            latest[oid] = obj
+            from_events.add(oid)
     records = list(latest.values())
     newest = max(
         (int(r["created"]) for r in records if isinstance(r.get("created"), int)),
         default=int(cursor["created"]) if cursor else retained_from,
     )
     next_cursor = json.dumps({"created": newest, "events_from": started})
-    return _StripeChanges(records, mode, next_cursor, from_events, repeated)
+    return _StripeChanges(records, mode, next_cursor, from_events, repeated, deleted)
 
 
 def _stripe_changes(
@@ -567,7 +579,8 @@ def stripe_charges(
     )
 
 
-# Events that change an invoice or the money around it (at most 20 types per request).
+# Events that change an invoice or the money around it (Stripe takes at most 20 types per
+# request: this list holds 19).
 INVOICE_CHANGE_EVENTS = [
     "invoice.created",
     "invoice.finalized",
@@ -577,6 +590,7 @@ INVOICE_CHANGE_EVENTS = [
     "invoice.payment_succeeded",
     "invoice.voided",
     "invoice.marked_uncollectible",
+    "invoice.deleted",
     "credit_note.created",
     "credit_note.updated",
     "credit_note.voided",
@@ -626,8 +640,10 @@ def stripe_invoice_changes(
     credit note days later would stay unseen until that day is extracted again. This asset
     reads the change events since its cursor, refetches each changed invoice and credit note
     in full (an event embeds only 10 lines) and upserts every changed object into its day
-    partition, so the next run of that day derives from the current state. The metadata
-    names the days touched per table.
+    partition, so the next run of that day derives from the current state. A draft deleted
+    in Stripe answers 404 to the refetch; when an ``invoice.deleted`` event explains it, its
+    last snapshot lands marked ``"deleted": true`` and downstream treats it as gone. The
+    metadata names the days touched per table and counts the deleted drafts recorded.
     """
     engine = warehouse.get_engine()
     client = stripe.get_client()
@@ -665,9 +681,32 @@ def stripe_invoice_changes(
         for note in by_table["stripe_credit_notes"].values()
         if isinstance(note.get("invoice"), str)
     }
+    deleted_at: dict[str, str] = {}
     for path, oid in sorted(to_refetch):
-        fresh = client.retrieve(path, oid)
+        try:
+            fresh = client.retrieve(path, oid)
+        except RecordMissingError as e:
+            if path != "invoices" or oid not in changes.deleted:
+                raise PermanentUpstreamError(
+                    "stripe",
+                    f"{path[:-1].replace('_', ' ')} {oid} is named by a change event, but "
+                    f"GET /v1/{path}/{oid} answered 404 resource_missing and no deletion event "
+                    "explains it; it cannot be refetched",
+                    status=404,
+                    code=e.code,
+                    field="id",
+                ) from e
+            # Deleting a draft is routine: the 404 is the fact that it is gone. Its last
+            # snapshot (the deletion event's) is kept, marked as Stripe marks deleted objects,
+            # so downstream sees the draft as gone rather than as a record that vanished.
+            when, snapshot = changes.deleted[oid]
+            by_table["stripe_invoices"][oid] = {**snapshot, "deleted": True}
+            deleted_at[oid] = dt.datetime.fromtimestamp(when, tz=dt.UTC).isoformat()
+            continue
         by_table[CHANGE_TABLES[str(fresh.get("object"))]][oid] = fresh
+
+    def updated_at(record: Mapping[str, Any]) -> str | None:
+        return deleted_at.get(str(record.get("id"))) or _stripe_updated(record)
 
     landed: dict[str, int] = {}
     days: dict[str, list[str]] = {}
@@ -681,7 +720,7 @@ def stripe_invoice_changes(
             records=records,
             id_key="id",
             created_date=_created,
-            updated_at=_stripe_updated,
+            updated_at=updated_at,
             new_cursor=lambda _rows: None,
             run_id=context.run.run_id,
         )
@@ -701,7 +740,7 @@ def stripe_invoice_changes(
     )
     statuses: dict[str, int] = {}
     for invoice in by_table["stripe_invoices"].values():
-        key = str(invoice.get("status"))
+        key = "deleted" if invoice.get("deleted") is True else str(invoice.get("status"))
         statuses[key] = statuses.get(key, 0) + 1
     return dg.MaterializeResult(
         metadata={
@@ -713,7 +752,8 @@ def stripe_invoice_changes(
                 {table: touched for table, touched in days.items() if touched}
             ),
             "invoices by status": dg.MetadataValue.json(statuses),
-            "objects refetched in full": len(to_refetch),
+            "objects refetched in full": len(to_refetch) - len(deleted_at),
+            "deleted drafts recorded": len(deleted_at),
             "stripe requests": client.requests_made,
         }
     )

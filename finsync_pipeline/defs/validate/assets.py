@@ -116,7 +116,9 @@ def invoices(
             "SELECT stripe_customer_id, customer_key FROM customers "
             "WHERE stripe_customer_id IS NOT NULL",
         )
-    heads, lines = normalize.flatten_stripe_invoices(list(raw["payload"]))
+    # A deleted draft is gone: never built, so never posted, quarantined or counted as drift.
+    live, deleted = normalize.split_deleted(raw["payload"])
+    heads, lines = normalize.flatten_stripe_invoices(live)
     heads = heads[~heads["source_id"].isin(bad)]
     partition_of = dict(zip(raw["source_id"], raw["partition_date"], strict=True))
     head, body = build_invoices(
@@ -129,7 +131,7 @@ def invoices(
     head = check_contract(head, Invoice)
     body = check_contract(body, InvoiceLine)
     valid_ids = set(head["invoice_id"])
-    links = invoice_payment_links([p for p in raw["payload"] if p.get("id") in valid_ids])
+    links = invoice_payment_links([dict(p) for p in live if p.get("id") in valid_ids])
     with engine.begin() as conn:
         if valid_ids:
             conn.execute(
@@ -167,6 +169,7 @@ def invoices(
             ),
             "by status": dg.MetadataValue.json(head["status"].value_counts().astype(int).to_dict()),
             "quarantined (left out)": len(set(raw["source_id"]) & bad),
+            "deleted drafts (left out)": len(deleted),
             "sample": sample(head, ["invoice_id", "status", "currency", "total_minor"]),
         },
     )

@@ -150,8 +150,12 @@ CONTRACTS = [
 
 
 def validate_invoices(records: list[dict[str, object]]) -> ValidationOutcome:
-    """Stripe invoices and their lines; a bad line puts its whole invoice in quarantine."""
-    heads, lines = normalize.flatten_stripe_invoices(records)
+    """Stripe invoices and their lines; a bad line puts its whole invoice in quarantine.
+
+    A deleted draft is a fact, not a malformed record: it is left out of the check.
+    """
+    live, _deleted = normalize.split_deleted(records)
+    heads, lines = normalize.flatten_stripe_invoices(live)
     head = validate_frame(heads, stripe.StripeInvoiceRecord, system="stripe", obj="invoice")
     body = validate_frame(
         lines,
