@@ -183,8 +183,13 @@ class PostingEngine:
         for doc_type, external_id, holder in stale:
             if holder and self.is_run_alive(holder):
                 continue
-            row = {"erp": self.erp, "doc_type": doc_type, "external_id": external_id}
-            settle = {"run_id": self.run_id, "expect_state": "in_flight", **row}
+            settle: dict[str, Any] = {
+                "erp": self.erp,
+                "doc_type": doc_type,
+                "external_id": external_id,
+                "run_id": self.run_id,
+                "expect_state": "in_flight",
+            }
             try:
                 found = self.client.get_by_external_id(RECORD_TYPES[doc_type], external_id)
             except PermanentUpstreamError as e:
