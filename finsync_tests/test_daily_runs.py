@@ -49,10 +49,11 @@ def _daily(
     last_day: dt.date | None = None,
     env: dict[str, str] | None = None,
     expect_success: bool = True,
+    job_name: str = "daily_sync_job",
 ) -> None:
     """What the daily schedule launches for ``day``: the whole pipeline for one partition
     (or, with ``last_day``, what a backfill launches for a range, in one run)."""
-    job = defs().resolve_job_def("daily_sync_job")
+    job = defs().resolve_job_def(job_name)
     where: dict[str, Any] = (
         {"partition_key": day.isoformat()}
         if last_day is None
@@ -166,7 +167,7 @@ def test_a_late_change_to_an_old_day_reaches_the_erp_without_a_rerun_by_hand(
 
     # The late-changes sensor asks for that day again, and its run reverses the invoice.
     assert _late_changes(instance, sqlite_url) == [day]
-    _daily(sandbox, sqlite_url, dt.date.fromisoformat(day), instance)
+    _daily(sandbox, sqlite_url, dt.date.fromisoformat(day), instance, job_name="catch_up_job")
     assert _rows(
         sqlite_url, f"SELECT state FROM posting_ledger WHERE external_id = 'VOID_{invoice_id}'"
     ) == [("posted",)]
@@ -187,3 +188,73 @@ def _late_changes(instance: dg.DagsterInstance, url: str) -> list[str | None]:
         resources={"warehouse": WarehouseResource(url=url)},
     )
     return [r.partition_key for r in sensor.evaluate_tick(context).run_requests or []]
+
+
+def test_money_of_the_window_for_an_invoice_before_it_finds_that_invoice(
+    sandbox: Sandbox, sqlite_url: str, instance: dg.DagsterInstance
+) -> None:
+    # A first run from October 9 on a new warehouse: charges of October 9 and 11 paid
+    # invoices of October 5 to 8, and the credit note of October 24 credits one of October 1.
+    start = dt.date(2026, 10, 9)
+    _daily(sandbox, sqlite_url, start, instance, last_day=TEST_END)
+    false_alarms = (
+        "SELECT kind, source_id FROM finance_exceptions WHERE status = 'open' "
+        "AND kind IN ('unmatched_payment', 'unmatched_refund')"
+    )
+    assert _rows(sqlite_url, false_alarms) == []
+    earlier = _late_changes(instance, sqlite_url)
+    assert earlier and all(str(d) < start.isoformat() for d in earlier)
+
+    # Those days run for their invoices (the late-changes sensor asks for them), and the
+    # money applies; their own money is not pulled in, so nothing cascades further back.
+    for day in earlier:
+        _daily(
+            sandbox, sqlite_url, dt.date.fromisoformat(str(day)), instance, job_name="catch_up_job"
+        )
+    assert _late_changes(instance, sqlite_url) == []
+    _post_due(sandbox, sqlite_url, instance)
+    before = f"(SELECT invoice_id FROM invoices WHERE partition_date < '{start}')"
+    unposted = (
+        "SELECT {key} FROM {table} t WHERE t.invoice_id IN {before} {cond} AND NOT EXISTS "
+        "(SELECT 1 FROM posting_ledger l WHERE l.source_id = t.{key} AND l.state = 'posted')"
+    )
+    assert _rows(sqlite_url, f"SELECT COUNT(*) FROM {before} b") != [(0,)]
+    assert (
+        _rows(
+            sqlite_url,
+            unposted.format(
+                key="payment_id", table="payments", before=before, cond="AND t.status = 'succeeded'"
+            ),
+        )
+        == []
+    )
+    assert (
+        _rows(
+            sqlite_url,
+            unposted.format(key="credit_note_id", table="credit_notes", before=before, cond=""),
+        )
+        == []
+    )
+    assert (
+        _rows(
+            sqlite_url,
+            unposted.format(
+                key="invoice_id", table="invoices", before=before, cond="AND t.status <> 'draft'"
+            ),
+        )
+        == []
+    )
+
+
+def _post_due(sb: Sandbox, url: str, instance: dg.DagsterInstance) -> None:
+    """What the posting sensor launches for the documents due on the ledger."""
+    sensor = defs().resolve_sensor_def("erp_posting_sensor")
+    context = dg.build_sensor_context(
+        instance=instance, definitions=defs(), resources={"warehouse": WarehouseResource(url=url)}
+    )
+    (request,) = sensor.evaluate_tick(context).run_requests or []
+    job = defs().resolve_job_def("erp_posting_job")
+    result = job.execute_in_process(
+        instance=instance, tags=request.tags, resources=_resources(sb.env, url)
+    )
+    assert result.success

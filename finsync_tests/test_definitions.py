@@ -19,6 +19,7 @@ ASSET_GROUPS = {
         "stripe_credit_notes",
         "stripe_customers",
         "stripe_invoice_changes",
+        "stripe_invoice_payments",
         "stripe_invoices",
         "stripe_payments",
         "stripe_refunds",
@@ -101,7 +102,7 @@ def test_checks_jobs_schedules_sensors(definitions: dg.Definitions) -> None:
     checks = definitions.resolve_asset_graph().asset_check_keys
     assert sorted(f"{c.asset_key.to_user_string()}:{c.name}" for c in checks) == CHECKS
     jobs = {j.name for j in definitions.resolve_all_job_defs()} - {"__ASSET_JOB"}
-    assert jobs == {"daily_sync_job", "erp_posting_job", "ingest_job"}
+    assert jobs == {"catch_up_job", "daily_sync_job", "erp_posting_job", "ingest_job"}
     assert [s.name for s in definitions.schedules or []] == ["daily_sync_job_schedule"]
     assert [s.name for s in definitions.sensors or []] == [
         "erp_posting_sensor",

@@ -447,7 +447,8 @@ def derive_credit_memos(
                 "stripe",
                 note_id,
                 f"Stripe credit note {note_id} credits invoice {note['invoice_id']}, "
-                "which is not ready for the ERP (see that invoice's exception)",
+                "which is not ready for the ERP yet: its own exception says why, or its day has "
+                "not run yet (the late-changes sensor runs it)",
                 **extra,
             )
             continue
@@ -615,7 +616,8 @@ def derive_payment_applications(
                 "stripe",
                 payment_id,
                 f"Stripe charge {payment_id} paid invoice {invoice_id}, which is not "
-                "ready for the ERP (see that invoice's exception)",
+                "ready for the ERP yet: its own exception says why, or its day has not run "
+                "yet (the late-changes sensor runs it)",
                 **extra,
             )
             continue

@@ -22,6 +22,9 @@ class PipelineSettings(dg.ConfigurableResource):
         netsuite_concurrency: Documents a posting run sends at once. NetSuite's default tier
             allows 5 concurrent requests per account; one is left for reads and other
             integrations.
+        stripe_max_lookups: Stripe requests a run may spend finding invoices the warehouse
+            does not hold (those of payments and credit notes made before finsync's first
+            day); the rest wait for the next run.
         salesforce_max_quota_share: The share of the Salesforce org's daily API limit the
             extracts may bring its usage to. Other integrations share that limit; an extract
             that would pass it stops cleanly, lands what it read and resumes on the next run.
@@ -34,6 +37,7 @@ class PipelineSettings(dg.ConfigurableResource):
     tax_tolerance_minor_per_line: int = Field(default=1, ge=0)
     avalara_concurrency: int = Field(default=4, ge=1, le=16)
     netsuite_concurrency: int = Field(default=4, ge=1, le=20)
+    stripe_max_lookups: int = Field(default=200, ge=0)
     salesforce_max_quota_share: float = Field(default=0.5, gt=0.0, le=1.0)
 
     def feed_is_broken(self, bad: int, share: float) -> bool:

@@ -194,6 +194,17 @@ class StripeClient(ConnectorClient):
             params.append(("payment_intent", payment_intent))
         return self._list("/v1/refunds", params)
 
+    def invoice_payments_of_intent(self, payment_intent: str) -> list[dict[str, Any]]:
+        """The invoice payments a payment intent made (``GET /v1/invoice_payments``): how a
+        charge is traced to its invoice since API 2025-03-31, when charges and intents lost
+        their ``invoice`` field."""
+        return list(
+            self._list(
+                "/v1/invoice_payments",
+                [("payment[type]", "payment_intent"), ("payment[payment_intent]", payment_intent)],
+            )
+        )
+
     def retrieve(self, object_path: str, object_id: str) -> dict[str, Any]:
         """One object by id, e.g. ``retrieve("invoices", "in_...")``.
 

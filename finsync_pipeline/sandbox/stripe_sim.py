@@ -282,6 +282,8 @@ class StripeSimulator(Simulator):
             )
         parts = [p for p in req.path.split("/") if p]
         unknown = StripeError(404, f"Unrecognized request URL ({req.method}: {req.path}).")
+        if req.method == "GET" and parts == ["v1", "invoice_payments"]:
+            return self._invoice_payments(req)
         if len(parts) < 2 or parts[0] != "v1" or parts[1] not in _COLLECTIONS:
             raise unknown
         obj = _COLLECTIONS[parts[1]]
@@ -456,6 +458,54 @@ class StripeSimulator(Simulator):
         if order == "ASC":
             bodies.reverse()
         return self._envelope(f"/v1/{req.path.split('/')[2]}", bodies, has_more)
+
+    def _invoice_payments(self, req: Request) -> Response:
+        """``GET /v1/invoice_payments``: the payments of invoices, filtered by ``invoice`` or
+        by ``payment[type]`` with ``payment[payment_intent]``, newest first. Stripe requires
+        the payment's type with its id, and refuses a filter it does not know."""
+        params: dict[str, list[str]] = {}
+        for key, value in req.params():
+            params.setdefault(key, []).append(value)
+        allowed = {"limit", "starting_after", "ending_before", "invoice", "status"}
+        allowed |= {"payment[type]", "payment[payment_intent]", "payment[payment_record]"}
+        for key in params:
+            if key not in allowed:
+                raise StripeError(400, f"Received unknown parameter: {key}", param=key)
+        limit, after, before = self._page_args(params)
+        intent = (params.get("payment[payment_intent]") or [""])[-1]
+        kind = (params.get("payment[type]") or [""])[-1]
+        if intent and kind != "payment_intent":
+            raise StripeError(400, "Missing required param: payment[type].", param="payment[type]")
+        where, args = ["o.object = 'invoice'"], []
+        if params.get("invoice"):
+            where.append("o.id = ?")
+            args.append(params["invoice"][-1])
+        if intent:
+            where.append("json_extract(p.value, '$.payment.payment_intent') = ?")
+            args.append(intent)
+        if params.get("status"):
+            where.append("json_extract(p.value, '$.status') = ?")
+            args.append(params["status"][-1])
+        rows = self.store.all(
+            "SELECT p.value AS body, json_extract(p.value, '$.id') AS id FROM stripe_object o, "
+            f"json_each(o.body, '$.payments.data') p WHERE {' AND '.join(where)} "
+            "ORDER BY json_extract(p.value, '$.created') DESC, id DESC",
+            args,
+        )
+        ids = [r["id"] for r in rows]
+        start, end = 0, limit
+        if after or before:
+            cursor = after or before
+            if cursor not in ids:
+                raise StripeError(
+                    400, f"No such invoice_payment: '{cursor}'", code="resource_missing"
+                )
+            at = ids.index(cursor)
+            start, end = (at + 1, at + 1 + limit) if after else (max(at - limit, 0), at)
+        has_more = end < len(rows) if not before else start > 0
+        return self._envelope(
+            "/v1/invoice_payments", [r["body"] for r in rows[start:end]], has_more
+        )
 
     @staticmethod
     def _envelope(url: str, bodies: list[str], has_more: bool) -> Response:

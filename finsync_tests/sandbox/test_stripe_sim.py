@@ -447,3 +447,26 @@ def test_only_a_draft_can_be_deleted(
         "resource_missing",
         "customer",
     )
+
+
+def test_invoice_payments_trace_a_payment_intent_to_its_invoice(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    paid = next(i for i in company.stripe["invoice"] if i["payments"]["data"])
+    pay = paid["payments"]["data"][-1]
+    intent = pay["payment"]["payment_intent"]
+    found = _list_all(
+        http,
+        sandbox,
+        "/v1/invoice_payments",
+        **{"payment[type]": "payment_intent", "payment[payment_intent]": intent},
+    )
+    assert [(p["id"], p["invoice"]) for p in found] == [(pay["id"], paid["id"])]
+    # Every invoice payment pages newest first, and each names its invoice.
+    every = _list_all(http, sandbox, "/v1/invoice_payments")
+    assert len(every) == sum(len(i["payments"]["data"]) for i in company.stripe["invoice"])
+    # Like Stripe: the payment's id needs its type, and an unknown filter is refused.
+    untyped = _get(http, sandbox, "/v1/invoice_payments", **{"payment[payment_intent]": intent})
+    assert untyped.status_code == 400
+    assert untyped.json()["error"]["param"] == "payment[type]"
+    assert _get(http, sandbox, "/v1/invoice_payments", charge="ch_x").status_code == 400

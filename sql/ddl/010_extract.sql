@@ -155,3 +155,14 @@ CREATE TABLE IF NOT EXISTS erp_invoices (
     extracted_at       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ix_erp_invoices_partition ON erp_invoices (partition_date);
+
+-- Stripe invoice payments looked up for a payment whose invoice the warehouse did not hold.
+CREATE TABLE IF NOT EXISTS stripe_invoice_payments (
+    source_id          TEXT NOT NULL PRIMARY KEY,
+    partition_date     TEXT NOT NULL,
+    source_system      TEXT NOT NULL,
+    source_updated_at  TEXT,
+    payload            TEXT NOT NULL,
+    extraction_run_id  TEXT NOT NULL,
+    extracted_at       TEXT NOT NULL
+);

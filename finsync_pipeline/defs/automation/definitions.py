@@ -59,6 +59,26 @@ daily_sync_job = dg.define_asset_job(
     description="The whole pipeline, extract to reconcile, for a day range.",
 )
 
+# The extracts of a day's money. A day run again for a late change to its invoices, or for an
+# invoice the money of a later day paid, leaves them out: that day's own money belongs to that
+# day's own run, and pulling it in would pull in the invoices it paid, and so on back to the
+# start of the history.
+MONEY_EXTRACTS = [
+    "stripe_charges",
+    "stripe_credit_notes",
+    "stripe_refunds",
+    "stripe_payments",
+    "stripe_invoice_payments",
+]
+
+catch_up_job = dg.define_asset_job(
+    "catch_up_job",
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(*MONEY_EXTRACTS),
+    tags={ERP_TAG: ERP},
+    description="A day run again for its invoices (late changes, or invoices later money "
+    "paid): everything but the day's own money extracts; launched by late_changes_sensor.",
+)
+
 # How many days before yesterday the nightly tick looks back for a day whose run failed.
 CATCH_UP_DAYS = 7
 RETRY_OF_TAG = "finsync/retry_of"
@@ -179,7 +199,8 @@ def days_behind(conn: sa.Connection, limit: int) -> list[dict[str, object]]:
     The events stream writes a late change (a payment, a void, a finalization days later)
     back into the day the invoice was created, under the run that read it; the canonical row
     keeps the run that validated its day. A day with such a difference has changes nothing
-    downstream has seen. Quarantined invoices wait in quarantine instead.
+    downstream has seen. Quarantined invoices wait in quarantine instead, and a deleted draft
+    is gone.
     """
     rows = conn.execute(
         sa.text(
@@ -189,36 +210,40 @@ def days_behind(conn: sa.Connection, limit: int) -> list[dict[str, object]]:
             "AND (c.invoice_id IS NULL OR c.extraction_run_id <> l.extraction_run_id) "
             "AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.asset = 'stripe_invoices' "
             "AND q.source_id = l.source_id) "
+            # A deleted draft is landed marked deleted (canonical JSON) and is never carried.
+            "AND l.payload NOT LIKE :deleted "
             "GROUP BY l.partition_date ORDER BY l.partition_date LIMIT :limit"
         ),
-        {"start": HISTORY_START, "limit": limit},
+        {"start": HISTORY_START, "limit": limit, "deleted": '%"deleted":true%'},
     )
     return [dict(r._mapping) for r in rows]
 
 
 @dg.sensor(
-    job=daily_sync_job,
+    job=catch_up_job,
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Runs an older day again when the events stream has written a late change "
-    "into it (an invoice paid, voided or finalized after its day), so the change reaches "
-    "derive, the ledger and reconciliation without anyone re-running the day by hand.",
+    description="Runs an older day again (catch_up_job) when its invoices changed after the "
+    "day (paid, voided, finalized later) or an invoice of it was landed for the money of a "
+    "later day, so the change reaches derive, the ledger and reconciliation without anyone "
+    "re-running the day by hand.",
 )
 def late_changes_sensor(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource
 ) -> dg.SensorResult:
-    busy = context.instance.get_run_records(
-        filters=dg.RunsFilter(
-            job_name=daily_sync_job.name,
-            statuses=[
-                dg.DagsterRunStatus.QUEUED,
-                dg.DagsterRunStatus.NOT_STARTED,
-                dg.DagsterRunStatus.STARTING,
-                dg.DagsterRunStatus.STARTED,
-            ],
-        ),
-        limit=1,
-    )
+    in_progress = [
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+    ]
+    busy = [
+        run
+        for job in (daily_sync_job.name, catch_up_job.name)
+        for run in context.instance.get_run_records(
+            filters=dg.RunsFilter(job_name=job, statuses=in_progress), limit=1
+        )
+    ]
     if busy:
         # A running day may be the very run about to carry these changes.
         return dg.SensorResult(skip_reason="a daily run is in progress")
@@ -278,7 +303,7 @@ def automation() -> dg.Definitions:
     schedules set in FINSYNC_POSTING_BATCH_WINDOWS (none by default: every flow posts in near
     real time)."""
     return dg.Definitions(
-        jobs=[ingest_job, erp_posting_job, daily_sync_job],
+        jobs=[ingest_job, erp_posting_job, daily_sync_job, catch_up_job],
         sensors=[erp_posting_sensor, late_changes_sensor],
         schedules=[daily_sync_schedule, *posting_window_schedules(batch_windows())],
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import dagster as dg
 import pandera.pandas as pa
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from finsync_pipeline.errors import PermanentUpstreamError, RecordMissingError
@@ -18,9 +19,11 @@ from finsync_pipeline.landing import (
     iso_day,
     land_changes,
     land_records,
+    load_pending_payloads,
     read_cursor,
     unix_day,
 )
+from finsync_pipeline.ledger import loads
 from finsync_pipeline.logic import normalize
 from finsync_pipeline.money import is_known_currency
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run, window
@@ -754,6 +757,105 @@ def stripe_invoice_changes(
             "invoices by status": dg.MetadataValue.json(statuses),
             "objects refetched in full": len(to_refetch) - len(deleted_at),
             "deleted drafts recorded": len(deleted_at),
+            "stripe requests": client.requests_made,
+        }
+    )
+
+
+REFERENCED_INVOICES_STREAM = "stripe_invoice_payments"
+
+
+def _ids_in(engine: Engine, sql: str, ids: Iterable[str]) -> set[str]:
+    wanted = sorted(set(ids))
+    if not wanted:
+        return set()
+    stmt = sa.text(sql).bindparams(sa.bindparam("ids", expanding=True))
+    with engine.connect() as conn:
+        return {str(r[0]) for r in conn.execute(stmt, {"ids": wanted})}
+
+
+@dg.asset(
+    **{
+        **_incremental(
+            "stripe_invoice_payments",
+            "stripe",
+            "The invoice a landed payment, refund or credit note refers to when the warehouse "
+            "does not hold it (an invoice created before the first day finsync ran): looked "
+            "up in Stripe's invoice payments, then the invoice itself landed under its own "
+            "day, where the late-changes sensor carries it to the ERP.",
+        ),
+        "deps": ["invoices", "stripe_charges", "stripe_credit_notes", "stripe_refunds"],
+    }
+)
+def stripe_invoice_payments(
+    context: dg.AssetExecutionContext,
+    stripe: StripeResource,
+    warehouse: WarehouseResource,
+    settings: PipelineSettings,
+) -> dg.MaterializeResult:
+    """Find the invoices outside the warehouse that this run's money refers to.
+
+    Since API 2025-03-31 a charge names no invoice: the invoice is found through
+    ``GET /v1/invoice_payments`` by payment intent. A credit note names its invoice; one the
+    warehouse does not hold is retrieved. Lookups are bounded by
+    ``PipelineSettings.stripe_max_lookups`` a run; the rest wait for the next run.
+    """
+    engine = warehouse.get_engine()
+    client = stripe.get_client()
+    with engine.connect() as conn:
+        charges = load_pending_payloads(conn, "stripe_charges", "payments", "payment_id")
+        refunds = load_pending_payloads(conn, "stripe_refunds", "refunds", "refund_id")
+        notes = load_pending_payloads(conn, "stripe_credit_notes", "credit_notes", "credit_note_id")
+        looked_up = [
+            loads(p)
+            for (p,) in conn.execute(sa.text("SELECT payload FROM stripe_invoice_payments"))
+        ]
+    intents = {
+        str(c["payment_intent"])
+        for c in [*charges["payload"], *refunds["payload"]]
+        if isinstance(c.get("payment_intent"), str) and c.get("status") != "failed"
+    }
+    intents -= _ids_in(
+        engine, "SELECT payment_intent FROM invoice_payments WHERE payment_intent IN :ids", intents
+    )
+    intents -= {str((p.get("payment") or {}).get("payment_intent")) for p in looked_up}
+    budget = settings.stripe_max_lookups
+    asked = sorted(intents)[:budget]
+    found = [pay for intent in asked for pay in client.invoice_payments_of_intent(intent)]
+    wanted = {str(n["invoice"]) for n in notes["payload"] if isinstance(n.get("invoice"), str)}
+    wanted |= {str(p["invoice"]) for p in found if isinstance(p.get("invoice"), str)}
+    wanted -= _ids_in(engine, "SELECT invoice_id FROM invoices WHERE invoice_id IN :ids", wanted)
+    wanted -= _ids_in(
+        engine, "SELECT source_id FROM stripe_invoices WHERE source_id IN :ids", wanted
+    )
+    fetched, missing = [], []
+    for invoice_id in sorted(wanted)[: max(budget - len(asked), 0)]:
+        try:
+            fetched.append(client.retrieve("invoices", invoice_id))
+        except RecordMissingError:
+            missing.append(invoice_id)
+    for table, records in (("stripe_invoice_payments", found), ("stripe_invoices", fetched)):
+        land_changes(
+            engine,
+            table=table,
+            system="stripe",
+            stream=REFERENCED_INVOICES_STREAM,
+            records=records,
+            id_key="id",
+            created_date=_created,
+            updated_at=_stripe_updated,
+            new_cursor=lambda _rows: None,
+            run_id=context.run.run_id,
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(found),
+            "payment intents looked up": len(asked),
+            "left for the next run (over the limit)": len(intents) - len(asked),
+            "invoices landed under their own day": dg.MetadataValue.json(
+                {str(_created(i)): str(i["id"]) for i in fetched}
+            ),
+            "invoices Stripe no longer has": dg.MetadataValue.json(missing),
             "stripe requests": client.requests_made,
         }
     )

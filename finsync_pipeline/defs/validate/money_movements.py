@@ -60,10 +60,23 @@ def _customer_keys(engine: Engine, customers: list[str]) -> dict[str, str]:
 
 
 def _invoice_of_intent(engine: Engine, intents: list[str]) -> dict[str, str]:
-    return _lookup(
+    """Payment intent -> the invoice it paid: from the canonical invoices' payments, else from
+    an invoice payment looked up in Stripe (an invoice from before finsync's first day)."""
+    wanted = sorted({i for i in intents if isinstance(i, str)})
+    with engine.connect() as conn:
+        looked_up = [
+            loads(p)
+            for (p,) in conn.execute(sa.text("SELECT payload FROM stripe_invoice_payments"))
+        ]
+    found = {
+        str((p.get("payment") or {}).get("payment_intent")): str(p["invoice"])
+        for p in looked_up
+        if isinstance(p.get("invoice"), str)
+    }
+    return {i: found[i] for i in wanted if i in found} | _lookup(
         engine,
         "SELECT payment_intent, invoice_id FROM invoice_payments WHERE payment_intent IN :keys",
-        sorted({i for i in intents if isinstance(i, str)}),
+        wanted,
     )
 
 
@@ -125,7 +138,13 @@ def _store(
     group_name="validate",
     kinds={"python", "sql"},
     owners=OWNERS,
-    deps=["stripe_charges", "stripe_invoice_changes", "invoices", "customers"],
+    deps=[
+        "stripe_charges",
+        "stripe_invoice_changes",
+        "stripe_invoice_payments",
+        "invoices",
+        "customers",
+    ],
 )
 def payments(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
@@ -162,7 +181,7 @@ def payments(
     group_name="validate",
     kinds={"python", "sql"},
     owners=OWNERS,
-    deps=["stripe_credit_notes", "stripe_invoice_changes", "customers"],
+    deps=["stripe_credit_notes", "stripe_invoice_changes", "stripe_invoice_payments", "customers"],
 )
 def credit_notes(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
@@ -200,7 +219,13 @@ def credit_notes(
     group_name="validate",
     kinds={"python", "sql"},
     owners=OWNERS,
-    deps=["stripe_refunds", "stripe_invoice_changes", "credit_notes", "invoices"],
+    deps=[
+        "stripe_refunds",
+        "stripe_invoice_changes",
+        "stripe_invoice_payments",
+        "credit_notes",
+        "invoices",
+    ],
 )
 def refunds(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
