@@ -42,6 +42,8 @@ class MasterData:
     netsuite_items: dict[str, str]
     netsuite_tax_item_id: str
     netsuite_service_credit_item_id: str | None = None
+    # The item an invoice's discounts post on (a NetSuite Discount item), as one negative line.
+    netsuite_discount_item_id: str | None = None
 
 
 def _rows(folder: Path, name: str, required: set[str]) -> list[dict[str, str]]:
@@ -111,4 +113,5 @@ def load_master_data(folder: Path | None = None) -> MasterData:
         netsuite_items={r["stripe_product_id"]: r["netsuite_item_id"] for r in product_rows},
         netsuite_tax_item_id=settings["netsuite_tax_item_id"],
         netsuite_service_credit_item_id=settings.get("netsuite_service_credit_item_id") or None,
+        netsuite_discount_item_id=settings.get("netsuite_discount_item_id") or None,
     )

@@ -13,6 +13,11 @@ Rules (finance signed these off; change them only with finance):
 5. Where a computation must round (tax on a line, proration, FX), it rounds **per line**, half
    up (away from zero on .5), at the currency's exponent, and the document total is the sum of
    the rounded lines. Totals therefore tie out by construction.
+6. Discounts and tax inside tax-inclusive prices are taken exactly as billing states them
+   (Stripe's ``discount_amounts``, ``total_discount_amounts`` and inclusive ``taxes``), never
+   recomputed or re-rounded: an ERP invoice line is the billing line's amount less its
+   inclusive tax, the discounts are one negative line of their sum, and every tax is one line,
+   so lines + discount + tax equal the billed total to the minor unit.
 """
 
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, localcontext

@@ -46,6 +46,8 @@ EXCEPTION_KINDS = {
     "tax_mismatch",
     "unknown_usage_subject",
 }
+# Invoice shapes that are no problem at all: each must post exactly and reconcile.
+SHAPE_KINDS = {"coupon_discount", "line_discount", "tax_inclusive", "full_discount"}
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -133,10 +135,12 @@ def test_demo_puts_every_planted_problem_in_quarantine_or_the_exception_queue(
     demo_home: Path, first_demo: dict[str, Any]
 ) -> None:
     planted = Sandbox(demo_home / "sandbox").planted()
-    assert set(planted) == QUARANTINE_KINDS | EXCEPTION_KINDS | {
-        "duplicate_usage_event",
-        "deleted_draft",
-    }
+    assert set(planted) == (
+        QUARANTINE_KINDS
+        | EXCEPTION_KINDS
+        | SHAPE_KINDS
+        | {"duplicate_usage_event", "deleted_draft"}
+    )
     engine = sa.create_engine(f"sqlite:///{demo_home / 'warehouse.db'}")
     with engine.connect() as conn:
         quarantined = {r[0] for r in conn.execute(sa.text("SELECT source_id FROM quarantine"))}
@@ -189,6 +193,33 @@ def test_demo_puts_every_planted_problem_in_quarantine_or_the_exception_queue(
             sa.text("SELECT COUNT(*) FROM invoices WHERE invoice_id = :id"), {"id": deleted["id"]}
         ).scalar_one()
     assert held == 0
+
+
+def test_demo_posts_discounted_tax_inclusive_and_free_invoices_exactly(
+    demo_home: Path, first_demo: dict[str, Any]
+) -> None:
+    planted = Sandbox(demo_home / "sandbox").planted()
+    assert first_demo["planted"] == {k: len(v) for k, v in planted.items()}
+    shaped = {item["id"] for kind in SHAPE_KINDS for item in planted[kind]}
+    assert shaped
+    engine = sa.create_engine(f"sqlite:///{demo_home / 'warehouse.db'}")
+    with engine.connect() as conn:
+        recon = {
+            r.invoice_id: (r.status, r.billing_total_minor, r.erp_total_minor)
+            for r in conn.execute(
+                sa.text(
+                    "SELECT invoice_id, status, billing_total_minor, erp_total_minor "
+                    "FROM invoice_reconciliation"
+                )
+            )
+        }
+        quarantined = {r[0] for r in conn.execute(sa.text("SELECT source_id FROM quarantine"))}
+    assert not shaped & quarantined
+    for invoice_id in shaped:
+        status, billing, erp = recon[invoice_id]
+        assert (status, billing) == ("matched", erp), invoice_id
+    free = {item["id"] for item in planted["full_discount"]}
+    assert all(recon[i][1] == 0 for i in free)
 
 
 def test_demo_runs_are_in_the_dagster_instance(demo_home: Path, first_demo: dict[str, Any]) -> None:

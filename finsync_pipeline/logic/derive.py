@@ -38,6 +38,7 @@ EXCEPTION_KINDS: dict[str, tuple[str, str]] = {
     "customer_held": ("medium", "revops"),
     "unmapped_product": ("high", "finance_ops"),
     "unmapped_currency": ("high", "finance_ops"),
+    "unmapped_discount": ("high", "finance_ops"),
     "posting_rejected": ("high", "finance_ops"),
     "posting_dead": ("high", "finance_ops"),
     "posted_document_changed": ("medium", "finance_ops"),
@@ -207,6 +208,17 @@ def derive_invoice_ready(
 
     Only live invoices (open, paid, uncollectible) are posted; drafts are not final and voids
     before posting never reach the ERP.
+
+    The ERP document states the invoice as billing does, to the minor unit:
+
+    - one line per billing line, at its amount net of the tax inside a tax-inclusive price
+      (and before discounts);
+    - one discount line on the mapped discount item (``netsuite_discount_item_id``), negative,
+      for every discount of the invoice (coupons and line discounts, as Stripe totals them);
+    - one tax line for every tax, inclusive and exclusive.
+
+    So lines + discount + tax == subtotal - inclusive tax - discount + tax == total. A 100%-off
+    invoice posts as a zero invoice: its lines, a discount of the same amount, no tax.
     """
     problems = ExceptionRows([])
     placed = dict(zip(upserts["customer_key"], upserts["external_id"], strict=True))
@@ -275,16 +287,40 @@ def derive_invoice_ready(
                 **extra,
             )
             continue
+        discount_minor = int(inv.discount_minor)
+        if discount_minor and master.netsuite_discount_item_id is None:
+            problems.add(
+                "unmapped_discount",
+                "stripe",
+                invoice_id,
+                f"Stripe invoice {invoice_id} field total_discount_amounts discounts "
+                f"{discount_minor} {inv.currency} (minor units), and erp_settings.csv has no "
+                "netsuite_discount_item_id to post it on",
+                **extra,
+            )
+            continue
         currency = str(inv.currency)
         items = [
             {
                 "item": {"id": master.netsuite_items[str(line.product_id)]},
                 "quantity": int(line.quantity),
-                "amount": to_decimal(int(line.amount_minor), currency),
+                # Inclusive tax goes on the tax line, so the line carries the price net of it.
+                "amount": to_decimal(
+                    int(line.amount_minor) - int(line.inclusive_tax_minor), currency
+                ),
                 "description": "" if _na(line.description) else str(line.description),
             }
             for line in inv_lines.itertuples(index=False)
         ]
+        if discount_minor:
+            items.append(
+                {
+                    "item": {"id": master.netsuite_discount_item_id},
+                    "quantity": 1,
+                    "amount": to_decimal(-discount_minor, currency),
+                    "description": "Discount",
+                }
+            )
         if int(inv.tax_minor):
             items.append(
                 {
@@ -320,6 +356,7 @@ def derive_invoice_ready(
                 "currency": currency,
                 "total_minor": int(inv.total_minor),
                 "tax_minor": int(inv.tax_minor),
+                "discount_minor": discount_minor,
                 "line_count": len(items),
                 "tran_date": inv.invoice_date,
                 "payload": payload,
@@ -339,6 +376,7 @@ def derive_invoice_ready(
             "currency",
             "total_minor",
             "tax_minor",
+            "discount_minor",
             "line_count",
             "tran_date",
             "payload",

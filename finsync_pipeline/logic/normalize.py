@@ -231,7 +231,11 @@ INVOICE_DTYPES = {
     "status": "str",
     "currency": "str",
     "subtotal": "Int64",
+    "discount": "Int64",
     "tax": "Int64",
+    "inclusive_tax": "Int64",
+    "exclusive_tax": "Int64",
+    "total_excluding_tax": "Int64",
     "total": "Int64",
     "lines_amount": "Int64",
     "line_count": "Int64",
@@ -245,7 +249,9 @@ LINE_DTYPES = {
     "line_id": "str",
     "line_number": "Int64",
     "amount": "Int64",
+    "discount": "Int64",
     "tax": "Int64",
+    "inclusive_tax": "Int64",
     "quantity": "Int64",
     "product_id": "str",
     "price_id": "str",
@@ -256,13 +262,33 @@ LINE_DTYPES = {
 }
 
 
-def _line_tax(line: Record) -> int | None:
-    taxes = line.get("taxes")
-    if taxes is None:
+TAX_BEHAVIORS = ("inclusive", "exclusive")
+
+
+def _amounts(items: Any, behavior: str | None = None) -> int | None:
+    """Sum of ``amount`` over a list of Stripe amount objects (taxes, discount amounts).
+
+    With ``behavior``, only the taxes of that ``tax_behavior`` count. Null when the list or an
+    item is malformed, or a tax names no known behaviour: the contract then names the field.
+    """
+    if items is None:
         return 0
-    if not isinstance(taxes, list):
+    if not isinstance(items, list):
         return None
-    return _sum_ints(as_int(t.get("amount")) if isinstance(t, Mapping) else None for t in taxes)
+    total = 0
+    for item in items:
+        if not isinstance(item, Mapping):
+            return None
+        amount = as_int(item.get("amount"))
+        if amount is None:
+            return None
+        if behavior is not None:
+            if item.get("tax_behavior") not in TAX_BEHAVIORS:
+                return None
+            if item.get("tax_behavior") != behavior:
+                continue
+        total += amount
+    return total
 
 
 def split_deleted(records: Iterable[Record]) -> tuple[list[Record], list[Record]]:
@@ -298,7 +324,11 @@ def flatten_stripe_invoices(records: Sequence[Record]) -> tuple[pd.DataFrame, pd
                     "line_id": as_text(line.get("id")) or f"{invoice_id}:{n}",
                     "line_number": n,
                     "amount": amount,
-                    "tax": _line_tax(line),
+                    # Stripe's line amount is before discounts and, for a tax-inclusive price,
+                    # includes the tax; both are carried so derive can state them.
+                    "discount": _amounts(line.get("discount_amounts")),
+                    "tax": _amounts(line.get("taxes")),
+                    "inclusive_tax": _amounts(line.get("taxes"), "inclusive"),
                     "quantity": as_int(line.get("quantity")),
                     "product_id": as_text(pricing.get("product")),
                     "price_id": as_text(pricing.get("price")),
@@ -308,7 +338,7 @@ def flatten_stripe_invoices(records: Sequence[Record]) -> tuple[pd.DataFrame, pd
                     "period_end": unix_to_date(period.get("end")),
                 }
             )
-        taxes = r.get("total_taxes") or []
+        taxes = r.get("total_taxes")
         transitions = r.get("status_transitions") or {}
         parent = (r.get("parent") or {}).get("subscription_details") or {}
         invoices.append(
@@ -320,7 +350,11 @@ def flatten_stripe_invoices(records: Sequence[Record]) -> tuple[pd.DataFrame, pd
                 "status": as_text(r.get("status")),
                 "currency": as_upper(r.get("currency")),
                 "subtotal": as_int(r.get("subtotal")),
-                "tax": _sum_ints(as_int(t.get("amount")) for t in taxes),
+                "discount": _amounts(r.get("total_discount_amounts")),
+                "tax": _amounts(taxes),
+                "inclusive_tax": _amounts(taxes, "inclusive"),
+                "exclusive_tax": _amounts(taxes, "exclusive"),
+                "total_excluding_tax": as_int(r.get("total_excluding_tax")),
                 "total": as_int(r.get("total")),
                 "lines_amount": _sum_ints(line_amounts),
                 "line_count": len(line_objs),

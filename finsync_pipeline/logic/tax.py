@@ -85,7 +85,8 @@ def build_sales_order(
     Args:
         invoice: A canonical ``invoices`` row (invoice_id, currency, invoice_date,
             customer_key, correlation_id).
-        lines: The invoice's canonical ``invoice_lines`` rows.
+        lines: The invoice's canonical ``invoice_lines`` rows (amount, discount and inclusive
+            tax of each).
         address: The customer's address (``address_from_account``).
         company_code: The AvaTax company.
 
@@ -102,11 +103,14 @@ def build_sales_order(
     model_lines = []
     for line in lines.sort_values("line_number").itertuples(index=False):
         product = _text(line.product_id)
+        # The engine taxes what Stripe taxed: the line after its discounts and without the tax
+        # already inside a tax-inclusive price.
+        taxable = int(line.amount_minor) - int(line.discount_minor) - int(line.inclusive_tax_minor)
         model_lines.append(
             {
                 "number": str(int(line.line_number)),
                 "quantity": Decimal(int(line.quantity)),
-                "amount": to_decimal(int(line.amount_minor), currency),
+                "amount": to_decimal(taxable, currency),
                 "taxCode": TAX_CODES.get(product or "", SAAS_TAX_CODE),
                 "itemCode": product or "",
                 "description": _text(line.description) or "",

@@ -44,6 +44,12 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("posting_ledger", "waiting_for", "TEXT"),
     ("customers", "tax_exempt", "TEXT"),
     ("customers", "has_tax_id", "INTEGER NOT NULL DEFAULT 0"),
+    ("invoices", "discount_minor", "BIGINT NOT NULL DEFAULT 0"),
+    ("invoices", "inclusive_tax_minor", "BIGINT NOT NULL DEFAULT 0"),
+    ("invoices", "total_excluding_tax_minor", "BIGINT"),
+    ("invoice_lines", "discount_minor", "BIGINT NOT NULL DEFAULT 0"),
+    ("invoice_lines", "inclusive_tax_minor", "BIGINT NOT NULL DEFAULT 0"),
+    ("invoice_ready_transactions", "discount_minor", "BIGINT NOT NULL DEFAULT 0"),
 ]
 
 

@@ -56,6 +56,8 @@ PRODUCTS: dict[str, tuple[str, str | None]] = {
     "prod_legacy": ("Legacy Analytics Add-on", None),
 }
 TAX_ITEM_ID = "190"
+DISCOUNT_ITEM_ID = "191"
+_ITEM_TYPES = {TAX_ITEM_ID: "OthCharge", DISCOUNT_ITEM_ID: "Discount"}
 
 # Monthly list prices in US cents; annual = 10 x monthly (two months free).
 _USD_MONTHLY: dict[str, int] = {
@@ -480,10 +482,12 @@ def generate(spec: CompanySpec) -> Company:
         netsuite=netsuite_master_data(),
         planted=planted,
     )
-    # Imported here: tax_plant builds on this module (a top-level import would be a cycle).
+    # Imported here: the plants build on this module (a top-level import would be a cycle).
+    from finsync_pipeline.sandbox.invoice_shapes import plant_invoice_shapes
     from finsync_pipeline.sandbox.tax_plant import plant_tax_mismatches
 
     plant_tax_mismatches(company)
+    plant_invoice_shapes(company)
     untouched = [s for s in rest if s not in unknown_entity] or subs
     _plant_deleted_draft(g, company, untouched)
     return company
@@ -2136,7 +2140,7 @@ def netsuite_master_data() -> dict[str, list[Record]]:
             "id": item_id,
             "itemId": name,
             "displayName": name,
-            "itemType": "NonInvtPart" if item_id != TAX_ITEM_ID else "OthCharge",
+            "itemType": _ITEM_TYPES.get(item_id, "NonInvtPart"),
             "isInactive": False,
         }
         for item_id, name in [
@@ -2146,6 +2150,7 @@ def netsuite_master_data() -> dict[str, list[Record]]:
             ("104", "Onboarding"),
             ("105", "Service Credits"),
             (TAX_ITEM_ID, "Sales Tax"),
+            (DISCOUNT_ITEM_ID, "Discounts"),
         ]
     ]
     # One bank account per subsidiary that Stripe money moves through (legal_entities.csv maps

@@ -690,6 +690,9 @@ class NetSuiteSimulator(Simulator):
                     )
             assert amount is not None
             total += amount
+        if total < 0:
+            # Discount lines may be negative; the document may not (NetSuite says so on save).
+            raise NsError(400, "USER_ERROR", "The total cannot be negative.", "item")
         return customer, currency, total
 
     def _validate_invoice(self, body: dict[str, Any]) -> Decimal:

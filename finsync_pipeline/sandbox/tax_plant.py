@@ -19,7 +19,7 @@ LIVE_STATUSES = ("open", "paid", "uncollectible")
 MIN_RATE_GAP = Decimal("0.01")
 
 
-def _rates() -> list[tuple[str, Decimal]]:
+def tax_rates() -> list[tuple[str, Decimal]]:
     """Every (Stripe tax rate id, rate) of the generator's tables, in a fixed order."""
     us = [(f"txr_us_{state.lower()}", rate) for state, _city, _zip, rate in _US_STATES]
     vat = [(f"txr_{country.lower()}", rate) for country, rate in sorted(_VAT.items())]
@@ -34,7 +34,7 @@ def _true_rate(account: dict[str, Any]) -> Decimal | None:
     return _VAT.get(str(country))
 
 
-def _excluded_ids(company: Company) -> set[str]:
+def excluded_ids(company: Company) -> set[str]:
     """Ids already planted, and invoices or charges another record builds on."""
     ids = {p["id"] for items in company.planted.values() for p in items}
     for obj, records in company.stripe.items():
@@ -59,7 +59,7 @@ def plant_tax_mismatches(company: Company) -> None:
     """
     rng = random.Random(f"{company.spec.seed}:tax_mismatch")  # noqa: S311 - synthetic data
     wanted = max(1, company.spec.accounts // 100)
-    excluded = _excluded_ids(company)
+    excluded = excluded_ids(company)
     accounts = {a["Id"]: a for a in company.salesforce["Account"]}
     customers = {c["id"]: c for c in company.stripe["customer"]}
     charges_of: dict[str, list[dict[str, Any]]] = {}
@@ -87,7 +87,7 @@ def plant_tax_mismatches(company: Company) -> None:
     planted = company.planted.setdefault("tax_mismatch", [])
     intents = {p["id"]: p for p in company.stripe.get("payment_intent", [])}
     for inv, rate in sorted(chosen, key=lambda pair: pair[0]["id"]):
-        wrong = [(txr, r) for txr, r in _rates() if abs(r - rate) >= MIN_RATE_GAP]
+        wrong = [(txr, r) for txr, r in tax_rates() if abs(r - rate) >= MIN_RATE_GAP]
         txr, wrong_rate = rng.choice(wrong)
         _retax(inv, txr, wrong_rate)
         for payment in inv["payments"]["data"]:

@@ -1,4 +1,5 @@
-"""Canonical contracts: the business objects every later stage relies on. Version 1.
+"""Canonical contracts: the business objects every later stage relies on. Version 1; invoices
+and their lines are at version 2 (discounts and inclusive tax).
 
 Money is in integer minor units with the ISO 4217 exponent of ``currency``. Every row carries
 its lineage: source system, source id, source version, extraction run and correlation id.
@@ -50,7 +51,12 @@ class Customer(Lineage):
 
 
 class Invoice(Lineage):
-    """A billing invoice in minor units; lines plus tax equal the total."""
+    """A billing invoice in minor units. Version 2.
+
+    Lines (before discounts, inclusive tax included) less the discount plus the exclusive tax
+    equal the total; the total excluding tax plus every tax equals the total too. A 100%-off
+    invoice has a discount equal to its subtotal and a total of zero.
+    """
 
     invoice_id: Series[str] = pa.Field(unique=True, description="Stripe invoice id")
     partition_date: Series[str] = pa.Field(iso_date=(), description="Day it was created")
@@ -62,19 +68,42 @@ class Invoice(Lineage):
         isin=["draft", "open", "paid", "uncollectible", "void"], description="Stripe status"
     )
     currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217")
-    subtotal_minor: Series[pd.Int64Dtype] = pa.Field(description="Sum of lines, minor units")
-    tax_minor: Series[pd.Int64Dtype] = pa.Field(description="Tax, minor units")
-    total_minor: Series[pd.Int64Dtype] = pa.Field(description="subtotal + tax, minor units")
+    subtotal_minor: Series[pd.Int64Dtype] = pa.Field(
+        description="Sum of lines before discounts, inclusive tax included; minor units"
+    )
+    discount_minor: Series[pd.Int64Dtype] = pa.Field(
+        ge=0, description="Every discount (coupons and line discounts), minor units"
+    )
+    tax_minor: Series[pd.Int64Dtype] = pa.Field(
+        description="Every tax, inclusive and exclusive, minor units"
+    )
+    inclusive_tax_minor: Series[pd.Int64Dtype] = pa.Field(
+        description="The part of tax_minor already inside tax-inclusive prices, minor units"
+    )
+    total_excluding_tax_minor: Series[pd.Int64Dtype] = pa.Field(
+        description="After discounts, before every tax, minor units"
+    )
+    total_minor: Series[pd.Int64Dtype] = pa.Field(
+        description="subtotal - discount + exclusive tax, minor units"
+    )
     line_count: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Lines, every page")
     invoice_date: Series[str] = pa.Field(iso_date=(), description="Invoice date (UTC)")
 
     @pa.dataframe_check(name="total_ties_out")
     def total_ties_out(cls, df: pd.DataFrame) -> Series[bool]:
-        return ((df["subtotal_minor"] + df["tax_minor"]) == df["total_minor"]).fillna(False)
+        exclusive = df["tax_minor"] - df["inclusive_tax_minor"]
+        total = df["subtotal_minor"] - df["discount_minor"] + exclusive
+        return (total == df["total_minor"]).fillna(False).astype(bool)
+
+    @pa.dataframe_check(name="total_excluding_tax_ties_out")
+    def total_excluding_tax_ties_out(cls, df: pd.DataFrame) -> Series[bool]:
+        total = df["total_excluding_tax_minor"] + df["tax_minor"]
+        return (total == df["total_minor"]).fillna(False).astype(bool)
 
 
 class InvoiceLine(pa.DataFrameModel):
-    """One line of a canonical invoice, in minor units."""
+    """One line of a canonical invoice, in minor units. Version 2: with its discount and the
+    tax inside a tax-inclusive price; ``amount - discount - inclusive tax`` is what is taxed."""
 
     line_id: Series[str] = pa.Field(unique=True, description="Stripe line item id")
     invoice_id: Series[str] = pa.Field(description="Stripe invoice id")
@@ -82,8 +111,16 @@ class InvoiceLine(pa.DataFrameModel):
     product_id: Series[str] = pa.Field(nullable=True, description="Stripe product id")
     quantity: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Quantity billed")
     currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217")
-    amount_minor: Series[pd.Int64Dtype] = pa.Field(description="Line amount, minor units")
-    tax_minor: Series[pd.Int64Dtype] = pa.Field(description="Line tax, minor units")
+    amount_minor: Series[pd.Int64Dtype] = pa.Field(
+        description="Line amount before discounts, inclusive tax included; minor units"
+    )
+    discount_minor: Series[pd.Int64Dtype] = pa.Field(
+        ge=0, description="The line's share of every discount, minor units"
+    )
+    tax_minor: Series[pd.Int64Dtype] = pa.Field(description="Line tax, every kind, minor units")
+    inclusive_tax_minor: Series[pd.Int64Dtype] = pa.Field(
+        description="The part of tax_minor inside the line amount, minor units"
+    )
     correlation_id: Series[str] = pa.Field(str_startswith="fs-", description="The invoice's")
 
 

@@ -25,8 +25,8 @@ class ContractInfo:
 
 CONTRACTS: list[ContractInfo] = [
     ContractInfo("customer", 1, canonical.Customer, "canonical"),
-    ContractInfo("invoice", 1, canonical.Invoice, "canonical"),
-    ContractInfo("invoice_line", 1, canonical.InvoiceLine, "canonical"),
+    ContractInfo("invoice", 2, canonical.Invoice, "canonical"),
+    ContractInfo("invoice_line", 2, canonical.InvoiceLine, "canonical"),
     ContractInfo("subscription", 1, canonical.Subscription, "canonical"),
     ContractInfo("payment", 1, canonical.Payment, "canonical"),
     ContractInfo("credit_note", 1, canonical.CreditNote, "canonical"),
@@ -36,8 +36,8 @@ CONTRACTS: list[ContractInfo] = [
     ContractInfo("product_mapping", 1, master.ProductMapping, "mapping"),
     ContractInfo("stripe_customer", 1, stripe.StripeCustomerRecord, "source"),
     ContractInfo("stripe_subscription", 1, stripe.StripeSubscriptionRecord, "source"),
-    ContractInfo("stripe_invoice", 1, stripe.StripeInvoiceRecord, "source"),
-    ContractInfo("stripe_invoice_line", 1, stripe.StripeInvoiceLineRecord, "source"),
+    ContractInfo("stripe_invoice", 2, stripe.StripeInvoiceRecord, "source"),
+    ContractInfo("stripe_invoice_line", 2, stripe.StripeInvoiceLineRecord, "source"),
     ContractInfo("stripe_payment", 1, stripe.StripePaymentRecord, "source"),
     ContractInfo("salesforce_account", 1, salesforce.SalesforceAccountRecord, "source"),
     ContractInfo("salesforce_opportunity", 1, salesforce.SalesforceOpportunityRecord, "source"),

@@ -1,7 +1,18 @@
 """Contracts for Stripe records as finsync flattens them (API version 2026-07-29.dahlia).
 
-Version 1 (credit notes, refunds and charges added in version 1 of their own models). Amounts
-are integers in the currency's minor unit, exactly as Stripe sends them.
+Version 1 (credit notes, refunds and charges added in version 1 of their own models); invoices
+and their lines are at version 2 (discounts and tax-inclusive prices). Amounts are integers in
+the currency's minor unit, exactly as Stripe sends them.
+
+The invoice identities are the ones Stripe guarantees, whatever the invoice's shape (a coupon,
+a line discount, a tax-inclusive price, a 100%-off invoice):
+
+- ``subtotal`` is the sum of the lines' ``amount``: before any discount, and including the tax
+  of tax-inclusive prices;
+- ``subtotal - sum(total_discount_amounts) + sum(exclusive total_taxes) == total``: inclusive
+  tax is already inside the subtotal;
+- ``total_excluding_tax + sum(total_taxes) == total``: ``total_excluding_tax`` is after
+  discounts and excludes every tax, inclusive tax included.
 """
 
 import pandas as pd
@@ -35,7 +46,8 @@ class StripeCustomerRecord(pa.DataFrameModel):
 
 
 class StripeInvoiceRecord(pa.DataFrameModel):
-    """A Stripe invoice header with its line totals (lines: StripeInvoiceLineRecord)."""
+    """A Stripe invoice header with its line totals (lines: StripeInvoiceLineRecord). Version 2:
+    discounts and inclusive tax are fields, and the identities are Stripe's own."""
 
     source_id: Series[str] = pa.Field(
         unique=True, str_matches=STRIPE_ID.format("in"), description="Stripe id"
@@ -43,9 +55,25 @@ class StripeInvoiceRecord(pa.DataFrameModel):
     customer: Series[str] = pa.Field(str_startswith="cus_", description="Stripe customer id")
     status: Series[str] = pa.Field(isin=INVOICE_STATUSES, description="Stripe invoice status")
     currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217, upper-case")
-    subtotal: Series[pd.Int64Dtype] = pa.Field(description="Sum of lines, minor units")
+    subtotal: Series[pd.Int64Dtype] = pa.Field(
+        description="Sum of line amounts, before discounts, inclusive tax included; minor units"
+    )
+    discount: Series[pd.Int64Dtype] = pa.Field(
+        ge=0, description="Sum of total_discount_amounts (coupons and line discounts), minor units"
+    )
     tax: Series[pd.Int64Dtype] = pa.Field(description="Sum of total_taxes, minor units")
-    total: Series[pd.Int64Dtype] = pa.Field(description="subtotal + tax, minor units")
+    inclusive_tax: Series[pd.Int64Dtype] = pa.Field(
+        description="Sum of total_taxes with tax_behavior inclusive, minor units"
+    )
+    exclusive_tax: Series[pd.Int64Dtype] = pa.Field(
+        description="Sum of total_taxes with tax_behavior exclusive, minor units"
+    )
+    total_excluding_tax: Series[pd.Int64Dtype] = pa.Field(
+        description="After discounts, before every tax (inclusive tax too), minor units"
+    )
+    total: Series[pd.Int64Dtype] = pa.Field(
+        description="subtotal - discount + exclusive tax, minor units"
+    )
     lines_amount: Series[pd.Int64Dtype] = pa.Field(
         nullable=True, description="Sum of every line's amount (null when a line is malformed)"
     )
@@ -61,7 +89,14 @@ class StripeInvoiceRecord(pa.DataFrameModel):
 
     @pa.dataframe_check(name="total_ties_out")
     def total_ties_out(cls, df: pd.DataFrame) -> Series[bool]:
-        return ((df["subtotal"] + df["tax"]) == df["total"]).fillna(False).astype(bool)
+        # Inclusive tax is inside the subtotal already; only exclusive tax is added on top.
+        total = df["subtotal"] - df["discount"] + df["exclusive_tax"]
+        return (total == df["total"]).fillna(False).astype(bool)
+
+    @pa.dataframe_check(name="total_excluding_tax_ties_out")
+    def total_excluding_tax_ties_out(cls, df: pd.DataFrame) -> Series[bool]:
+        total = df["total_excluding_tax"] + df["tax"]
+        return (total == df["total"]).fillna(False).astype(bool)
 
 
 class StripeInvoiceLineRecord(pa.DataFrameModel):
@@ -70,8 +105,16 @@ class StripeInvoiceLineRecord(pa.DataFrameModel):
     source_id: Series[str] = pa.Field(description="The invoice id the line belongs to")
     line_id: Series[str] = pa.Field(description="Stripe line item id")
     line_number: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Position on the invoice")
-    amount: Series[pd.Int64Dtype] = pa.Field(description="Line amount, minor units")
+    amount: Series[pd.Int64Dtype] = pa.Field(
+        description="Line amount before discounts, inclusive tax included; minor units"
+    )
+    discount: Series[pd.Int64Dtype] = pa.Field(
+        ge=0, description="Sum of the line's discount_amounts, minor units"
+    )
     tax: Series[pd.Int64Dtype] = pa.Field(description="Sum of the line's taxes, minor units")
+    inclusive_tax: Series[pd.Int64Dtype] = pa.Field(
+        description="Sum of the line's taxes with tax_behavior inclusive, minor units"
+    )
     quantity: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Quantity billed")
     product_id: Series[str] = pa.Field(nullable=True, description="pricing.price_details.product")
     currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217, upper-case")

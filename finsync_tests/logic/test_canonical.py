@@ -109,8 +109,11 @@ def test_build_invoices_links_customers_and_lines() -> None:
             "status": ["open", "paid"],
             "currency": ["USD", "JPY"],
             "subtotal": pd.array([2000, 500], dtype="Int64"),
+            "discount": pd.array([0, 100], dtype="Int64"),
             "tax": pd.array([160, 0], dtype="Int64"),
-            "total": pd.array([2160, 500], dtype="Int64"),
+            "inclusive_tax": pd.array([0, 0], dtype="Int64"),
+            "total_excluding_tax": pd.array([2000, 400], dtype="Int64"),
+            "total": pd.array([2160, 400], dtype="Int64"),
             "line_count": pd.array([1, 1], dtype="Int64"),
             "invoice_date": ["2026-10-01", "2026-10-02"],
             "due_date": ["2026-10-31", None],
@@ -128,7 +131,9 @@ def test_build_invoices_links_customers_and_lines() -> None:
             "quantity": pd.array([1, 5, 1], dtype="Int64"),
             "currency": ["USD", "JPY", "USD"],
             "amount": pd.array([2000, 500, 1], dtype="Int64"),
+            "discount": pd.array([0, 100, 0], dtype="Int64"),
             "tax": pd.array([160, 0, 0], dtype="Int64"),
+            "inclusive_tax": pd.array([0, 0, 0], dtype="Int64"),
             "period_start": [None, None, None],
             "period_end": [None, None, None],
         }
@@ -150,6 +155,7 @@ def test_build_invoices_links_customers_and_lines() -> None:
     assert list(body["line_id"]) == ["il_1", "il_2"]
     assert list(body["correlation_id"]) == list(head["correlation_id"])
     assert list(body["amount_minor"]) == [2000, 500]
+    assert head.loc["in_2", "discount_minor"] == list(body["discount_minor"])[1] == 100
 
 
 def _sub(sub_id: str, items: list[tuple[int, int, str, str]], contract: str | None) -> dict:
@@ -234,6 +240,7 @@ def test_canonical_invoices_validate_before_any_customer_has_landed() -> None:
         "status": "paid",
         "currency": "usd",
         "subtotal": 100,
+        "total_excluding_tax": 100,
         "total": 100,
         "total_taxes": [],
         "created": 1760000000,

@@ -85,7 +85,10 @@ def invoices() -> tuple[pd.DataFrame, pd.DataFrame]:
                 "customer_key": key,
                 "status": status,
                 "currency": currency,
+                "subtotal_minor": subtotal,
+                "discount_minor": 0,
                 "tax_minor": tax,
+                "inclusive_tax_minor": 0,
                 "total_minor": subtotal + tax,
                 "invoice_date": f"2026-10-{n + 1:02d}",
                 "due_date": None if n % 2 else f"2026-11-{n + 1:02d}",
@@ -100,6 +103,8 @@ def invoices() -> tuple[pd.DataFrame, pd.DataFrame]:
                     "product_id": product,
                     "quantity": quantity,
                     "amount_minor": amount,
+                    "discount_minor": 0,
+                    "inclusive_tax_minor": 0,
                     "description": f"{product} line",
                 }
             )
@@ -184,6 +189,8 @@ def test_a_line_without_a_product_is_reported_readably() -> None:
         "product_id": None,
         "quantity": 1,
         "amount_minor": 5,
+        "discount_minor": 0,
+        "inclusive_tax_minor": 0,
         "description": "no product",
     }
     body = pd.concat([body, pd.DataFrame([extra]).astype(body.dtypes.to_dict())])

@@ -20,8 +20,13 @@ INVOICE: dict[str, Any] = {
     "status": "open",
     "currency": "usd",
     "subtotal": 2000,
+    "total_excluding_tax": 2000,
     "total": 2160,
-    "total_taxes": [{"amount": 100}, {"amount": 60}],
+    "total_discount_amounts": [],
+    "total_taxes": [
+        {"amount": 100, "tax_behavior": "exclusive"},
+        {"amount": 60, "tax_behavior": "exclusive"},
+    ],
     "created": 1790812800,  # 2026-10-01 00:00:00 UTC
     "due_date": 1793404800,
     "status_transitions": {"finalized_at": 1790816400},
@@ -34,7 +39,7 @@ INVOICE: dict[str, Any] = {
                 "currency": "usd",
                 "quantity": 1,
                 "description": "Platform",
-                "taxes": [{"amount": 120}],
+                "taxes": [{"amount": 120, "tax_behavior": "exclusive"}],
                 "pricing": {"price_details": {"product": "prod_platform", "price": "price_1"}},
                 "period": {"start": 1790812800, "end": 1793404800},
             },
@@ -92,6 +97,54 @@ def test_malformed_taxes_are_na_not_zero() -> None:
     assert pd.isna(lines.iloc[1]["tax"])
     heads, _ = n.flatten_stripe_invoices([{**INVOICE, "total_taxes": [{"amount": "1"}]}])
     assert pd.isna(heads.iloc[0]["tax"])
+
+
+def test_discounts_and_inclusive_tax_flatten_apart_from_exclusive_tax() -> None:
+    # A coupon of 200 spread over both lines, and a 19% VAT inside the first line's price.
+    record = {
+        **INVOICE,
+        "subtotal": 2000,
+        "total_discount_amounts": [{"amount": 200, "discount": "di_1"}],
+        "total_taxes": [
+            {"amount": 215, "tax_behavior": "inclusive", "taxable_amount": 1135},
+            {"amount": 32, "tax_behavior": "exclusive", "taxable_amount": 450},
+        ],
+        "total_excluding_tax": 1585,
+        "total": 1832,
+        "lines": {
+            "data": [
+                {
+                    **INVOICE["lines"]["data"][0],
+                    "discount_amounts": [{"amount": 150, "discount": "di_1"}],
+                    "taxes": [{"amount": 215, "tax_behavior": "inclusive"}],
+                },
+                {
+                    **INVOICE["lines"]["data"][1],
+                    "discount_amounts": [{"amount": 50, "discount": "di_1"}],
+                    "taxes": [{"amount": 32, "tax_behavior": "exclusive"}],
+                },
+            ]
+        },
+    }
+    heads, lines = n.flatten_stripe_invoices([record])
+    head = heads.iloc[0]
+    assert (head["discount"], head["tax"], head["inclusive_tax"], head["exclusive_tax"]) == (
+        200,
+        247,
+        215,
+        32,
+    )
+    assert head["total_excluding_tax"] == 1585
+    assert list(lines["discount"]) == [150, 50]
+    assert list(lines["inclusive_tax"]) == [215, 0]
+
+
+def test_a_tax_without_a_known_behaviour_is_na() -> None:
+    # Which side of the price the tax is on decides the total: never guessed.
+    heads, _ = n.flatten_stripe_invoices([{**INVOICE, "total_taxes": [{"amount": 160}]}])
+    assert pd.isna(heads.iloc[0]["inclusive_tax"])
+    assert pd.isna(heads.iloc[0]["exclusive_tax"])
+    assert heads.iloc[0]["tax"] == 160
 
 
 def test_a_record_without_ids_does_not_crash_and_is_kept() -> None:

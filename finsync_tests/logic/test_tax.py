@@ -51,6 +51,8 @@ def _lines(amounts: list[int], currency: str = "USD") -> pd.DataFrame:
             "description": ["Platform"] * len(amounts),
             "quantity": [1] * len(amounts),
             "amount_minor": amounts,
+            "discount_minor": [0] * len(amounts),
+            "inclusive_tax_minor": [0] * len(amounts),
             "currency": currency,
         }
     )

@@ -13,6 +13,7 @@ from finsync_pipeline.sandbox.generator import (
     generate,
     salesforce_id,
 )
+from finsync_pipeline.sandbox.invoice_shapes import SHAPES
 
 FIXED = CompanySpec(accounts=300, months=12, seed=7, end=datetime.date(2026, 3, 31))
 
@@ -66,8 +67,13 @@ def test_invoices_tie_out_except_planted(default_company: Company) -> None:
             continue
         assert sum(line["amount"] for line in lines) == inv["subtotal"]
         taxes = sum(t["amount"] for t in inv["total_taxes"])
-        assert inv["subtotal"] + taxes == inv["total"]
+        exclusive = sum(t["amount"] for t in inv["total_taxes"] if t["tax_behavior"] == "exclusive")
+        discount = sum(d["amount"] for d in inv["total_discount_amounts"])
+        # Stripe's identities: inclusive tax is inside the subtotal already.
+        assert inv["subtotal"] - discount + exclusive == inv["total"]
+        assert inv["total_excluding_tax"] + taxes == inv["total"]
         assert taxes == sum(t["amount"] for line in lines for t in line["taxes"])
+        assert discount == sum(d["amount"] for line in lines for d in line["discount_amounts"])
         checked += 1
     assert checked > 1000
 
@@ -81,10 +87,41 @@ def test_paid_invoices_link_a_succeeded_payment_of_the_total(default_company: Co
             assert all(p["status"] == "open" for p in inv["payments"]["data"])
             assert all(p["amount_paid"] == 0 for p in inv["payments"]["data"])
             continue
+        if inv["total"] == 0:
+            # A 100%-off invoice is paid on finalization: Stripe collects nothing.
+            assert inv["payments"]["data"] == [] and inv["amount_paid"] == 0
+            continue
         (payment,) = inv["payments"]["data"]
         intent = intents[payment["payment"]["payment_intent"]]
         assert intent["status"] == "succeeded"
         assert intent["amount"] == inv["total"] == charges[intent["id"]]["amount"]
+
+
+def test_planted_invoice_shapes_are_the_shapes_they_claim(default_company: Company) -> None:
+    invoices = {i["id"]: i for i in default_company.stripe["invoice"]}
+    planted = default_company.planted
+    for p in planted["coupon_discount"]:
+        inv = invoices[p["id"]]
+        assert inv["discounts"] and inv["total_discount_amounts"]
+        assert all(line["discount_amounts"] for line in inv["lines"]["data"])
+    for p in planted["line_discount"]:
+        inv = invoices[p["id"]]
+        assert not inv["discounts"]
+        assert inv["lines"]["data"][0]["discounts"]
+    for p in planted["tax_inclusive"]:
+        inv = invoices[p["id"]]
+        assert {t["tax_behavior"] for t in inv["total_taxes"]} == {"inclusive"}
+        assert inv["total"] == inv["subtotal"] > inv["total_excluding_tax"]
+    for p in planted["full_discount"]:
+        inv = invoices[p["id"]]
+        assert (inv["status"], inv["total"], inv["amount_due"]) == ("paid", 0, 0)
+    intents = {p["id"] for p in default_company.stripe["payment_intent"]}
+    for event in default_company.stripe["event"]:
+        obj = event["data"]["object"]
+        if obj.get("object") == "payment_intent":
+            assert obj["id"] in intents
+        if obj.get("object") == "invoice" and obj["id"] in invoices:
+            assert obj["total"] == invoices[obj["id"]]["total"]
 
 
 def test_line_counts_exercise_pagination(default_company: Company) -> None:
@@ -107,6 +144,7 @@ def test_all_planted_kinds_present_and_real(default_company: Company) -> None:
         "tax_mismatch",
         "invalid_quantity",
         "deleted_draft",
+        *SHAPES,
     }
     assert all(planted.values())
     invoices = {i["id"]: i for i in default_company.stripe["invoice"]}

@@ -213,6 +213,31 @@ def test_invalid_invoice_is_400_with_error_path(ns: NetSuite, mutate: Any, path:
     assert ns.call("GET", f"{REST}/record/v1/invoice/eid:in_INVALID").status_code == 404
 
 
+def test_a_discount_line_may_be_negative_but_the_total_may_not(ns: NetSuite) -> None:
+    customer = _put_customer(ns, "SF-001DISC")
+    body = _invoice(customer, Decimal("100.10"))
+    body["item"]["items"].insert(
+        1, {"item": {"id": "191"}, "quantity": 1, "amount": Decimal("-120.00")}
+    )
+    resp = ns.call("PUT", f"{REST}/record/v1/invoice/eid:in_NEGATIVE", body)
+    assert resp.status_code == 400
+    detail = resp.json()["o:errorDetails"][0]
+    assert (detail["o:errorCode"], detail["detail"]) == (
+        "USER_ERROR",
+        "The total cannot be negative.",
+    )
+    assert ns.call("GET", f"{REST}/record/v1/invoice/eid:in_NEGATIVE").status_code == 404
+    # A 100%-off invoice: its line, a discount of the same amount and no tax is a zero invoice.
+    body["item"]["items"] = [
+        {"item": {"id": "101"}, "quantity": 1, "amount": Decimal("100.10")},
+        {"item": {"id": "191"}, "quantity": 1, "amount": Decimal("-100.10")},
+    ]
+    path = f"{REST}/record/v1/invoice/eid:in_FREE"
+    assert ns.call("PUT", path, body).status_code == 204
+    got = simplejson.loads(ns.call("GET", path).text, use_decimal=True)
+    assert (got["total"], got["status"]) == (Decimal("0.00"), "Paid In Full")
+
+
 def test_jpy_amounts_must_be_whole(ns: NetSuite) -> None:
     resp = ns.call(
         "PUT",

@@ -1,6 +1,8 @@
 """Property tests of the contracts: any valid row passes; each kind of bad row is caught with
 the check that names it."""
 
+from typing import Any
+
 import pandas as pd
 import pytest
 from hypothesis import given, settings
@@ -14,39 +16,61 @@ LIVE = ["open", "paid", "uncollectible"]
 
 
 @st.composite
-def invoices(draw: st.DrawFn) -> dict[str, object]:
-    """A Stripe invoice that ties out: lines sum to the subtotal, subtotal + tax = total."""
+def invoices(draw: st.DrawFn) -> dict[str, Any]:
+    """A Stripe invoice that ties out as Stripe guarantees: lines sum to the subtotal (before
+    discounts, inclusive tax included), subtotal - discount + exclusive tax = total, and total
+    excluding tax + every tax = total."""
     lines = draw(
         st.lists(st.integers(min_value=-(10**6), max_value=10**9), min_size=1, max_size=30)
     )
-    tax = draw(st.integers(min_value=0, max_value=10**8))
     subtotal = sum(lines)
+    discount = draw(st.integers(min_value=0, max_value=max(0, subtotal)))
+    inclusive = draw(st.integers(min_value=0, max_value=max(0, subtotal - discount)))
+    exclusive = draw(st.integers(min_value=0, max_value=10**8))
+    total = subtotal - discount + exclusive
     return {
         "source_id": "in_" + draw(st.text("abcdefghijkLMNOP0123456789", min_size=8, max_size=24)),
         "customer": "cus_" + draw(st.text("abcdef0123456789", min_size=6, max_size=14)),
         "status": draw(st.sampled_from(LIVE)),
         "currency": draw(st.sampled_from(sorted(EXPONENTS))),
         "subtotal": subtotal,
-        "tax": tax,
-        "total": subtotal + tax,
+        "discount": discount,
+        "tax": inclusive + exclusive,
+        "inclusive_tax": inclusive,
+        "exclusive_tax": exclusive,
+        "total_excluding_tax": total - inclusive - exclusive,
+        "total": total,
         "lines_amount": subtotal,
         "line_count": len(lines),
         "created": draw(st.integers(min_value=1, max_value=2**31)),
     }
 
 
-def _frame(rows: list[dict[str, object]]) -> pd.DataFrame:
+INTS = [
+    "subtotal",
+    "discount",
+    "tax",
+    "inclusive_tax",
+    "exclusive_tax",
+    "total_excluding_tax",
+    "total",
+    "lines_amount",
+    "line_count",
+    "created",
+]
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
-    ints = ["subtotal", "tax", "total", "lines_amount", "line_count", "created"]
     return df.astype(
-        {c: "Int64" for c in ints}
+        {c: "Int64" for c in INTS}
         | {"source_id": "str", "customer": "str", "status": "str", "currency": "str"}
     )
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.lists(invoices(), min_size=1, max_size=8, unique_by=lambda r: r["source_id"]))
-def test_any_invoice_that_ties_out_passes(rows: list[dict[str, object]]) -> None:
+def test_any_invoice_that_ties_out_passes(rows: list[dict[str, Any]]) -> None:
     outcome = validate_frame(_frame(rows), StripeInvoiceRecord, system="stripe", obj="invoice")
     assert outcome.failures.empty
 
@@ -57,20 +81,44 @@ def test_any_invoice_that_ties_out_passes(rows: list[dict[str, object]]) -> None
         ({"currency": "USDX"}, "currency", "iso_currency"),
         ({"status": "settled"}, "status", "isin"),
         ({"total": 1}, "total_ties_out", "total_ties_out"),
+        # Inclusive tax counted as if added on top: the total no longer ties out.
+        ({"exclusive_tax": 1, "inclusive_tax": -1}, "total_ties_out", "total_ties_out"),
+        ({"total_excluding_tax": -5}, "total_excluding_tax_ties_out", "total_excluding_tax"),
+        ({"discount": -1}, "discount", "greater_than_or_equal_to"),
         ({"lines_amount": 7}, "lines_tie_out", "lines_tie_out"),
         ({"line_count": -1}, "line_count", "greater_than_or_equal_to"),
         ({"customer": "acct_1"}, "customer", "str_startswith"),
     ],
-    ids=["currency", "status", "total", "lines", "line-count", "customer-id"],
+    ids=[
+        "currency",
+        "status",
+        "total",
+        "inclusive-as-exclusive",
+        "total-excluding-tax",
+        "negative-discount",
+        "lines",
+        "line-count",
+        "customer-id",
+    ],
 )
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(row=invoices())
 def test_each_kind_of_bad_invoice_is_caught_with_its_reason(
-    row: dict[str, object], change: dict[str, object], field: str, check: str
+    row: dict[str, Any], change: dict[str, Any], field: str, check: str
 ) -> None:
     bad = {**row, **change}
-    if change.get("total") == bad["subtotal"] + bad["tax"] or (
-        change.get("lines_amount") == bad["subtotal"]
+    if "inclusive_tax" in change:
+        # Move the inclusive tax onto the exclusive side, keeping the tax total.
+        inclusive = int(row["inclusive_tax"])
+        exclusive = int(row["exclusive_tax"])
+        bad.update(inclusive_tax=0, exclusive_tax=exclusive + inclusive)
+        if inclusive == 0:
+            return  # nothing was inclusive
+    ties = int(bad["subtotal"]) - int(bad["discount"]) + int(bad["exclusive_tax"])
+    if (
+        ("total" in change and change["total"] == ties)
+        or change.get("lines_amount") == bad["subtotal"]
+        or ("total_excluding_tax" in change and row["total_excluding_tax"] == -5)
     ):
         return  # the change happened to keep the invoice tied out
     outcome = validate_frame(_frame([bad]), StripeInvoiceRecord, system="stripe", obj="invoice")

@@ -57,8 +57,11 @@ def test_the_exported_schema_refuses_what_the_contract_refuses() -> None:
         "status": "paid",
         "currency": "USD",
         "subtotal_minor": 1000,
-        "tax_minor": 80,
-        "total_minor": 1080,
+        "discount_minor": 100,
+        "tax_minor": 72,
+        "inclusive_tax_minor": 0,
+        "total_excluding_tax_minor": 900,
+        "total_minor": 972,
         "line_count": 1,
         "invoice_date": "2026-10-01",
         "source_system": "stripe",
@@ -74,6 +77,7 @@ def test_the_exported_schema_refuses_what_the_contract_refuses() -> None:
         ("line_count", -1),
         ("correlation_id", "corr-1"),
         ("subtotal_minor", "10.00"),
+        ("discount_minor", -100),
     ]:
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({**row, field: bad}, schema)
@@ -104,4 +108,4 @@ def test_finsync_schema_export_writes_every_contract(tmp_path: Path) -> None:
         exported = json.loads((tmp_path / f"{stem}.schema.json").read_text())
         assert exported["x-finsync-version"] == info.version
         assert (tmp_path / f"{stem}.md").read_text().startswith(f"# {info.name}")
-    assert "| invoice | 1 | canonical |" in (tmp_path / "README.md").read_text()
+    assert "| invoice | 2 | canonical |" in (tmp_path / "README.md").read_text()

@@ -30,8 +30,11 @@ CREATE TABLE IF NOT EXISTS invoices (
     subscription_id         TEXT,
     status                  TEXT NOT NULL,
     currency                TEXT NOT NULL,
-    subtotal_minor          BIGINT NOT NULL,
-    tax_minor               BIGINT NOT NULL,
+    subtotal_minor          BIGINT NOT NULL,             -- lines before discounts
+    discount_minor          BIGINT NOT NULL DEFAULT 0,
+    tax_minor               BIGINT NOT NULL,             -- every tax, inclusive ones too
+    inclusive_tax_minor     BIGINT NOT NULL DEFAULT 0,   -- tax inside tax-inclusive prices
+    total_excluding_tax_minor BIGINT,
     total_minor             BIGINT NOT NULL,
     line_count              INTEGER NOT NULL,
     invoice_date            TEXT NOT NULL,
@@ -55,8 +58,10 @@ CREATE TABLE IF NOT EXISTS invoice_lines (
     description             TEXT,
     quantity                BIGINT NOT NULL,
     currency                TEXT NOT NULL,
-    amount_minor            BIGINT NOT NULL,
+    amount_minor            BIGINT NOT NULL,             -- before discounts
+    discount_minor          BIGINT NOT NULL DEFAULT 0,
     tax_minor               BIGINT NOT NULL,
+    inclusive_tax_minor     BIGINT NOT NULL DEFAULT 0,
     period_start            TEXT,
     period_end              TEXT,
     correlation_id          TEXT NOT NULL

@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS invoice_ready_transactions (
     currency                TEXT NOT NULL,
     total_minor             BIGINT NOT NULL,
     tax_minor               BIGINT NOT NULL,
+    discount_minor          BIGINT NOT NULL DEFAULT 0,
     line_count              INTEGER NOT NULL,
     tran_date               TEXT NOT NULL,
     payload                 TEXT NOT NULL,

@@ -31,6 +31,7 @@ INVOICE_KINDS = [
     "customer_held",
     "unmapped_currency",
     "unmapped_product",
+    "unmapped_discount",
     "posted_document_changed",
 ]
 
@@ -179,6 +180,9 @@ def invoice_ready_transactions(
             "dagster/row_count": len(ready),
             "total by currency": dg.MetadataValue.json(
                 amounts_by_currency(ready, "total_minor", "currency")
+            ),
+            "discount by currency": dg.MetadataValue.json(
+                amounts_by_currency(ready, "discount_minor", "currency")
             ),
             "ledger: new": queued.new,
             "ledger: changed before posting": queued.changed,
