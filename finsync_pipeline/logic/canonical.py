@@ -124,7 +124,8 @@ def build_invoices(
             "subscription_id": invoices["subscription_id"],
             "status": invoices["status"],
             "currency": invoices["currency"],
-            "subtotal_minor": invoices["subtotal"],
+            # Before every discount: Stripe's own subtotal has the lines' discounts taken off.
+            "subtotal_minor": invoices["lines_amount"],
             "discount_minor": invoices["discount"],
             "tax_minor": invoices["tax"],
             "inclusive_tax_minor": invoices["inclusive_tax"],

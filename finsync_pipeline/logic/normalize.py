@@ -238,6 +238,7 @@ INVOICE_DTYPES = {
     "total_excluding_tax": "Int64",
     "total": "Int64",
     "lines_amount": "Int64",
+    "item_discount": "Int64",
     "line_count": "Int64",
     "created": "Int64",
     "invoice_date": "str",
@@ -263,6 +264,26 @@ LINE_DTYPES = {
 
 
 TAX_BEHAVIORS = ("inclusive", "exclusive")
+
+
+def _item_discount(line: Mapping[str, Any]) -> int | None:
+    """A line's own discounts (those its ``discounts`` names), not its share of the
+    invoice's: Stripe's invoice ``subtotal`` already has them taken off ("item discounts are
+    already incorporated")."""
+    own = line.get("discounts") or []
+    if not isinstance(own, list):
+        return None
+    ids = {d if isinstance(d, str) else (d or {}).get("id") for d in own}
+    applied = line.get("discount_amounts") or []
+    if not isinstance(applied, list):
+        return None
+    mine = [a for a in applied if isinstance(a, Mapping) and _discount_id(a) in ids]
+    return _amounts(mine)
+
+
+def _discount_id(amount: Mapping[str, Any]) -> str | None:
+    discount = amount.get("discount")
+    return discount if isinstance(discount, str) else (discount or {}).get("id")
 
 
 def _amounts(items: Any, behavior: str | None = None) -> int | None:
@@ -313,11 +334,13 @@ def flatten_stripe_invoices(records: Sequence[Record]) -> tuple[pd.DataFrame, pd
         invoice_id = as_text(r.get("id"))
         line_objs = ((r.get("lines") or {}).get("data")) or []
         line_amounts: list[int | None] = []
+        item_discounts: list[int | None] = []
         for n, line in enumerate(line_objs):
             pricing = (line.get("pricing") or {}).get("price_details") or {}
             period = line.get("period") or {}
             amount = as_int(line.get("amount"))
             line_amounts.append(amount)
+            item_discounts.append(_item_discount(line))
             lines.append(
                 {
                     "source_id": invoice_id,
@@ -357,6 +380,7 @@ def flatten_stripe_invoices(records: Sequence[Record]) -> tuple[pd.DataFrame, pd
                 "total_excluding_tax": as_int(r.get("total_excluding_tax")),
                 "total": as_int(r.get("total")),
                 "lines_amount": _sum_ints(line_amounts),
+                "item_discount": _sum_ints(item_discounts),
                 "line_count": len(line_objs),
                 "created": as_int(r.get("created")),
                 "invoice_date": unix_to_date(r.get("created")),

@@ -14,9 +14,10 @@ Each invoice is rewritten consistently, as Stripe would have issued it. A line's
 stays before discounts (inclusive tax included); its tax is on what is left after discounts,
 per line, half up: ``tax_for(amount - discount, rate)`` for exclusive tax and
 ``(amount - discount) - round_half_up((amount - discount) / (1 + rate))`` for inclusive tax.
-Invoice totals follow Stripe's identities: ``subtotal - discounts + exclusive tax == total``
-and ``total_excluding_tax + every tax == total``. Payments, charges and event snapshots carry
-the new total.
+Invoice totals follow Stripe's identities: ``subtotal`` is the line amounts less the lines' own
+discounts ("item discounts are already incorporated"), ``line amounts - every discount +
+exclusive tax == total`` and ``total_excluding_tax + every tax == total``. Payments, charges
+and event snapshots carry the new total.
 """
 
 import random
@@ -113,10 +114,12 @@ def reprice(
         {"amount": d["amount"], "discount": d["discount"], "type": "discount"}
         for d in inv["total_discount_amounts"]
     ]
-    inv["subtotal"] = sum(line["amount"] for line in lines)
+    lines_amount = sum(line["amount"] for line in lines)
+    # Stripe's subtotal has item (line-level) discounts incorporated, not invoice-level ones.
+    inv["subtotal"] = lines_amount - (discount_total if line_level else 0)
     inv["subtotal_excluding_tax"] = inv["subtotal"] - inclusive_tax
-    inv["total"] = inv["subtotal"] - discount_total + (tax_total - inclusive_tax)
-    inv["total_excluding_tax"] = inv["subtotal"] - discount_total - inclusive_tax
+    inv["total"] = lines_amount - discount_total + (tax_total - inclusive_tax)
+    inv["total_excluding_tax"] = lines_amount - discount_total - inclusive_tax
     paid = inv["total"] if inv["status"] == "paid" else 0
     inv["amount_due"] = inv["total"]
     inv["amount_paid"] = paid

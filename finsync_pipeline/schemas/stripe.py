@@ -7,10 +7,13 @@ the currency's minor unit, exactly as Stripe sends them.
 The invoice identities are the ones Stripe guarantees, whatever the invoice's shape (a coupon,
 a line discount, a tax-inclusive price, a 100%-off invoice):
 
-- ``subtotal`` is the sum of the lines' ``amount``: before any discount, and including the tax
-  of tax-inclusive prices;
-- ``subtotal - sum(total_discount_amounts) + sum(exclusive total_taxes) == total``: inclusive
-  tax is already inside the subtotal;
+- a line's ``amount`` is before any discount and includes the tax of a tax-inclusive price;
+  ``subtotal`` is the sum of the lines' amounts with the lines' own discounts already taken off
+  (Stripe: "before any invoice level discount or exclusive tax is applied. Item discounts are
+  already incorporated"), so ``sum(line amounts) - item discounts == subtotal``;
+- ``sum(line amounts) - sum(total_discount_amounts) + sum(exclusive total_taxes) == total``:
+  ``total_discount_amounts`` aggregates every discount, the lines' own and the invoice's, and
+  inclusive tax is already inside the line amounts;
 - ``total_excluding_tax + sum(total_taxes) == total``: ``total_excluding_tax`` is after
   discounts and excludes every tax, inclusive tax included.
 """
@@ -56,7 +59,7 @@ class StripeInvoiceRecord(pa.DataFrameModel):
     status: Series[str] = pa.Field(isin=INVOICE_STATUSES, description="Stripe invoice status")
     currency: Series[str] = pa.Field(iso_currency=(), description="ISO 4217, upper-case")
     subtotal: Series[pd.Int64Dtype] = pa.Field(
-        description="Sum of line amounts, before discounts, inclusive tax included; minor units"
+        description="Line amounts less their own discounts, inclusive tax included; minor units"
     )
     discount: Series[pd.Int64Dtype] = pa.Field(
         ge=0, description="Sum of total_discount_amounts (coupons and line discounts), minor units"
@@ -72,10 +75,13 @@ class StripeInvoiceRecord(pa.DataFrameModel):
         description="After discounts, before every tax (inclusive tax too), minor units"
     )
     total: Series[pd.Int64Dtype] = pa.Field(
-        description="subtotal - discount + exclusive tax, minor units"
+        description="line amounts - discount + exclusive tax, minor units"
     )
     lines_amount: Series[pd.Int64Dtype] = pa.Field(
         nullable=True, description="Sum of every line's amount (null when a line is malformed)"
+    )
+    item_discount: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, ge=0, description="The lines' own discounts (not the invoice's), minor units"
     )
     line_count: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Number of lines, all pages")
     created: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Unix seconds")
@@ -84,13 +90,15 @@ class StripeInvoiceRecord(pa.DataFrameModel):
     def lines_tie_out(cls, df: pd.DataFrame) -> Series[bool]:
         # Draft and void invoices never reach the ERP, so only live invoices must tie out.
         live = df["status"].isin(["open", "paid", "uncollectible"])
-        ties = (df["lines_amount"] == df["subtotal"]).fillna(False).astype(bool)
+        # The subtotal has the lines' own discounts taken off already, not the invoice's.
+        subtotal = df["lines_amount"] - df["item_discount"]
+        ties = (subtotal == df["subtotal"]).fillna(False).astype(bool)
         return ~live | ties
 
     @pa.dataframe_check(name="total_ties_out")
     def total_ties_out(cls, df: pd.DataFrame) -> Series[bool]:
-        # Inclusive tax is inside the subtotal already; only exclusive tax is added on top.
-        total = df["subtotal"] - df["discount"] + df["exclusive_tax"]
+        # Inclusive tax is inside the line amounts already; only exclusive tax is added on top.
+        total = df["lines_amount"] - df["discount"] + df["exclusive_tax"]
         return (total == df["total"]).fillna(False).astype(bool)
 
     @pa.dataframe_check(name="total_excluding_tax_ties_out")

@@ -109,6 +109,7 @@ def test_build_invoices_links_customers_and_lines() -> None:
             "status": ["open", "paid"],
             "currency": ["USD", "JPY"],
             "subtotal": pd.array([2000, 500], dtype="Int64"),
+            "lines_amount": pd.array([2000, 500], dtype="Int64"),
             "discount": pd.array([0, 100], dtype="Int64"),
             "tax": pd.array([160, 0], dtype="Int64"),
             "inclusive_tax": pd.array([0, 0], dtype="Int64"),

@@ -122,7 +122,8 @@ SHAPES = [
                 ("prod_platform", 10000, 1000, 900, "exclusive"),
                 ("prod_seats", 5000, 0, 500, "exclusive"),
             ],
-            subtotal=15000,
+            # Stripe's subtotal has the line's own discount taken off already.
+            subtotal=14000,
             total=15400,
             total_excluding_tax=14000,
         ),

@@ -41,6 +41,7 @@ def invoices(draw: st.DrawFn) -> dict[str, Any]:
         "total_excluding_tax": total - inclusive - exclusive,
         "total": total,
         "lines_amount": subtotal,
+        "item_discount": 0,
         "line_count": len(lines),
         "created": draw(st.integers(min_value=1, max_value=2**31)),
     }
@@ -55,6 +56,7 @@ INTS = [
     "total_excluding_tax",
     "total",
     "lines_amount",
+    "item_discount",
     "line_count",
     "created",
 ]
