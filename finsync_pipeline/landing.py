@@ -211,6 +211,18 @@ def load_pending_payloads(conn: Connection, table: str, canonical: str, key: str
     return df
 
 
+def looked_up_invoice_of_intent(conn: Connection) -> dict[str, str]:
+    """Payment intent -> invoice, from the invoice payments ``stripe_invoice_payments`` looked
+    up in Stripe for money whose invoice the warehouse did not hold."""
+    found: dict[str, str] = {}
+    for (payload,) in conn.execute(sa.text("SELECT payload FROM stripe_invoice_payments")):
+        pay = loads(payload)
+        intent = (pay.get("payment") or {}).get("payment_intent")
+        if isinstance(intent, str) and isinstance(pay.get("invoice"), str):
+            found[intent] = pay["invoice"]
+    return found
+
+
 def quarantined_ids(conn: Connection, asset: str) -> set[str]:
     """Ids of the records of ``asset`` that are in quarantine now."""
     return {

@@ -493,6 +493,80 @@ def generate(spec: CompanySpec) -> Company:
     return company
 
 
+def draft_invoice(
+    invoice_id: str,
+    *,
+    created: int,
+    currency: str,
+    customer: str,
+    customer_name: str | None,
+    country: str | None,
+) -> Record:
+    """A one-off draft invoice as Stripe creates it (``POST /v1/invoices``): no lines yet, all
+    amounts zero, nothing finalized. Callers add lines and amounts."""
+    return {
+        "id": invoice_id,
+        "object": "invoice",
+        "account_country": country,
+        "amount_due": 0,
+        "amount_overpaid": 0,
+        "amount_paid": 0,
+        "amount_remaining": 0,
+        "amount_shipping": 0,
+        "attempt_count": 0,
+        "attempted": False,
+        "auto_advance": False,
+        "billing_reason": "manual",
+        "collection_method": "charge_automatically",
+        "created": created,
+        "currency": currency,
+        "customer": customer,
+        "customer_email": None,
+        "customer_name": customer_name,
+        "default_payment_method": None,
+        "description": None,
+        "discounts": [],
+        "due_date": None,
+        "effective_at": None,
+        "ending_balance": None,
+        "last_finalization_error": None,
+        "lines": {
+            "object": "list",
+            "data": [],
+            "has_more": False,
+            "url": f"/v1/invoices/{invoice_id}/lines",
+        },
+        "livemode": False,
+        "metadata": {},
+        "number": None,
+        "parent": None,
+        "payments": {
+            "object": "list",
+            "data": [],
+            "has_more": False,
+            "url": f"/v1/invoice_payments?invoice={invoice_id}",
+        },
+        "period_end": created,
+        "period_start": created,
+        "post_payment_credit_notes_amount": 0,
+        "pre_payment_credit_notes_amount": 0,
+        "starting_balance": 0,
+        "status": "draft",
+        "status_transitions": {
+            "finalized_at": None,
+            "marked_uncollectible_at": None,
+            "paid_at": None,
+            "voided_at": None,
+        },
+        "subtotal": 0,
+        "subtotal_excluding_tax": 0,
+        "total": 0,
+        "total_discount_amounts": [],
+        "total_excluding_tax": 0,
+        "total_taxes": [],
+    }
+
+
 def _plant_deleted_draft(g: _Gen, company: Company, subs: list[_Sub]) -> None:
     """A one-off draft invoice someone made and deleted near the end of the history.
 
@@ -560,67 +634,24 @@ def _plant_deleted_draft(g: _Gen, company: Company, subs: list[_Sub]) -> None:
         "subtotal": amount,
         "taxes": [dict(taxes, amount=tax)],
     }
-    draft: Record = {
-        "id": inv_id,
-        "object": "invoice",
-        "account_country": sub.country,
-        "amount_due": amount + tax,
-        "amount_overpaid": 0,
-        "amount_paid": 0,
-        "amount_remaining": amount + tax,
-        "amount_shipping": 0,
-        "attempt_count": 0,
-        "attempted": False,
-        "auto_advance": False,
-        "billing_reason": "manual",
-        "collection_method": "charge_automatically",
-        "created": created,
-        "currency": cur,
-        "customer": sub.customer_id,
-        "customer_email": None,
-        "customer_name": sub.name,
-        "default_payment_method": None,
-        "description": None,
-        "discounts": [],
-        "due_date": None,
-        "effective_at": None,
-        "ending_balance": None,
-        "last_finalization_error": None,
-        "lines": {
-            "object": "list",
-            "data": [line],
-            "has_more": False,
-            "url": f"/v1/invoices/{inv_id}/lines",
-        },
-        "livemode": False,
-        "metadata": {},
-        "number": None,
-        "parent": None,
-        "payments": {
-            "object": "list",
-            "data": [],
-            "has_more": False,
-            "url": f"/v1/invoice_payments?invoice={inv_id}",
-        },
-        "period_end": created,
-        "period_start": created,
-        "post_payment_credit_notes_amount": 0,
-        "pre_payment_credit_notes_amount": 0,
-        "starting_balance": 0,
-        "status": "draft",
-        "status_transitions": {
-            "finalized_at": None,
-            "marked_uncollectible_at": None,
-            "paid_at": None,
-            "voided_at": None,
-        },
-        "subtotal": amount,
-        "subtotal_excluding_tax": amount,
-        "total": amount + tax,
-        "total_discount_amounts": [],
-        "total_excluding_tax": amount,
-        "total_taxes": [dict(taxes, amount=tax, taxable_amount=amount)],
-    }
+    draft = draft_invoice(
+        inv_id,
+        created=created,
+        currency=cur,
+        customer=sub.customer_id,
+        customer_name=sub.name,
+        country=sub.country,
+    )
+    draft["lines"]["data"] = [line]
+    draft.update(
+        amount_due=amount + tax,
+        amount_remaining=amount + tax,
+        subtotal=amount,
+        subtotal_excluding_tax=amount,
+        total=amount + tax,
+        total_excluding_tax=amount,
+        total_taxes=[dict(taxes, amount=tax, taxable_amount=amount)],
+    )
     events = company.stripe["event"]
     for at, etype in ((created, "invoice.created"), (created + 3 * 3600, "invoice.deleted")):
         events.append(

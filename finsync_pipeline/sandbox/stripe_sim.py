@@ -31,6 +31,7 @@ from finsync_pipeline.sandbox.generator import (
     STRIPE_API_VERSION,
     Company,
     credit_note_wire_view,
+    draft_invoice,
     invoice_wire_view,
 )
 from finsync_pipeline.sandbox.http_base import (
@@ -981,71 +982,26 @@ class StripeSimulator(Simulator):
             raise StripeError(400, f"Invalid boolean: {auto_advance}", param="auto_advance")
         now = int(self.clock())
         invoice_id = "in_" + secrets.token_hex(12)
-        invoice: dict[str, Any] = {
-            "id": invoice_id,
-            "object": "invoice",
-            "account_country": (customer.get("address") or {}).get("country"),
-            "amount_due": 0,
-            "amount_overpaid": 0,
-            "amount_paid": 0,
-            "amount_remaining": 0,
-            "amount_shipping": 0,
-            "attempt_count": 0,
-            "attempted": False,
-            "auto_advance": auto_advance == "true",
-            "billing_reason": "manual",
-            "collection_method": method,
-            "created": now,
-            "currency": currency,
-            "customer": customer_id,
-            "customer_email": customer.get("email"),
-            "customer_name": customer.get("name"),
-            "default_payment_method": None,
-            "description": flat.get("description") or None,
-            "discounts": [],
-            "due_date": now + due_days * 86400 if due_days is not None else None,
-            "effective_at": None,
-            "ending_balance": None,
-            "last_finalization_error": None,
-            "lines": {
-                "object": "list",
-                "data": [],
-                "has_more": False,
-                "url": f"/v1/invoices/{invoice_id}/lines",
-            },
-            "livemode": False,
-            "metadata": {
+        invoice = draft_invoice(
+            invoice_id,
+            created=now,
+            currency=currency,
+            customer=customer_id,
+            customer_name=customer.get("name"),
+            country=(customer.get("address") or {}).get("country"),
+        )
+        invoice.update(
+            auto_advance=auto_advance == "true",
+            collection_method=method,
+            customer_email=customer.get("email"),
+            description=flat.get("description") or None,
+            due_date=now + due_days * 86400 if due_days is not None else None,
+            metadata={
                 k[len("metadata[") : -1]: v
                 for k, v in flat.items()
                 if k.startswith("metadata[") and v
             },
-            "number": None,
-            "parent": None,
-            "payments": {
-                "object": "list",
-                "data": [],
-                "has_more": False,
-                "url": f"/v1/invoice_payments?invoice={invoice_id}",
-            },
-            "period_end": now,
-            "period_start": now,
-            "post_payment_credit_notes_amount": 0,
-            "pre_payment_credit_notes_amount": 0,
-            "starting_balance": 0,
-            "status": "draft",
-            "status_transitions": {
-                "finalized_at": None,
-                "marked_uncollectible_at": None,
-                "paid_at": None,
-                "voided_at": None,
-            },
-            "subtotal": 0,
-            "subtotal_excluding_tax": 0,
-            "total": 0,
-            "total_discount_amounts": [],
-            "total_excluding_tax": 0,
-            "total_taxes": [],
-        }
+        )
         with self.store.tx() as conn:
             self._insert(conn, invoice, ref=None, type_=None)
             self._emit(conn, req, "invoice.created", invoice)

@@ -20,10 +20,10 @@ from finsync_pipeline.landing import (
     land_changes,
     land_records,
     load_pending_payloads,
+    looked_up_invoice_of_intent,
     read_cursor,
     unix_day,
 )
-from finsync_pipeline.ledger import loads
 from finsync_pipeline.logic import normalize
 from finsync_pipeline.money import is_known_currency
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run, window
@@ -806,10 +806,7 @@ def stripe_invoice_payments(
         charges = load_pending_payloads(conn, "stripe_charges", "payments", "payment_id")
         refunds = load_pending_payloads(conn, "stripe_refunds", "refunds", "refund_id")
         notes = load_pending_payloads(conn, "stripe_credit_notes", "credit_notes", "credit_note_id")
-        looked_up = [
-            loads(p)
-            for (p,) in conn.execute(sa.text("SELECT payload FROM stripe_invoice_payments"))
-        ]
+        looked_up = looked_up_invoice_of_intent(conn)
     intents = {
         str(c["payment_intent"])
         for c in [*charges["payload"], *refunds["payload"]]
@@ -818,7 +815,7 @@ def stripe_invoice_payments(
     intents -= _ids_in(
         engine, "SELECT payment_intent FROM invoice_payments WHERE payment_intent IN :ids", intents
     )
-    intents -= {str((p.get("payment") or {}).get("payment_intent")) for p in looked_up}
+    intents -= set(looked_up)
     budget = settings.stripe_max_lookups
     asked = sorted(intents)[:budget]
     found = [pay for intent in asked for pay in client.invoice_payments_of_intent(intent)]

@@ -20,6 +20,7 @@ from finsync_pipeline.landing import (
     amounts_by_currency,
     column_schema,
     load_pending_payloads,
+    looked_up_invoice_of_intent,
 )
 from finsync_pipeline.ledger import loads
 from finsync_pipeline.logic import normalize
@@ -37,8 +38,7 @@ class Landed:
     def __init__(self, engine: Engine, table: str, canonical: str, key: str, flatten: Any):
         with engine.connect() as conn:
             raw = load_pending_payloads(conn, table, canonical, key)
-        self.payloads: list[dict[str, Any]] = list(raw["payload"])
-        self.records: pd.DataFrame = flatten(self.payloads)
+        self.records: pd.DataFrame = flatten(list(raw["payload"]))
         self.partition_of = dict(zip(raw["source_id"], raw["partition_date"], strict=True))
         self.run_of = dict(zip(raw["source_id"], raw["extraction_run_id"], strict=True))
 
@@ -64,15 +64,7 @@ def _invoice_of_intent(engine: Engine, intents: list[str]) -> dict[str, str]:
     an invoice payment looked up in Stripe (an invoice from before finsync's first day)."""
     wanted = sorted({i for i in intents if isinstance(i, str)})
     with engine.connect() as conn:
-        looked_up = [
-            loads(p)
-            for (p,) in conn.execute(sa.text("SELECT payload FROM stripe_invoice_payments"))
-        ]
-    found = {
-        str((p.get("payment") or {}).get("payment_intent")): str(p["invoice"])
-        for p in looked_up
-        if isinstance(p.get("invoice"), str)
-    }
+        found = looked_up_invoice_of_intent(conn)
     return {i: found[i] for i in wanted if i in found} | _lookup(
         engine,
         "SELECT payment_intent, invoice_id FROM invoice_payments WHERE payment_intent IN :keys",
@@ -146,9 +138,7 @@ def _store(
         "customers",
     ],
 )
-def payments(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
-) -> dg.MaterializeResult:
+def payments(warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Every charge landed and not yet carried, as a canonical payment in minor units, linked to the
     invoice its payment intent paid (even when the invoice is from an earlier day)."""
     engine = warehouse.get_engine()
@@ -183,9 +173,7 @@ def payments(
     owners=OWNERS,
     deps=["stripe_credit_notes", "stripe_invoice_changes", "stripe_invoice_payments", "customers"],
 )
-def credit_notes(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
-) -> dg.MaterializeResult:
+def credit_notes(warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Every credit note landed and not yet carried, in minor units, against the invoice it credits:
     what becomes a credit memo in the ERP."""
     engine = warehouse.get_engine()
@@ -227,9 +215,7 @@ def credit_notes(
         "invoices",
     ],
 )
-def refunds(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
-) -> dg.MaterializeResult:
+def refunds(warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Every refund landed and not yet carried, in minor units, with the charge, invoice and credit
     note behind it."""
     engine = warehouse.get_engine()
