@@ -51,6 +51,7 @@ def _print_table(command: str, summary: dict[str, Any]) -> None:
         ("NetSuite invoices in the ERP (window)", summary["erp_invoices_in_erp"]),
         ("Invoices reconciled: matched", recon["matched"]),
         ("Invoices reconciled: held by an open exception", recon["held_by_exception"]),
+        ("Invoices in quarantine (not in the ERP)", recon["quarantined"]),
         ("Payments and refunds reconciled: matched", summary["payment_reconciliation"]["matched"]),
         (
             "Awaiting a batch posting window",
@@ -67,6 +68,8 @@ def _print_table(command: str, summary: dict[str, Any]) -> None:
     print(f"finsync {command}: {summary['window'][0]} .. {summary['window'][1]}")
     for label, value in rows:
         print(f"  {label:<{width}}  {value:>8}")
+    for currency, minor in summary["quarantined_minor_by_currency"].items():
+        print(f"  in quarantine, not in the ERP: {minor} {currency} (minor units)")
     if summary["exceptions_open_by_kind"]:
         kinds = ", ".join(f"{k} {v}" for k, v in summary["exceptions_open_by_kind"].items())
         print(f"  open exceptions by kind: {kinds}")

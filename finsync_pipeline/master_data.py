@@ -44,6 +44,9 @@ class MasterData:
     netsuite_service_credit_item_id: str | None = None
     # The item an invoice's discounts post on (a NetSuite Discount item), as one negative line.
     netsuite_discount_item_id: str | None = None
+    # The item an invoice marked uncollectible is written off on (a credit memo applied to it);
+    # without one, such an invoice is an exception finance writes off by hand.
+    netsuite_bad_debt_item_id: str | None = None
 
 
 def _rows(folder: Path, name: str, required: set[str]) -> list[dict[str, str]]:
@@ -114,4 +117,5 @@ def load_master_data(folder: Path | None = None) -> MasterData:
         netsuite_tax_item_id=settings["netsuite_tax_item_id"],
         netsuite_service_credit_item_id=settings.get("netsuite_service_credit_item_id") or None,
         netsuite_discount_item_id=settings.get("netsuite_discount_item_id") or None,
+        netsuite_bad_debt_item_id=settings.get("netsuite_bad_debt_item_id") or None,
     )

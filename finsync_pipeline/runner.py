@@ -357,6 +357,17 @@ class PipelineRun:
 
             recon = by_status("invoice_reconciliation")
             payment_recon = by_status("payment_reconciliation")
+            # Money billing has that the ERP does not, because its invoice is in quarantine.
+            quarantined_money = {
+                str(r.currency): int(r.total or 0)
+                for r in conn.execute(
+                    sa.text(
+                        "SELECT billing_currency AS currency, SUM(billing_total_minor) AS total "
+                        "FROM invoice_reconciliation WHERE status = 'quarantined' "
+                        "GROUP BY billing_currency ORDER BY billing_currency"
+                    )
+                )
+            }
             renewal_recon = {
                 s: scalar("SELECT COUNT(*) FROM renewal_reconciliation WHERE status = :s", s=s)
                 for s in RENEWAL_STATUSES
@@ -404,6 +415,7 @@ class PipelineRun:
                 "renewal_reconciliation": renewal_recon,
                 "drift": sum(recon[k] + payment_recon[k] for k in DRIFT_STATUSES),
                 "renewal_drift": sum(renewal_recon[k] for k in RENEWAL_DRIFT),
+                "quarantined_minor_by_currency": quarantined_money,
                 "exceptions_open": sum(exceptions.values()),
                 "exceptions_open_by_kind": exceptions,
                 "quarantined_rows": sum(quarantine.values()),

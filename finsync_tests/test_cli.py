@@ -115,7 +115,9 @@ def test_demo_posts_every_clean_invoice_and_reconciles_with_zero_drift(
         "extra_in_erp",
     }
     assert s["erp_invoices_posted"] > 0
-    assert s["erp_invoices_in_erp"] == s["erp_invoices_posted"] == recon["matched"]
+    # Every posted invoice matches, but the one paid out of band (held for its exception).
+    paid_outside = s["planted"]["paid_out_of_band"]
+    assert s["erp_invoices_in_erp"] == s["erp_invoices_posted"] == recon["matched"] + paid_outside
     assert s["drift"] == 0
     # Each renewal the CRM and billing disagree on is drift, and revops has it in its queue.
     renewals = s["renewal_reconciliation"]
@@ -139,7 +141,7 @@ def test_demo_puts_every_planted_problem_in_quarantine_or_the_exception_queue(
         QUARANTINE_KINDS
         | EXCEPTION_KINDS
         | SHAPE_KINDS
-        | {"duplicate_usage_event", "deleted_draft"}
+        | {"duplicate_usage_event", "deleted_draft", "paid_out_of_band", "uncollectible"}
     )
     engine = sa.create_engine(f"sqlite:///{demo_home / 'warehouse.db'}")
     with engine.connect() as conn:
@@ -220,6 +222,51 @@ def test_demo_posts_discounted_tax_inclusive_and_free_invoices_exactly(
         assert (status, billing) == ("matched", erp), invoice_id
     free = {item["id"] for item in planted["full_discount"]}
     assert all(recon[i][1] == 0 for i in free)
+
+
+def test_demo_carries_invoices_settled_without_a_stripe_payment_and_shows_quarantined_money(
+    demo_home: Path, first_demo: dict[str, Any]
+) -> None:
+    planted = Sandbox(demo_home / "sandbox").planted()
+    engine = sa.create_engine(f"sqlite:///{demo_home / 'warehouse.db'}")
+    with engine.connect() as conn:
+        recon = {
+            r.invoice_id: (r.status, r.billing_remaining_minor, r.erp_remaining_minor)
+            for r in conn.execute(
+                sa.text(
+                    "SELECT invoice_id, status, billing_remaining_minor, erp_remaining_minor "
+                    "FROM invoice_reconciliation"
+                )
+            )
+        }
+        open_exceptions = {
+            (r.kind, r.source_id)
+            for r in conn.execute(
+                sa.text("SELECT kind, source_id FROM finance_exceptions WHERE status = 'open'")
+            )
+        }
+        posted = {
+            r[0]
+            for r in conn.execute(
+                sa.text("SELECT external_id FROM posting_ledger WHERE state = 'posted'")
+            )
+        }
+    assert planted["paid_out_of_band"] and planted["uncollectible"]
+    for item in planted["paid_out_of_band"]:
+        # NetSuite still expects the money; finance records the receipt the exception names.
+        assert ("paid_out_of_band", item["id"]) in open_exceptions
+        status, billing_left, erp_left = recon[item["id"]]
+        assert (status, billing_left) == ("held_by_exception", 0) and erp_left > 0
+    for item in planted["uncollectible"]:
+        assert f"WRITEOFF_{item['id']}" in posted
+        status, billing_left, erp_left = recon[item["id"]]
+        assert (status, erp_left) == ("matched", 0) and billing_left > 0
+    # The malformed invoice is in quarantine, and its money shows in reconciliation.
+    (bad,) = planted["malformed_currency"]
+    assert recon[bad["id"]][0] == "quarantined"
+    assert first_demo["reconciliation"]["quarantined"] >= 1
+    assert first_demo["quarantined_minor_by_currency"]
+    assert first_demo["drift"] == 0
 
 
 def test_demo_runs_are_in_the_dagster_instance(demo_home: Path, first_demo: dict[str, Any]) -> None:
@@ -536,7 +583,9 @@ def test_demo_with_faults_still_ends_with_zero_drift_and_no_duplicate(tmp_path: 
     assert summary["drift"] == 0
     for recon in (summary["reconciliation"], summary["payment_reconciliation"]):
         assert recon["duplicate_in_erp"] == recon["missing_in_erp"] == 0
-    assert summary["erp_invoices_in_erp"] == summary["reconciliation"]["matched"] > 0
+    paid_outside = summary["planted"]["paid_out_of_band"]
+    assert summary["erp_invoices_in_erp"] == summary["reconciliation"]["matched"] + paid_outside
+    assert summary["reconciliation"]["matched"] > 0
     # The outage was real: NetSuite answered 503s and 429s, and some writes never answered.
     assert summary["posting_runs"] >= 1
     sandbox = Sandbox(home / "sandbox")

@@ -132,6 +132,11 @@ def build_invoices(
             "total_excluding_tax_minor": invoices["total_excluding_tax"],
             "total_minor": invoices["total"],
             "line_count": invoices["line_count"],
+            # What is left to collect, as billing sees it: reconciliation holds the ERP's
+            # balance of the invoice against it.
+            "amount_paid_minor": invoices["amount_paid"].fillna(0),
+            "amount_remaining_minor": invoices["amount_remaining"].fillna(0),
+            "paid_out_of_band": invoices["paid_out_of_band"].astype(int),
             "invoice_date": invoices["invoice_date"],
             "due_date": invoices["due_date"],
             "finalized_at": invoices["finalized_at"],

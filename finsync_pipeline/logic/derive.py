@@ -52,6 +52,9 @@ EXCEPTION_KINDS: dict[str, tuple[str, str]] = {
     "refund_held": ("medium", "finance_ops"),
     "refund_reversed": ("high", "finance_ops"),
     "refund_account_unmapped": ("high", "finance_ops"),
+    "uncollectible_invoice": ("medium", "finance_ops"),
+    "paid_out_of_band": ("medium", "finance_ops"),
+    "credit_note_voided": ("high", "finance_ops"),
     "renewal_mismatch": ("medium", "revops"),
 }
 
@@ -457,11 +460,16 @@ def derive_credit_memos(
     invoice_lines: pd.DataFrame,
     ready: pd.DataFrame,
     master: MasterData,
+    *,
+    posted_notes: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Credit memos for issued Stripe credit notes, against the invoice they credit.
 
     A pre-payment note is applied to its invoice (it lowers what is due); a post-payment note
-    is not applied (the invoice is paid; the credit is refunded to the customer's card).
+    is not applied (the invoice is paid; the credit is refunded to the customer's card). A
+    note voided after its credit memo posted is a ``credit_note_voided`` exception: finance
+    unapplies and voids the credit memo in NetSuite (``posted_notes``: credit note id -> the
+    NetSuite id of its posted credit memo).
 
     Args:
         notes: Canonical credit notes.
@@ -475,6 +483,22 @@ def derive_credit_memos(
     by_invoice = _ready_index(ready)
     product_of = dict(zip(invoice_lines["line_id"], invoice_lines["product_id"], strict=True))
     lines_of = {k: g for k, g in note_lines.groupby("credit_note_id")}
+    posted_notes = posted_notes or {}
+    for note in notes[notes["status"] == "void"].sort_values("credit_note_id").to_dict("records"):
+        note_id = str(note["credit_note_id"])
+        if note_id in posted_notes:
+            problems.add(
+                "credit_note_voided",
+                "stripe",
+                note_id,
+                f"Stripe credit note {note_id} of {note['total_minor']} {note['currency']} "
+                f"(minor units) on invoice {note['invoice_id']} was voided after its credit memo "
+                f"{credit_memo_external_id(note_id)} (NetSuite id {posted_notes[note_id]}) "
+                "posted: unapply and void that credit memo in NetSuite, so the invoice owes "
+                "what Stripe says it owes again",
+                partition_date=note["partition_date"],
+                correlation_id=note["correlation_id"],
+            )
     for note in notes[notes["status"] == "issued"].sort_values("credit_note_id").to_dict("records"):
         note_id = str(note["credit_note_id"])
         extra = {"partition_date": note["partition_date"], "correlation_id": note["correlation_id"]}
@@ -618,6 +642,109 @@ def derive_void_compensations(voided: pd.DataFrame, ready: pd.DataFrame) -> pd.D
             )
         )
     return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS)
+
+
+def writeoff_external_id(invoice_id: str) -> str:
+    """The NetSuite external id of the credit memo writing off an uncollectible invoice."""
+    return f"WRITEOFF_{invoice_id}"
+
+
+def derive_settlements(
+    invoices: pd.DataFrame,
+    ready: pd.DataFrame,
+    collected: Mapping[str, int],
+    master: MasterData,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What billing settled without money the ERP can see, carried to the ERP.
+
+    - An invoice marked uncollectible is written off: a credit memo on the bad-debt item
+      (``netsuite_bad_debt_item_id``) for what billing leaves to collect, applied to the
+      invoice. Without that item finance writes it off by hand: ``uncollectible_invoice``.
+    - An invoice paid out of band (money received outside Stripe) has no Stripe payment to
+      post, so NetSuite would keep its balance open: ``paid_out_of_band`` tells finance the
+      amount to record against it.
+
+    Args:
+        invoices: Canonical invoices now uncollectible, or paid out of band.
+        ready: Their invoice-ready transactions (ERP coordinates); one without is held by its
+            own exception and waits.
+        collected: Invoice id -> what Stripe charges collected for it, minor units.
+        master: Mapping data.
+    """
+    problems = ExceptionRows([])
+    rows: list[dict[str, Any]] = []
+    by_invoice = _ready_index(ready)
+    for inv in invoices.sort_values("invoice_id").to_dict("records"):
+        invoice_id = str(inv["invoice_id"])
+        posted = by_invoice.get(invoice_id)
+        if posted is None:
+            continue
+        extra = {"partition_date": inv["partition_date"], "correlation_id": inv["correlation_id"]}
+        currency = str(inv["currency"])
+        erp_id = str(posted["external_id"])
+        if inv["status"] == "paid" and int(inv["paid_out_of_band"]):
+            outside = int(inv["amount_paid_minor"]) - int(collected.get(invoice_id, 0))
+            if outside > 0:
+                problems.add(
+                    "paid_out_of_band",
+                    "stripe",
+                    invoice_id,
+                    f"Stripe invoice {invoice_id} was marked paid out of band: {outside} "
+                    f"{currency} (minor units) was received outside Stripe, so no payment for it "
+                    f"reaches NetSuite; record that receipt against {erp_id} in NetSuite",
+                    **extra,
+                )
+            continue
+        remaining = int(inv["amount_remaining_minor"])
+        if inv["status"] != "uncollectible" or remaining <= 0:
+            continue
+        money = f"{remaining} {currency} (minor units)"
+        if master.netsuite_bad_debt_item_id is None:
+            problems.add(
+                "uncollectible_invoice",
+                "stripe",
+                invoice_id,
+                f"Stripe invoice {invoice_id} was marked uncollectible with {money} unpaid: "
+                f"write {erp_id} off in NetSuite (or set netsuite_bad_debt_item_id in "
+                "erp_settings.csv to have finsync post the write-off)",
+                **extra,
+            )
+            continue
+        body = posted["payload"]
+        external_id = writeoff_external_id(invoice_id)
+        amount = to_decimal(remaining, currency)
+        rows.append(
+            _stripe_document(
+                "credit_memo",
+                external_id,
+                invoice_id,
+                inv,
+                total_minor=remaining,
+                payload={
+                    "externalId": external_id,
+                    "entity": body["entity"],
+                    "tranDate": inv["partition_date"],
+                    "subsidiary": body["subsidiary"],
+                    "currency": body["currency"],
+                    "memo": f"finsync {inv['correlation_id']} write-off of stripe invoice "
+                    f"{invoice_id} (marked uncollectible)",
+                    "item": {
+                        "items": [
+                            {
+                                "item": {"id": master.netsuite_bad_debt_item_id},
+                                "quantity": 1,
+                                "amount": amount,
+                                "description": "Bad debt write-off",
+                            }
+                        ]
+                    },
+                    "apply": {
+                        "items": [{"doc": ref("invoice", erp_id), "apply": True, "amount": amount}]
+                    },
+                },
+            )
+        )
+    return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS), problems.frame()
 
 
 def derive_payment_applications(

@@ -240,6 +240,9 @@ INVOICE_DTYPES = {
     "lines_amount": "Int64",
     "item_discount": "Int64",
     "line_count": "Int64",
+    "amount_paid": "Int64",
+    "amount_remaining": "Int64",
+    "paid_out_of_band": "bool",
     "created": "Int64",
     "invoice_date": "str",
     "due_date": "str",
@@ -382,6 +385,9 @@ def flatten_stripe_invoices(records: Sequence[Record]) -> tuple[pd.DataFrame, pd
                 "lines_amount": _sum_ints(line_amounts),
                 "item_discount": _sum_ints(item_discounts),
                 "line_count": len(line_objs),
+                "amount_paid": as_int(r.get("amount_paid")),
+                "amount_remaining": as_int(r.get("amount_remaining")),
+                "paid_out_of_band": as_bool(r.get("paid_out_of_band")),
                 "created": as_int(r.get("created")),
                 "invoice_date": unix_to_date(r.get("created")),
                 "due_date": unix_to_date(r.get("due_date")),
@@ -569,6 +575,11 @@ def flatten_erp_invoices(
             "total_minor": (
                 "Int64",
                 lambda r: decimal_to_minor(r.get("foreigntotal"), currency(r)),
+            ),
+            # In the document's own currency; ``amountremaining`` is in the base currency.
+            "remaining_minor": (
+                "Int64",
+                lambda r: decimal_to_minor(r.get("foreignamountremaining"), currency(r)),
             ),
             "status": ("str", field("status")),
             "memo": ("str", field("memo")),

@@ -12,6 +12,14 @@ Statuses:
     duplicate_in_erp   more than one ERP document carries the source's external or correlation id.
     extra_in_erp       an ERP document that no billing document accounts for.
     status_mismatch    voided in billing after posting, but not yet reversed in the ERP.
+    balance_mismatch   same total, but what is left to collect differs: billing's amount
+                       remaining (0 once paid, written off or voided) against the ERP's.
+    quarantined        billing has an invoice that failed its contract and sits in quarantine:
+                       not drift the ERP can fix, but money the ERP does not have, so it is
+                       reported with its amount (the reason says what to fix).
+
+A balance difference that a document still on its way explains (a payment or credit note held
+by an open exception, or queued for posting) is reported as held or awaiting, not as drift.
 """
 
 from collections.abc import Mapping
@@ -23,12 +31,13 @@ from finsync_pipeline.logic.derive import ExceptionRows
 DRIFT_STATUSES = (
     "missing_in_erp",
     "status_mismatch",
+    "balance_mismatch",
     "amount_mismatch",
     "currency_mismatch",
     "duplicate_in_erp",
     "extra_in_erp",
 )
-ALL_STATUSES = ("matched", "held_by_exception", "awaiting_window", *DRIFT_STATUSES)
+ALL_STATUSES = ("matched", "held_by_exception", "awaiting_window", "quarantined", *DRIFT_STATUSES)
 CORRELATION_PATTERN = r"(fs-[0-9a-f]{20})"
 RECON_COLUMNS = [
     "partition_date",
@@ -40,6 +49,10 @@ RECON_COLUMNS = [
     "billing_total_minor",
     "erp_currency",
     "erp_total_minor",
+    "billing_status",
+    "billing_remaining_minor",
+    "erp_status",
+    "erp_remaining_minor",
     "correlation_id",
     "explanation",
 ]
@@ -49,23 +62,42 @@ def _fmt(minor: object, currency: object) -> str:
     return f"{minor} {currency} (minor units)"
 
 
+def _na(value: object) -> bool:
+    return value is None or bool(pd.isna(value))
+
+
+def expected_erp_remaining(status: object, amount_remaining_minor: object) -> int:
+    """What the ERP should have left to collect on a posted invoice of this billing state.
+
+    An open invoice owes what billing says it owes; a paid one nothing; an uncollectible one
+    nothing either once it is written off (finance's policy decides how: a write-off credit
+    memo, or an exception finance works by hand).
+    """
+    return 0 if status != "open" or _na(amount_remaining_minor) else int(amount_remaining_minor)  # type: ignore[call-overload]
+
+
 def reconcile_invoices(
     expected: pd.DataFrame,
     erp: pd.DataFrame,
     held_ids: set[str],
     awaiting: Mapping[str, str] | None = None,
+    balance_pending: Mapping[str, tuple[str, str]] | None = None,
 ) -> pd.DataFrame:
     """Classify every billing invoice and every ERP invoice of a date range.
 
     Args:
         expected: Live billing invoices of the range: external_id, invoice_id, partition_date,
-            currency, total_minor, correlation_id.
+            currency, total_minor, correlation_id; with ``status`` and ``remaining_minor`` (what
+            the ERP should have left to collect, null when not judged) balances are compared.
         erp: ERP invoices of the range: source_id, external_id, tran_date, currency,
-            total_minor, memo.
+            total_minor, memo; with ``remaining_minor`` and ``status`` for balances.
         held_ids: Invoice or external ids an open finance exception holds back.
         awaiting: External id -> the batch window (a cron) its ledger row waits for.
+        balance_pending: Invoice id -> (held_by_exception or awaiting_window, why) for an
+            invoice whose balance a document still on its way explains.
     """
     awaiting = awaiting or {}
+    balance_pending = balance_pending or {}
     rows: list[dict[str, object]] = []
     erp = erp.copy()
     erp["matched_to"] = None
@@ -95,6 +127,12 @@ def reconcile_invoices(
             "billing_total_minor": doc["total_minor"],
             "erp_currency": None,
             "erp_total_minor": None,
+            "billing_status": doc.get("status"),
+            "billing_remaining_minor": doc.get(
+                "amount_remaining_minor", doc.get("remaining_minor")
+            ),
+            "erp_status": None,
+            "erp_remaining_minor": None,
             "correlation_id": doc["correlation_id"],
         }
         billing = _fmt(doc["total_minor"], doc["currency"])
@@ -113,13 +151,39 @@ def reconcile_invoices(
             hit = found.iloc[0]
             base["erp_currency"] = hit["currency"]
             base["erp_total_minor"] = None if pd.isna(hit["total_minor"]) else hit["total_minor"]
+            base["erp_status"] = None if _na(hit.get("status")) else hit.get("status")
+            erp_left = hit.get("remaining_minor")
+            base["erp_remaining_minor"] = None if _na(erp_left) else int(erp_left)
             erp_side = _fmt(base["erp_total_minor"], hit["currency"])
+            billing_left = doc.get("remaining_minor")
             if hit["currency"] != doc["currency"]:
                 status, why = "currency_mismatch", f"billing {billing}, ERP {erp_side}"
             elif base["erp_total_minor"] != doc["total_minor"]:
                 status, why = "amount_mismatch", f"billing {billing}, ERP {erp_side}"
-            else:
+            elif (
+                _na(billing_left)
+                or base["erp_remaining_minor"] is None
+                or int(billing_left) == base["erp_remaining_minor"]
+            ):
                 status, why = "matched", f"both {billing}"
+            else:
+                balances = (
+                    f"billing ({doc.get('status')}) leaves {_fmt(billing_left, doc['currency'])} "
+                    f"to collect, the ERP ({base['erp_status'] or 'no status'}) "
+                    f"{_fmt(base['erp_remaining_minor'], hit['currency'])}; both total {billing}"
+                )
+                if base["billing_remaining_minor"] != billing_left:
+                    # Uncollectible: billing still shows the debt, the ERP should have it
+                    # written off.
+                    balances += (
+                        f" (billing shows {_fmt(base['billing_remaining_minor'], doc['currency'])}"
+                        " unpaid, which the ERP must write off)"
+                    )
+                pending = balance_pending.get(str(doc["invoice_id"]))
+                if pending is not None:
+                    status, why = pending[0], f"{balances}: {pending[1]}"
+                else:
+                    status, why = "balance_mismatch", balances
         rows.append({**base, "status": status, "explanation": why})
 
     for doc in expected.sort_values("external_id").to_dict("records"):
@@ -139,6 +203,12 @@ def reconcile_invoices(
                 "billing_total_minor": None,
                 "erp_currency": extra["currency"],
                 "erp_total_minor": extra["total_minor"],
+                "billing_status": None,
+                "billing_remaining_minor": None,
+                "erp_status": None if _na(extra.get("status")) else extra.get("status"),
+                "erp_remaining_minor": None
+                if _na(extra.get("remaining_minor"))
+                else extra.get("remaining_minor"),
                 "correlation_id": None,
                 "explanation": "the ERP holds "
                 + _fmt(extra["total_minor"], extra["currency"])

@@ -61,6 +61,7 @@ REBUILDS: list[tuple[str, tuple[str, ...]]] = [
         "0001_reconciliation_awaiting_window",
         ("invoice_reconciliation", "payment_reconciliation", "renewal_reconciliation"),
     ),
+    ("0002_reconciliation_balances", ("invoice_reconciliation", "payment_reconciliation")),
 ]
 # Serializes migrations across processes on PostgreSQL (Dagster runs each step in its own).
 _PG_MIGRATE_LOCK_KEY = 7302410

@@ -57,7 +57,12 @@ PRODUCTS: dict[str, tuple[str, str | None]] = {
 }
 TAX_ITEM_ID = "190"
 DISCOUNT_ITEM_ID = "191"
-_ITEM_TYPES = {TAX_ITEM_ID: "OthCharge", DISCOUNT_ITEM_ID: "Discount"}
+BAD_DEBT_ITEM_ID = "192"
+_ITEM_TYPES = {
+    TAX_ITEM_ID: "OthCharge",
+    DISCOUNT_ITEM_ID: "Discount",
+    BAD_DEBT_ITEM_ID: "OthCharge",
+}
 
 # Monthly list prices in US cents; annual = 10 x monthly (two months free).
 _USD_MONTHLY: dict[str, int] = {
@@ -484,10 +489,12 @@ def generate(spec: CompanySpec) -> Company:
     )
     # Imported here: the plants build on this module (a top-level import would be a cycle).
     from finsync_pipeline.sandbox.invoice_shapes import plant_invoice_shapes
+    from finsync_pipeline.sandbox.settlement_plant import plant_settlements
     from finsync_pipeline.sandbox.tax_plant import plant_tax_mismatches
 
     plant_tax_mismatches(company)
     plant_invoice_shapes(company)
+    plant_settlements(company)
     untouched = [s for s in rest if s not in unknown_entity] or subs
     _plant_deleted_draft(g, company, untouched)
     return company
@@ -2182,6 +2189,7 @@ def netsuite_master_data() -> dict[str, list[Record]]:
             ("105", "Service Credits"),
             (TAX_ITEM_ID, "Sales Tax"),
             (DISCOUNT_ITEM_ID, "Discounts"),
+            (BAD_DEBT_ITEM_ID, "Bad Debt"),
         ]
     ]
     # One bank account per subsidiary that Stripe money moves through (legal_entities.csv maps

@@ -579,6 +579,10 @@ class StripeSimulator(Simulator):
             return self._create_invoice
         if obj == "invoice" and len(rest) == 2 and rest[1] in ("void", "pay"):
             return lambda req, form: self._settle_invoice(req, rest[0], rest[1], form)
+        if obj == "invoice" and len(rest) == 2 and rest[1] == "mark_uncollectible":
+            return lambda req, form: self._mark_uncollectible(req, rest[0], form)
+        if obj == "credit_note" and len(rest) == 2 and rest[1] == "void":
+            return lambda req, form: self._void_credit_note(req, rest[0], form)
         return None
 
     def _idempotent(
@@ -898,9 +902,11 @@ class StripeSimulator(Simulator):
             etype = "invoice.voided"
         else:
             transitions["paid_at"] = now
+            # What was left is paid now, outside Stripe; what was paid before stays paid.
             invoice.update(
                 status="paid",
-                amount_paid=invoice.get("amount_remaining", invoice.get("total")),
+                amount_paid=int(invoice.get("amount_paid") or 0)
+                + int(invoice.get("amount_remaining", invoice.get("total")) or 0),
                 amount_remaining=0,
                 attempted=True,
                 auto_advance=False,
@@ -912,6 +918,60 @@ class StripeSimulator(Simulator):
             self._save(conn, invoice)
             self._emit(conn, req, etype, invoice, previous)
         return json_response(200, invoice)
+
+    def _mark_uncollectible(
+        self, req: Request, invoice_id: str, form: list[tuple[str, str]]
+    ) -> Response:
+        """``POST /v1/invoices/{id}/mark_uncollectible``: an open invoice becomes uncollectible;
+        what it leaves to collect stays on it (it can still be paid)."""
+        self._check_form(form, {"expand[]"})
+        invoice = self._load("invoice", invoice_id)
+        if invoice.get("status") != "open":
+            raise StripeError(
+                400,
+                f"Invoice {invoice_id} is {invoice.get('status')}; only open invoices can be "
+                "marked uncollectible.",
+                code="invoice_unexpected_state",
+            )
+        transitions = dict(invoice.get("status_transitions") or {})
+        previous = {"status": "open", "status_transitions": dict(transitions)}
+        transitions["marked_uncollectible_at"] = int(self.clock())
+        invoice.update(status="uncollectible", status_transitions=transitions)
+        with self.store.tx() as conn:
+            self._save(conn, invoice)
+            self._emit(conn, req, "invoice.marked_uncollectible", invoice, previous)
+        return json_response(200, invoice)
+
+    def _void_credit_note(
+        self, req: Request, note_id: str, form: list[tuple[str, str]]
+    ) -> Response:
+        """``POST /v1/credit_notes/{id}/void``: an issued note is voided; what it took off an
+        open invoice is owed again. A note that refunded money cannot be voided."""
+        self._check_form(form, {"expand[]"})
+        note = self._load("credit_note", note_id)
+        if note.get("status") != "issued":
+            raise StripeError(
+                400, f"Credit note {note_id} is already void.", code="credit_note_invalid_state"
+            )
+        if note.get("refunds") or int(note.get("out_of_band_amount") or 0):
+            raise StripeError(
+                400,
+                f"Credit note {note_id} refunded money and cannot be voided.",
+                code="credit_note_invalid_state",
+            )
+        invoice = self._load("invoice", str(note.get("invoice")))
+        previous_note = {"status": "issued", "voided_at": None}
+        note.update(status="void", voided_at=int(self.clock()))
+        restored = int(note.get("pre_payment_amount") or 0)
+        with self.store.tx() as conn:
+            self._save(conn, note)
+            self._emit(conn, req, "credit_note.voided", note, previous_note)
+            if restored and invoice.get("status") in ("open", "uncollectible"):
+                before = int(invoice.get("amount_remaining") or 0)
+                invoice["amount_remaining"] = before + restored
+                self._save(conn, invoice)
+                self._emit(conn, req, "invoice.updated", invoice, {"amount_remaining": before})
+        return json_response(200, credit_note_wire_view(note))
 
     def _create_invoice(self, req: Request, form: list[tuple[str, str]]) -> Response:
         """A one-off draft for a customer, as ``POST /v1/invoices`` makes it.

@@ -51,7 +51,7 @@ class Customer(Lineage):
 
 
 class Invoice(Lineage):
-    """A billing invoice in minor units. Version 2.
+    """A billing invoice in minor units. Version 3 (what is paid and what remains).
 
     Lines (before discounts, inclusive tax included) less the discount plus the exclusive tax
     equal the total; the total excluding tax plus every tax equals the total too. A 100%-off
@@ -87,6 +87,15 @@ class Invoice(Lineage):
         description="subtotal - discount + exclusive tax, minor units"
     )
     line_count: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Lines, every page")
+    amount_paid_minor: Series[pd.Int64Dtype] = pa.Field(
+        ge=0, description="Paid so far, by card, bank or out of band, minor units"
+    )
+    amount_remaining_minor: Series[pd.Int64Dtype] = pa.Field(
+        ge=0, description="Left to collect in billing, minor units (0 once paid or void)"
+    )
+    paid_out_of_band: Series[int] = pa.Field(
+        isin=[0, 1], description="Marked paid in billing for money received outside it (1)"
+    )
     invoice_date: Series[str] = pa.Field(iso_date=(), description="Invoice date (UTC)")
 
     @pa.dataframe_check(name="total_ties_out")

@@ -84,6 +84,10 @@ class StripeInvoiceRecord(pa.DataFrameModel):
         nullable=True, ge=0, description="The lines' own discounts (not the invoice's), minor units"
     )
     line_count: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Number of lines, all pages")
+    amount_paid: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Paid so far, minor units")
+    amount_remaining: Series[pd.Int64Dtype] = pa.Field(
+        ge=0, description="Left to collect, minor units"
+    )
     created: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Unix seconds")
 
     @pa.dataframe_check(name="lines_tie_out")

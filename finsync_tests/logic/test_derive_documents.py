@@ -1,5 +1,6 @@
 """Credit memos, void compensations, customer payments and refunds derived for the ERP."""
 
+from dataclasses import replace
 from decimal import Decimal
 
 import pandas as pd
@@ -9,6 +10,7 @@ from finsync_pipeline.logic.derive import (
     derive_credit_memos,
     derive_customer_refunds,
     derive_payment_applications,
+    derive_settlements,
     derive_void_compensations,
 )
 from finsync_pipeline.master_data import LegalEntity
@@ -95,6 +97,90 @@ def test_a_void_credit_note_or_one_on_an_unready_invoice_is_not_posted() -> None
     assert docs.empty
     assert list(problems["kind"]) == ["credit_note_held"]
     assert problems.iloc[0]["owner_queue"] == "finance_ops"
+
+
+def test_a_credit_note_voided_after_its_memo_posted_asks_finance_to_undo_it() -> None:
+    docs, problems = derive_credit_memos(
+        _note("pre_payment", status="void"),
+        NOTE_LINES,
+        INVOICE_LINES,
+        READY,
+        MASTER,
+        posted_notes={"cn_1": "7001"},
+    )
+    assert docs.empty
+    (problem,) = problems.to_dict("records")
+    assert (problem["kind"], problem["source_id"], problem["owner_queue"]) == (
+        "credit_note_voided",
+        "cn_1",
+        "finance_ops",
+    )
+    assert "10800 USD (minor units) on invoice in_1" in problem["detail"]
+    assert "STRIPE_cn_1 (NetSuite id 7001)" in problem["detail"]
+
+
+def _settled(status: str, *, remaining: int, paid: int, out_of_band: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "invoice_id": "in_1",
+                "partition_date": "2026-10-01",
+                "correlation_id": "fs-in1",
+                "currency": "USD",
+                "status": status,
+                "total_minor": 10000,
+                "amount_paid_minor": paid,
+                "amount_remaining_minor": remaining,
+                "paid_out_of_band": out_of_band,
+            }
+        ]
+    )
+
+
+def test_an_uncollectible_invoice_is_written_off_on_the_bad_debt_item() -> None:
+    master = replace(MASTER, netsuite_bad_debt_item_id="192")
+    # 2500 was collected before finance gave up; the rest is written off, applied to it.
+    invoice = _settled("uncollectible", remaining=7500, paid=2500, out_of_band=0)
+    docs, problems = derive_settlements(invoice, READY, {"in_1": 2500}, master)
+    assert problems.empty
+    (doc,) = docs.to_dict("records")
+    assert (doc["doc_type"], doc["external_id"], doc["total_minor"]) == (
+        "credit_memo",
+        "WRITEOFF_in_1",
+        7500,
+    )
+    assert doc["payload"]["item"]["items"] == [
+        {
+            "item": {"id": "192"},
+            "quantity": 1,
+            "amount": Decimal("75.00"),
+            "description": "Bad debt write-off",
+        }
+    ]
+    assert doc["payload"]["apply"]["items"] == [
+        {"doc": {"$ref": ["invoice", "STRIPE_in_1"]}, "apply": True, "amount": Decimal("75.00")}
+    ]
+    # Without a bad-debt item finance writes it off by hand.
+    docs, problems = derive_settlements(invoice, READY, {"in_1": 2500}, MASTER)
+    assert docs.empty
+    assert list(problems["kind"]) == ["uncollectible_invoice"]
+    assert "7500 USD (minor units) unpaid" in problems.iloc[0]["detail"]
+    assert "netsuite_bad_debt_item_id" in problems.iloc[0]["detail"]
+
+
+def test_an_invoice_paid_out_of_band_tells_finance_the_amount_received_outside_stripe() -> None:
+    invoice = _settled("paid", remaining=0, paid=10000, out_of_band=1)
+    docs, problems = derive_settlements(invoice, READY, {"in_1": 4000}, MASTER)
+    assert docs.empty
+    (problem,) = problems.to_dict("records")
+    assert (problem["kind"], problem["owner_queue"]) == ("paid_out_of_band", "finance_ops")
+    assert "6000 USD (minor units) was received outside Stripe" in problem["detail"]
+    assert "STRIPE_in_1" in problem["detail"]
+    # Paid by card, or settled on an invoice not ready for the ERP: nothing to do here.
+    paid = _settled("paid", remaining=0, paid=10000, out_of_band=0)
+    assert derive_settlements(paid, READY, {"in_1": 10000}, MASTER)[1].empty
+    held = invoice.assign(invoice_id="in_held")
+    assert derive_settlements(held, READY, {}, MASTER)[1].empty
 
 
 def test_a_credit_note_for_an_unmapped_product_is_an_exception() -> None:

@@ -90,6 +90,8 @@ def stripe_invoice(
         "total_excluding_tax": total_excluding_tax,
         "total": total,
         "amount_due": total,
+        "amount_paid": total if status == "paid" else 0,
+        "amount_remaining": total if status == "open" else 0,
         "lines": {"data": data},
     }
 

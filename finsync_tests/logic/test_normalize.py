@@ -22,6 +22,9 @@ INVOICE: dict[str, Any] = {
     "subtotal": 2000,
     "total_excluding_tax": 2000,
     "total": 2160,
+    "amount_due": 2160,
+    "amount_paid": 0,
+    "amount_remaining": 2160,
     "total_discount_amounts": [],
     "total_taxes": [
         {"amount": 100, "tax_behavior": "exclusive"},

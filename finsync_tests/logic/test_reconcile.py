@@ -6,7 +6,9 @@ import pytest
 from finsync_pipeline.logic.normalize import correlation_id
 from finsync_pipeline.logic.reconcile import (
     ALL_STATUSES,
+    DRIFT_STATUSES,
     RECON_COLUMNS,
+    expected_erp_remaining,
     reconcile_invoices,
     summarize,
 )
@@ -172,7 +174,91 @@ def test_summarize_counts_every_status(recon: pd.DataFrame) -> None:
         "extra_in_erp": 2,
         "status_mismatch": 0,
         "awaiting_window": 0,
+        "balance_mismatch": 0,
+        "quarantined": 0,
     }
+
+
+def _balances(
+    rows: list[tuple[str, str, int | None, int | None]],
+    pending: dict[str, tuple[str, str]] | None = None,
+) -> pd.DataFrame:
+    """Reconcile invoices of 1000 USD that both sides hold, each with billing's status and
+    amount remaining and the ERP's amount remaining: (invoice, status, billing, ERP)."""
+    expected = pd.DataFrame(
+        {
+            "external_id": [f"STRIPE_{r[0]}" for r in rows],
+            "invoice_id": [r[0] for r in rows],
+            "partition_date": "2026-10-01",
+            "currency": "USD",
+            "total_minor": pd.array([1000] * len(rows), dtype="Int64"),
+            "correlation_id": [corr(r[0]) for r in rows],
+            "status": [r[1] for r in rows],
+            "remaining_minor": [expected_erp_remaining(r[1], r[2]) for r in rows],
+        }
+    )
+    erp_side = pd.DataFrame(
+        {
+            "source_id": [str(6000 + n) for n in range(len(rows))],
+            "external_id": [f"STRIPE_{r[0]}" for r in rows],
+            "tran_date": "2026-10-01",
+            "currency": "USD",
+            "total_minor": pd.array([1000] * len(rows), dtype="Int64"),
+            "remaining_minor": pd.array([r[3] for r in rows], dtype="Int64"),
+            "status": ["Open" if r[3] else "Paid In Full" for r in rows],
+            "memo": None,
+        }
+    )
+    return reconcile_invoices(expected, erp_side, set(), None, pending).set_index("invoice_id")
+
+
+def test_same_totals_with_different_balances_are_drift_with_both_sides() -> None:
+    recon = _balances(
+        [
+            ("in_paid", "paid", 0, 0),
+            ("in_part", "open", 400, 400),
+            # Paid in billing (from the customer's credit balance, out of band...), open in the
+            # ERP: the totals agree, but the ERP still expects 1000 from the customer.
+            ("in_paid_open", "paid", 0, 1000),
+            # Marked uncollectible in billing but never written off in the ERP.
+            ("in_bad_debt", "uncollectible", 1000, 1000),
+            ("in_part_paid_erp", "open", 1000, 250),
+        ]
+    )
+    assert recon["status"].to_dict() == {
+        "in_paid": "matched",
+        "in_part": "matched",
+        "in_paid_open": "balance_mismatch",
+        "in_bad_debt": "balance_mismatch",
+        "in_part_paid_erp": "balance_mismatch",
+    }
+    row = recon.loc["in_paid_open"]
+    assert (row["billing_remaining_minor"], row["erp_remaining_minor"]) == (0, 1000)
+    assert (row["billing_status"], row["erp_status"]) == ("paid", "Open")
+    assert row["explanation"] == (
+        "billing (paid) leaves 0 USD (minor units) to collect, the ERP (Open) 1000 USD "
+        "(minor units); both total 1000 USD (minor units)"
+    )
+    assert row["correlation_id"] == corr("in_paid_open")
+    assert "balance_mismatch" in DRIFT_STATUSES
+
+
+def test_a_balance_a_document_on_its_way_explains_is_not_drift() -> None:
+    pending = {
+        "in_paid_open": ("awaiting_window", "STRIPE_ch_1 is queued for posting (pending)"),
+        "in_bad_debt": ("held_by_exception", "an open uncollectible_invoice exception"),
+    }
+    recon = _balances(
+        [("in_paid_open", "paid", 0, 1000), ("in_bad_debt", "uncollectible", 1000, 1000)],
+        pending,
+    )
+    assert recon["status"].to_dict() == {
+        "in_paid_open": "awaiting_window",
+        "in_bad_debt": "held_by_exception",
+    }
+    assert recon.at["in_paid_open", "explanation"].endswith(
+        "STRIPE_ch_1 is queued for posting (pending)"
+    )
 
 
 def test_a_document_queued_for_its_batch_window_is_awaiting_not_missing() -> None:

@@ -99,10 +99,38 @@ def test_paid_invoices_link_a_succeeded_payment_of_the_total(default_company: Co
             # A 100%-off invoice is paid on finalization: Stripe collects nothing.
             assert inv["payments"]["data"] == [] and inv["amount_paid"] == 0
             continue
+        if inv.get("paid_out_of_band"):
+            # Paid by wire outside Stripe: the money is in amount_paid, with no payment.
+            assert inv["payments"]["data"] == [] and inv["amount_paid"] == inv["total"]
+            continue
         (payment,) = inv["payments"]["data"]
         intent = intents[payment["payment"]["payment_intent"]]
         assert intent["status"] == "succeeded"
         assert intent["amount"] == inv["total"] == charges[intent["id"]]["amount"]
+
+
+def test_planted_settlements_are_what_stripe_shows_for_them(default_company: Company) -> None:
+    invoices = {i["id"]: i for i in default_company.stripe["invoice"]}
+    planted = default_company.planted
+    assert planted["paid_out_of_band"] and planted["uncollectible"]
+    for p in planted["paid_out_of_band"]:
+        inv = invoices[p["id"]]
+        assert (inv["status"], inv["paid_out_of_band"], inv["amount_remaining"]) == (
+            "paid",
+            True,
+            0,
+        )
+    for p in planted["uncollectible"]:
+        inv = invoices[p["id"]]
+        assert inv["status"] == "uncollectible" and inv["payments"]["data"] == []
+        assert (inv["amount_paid"], inv["amount_remaining"]) == (0, inv["total"])
+        assert inv["status_transitions"]["marked_uncollectible_at"]
+    settled = {p["id"] for k in ("paid_out_of_band", "uncollectible") for p in planted[k]}
+    for event in default_company.stripe["event"]:
+        snap = event["data"]["object"]
+        if snap.get("object") == "invoice" and snap.get("id") in settled:
+            assert event["type"] != "invoice.payment_succeeded"
+            assert snap["status"] in ("draft", "open", invoices[snap["id"]]["status"])
 
 
 def test_planted_invoice_shapes_are_the_shapes_they_claim(default_company: Company) -> None:
@@ -152,6 +180,8 @@ def test_all_planted_kinds_present_and_real(default_company: Company) -> None:
         "tax_mismatch",
         "invalid_quantity",
         "deleted_draft",
+        "paid_out_of_band",
+        "uncollectible",
         *SHAPES,
     }
     assert all(planted.values())

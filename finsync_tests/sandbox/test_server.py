@@ -144,7 +144,7 @@ def test_netsuite_starts_with_master_data_only(tmp_path: Path, small: Company) -
     currencies = {c["symbol"]: c["currencyPrecision"] for c in box.netsuite_records("currency")}
     assert currencies == {"USD": 2, "EUR": 2, "GBP": 2, "JPY": 0}
     items = {i["id"] for i in box.netsuite_records("item")}
-    assert items == {"101", "102", "103", "104", "105", "190", "191"}
+    assert items == {"101", "102", "103", "104", "105", "190", "191", "192"}
 
 
 def test_serve_prints_env_and_stops_on_sigterm(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ def invoices(draw: st.DrawFn) -> dict[str, Any]:
     inclusive = draw(st.integers(min_value=0, max_value=max(0, subtotal - discount)))
     exclusive = draw(st.integers(min_value=0, max_value=10**8))
     total = subtotal - discount + exclusive
+    paid = draw(st.integers(min_value=0, max_value=max(0, total)))
     return {
         "source_id": "in_" + draw(st.text("abcdefghijkLMNOP0123456789", min_size=8, max_size=24)),
         "customer": "cus_" + draw(st.text("abcdef0123456789", min_size=6, max_size=14)),
@@ -43,6 +44,8 @@ def invoices(draw: st.DrawFn) -> dict[str, Any]:
         "lines_amount": subtotal,
         "item_discount": 0,
         "line_count": len(lines),
+        "amount_paid": paid,
+        "amount_remaining": max(0, total) - paid,
         "created": draw(st.integers(min_value=1, max_value=2**31)),
     }
 
@@ -58,6 +61,8 @@ INTS = [
     "lines_amount",
     "item_discount",
     "line_count",
+    "amount_paid",
+    "amount_remaining",
     "created",
 ]
 

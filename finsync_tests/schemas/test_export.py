@@ -63,6 +63,9 @@ def test_the_exported_schema_refuses_what_the_contract_refuses() -> None:
         "total_excluding_tax_minor": 900,
         "total_minor": 972,
         "line_count": 1,
+        "amount_paid_minor": 972,
+        "amount_remaining_minor": 0,
+        "paid_out_of_band": 0,
         "invoice_date": "2026-10-01",
         "source_system": "stripe",
         "source_id": "in_1",
@@ -108,4 +111,4 @@ def test_finsync_schema_export_writes_every_contract(tmp_path: Path) -> None:
         exported = json.loads((tmp_path / f"{stem}.schema.json").read_text())
         assert exported["x-finsync-version"] == info.version
         assert (tmp_path / f"{stem}.md").read_text().startswith(f"# {info.name}")
-    assert "| invoice | 2 | canonical |" in (tmp_path / "README.md").read_text()
+    assert "| invoice | 3 | canonical |" in (tmp_path / "README.md").read_text()

@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS invoices (
     total_excluding_tax_minor BIGINT,
     total_minor             BIGINT NOT NULL,
     line_count              INTEGER NOT NULL,
+    amount_paid_minor       BIGINT NOT NULL DEFAULT 0,
+    amount_remaining_minor  BIGINT NOT NULL DEFAULT 0,   -- left to collect in billing
+    paid_out_of_band        INTEGER NOT NULL DEFAULT 0,
     invoice_date            TEXT NOT NULL,
     due_date                TEXT,
     finalized_at            TEXT,

@@ -11,11 +11,15 @@ CREATE TABLE IF NOT EXISTS invoice_reconciliation (
     status              TEXT NOT NULL CHECK (status IN (
         'matched', 'missing_in_erp', 'amount_mismatch', 'currency_mismatch',
         'duplicate_in_erp', 'extra_in_erp', 'held_by_exception', 'status_mismatch',
-        'awaiting_window')),
+        'awaiting_window', 'balance_mismatch', 'quarantined')),
     billing_currency    TEXT,
     billing_total_minor BIGINT,
     erp_currency        TEXT,
     erp_total_minor     BIGINT,
+    billing_status      TEXT,                   -- open, paid, uncollectible, void
+    billing_remaining_minor BIGINT,             -- left to collect in billing
+    erp_status          TEXT,                   -- as NetSuite reports it
+    erp_remaining_minor BIGINT,                 -- NetSuite's foreignamountremaining
     correlation_id      TEXT,
     explanation         TEXT NOT NULL,
     run_id              TEXT NOT NULL,
@@ -31,11 +35,16 @@ CREATE TABLE IF NOT EXISTS payment_reconciliation (
     erp_internal_ids    TEXT,
     status              TEXT NOT NULL CHECK (status IN (
         'matched', 'missing_in_erp', 'amount_mismatch', 'currency_mismatch',
-        'duplicate_in_erp', 'extra_in_erp', 'held_by_exception', 'awaiting_window')),
+        'duplicate_in_erp', 'extra_in_erp', 'held_by_exception', 'awaiting_window',
+        'balance_mismatch', 'quarantined')),
     billing_currency    TEXT,
     billing_total_minor BIGINT,
     erp_currency        TEXT,
     erp_total_minor     BIGINT,
+    billing_status      TEXT,
+    billing_remaining_minor BIGINT,
+    erp_status          TEXT,
+    erp_remaining_minor BIGINT,
     correlation_id      TEXT,
     explanation         TEXT NOT NULL,
     run_id              TEXT NOT NULL,

@@ -22,6 +22,7 @@ from finsync_pipeline.logic.derive import (
     derive_credit_memos,
     derive_customer_refunds,
     derive_payment_applications,
+    derive_settlements,
     derive_void_compensations,
 )
 from finsync_pipeline.master_data import load_master_data
@@ -33,10 +34,18 @@ from finsync_pipeline.resources.warehouse import (
 )
 
 OWNERS = ["team:finance-data"]
-CREDIT_KINDS = ["credit_note_held", "unmapped_product"]
+CREDIT_KINDS = [
+    "credit_note_held",
+    "unmapped_product",
+    "credit_note_voided",
+    "uncollectible_invoice",
+    "paid_out_of_band",
+]
 PAYMENT_KINDS = ["unmatched_payment", "payment_held"]
 # The derive_versions name of the reversals of invoices voided after they were posted.
 VOID_COMPENSATIONS = "void_compensations"
+# The derive_versions name of write-offs and out-of-band payments of posted invoices.
+SETTLEMENTS = "settlements"
 REFUND_KINDS = ["unmatched_refund", "refund_held", "refund_reversed", "refund_account_unmapped"]
 
 
@@ -199,7 +208,29 @@ def credit_memo_requests(
             "OR d.extraction_run_id <> i.extraction_run_id)",
             {"erp": ERP, "voids": VOID_COMPENSATIONS},
         )
-        ready = _ready(conn, list(notes["invoice_id"]))
+        settled = _read(
+            conn,
+            "SELECT i.* FROM invoices i LEFT JOIN derived_versions d ON d.asset = :settlements "
+            "AND d.source_id = i.invoice_id WHERE (i.status = 'uncollectible' "
+            "OR (i.status = 'paid' AND i.paid_out_of_band = 1)) AND (d.source_id IS NULL "
+            f"OR d.extraction_run_id <> i.extraction_run_id OR {_in('i.invoice_id')})",
+            held,
+            settlements=SETTLEMENTS,
+        )
+        collected = _read(
+            conn,
+            "SELECT invoice_id, SUM(amount_minor) AS amount_minor FROM payments "
+            f"WHERE status = 'succeeded' AND {_in('invoice_id')} GROUP BY invoice_id",
+            list(settled["invoice_id"]),
+        )
+        posted_notes = _read(
+            conn,
+            "SELECT source_id, erp_internal_id FROM posting_ledger WHERE erp = :erp "
+            f"AND doc_type = 'credit_memo' AND state = 'posted' AND {_in('source_id')}",
+            list(notes.loc[notes["status"] == "void", "credit_note_id"]),
+            erp=ERP,
+        )
+        ready = _ready(conn, [*notes["invoice_id"], *settled["invoice_id"]])
         lines = _read(
             conn,
             f"SELECT line_id, product_id FROM invoice_lines WHERE {_in('invoice_id')}",
@@ -217,7 +248,22 @@ def credit_memo_requests(
         ],
         columns=["credit_note_id", "invoice_line_item", "amount_minor"],
     )
-    memos, found = derive_credit_memos(notes, note_lines, lines, ready, master)
+    memos, found = derive_credit_memos(
+        notes,
+        note_lines,
+        lines,
+        ready,
+        master,
+        posted_notes=dict(
+            zip(posted_notes["source_id"], posted_notes["erp_internal_id"], strict=True)
+        ),
+    )
+    writeoffs, unsettled = derive_settlements(
+        settled,
+        ready,
+        dict(zip(collected["invoice_id"], collected["amount_minor"], strict=True)),
+        master,
+    )
     # A voided invoice is no longer ready for the ERP; what was posted is in the ledger.
     posted = pd.DataFrame(
         {
@@ -227,7 +273,8 @@ def credit_memo_requests(
         }
     )
     voids = derive_void_compensations(voided, posted)
-    docs = pd.concat([memos, voids], ignore_index=True)
+    docs = pd.concat([memos, voids, writeoffs], ignore_index=True)
+    found = pd.concat([found, unsettled], ignore_index=True)
     published = _publish(
         engine,
         docs,
@@ -235,14 +282,17 @@ def credit_memo_requests(
         doc_type="credit_memo",
         detected_by="credit_memo_requests",
         kinds=CREDIT_KINDS,
-        source_ids=list(notes["credit_note_id"]),
+        source_ids=[*notes["credit_note_id"], *settled["invoice_id"]],
         versions=[
             *_versions("credit_memo_requests", notes, "credit_note_id"),
             *_versions(VOID_COMPENSATIONS, voided, "invoice_id"),
+            *_versions(SETTLEMENTS, settled, "invoice_id"),
         ],
         run_id=run_id,
     )
-    return dg.MaterializeResult(metadata={**published, "void compensations": len(voids)})
+    return dg.MaterializeResult(
+        metadata={**published, "void compensations": len(voids), "write-offs": len(writeoffs)}
+    )
 
 
 @dg.asset(

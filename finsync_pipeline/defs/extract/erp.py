@@ -26,6 +26,7 @@ TRANSACTION_COLUMNS = [
     "currency",
     "subsidiary",
     "foreigntotal",
+    "foreignamountremaining",
     "status",
     "memo",
     "lastmodifieddate",

@@ -3,6 +3,7 @@
 import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from finsync_pipeline.landing import load_payloads, quarantined_ids, sample, sync_exceptions
 from finsync_pipeline.ledger import loads as ledger_loads
@@ -17,8 +18,10 @@ from finsync_pipeline.logic.derive import (
 )
 from finsync_pipeline.logic.reconcile import (
     DRIFT_STATUSES,
+    RECON_COLUMNS,
     RENEWAL_DRIFT,
     RENEWAL_STATUSES,
+    expected_erp_remaining,
     reconcile_invoices,
     reconcile_payments,
     reconcile_renewals,
@@ -59,10 +62,13 @@ def invoice_reconciliation(
     with engine.connect() as conn:
         billing = read_frame(
             conn,
-            "SELECT invoice_id, partition_date, currency, total_minor, correlation_id, status "
-            "FROM invoices WHERE partition_date >= :date_from AND partition_date < :date_to",
+            "SELECT invoice_id, partition_date, currency, total_minor, correlation_id, status, "
+            "amount_remaining_minor FROM invoices "
+            "WHERE partition_date >= :date_from AND partition_date < :date_to",
             rng,
         )
+        pending = _balance_pending(conn, rng)
+        quarantined = _quarantined_invoices(conn, rng)
         held = read_frame(
             conn,
             "SELECT source_id FROM finance_exceptions WHERE status = 'open'",
@@ -89,7 +95,12 @@ def invoice_reconciliation(
         | ((billing["status"] == "void") & billing["invoice_id"].isin(posted_invoices))
     ].copy()
     expected["external_id"] = expected["invoice_id"].map(invoice_external_id)
-    recon = reconcile_invoices(expected, erp, set(held["source_id"]), awaiting)
+    # A void invoice's balance is judged by its reversal below, not here.
+    expected["remaining_minor"] = [
+        None if status == "void" else expected_erp_remaining(status, left)
+        for status, left in zip(expected["status"], expected["amount_remaining_minor"], strict=True)
+    ]
+    recon = reconcile_invoices(expected, erp, set(held["source_id"]), awaiting, pending)
     voided = set(expected.loc[expected["status"] == "void", "invoice_id"])
     for i in recon.index[recon["invoice_id"].isin(voided)]:
         reversal = void_external_id(str(recon.at[i, "invoice_id"]))
@@ -109,6 +120,7 @@ def invoice_reconciliation(
                 "voided in billing, still open in the ERP: "
                 f"its reversing credit memo {reversal} is not posted"
             )
+    recon = pd.concat([recon, quarantined], ignore_index=True) if len(quarantined) else recon
     recon["run_id"] = context.run.run_id
     with engine.begin() as conn:
         replace_partitions(
@@ -120,6 +132,80 @@ def invoice_reconciliation(
             key=["partition_date", "external_id"],
         )
     return _recon_result(recon)
+
+
+def _balance_pending(conn: Connection, rng: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Invoice id -> why its ERP balance may still differ from billing's: a document that moves
+    it (a payment, credit memo, reversal or write-off) is held by an open exception or still
+    on its way to the ERP."""
+    docs = read_frame(
+        conn,
+        "SELECT d.invoice_id, d.doc_id, l.external_id, l.state FROM ("
+        "  SELECT invoice_id, payment_id AS doc_id FROM payments WHERE invoice_id IS NOT NULL"
+        "  UNION ALL SELECT invoice_id, credit_note_id FROM credit_notes"
+        "  UNION ALL SELECT invoice_id, invoice_id FROM invoices"
+        "  WHERE partition_date >= :date_from AND partition_date < :date_to"
+        ") d LEFT JOIN posting_ledger l ON l.source_id = d.doc_id AND l.doc_type <> 'invoice' "
+        "WHERE d.invoice_id IN (SELECT invoice_id FROM invoices "
+        "  WHERE partition_date >= :date_from AND partition_date < :date_to)",
+        rng,
+    )
+    exceptions = read_frame(
+        conn, "SELECT source_id, kind FROM finance_exceptions WHERE status = 'open'"
+    )
+    kind_of = dict(zip(exceptions["source_id"], exceptions["kind"], strict=False))
+    found: dict[str, tuple[str, str]] = {}
+    for doc in docs.sort_values(["invoice_id", "doc_id"]).to_dict("records"):
+        invoice_id, doc_id = str(doc["invoice_id"]), str(doc["doc_id"])
+        for key in (doc_id, doc["external_id"]):
+            if isinstance(key, str) and key in kind_of:
+                found[invoice_id] = (
+                    "held_by_exception",
+                    f"an open {kind_of[key]} exception on {key} explains it",
+                )
+        if invoice_id not in found and doc["state"] in ("pending", "in_flight"):
+            found[invoice_id] = (
+                "awaiting_window",
+                f"{doc['external_id']} is queued for posting ({doc['state']})",
+            )
+    return found
+
+
+def _quarantined_invoices(conn: Connection, rng: dict[str, str]) -> pd.DataFrame:
+    """Billing invoices of the range in quarantine, with the amount the ERP does not have."""
+    raw = read_frame(
+        conn,
+        "SELECT s.partition_date, s.payload, q.reason FROM stripe_invoices s JOIN ("
+        "  SELECT source_id, MIN(reason) AS reason FROM quarantine "
+        "  WHERE asset = 'stripe_invoices' GROUP BY source_id"
+        ") q ON q.source_id = s.source_id "
+        "WHERE s.partition_date >= :date_from AND s.partition_date < :date_to",
+        rng,
+    )
+    rows: list[dict[str, object]] = []
+    for r in raw.to_dict("records"):
+        inv = ledger_loads(r["payload"])
+        if inv.get("status") in ("draft", "void"):
+            continue
+        currency = normalize.as_upper(inv.get("currency"))
+        total = normalize.as_int(inv.get("total"))
+        invoice_id = str(inv.get("id"))
+        rows.append(
+            {
+                "partition_date": r["partition_date"],
+                "external_id": invoice_external_id(invoice_id),
+                "invoice_id": invoice_id,
+                "status": "quarantined",
+                "billing_currency": currency,
+                "billing_total_minor": total,
+                "billing_status": normalize.as_text(inv.get("status")),
+                "billing_remaining_minor": normalize.as_int(inv.get("amount_remaining")),
+                "correlation_id": normalize.correlation_id("stripe", "invoice", invoice_id),
+                "explanation": f"billing has {total} {currency} (minor units) in quarantine, "
+                f"so the ERP has none of it: {r['reason']}",
+            }
+        )
+    return pd.DataFrame(rows, columns=RECON_COLUMNS)
 
 
 @dg.asset_check(
