@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS invoices (
     inclusive_tax_minor     BIGINT NOT NULL DEFAULT 0,   -- tax inside tax-inclusive prices
     total_excluding_tax_minor BIGINT,
     total_minor             BIGINT NOT NULL,
+    starting_balance_minor  BIGINT,                      -- customer balance before; < 0 credit
+    ending_balance_minor    BIGINT,
+    amount_due_minor        BIGINT,
     line_count              INTEGER NOT NULL,
     invoice_date            TEXT NOT NULL,
     due_date                TEXT,

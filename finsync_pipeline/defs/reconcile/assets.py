@@ -19,6 +19,8 @@ from finsync_pipeline.logic.reconcile import (
     DRIFT_STATUSES,
     RENEWAL_DRIFT,
     RENEWAL_STATUSES,
+    as_erp_documents,
+    balance_applications_expected,
     reconcile_invoices,
     reconcile_payments,
     reconcile_renewals,
@@ -89,6 +91,7 @@ def invoice_reconciliation(
         | ((billing["status"] == "void") & billing["invoice_id"].isin(posted_invoices))
     ].copy()
     expected["external_id"] = expected["invoice_id"].map(invoice_external_id)
+    expected = as_erp_documents(expected)
     recon = reconcile_invoices(expected, erp, set(held["source_id"]), awaiting)
     voided = set(expected.loc[expected["status"] == "void", "invoice_id"])
     for i in recon.index[recon["invoice_id"].isin(voided)]:
@@ -176,6 +179,16 @@ def payment_reconciliation(
             "AND partition_date >= :date_from AND partition_date < :date_to",
             rng,
         )
+        # Invoices Stripe paid (partly) from the customer's credit balance: each has one
+        # customer payment of 0 in NetSuite that applies the credit memo to the invoice.
+        balanced = read_frame(
+            conn,
+            "SELECT invoice_id, partition_date, currency, total_minor, starting_balance_minor, "
+            "ending_balance_minor, correlation_id, status FROM invoices "
+            "WHERE starting_balance_minor < 0 AND partition_date >= :date_from "
+            "AND partition_date < :date_to",
+            rng,
+        )
         held = read_frame(conn, "SELECT source_id FROM finance_exceptions WHERE status = 'open'")
         raw = load_payloads(conn, "erp_payments", date_from, date_to)
         bad_erp = quarantined_ids(conn, "erp_payments")
@@ -185,7 +198,9 @@ def payment_reconciliation(
     erp = erp[~erp["source_id"].isin(bad_erp)]
     collected["external_id"] = collected["payment_id"].map(payment_external_id)
     refunded["external_id"] = refunded["payment_id"].map(refund_external_id)
-    moved = pd.concat([collected, refunded], ignore_index=True)
+    moved = pd.concat(
+        [collected, refunded, balance_applications_expected(balanced)], ignore_index=True
+    )
     recon = reconcile_payments(moved, erp, set(held["source_id"]), awaiting)
     recon["run_id"] = context.run.run_id
     with engine.begin() as conn:
