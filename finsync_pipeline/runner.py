@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from finsync_pipeline.errors import ConfigurationError, FinsyncError
 from finsync_pipeline.ledger import loads
+from finsync_pipeline.logic.derive import net_negative_external_id
 from finsync_pipeline.logic.reconcile import (
     ALL_STATUSES,
     DRIFT_STATUSES,
@@ -399,10 +400,13 @@ class PipelineRun:
                 "sources": sources,
                 "accounts": scalar("SELECT COUNT(*) FROM salesforce_accounts"),
                 "stripe_invoices": sum(s in ("open", "paid", "uncollectible") for s in statuses),
+                # A net-negative invoice posts as the credit memo that stands for it.
                 "erp_invoices_posted": scalar(
-                    "SELECT COUNT(*) FROM posting_ledger_journal WHERE doc_type = 'invoice' "
+                    "SELECT COUNT(*) FROM posting_ledger_journal WHERE (doc_type = 'invoice' "
+                    "OR (doc_type = 'credit_memo' AND external_id LIKE :net_negative)) "
                     "AND to_state = 'posted' AND at >= :since",
                     since=since,
+                    net_negative=net_negative_external_id("") + "%",
                 ),
                 "erp_customers_posted": scalar(
                     "SELECT COUNT(*) FROM posting_ledger_journal WHERE doc_type = 'customer' "

@@ -47,7 +47,16 @@ EXCEPTION_KINDS = {
     "unknown_usage_subject",
 }
 # Invoice shapes that are no problem at all: each must post exactly and reconcile.
-SHAPE_KINDS = {"coupon_discount", "line_discount", "tax_inclusive", "full_discount"}
+SHAPE_KINDS = {
+    "coupon_discount",
+    "line_discount",
+    "tax_inclusive",
+    "full_discount",
+    # A downgrade that credits more than it charges (a credit memo in NetSuite), and the next
+    # invoice, paid partly from that credit (the credit memo applied to it).
+    "net_negative",
+    "paid_from_balance",
+}
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -222,6 +231,17 @@ def test_demo_posts_discounted_tax_inclusive_and_free_invoices_exactly(
         assert (status, billing) == ("matched", erp), invoice_id
     free = {item["id"] for item in planted["full_discount"]}
     assert all(recon[i][1] == 0 for i in free)
+    # The credit memo of a net-negative invoice credits its absolute total, and the invoice
+    # paid from that credit has it applied: its payment of 0 reconciles too.
+    with engine.connect() as conn:
+        totals = dict(conn.execute(sa.text("SELECT invoice_id, total_minor FROM invoices")).all())
+        applications = dict(
+            conn.execute(sa.text("SELECT payment_id, status FROM payment_reconciliation")).all()
+        )
+    for item in planted["net_negative"]:
+        assert totals[item["id"]] < 0 and recon[item["id"]][1] == -totals[item["id"]]
+    for item in planted["paid_from_balance"]:
+        assert applications[item["id"]] == "matched"
 
 
 def test_demo_carries_invoices_settled_without_a_stripe_payment_and_shows_quarantined_money(

@@ -131,6 +131,9 @@ def build_invoices(
             "inclusive_tax_minor": invoices["inclusive_tax"],
             "total_excluding_tax_minor": invoices["total_excluding_tax"],
             "total_minor": invoices["total"],
+            "starting_balance_minor": invoices["starting_balance"],
+            "ending_balance_minor": invoices["ending_balance"],
+            "amount_due_minor": invoices["amount_due"],
             "line_count": invoices["line_count"],
             # What is left to collect, as billing sees it: reconciliation holds the ERP's
             # balance of the invoice against it.

@@ -488,6 +488,7 @@ def generate(spec: CompanySpec) -> Company:
         planted=planted,
     )
     # Imported here: the plants build on this module (a top-level import would be a cycle).
+    from finsync_pipeline.sandbox.balance_plant import plant_customer_balance
     from finsync_pipeline.sandbox.invoice_shapes import plant_invoice_shapes
     from finsync_pipeline.sandbox.settlement_plant import plant_settlements
     from finsync_pipeline.sandbox.tax_plant import plant_tax_mismatches
@@ -495,6 +496,7 @@ def generate(spec: CompanySpec) -> Company:
     plant_tax_mismatches(company)
     plant_invoice_shapes(company)
     plant_settlements(company)
+    plant_customer_balance(company)
     untouched = [s for s in rest if s not in unknown_entity] or subs
     _plant_deleted_draft(g, company, untouched)
     return company

@@ -84,7 +84,20 @@ class Invoice(Lineage):
         description="After discounts, before every tax, minor units"
     )
     total_minor: Series[pd.Int64Dtype] = pa.Field(
-        description="subtotal - discount + exclusive tax, minor units"
+        description="subtotal - discount + exclusive tax, minor units; negative when a "
+        "downgrade credits more than it charges (a credit memo in the ERP)"
+    )
+    starting_balance_minor: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True,
+        description="The customer's balance before this invoice; negative is a credit",
+    )
+    ending_balance_minor: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True,
+        description="The customer's balance after it: what the invoice took from or added to "
+        "the balance is ending - starting",
+    )
+    amount_due_minor: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, ge=0, description="What the balance left due, minor units"
     )
     line_count: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Lines, every page")
     amount_paid_minor: Series[pd.Int64Dtype] = pa.Field(

@@ -22,9 +22,13 @@ INVOICE: dict[str, Any] = {
     "subtotal": 2000,
     "total_excluding_tax": 2000,
     "total": 2160,
-    "amount_due": 2160,
     "amount_paid": 0,
     "amount_remaining": 2160,
+    # Stripe applies the customer's balance at finalization; this customer has none.
+    "starting_balance": 0,
+    "ending_balance": 0,
+    "amount_due": 2160,
+    "pre_payment_credit_notes_amount": 0,
     "total_discount_amounts": [],
     "total_taxes": [
         {"amount": 100, "tax_behavior": "exclusive"},
@@ -114,6 +118,7 @@ def test_discounts_and_inclusive_tax_flatten_apart_from_exclusive_tax() -> None:
         ],
         "total_excluding_tax": 1585,
         "total": 1832,
+        "amount_due": 1832,
         "lines": {
             "data": [
                 {

@@ -124,19 +124,23 @@ def invoice_ready_transactions(
         upserts = read_frame(conn, "SELECT customer_key, external_id FROM erp_customer_upserts")
         customers = read_frame(conn, "SELECT customer_key, legal_entity FROM customers")
     ready, found = derive_invoice_ready(invoices, lines, upserts, customers, master)
-    docs = [
-        ledger.LedgerDoc(
-            ERP,
-            "invoice",
-            r.external_id,
-            "stripe",
-            r.invoice_id,
-            r.correlation_id,
-            r.partition_date,
-            r.payload,
-        )
-        for r in ready.itertuples(index=False)
-    ]
+    # A net-negative invoice is a credit memo in the ERP; the ledger queues each type apart.
+    docs = {
+        doc_type: [
+            ledger.LedgerDoc(
+                ERP,
+                doc_type,
+                r.external_id,
+                "stripe",
+                r.invoice_id,
+                r.correlation_id,
+                r.partition_date,
+                r.payload,
+            )
+            for r in group.itertuples(index=False)
+        ]
+        for doc_type, group in ready.groupby("doc_type")
+    }
     with engine.begin() as conn:
         rows = frame_records(ready.assign(payload=[ledger.dumps(p) for p in ready["payload"]]))
         replace_partitions(
@@ -147,7 +151,16 @@ def invoice_ready_transactions(
             date_to=date_to,
             key=["erp", "external_id"],
         )
-        queued = ledger.enqueue(conn, docs, run_id=context.run.run_id, repost_changed=False)
+        results = [
+            ledger.enqueue(conn, batch, run_id=context.run.run_id, repost_changed=False)
+            for batch in docs.values()
+        ]
+        queued = ledger.EnqueueResult(
+            sum(r.new for r in results),
+            sum(r.changed for r in results),
+            sum(r.unchanged for r in results),
+            [x for r in results for x in r.changed_after_posting],
+        )
         if queued.changed_after_posting:
             changed = ready[ready["external_id"].isin(queued.changed_after_posting)]
             severity, owner = EXCEPTION_KINDS["posted_document_changed"]
@@ -184,6 +197,7 @@ def invoice_ready_transactions(
             "discount by currency": dg.MetadataValue.json(
                 amounts_by_currency(ready, "discount_minor", "currency")
             ),
+            "net-negative invoices (credit memos)": int((ready["doc_type"] == "credit_memo").sum()),
             "ledger: new": queued.new,
             "ledger: changed before posting": queued.changed,
             "ledger: unchanged": queued.unchanged,
