@@ -18,6 +18,8 @@ a line discount, a tax-inclusive price, a 100%-off invoice):
   discounts and excludes every tax, inclusive tax included.
 """
 
+from typing import Optional
+
 import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
@@ -85,6 +87,12 @@ class StripeInvoiceRecord(pa.DataFrameModel):
     )
     line_count: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Number of lines, all pages")
     created: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Unix seconds")
+    # Optional: the column is the flattener's reading of FINSYNC_PO_SOURCE, nothing to check.
+    po_number: Optional[Series[str]] = pa.Field(  # noqa: UP045 (pandera reads Optional)
+        nullable=True,
+        description="The customer's PO from FINSYNC_PO_SOURCE: a custom_fields entry (the list "
+        "may be null) or a metadata key; none when absent or blank",
+    )
 
     @pa.dataframe_check(name="lines_tie_out")
     def lines_tie_out(cls, df: pd.DataFrame) -> Series[bool]:
