@@ -226,6 +226,7 @@ def derive_invoice_ready(
     master: MasterData,
     *,
     po_source: PoSource = DEFAULT_PO_SOURCE,
+    in_erp: frozenset[str] = frozenset(),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Invoice-ready transactions for the ERP, and the invoices that must wait.
 
@@ -237,6 +238,8 @@ def derive_invoice_ready(
     invoice number is named in the memo. An invoice of an account with ``PO_Required__c``
     (``po_required``) and no PO is a ``missing_po`` exception and is not derived: the customer
     would refuse to pay it. ``customers`` without a ``po_required`` column require no PO.
+    An invoice already in the ERP (``in_erp``: posted or being posted, by invoice id) is past
+    holding: it is derived as before, so what applies to it (its payments) still does.
 
     The ERP document states the invoice as billing does, to the minor unit:
 
@@ -293,7 +296,7 @@ def derive_invoice_ready(
             continue
         po = getattr(inv, "po_number", None)
         po = None if _na(po) or not str(po).strip() else str(po).strip()
-        if po is None and key in needs_po:
+        if po is None and key in needs_po and invoice_id not in in_erp:
             number = "" if _na(inv.number) else f" ({inv.number})"
             problems.add(
                 "missing_po",

@@ -166,8 +166,35 @@ def test_invoices_posted_with_the_stripe_number_as_po_raise_nothing_after_the_up
                 ),
                 {"p": ledger.dumps(old), "h": digest, "x": external_id},
             )
+    # And one posted without a PO, as every invoice was before finsync read them: its PO is
+    # taken off in Stripe, so its day is derived again and finds none.
+    with engine.connect() as conn:
+        bare = conn.execute(
+            sa.text(
+                "SELECT i.invoice_id FROM invoices i JOIN customers c ON c.customer_key = "
+                "i.customer_key JOIN posting_ledger l ON l.source_id = i.invoice_id "
+                "WHERE c.po_required = 1 AND i.po_number IS NOT NULL AND l.state = 'posted' "
+                "AND i.status = 'paid' "
+                "ORDER BY i.invoice_id LIMIT 1"
+            )
+        ).scalar_one()
+    resources["stripe"].get_client().post(
+        f"/v1/invoices/{bare}", {"custom_fields": ""}, idempotency_key=f"bare-{bare}"
+    )
     assert _run(resources).success
     with engine.connect() as conn:
+        assert (
+            conn.execute(
+                sa.text("SELECT po_number FROM invoices WHERE invoice_id = :id"), {"id": bare}
+            ).scalar_one()
+            is None
+        )
+        held = conn.execute(
+            sa.text(
+                "SELECT kind, source_id, detail FROM finance_exceptions WHERE status = 'open' "
+                "AND kind IN ('missing_po', 'payment_held')"
+            )
+        ).all()
         changed = conn.execute(
             sa.text(
                 "SELECT COUNT(*) FROM finance_exceptions WHERE kind = 'posted_document_changed'"
@@ -180,5 +207,9 @@ def test_invoices_posted_with_the_stripe_number_as_po_raise_nothing_after_the_up
             )
         }
     assert changed == 0
+    # A missing PO cannot hold what is already in the ERP, nor anything applied to it.
+    (planted,) = sandbox.planted()["missing_po"]
+    assert {(k, s) for k, s, _d in held if k == "missing_po"} == {("missing_po", planted["id"])}
+    assert not [d for _k, _s, d in held if bare in d]
     # Nothing was re-sent: the posted invoices keep what they were posted with.
     assert states == {"posted"}

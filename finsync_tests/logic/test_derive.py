@@ -286,7 +286,7 @@ PO_NUMBERS = {"in_notax": "PO-4500", "in_p": "PO-P1"}
 
 
 def derive_with_pos(
-    source: PoSource = DEFAULT_PO_SOURCE,
+    source: PoSource = DEFAULT_PO_SOURCE, in_erp: frozenset[str] = frozenset()
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     people = customers().assign(
         po_required=[int(c[0] == "001C") for c in CUSTOMERS],
@@ -294,7 +294,9 @@ def derive_with_pos(
     head, body = invoices()
     head["po_number"] = head["invoice_id"].map(PO_NUMBERS).astype("str")
     upserts, _ = derive_customer_upserts(people, MASTER)
-    return derive_invoice_ready(head, body, upserts, people, MASTER, po_source=source)
+    return derive_invoice_ready(
+        head, body, upserts, people, MASTER, po_source=source, in_erp=in_erp
+    )
 
 
 @pytest.mark.parametrize(
@@ -351,6 +353,15 @@ def test_a_po_required_invoice_without_a_po_is_held_as_missing_po_for_finance_op
         "unmapped_product",
         "unmapped_currency",
     }
+
+
+def test_an_invoice_already_in_the_erp_is_past_holding_for_a_po() -> None:
+    # Posted before its account required a PO (or before finsync read POs): holding it now
+    # would only hold its payments.
+    ready, problems = derive_with_pos(in_erp=frozenset({"in_uncoll"}))
+    assert "in_uncoll" in set(ready["invoice_id"])
+    assert "missing_po" not in set(problems["kind"])
+    assert "otherRefNum" not in ready.set_index("invoice_id").loc["in_uncoll", "payload"]
 
 
 def test_without_a_po_required_column_no_invoice_is_held_for_a_po() -> None:

@@ -129,8 +129,22 @@ def invoice_ready_transactions(
         customers = read_frame(
             conn, "SELECT customer_key, legal_entity, po_required FROM customers"
         )
+        # Invoices posted before their account required a PO, or before finsync read POs.
+        in_erp = read_frame(
+            conn,
+            "SELECT source_id FROM posting_ledger WHERE erp = :erp AND doc_type = 'invoice' "
+            "AND state IN ('posted', 'in_flight') AND partition_date >= :date_from "
+            "AND partition_date < :date_to",
+            {"erp": ERP, **rng},
+        )
     ready, found = derive_invoice_ready(
-        invoices, lines, upserts, customers, master, po_source=po_source()
+        invoices,
+        lines,
+        upserts,
+        customers,
+        master,
+        po_source=po_source(),
+        in_erp=frozenset(in_erp["source_id"]),
     )
     docs = [
         ledger.LedgerDoc(
