@@ -28,6 +28,7 @@ from finsync_pipeline.logic.reconcile import (
     RENEWAL_STATUSES,
 )
 from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
+from finsync_pipeline.po_source import po_source
 from finsync_pipeline.resources.warehouse import create_engine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -114,6 +115,8 @@ def check_environment() -> None:
             "Salesforce is not configured: set SALESFORCE_CLIENT_SECRET, or SALESFORCE_USERNAME "
             "and SALESFORCE_PRIVATE_KEY for the JWT bearer flow"
         )
+    # Read by the invoices assets at run time; a wrong value stops here, before any run.
+    po_source()
 
 
 def _finsync_message(error: Any) -> str | None:

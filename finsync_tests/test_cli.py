@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from finsync_pipeline.cli import retry_range
 from finsync_pipeline.logic import derive
 from finsync_pipeline.master_data import DEFAULT_DIR
+from finsync_pipeline.runner import REQUIRED_ENV
 from finsync_pipeline.sandbox.server import Sandbox
 from finsync_tests.conftest import TEST_END
 
@@ -41,6 +42,7 @@ QUARANTINE_KINDS = {
     "invalid_quantity",
 }
 EXCEPTION_KINDS = {
+    "missing_po",
     "unmapped_product",
     "unknown_legal_entity",
     "tax_mismatch",
@@ -395,6 +397,23 @@ def test_missing_credential_says_which_variable_to_set(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == "finsync: Stripe is not configured: set STRIPE_API_KEY"
     assert "Traceback" not in result.stderr
+
+
+def test_a_wrong_po_source_is_one_line_saying_what_to_set(tmp_path: Path) -> None:
+    # Credentials are only checked for presence before a run: fake ones reach the PO setting.
+    names = [n for names in REQUIRED_ENV.values() for n in names]
+    env = _env(
+        FINSYNC_MODE="live",
+        SALESFORCE_CLIENT_SECRET="x",
+        FINSYNC_PO_SOURCE="opportunity:PO_Number__c",
+        **dict.fromkeys(names, "x"),
+    )
+    result = _finsync("run", "--home", str(tmp_path / "home"), env=env)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("finsync: FINSYNC_PO_SOURCE: 'opportunity' is not supported")
+    assert "stripe_custom_field:PO Number" in line
 
 
 @pytest.mark.parametrize(

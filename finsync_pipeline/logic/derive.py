@@ -15,6 +15,7 @@ import pandas as pd
 from finsync_pipeline.logic.canonical import UNKNOWN_PARENT
 from finsync_pipeline.master_data import MasterData
 from finsync_pipeline.money import to_decimal
+from finsync_pipeline.po_source import DEFAULT_PO_SOURCE, PoSource
 
 ERP = "netsuite"
 LIVE_INVOICE_STATUSES = ("open", "paid", "uncollectible")
@@ -40,6 +41,7 @@ EXCEPTION_KINDS: dict[str, tuple[str, str]] = {
     "unmapped_product": ("high", "finance_ops"),
     "unmapped_currency": ("high", "finance_ops"),
     "unmapped_discount": ("high", "finance_ops"),
+    "missing_po": ("medium", "finance_ops"),
     "posting_rejected": ("high", "finance_ops"),
     "posting_dead": ("high", "finance_ops"),
     "posted_document_changed": ("medium", "finance_ops"),
@@ -123,6 +125,25 @@ class ExceptionRows:
 
 def _na(value: Any) -> bool:
     return value is None or bool(pd.isna(value))
+
+
+# Fields of a posted invoice that reference other paperwork (the customer's PO, a note to the
+# reader) and carry no amount, date, party or line: a change to them needs no compensating
+# document, and an invoice already posted keeps what it was posted with.
+REFERENCE_FIELDS = ("otherRefNum", "memo")
+
+
+def only_references_changed(posted: Mapping[str, Any], derived: Mapping[str, Any]) -> bool:
+    """Whether an invoice derived again differs from what was posted only in REFERENCE_FIELDS.
+
+    Until finsync read POs, ``otherRefNum`` carried the Stripe invoice number; invoices posted
+    then would otherwise all look changed once it carries the PO (or nothing).
+    """
+
+    def rest(payload: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in payload.items() if k not in REFERENCE_FIELDS}
+
+    return rest(posted) == rest(derived)
 
 
 def derive_customer_upserts(
@@ -226,11 +247,22 @@ def derive_invoice_ready(
     upserts: pd.DataFrame,
     customers: pd.DataFrame,
     master: MasterData,
+    *,
+    po_source: PoSource = DEFAULT_PO_SOURCE,
+    in_erp: frozenset[str] = frozenset(),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Invoice-ready transactions for the ERP, and the invoices that must wait.
 
     Only live invoices (open, paid, uncollectible) are posted; drafts are not final and voids
     before posting never reach the ERP.
+
+    The customer's purchase order (``po_number``, read from ``po_source``) goes in
+    ``otherRefNum``, NetSuite's PO field; an invoice without one leaves it out, and the Stripe
+    invoice number is named in the memo. An invoice of an account with ``PO_Required__c``
+    (``po_required``) and no PO is a ``missing_po`` exception and is not derived: the customer
+    would refuse to pay it. ``customers`` without a ``po_required`` column require no PO.
+    An invoice already in the ERP (``in_erp``: posted or being posted, by invoice id) is past
+    holding: it is derived as before, so what applies to it (its payments) still does.
 
     The ERP document states the invoice as billing does, to the minor unit:
 
@@ -252,6 +284,11 @@ def derive_invoice_ready(
     placed = dict(zip(upserts["customer_key"], upserts["external_id"], strict=True))
     entity_of: Mapping[str, Any] = dict(
         zip(customers["customer_key"], customers["legal_entity"], strict=True)
+    )
+    needs_po: set[str] = (
+        set(customers.loc[customers["po_required"].fillna(0).astype(int) == 1, "customer_key"])
+        if "po_required" in customers
+        else set()
     )
     lines_of = {k: g.sort_values("line_number") for k, g in lines.groupby("invoice_id")}
     rows: list[dict[str, Any]] = []
@@ -282,6 +319,20 @@ def derive_invoice_ready(
                 invoice_id,
                 f"Stripe invoice {invoice_id} waits for its customer {key}, which is "
                 "held by its own exception",
+                **extra,
+            )
+            continue
+        po = getattr(inv, "po_number", None)
+        po = None if _na(po) or not str(po).strip() else str(po).strip()
+        if po is None and key in needs_po and invoice_id not in in_erp:
+            number = "" if _na(inv.number) else f" ({inv.number})"
+            problems.add(
+                "missing_po",
+                "stripe",
+                invoice_id,
+                f"Stripe invoice {invoice_id}{number} bills account {key}, which has "
+                f"PO_Required__c, and carries no purchase order: set the {po_source.where} "
+                "(FINSYNC_PO_SOURCE) and the next run posts it",
                 **extra,
             )
             continue
@@ -359,19 +410,22 @@ def derive_invoice_ready(
                 }
             )
         external_id = invoice_external_id(invoice_id)
+        memo = f"finsync {inv.correlation_id} stripe invoice {invoice_id}"
         payload: dict[str, Any] = {
             "externalId": external_id,
             "entity": ref("customer", placed[key]),
             "tranDate": inv.invoice_date,
             "subsidiary": {"id": entity.netsuite_subsidiary_id},
             "currency": {"id": currency_id},
-            "memo": f"finsync {inv.correlation_id} stripe invoice {invoice_id}",
+            # The Stripe number names the invoice for whoever reads it in NetSuite; tranId is
+            # NetSuite's own number and otherRefNum is the customer's PO, never ours.
+            "memo": memo if _na(inv.number) else f"{memo} number {inv.number}",
             "item": {"items": items},
         }
         if not _na(inv.due_date):
             payload["dueDate"] = inv.due_date
-        if not _na(inv.number):
-            payload["otherRefNum"] = str(inv.number)
+        if po is not None:
+            payload["otherRefNum"] = po
         doc_type = "invoice"
         if int(inv.total_minor) < 0:
             doc_type, payload = "credit_memo", _as_credit_memo(payload, invoice_id)

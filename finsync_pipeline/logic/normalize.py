@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from finsync_pipeline.money import MoneyError, is_known_currency, to_minor
+from finsync_pipeline.po_source import DEFAULT_PO_SOURCE, PoSource
 
 Record = Mapping[str, Any]
 
@@ -226,6 +227,7 @@ def flatten_stripe_payments(records: Sequence[Record]) -> pd.DataFrame:
 INVOICE_DTYPES = {
     "source_id": "str",
     "number": "str",
+    "po_number": "str",
     "customer": "str",
     "subscription_id": "str",
     "status": "str",
@@ -333,8 +335,11 @@ def split_deleted(records: Iterable[Record]) -> tuple[list[Record], list[Record]
     return live, gone
 
 
-def flatten_stripe_invoices(records: Sequence[Record]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Stripe invoices and every one of their lines (the extractor already paged past 10)."""
+def flatten_stripe_invoices(
+    records: Sequence[Record], po_source: PoSource = DEFAULT_PO_SOURCE
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stripe invoices and every one of their lines (the extractor already paged past 10),
+    with the customer's PO read from ``po_source``."""
     invoices: list[dict[str, Any]] = []
     lines: list[dict[str, Any]] = []
     for r in records:
@@ -375,6 +380,7 @@ def flatten_stripe_invoices(records: Sequence[Record]) -> tuple[pd.DataFrame, pd
             {
                 "source_id": invoice_id,
                 "number": as_text(r.get("number")),
+                "po_number": po_source.read(r),
                 "customer": as_text(r.get("customer")),
                 "subscription_id": as_text(parent.get("subscription")),
                 "status": as_text(r.get("status")),

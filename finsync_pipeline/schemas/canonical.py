@@ -61,6 +61,9 @@ class Invoice(Lineage):
     invoice_id: Series[str] = pa.Field(unique=True, description="Stripe invoice id")
     partition_date: Series[str] = pa.Field(iso_date=(), description="Day it was created")
     number: Series[str] = pa.Field(nullable=True, description="Invoice number")
+    po_number: Series[str] = pa.Field(
+        nullable=True, description="The customer's purchase order, read from FINSYNC_PO_SOURCE"
+    )
     stripe_customer_id: Series[str] = pa.Field(description="Stripe customer id")
     customer_key: Series[str] = pa.Field(nullable=True, description="Salesforce account id")
     subscription_id: Series[str] = pa.Field(nullable=True, description="Stripe subscription")

@@ -24,6 +24,8 @@ a line discount, a tax-inclusive price, a 100%-off invoice):
   total``).
 """
 
+from typing import Optional
+
 import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
@@ -107,6 +109,12 @@ class StripeInvoiceRecord(pa.DataFrameModel):
         nullable=True, ge=0, description="Pre-payment credit notes, which lower amount_due"
     )
     created: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Unix seconds")
+    # Optional: the column is the flattener's reading of FINSYNC_PO_SOURCE, nothing to check.
+    po_number: Optional[Series[str]] = pa.Field(  # noqa: UP045 (pandera reads Optional)
+        nullable=True,
+        description="The customer's PO from FINSYNC_PO_SOURCE: a custom_fields entry (the list "
+        "may be null) or a metadata key; none when absent or blank",
+    )
 
     @pa.dataframe_check(name="amount_due_ties_out")
     def amount_due_ties_out(cls, df: pd.DataFrame) -> Series[bool]:

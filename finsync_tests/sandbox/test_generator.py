@@ -227,6 +227,7 @@ def test_all_planted_kinds_present_and_real(default_company: Company) -> None:
         "uncollectible",
         "net_negative",
         "paid_from_balance",
+        "missing_po",
         *SHAPES,
     }
     assert all(planted.values())
@@ -478,3 +479,37 @@ def test_cpq_subscriptions_follow_contracts_renewals_and_amendments(
         renewed = subs[line["SBQQ__RenewedSubscription__c"]]
         assert renewed["SBQQ__SubscriptionEndDate__c"] < line["SBQQ__StartDate__c"]
         assert renewed["Stripe_Subscription_Item_Id__c"] == line["Stripe_Subscription_Item_Id__c"]
+
+
+def test_po_required_accounts_are_invoiced_with_their_po_but_a_planted_few(
+    default_company: Company,
+) -> None:
+    required = {a["Id"] for a in default_company.salesforce["Account"] if a["PO_Required__c"]}
+    account_of = {
+        c["id"]: c["metadata"]["salesforce_account_id"] for c in default_company.stripe["customer"]
+    }
+    missing = {p["id"] for p in default_company.planted["missing_po"]}
+    assert len(missing) == FIXED.accounts // 100
+    by_id = {i["id"]: i for i in default_company.stripe["invoice"]}
+    assert {by_id[i]["status"] for i in missing} <= {"open", "paid", "uncollectible"}
+    for inv in default_company.stripe["invoice"]:
+        # Stripe always sends the key: a list of {name, value}, or null.
+        fields = inv["custom_fields"]
+        if account_of[inv["customer"]] in required and inv["id"] not in missing:
+            assert [f["name"] for f in fields] == ["PO Number"], inv["id"]
+            assert fields[0]["value"] and len(fields[0]["value"]) <= 140
+        else:
+            assert fields is None, inv["id"]
+    # The planted invoices are held by their missing PO only: no other plant is on them.
+    others = {
+        p["id"]
+        for kind, items in default_company.planted.items()
+        if kind != "missing_po"
+        for p in items
+    }
+    assert not missing & others
+    # Event snapshots show the invoice as it is.
+    for event in default_company.stripe["event"]:
+        snap = event["data"]["object"]
+        if snap.get("object") == "invoice" and snap["id"] in by_id:
+            assert snap["custom_fields"] == by_id[snap["id"]]["custom_fields"]

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS invoices (
     invoice_id              TEXT NOT NULL PRIMARY KEY,   -- the Stripe invoice id
     partition_date          TEXT NOT NULL,
     number                  TEXT,
+    po_number               TEXT,                        -- the customer's PO (FINSYNC_PO_SOURCE)
     stripe_customer_id      TEXT NOT NULL,
     customer_key            TEXT,
     subscription_id         TEXT,

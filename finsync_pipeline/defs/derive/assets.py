@@ -4,6 +4,7 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+import sqlalchemy as sa
 
 from finsync_pipeline import ledger
 from finsync_pipeline.landing import amounts_by_currency, sample, sync_exceptions
@@ -13,9 +14,11 @@ from finsync_pipeline.logic.derive import (
     EXCEPTION_KINDS,
     derive_customer_upserts,
     derive_invoice_ready,
+    only_references_changed,
 )
 from finsync_pipeline.master_data import load_master_data
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
+from finsync_pipeline.po_source import po_source
 from finsync_pipeline.resources.warehouse import (
     WarehouseResource,
     frame_records,
@@ -32,6 +35,7 @@ INVOICE_KINDS = [
     "unmapped_currency",
     "unmapped_product",
     "unmapped_discount",
+    "missing_po",
     "posted_document_changed",
 ]
 
@@ -122,8 +126,26 @@ def invoice_ready_transactions(
             rng,
         )
         upserts = read_frame(conn, "SELECT customer_key, external_id FROM erp_customer_upserts")
-        customers = read_frame(conn, "SELECT customer_key, legal_entity FROM customers")
-    ready, found = derive_invoice_ready(invoices, lines, upserts, customers, master)
+        customers = read_frame(
+            conn, "SELECT customer_key, legal_entity, po_required FROM customers"
+        )
+        # Invoices posted before their account required a PO, or before finsync read POs.
+        in_erp = read_frame(
+            conn,
+            "SELECT source_id FROM posting_ledger WHERE erp = :erp AND doc_type = 'invoice' "
+            "AND state IN ('posted', 'in_flight') AND partition_date >= :date_from "
+            "AND partition_date < :date_to",
+            {"erp": ERP, **rng},
+        )
+    ready, found = derive_invoice_ready(
+        invoices,
+        lines,
+        upserts,
+        customers,
+        master,
+        po_source=po_source(),
+        in_erp=frozenset(in_erp["source_id"]),
+    )
     # A net-negative invoice is a credit memo in the ERP; the ledger queues each type apart.
     docs = {
         doc_type: [
@@ -161,8 +183,9 @@ def invoice_ready_transactions(
             sum(r.unchanged for r in results),
             [x for r in results for x in r.changed_after_posting],
         )
-        if queued.changed_after_posting:
-            changed = ready[ready["external_id"].isin(queued.changed_after_posting)]
+        changed_ids = _materially_changed(conn, ready, queued.changed_after_posting)
+        if changed_ids:
+            changed = ready[ready["external_id"].isin(changed_ids)]
             severity, owner = EXCEPTION_KINDS["posted_document_changed"]
             extra = pd.DataFrame(
                 {
@@ -204,6 +227,35 @@ def invoice_ready_transactions(
             **_exception_metadata(found, synced),
         }
     )
+
+
+def _materially_changed(conn: sa.Connection, ready: pd.DataFrame, changed: list[str]) -> list[str]:
+    """The posted invoices among ``changed`` whose amounts, dates, party or lines changed.
+
+    One whose PO or memo alone changed (every invoice posted while ``otherRefNum`` carried the
+    Stripe number, or a PO added after posting) keeps what it was posted with: a reference
+    needs no compensating document, so finance is not asked for one.
+    """
+    if not changed:
+        return []
+    posted: dict[str, str] = dict(
+        conn.execute(
+            sa.text(
+                "SELECT external_id, payload FROM posting_ledger WHERE erp = :erp "
+                "AND doc_type = 'invoice' AND external_id IN :ids"
+            ).bindparams(sa.bindparam("ids", expanding=True)),
+            {"erp": ERP, "ids": sorted(changed)},
+        ).all()
+    )
+    derived = dict(zip(ready["external_id"], ready["payload"], strict=True))
+    return [
+        x
+        for x in changed
+        if x not in posted
+        or not only_references_changed(
+            ledger.loads(posted[x]), ledger.loads(ledger.dumps(derived[x]))
+        )
+    ]
 
 
 @dg.asset(
