@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from finsync_pipeline.errors import ConfigurationError, FinsyncError
 from finsync_pipeline.ledger import loads
+from finsync_pipeline.logic.derive import net_negative_external_id
 from finsync_pipeline.logic.reconcile import (
     ALL_STATUSES,
     DRIFT_STATUSES,
@@ -27,6 +28,7 @@ from finsync_pipeline.logic.reconcile import (
     RENEWAL_STATUSES,
 )
 from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
+from finsync_pipeline.po_source import po_source
 from finsync_pipeline.resources.warehouse import create_engine
 from finsync_pipeline.sources import SWITCH_OFF_HINT, sources_off
 
@@ -123,6 +125,8 @@ def check_environment() -> None:
             "Salesforce is not configured: set SALESFORCE_CLIENT_SECRET, or SALESFORCE_USERNAME "
             "and SALESFORCE_PRIVATE_KEY for the JWT bearer flow"
         )
+    # Read by the invoices assets at run time; a wrong value stops here, before any run.
+    po_source()
 
 
 def _finsync_message(error: Any) -> str | None:
@@ -409,10 +413,13 @@ class PipelineRun:
                 "sources": sources,
                 "accounts": scalar("SELECT COUNT(*) FROM salesforce_accounts"),
                 "stripe_invoices": sum(s in ("open", "paid", "uncollectible") for s in statuses),
+                # A net-negative invoice posts as the credit memo that stands for it.
                 "erp_invoices_posted": scalar(
-                    "SELECT COUNT(*) FROM posting_ledger_journal WHERE doc_type = 'invoice' "
+                    "SELECT COUNT(*) FROM posting_ledger_journal WHERE (doc_type = 'invoice' "
+                    "OR (doc_type = 'credit_memo' AND external_id LIKE :net_negative)) "
                     "AND to_state = 'posted' AND at >= :since",
                     since=since,
+                    net_negative=net_negative_external_id("") + "%",
                 ),
                 "erp_customers_posted": scalar(
                     "SELECT COUNT(*) FROM posting_ledger_journal WHERE doc_type = 'customer' "

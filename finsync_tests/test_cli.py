@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from finsync_pipeline.cli import retry_range
 from finsync_pipeline.logic import derive
 from finsync_pipeline.master_data import DEFAULT_DIR
+from finsync_pipeline.runner import REQUIRED_ENV
 from finsync_pipeline.sandbox.generator import CompanySpec, generate
 from finsync_pipeline.sandbox.server import Sandbox
 from finsync_pipeline.sources import SOURCES_OFF_ENV
@@ -43,13 +44,23 @@ QUARANTINE_KINDS = {
     "invalid_quantity",
 }
 EXCEPTION_KINDS = {
+    "missing_po",
     "unmapped_product",
     "unknown_legal_entity",
     "tax_mismatch",
     "unknown_usage_subject",
 }
 # Invoice shapes that are no problem at all: each must post exactly and reconcile.
-SHAPE_KINDS = {"coupon_discount", "line_discount", "tax_inclusive", "full_discount"}
+SHAPE_KINDS = {
+    "coupon_discount",
+    "line_discount",
+    "tax_inclusive",
+    "full_discount",
+    # A downgrade that credits more than it charges (a credit memo in NetSuite), and the next
+    # invoice, paid partly from that credit (the credit memo applied to it).
+    "net_negative",
+    "paid_from_balance",
+}
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -224,6 +235,17 @@ def test_demo_posts_discounted_tax_inclusive_and_free_invoices_exactly(
         assert (status, billing) == ("matched", erp), invoice_id
     free = {item["id"] for item in planted["full_discount"]}
     assert all(recon[i][1] == 0 for i in free)
+    # The credit memo of a net-negative invoice credits its absolute total, and the invoice
+    # paid from that credit has it applied: its payment of 0 reconciles too.
+    with engine.connect() as conn:
+        totals = dict(conn.execute(sa.text("SELECT invoice_id, total_minor FROM invoices")).all())
+        applications = dict(
+            conn.execute(sa.text("SELECT payment_id, status FROM payment_reconciliation")).all()
+        )
+    for item in planted["net_negative"]:
+        assert totals[item["id"]] < 0 and recon[item["id"]][1] == -totals[item["id"]]
+    for item in planted["paid_from_balance"]:
+        assert applications[item["id"]] == "matched"
 
 
 def test_demo_carries_invoices_settled_without_a_stripe_payment_and_shows_quarantined_money(
@@ -377,6 +399,23 @@ def test_missing_credential_says_which_variable_to_set(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == "finsync: Stripe is not configured: set STRIPE_API_KEY"
     assert "Traceback" not in result.stderr
+
+
+def test_a_wrong_po_source_is_one_line_saying_what_to_set(tmp_path: Path) -> None:
+    # Credentials are only checked for presence before a run: fake ones reach the PO setting.
+    names = [n for names in REQUIRED_ENV.values() for n in names]
+    env = _env(
+        FINSYNC_MODE="live",
+        SALESFORCE_CLIENT_SECRET="x",
+        FINSYNC_PO_SOURCE="opportunity:PO_Number__c",
+        **dict.fromkeys(names, "x"),
+    )
+    result = _finsync("run", "--home", str(tmp_path / "home"), env=env)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("finsync: FINSYNC_PO_SOURCE: 'opportunity' is not supported")
+    assert "stripe_custom_field:PO Number" in line
 
 
 @pytest.mark.parametrize(

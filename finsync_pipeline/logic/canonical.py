@@ -119,6 +119,7 @@ def build_invoices(
             "invoice_id": invoices["source_id"],
             "partition_date": invoices["source_id"].map(partition_of),
             "number": invoices["number"],
+            "po_number": invoices["po_number"],
             "stripe_customer_id": invoices["customer"],
             "customer_key": invoices["customer"].map(customer_keys),
             "subscription_id": invoices["subscription_id"],
@@ -131,6 +132,9 @@ def build_invoices(
             "inclusive_tax_minor": invoices["inclusive_tax"],
             "total_excluding_tax_minor": invoices["total_excluding_tax"],
             "total_minor": invoices["total"],
+            "starting_balance_minor": invoices["starting_balance"],
+            "ending_balance_minor": invoices["ending_balance"],
+            "amount_due_minor": invoices["amount_due"],
             "line_count": invoices["line_count"],
             # What is left to collect, as billing sees it: reconciliation holds the ERP's
             # balance of the invoice against it.
@@ -170,7 +174,9 @@ def build_invoices(
         }
     )
     # A lookup that matched nothing (no customers landed yet) must stay a text column.
-    head = head.astype({"customer_key": "str", "subscription_id": "str", "number": "str"})
+    head = head.astype(
+        {"customer_key": "str", "subscription_id": "str", "number": "str", "po_number": "str"}
+    )
     return head.reset_index(drop=True), body.reset_index(drop=True)
 
 

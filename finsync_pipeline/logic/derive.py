@@ -7,6 +7,7 @@ exception resolves itself once a later run derives the document cleanly.
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import pandas as pd
@@ -14,6 +15,7 @@ import pandas as pd
 from finsync_pipeline.logic.canonical import UNKNOWN_PARENT
 from finsync_pipeline.master_data import MasterData
 from finsync_pipeline.money import to_decimal
+from finsync_pipeline.po_source import DEFAULT_PO_SOURCE, PoSource
 
 ERP = "netsuite"
 LIVE_INVOICE_STATUSES = ("open", "paid", "uncollectible")
@@ -39,6 +41,7 @@ EXCEPTION_KINDS: dict[str, tuple[str, str]] = {
     "unmapped_product": ("high", "finance_ops"),
     "unmapped_currency": ("high", "finance_ops"),
     "unmapped_discount": ("high", "finance_ops"),
+    "missing_po": ("medium", "finance_ops"),
     "posting_rejected": ("high", "finance_ops"),
     "posting_dead": ("high", "finance_ops"),
     "posted_document_changed": ("medium", "finance_ops"),
@@ -46,6 +49,7 @@ EXCEPTION_KINDS: dict[str, tuple[str, str]] = {
     "tax_mismatch": ("high", "tax"),
     "tax_address_missing": ("medium", "tax"),
     "unmatched_payment": ("high", "finance_ops"),
+    "customer_balance_unmatched": ("high", "finance_ops"),
     "payment_held": ("medium", "finance_ops"),
     "credit_note_held": ("medium", "finance_ops"),
     "unmatched_refund": ("high", "finance_ops"),
@@ -67,6 +71,24 @@ def customer_external_id(customer_key: str) -> str:
 def invoice_external_id(invoice_id: str) -> str:
     """The NetSuite external id of an invoice: deterministic from its Stripe invoice id."""
     return f"STRIPE_{invoice_id}"
+
+
+def net_negative_external_id(invoice_id: str) -> str:
+    """The NetSuite external id of the credit memo a net-negative Stripe invoice becomes.
+
+    Its own prefix: a Stripe credit note's memo is ``STRIPE_cn_...`` and an invoice's
+    ``STRIPE_in_...``, and Stripe ids are letters and digits after their prefix, so
+    ``STRIPE_CREDIT_in_...`` can be neither, whatever NetSuite's rules for external ids
+    shared across transaction types (and in any letter case).
+    """
+    return f"STRIPE_CREDIT_{invoice_id}"
+
+
+def balance_application_external_id(invoice_id: str) -> str:
+    """The NetSuite external id of the customer payment that applies the customer's credit
+    balance to a Stripe invoice (one per invoice: Stripe applies the balance once, at
+    finalization)."""
+    return f"BALANCE_{invoice_id}"
 
 
 def ref(doc_type: str, external_id: str) -> dict[str, list[str]]:
@@ -103,6 +125,25 @@ class ExceptionRows:
 
 def _na(value: Any) -> bool:
     return value is None or bool(pd.isna(value))
+
+
+# Fields of a posted invoice that reference other paperwork (the customer's PO, a note to the
+# reader) and carry no amount, date, party or line: a change to them needs no compensating
+# document, and an invoice already posted keeps what it was posted with.
+REFERENCE_FIELDS = ("otherRefNum", "memo")
+
+
+def only_references_changed(posted: Mapping[str, Any], derived: Mapping[str, Any]) -> bool:
+    """Whether an invoice derived again differs from what was posted only in REFERENCE_FIELDS.
+
+    Until finsync read POs, ``otherRefNum`` carried the Stripe invoice number; invoices posted
+    then would otherwise all look changed once it carries the PO (or nothing).
+    """
+
+    def rest(payload: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in payload.items() if k not in REFERENCE_FIELDS}
+
+    return rest(posted) == rest(derived)
 
 
 def derive_customer_upserts(
@@ -206,11 +247,22 @@ def derive_invoice_ready(
     upserts: pd.DataFrame,
     customers: pd.DataFrame,
     master: MasterData,
+    *,
+    po_source: PoSource = DEFAULT_PO_SOURCE,
+    in_erp: frozenset[str] = frozenset(),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Invoice-ready transactions for the ERP, and the invoices that must wait.
 
     Only live invoices (open, paid, uncollectible) are posted; drafts are not final and voids
     before posting never reach the ERP.
+
+    The customer's purchase order (``po_number``, read from ``po_source``) goes in
+    ``otherRefNum``, NetSuite's PO field; an invoice without one leaves it out, and the Stripe
+    invoice number is named in the memo. An invoice of an account with ``PO_Required__c``
+    (``po_required``) and no PO is a ``missing_po`` exception and is not derived: the customer
+    would refuse to pay it. ``customers`` without a ``po_required`` column require no PO.
+    An invoice already in the ERP (``in_erp``: posted or being posted, by invoice id) is past
+    holding: it is derived as before, so what applies to it (its payments) still does.
 
     The ERP document states the invoice as billing does, to the minor unit:
 
@@ -222,11 +274,21 @@ def derive_invoice_ready(
 
     So lines + discount + tax == subtotal - inclusive tax - discount + tax == total. A 100%-off
     invoice posts as a zero invoice: its lines, a discount of the same amount, no tax.
+
+    A net-negative invoice (a downgrade whose proration credit exceeds its charges) becomes a
+    credit memo instead (``doc_type`` credit_memo): NetSuite refuses a negative invoice, and
+    Stripe put the credit on the customer's balance, so the ERP holds it as credit on account
+    (unapplied) until a later invoice draws on it (``derive_balance_applications``).
     """
     problems = ExceptionRows([])
     placed = dict(zip(upserts["customer_key"], upserts["external_id"], strict=True))
     entity_of: Mapping[str, Any] = dict(
         zip(customers["customer_key"], customers["legal_entity"], strict=True)
+    )
+    needs_po: set[str] = (
+        set(customers.loc[customers["po_required"].fillna(0).astype(int) == 1, "customer_key"])
+        if "po_required" in customers
+        else set()
     )
     lines_of = {k: g.sort_values("line_number") for k, g in lines.groupby("invoice_id")}
     rows: list[dict[str, Any]] = []
@@ -257,6 +319,20 @@ def derive_invoice_ready(
                 invoice_id,
                 f"Stripe invoice {invoice_id} waits for its customer {key}, which is "
                 "held by its own exception",
+                **extra,
+            )
+            continue
+        po = getattr(inv, "po_number", None)
+        po = None if _na(po) or not str(po).strip() else str(po).strip()
+        if po is None and key in needs_po and invoice_id not in in_erp:
+            number = "" if _na(inv.number) else f" ({inv.number})"
+            problems.add(
+                "missing_po",
+                "stripe",
+                invoice_id,
+                f"Stripe invoice {invoice_id}{number} bills account {key}, which has "
+                f"PO_Required__c, and carries no purchase order: set the {po_source.where} "
+                "(FINSYNC_PO_SOURCE) and the next run posts it",
                 **extra,
             )
             continue
@@ -334,30 +410,38 @@ def derive_invoice_ready(
                 }
             )
         external_id = invoice_external_id(invoice_id)
+        memo = f"finsync {inv.correlation_id} stripe invoice {invoice_id}"
         payload: dict[str, Any] = {
             "externalId": external_id,
             "entity": ref("customer", placed[key]),
             "tranDate": inv.invoice_date,
             "subsidiary": {"id": entity.netsuite_subsidiary_id},
             "currency": {"id": currency_id},
-            "memo": f"finsync {inv.correlation_id} stripe invoice {invoice_id}",
+            # The Stripe number names the invoice for whoever reads it in NetSuite; tranId is
+            # NetSuite's own number and otherRefNum is the customer's PO, never ours.
+            "memo": memo if _na(inv.number) else f"{memo} number {inv.number}",
             "item": {"items": items},
         }
         if not _na(inv.due_date):
             payload["dueDate"] = inv.due_date
-        if not _na(inv.number):
-            payload["otherRefNum"] = str(inv.number)
+        if po is not None:
+            payload["otherRefNum"] = po
+        doc_type = "invoice"
+        if int(inv.total_minor) < 0:
+            doc_type, payload = "credit_memo", _as_credit_memo(payload, invoice_id)
         rows.append(
             {
                 "erp": ERP,
-                "external_id": external_id,
+                "doc_type": doc_type,
+                "external_id": payload["externalId"],
                 "invoice_id": invoice_id,
                 "partition_date": inv.partition_date,
                 "customer_external_id": placed[key],
                 "legal_entity": entity.code,
                 "subsidiary_id": entity.netsuite_subsidiary_id,
                 "currency": currency,
-                "total_minor": int(inv.total_minor),
+                # The ERP document's own total: a credit memo credits abs(total).
+                "total_minor": abs(int(inv.total_minor)),
                 "tax_minor": int(inv.tax_minor),
                 "discount_minor": discount_minor,
                 "line_count": len(items),
@@ -370,6 +454,7 @@ def derive_invoice_ready(
         rows,
         columns=[
             "erp",
+            "doc_type",
             "external_id",
             "invoice_id",
             "partition_date",
@@ -387,6 +472,24 @@ def derive_invoice_ready(
         ],
     )
     return ready, problems.frame()
+
+
+def _as_credit_memo(invoice: dict[str, Any], invoice_id: str) -> dict[str, Any]:
+    """The credit memo standing for a net-negative invoice's payload.
+
+    A credit memo's lines credit what they state, so every line of the invoice is negated: the
+    invoice's +100 (new plan) and -300 (unused time on the old one) become -100 and +300, with
+    the discount and tax lines negated too, and the lines sum to abs(total) exactly. It stays
+    unapplied: Stripe put the credit on the customer's balance, not on any invoice.
+    """
+    memo = {k: v for k, v in invoice.items() if k != "dueDate"}
+    memo["externalId"] = net_negative_external_id(invoice_id)
+    memo["memo"] = f"{invoice['memo']} (net negative: credit on the customer's balance)"
+    memo["item"] = {
+        # 0 - x, not -x: a zero line stays 0.00, never -0.00.
+        "items": [dict(i, amount=Decimal(0) - i["amount"]) for i in invoice["item"]["items"]]
+    }
+    return memo
 
 
 # -- credit memos and customer payments ------------------------------------------------------
@@ -809,6 +912,148 @@ def derive_payment_applications(
                                 "doc": ref("invoice", str(invoice["external_id"])),
                                 "apply": True,
                                 "amount": amount,
+                            }
+                        ]
+                    },
+                },
+            )
+        )
+    return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS), problems.frame()
+
+
+def balance_applied(invoice: Mapping[str, Any]) -> int:
+    """The customer credit Stripe applied to an invoice when it finalized it, minor units.
+
+    Stripe applies a credit balance (``starting_balance`` < 0) to the next invoice it
+    finalizes: the balance moves by ``ending_balance - starting_balance``, never by more than
+    the total, and ``amount_due`` is what is left. 0 when no credit was applied (no credit, a
+    debt carried forward, or a net-negative invoice, which adds credit instead).
+    """
+    keys = ("starting_balance_minor", "ending_balance_minor", "total_minor")
+    values: list[Any] = [invoice.get(k) for k in keys]
+    if any(_na(v) for v in values):
+        return 0
+    start, end, total = (int(v) for v in values)
+    if start >= 0 or total <= 0:
+        return 0
+    return max(0, min(end - start, total, -start))
+
+
+def derive_balance_applications(
+    invoices: pd.DataFrame,
+    ready: pd.DataFrame,
+    credits: pd.DataFrame,
+    drawn: Mapping[str, int],
+    master: MasterData,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Customer payments of 0 that apply the customer's credit to invoices Stripe paid (partly)
+    from the credit balance.
+
+    Stripe takes the credit off what is due; NetSuite keeps it as unapplied credit memos (one
+    per net-negative invoice). Each invoice that drew on the balance gets one customer payment
+    (``BALANCE_<invoice>``) whose ``credit`` sublist takes exactly the amount Stripe applied
+    from the customer's open credit memos, oldest first, and whose ``apply`` sublist puts it on
+    the invoice, so NetSuite's amount remaining follows Stripe's. Nothing posted is edited.
+    A balance the ERP holds no credit for (it predates finsync's history, or its credit memo
+    was refused) is a ``customer_balance_unmatched`` exception with the amount, never a guess;
+    one whose invoice waits on an exception is ``payment_held``.
+
+    Args:
+        invoices: Canonical invoices (live) with their balances.
+        ready: Invoice-ready rows (doc_type invoice) of those invoices: invoice_id,
+            external_id, customer_external_id, currency.
+        credits: Credit memos a balance can draw on: external_id, customer_external_id,
+            currency, total_minor, partition_date.
+        drawn: Credit memo external id -> what balance applications not derived here already
+            take from it, minor units.
+        master: Mapping data (currencies).
+    """
+    problems = ExceptionRows([])
+    rows: list[dict[str, Any]] = []
+    by_invoice = _ready_index(ready)
+    taken = dict(drawn)
+    pools = {
+        key: group.sort_values(["partition_date", "external_id"]).to_dict("records")
+        for key, group in credits.groupby(["customer_external_id", "currency"])
+    }
+    for inv in invoices.sort_values(["partition_date", "invoice_id"]).to_dict("records"):
+        applied = balance_applied(inv)
+        if applied <= 0:
+            continue
+        invoice_id = str(inv["invoice_id"])
+        currency = str(inv["currency"])
+        extra = {"partition_date": inv["partition_date"], "correlation_id": inv["correlation_id"]}
+        money = f"{applied} {currency} (minor units)"
+        invoice = by_invoice.get(invoice_id)
+        if invoice is None:
+            problems.add(
+                "payment_held",
+                "stripe",
+                invoice_id,
+                f"Stripe invoice {invoice_id} was paid {money} from the customer's credit "
+                "balance, and is not ready for the ERP yet: its own exception says why",
+                **extra,
+            )
+            continue
+        customer = str(invoice["customer_external_id"])
+        pool = pools.get((customer, currency), [])
+        left = {str(c["external_id"]): int(c["total_minor"]) for c in pool}
+        for credit_id in left:
+            left[credit_id] -= taken.get(credit_id, 0)
+        if sum(max(0, v) for v in left.values()) < applied:
+            problems.add(
+                "customer_balance_unmatched",
+                "stripe",
+                invoice_id,
+                f"Stripe invoice {invoice_id} field starting_balance applied {money} of "
+                f"customer {customer}'s credit balance, and NetSuite holds only "
+                f"{sum(max(0, v) for v in left.values())} of open credit from finsync for "
+                "that customer and currency: post the missing credit (or record where the "
+                "balance came from), then the application posts",
+                **extra,
+            )
+            continue
+        lines: list[dict[str, Any]] = []
+        need = applied
+        for credit_id, available in left.items():
+            take = min(need, available)
+            if take <= 0:
+                continue
+            lines.append(
+                {
+                    "doc": ref("credit_memo", credit_id),
+                    "apply": True,
+                    "amount": to_decimal(take, currency),
+                }
+            )
+            taken[credit_id] = taken.get(credit_id, 0) + take
+            need -= take
+            if need == 0:
+                break
+        external_id = balance_application_external_id(invoice_id)
+        rows.append(
+            _stripe_document(
+                "customer_payment",
+                external_id,
+                invoice_id,
+                inv,
+                total_minor=0,
+                payload={
+                    "externalId": external_id,
+                    "customer": ref("customer", customer),
+                    "tranDate": inv["partition_date"],
+                    "currency": {"id": master.netsuite_currency_ids[currency]},
+                    # No money moves: the payment carries credits to the invoice.
+                    "payment": to_decimal(0, currency),
+                    "memo": f"finsync {inv['correlation_id']} stripe invoice {invoice_id}: "
+                    f"customer credit balance applied ({to_decimal(applied, currency)})",
+                    "credit": {"items": lines},
+                    "apply": {
+                        "items": [
+                            {
+                                "doc": ref("invoice", str(invoice["external_id"])),
+                                "apply": True,
+                                "amount": to_decimal(applied, currency),
                             }
                         ]
                     },

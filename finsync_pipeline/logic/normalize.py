@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from finsync_pipeline.money import MoneyError, is_known_currency, to_minor
+from finsync_pipeline.po_source import DEFAULT_PO_SOURCE, PoSource
 
 Record = Mapping[str, Any]
 
@@ -226,6 +227,7 @@ def flatten_stripe_payments(records: Sequence[Record]) -> pd.DataFrame:
 INVOICE_DTYPES = {
     "source_id": "str",
     "number": "str",
+    "po_number": "str",
     "customer": "str",
     "subscription_id": "str",
     "status": "str",
@@ -243,6 +245,10 @@ INVOICE_DTYPES = {
     "amount_paid": "Int64",
     "amount_remaining": "Int64",
     "paid_out_of_band": "bool",
+    "starting_balance": "Int64",
+    "ending_balance": "Int64",
+    "amount_due": "Int64",
+    "pre_payment_credit_notes_amount": "Int64",
     "created": "Int64",
     "invoice_date": "str",
     "due_date": "str",
@@ -329,8 +335,11 @@ def split_deleted(records: Iterable[Record]) -> tuple[list[Record], list[Record]
     return live, gone
 
 
-def flatten_stripe_invoices(records: Sequence[Record]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Stripe invoices and every one of their lines (the extractor already paged past 10)."""
+def flatten_stripe_invoices(
+    records: Sequence[Record], po_source: PoSource = DEFAULT_PO_SOURCE
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stripe invoices and every one of their lines (the extractor already paged past 10),
+    with the customer's PO read from ``po_source``."""
     invoices: list[dict[str, Any]] = []
     lines: list[dict[str, Any]] = []
     for r in records:
@@ -371,6 +380,7 @@ def flatten_stripe_invoices(records: Sequence[Record]) -> tuple[pd.DataFrame, pd
             {
                 "source_id": invoice_id,
                 "number": as_text(r.get("number")),
+                "po_number": po_source.read(r),
                 "customer": as_text(r.get("customer")),
                 "subscription_id": as_text(parent.get("subscription")),
                 "status": as_text(r.get("status")),
@@ -388,6 +398,10 @@ def flatten_stripe_invoices(records: Sequence[Record]) -> tuple[pd.DataFrame, pd
                 "amount_paid": as_int(r.get("amount_paid")),
                 "amount_remaining": as_int(r.get("amount_remaining")),
                 "paid_out_of_band": as_bool(r.get("paid_out_of_band")),
+                "starting_balance": as_int(r.get("starting_balance")),
+                "ending_balance": as_int(r.get("ending_balance")),
+                "amount_due": as_int(r.get("amount_due")),
+                "pre_payment_credit_notes_amount": as_int(r.get("pre_payment_credit_notes_amount")),
                 "created": as_int(r.get("created")),
                 "invoice_date": unix_to_date(r.get("created")),
                 "due_date": unix_to_date(r.get("due_date")),

@@ -26,7 +26,13 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from finsync_pipeline.logic.derive import ExceptionRows
+from finsync_pipeline.logic.derive import (
+    LIVE_INVOICE_STATUSES,
+    ExceptionRows,
+    balance_application_external_id,
+    balance_applied,
+    net_negative_external_id,
+)
 
 DRIFT_STATUSES = (
     "missing_in_erp",
@@ -397,3 +403,57 @@ def reconcile_renewals(
             why = f"billing invoiced {billing}; the ERP side is {base['erp_status']}"
         rows.append({**base, "status": status, "explanation": why})
     return pd.DataFrame(rows, columns=RENEWAL_COLUMNS)
+
+
+def as_erp_documents(expected: pd.DataFrame) -> pd.DataFrame:
+    """Live billing invoices as the ERP documents that stand for them.
+
+    A net-negative invoice is a credit memo in the ERP (NetSuite has no negative invoice), for
+    abs(total), under its own external id; every other invoice is itself.
+
+    Args:
+        expected: Billing invoices: invoice_id, external_id, total_minor (and the rest of the
+            columns of ``reconcile_invoices``).
+    """
+    out = expected.copy()
+    negative = out["total_minor"].astype("Int64").fillna(0) < 0
+    out.loc[negative, "external_id"] = out.loc[negative, "invoice_id"].map(net_negative_external_id)
+    out.loc[negative, "total_minor"] = -out.loc[negative, "total_minor"]
+    return out
+
+
+def balance_applications_expected(invoices: pd.DataFrame) -> pd.DataFrame:
+    """The ERP customer payments that apply credit balances, one per live invoice Stripe paid
+    (partly) from the customer's balance: a payment of 0, keyed by the invoice.
+
+    Args:
+        invoices: Canonical invoices: invoice_id, partition_date, currency, status, total_minor,
+            starting_balance_minor, ending_balance_minor, correlation_id.
+
+    Returns:
+        payment_id (the invoice id), external_id, partition_date, currency, total_minor (0) and
+        correlation_id, as ``reconcile_payments`` expects them.
+    """
+    rows = [
+        {
+            "payment_id": inv["invoice_id"],
+            "external_id": balance_application_external_id(str(inv["invoice_id"])),
+            "partition_date": inv["partition_date"],
+            "currency": inv["currency"],
+            "total_minor": 0,
+            "correlation_id": inv["correlation_id"],
+        }
+        for inv in invoices.to_dict("records")
+        if inv["status"] in LIVE_INVOICE_STATUSES and balance_applied(inv) > 0
+    ]
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "payment_id",
+            "external_id",
+            "partition_date",
+            "currency",
+            "total_minor",
+            "correlation_id",
+        ],
+    )

@@ -47,9 +47,14 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("invoices", "discount_minor", "BIGINT NOT NULL DEFAULT 0"),
     ("invoices", "inclusive_tax_minor", "BIGINT NOT NULL DEFAULT 0"),
     ("invoices", "total_excluding_tax_minor", "BIGINT"),
+    ("invoices", "starting_balance_minor", "BIGINT"),
+    ("invoices", "ending_balance_minor", "BIGINT"),
+    ("invoices", "amount_due_minor", "BIGINT"),
+    ("invoices", "po_number", "TEXT"),
     ("invoice_lines", "discount_minor", "BIGINT NOT NULL DEFAULT 0"),
     ("invoice_lines", "inclusive_tax_minor", "BIGINT NOT NULL DEFAULT 0"),
     ("invoice_ready_transactions", "discount_minor", "BIGINT NOT NULL DEFAULT 0"),
+    ("invoice_ready_transactions", "doc_type", "TEXT NOT NULL DEFAULT 'invoice'"),
 ]
 
 

@@ -488,13 +488,17 @@ def generate(spec: CompanySpec) -> Company:
         planted=planted,
     )
     # Imported here: the plants build on this module (a top-level import would be a cycle).
+    from finsync_pipeline.sandbox.balance_plant import plant_customer_balance
     from finsync_pipeline.sandbox.invoice_shapes import plant_invoice_shapes
+    from finsync_pipeline.sandbox.po_plant import plant_purchase_orders
     from finsync_pipeline.sandbox.settlement_plant import plant_settlements
     from finsync_pipeline.sandbox.tax_plant import plant_tax_mismatches
 
     plant_tax_mismatches(company)
     plant_invoice_shapes(company)
     plant_settlements(company)
+    plant_customer_balance(company)
+    plant_purchase_orders(company)
     untouched = [s for s in rest if s not in unknown_entity] or subs
     _plant_deleted_draft(g, company, untouched)
     return company
@@ -527,6 +531,7 @@ def draft_invoice(
         "collection_method": "charge_automatically",
         "created": created,
         "currency": currency,
+        "custom_fields": None,
         "customer": customer,
         "customer_email": None,
         "customer_name": customer_name,
@@ -971,6 +976,8 @@ def _invoice(g: _Gen, sub: _Sub, k: int, rng: random.Random) -> Record:
         "collection_method": "charge_automatically",
         "created": created,
         "currency": cur,
+        # Stripe always sends the key; the PO plant fills it for PO-required accounts.
+        "custom_fields": None,
         "customer": sub.customer_id,
         "customer_email": None,
         "customer_name": sub.name,

@@ -135,30 +135,34 @@ _SNAPSHOT_KEYS = (
     "total_pretax_credit_amounts",
     "discounts",
     "amount_due",
+    "starting_balance",
+    "ending_balance",
 )
 
 
 def _sync_money(company: Company, inv: Record) -> None:
-    """Carry an invoice's new total to its payments, intents, charges and event snapshots."""
+    """Carry an invoice's new amount due to its payments, intents, charges and event snapshots
+    (the total, unless a customer balance was applied to it)."""
+    due = inv["amount_due"]
     intents = {p["id"]: p for p in company.stripe.get("payment_intent", [])}
     charges_of: dict[str, list[Record]] = {}
     for charge in company.stripe.get("charge", []):
         charges_of.setdefault(charge["payment_intent"], []).append(charge)
     for payment in inv["payments"]["data"]:
-        # Every attempt asked for the total; only a successful one received it.
-        payment["amount_requested"] = inv["total"]
+        # Every attempt asked for what was due; only a successful one received it.
+        payment["amount_requested"] = due
         if payment.get("amount_paid"):
-            payment["amount_paid"] = inv["total"]
+            payment["amount_paid"] = due
         intent = intents.get(payment["payment"]["payment_intent"])
         if intent is None:
             continue
-        intent["amount"] = inv["total"]
+        intent["amount"] = due
         if intent.get("amount_received"):
-            intent["amount_received"] = inv["total"]
+            intent["amount_received"] = due
         for charge in charges_of.get(intent["id"], []):
-            charge["amount"] = inv["total"]
+            charge["amount"] = due
             if charge.get("amount_captured"):
-                charge["amount_captured"] = inv["total"]
+                charge["amount_captured"] = due
     for event in company.stripe.get("event", []):
         snap = event["data"]["object"]
         if snap.get("object") != "invoice" or snap.get("id") != inv["id"]:
@@ -167,7 +171,7 @@ def _sync_money(company: Company, inv: Record) -> None:
         snap.update({key: inv.get(key) for key in _SNAPSHOT_KEYS})
         if snap["status"] in ("draft", "open"):
             snap["amount_paid"] = 0
-            snap["amount_remaining"] = inv["total"]
+            snap["amount_remaining"] = due
         else:
             snap["amount_paid"] = inv["amount_paid"]
             snap["amount_remaining"] = inv["amount_remaining"]

@@ -16,6 +16,12 @@ applied to it. Invoices cannot be voided or deleted through REST here: a compens
 credit memo. ``createdFrom`` on a credit memo links it to its invoice but applies nothing.
 A customer refund pays credit back out: its ``apply`` sublist takes amounts from credit memos or
 payments of the customer (never beyond their unapplied amount), and its total is their sum.
+A customer payment can also carry credits to invoices, as NetSuite's Accept Customer Payments
+does: its ``credit`` sublist (``{"items": [{"doc": {"id": <credit memo>}, "apply": true,
+"amount"}]}``) takes amounts from open credit memos of the customer, and what it applies to
+invoices may reach ``payment`` plus those credits (never more credit than it applies). A
+payment of 0 that only moves credit onto an invoice is how a credit memo posted earlier is
+applied later without editing it.
 
 Sandbox simplifications, to keep in mind against a live account:
 
@@ -116,6 +122,7 @@ _PAYMENT_FIELDS = {
     "account",
     "paymentMethod",
     "apply",
+    "credit",
     "subsidiary",
     "exchangeRate",
     "postingPeriod",
@@ -126,7 +133,7 @@ _PAYMENT_FIELDS = {
     "location",
 }
 # A customer refund pays out credits: its total is what its apply sublist takes from them.
-_REFUND_FIELDS = (_PAYMENT_FIELDS - {"payment"}) | {"toBePrinted"}
+_REFUND_FIELDS = (_PAYMENT_FIELDS - {"payment", "credit"}) | {"toBePrinted"}
 _APPLY_FIELDS = {"doc", "apply", "amount", "line"}
 # Record type (as the REST path spells it, lower-case) -> SuiteQL transaction type.
 _TRAN_TYPES = {
@@ -166,6 +173,12 @@ _APPLICATION_DDL = (
     "NULL, paymenttype TEXT NOT NULL, invoice INTEGER NOT NULL, amount TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS ns_application_payment ON ns_application (payment)",
     "CREATE INDEX IF NOT EXISTS ns_application_invoice ON ns_application (invoice)",
+    # Credits a customer payment carried to invoices (its ``credit`` sublist): what ``payment``
+    # took from credit memo ``credit``.
+    "CREATE TABLE IF NOT EXISTS ns_credit_application (id INTEGER PRIMARY KEY, payment INTEGER "
+    "NOT NULL, credit INTEGER NOT NULL, amount TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS ns_credit_application_payment ON ns_credit_application (payment)",
+    "CREATE INDEX IF NOT EXISTS ns_credit_application_credit ON ns_credit_application (credit)",
 )
 _REMAINING_COLUMNS = ("amountremaining", "foreignamountremaining")
 
@@ -729,7 +742,9 @@ class NetSuiteSimulator(Simulator):
 
     def _validate_payment(
         self, conn: sqlite3.Connection, body: dict[str, Any], own_id: int | None
-    ) -> tuple[Decimal, list[tuple[int, Decimal]]]:
+    ) -> tuple[Decimal, list[tuple[int, Decimal]], list[tuple[int, Decimal]]]:
+        """A customer payment: its amount, the invoices it applies to, and the credits (credit
+        memos) it carries to them."""
         self._check_fields(body, _PAYMENT_FIELDS, "custbody")
         customer = self._customer_ref(body, "customer")
         self._subsidiary_ref(body, customer, required=False)
@@ -737,20 +752,42 @@ class NetSuiteSimulator(Simulator):
         self._check_date(body, "tranDate", required=True)
         payment = self._amount(body.get("payment"), "payment", "payment", currency)
         assert payment is not None
-        if payment <= 0:
-            raise NsError(400, "USER_ERROR", "The payment amount must be positive.", "payment")
         applied = self._validate_apply(
             conn, body, "customerpayment", customer=customer, currency=currency, own_id=own_id
         )
-        spent = sum((a for _, a in applied), Decimal(0)) + self._refunded(conn, own_id)
-        if spent > payment:
+        credits = self._validate_apply(
+            conn,
+            body,
+            "customerpayment",
+            customer=customer,
+            currency=currency,
+            own_id=own_id,
+            sublist="credit",
+            targets=("creditmemo",),
+        )
+        # A payment of 0 is how credits reach invoices; without credits it moves nothing.
+        if payment < 0 or (payment == 0 and not credits):
+            raise NsError(400, "USER_ERROR", "The payment amount must be positive.", "payment")
+        credited = sum((a for _, a in credits), Decimal(0))
+        to_invoices = sum((a for _, a in applied), Decimal(0))
+        if credited > to_invoices:
             raise NsError(
                 400,
                 "USER_ERROR",
-                f"The total applied and refunded exceeds the payment amount {payment}.",
+                f"The credits applied ({credited}) exceed the amount applied to invoices "
+                f"({to_invoices}).",
+                "credit",
+            )
+        spent = to_invoices + self._refunded(conn, own_id)
+        if spent > payment + credited:
+            raise NsError(
+                400,
+                "USER_ERROR",
+                f"The total applied and refunded exceeds the payment amount {payment} plus "
+                f"the credits applied {credited}.",
                 "payment",
             )
-        return payment, applied
+        return payment, applied, credits
 
     def _validate_refund(
         self, conn: sqlite3.Connection, body: dict[str, Any], own_id: int | None
@@ -804,23 +841,28 @@ class NetSuiteSimulator(Simulator):
         customer: sqlite3.Row,
         currency: dict[str, Any],
         own_id: int | None,
+        sublist: str = "apply",
+        targets: tuple[str, ...] | None = None,
     ) -> list[tuple[int, Decimal]]:
-        """The ``apply`` sublist as (document id, amount); each within the document's remainder.
+        """An ``apply`` (or ``credit``) sublist as (document id, amount); each within the
+        document's remainder.
 
-        Invoices for a payment or credit memo, credits (credit memos, payments) for a refund.
-        The remainder leaves out what this document applied before, so resending it is
-        idempotent.
+        Invoices for a payment or credit memo, credits (credit memos, payments) for a refund,
+        credit memos for a payment's ``credit`` sublist. The remainder leaves out what this
+        document applied before, so resending it is idempotent.
         """
-        sublist = body.get("apply")
-        if sublist is None:
+        lines = body.get(sublist)
+        if lines is None:
             return []
-        items = sublist.get("items") if isinstance(sublist, dict) else None
+        items = lines.get("items") if isinstance(lines, dict) else None
         if not isinstance(items, list):
-            raise NsError(400, "INVALID_CONTENT", "apply must be a sublist with items.", "apply")
+            raise NsError(
+                400, "INVALID_CONTENT", f"{sublist} must be a sublist with items.", sublist
+            )
         out: list[tuple[int, Decimal]] = []
         seen: set[int] = set()
         for n, line in enumerate(items):
-            path = f"apply.items[{n}]"
+            path = f"{sublist}.items[{n}]"
             if not isinstance(line, dict):
                 raise NsError(400, "INVALID_CONTENT", "A line must be an object.", path)
             for key in line:
@@ -834,10 +876,10 @@ class NetSuiteSimulator(Simulator):
             if not flag:
                 continue
             doc = self._ref_id(line, "doc", f"{path}.doc", required=True)
-            targets = _APPLY_TARGETS[rtype]
-            found = [(t, r) for t in targets if (r := self._find(t, str(doc))) is not None]
+            kinds = targets or _APPLY_TARGETS[rtype]
+            found = [(t, r) for t in kinds if (r := self._find(t, str(doc))) is not None]
             if not found:
-                wanted = " or ".join(_TARGET_NAMES[t].lower() for t in targets)
+                wanted = " or ".join(_TARGET_NAMES[t].lower() for t in kinds)
                 raise NsError(
                     400,
                     "USER_ERROR",
@@ -877,16 +919,25 @@ class NetSuiteSimulator(Simulator):
     @staticmethod
     def _remaining(conn: sqlite3.Connection, doc_id: int, *, excluding: int | None) -> Decimal:
         """What is left of a document: its total less what others applied to it (an invoice's
-        payments, a credit's refunds) and what it applied itself (a credit's invoices);
+        payments, a credit's refunds, a credit memo's credit carried by payments) and what it
+        applied itself (a credit's invoices), plus the credits a payment carried;
         ``excluding`` leaves out one applying document (the one being written)."""
         row = conn.execute("SELECT foreigntotal FROM ns_transaction WHERE id = ?", (doc_id,))
         total = Decimal(row.fetchone()[0])
         applied = conn.execute(
             "SELECT amount FROM ns_application WHERE (invoice = ? AND payment IS NOT ?) "
-            "OR payment = ?",
-            (doc_id, excluding, doc_id),
+            "OR payment = ? UNION ALL SELECT amount FROM ns_credit_application "
+            "WHERE credit = ? AND payment IS NOT ?",
+            (doc_id, excluding, doc_id, doc_id, excluding),
         ).fetchall()
-        return total - sum((Decimal(a[0]) for a in applied), Decimal(0))
+        carried = conn.execute(
+            "SELECT amount FROM ns_credit_application WHERE payment = ?", (doc_id,)
+        ).fetchall()
+        return (
+            total
+            - sum((Decimal(a[0]) for a in applied), Decimal(0))
+            + sum((Decimal(c[0]) for c in carried), Decimal(0))
+        )
 
     def _write(self, rtype: str, body: dict[str, Any], eid: Any, *, upsert: bool) -> int:
         """Validate and store a record; lookup, validation and write share one transaction."""
@@ -911,6 +962,7 @@ class NetSuiteSimulator(Simulator):
                 return self._write_customer(conn, existing, merged, now)
             own_id = int(existing["id"]) if existing else None
             applied: list[tuple[int, Decimal]] = []
+            credits: list[tuple[int, Decimal]] = []
             if rtype == "invoice":
                 total = self._validate_invoice(merged)
             elif rtype == "creditmemo":
@@ -918,9 +970,9 @@ class NetSuiteSimulator(Simulator):
             elif rtype == "customerrefund":
                 total, applied = self._validate_refund(conn, merged, own_id)
             else:
-                total, applied = self._validate_payment(conn, merged, own_id)
+                total, applied, credits = self._validate_payment(conn, merged, own_id)
             return self._write_transaction(
-                conn, rtype, existing, merged, now, total=total, applied=applied
+                conn, rtype, existing, merged, now, total=total, applied=applied, credits=credits
             )
 
     @staticmethod
@@ -974,8 +1026,10 @@ class NetSuiteSimulator(Simulator):
         *,
         total: Decimal,
         applied: list[tuple[int, Decimal]],
+        credits: list[tuple[int, Decimal]] | None = None,
     ) -> int:
-        """Store a transaction and keep every document it applies to in step."""
+        """Store a transaction and keep every document it applies to (or takes credit from)
+        in step."""
         rid = int(existing["id"]) if existing else self._next_id(conn, "ns_transaction", 5000)
         created = existing["datecreated"] if existing else now
         tran_type = _TRAN_TYPES[rtype]
@@ -994,7 +1048,23 @@ class NetSuiteSimulator(Simulator):
             [(rid, tran_type, invoice, str(amount)) for invoice, amount in applied],
         )
         touched |= {invoice for invoice, _ in applied}
-        unapplied = total - sum((a for _, a in applied), Decimal(0))
+        touched |= {
+            int(r[0])
+            for r in conn.execute(
+                "SELECT credit FROM ns_credit_application WHERE payment = ?", (rid,)
+            )
+        }
+        conn.execute("DELETE FROM ns_credit_application WHERE payment = ?", (rid,))
+        conn.executemany(
+            "INSERT INTO ns_credit_application (payment, credit, amount) VALUES (?, ?, ?)",
+            [(rid, credit, str(amount)) for credit, amount in credits or []],
+        )
+        touched |= {credit for credit, _ in credits or []}
+        unapplied = (
+            total
+            - sum((a for _, a in applied), Decimal(0))
+            + sum((a for _, a in credits or []), Decimal(0))
+        )
         conn.execute(
             "INSERT OR REPLACE INTO ns_transaction (id, externalid, type, tranid, entity, "
             "trandate, currency, subsidiary, foreigntotal, status, memo, otherrefnum, "
@@ -1095,7 +1165,7 @@ class NetSuiteSimulator(Simulator):
                     "links": [{"rel": "self", "href": f"{self_href}/item"}],
                     "items": lines,
                 }
-            elif key == "apply":
+            elif key in ("apply", "credit"):
                 continue
             else:
                 out[key] = value
@@ -1140,6 +1210,26 @@ class NetSuiteSimulator(Simulator):
             ],
         }
         if rtype == "customerrefund":
+            return out
+        if rtype == "customerpayment":
+            carried = self.store.all(
+                "SELECT credit, amount FROM ns_credit_application WHERE payment = ? ORDER BY id",
+                (rid,),
+            )
+            out["credit"] = {
+                "links": [{"rel": "self", "href": f"{self_href}/credit"}],
+                "items": [
+                    {
+                        "doc": self._ref(base, "creditmemo", c["credit"]),
+                        "apply": True,
+                        "amount": Decimal(c["amount"]),
+                        "line": n,
+                    }
+                    for n, c in enumerate(carried)
+                ],
+            }
+            credited = sum((Decimal(c["amount"]) for c in carried), Decimal(0))
+            out.update(applied=total + credited - remaining, unapplied=remaining)
             return out
         out.update(applied=total - remaining, unapplied=remaining)
         if rtype == "creditmemo":

@@ -6,7 +6,9 @@ by ``(created, seq)``, where ``seq`` is the insertion order, with indexes backin
 
 Writes (``POST``, form-encoded with bracket notation) cover what finsync and its tests need:
 ``/v1/customers/{id}`` (update), ``/v1/refunds`` (create), ``/v1/invoices`` (a draft with no
-lines), ``/v1/invoices/{id}/void`` and ``/v1/invoices/{id}/pay`` (out of band), and
+lines), ``/v1/invoices/{id}`` (update its ``metadata`` and ``custom_fields``, which stay
+editable after finalization), ``/v1/invoices/{id}/void`` and ``/v1/invoices/{id}/pay`` (out
+of band), and
 ``DELETE /v1/invoices/{id}``, which Stripe allows on drafts only: a finalized invoice must be
 voided instead, and a deleted one answers 404 from then on. Each write emits the events Stripe
 would, stamped by the simulator's clock. ``Idempotency-Key`` behaves as Stripe documents it: the
@@ -18,6 +20,7 @@ and retried with the same key.
 
 import base64
 import hashlib
+import re
 import secrets
 import sqlite3
 import time
@@ -96,6 +99,8 @@ EVENT_RETENTION_S = 30 * 86400
 # Stripe prunes idempotency keys after at least 24 hours.
 IDEMPOTENCY_TTL_S = 24 * 3600
 _REFUND_REASONS = {"duplicate", "fraudulent", "requested_by_customer"}
+# A custom_fields entry in bracket notation: custom_fields[0][name], custom_fields[0][value].
+_CUSTOM_FIELD = re.compile(r"custom_fields\[(?P<index>\d+)\]\[(?P<part>name|value)\]")
 _IDEMPOTENCY_SCHEMA = """
 CREATE TABLE IF NOT EXISTS stripe_idempotency (
     key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, created REAL NOT NULL,
@@ -577,6 +582,8 @@ class StripeSimulator(Simulator):
             return self._create_refund
         if obj == "invoice" and not rest:
             return self._create_invoice
+        if obj == "invoice" and len(rest) == 1:
+            return lambda req, form: self._update_invoice(req, rest[0], form)
         if obj == "invoice" and len(rest) == 2 and rest[1] in ("void", "pay"):
             return lambda req, form: self._settle_invoice(req, rest[0], rest[1], form)
         if obj == "invoice" and len(rest) == 2 and rest[1] == "mark_uncollectible":
@@ -878,6 +885,90 @@ class StripeSimulator(Simulator):
             self._emit(conn, req, "refund.created", refund)
             self._emit(conn, req, "charge.refunded", charge)
         return json_response(200, refund)
+
+    def _update_invoice(
+        self, req: Request, invoice_id: str, form: list[tuple[str, str]]
+    ) -> Response:
+        """``POST /v1/invoices/{id}`` for what stays editable once an invoice is finalized and
+        finsync reads: ``metadata`` (merged; an empty value unsets a key) and
+        ``custom_fields`` (the list given replaces the invoice's, at most 4, names up to 40
+        characters and values up to 140; an empty string removes them all). A voided invoice
+        keeps its custom fields."""
+        flat: dict[str, str] = {}
+        fields: dict[int, dict[str, str]] = {}
+        clear_fields = False
+        for key, value in form:
+            match = _CUSTOM_FIELD.fullmatch(key)
+            if match is not None:
+                fields.setdefault(int(match["index"]), {})[match["part"]] = value
+            elif key == "custom_fields" and value == "":
+                clear_fields = True
+            elif key == "expand[]" or (key.startswith("metadata[") and key.endswith("]")):
+                flat[key] = value
+            else:
+                raise StripeError(400, f"Received unknown parameter: {key}", param=key)
+        invoice = self._load("invoice", invoice_id)
+        previous: dict[str, Any] = {}
+        metadata = dict(invoice.get("metadata") or {})
+        for key, value in flat.items():
+            if not key.startswith("metadata["):
+                continue
+            name = key[len("metadata[") : -1]
+            if len(name) > 40 or len(value) > 500:
+                raise StripeError(
+                    400, "Metadata keys are at most 40 characters, values 500.", param=key
+                )
+            if value == "":
+                metadata.pop(name, None)
+            else:
+                metadata[name] = value
+        if len(metadata) > 50:
+            raise StripeError(400, "Metadata can have at most 50 keys.", param="metadata")
+        if fields or clear_fields:
+            if invoice.get("status") == "void":
+                raise StripeError(
+                    400,
+                    f"Invoice {invoice_id} is void; its custom_fields can no longer be edited.",
+                    code="invoice_not_editable",
+                    param="custom_fields",
+                )
+            if sorted(fields) != list(range(len(fields))) or len(fields) > 4:
+                raise StripeError(
+                    400,
+                    "custom_fields must be a list of at most 4 items, indexed from 0.",
+                    param="custom_fields",
+                )
+            listed: list[dict[str, str]] = []
+            for index in sorted(fields):
+                item = fields[index]
+                name, value = item.get("name", ""), item.get("value", "")
+                if not name or not value:
+                    missing = "name" if not name else "value"
+                    raise StripeError(
+                        400,
+                        f"Missing required param: custom_fields[{index}][{missing}].",
+                        param=f"custom_fields[{index}][{missing}]",
+                    )
+                if len(name) > 40 or len(value) > 140:
+                    raise StripeError(
+                        400,
+                        "A custom field's name may be up to 40 characters, its value 140.",
+                        param=f"custom_fields[{index}]",
+                    )
+                listed.append({"name": name, "value": value})
+            custom = listed or None
+            if custom != invoice.get("custom_fields"):
+                previous["custom_fields"] = invoice.get("custom_fields")
+                invoice["custom_fields"] = custom
+        if metadata != (invoice.get("metadata") or {}):
+            previous["metadata"] = invoice.get("metadata")
+            invoice["metadata"] = metadata
+        # Stored as the API shows it (the first 10 lines inline), so it is served as loaded.
+        with self.store.tx() as conn:
+            self._save(conn, invoice)
+            if previous:
+                self._emit(conn, req, "invoice.updated", invoice, previous)
+        return json_response(200, invoice)
 
     def _settle_invoice(
         self, req: Request, invoice_id: str, action: str, form: list[tuple[str, str]]

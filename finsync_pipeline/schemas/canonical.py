@@ -61,6 +61,9 @@ class Invoice(Lineage):
     invoice_id: Series[str] = pa.Field(unique=True, description="Stripe invoice id")
     partition_date: Series[str] = pa.Field(iso_date=(), description="Day it was created")
     number: Series[str] = pa.Field(nullable=True, description="Invoice number")
+    po_number: Series[str] = pa.Field(
+        nullable=True, description="The customer's purchase order, read from FINSYNC_PO_SOURCE"
+    )
     stripe_customer_id: Series[str] = pa.Field(description="Stripe customer id")
     customer_key: Series[str] = pa.Field(nullable=True, description="Salesforce account id")
     subscription_id: Series[str] = pa.Field(nullable=True, description="Stripe subscription")
@@ -84,7 +87,20 @@ class Invoice(Lineage):
         description="After discounts, before every tax, minor units"
     )
     total_minor: Series[pd.Int64Dtype] = pa.Field(
-        description="subtotal - discount + exclusive tax, minor units"
+        description="subtotal - discount + exclusive tax, minor units; negative when a "
+        "downgrade credits more than it charges (a credit memo in the ERP)"
+    )
+    starting_balance_minor: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True,
+        description="The customer's balance before this invoice; negative is a credit",
+    )
+    ending_balance_minor: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True,
+        description="The customer's balance after it: what the invoice took from or added to "
+        "the balance is ending - starting",
+    )
+    amount_due_minor: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, ge=0, description="What the balance left due, minor units"
     )
     line_count: Series[pd.Int64Dtype] = pa.Field(ge=0, description="Lines, every page")
     amount_paid_minor: Series[pd.Int64Dtype] = pa.Field(

@@ -15,8 +15,16 @@ a line discount, a tax-inclusive price, a 100%-off invoice):
   ``total_discount_amounts`` aggregates every discount, the lines' own and the invoice's, and
   inclusive tax is already inside the line amounts;
 - ``total_excluding_tax + sum(total_taxes) == total``: ``total_excluding_tax`` is after
-  discounts and excludes every tax, inclusive tax included.
+  discounts and excludes every tax, inclusive tax included;
+- ``amount_due + pre_payment_credit_notes_amount == max(0, total + starting_balance)`` once
+  finalized: the customer's balance is applied at finalization (``starting_balance`` negative is
+  a credit, positive a debt), and a pre-payment credit note lowers ``amount_due`` afterwards.
+  A total may be negative (a downgrade whose proration credit exceeds its charges): nothing is
+  due, and the credit goes to the customer's balance (``ending_balance = starting_balance +
+  total``).
 """
+
+from typing import Optional
 
 import pandas as pd
 import pandera.pandas as pa
@@ -88,7 +96,35 @@ class StripeInvoiceRecord(pa.DataFrameModel):
     amount_remaining: Series[pd.Int64Dtype] = pa.Field(
         ge=0, description="Left to collect, minor units"
     )
+    starting_balance: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, description="Customer balance before finalization; negative is a credit"
+    )
+    ending_balance: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, description="Customer balance after finalization (null before it)"
+    )
+    amount_due: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, ge=0, description="What is due after the balance is applied, minor units"
+    )
+    pre_payment_credit_notes_amount: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, ge=0, description="Pre-payment credit notes, which lower amount_due"
+    )
     created: Series[pd.Int64Dtype] = pa.Field(gt=0, description="Unix seconds")
+    # Optional: the column is the flattener's reading of FINSYNC_PO_SOURCE, nothing to check.
+    po_number: Optional[Series[str]] = pa.Field(  # noqa: UP045 (pandera reads Optional)
+        nullable=True,
+        description="The customer's PO from FINSYNC_PO_SOURCE: a custom_fields entry (the list "
+        "may be null) or a metadata key; none when absent or blank",
+    )
+
+    @pa.dataframe_check(name="amount_due_ties_out")
+    def amount_due_ties_out(cls, df: pd.DataFrame) -> Series[bool]:
+        # Stripe applies the balance at finalization: amount_due is what the balance leaves of
+        # the total, never below zero. Draft and void invoices never reach the ERP.
+        live = df["status"].isin(["open", "paid", "uncollectible"])
+        owed = (df["total"] + df["starting_balance"]).clip(lower=0)
+        due = df["amount_due"] + df["pre_payment_credit_notes_amount"]
+        ties = (due == owed).fillna(False).astype(bool)
+        return ~live | ties
 
     @pa.dataframe_check(name="lines_tie_out")
     def lines_tie_out(cls, df: pd.DataFrame) -> Series[bool]:

@@ -104,6 +104,7 @@ def test_build_invoices_links_customers_and_lines() -> None:
         {
             "source_id": ["in_1", "in_2"],
             "number": ["INV-1", None],
+            "po_number": ["PO-1", None],
             "customer": ["cus_p", "cus_unknown"],
             "subscription_id": ["sub_1", None],
             "status": ["open", "paid"],
@@ -115,6 +116,9 @@ def test_build_invoices_links_customers_and_lines() -> None:
             "inclusive_tax": pd.array([0, 0], dtype="Int64"),
             "total_excluding_tax": pd.array([2000, 400], dtype="Int64"),
             "total": pd.array([2160, 400], dtype="Int64"),
+            "starting_balance": pd.array([0, 0], dtype="Int64"),
+            "ending_balance": pd.array([0, 0], dtype="Int64"),
+            "amount_due": pd.array([2160, 400], dtype="Int64"),
             "line_count": pd.array([1, 1], dtype="Int64"),
             "amount_paid": pd.array([0, 400], dtype="Int64"),
             "amount_remaining": pd.array([2160, 0], dtype="Int64"),
@@ -151,6 +155,8 @@ def test_build_invoices_links_customers_and_lines() -> None:
     )
     head = head.set_index("invoice_id")
     assert head.loc["in_1", "customer_key"] == "001PARENT"
+    assert head.loc["in_1", "po_number"] == "PO-1"
+    assert pd.isna(head.loc["in_2", "po_number"])
     assert pd.isna(head.loc["in_2", "customer_key"])
     assert head.loc["in_1", "partition_date"] == "2026-10-01"
     assert (head.loc["in_1", "total_minor"], head.loc["in_1", "tax_minor"]) == (2160, 160)

@@ -89,9 +89,12 @@ def stripe_invoice(
         "total_taxes": [{"amount": t, "tax_behavior": b} for b, t in sorted(by_behavior.items())],
         "total_excluding_tax": total_excluding_tax,
         "total": total,
+        "starting_balance": 0,
+        "ending_balance": 0,
         "amount_due": total,
         "amount_paid": total if status == "paid" else 0,
         "amount_remaining": total if status == "open" else 0,
+        "pre_payment_credit_notes_amount": 0,
         "lines": {"data": data},
     }
 

@@ -7,9 +7,11 @@ import pytest
 
 from finsync_pipeline.logic import normalize as n
 from finsync_pipeline.logic.validation import validate_frame
+from finsync_pipeline.po_source import PoSource
 from finsync_pipeline.schemas.stripe import (
     StripeChargeRecord,
     StripeCreditNoteRecord,
+    StripeInvoiceRecord,
     StripeRefundRecord,
 )
 
@@ -22,9 +24,13 @@ INVOICE: dict[str, Any] = {
     "subtotal": 2000,
     "total_excluding_tax": 2000,
     "total": 2160,
-    "amount_due": 2160,
     "amount_paid": 0,
     "amount_remaining": 2160,
+    # Stripe applies the customer's balance at finalization; this customer has none.
+    "starting_balance": 0,
+    "ending_balance": 0,
+    "amount_due": 2160,
+    "pre_payment_credit_notes_amount": 0,
     "total_discount_amounts": [],
     "total_taxes": [
         {"amount": 100, "tax_behavior": "exclusive"},
@@ -95,6 +101,26 @@ def test_a_malformed_line_amount_stays_visible_as_na(amount: Any, why: str) -> N
     assert heads.iloc[0]["subtotal"] == 2000
 
 
+def test_the_po_is_read_from_the_configured_place_and_null_custom_fields_are_no_po() -> None:
+    po_field = {"custom_fields": [{"name": "PO Number", "value": "PO-4500012345"}]}
+    records = [
+        {**INVOICE, "id": "in_cf", **po_field},
+        {**INVOICE, "id": "in_null", "custom_fields": None, "metadata": {"po": "M-1"}},
+        {**INVOICE, "id": "in_absent"},
+    ]
+    heads, _ = n.flatten_stripe_invoices(records)
+    po = dict(zip(heads["source_id"], heads["po_number"], strict=True))
+    assert po["in_cf"] == "PO-4500012345"
+    assert pd.isna(po["in_null"]) and pd.isna(po["in_absent"])
+    heads, _ = n.flatten_stripe_invoices(records, PoSource("stripe_metadata", "po"))
+    po = dict(zip(heads["source_id"], heads["po_number"], strict=True))
+    assert po["in_null"] == "M-1"
+    assert pd.isna(po["in_cf"])
+    # The contract takes the invoices as Stripe ships them, with or without a PO.
+    outcome = validate_frame(heads, StripeInvoiceRecord, system="stripe", obj="invoice")
+    assert outcome.failures.empty
+
+
 def test_malformed_taxes_are_na_not_zero() -> None:
     _, lines = n.flatten_stripe_invoices([with_line(taxes="lots")])
     assert pd.isna(lines.iloc[1]["tax"])
@@ -114,6 +140,7 @@ def test_discounts_and_inclusive_tax_flatten_apart_from_exclusive_tax() -> None:
         ],
         "total_excluding_tax": 1585,
         "total": 1832,
+        "amount_due": 1832,
         "lines": {
             "data": [
                 {

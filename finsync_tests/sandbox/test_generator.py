@@ -95,8 +95,9 @@ def test_paid_invoices_link_a_succeeded_payment_of_the_total(default_company: Co
             assert all(p["status"] == "open" for p in inv["payments"]["data"])
             assert all(p["amount_paid"] == 0 for p in inv["payments"]["data"])
             continue
-        if inv["total"] == 0:
-            # A 100%-off invoice is paid on finalization: Stripe collects nothing.
+        if inv["total"] <= 0:
+            # A 100%-off or net-negative invoice is paid on finalization: Stripe collects
+            # nothing (a negative total is credit on the customer's balance).
             assert inv["payments"]["data"] == [] and inv["amount_paid"] == 0
             continue
         if inv.get("paid_out_of_band"):
@@ -106,7 +107,9 @@ def test_paid_invoices_link_a_succeeded_payment_of_the_total(default_company: Co
         (payment,) = inv["payments"]["data"]
         intent = intents[payment["payment"]["payment_intent"]]
         assert intent["status"] == "succeeded"
-        assert intent["amount"] == inv["total"] == charges[intent["id"]]["amount"]
+        # What was due: the total, less any customer credit Stripe applied.
+        assert intent["amount"] == inv["amount_due"] == charges[intent["id"]]["amount"]
+        assert inv["amount_due"] == max(0, inv["total"] + inv["starting_balance"])
 
 
 def test_planted_settlements_are_what_stripe_shows_for_them(default_company: Company) -> None:
@@ -168,6 +171,46 @@ def test_line_counts_exercise_pagination(default_company: Company) -> None:
     assert sum(1 for inv in small.stripe["invoice"] if len(inv["lines"]["data"]) > 10) >= 3
 
 
+def test_a_downgrade_credit_pays_the_next_invoice_in_part_as_stripe_bills_it(
+    default_company: Company,
+) -> None:
+    invoices = {i["id"]: i for i in default_company.stripe["invoice"]}
+    customers = {c["id"]: c for c in default_company.stripe["customer"]}
+    planted = default_company.planted
+    assert len(planted["net_negative"]) == len(planted["paid_from_balance"]) >= 1
+    for p, q in zip(planted["net_negative"], planted["paid_from_balance"], strict=True):
+        down, later = invoices[p["id"]], invoices[q["id"]]
+        assert down["customer"] == later["customer"]
+        assert (
+            down["status_transitions"]["finalized_at"] < later["status_transitions"]["finalized_at"]
+        )
+        # The downgrade: a proration charge and a larger proration credit; nothing is due.
+        amounts = [line["amount"] for line in down["lines"]["data"]]
+        assert amounts[0] > 0 > amounts[1] and down["total"] < 0
+        assert all(
+            line["parent"]["subscription_item_details"]["proration"]
+            for line in down["lines"]["data"]
+        )
+        assert (down["status"], down["amount_due"], down["billing_reason"]) == (
+            "paid",
+            0,
+            "subscription_update",
+        )
+        assert down["ending_balance"] == down["starting_balance"] + down["total"]
+        # The next invoice took the whole credit off what was due and charged the rest.
+        assert later["starting_balance"] == down["total"]
+        assert later["amount_due"] == later["total"] + later["starting_balance"] > 0
+        assert (later["ending_balance"], later["amount_remaining"]) == (0, 0)
+        assert later["amount_paid"] == later["amount_due"]
+        assert customers[later["customer"]]["balance"] == 0
+        updates = [
+            e["data"]["object"]["balance"]
+            for e in default_company.stripe["event"]
+            if e["type"] == "customer.updated" and e["data"]["object"]["id"] == down["customer"]
+        ]
+        assert updates == [down["total"], 0]
+
+
 def test_all_planted_kinds_present_and_real(default_company: Company) -> None:
     planted = default_company.planted
     assert set(planted) == {
@@ -182,6 +225,9 @@ def test_all_planted_kinds_present_and_real(default_company: Company) -> None:
         "deleted_draft",
         "paid_out_of_band",
         "uncollectible",
+        "net_negative",
+        "paid_from_balance",
+        "missing_po",
         *SHAPES,
     }
     assert all(planted.values())
@@ -433,3 +479,37 @@ def test_cpq_subscriptions_follow_contracts_renewals_and_amendments(
         renewed = subs[line["SBQQ__RenewedSubscription__c"]]
         assert renewed["SBQQ__SubscriptionEndDate__c"] < line["SBQQ__StartDate__c"]
         assert renewed["Stripe_Subscription_Item_Id__c"] == line["Stripe_Subscription_Item_Id__c"]
+
+
+def test_po_required_accounts_are_invoiced_with_their_po_but_a_planted_few(
+    default_company: Company,
+) -> None:
+    required = {a["Id"] for a in default_company.salesforce["Account"] if a["PO_Required__c"]}
+    account_of = {
+        c["id"]: c["metadata"]["salesforce_account_id"] for c in default_company.stripe["customer"]
+    }
+    missing = {p["id"] for p in default_company.planted["missing_po"]}
+    assert len(missing) == FIXED.accounts // 100
+    by_id = {i["id"]: i for i in default_company.stripe["invoice"]}
+    assert {by_id[i]["status"] for i in missing} <= {"open", "paid", "uncollectible"}
+    for inv in default_company.stripe["invoice"]:
+        # Stripe always sends the key: a list of {name, value}, or null.
+        fields = inv["custom_fields"]
+        if account_of[inv["customer"]] in required and inv["id"] not in missing:
+            assert [f["name"] for f in fields] == ["PO Number"], inv["id"]
+            assert fields[0]["value"] and len(fields[0]["value"]) <= 140
+        else:
+            assert fields is None, inv["id"]
+    # The planted invoices are held by their missing PO only: no other plant is on them.
+    others = {
+        p["id"]
+        for kind, items in default_company.planted.items()
+        if kind != "missing_po"
+        for p in items
+    }
+    assert not missing & others
+    # Event snapshots show the invoice as it is.
+    for event in default_company.stripe["event"]:
+        snap = event["data"]["object"]
+        if snap.get("object") == "invoice" and snap["id"] in by_id:
+            assert snap["custom_fields"] == by_id[snap["id"]]["custom_fields"]

@@ -460,6 +460,93 @@ def test_a_credit_memo_applies_to_its_invoice(ns: NetSuite) -> None:
     assert _get(ns, "invoice", invoice)["amountRemaining"] == Decimal("88.35")
 
 
+def _on_account(customer_id: str, amount: Decimal) -> dict[str, Any]:
+    """A credit memo left as credit on account: from no invoice, applied to none."""
+    body = _credit_memo(customer_id, "", amount, None)
+    del body["createdFrom"]
+    return body
+
+
+def _balance_payment(
+    customer_id: str, invoice: str, amount: Decimal, *credits: tuple[str, Decimal]
+) -> dict[str, Any]:
+    body = _payment(customer_id, Decimal("0.00"), (invoice, amount))
+    body["credit"] = {
+        "items": [{"doc": {"id": doc}, "apply": True, "amount": a} for doc, a in credits]
+    }
+    return body
+
+
+def test_a_payment_of_zero_carries_credit_memos_to_a_later_invoice(ns: NetSuite) -> None:
+    # Credit on account from a downgrade, then an invoice paid partly from it.
+    customer = _put_customer(ns, "SF-001BAL")
+    old = _put(ns, "creditmemo", "cr_BAL1", _on_account(customer, Decimal("30.00")))
+    new = _put(ns, "creditmemo", "cr_BAL2", _on_account(customer, Decimal("20.00")))
+    invoice = _put(ns, "invoice", "in_BAL1", _invoice(customer, Decimal("100.10")))
+    body = _balance_payment(
+        customer, invoice, Decimal("45.00"), (old, Decimal("30.00")), (new, Decimal("15.00"))
+    )
+    payment_id = _put(ns, "customerpayment", "BALANCE_in_BAL1", body)
+    got = _get(ns, "invoice", invoice)
+    assert (got["status"], got["amountRemaining"]) == ("Open", Decimal("63.35"))
+    assert _get(ns, "creditmemo", old)["status"] == "Fully Applied"
+    second = _get(ns, "creditmemo", new)
+    assert (second["status"], second["amountRemaining"]) == ("Open", Decimal("5.00"))
+    payment = _get(ns, "customerpayment", payment_id)
+    assert payment["payment"] == Decimal("0.00")
+    assert [(c["doc"]["id"], c["amount"]) for c in payment["credit"]["items"]] == [
+        (old, Decimal("30.00")),
+        (new, Decimal("15.00")),
+    ]
+    assert (payment["applied"], payment["unapplied"]) == (Decimal("45.00"), Decimal("0.00"))
+    # Resending it is idempotent: the credit it took before is not counted twice.
+    assert _put(ns, "customerpayment", "BALANCE_in_BAL1", body) == payment_id
+    assert _get(ns, "invoice", invoice)["amountRemaining"] == Decimal("63.35")
+    assert _get(ns, "creditmemo", new)["amountRemaining"] == Decimal("5.00")
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "detail"),
+    [
+        # More credit than the memo has left.
+        (
+            {"credit": Decimal("50.00"), "apply": Decimal("50.00")},
+            "credit.items[0].amount",
+            "exceeds the amount remaining",
+        ),
+        # Credit that reaches no invoice would turn a credit memo into unapplied cash.
+        (
+            {"credit": Decimal("10.00"), "apply": Decimal("5.00")},
+            "credit",
+            "exceed the amount applied",
+        ),
+        # A payment of 0 applying more than its credits.
+        (
+            {"credit": Decimal("10.00"), "apply": Decimal("15.00")},
+            "payment",
+            "plus the credits",
+        ),
+        # Nothing paid and no credit: nothing to apply with.
+        ({"credit": None, "apply": Decimal("15.00")}, "payment", "must be positive"),
+    ],
+    ids=["over-credit", "credit-beyond-applied", "applied-beyond-credit", "nothing"],
+)
+def test_a_payment_carrying_credit_is_refused_as_netsuite_refuses_it(
+    ns: NetSuite, change: dict[str, Any], path: str, detail: str
+) -> None:
+    customer = _put_customer(ns, "SF-001BALX")
+    memo = _put(ns, "creditmemo", "cr_BALX", _on_account(customer, Decimal("30.00")))
+    invoice = _put(ns, "invoice", "in_BALX", _invoice(customer, Decimal("100.10")))
+    credits = [] if change["credit"] is None else [(memo, change["credit"])]
+    body = _balance_payment(customer, invoice, change["apply"], *credits)
+    resp = ns.call("PUT", f"{REST}/record/v1/customerpayment/eid:BALANCE_X", body)
+    assert resp.status_code == 400, resp.text
+    (error,) = resp.json()["o:errorDetails"]
+    assert error["o:errorPath"] == path
+    assert detail in error["detail"]
+    assert _get(ns, "invoice", invoice)["amountRemaining"] == Decimal("108.35")
+
+
 def test_an_invoice_cannot_be_voided_or_deleted(ns: NetSuite) -> None:
     customer = _put_customer(ns, "SF-001VOID")
     invoice = _put(ns, "invoice", "in_VOID1", _invoice(customer, Decimal("10.00")))

@@ -470,3 +470,62 @@ def test_invoice_payments_trace_a_payment_intent_to_its_invoice(
     assert untyped.status_code == 400
     assert untyped.json()["error"]["param"] == "payment[type]"
     assert _get(http, sandbox, "/v1/invoice_payments", charge="ch_x").status_code == 400
+
+
+def test_an_invoice_serves_custom_fields_as_stripe_does_and_takes_a_po_after_finalization(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    with_po = next(i for i in company.stripe["invoice"] if i["custom_fields"])
+    served = _get(http, sandbox, f"/v1/invoices/{with_po['id']}").json()
+    assert served["custom_fields"] == [
+        {"name": "PO Number", "value": with_po["custom_fields"][0]["value"]}
+    ]
+    (planted,) = company.planted["missing_po"][:1]
+    invoice_id = planted["id"]
+    before = _get(http, sandbox, f"/v1/invoices/{invoice_id}").json()
+    # The key is always there: null when the invoice has no custom fields.
+    assert "custom_fields" in before and before["custom_fields"] is None
+    assert before["status"] in ("open", "paid")
+    since = int(time.time()) - 1
+
+    form = {
+        "custom_fields[0][name]": "PO Number",
+        "custom_fields[0][value]": "4500012345",
+        "metadata[po_number]": "4500012345",
+    }
+    updated = _post(http, sandbox, f"/v1/invoices/{invoice_id}", form, key=f"po-{invoice_id}")
+    assert updated.status_code == 200, updated.text
+    after = _get(http, sandbox, f"/v1/invoices/{invoice_id}").json()
+    assert after["custom_fields"] == [{"name": "PO Number", "value": "4500012345"}]
+    assert after["metadata"]["po_number"] == "4500012345"
+    assert (after["total"], after["status"]) == (before["total"], before["status"])
+    (event,) = [
+        e for e in _events_of(http, sandbox, invoice_id, since) if e["type"] == "invoice.updated"
+    ]
+    assert event["data"]["previous_attributes"]["custom_fields"] is None
+    assert event["data"]["object"]["custom_fields"] == after["custom_fields"]
+
+    for bad, param in [
+        ({"custom_fields[0][name]": "x" * 41, "custom_fields[0][value]": "1"}, "custom_fields[0]"),
+        ({"custom_fields[1][name]": "PO Number", "custom_fields[1][value]": "1"}, "custom_fields"),
+        ({"custom_fields[0][name]": "PO Number"}, "custom_fields[0][value]"),
+        ({"total": "1"}, "total"),
+    ]:
+        refused = _post(http, sandbox, f"/v1/invoices/{invoice_id}", bad)
+        assert refused.status_code == 400, bad
+        assert refused.json()["error"]["param"] == param
+    void = next(i for i in company.stripe["invoice"] if i["status"] == "void")
+    refused = _post(http, sandbox, f"/v1/invoices/{void['id']}", form)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "invoice_not_editable"
+
+    # An empty string removes them all, as in Stripe; the invoice is as it was planted again.
+    cleared = _post(
+        http,
+        sandbox,
+        f"/v1/invoices/{invoice_id}",
+        {"custom_fields": "", "metadata[po_number]": ""},
+    )
+    assert cleared.status_code == 200
+    assert cleared.json()["custom_fields"] is None
+    assert "po_number" not in cleared.json()["metadata"]

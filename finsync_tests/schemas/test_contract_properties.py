@@ -28,7 +28,10 @@ def invoices(draw: st.DrawFn) -> dict[str, Any]:
     inclusive = draw(st.integers(min_value=0, max_value=max(0, subtotal - discount)))
     exclusive = draw(st.integers(min_value=0, max_value=10**8))
     total = subtotal - discount + exclusive
-    paid = draw(st.integers(min_value=0, max_value=max(0, total)))
+    # A credit balance (negative), none, or a debt carried over; applied at finalization.
+    start = draw(st.integers(min_value=-(10**9), max_value=10**6))
+    due = max(0, total + start)
+    paid = draw(st.integers(min_value=0, max_value=due))
     return {
         "source_id": "in_" + draw(st.text("abcdefghijkLMNOP0123456789", min_size=8, max_size=24)),
         "customer": "cus_" + draw(st.text("abcdef0123456789", min_size=6, max_size=14)),
@@ -45,7 +48,11 @@ def invoices(draw: st.DrawFn) -> dict[str, Any]:
         "item_discount": 0,
         "line_count": len(lines),
         "amount_paid": paid,
-        "amount_remaining": max(0, total) - paid,
+        "amount_remaining": due - paid,
+        "starting_balance": start,
+        "ending_balance": start + total - due,
+        "amount_due": due,
+        "pre_payment_credit_notes_amount": 0,
         "created": draw(st.integers(min_value=1, max_value=2**31)),
     }
 
@@ -63,6 +70,10 @@ INTS = [
     "line_count",
     "amount_paid",
     "amount_remaining",
+    "starting_balance",
+    "ending_balance",
+    "amount_due",
+    "pre_payment_credit_notes_amount",
     "created",
 ]
 

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS invoices (
     invoice_id              TEXT NOT NULL PRIMARY KEY,   -- the Stripe invoice id
     partition_date          TEXT NOT NULL,
     number                  TEXT,
+    po_number               TEXT,                        -- the customer's PO (FINSYNC_PO_SOURCE)
     stripe_customer_id      TEXT NOT NULL,
     customer_key            TEXT,
     subscription_id         TEXT,
@@ -36,6 +37,9 @@ CREATE TABLE IF NOT EXISTS invoices (
     inclusive_tax_minor     BIGINT NOT NULL DEFAULT 0,   -- tax inside tax-inclusive prices
     total_excluding_tax_minor BIGINT,
     total_minor             BIGINT NOT NULL,
+    starting_balance_minor  BIGINT,                      -- customer balance before (< 0: a credit)
+    ending_balance_minor    BIGINT,
+    amount_due_minor        BIGINT,
     line_count              INTEGER NOT NULL,
     amount_paid_minor       BIGINT NOT NULL DEFAULT 0,
     amount_remaining_minor  BIGINT NOT NULL DEFAULT 0,   -- left to collect in billing

@@ -15,6 +15,7 @@ CREATE TABLE IF NOT EXISTS erp_customer_upserts (
 
 CREATE TABLE IF NOT EXISTS invoice_ready_transactions (
     erp                     TEXT NOT NULL,
+    doc_type                TEXT NOT NULL DEFAULT 'invoice',  -- credit_memo when net negative
     external_id             TEXT NOT NULL,
     invoice_id              TEXT NOT NULL,
     partition_date          TEXT NOT NULL,

@@ -4,6 +4,7 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+import sqlalchemy as sa
 
 from finsync_pipeline import ledger
 from finsync_pipeline.landing import amounts_by_currency, sample, sync_exceptions
@@ -13,9 +14,11 @@ from finsync_pipeline.logic.derive import (
     EXCEPTION_KINDS,
     derive_customer_upserts,
     derive_invoice_ready,
+    only_references_changed,
 )
 from finsync_pipeline.master_data import load_master_data
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
+from finsync_pipeline.po_source import po_source
 from finsync_pipeline.resources.warehouse import (
     WarehouseResource,
     frame_records,
@@ -32,6 +35,7 @@ INVOICE_KINDS = [
     "unmapped_currency",
     "unmapped_product",
     "unmapped_discount",
+    "missing_po",
     "posted_document_changed",
 ]
 
@@ -122,21 +126,43 @@ def invoice_ready_transactions(
             rng,
         )
         upserts = read_frame(conn, "SELECT customer_key, external_id FROM erp_customer_upserts")
-        customers = read_frame(conn, "SELECT customer_key, legal_entity FROM customers")
-    ready, found = derive_invoice_ready(invoices, lines, upserts, customers, master)
-    docs = [
-        ledger.LedgerDoc(
-            ERP,
-            "invoice",
-            r.external_id,
-            "stripe",
-            r.invoice_id,
-            r.correlation_id,
-            r.partition_date,
-            r.payload,
+        customers = read_frame(
+            conn, "SELECT customer_key, legal_entity, po_required FROM customers"
         )
-        for r in ready.itertuples(index=False)
-    ]
+        # Invoices posted before their account required a PO, or before finsync read POs.
+        in_erp = read_frame(
+            conn,
+            "SELECT source_id FROM posting_ledger WHERE erp = :erp AND doc_type = 'invoice' "
+            "AND state IN ('posted', 'in_flight') AND partition_date >= :date_from "
+            "AND partition_date < :date_to",
+            {"erp": ERP, **rng},
+        )
+    ready, found = derive_invoice_ready(
+        invoices,
+        lines,
+        upserts,
+        customers,
+        master,
+        po_source=po_source(),
+        in_erp=frozenset(in_erp["source_id"]),
+    )
+    # A net-negative invoice is a credit memo in the ERP; the ledger queues each type apart.
+    docs = {
+        doc_type: [
+            ledger.LedgerDoc(
+                ERP,
+                doc_type,
+                r.external_id,
+                "stripe",
+                r.invoice_id,
+                r.correlation_id,
+                r.partition_date,
+                r.payload,
+            )
+            for r in group.itertuples(index=False)
+        ]
+        for doc_type, group in ready.groupby("doc_type")
+    }
     with engine.begin() as conn:
         rows = frame_records(ready.assign(payload=[ledger.dumps(p) for p in ready["payload"]]))
         replace_partitions(
@@ -147,9 +173,19 @@ def invoice_ready_transactions(
             date_to=date_to,
             key=["erp", "external_id"],
         )
-        queued = ledger.enqueue(conn, docs, run_id=context.run.run_id, repost_changed=False)
-        if queued.changed_after_posting:
-            changed = ready[ready["external_id"].isin(queued.changed_after_posting)]
+        results = [
+            ledger.enqueue(conn, batch, run_id=context.run.run_id, repost_changed=False)
+            for batch in docs.values()
+        ]
+        queued = ledger.EnqueueResult(
+            sum(r.new for r in results),
+            sum(r.changed for r in results),
+            sum(r.unchanged for r in results),
+            [x for r in results for x in r.changed_after_posting],
+        )
+        changed_ids = _materially_changed(conn, ready, queued.changed_after_posting)
+        if changed_ids:
+            changed = ready[ready["external_id"].isin(changed_ids)]
             severity, owner = EXCEPTION_KINDS["posted_document_changed"]
             extra = pd.DataFrame(
                 {
@@ -184,12 +220,42 @@ def invoice_ready_transactions(
             "discount by currency": dg.MetadataValue.json(
                 amounts_by_currency(ready, "discount_minor", "currency")
             ),
+            "net-negative invoices (credit memos)": int((ready["doc_type"] == "credit_memo").sum()),
             "ledger: new": queued.new,
             "ledger: changed before posting": queued.changed,
             "ledger: unchanged": queued.unchanged,
             **_exception_metadata(found, synced),
         }
     )
+
+
+def _materially_changed(conn: sa.Connection, ready: pd.DataFrame, changed: list[str]) -> list[str]:
+    """The posted invoices among ``changed`` whose amounts, dates, party or lines changed.
+
+    One whose PO or memo alone changed (every invoice posted while ``otherRefNum`` carried the
+    Stripe number, or a PO added after posting) keeps what it was posted with: a reference
+    needs no compensating document, so finance is not asked for one.
+    """
+    if not changed:
+        return []
+    posted: dict[str, str] = dict(
+        conn.execute(
+            sa.text(
+                "SELECT external_id, payload FROM posting_ledger WHERE erp = :erp "
+                "AND doc_type = 'invoice' AND external_id IN :ids"
+            ).bindparams(sa.bindparam("ids", expanding=True)),
+            {"erp": ERP, "ids": sorted(changed)},
+        ).all()
+    )
+    derived = dict(zip(ready["external_id"], ready["payload"], strict=True))
+    return [
+        x
+        for x in changed
+        if x not in posted
+        or not only_references_changed(
+            ledger.loads(posted[x]), ledger.loads(ledger.dumps(derived[x]))
+        )
+    ]
 
 
 @dg.asset(

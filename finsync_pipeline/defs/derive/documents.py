@@ -18,7 +18,10 @@ from finsync_pipeline import ledger
 from finsync_pipeline.landing import amounts_by_currency, sample, sync_exceptions
 from finsync_pipeline.logic.derive import (
     ERP,
+    LIVE_INVOICE_STATUSES,
+    balance_application_external_id,
     credit_memo_external_id,
+    derive_balance_applications,
     derive_credit_memos,
     derive_customer_refunds,
     derive_payment_applications,
@@ -26,6 +29,7 @@ from finsync_pipeline.logic.derive import (
     derive_void_compensations,
 )
 from finsync_pipeline.master_data import load_master_data
+from finsync_pipeline.money import to_minor
 from finsync_pipeline.resources.warehouse import (
     WarehouseResource,
     frame_records,
@@ -41,11 +45,13 @@ CREDIT_KINDS = [
     "uncollectible_invoice",
     "paid_out_of_band",
 ]
-PAYMENT_KINDS = ["unmatched_payment", "payment_held"]
+PAYMENT_KINDS = ["unmatched_payment", "payment_held", "customer_balance_unmatched"]
 # The derive_versions name of the reversals of invoices voided after they were posted.
 VOID_COMPENSATIONS = "void_compensations"
 # The derive_versions name of write-offs and out-of-band payments of posted invoices.
 SETTLEMENTS = "settlements"
+# The derive_versions name of the customer credit applied to invoices paid from the balance.
+BALANCE_APPLICATIONS = "balance_applications"
 REFUND_KINDS = ["unmatched_refund", "refund_held", "refund_reversed", "refund_account_unmapped"]
 
 
@@ -103,7 +109,8 @@ def _ready(conn: Connection, invoice_ids: list[str]) -> pd.DataFrame:
     ready = _read(
         conn,
         "SELECT invoice_id, external_id, customer_external_id, subsidiary_id, currency, payload "
-        f"FROM invoice_ready_transactions WHERE erp = '{ERP}' AND {_in('invoice_id')}",
+        f"FROM invoice_ready_transactions WHERE erp = '{ERP}' AND doc_type = 'invoice' "
+        f"AND {_in('invoice_id')}",
         sorted(set(invoice_ids)),
     )
     ready["payload"] = [ledger.loads(p) for p in ready["payload"]]
@@ -299,13 +306,15 @@ def credit_memo_requests(
     group_name="derive",
     kinds={"python", "sql"},
     owners=OWNERS,
-    deps=["payments", "invoice_ready_transactions"],
+    deps=["payments", "invoices", "invoice_ready_transactions"],
 )
 def payment_applications(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Customer payments the ERP should hold: every collected Stripe charge, applied to the
-    invoice it paid. A payment for no known invoice is an exception, never a guess."""
+    invoice it paid, and for every invoice Stripe paid from the customer's credit balance, a
+    payment of 0 that applies the credit memos holding that credit to it. A payment for no
+    known invoice, or a balance the ERP holds no credit for, is an exception, never a guess."""
     run_id = context.run.run_id
     engine = warehouse.get_engine()
     master = load_master_data()
@@ -315,24 +324,78 @@ def payment_applications(
             conn, asset="payment_applications", table="payments", key="payment_id", held=held
         )
         ready = _ready(conn, [i for i in payments["invoice_id"] if isinstance(i, str)])
+        balanced, ready_balanced, credits, drawn = _balance_inputs(conn, held)
     docs, found = derive_payment_applications(payments, ready, master)
+    applications, unmatched = derive_balance_applications(
+        balanced, ready_balanced, credits, drawn, master
+    )
     published = _publish(
         engine,
-        docs,
-        found,
+        pd.concat([docs, applications], ignore_index=True),
+        pd.concat([found, unmatched], ignore_index=True),
         doc_type="customer_payment",
         detected_by="payment_applications",
         kinds=PAYMENT_KINDS,
-        source_ids=list(payments["payment_id"]),
-        versions=_versions("payment_applications", payments, "payment_id"),
+        source_ids=[*payments["payment_id"], *balanced["invoice_id"]],
+        versions=[
+            *_versions("payment_applications", payments, "payment_id"),
+            *_versions(BALANCE_APPLICATIONS, balanced, "invoice_id"),
+        ],
         run_id=run_id,
     )
     return dg.MaterializeResult(
         metadata={
             **published,
             "failed charges (not posted)": int((payments["status"] == "failed").sum()),
+            "customer credit balances applied": len(applications),
         }
     )
+
+
+def _balance_inputs(
+    conn: Connection, held: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """What ``derive_balance_applications`` needs: the live invoices paid from a credit
+    balance not derived at their version (or held), their invoice-ready rows, the credit memos
+    of net-negative invoices on the ledger (refused or dead ones hold no credit in the ERP),
+    and what other balance applications already take from each."""
+    balanced = _read(
+        conn,
+        "SELECT i.* FROM invoices i LEFT JOIN derived_versions d ON d.asset = :asset "
+        "AND d.source_id = i.invoice_id WHERE i.starting_balance_minor < 0 "
+        f"AND i.status IN ({', '.join(repr(s) for s in LIVE_INVOICE_STATUSES)}) "
+        "AND (d.source_id IS NULL "
+        f"OR d.extraction_run_id <> i.extraction_run_id OR {_in('i.invoice_id')})",
+        held,
+        asset=BALANCE_APPLICATIONS,
+    )
+    credits = read_frame(
+        conn,
+        "SELECT r.external_id, r.customer_external_id, r.currency, r.total_minor, "
+        "r.partition_date FROM invoice_ready_transactions r JOIN posting_ledger l "
+        "ON l.erp = r.erp AND l.doc_type = 'credit_memo' AND l.external_id = r.external_id "
+        "WHERE r.erp = :erp AND r.doc_type = 'credit_memo' "
+        "AND l.state NOT IN ('rejected', 'dead')",
+        {"erp": ERP},
+    )
+    currency_of = dict(zip(credits["external_id"], credits["currency"], strict=True))
+    mine = {balance_application_external_id(str(i)) for i in balanced["invoice_id"]}
+    others = read_frame(
+        conn,
+        "SELECT external_id, payload FROM posting_ledger WHERE erp = :erp "
+        "AND doc_type = 'customer_payment' AND external_id LIKE :prefix",
+        {"erp": ERP, "prefix": balance_application_external_id("") + "%"},
+    )
+    drawn: dict[str, int] = {}
+    for row in others.to_dict("records"):
+        if row["external_id"] in mine:
+            continue
+        for line in (ledger.loads(row["payload"]).get("credit") or {}).get("items", []):
+            _doc_type, credit_id = line["doc"]["$ref"]
+            if credit_id in currency_of:
+                amount = to_minor(line["amount"], currency_of[credit_id])
+                drawn[credit_id] = drawn.get(credit_id, 0) + amount
+    return balanced, _ready(conn, list(balanced["invoice_id"])), credits, drawn
 
 
 @dg.asset(

@@ -12,6 +12,7 @@ from finsync_pipeline.errors import (
     ConfigurationError,
     PermanentUpstreamError,
 )
+from finsync_pipeline.logic.derive import net_negative_external_id
 from finsync_pipeline.logic.normalize import netsuite_date
 from finsync_pipeline.partitions import window
 from finsync_pipeline.resources.netsuite import NetSuiteResource, suiteql_literal
@@ -60,13 +61,16 @@ def read_back(
     *,
     table: str,
     transaction_types: tuple[str, ...],
+    also: str | None = None,
 ) -> dg.MaterializeResult:
-    """Land the NetSuite transactions of the given types dated in the window (SuiteQL, paged)."""
+    """Land the NetSuite transactions of the given types dated in the window (SuiteQL, paged),
+    and those matching ``also`` (a SuiteQL condition built with ``suiteql_literal``)."""
     start, end = window(context)
     types = ", ".join(suiteql_literal(t) for t in transaction_types)
+    kinds = f"type IN ({types})" if also is None else f"(type IN ({types}) OR ({also}))"
     query = (
         f"SELECT {', '.join(TRANSACTION_COLUMNS)} FROM transaction "
-        f"WHERE type IN ({types}) "
+        f"WHERE {kinds} "
         f"AND trandate >= {suiteql_literal(start.date())} "
         f"AND trandate < {suiteql_literal(end.date())} ORDER BY id"
     )
@@ -90,7 +94,9 @@ def read_back(
             "erp_invoices",
             "netsuite",
             "NetSuite invoices dated in the window, read back through SuiteQL after "
-            "posting: what the ERP really holds, for reconciliation.",
+            "posting: what the ERP really holds, for reconciliation. With them, the credit "
+            "memos that stand for net-negative billing invoices (NetSuite has no negative "
+            "invoice).",
         ),
         "deps": ["erp_postings"],
         "retry_policy": READ_BACK_RETRY,
@@ -100,8 +106,16 @@ def read_back(
 def erp_invoices(
     context: dg.AssetExecutionContext, netsuite: NetSuiteResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
+    # Only finsync's net-negative credit memos: credit notes' and voids' credit memos are
+    # reconciled through the ledger, not as invoices.
+    prefix = suiteql_literal(net_negative_external_id("") + "%")
     return read_back(
-        context, netsuite, warehouse, table="erp_invoices", transaction_types=("CustInvc",)
+        context,
+        netsuite,
+        warehouse,
+        table="erp_invoices",
+        transaction_types=("CustInvc",),
+        also=f"type = {suiteql_literal('CustCred')} AND externalid LIKE {prefix}",
     )
 
 

@@ -21,6 +21,8 @@ from finsync_pipeline.logic.reconcile import (
     RECON_COLUMNS,
     RENEWAL_DRIFT,
     RENEWAL_STATUSES,
+    as_erp_documents,
+    balance_applications_expected,
     expected_erp_remaining,
     reconcile_invoices,
     reconcile_payments,
@@ -95,11 +97,18 @@ def invoice_reconciliation(
         | ((billing["status"] == "void") & billing["invoice_id"].isin(posted_invoices))
     ].copy()
     expected["external_id"] = expected["invoice_id"].map(invoice_external_id)
-    # A void invoice's balance is judged by its reversal below, not here.
+    # A void invoice's balance is judged by its reversal below, and a net-negative one's (a
+    # credit memo in the ERP, drawn on by later invoices) by those invoices' own balances.
     expected["remaining_minor"] = [
-        None if status == "void" else expected_erp_remaining(status, left)
-        for status, left in zip(expected["status"], expected["amount_remaining_minor"], strict=True)
+        None if status == "void" or total < 0 else expected_erp_remaining(status, left)
+        for status, left, total in zip(
+            expected["status"],
+            expected["amount_remaining_minor"],
+            expected["total_minor"].fillna(0),
+            strict=True,
+        )
     ]
+    expected = as_erp_documents(expected)
     recon = reconcile_invoices(expected, erp, set(held["source_id"]), awaiting, pending)
     voided = set(expected.loc[expected["status"] == "void", "invoice_id"])
     for i in recon.index[recon["invoice_id"].isin(voided)]:
@@ -262,6 +271,16 @@ def payment_reconciliation(
             "AND partition_date >= :date_from AND partition_date < :date_to",
             rng,
         )
+        # Invoices Stripe paid (partly) from the customer's credit balance: each has one
+        # customer payment of 0 in NetSuite that applies the credit memo to the invoice.
+        balanced = read_frame(
+            conn,
+            "SELECT invoice_id, partition_date, currency, total_minor, starting_balance_minor, "
+            "ending_balance_minor, correlation_id, status FROM invoices "
+            "WHERE starting_balance_minor < 0 AND partition_date >= :date_from "
+            "AND partition_date < :date_to",
+            rng,
+        )
         held = read_frame(conn, "SELECT source_id FROM finance_exceptions WHERE status = 'open'")
         raw = load_payloads(conn, "erp_payments", date_from, date_to)
         bad_erp = quarantined_ids(conn, "erp_payments")
@@ -271,7 +290,9 @@ def payment_reconciliation(
     erp = erp[~erp["source_id"].isin(bad_erp)]
     collected["external_id"] = collected["payment_id"].map(payment_external_id)
     refunded["external_id"] = refunded["payment_id"].map(refund_external_id)
-    moved = pd.concat([collected, refunded], ignore_index=True)
+    moved = pd.concat(
+        [collected, refunded, balance_applications_expected(balanced)], ignore_index=True
+    )
     recon = reconcile_payments(moved, erp, set(held["source_id"]), awaiting)
     recon["run_id"] = context.run.run_id
     with engine.begin() as conn:

@@ -23,6 +23,7 @@ from finsync_pipeline.logic.canonical import (
 )
 from finsync_pipeline.logic.validation import check_contract
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
+from finsync_pipeline.po_source import po_source
 from finsync_pipeline.resources.warehouse import (
     WarehouseResource,
     frame_records,
@@ -118,7 +119,7 @@ def invoices(
         )
     # A deleted draft is gone: never built, so never posted, quarantined or counted as drift.
     live, deleted = normalize.split_deleted(raw["payload"])
-    heads, lines = normalize.flatten_stripe_invoices(live)
+    heads, lines = normalize.flatten_stripe_invoices(live, po_source())
     heads = heads[~heads["source_id"].isin(bad)]
     partition_of = dict(zip(raw["source_id"], raw["partition_date"], strict=True))
     head, body = build_invoices(

@@ -18,6 +18,7 @@ from finsync_pipeline.logic import normalize
 from finsync_pipeline.logic.validation import FAILURE_COLUMNS, ValidationOutcome, validate_frame
 from finsync_pipeline.master_data import load_master_data
 from finsync_pipeline.partitions import daily_partitions, date_bounds
+from finsync_pipeline.po_source import po_source
 from finsync_pipeline.resources.settings import PipelineSettings
 from finsync_pipeline.resources.warehouse import WarehouseResource
 from finsync_pipeline.schemas import netsuite, salesforce, stripe
@@ -155,7 +156,7 @@ def validate_invoices(records: list[dict[str, object]]) -> ValidationOutcome:
     A deleted draft is a fact, not a malformed record: it is left out of the check.
     """
     live, _deleted = normalize.split_deleted(records)
-    heads, lines = normalize.flatten_stripe_invoices(live)
+    heads, lines = normalize.flatten_stripe_invoices(live, po_source())
     head = validate_frame(heads, stripe.StripeInvoiceRecord, system="stripe", obj="invoice")
     body = validate_frame(
         lines,

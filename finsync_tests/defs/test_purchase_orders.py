@@ -1,0 +1,215 @@
+"""Purchase orders through the pipeline, against the sandbox over HTTP.
+
+An account with PO_Required__c is invoiced with its PO in the Stripe invoice's custom field
+``PO Number``; the PO lands in NetSuite's otherRefNum. The planted invoice without a PO is held
+as an open ``missing_po`` exception until the PO is added in Stripe, and the next run posts it.
+"""
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from finsync_pipeline import ledger
+from finsync_pipeline.definitions import defs
+from finsync_pipeline.partitions import range_tags
+from finsync_pipeline.resources.warehouse import create_engine
+from finsync_pipeline.sandbox.generator import CompanySpec, add_months, generate
+from finsync_pipeline.sandbox.server import Sandbox
+from finsync_tests.conftest import TEST_END
+from finsync_tests.defs.test_assets import _resources
+
+SPEC = CompanySpec(accounts=30, months=2, seed=9, end=TEST_END)
+FIRST_DAY = add_months(TEST_END, -SPEC.months) + dt.timedelta(days=1)
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    box = Sandbox(tmp_path / "sandbox")
+    box.seed(generate(SPEC))
+    with box:
+        yield box
+
+
+def _run(resources: dict[str, Any]) -> dg.ExecuteInProcessResult:
+    loaded = defs()
+    return dg.materialize(
+        [*(loaded.assets or []), *(loaded.asset_checks or [])],  # type: ignore[list-item]
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        tags=range_tags(FIRST_DAY, TEST_END),
+    )
+
+
+def _erp_invoices(sandbox: Sandbox) -> dict[str, dict[str, Any]]:
+    return {r["externalId"]: r for r in sandbox.netsuite_records("invoice")}
+
+
+def test_a_missing_po_holds_the_invoice_until_the_po_is_added_in_stripe(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    resources = _resources(sandbox.env, url)
+    (planted,) = sandbox.planted()["missing_po"]
+    held = planted["id"]
+    assert _run(resources).success
+
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        exceptions = conn.execute(
+            sa.text(
+                "SELECT kind, owner_queue, status, detail FROM finance_exceptions "
+                "WHERE source_id = :id"
+            ),
+            {"id": held},
+        ).all()
+        recon = conn.execute(
+            sa.text("SELECT status FROM invoice_reconciliation WHERE invoice_id = :id"),
+            {"id": held},
+        ).scalar_one()
+        queued = conn.execute(
+            sa.text("SELECT COUNT(*) FROM posting_ledger WHERE source_id = :id"), {"id": held}
+        ).scalar_one()
+        pos = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT i.invoice_id, i.po_number FROM invoices i JOIN customers c "
+                    "ON c.customer_key = i.customer_key WHERE c.po_required = 1 "
+                    "AND i.po_number IS NOT NULL"
+                )
+            ).all()
+        )
+        numbers = {
+            r.number
+            for r in conn.execute(sa.text("SELECT number FROM invoices WHERE number IS NOT NULL"))
+        }
+    assert [(e.kind, e.owner_queue, e.status) for e in exceptions] == [
+        ("missing_po", "finance_ops", "open")
+    ]
+    assert "custom field 'PO Number' on the Stripe invoice" in exceptions[0].detail
+    assert recon == "held_by_exception"
+    assert queued == 0
+    erp = _erp_invoices(sandbox)
+    assert f"STRIPE_{held}" not in erp
+    # Its siblings of PO-required accounts posted, each with its PO as NetSuite's PO field.
+    posted_with_po = {i: po for i, po in pos.items() if f"STRIPE_{i}" in erp}
+    assert len(posted_with_po) >= 3
+    for invoice_id, po in posted_with_po.items():
+        assert erp[f"STRIPE_{invoice_id}"]["otherRefNum"] == po
+    # The Stripe invoice number is nobody's PO.
+    assert not {r.get("otherRefNum") for r in erp.values()} & numbers
+
+    # Finance types the PO into the Stripe invoice; the change reaches the next run by events.
+    stripe = resources["stripe"].get_client()
+    stripe.post(
+        f"/v1/invoices/{held}",
+        {"custom_fields": [{"name": "PO Number", "value": "4500099999"}]},
+        idempotency_key=f"po-{held}",
+    )
+    assert _run(resources).success
+
+    with engine.connect() as conn:
+        status = conn.execute(
+            sa.text(
+                "SELECT status FROM finance_exceptions "
+                "WHERE source_id = :id AND kind = 'missing_po'"
+            ),
+            {"id": held},
+        ).scalar_one()
+        state = conn.execute(
+            sa.text("SELECT state FROM posting_ledger WHERE external_id = :x"),
+            {"x": f"STRIPE_{held}"},
+        ).scalar_one()
+        recon = conn.execute(
+            sa.text("SELECT status FROM invoice_reconciliation WHERE invoice_id = :id"),
+            {"id": held},
+        ).scalar_one()
+        open_kinds = {
+            r.kind
+            for r in conn.execute(
+                sa.text("SELECT kind FROM finance_exceptions WHERE status = 'open'")
+            )
+        }
+    assert (status, state, recon) == ("resolved", "posted", "matched")
+    assert _erp_invoices(sandbox)[f"STRIPE_{held}"]["otherRefNum"] == "4500099999"
+    assert "posted_document_changed" not in open_kinds
+
+
+def test_invoices_posted_with_the_stripe_number_as_po_raise_nothing_after_the_upgrade(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    resources = _resources(sandbox.env, url)
+    assert _run(resources).success
+    engine = create_engine(url)
+    # What an earlier finsync posted: otherRefNum held the Stripe invoice number.
+    with engine.begin() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT l.external_id, l.payload, i.number FROM posting_ledger l JOIN invoices i "
+                "ON i.invoice_id = l.source_id WHERE l.doc_type = 'invoice' AND l.state = 'posted'"
+            )
+        ).all()
+        assert rows
+        for external_id, payload, number in rows:
+            old = {**ledger.loads(payload), "otherRefNum": number}
+            old["memo"] = old["memo"].split(" number ")[0]
+            digest = ledger.payload_hash(old)
+            conn.execute(
+                sa.text(
+                    "UPDATE posting_ledger SET payload = :p, payload_hash = :h, posted_hash = :h "
+                    "WHERE doc_type = 'invoice' AND external_id = :x"
+                ),
+                {"p": ledger.dumps(old), "h": digest, "x": external_id},
+            )
+    # And one posted without a PO, as every invoice was before finsync read them: its PO is
+    # taken off in Stripe, so its day is derived again and finds none.
+    with engine.connect() as conn:
+        bare = conn.execute(
+            sa.text(
+                "SELECT i.invoice_id FROM invoices i JOIN customers c ON c.customer_key = "
+                "i.customer_key JOIN posting_ledger l ON l.source_id = i.invoice_id "
+                "WHERE c.po_required = 1 AND i.po_number IS NOT NULL AND l.state = 'posted' "
+                "AND i.status = 'paid' "
+                "ORDER BY i.invoice_id LIMIT 1"
+            )
+        ).scalar_one()
+    resources["stripe"].get_client().post(
+        f"/v1/invoices/{bare}", {"custom_fields": ""}, idempotency_key=f"bare-{bare}"
+    )
+    assert _run(resources).success
+    with engine.connect() as conn:
+        assert (
+            conn.execute(
+                sa.text("SELECT po_number FROM invoices WHERE invoice_id = :id"), {"id": bare}
+            ).scalar_one()
+            is None
+        )
+        held = conn.execute(
+            sa.text(
+                "SELECT kind, source_id, detail FROM finance_exceptions WHERE status = 'open' "
+                "AND kind IN ('missing_po', 'payment_held')"
+            )
+        ).all()
+        changed = conn.execute(
+            sa.text(
+                "SELECT COUNT(*) FROM finance_exceptions WHERE kind = 'posted_document_changed'"
+            )
+        ).scalar_one()
+        states = {
+            r.state
+            for r in conn.execute(
+                sa.text("SELECT state FROM posting_ledger WHERE doc_type = 'invoice'")
+            )
+        }
+    assert changed == 0
+    # A missing PO cannot hold what is already in the ERP, nor anything applied to it.
+    (planted,) = sandbox.planted()["missing_po"]
+    assert {(k, s) for k, s, _d in held if k == "missing_po"} == {("missing_po", planted["id"])}
+    assert not [d for _k, _s, d in held if bare in d]
+    # Nothing was re-sent: the posted invoices keep what they were posted with.
+    assert states == {"posted"}
