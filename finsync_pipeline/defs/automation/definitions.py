@@ -3,7 +3,8 @@
 Flows:
     ingest_job       extract -> validate -> derive (queues documents on the posting ledger)
     erp_posting_job  post -> read back -> reconcile; launched by ``erp_posting_sensor`` as soon
-                     as the ledger holds due documents of a near-real-time flow, and by one
+                     as the ledger holds due documents of a near-real-time flow (and for the
+                     days later money paid after they were read back), and by one
                      ``erp_posting_window_*`` schedule per batch window (``posting_flows``)
     daily_sync_job   everything, for the previous day; ``daily_sync_schedule`` runs it as a
                      deployment would (and runs again a recent day whose run failed), and
