@@ -490,13 +490,15 @@ def generate(spec: CompanySpec) -> Company:
     # Imported here: the plants build on this module (a top-level import would be a cycle).
     from finsync_pipeline.sandbox.invoice_shapes import plant_invoice_shapes
     from finsync_pipeline.sandbox.settlement_plant import plant_settlements
-    from finsync_pipeline.sandbox.tax_plant import plant_tax_mismatches
+    from finsync_pipeline.sandbox.tax_plant import plant_tax_mismatches, plant_tax_profiles
 
     plant_tax_mismatches(company)
     plant_invoice_shapes(company)
     plant_settlements(company)
     untouched = [s for s in rest if s not in unknown_entity] or subs
     _plant_deleted_draft(g, company, untouched)
+    # Last: a tax profile takes a customer no other plant touched (its own seeded PRNG).
+    plant_tax_profiles(company)
     return company
 
 
