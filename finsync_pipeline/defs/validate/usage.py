@@ -204,7 +204,7 @@ LATE_DAYS_PER_RUN = 31
 
 def record_aggregated(conn: Connection, date_from: str, date_to: str, run_id: str) -> None:
     """Record every day of [date_from, date_to) as aggregated through its newest event."""
-    newest = dict(
+    newest: dict[str, str] = dict(
         conn.execute(
             sa.text(
                 "SELECT event_date, MAX(ingested_at) FROM usage_events "
