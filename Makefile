@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint ui sandbox clean
+.PHONY: demo test test-daily-month lint ui sandbox clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ test: $(STAMP)
 	$(BIN)/ruff check finsync_pipeline finsync_tests
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# A month of nightly runs against one backfill of it, on SQLite and PostgreSQL (minutes).
+test-daily-month: $(STAMP)
+	$(BIN)/pytest -m slow finsync_tests/test_daily_month.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check finsync_pipeline finsync_tests

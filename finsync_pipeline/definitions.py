@@ -18,6 +18,7 @@ from finsync_pipeline.resources.salesforce import SalesforceResource
 from finsync_pipeline.resources.settings import PipelineSettings
 from finsync_pipeline.resources.stripe import StripeResource
 from finsync_pipeline.resources.warehouse import WarehouseResource
+from finsync_pipeline.sources import sources_off
 
 
 def default_warehouse_url() -> str:
@@ -31,8 +32,13 @@ def _optional_env(**fields: str) -> dict[str, Any]:
 
 
 def build_resources(mode: str) -> dict[str, object]:
-    """The resources for ``mode`` ("sandbox" or "live")."""
+    """The resources for ``mode`` ("sandbox" or "live").
+
+    A source switched off (``FINSYNC_SOURCES_OFF``) is bound without its variables: a company
+    without usage metering sets no METERING_API_KEY, and nothing asks for one.
+    """
     sandbox = mode == "sandbox"
+    off = sources_off()
     warehouse_url = (
         dg.EnvVar("FINSYNC_WAREHOUSE_URL")
         if os.environ.get("FINSYNC_WAREHOUSE_URL")
@@ -49,6 +55,7 @@ def build_resources(mode: str) -> dict[str, object]:
         "settings": PipelineSettings(
             max_bad_share=float(os.environ.get("FINSYNC_MAX_BAD_SHARE", "0.05")),
             min_bad_records=int(os.environ.get("FINSYNC_MIN_BAD_RECORDS", "5")),
+            sources_off=sorted(off),
         ),
         "stripe": StripeResource(
             api_key=dg.EnvVar("STRIPE_API_KEY"),
@@ -71,7 +78,9 @@ def build_resources(mode: str) -> dict[str, object]:
             token_secret=dg.EnvVar("NETSUITE_TOKEN_SECRET"),
             **netsuite_base,
         ),
-        "metering": MeteringResource(api_key=dg.EnvVar("METERING_API_KEY"), **metering_base),
+        "metering": MeteringResource(api_key="")
+        if "metering" in off
+        else MeteringResource(api_key=dg.EnvVar("METERING_API_KEY"), **metering_base),
         "avalara": AvalaraResource(
             account_id=dg.EnvVar("AVALARA_ACCOUNT_ID"),
             license_key=dg.EnvVar("AVALARA_LICENSE_KEY"),

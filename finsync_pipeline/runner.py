@@ -30,6 +30,7 @@ from finsync_pipeline.logic.reconcile import (
 from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
 from finsync_pipeline.po_source import po_source
 from finsync_pipeline.resources.warehouse import create_engine
+from finsync_pipeline.sources import SWITCH_OFF_HINT, sources_off
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The CLI reports progress and failures itself; the run logs stay in the instance for the UI.
@@ -101,14 +102,23 @@ def prepare_home(home: Path) -> Path:
     return home
 
 
+# Systems a company may not have: the optional source that switches each one off.
+OPTIONAL_SYSTEMS = {"Usage metering": "metering"}
+
+
 def check_environment() -> None:
     """Raise ConfigurationError naming the first variable a user must set."""
     mode = os.environ.get("FINSYNC_MODE", "sandbox")
+    off = sources_off()
     for system, names in REQUIRED_ENV.items():
+        source = OPTIONAL_SYSTEMS.get(system)
+        if source in off:
+            continue
         extra = SANDBOX_ENV.get(system, []) if mode == "sandbox" else []
         for name in [*names, *extra]:
             if not os.environ.get(name):
-                raise ConfigurationError(f"{system} is not configured: set {name}")
+                hint = f", {SWITCH_OFF_HINT[source]}" if source is not None else ""
+                raise ConfigurationError(f"{system} is not configured: set {name}{hint}")
     jwt = os.environ.get("SALESFORCE_USERNAME") and os.environ.get("SALESFORCE_PRIVATE_KEY")
     if not (jwt or os.environ.get("SALESFORCE_CLIENT_SECRET")):
         raise ConfigurationError(

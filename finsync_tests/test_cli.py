@@ -26,7 +26,9 @@ from finsync_pipeline.cli import retry_range
 from finsync_pipeline.logic import derive
 from finsync_pipeline.master_data import DEFAULT_DIR
 from finsync_pipeline.runner import REQUIRED_ENV
+from finsync_pipeline.sandbox.generator import CompanySpec, generate
 from finsync_pipeline.sandbox.server import Sandbox
+from finsync_pipeline.sources import SOURCES_OFF_ENV
 from finsync_tests.conftest import TEST_END
 
 pytestmark = pytest.mark.e2e
@@ -434,6 +436,96 @@ def test_a_wrong_po_source_is_one_line_saying_what_to_set(tmp_path: Path) -> Non
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("finsync: FINSYNC_PO_SOURCE: 'opportunity' is not supported")
     assert "stripe_custom_field:PO Number" in line
+
+
+@pytest.mark.parametrize(
+    ("off", "unset", "empty"),
+    [
+        ("metering", ("METERING_API_KEY", "METERING_BASE_URL"), ["usage_events"]),
+        ("cpq", (), ["cpq_quotes", "cpq_quote_lines", "cpq_subscriptions"]),
+    ],
+    ids=["metering-off", "cpq-off"],
+)
+def test_run_with_a_source_switched_off_needs_none_of_its_settings_and_posts(
+    tmp_path: Path, off: str, unset: tuple[str, ...], empty: list[str]
+) -> None:
+    sandbox = Sandbox(tmp_path / "sandbox")
+    sandbox.seed(generate(CompanySpec(accounts=40, months=2, seed=11, end=TEST_END)))
+    # An org without the CPQ package refuses every SBQQ query: the run must send none.
+    sandbox.salesforce.cpq_installed = off != "cpq"
+    with sandbox:
+        env = {k: v for k, v in sandbox.env.items() if k not in unset}
+        outer = {k: v for k, v in _env().items() if not k.startswith(("METERING_", "AVALARA_"))}
+        result = _finsync(
+            "run",
+            "--home",
+            str(tmp_path / "home"),
+            "--from",
+            "2026-09-01",
+            "--to",
+            TEST_END.isoformat(),
+            "--json",
+            env={**outer, **env, SOURCES_OFF_ENV: off},
+        )
+        requests_made = sandbox.request_counts()
+    summary = _summary(result)
+    assert summary["erp_invoices_posted"] > 0
+    assert summary["drift"] == 0
+    assert {table: summary["sources"][table] for table in empty} == dict.fromkeys(empty, 0)
+    if off == "metering":
+        assert requests_made["metering"] == 0
+        assert "unknown_usage_subject" not in summary["exceptions_open_by_kind"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        (
+            "",
+            "finsync: Usage metering is not configured: set METERING_API_KEY, "
+            f"or {SOURCES_OFF_ENV}=metering if the company meters no usage",
+        ),
+        (
+            "metering,crm",
+            f"finsync: {SOURCES_OFF_ENV}: unknown source 'crm'; set it to a comma-separated "
+            "list of metering, cpq (or leave it empty)",
+        ),
+    ],
+    ids=["metering-on-without-key", "unknown-source"],
+)
+def test_a_source_left_on_without_its_key_or_a_wrong_source_is_one_line(
+    tmp_path: Path, setting: str, says: str
+) -> None:
+    configured = {
+        name: "set"
+        for name in [
+            "STRIPE_API_KEY",
+            "STRIPE_API_BASE",
+            "SALESFORCE_LOGIN_URL",
+            "SALESFORCE_CLIENT_ID",
+            "SALESFORCE_CLIENT_SECRET",
+            "NETSUITE_ACCOUNT_ID",
+            "NETSUITE_BASE_URL",
+            "NETSUITE_CONSUMER_KEY",
+            "NETSUITE_CONSUMER_SECRET",
+            "NETSUITE_TOKEN_ID",
+            "NETSUITE_TOKEN_SECRET",
+            "METERING_BASE_URL",
+            "AVALARA_ACCOUNT_ID",
+            "AVALARA_LICENSE_KEY",
+            "AVALARA_BASE_URL",
+        ]
+    }
+    outer = {k: v for k, v in _env().items() if not k.startswith(("METERING_", "AVALARA_"))}
+    result = _finsync(
+        "run",
+        "--home",
+        str(tmp_path / "home"),
+        env={**outer, **configured, SOURCES_OFF_ENV: setting},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == says
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from finsync_pipeline.definitions import defs
-from finsync_pipeline.partitions import range_tags
+from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
 from finsync_pipeline.resources.warehouse import WarehouseResource, create_engine
 from finsync_pipeline.sandbox.generator import CompanySpec, add_months, generate
 from finsync_pipeline.sandbox.server import Sandbox
@@ -258,3 +258,57 @@ def _post_due(sb: Sandbox, url: str, instance: dg.DagsterInstance) -> None:
         instance=instance, tags=request.tags, resources=_resources(sb.env, url)
     )
     assert result.success
+
+
+# A company some of whose invoices of October 1 to 3 are paid by charges of October 4 to 10.
+LATE_MONEY_SPEC = CompanySpec(accounts=30, months=1, seed=13, end=TEST_END)
+
+
+@pytest.fixture
+def late_money_sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    sb = Sandbox(tmp_path / "late-money-sandbox")
+    sb.seed(generate(LATE_MONEY_SPEC))
+    with sb:
+        yield sb
+
+
+def test_money_of_a_later_day_has_the_days_it_paid_read_back_and_reconciled(
+    late_money_sandbox: Sandbox, sqlite_url: str, instance: dg.DagsterInstance
+) -> None:
+    sandbox = late_money_sandbox
+    # October 1 to 3 run first: Stripe already shows some of their invoices paid, by charges
+    # of later days, which the warehouse does not hold yet.
+    later = FIRST_DAY + dt.timedelta(days=3)
+    _daily(sandbox, sqlite_url, FIRST_DAY, instance, last_day=later - dt.timedelta(days=1))
+    # The run of October 4 to 10 posts those charges, applied to the earlier invoices, and
+    # reads back and reconciles only its own days.
+    _daily(sandbox, sqlite_url, later, instance, last_day=later + dt.timedelta(days=6))
+    moved = (
+        "SELECT r.partition_date, r.external_id, r.status, r.erp_remaining_minor "
+        "FROM invoice_reconciliation r JOIN payments p ON p.invoice_id = r.invoice_id "
+        "JOIN posting_ledger l ON l.source_id = p.payment_id AND l.state = 'posted' "
+        f"WHERE r.partition_date < '{later}' ORDER BY r.partition_date, r.external_id"
+    )
+    before = _rows(sqlite_url, moved)
+    assert before and any(status == "balance_mismatch" for _, _, status, _ in before), before
+
+    # The posting sensor asks for those days to be read back; its run reconciles them.
+    sensor = defs().resolve_sensor_def("erp_posting_sensor")
+    context = dg.build_sensor_context(
+        instance=instance,
+        definitions=defs(),
+        resources={"warehouse": WarehouseResource(url=sqlite_url)},
+    )
+    (request,) = sensor.evaluate_tick(context).run_requests or []
+    assert request.tags[RANGE_START_TAG] <= min(day for day, *_ in before)
+    assert request.tags[RANGE_END_TAG] >= max(day for day, *_ in before)
+    job = defs().resolve_job_def("erp_posting_job")
+    result = job.execute_in_process(
+        instance=instance, tags=request.tags, resources=_resources(sandbox.env, sqlite_url)
+    )
+    assert result.success
+    after = _rows(sqlite_url, moved)
+    assert [(day, ext) for day, ext, *_ in after] == [(day, ext) for day, ext, *_ in before]
+    assert {status for _, _, status, _ in after} == {"matched"}, after
+    # Read back after the money, those days are not asked for again.
+    assert not (sensor.evaluate_tick(context).run_requests or [])

@@ -16,7 +16,7 @@ import requests
 import simplejson
 from pydantic import Field
 
-from finsync_pipeline.errors import PermanentUpstreamError
+from finsync_pipeline.errors import ConfigurationError, PermanentUpstreamError
 from finsync_pipeline.resources.http import (
     ConnectorClient,
     ErrorInfo,
@@ -25,6 +25,7 @@ from finsync_pipeline.resources.http import (
     error_json,
     parse_json,
 )
+from finsync_pipeline.sources import SWITCH_OFF_HINT
 
 SYSTEM = "metering"
 AUTH_MESSAGE = "the API key was rejected (HTTP 401); set METERING_API_KEY"
@@ -181,7 +182,17 @@ class MeteringResource(dg.ConfigurableResource):
     )
 
     def get_client(self, http_options: HttpOptions | None = None) -> MeteringClient:
-        """A client with its own keep-alive session."""
+        """A client with its own keep-alive session.
+
+        Raises:
+            ConfigurationError: No API token is bound (the source is switched off, or its
+                variable is empty): nothing is sent without one.
+        """
+        if not self.api_key:
+            raise ConfigurationError(
+                f"Usage metering is not configured: set METERING_API_KEY, "
+                f"{SWITCH_OFF_HINT['metering']}"
+            )
         return MeteringClient(
             api_key=self.api_key, base_url=self.base_url, http_options=http_options
         )

@@ -3,6 +3,9 @@
 import dagster as dg
 from pydantic import Field
 
+from finsync_pipeline.errors import ConfigurationError
+from finsync_pipeline.sources import OPTIONAL_SOURCES, SOURCES_OFF_ENV
+
 
 class PipelineSettings(dg.ConfigurableResource):
     """Thresholds and limits of the pipeline.
@@ -28,6 +31,8 @@ class PipelineSettings(dg.ConfigurableResource):
         salesforce_max_quota_share: The share of the Salesforce org's daily API limit the
             extracts may bring its usage to. Other integrations share that limit; an extract
             that would pass it stops cleanly, lands what it read and resumes on the next run.
+        sources_off: The optional sources the company does not have (``metering``, ``cpq``;
+            ``FINSYNC_SOURCES_OFF``): their extracts land nothing and send no request.
     """
 
     max_bad_share: float = Field(default=0.05, ge=0.0, le=1.0)
@@ -39,6 +44,20 @@ class PipelineSettings(dg.ConfigurableResource):
     netsuite_concurrency: int = Field(default=4, ge=1, le=20)
     stripe_max_lookups: int = Field(default=200, ge=0)
     salesforce_max_quota_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    sources_off: list[str] = Field(default_factory=list)
+
+    def source_on(self, source: str) -> bool:
+        """Whether the optional ``source`` (a key of ``OPTIONAL_SOURCES``) is switched on."""
+        if source not in OPTIONAL_SOURCES:
+            raise ValueError(f"{source!r} is not an optional source")
+        unknown = set(self.sources_off) - set(OPTIONAL_SOURCES)
+        if unknown:
+            # A typo must not leave a source on that the operator meant to switch off.
+            raise ConfigurationError(
+                f"sources_off names {', '.join(sorted(unknown))}; the optional sources are "
+                f"{', '.join(OPTIONAL_SOURCES)} (set {SOURCES_OFF_ENV})"
+            )
+        return source not in self.sources_off
 
     def feed_is_broken(self, bad: int, share: float) -> bool:
         """Whether ``bad`` records breaking their contract, ``share`` of those checked, should

@@ -51,6 +51,8 @@ API_DAILY_LIMIT = 15000
 DEFAULT_BATCH = 2000
 _VERSION_RE = re.compile(r"^/services/data/(v\d{2,3}\.\d)(/.*)?$")
 _MAX_CURSORS = 200
+# The managed package of Salesforce CPQ: its objects and fields carry this namespace prefix.
+CPQ_NAMESPACE = "SBQQ__"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # Salesforce wants the assertion's exp within 3 minutes; a few seconds of clock skew are allowed.
 JWT_MAX_LIFETIME_S = 180
@@ -189,6 +191,8 @@ class SalesforceSimulator(Simulator):
         self.org_id = org_id
         self.clock = clock
         self.token_ttl_s = 7200.0
+        # An org without the Salesforce CPQ package has no SBQQ objects; set False to be one.
+        self.cpq_installed = True
         self._cache: dict[str, list[dict[str, Any]]] = {}
         self._by_id: dict[str, tuple[str, dict[str, Any]]] = {}
         self._cache_lock = threading.Lock()
@@ -470,6 +474,12 @@ class SalesforceSimulator(Simulator):
 
     def _query(self, req: Request, version: str, text: str) -> Response:
         query = soql.parse(text)
+        if not self.cpq_installed and query.obj.startswith(CPQ_NAMESPACE):
+            raise soql.SoqlError(
+                "INVALID_TYPE",
+                f"sObject type '{query.obj}' is not supported. If you are attempting to use "
+                "a custom object, be sure to append the '__c' after the entity name.",
+            )
         matched = soql.execute(query, self._records(query.obj))
         rendered = [
             self._render(

@@ -9,7 +9,11 @@ from typing import Any
 
 import pytest
 
-from finsync_pipeline.errors import AuthenticationError, PermanentUpstreamError
+from finsync_pipeline.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    PermanentUpstreamError,
+)
 from finsync_pipeline.resources.http import HttpOptions
 from finsync_pipeline.resources.metering import MeteringClient, MeteringResource
 from finsync_pipeline.sandbox.http_base import Faults, SimServer
@@ -155,3 +159,9 @@ def test_naive_datetimes_are_refused(
     _, base = sim
     with pytest.raises(ValueError, match="timezone-aware"):
         list(client(base, options).list_events(dt.datetime(2026, 1, 1)))
+
+
+def test_no_key_bound_sends_nothing_and_names_the_variable() -> None:
+    # What definitions.py binds when FINSYNC_SOURCES_OFF=metering: nothing may call the API.
+    with pytest.raises(ConfigurationError, match="set METERING_API_KEY, or FINSYNC_SOURCES_OFF"):
+        MeteringResource(api_key="").get_client()

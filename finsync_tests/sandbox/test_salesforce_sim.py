@@ -268,6 +268,21 @@ def test_unknown_cpq_field_names_the_field(http: requests.Session, session: dict
     assert "SBQQ__Bogus__c" in resp.json()[0]["message"]
 
 
+def test_an_org_without_cpq_refuses_sbqq_objects_as_unknown(
+    http: requests.Session, session: dict[str, Any], sandbox: Sandbox
+) -> None:
+    sandbox.salesforce.cpq_installed = False
+    try:
+        resp = _query(http, session, "SELECT Id FROM SBQQ__Quote__c")
+        accounts = _query(http, session, "SELECT Id FROM Account LIMIT 1")
+    finally:
+        sandbox.salesforce.cpq_installed = True
+    assert resp.status_code == 400
+    assert resp.json()[0]["errorCode"] == "INVALID_TYPE"
+    assert "SBQQ__Quote__c" in resp.json()[0]["message"]
+    assert accounts.status_code == 200
+
+
 # JWT bearer ------------------------------------------------------------------------------------
 def _assertion(sandbox: Sandbox, key: Any = None, **claims: Any) -> str:
     username, pem = jwt_credentials(sandbox.store, sandbox.credentials["salesforce_org_id"])

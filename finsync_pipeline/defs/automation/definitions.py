@@ -3,7 +3,8 @@
 Flows:
     ingest_job       extract -> validate -> derive (queues documents on the posting ledger)
     erp_posting_job  post -> read back -> reconcile; launched by ``erp_posting_sensor`` as soon
-                     as the ledger holds due documents of a near-real-time flow, and by one
+                     as the ledger holds due documents of a near-real-time flow (and for the
+                     days later money paid after they were read back), and by one
                      ``erp_posting_window_*`` schedule per batch window (``posting_flows``)
     daily_sync_job   everything, for the previous day; ``daily_sync_schedule`` runs it as a
                      deployment would (and runs again a recent day whose run failed), and
@@ -148,6 +149,42 @@ def due_posting_window(conn: sa.Connection, flows: list[str]) -> dict[str, objec
     return {"count": int(row.n), "lo": row.lo, "hi": row.hi, "touched": row.touched}
 
 
+# Days a posting sensor tick asks to be read back again at most, oldest first.
+READ_BACK_DAYS_PER_TICK = 7
+
+
+def days_read_back_before_money(conn: sa.Connection, limit: int) -> list[dict[str, object]]:
+    """The days whose NetSuite invoices were last read back before money applied to one of them
+    was posted: their reconciliation still shows the balance from before that money.
+
+    A payment or credit memo belongs to its own day, and the run that posts it reads back and
+    reconciles that day only. When it pays an invoice of an earlier day (net 30, or a charge
+    just after midnight), that earlier day's ERP balances are stale until it is read back
+    again; a backfill of both days reads them back after everything posted. Every read-back of
+    a day replaces its rows, so ``extracted_at`` is when the day was last read.
+    """
+    rows = conn.execute(
+        sa.text(
+            "SELECT i.partition_date AS day, COUNT(DISTINCT i.invoice_id) AS n, "
+            "MAX(l.posted_at) AS touched FROM posting_ledger l "
+            "JOIN (SELECT invoice_id, payment_id AS doc_id FROM payments "
+            "  WHERE invoice_id IS NOT NULL "
+            "  UNION ALL SELECT invoice_id, credit_note_id FROM credit_notes "
+            # A reversal or write-off of an invoice is filed under the invoice itself.
+            "  UNION ALL SELECT invoice_id, invoice_id FROM invoices"
+            ") d ON d.doc_id = l.source_id "
+            "JOIN invoices i ON i.invoice_id = d.invoice_id "
+            "JOIN (SELECT partition_date, MAX(extracted_at) AS read_at FROM erp_invoices "
+            "  GROUP BY partition_date) e ON e.partition_date = i.partition_date "
+            "WHERE l.erp = :erp AND l.state = 'posted' "
+            "AND l.doc_type IN ('customer_payment', 'credit_memo') AND l.posted_at > e.read_at "
+            "GROUP BY i.partition_date ORDER BY i.partition_date LIMIT :limit"
+        ),
+        {"erp": ERP, "limit": limit},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
 def _posting_request(due: dict[str, object], flows: list[str], run_key: str) -> dg.RunRequest:
     last_day = daily_partitions.get_last_partition_key()
     return dg.RunRequest(
@@ -166,25 +203,45 @@ def _posting_request(due: dict[str, object], flows: list[str], run_key: str) -> 
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Launches a posting run whenever the ledger holds due documents of a "
-    "near-real-time flow.",
+    "near-real-time flow, and reads back and reconciles again the days whose invoices money "
+    "of a later day paid or credited since they were last read back.",
 )
 def erp_posting_sensor(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource
 ) -> dg.SensorResult:
     flows = realtime_flows(batch_windows())
-    if not flows:
-        return dg.SensorResult(skip_reason="every posting flow waits for a batch window")
     with warehouse.get_engine().connect() as conn:
-        due = due_posting_window(conn, flows)
-    if due is None:
-        return dg.SensorResult(skip_reason="no documents are due for posting")
-    # The run key fingerprints the due set: the same backlog never launches twice, a changed
-    # backlog (new rows, a retry coming due) launches once more.
-    request = _posting_request(
-        due, flows, f"{ERP}:{due['lo']}:{due['hi']}:{due['count']}:{due['touched']}"
-    )
+        due = due_posting_window(conn, flows) if flows else None
+        stale = days_read_back_before_money(conn, READ_BACK_DAYS_PER_TICK)
+    requests = []
+    if due is not None:
+        # The run key fingerprints the due set: the same backlog never launches twice, a
+        # changed backlog (new rows, a retry coming due) launches once more.
+        requests.append(
+            _posting_request(
+                due, flows, f"{ERP}:{due['lo']}:{due['hi']}:{due['count']}:{due['touched']}"
+            )
+        )
+    if stale:
+        # The days money of a later day moved: read back and reconciled again, once per
+        # posting that moved them.
+        lo, hi = stale[0]["day"], stale[-1]["day"]
+        touched = max(str(d["touched"]) for d in stale)
+        requests.append(
+            _posting_request(
+                {"lo": lo, "hi": hi},
+                flows,
+                f"{ERP}:read_back:{lo}:{hi}:{sum(int(str(d['n'])) for d in stale)}:{touched}",
+            )
+        )
+    if not requests:
+        return dg.SensorResult(
+            skip_reason="no documents are due for posting"
+            if flows
+            else "every posting flow waits for a batch window"
+        )
     return dg.SensorResult(
-        run_requests=[request], cursor=json.dumps({"last_run_key": request.run_key})
+        run_requests=requests, cursor=json.dumps({"last_run_key": requests[-1].run_key})
     )
 
 

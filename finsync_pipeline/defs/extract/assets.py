@@ -1032,6 +1032,15 @@ def _cpq_asset(
         warehouse: WarehouseResource,
         settings: PipelineSettings,
     ) -> dg.MaterializeResult:
+        if not settings.source_on("cpq"):
+            # An org without Salesforce CPQ has no SBQQ objects: a query would be refused.
+            return dg.MaterializeResult(
+                metadata={
+                    "dagster/row_count": 0,
+                    "dagster/column_schema": column_schema(model),
+                    "source": "switched off (FINSYNC_SOURCES_OFF)",
+                }
+            )
         return _salesforce(
             context,
             salesforce,
