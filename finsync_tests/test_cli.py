@@ -61,6 +61,8 @@ SHAPE_KINDS = {
     "net_negative",
     "paid_from_balance",
 }
+# Customers Stripe rightly bills no tax: no problem, and no tax exception on their invoices.
+TAX_PROFILE_KINDS = {"tax_exempt_customer", "reverse_charge_customer"}
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -154,6 +156,7 @@ def test_demo_puts_every_planted_problem_in_quarantine_or_the_exception_queue(
         QUARANTINE_KINDS
         | EXCEPTION_KINDS
         | SHAPE_KINDS
+        | TAX_PROFILE_KINDS
         | {"duplicate_usage_event", "deleted_draft", "paid_out_of_band", "uncollectible"}
     )
     engine = sa.create_engine(f"sqlite:///{demo_home / 'warehouse.db'}")
@@ -199,6 +202,23 @@ def test_demo_puts_every_planted_problem_in_quarantine_or_the_exception_queue(
     for reason in reasons:
         assert reason.split(" ")[0] in {"stripe", "salesforce", "netsuite", "metering"}
         assert "field" in reason
+    # An exempt or reverse-charge customer's invoices are checked and raise no tax exception.
+    with engine.connect() as conn:
+        for kind in TAX_PROFILE_KINDS:
+            (profile,) = planted[kind]
+            checked = [
+                (r.invoice_id, r.within_tolerance)
+                for r in conn.execute(
+                    sa.text(
+                        "SELECT c.invoice_id, c.within_tolerance FROM invoice_tax_checks c "
+                        "JOIN invoices i ON i.invoice_id = c.invoice_id "
+                        "WHERE i.stripe_customer_id = :id"
+                    ),
+                    {"id": profile["id"]},
+                )
+            ]
+            assert checked and all(within for _id, within in checked), (kind, checked)
+            assert not {("tax_mismatch", i) for i, _ in checked} & open_exceptions, kind
     # A deleted draft is gone: not malformed, not a problem to work, never an invoice.
     (deleted,) = planted["deleted_draft"]
     assert deleted["id"] not in quarantined

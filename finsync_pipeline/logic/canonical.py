@@ -62,6 +62,11 @@ def build_customers(
     # cross-border VAT) or taxable ("none"), and whether the customer gave a tax id.
     tax_status = first["tax_exempt"] if "tax_exempt" in first else pd.Series(dtype="str")
     tax_ids = first["tax_id_count"] if "tax_id_count" in first else pd.Series(dtype="Int64")
+    # The buyer's VAT id and an exempt customer's certificate, as the tax engine wants them.
+    profile = {
+        name: (first[name] if name in first else pd.Series(dtype="str"))
+        for name in ("tax_id", "tax_exemption_number", "tax_entity_use_code")
+    }
     out = pd.DataFrame(
         {
             "customer_key": accounts["source_id"],
@@ -78,6 +83,7 @@ def build_customers(
             .astype(int)
             .gt(0)
             .astype(int),
+            **{name: accounts["source_id"].map(values) for name, values in profile.items()},
             "currency": accounts["currency"],
             "country": accounts["country"],
             "po_required": accounts["po_required"].astype(int),
@@ -90,6 +96,7 @@ def build_customers(
     # A lookup that matched nothing (no Stripe customers yet) must stay a text column.
     out = out.astype(
         {"stripe_customer_id": "str", "parent_customer_key": "str", "tax_exempt": "str"}
+        | dict.fromkeys(profile, "str")
     )
     out["correlation_id"] = [
         correlation_id("salesforce", "Account", k) for k in out["customer_key"]

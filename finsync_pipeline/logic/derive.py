@@ -324,7 +324,10 @@ def derive_invoice_ready(
             continue
         po = getattr(inv, "po_number", None)
         po = None if _na(po) or not str(po).strip() else str(po).strip()
-        if po is None and key in needs_po and invoice_id not in in_erp:
+        # A net-negative invoice is the customer's credit (a credit memo), not a bill to
+        # them: it needs no purchase order.
+        owes = int(inv.total_minor) >= 0
+        if po is None and key in needs_po and invoice_id not in in_erp and owes:
             number = "" if _na(inv.number) else f" ({inv.number})"
             problems.add(
                 "missing_po",

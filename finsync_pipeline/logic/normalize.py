@@ -95,6 +95,22 @@ def _metadata(key: str) -> Getter:
     return lambda record: as_text((record.get("metadata") or {}).get(key))
 
 
+def first_vat_id(record: Record) -> str | None:
+    """The value of a customer's first VAT-type tax id (``eu_vat``, ``gb_vat``, ``ch_vat``...).
+
+    The ids are in ``tax_ids.data`` only when the listing expanded them. An ``eu_oss_vat`` is
+    the One-Stop-Shop registration a seller uses, not a buyer's VAT id, and is skipped.
+    """
+    tax_ids = record.get("tax_ids")
+    data = tax_ids.get("data") if isinstance(tax_ids, Mapping) else None
+    for tax_id in data if isinstance(data, list) else []:
+        kind = tax_id.get("type") if isinstance(tax_id, Mapping) else None
+        value = tax_id.get("value") if isinstance(tax_id, Mapping) else None
+        if isinstance(kind, str) and kind.endswith("_vat") and kind != "eu_oss_vat" and value:
+            return str(value)
+    return None
+
+
 CUSTOMER_COLUMNS: Columns = {
     "source_id": ("str", field("id")),
     "name": ("str", field("name")),
@@ -103,6 +119,10 @@ CUSTOMER_COLUMNS: Columns = {
     "legal_entity": ("str", _metadata("legal_entity")),
     "tax_exempt": ("str", field("tax_exempt")),
     "tax_id_count": ("Int64", lambda r: len(((r.get("tax_ids") or {}).get("data")) or [])),
+    "tax_id": ("str", first_vat_id),
+    # Stripe keeps no exemption certificate: finsync reads it from the customer's metadata.
+    "tax_exemption_number": ("str", _metadata("tax_exemption_number")),
+    "tax_entity_use_code": ("str", _metadata("tax_entity_use_code")),
     "created": ("Int64", field("created", as_int)),
 }
 SUBSCRIPTION_COLUMNS: Columns = {

@@ -2,9 +2,16 @@
 
 An invoice is rebuilt as an AvaTax ``SalesOrder`` (an estimate the engine never records) at the
 customer's billing address, and the engine's tax is compared with the tax Stripe billed, both in
-integer minor units. Both sides round per line, half up, at the currency's exponent, so a
-correctly taxed invoice agrees exactly; the tolerance (per line) absorbs an engine that rounds
-differently, never a wrong rate.
+integer minor units. The customer's tax profile goes with it, as AvaTax expects it: an exempt
+customer's exemption certificate number (``exemptionNo``) and entity use code
+(``entityUseCode``), and a buyer's VAT id (``businessIdentificationNo``) with both ends of the
+sale (``shipFrom`` the seller's country, ``shipTo`` the buyer), from which AvaTax decides a
+reverse charge. Without them the engine taxes an exempt or reverse-charged sale in full and
+every such invoice would be a false mismatch.
+
+Both sides round per line, half up, at the currency's exponent, so a correctly taxed invoice
+agrees exactly; the tolerance (per line) absorbs an engine that rounds differently, never a
+wrong rate.
 """
 
 from collections.abc import Mapping
@@ -74,21 +81,49 @@ def address_from_account(account: Mapping[str, Any] | None) -> tuple[dict[str, s
     return {k: v for k, v in address.items() if v is not None}, ""
 
 
+def tax_profile_fields(invoice: Mapping[str, Any]) -> dict[str, str]:
+    """The CreateTransactionModel fields of the customer's tax profile, from an invoice row.
+
+    ``exemptionNo`` and ``entityUseCode`` go only with an exempt customer (``tax_exempt`` is
+    ``exempt``): an exemption left on file for a customer Stripe taxes is not applied, so a
+    stale certificate cannot hide tax Stripe billed. ``businessIdentificationNo`` goes whenever
+    the buyer's VAT id is on file: whether it makes the sale a reverse charge is AvaTax's call.
+    """
+    fields: dict[str, str] = {}
+    if _text(invoice.get("tax_exempt")) == "exempt":
+        number = _text(invoice.get("tax_exemption_number"))
+        code = _text(invoice.get("tax_entity_use_code"))
+        if number is not None:
+            fields["exemptionNo"] = number
+        if code is not None:
+            fields["entityUseCode"] = code.upper()
+    vat_id = _text(invoice.get("tax_id"))
+    if vat_id is not None:
+        fields["businessIdentificationNo"] = vat_id
+    return fields
+
+
 def build_sales_order(
     invoice: Mapping[str, Any],
     lines: pd.DataFrame,
     address: Mapping[str, str],
     company_code: str,
+    *,
+    seller_country: str | None = None,
 ) -> dict[str, Any]:
     """The AvaTax CreateTransactionModel (a SalesOrder) of one canonical invoice.
 
     Args:
         invoice: A canonical ``invoices`` row (invoice_id, currency, invoice_date,
-            customer_key, correlation_id).
+            customer_key, correlation_id) with its customer's tax profile when known
+            (tax_exempt, tax_id, tax_exemption_number, tax_entity_use_code).
         lines: The invoice's canonical ``invoice_lines`` rows (amount, discount and inclusive
             tax of each).
         address: The customer's address (``address_from_account``).
         company_code: The AvaTax company.
+        seller_country: ISO country of the legal entity that sells. With a buyer's VAT id the
+            sale goes ``shipFrom`` there ``shipTo`` the customer, since a reverse charge
+            depends on both ends; otherwise the customer's address is the single location.
 
     Returns:
         The model, amounts as exact ``Decimal`` in major units; ``code`` is the Stripe invoice
@@ -127,6 +162,13 @@ def build_sales_order(
         "addresses": {"singleLocation": dict(address)},
         "lines": model_lines,
     }
+    profile = tax_profile_fields(invoice)
+    model.update(profile)
+    if "businessIdentificationNo" in profile and seller_country:
+        model["addresses"] = {
+            "shipFrom": {"country": seller_country.upper()},
+            "shipTo": dict(address),
+        }
     correlation = _text(invoice.get("correlation_id"))
     if correlation is not None:
         model["referenceCode"] = correlation

@@ -26,6 +26,9 @@ AUTH_MESSAGE = "the API key was rejected (HTTP 401); set STRIPE_API_KEY to a val
 MAX_PAGE_SIZE = 100
 # Objects whose lines Stripe embeds only partly (10) and pages under /v1/{path}/{id}/lines.
 _PAGED_LINES = ("invoices", "credit_notes")
+# Includable fields Stripe leaves out unless expanded, asked for on every read of the object:
+# a customer's tax ids (its VAT id decides a reverse charge in the tax check).
+_INCLUDED: dict[str, tuple[str, ...]] = {"customers": ("tax_ids",)}
 
 Params = list[tuple[str, str | int]]
 
@@ -133,8 +136,11 @@ class StripeClient(ConnectorClient):
     def list_customers(
         self, *, created_gte: int | None = None, created_lt: int | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Every customer, newest first, optionally within a ``created`` window."""
-        return self._list("/v1/customers", _created(created_gte, created_lt))
+        """Every customer with its tax ids, newest first, optionally within a ``created``
+        window."""
+        return self._list(
+            "/v1/customers", [*_created(created_gte, created_lt), *_expand("customers", "data.")]
+        )
 
     def list_subscriptions(
         self, *, created_gte: int | None = None, created_lt: int | None = None
@@ -209,7 +215,8 @@ class StripeClient(ConnectorClient):
         """One object by id, e.g. ``retrieve("invoices", "in_...")``.
 
         An invoice or credit note comes back with every line (pages past the first 10 are
-        fetched), so a refetch after an event never keeps the event's truncated snapshot.
+        fetched), so a refetch after an event never keeps the event's truncated snapshot; a
+        customer with its tax ids (expanded, as on a listing).
 
         Raises:
             RecordMissingError: No such object (404 ``resource_missing``): it never existed or
@@ -220,7 +227,10 @@ class StripeClient(ConnectorClient):
             raise ValueError(f"stripe: bad object path or id: {object_path!r}, {object_id!r}")
         try:
             response = self.http.request(
-                "GET", f"{self._base}/v1/{object_path}/{object_id}", idempotent=True
+                "GET",
+                f"{self._base}/v1/{object_path}/{object_id}",
+                idempotent=True,
+                params=_expand(object_path, ""),
             )
         except PermanentUpstreamError as e:
             if e.status == 404 and e.code == "resource_missing":
@@ -314,6 +324,11 @@ class StripeClient(ConnectorClient):
                     SYSTEM, f"GET {path} said has_more with an empty page", status=200
                 )
             starting_after = data[-1]["id"]
+
+
+def _expand(object_path: str, prefix: str) -> Params:
+    # A list's objects sit under ``data``: ``expand[]=data.tax_ids`` there, ``tax_ids`` on one.
+    return [("expand[]", prefix + name) for name in _INCLUDED.get(object_path, ())]
 
 
 def _created(gte: int | None, lt: int | None) -> Params:

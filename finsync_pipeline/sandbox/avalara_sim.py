@@ -17,6 +17,16 @@ What it does, and where it departs from AvaTax on purpose:
   taxed with them: a correctly taxed invoice agrees with this engine to the minor unit. A
   jurisdiction outside the tables is a place without nexus: zero tax and a warning in
   ``messages[]``, as AvaTax answers for a state where the company does not collect.
+- Exemption: a request with an ``exemptionNo`` or an ``entityUseCode`` (also read as its older
+  name ``customerUsageType``, on the document or a line) is exempt: zero tax, the amount in
+  ``exemptAmount``/``totalExempt``. Only AvaTax's standard entity use codes (A to R) are known;
+  another code is a 400 on the field (a company's custom codes are not modelled).
+- Reverse charge: a sale whose ``shipTo`` is in the EU, whose ``shipFrom`` is in another
+  country, and whose ``businessIdentificationNo`` looks like a VAT id of the ``shipTo`` country
+  (its two-letter prefix, then 8 to 12 letters or digits) is a B2B cross-border supply: the
+  origin's zero rate with rate type ``ReverseCharge`` and a message saying so. Without a VAT
+  id, with a malformed one, within one country, or with a ``singleLocation`` it is taxed at the
+  destination in full. VIES is not consulted: a well-formed number is taken as registered.
 - Validation errors are 400s whose ``details[].refersTo`` points at the field
   (``lines[0].amount``, ``addresses.singleLocation.country``) with ``faultCode: "Client"``.
 - Amounts are parsed from the JSON as ``Decimal`` and written back as exact JSON numbers.
@@ -25,6 +35,7 @@ What it does, and where it departs from AvaTax on purpose:
 import base64
 import binascii
 import datetime
+import re
 import secrets
 import threading
 import time
@@ -57,6 +68,42 @@ RECORDING_TYPES = {
 US_STATE_RATES: dict[str, Decimal] = {state: rate for state, _city, _zip, rate in _US_STATES}
 COUNTRY_RATES: dict[str, Decimal] = dict(_VAT)
 _HELP = "https://developer.avalara.com/avatax/errors/"
+# AvaTax's standard entity use codes (A federal government ... E charitable, G resale ... R
+# non-resident); each one exempts the sale in this sandbox.
+ENTITY_USE_CODES = frozenset("ABCDEFGHIJKLMNPQR")
+# EU member states (Greece's VAT ids start with EL).
+EU_COUNTRIES = frozenset(
+    [
+        "AT",
+        "BE",
+        "BG",
+        "CY",
+        "CZ",
+        "DE",
+        "DK",
+        "EE",
+        "ES",
+        "FI",
+        "FR",
+        "GR",
+        "HR",
+        "HU",
+        "IE",
+        "IT",
+        "LT",
+        "LU",
+        "LV",
+        "MT",
+        "NL",
+        "PL",
+        "PT",
+        "RO",
+        "SE",
+        "SI",
+        "SK",
+    ]
+)
+_VAT_ID = re.compile(r"^(?P<prefix>[A-Z]{2})[0-9A-Z]{8,12}$")
 # ErrorCodeId numbers for the codes this sandbox answers with.
 _ERROR_NUMBERS = {"ValueRequiredError": 5, "RangeError": 6, "AuthenticationException": 34}
 
@@ -318,7 +365,25 @@ class AvalaraSimulator(Simulator):
             raise _required("lines", "lines")
         juris = jurisdiction_rate(country, region)
         messages: list[dict[str, Any]] = []
-        if juris is None:
+        exempt = self._exempt(model, "")
+        rate_type = "General"
+        origin = self._origin(model) if where == "addresses.shipTo" else None
+        if not exempt and self._reverse_charged(model, origin, country):
+            assert origin is not None
+            # The origin's zero rate: the buyer accounts for the VAT in its own country.
+            juris = (origin, origin, "Country", Decimal(0))
+            rate_type = "ReverseCharge"
+            messages.append(
+                {
+                    "summary": f"Reverse charge: B2B supply from {origin} to {country}",
+                    "details": "The buyer's VAT registration number was given in "
+                    "businessIdentificationNo; the buyer accounts for the VAT.",
+                    "refersTo": "businessIdentificationNo",
+                    "severity": "Information",
+                    "source": "Avalara.AvaTax.Services.Tax",
+                }
+            )
+        elif juris is None:
             messages.append(
                 {
                     "summary": f"No tax is collected in {country}"
@@ -338,6 +403,8 @@ class AvalaraSimulator(Simulator):
                 country=country,
                 region=region,
                 date=date[:10],
+                exempt=exempt or self._exempt(line, f"lines[{i}]"),
+                rate_type=rate_type,
             )
             for i, line in enumerate(lines)
         ]
@@ -345,6 +412,7 @@ class AvalaraSimulator(Simulator):
         total_amount = sum((ln["lineAmount"] for ln in out_lines), Decimal(0))
         total_tax = sum((ln["tax"] for ln in out_lines), Decimal(0))
         total_taxable = sum((ln["taxableAmount"] for ln in out_lines), Decimal(0))
+        total_exempt = sum((ln["exemptAmount"] for ln in out_lines), Decimal(0))
         with self._orders_lock:
             self.sales_orders_computed += 1
         modified = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
@@ -360,8 +428,11 @@ class AvalaraSimulator(Simulator):
             "currencyCode": currency,
             "customerCode": customer_code,
             "referenceCode": model.get("referenceCode"),
+            "exemptNo": model.get("exemptionNo"),
+            "entityUseCode": model.get("entityUseCode") or model.get("customerUsageType"),
+            "businessIdentificationNo": model.get("businessIdentificationNo"),
             "totalAmount": total_amount,
-            "totalExempt": Decimal(0),
+            "totalExempt": total_exempt,
             "totalDiscount": Decimal(0),
             "totalTax": total_tax,
             "totalTaxable": total_taxable,
@@ -377,6 +448,41 @@ class AvalaraSimulator(Simulator):
             "messages": messages,
         }
         return json_response(201, body)
+
+    @staticmethod
+    def _exempt(part: Any, where: str) -> bool:
+        """Whether a document (``where`` "") or a line names an exemption AvaTax honours."""
+        if not isinstance(part, dict):
+            return False
+        prefix = f"{where}." if where else ""
+        number = part.get("exemptionNo") if not where else None
+        code = part.get("entityUseCode") or part.get("customerUsageType")
+        if code is not None:
+            if not isinstance(code, str) or code.strip().upper() not in ENTITY_USE_CODES:
+                field = "entityUseCode" if part.get("entityUseCode") else "customerUsageType"
+                raise _range(
+                    prefix + field, f"Entity use code {code!r} is not defined for this company."
+                )
+            return True
+        return isinstance(number, str) and bool(number.strip())
+
+    @staticmethod
+    def _origin(model: dict[str, Any]) -> str | None:
+        origin = (model.get("addresses") or {}).get("shipFrom")
+        country = origin.get("country") if isinstance(origin, dict) else None
+        return country.strip().upper() if isinstance(country, str) and country.strip() else None
+
+    @staticmethod
+    def _reverse_charged(model: dict[str, Any], origin: str | None, destination: str) -> bool:
+        """A B2B supply into an EU country from another country, to a VAT-registered buyer."""
+        number = model.get("businessIdentificationNo")
+        if origin is None or origin == destination or destination not in EU_COUNTRIES:
+            return False
+        if not isinstance(number, str):
+            return False
+        match = _VAT_ID.match(number.replace(" ", "").upper())
+        expected = "EL" if destination == "GR" else destination
+        return match is not None and match["prefix"] == expected
 
     @staticmethod
     def _address(model: dict[str, Any]) -> tuple[str, str | None, dict[str, Any], str]:
@@ -412,6 +518,8 @@ class AvalaraSimulator(Simulator):
         country: str,
         region: str | None,
         date: str,
+        exempt: bool = False,
+        rate_type: str = "General",
     ) -> dict[str, Any]:
         where = f"lines[{index}]"
         if not isinstance(line, dict):
@@ -423,7 +531,9 @@ class AvalaraSimulator(Simulator):
         if quantity < 0:
             raise _range(f"{where}.quantity", "Quantity must not be negative.")
         rate = juris[3] if juris else Decimal(0)
-        tax = line_tax(amount, rate, currency)
+        tax = line_tax(amount, Decimal(0) if exempt else rate, currency)
+        exempt_amount = amount if exempt else Decimal(0)
+        taxable = Decimal(0) if exempt else amount
         details = []
         if juris is not None:
             code, name, juris_type, _ = juris
@@ -438,13 +548,13 @@ class AvalaraSimulator(Simulator):
                     "taxType": "Sales" if country == "US" else "Output",
                     "taxName": f"{name} STATE TAX" if country == "US" else f"{name} VAT",
                     "rate": rate,
-                    "rateType": "General",
+                    "rateType": rate_type,
                     "tax": tax,
                     "taxCalculated": tax,
-                    "taxableAmount": amount,
+                    "taxableAmount": taxable,
                     "nonTaxableAmount": Decimal(0),
-                    "exemptAmount": Decimal(0),
-                    "sourcing": "Destination",
+                    "exemptAmount": exempt_amount,
+                    "sourcing": "Origin" if rate_type == "ReverseCharge" else "Destination",
                 }
             )
         number = line.get("number")
@@ -455,8 +565,8 @@ class AvalaraSimulator(Simulator):
             "quantity": quantity,
             "lineAmount": amount,
             "discountAmount": Decimal(0),
-            "exemptAmount": Decimal(0),
-            "taxableAmount": amount,
+            "exemptAmount": exempt_amount,
+            "taxableAmount": taxable,
             "tax": tax,
             "taxCalculated": tax,
             "taxCode": line.get("taxCode") or "P0000000",
@@ -468,10 +578,10 @@ class AvalaraSimulator(Simulator):
 
     @staticmethod
     def _summary(lines: list[dict[str, Any]], country: str, region: str | None) -> list[Any]:
-        groups: dict[tuple[str, str, str, Decimal], dict[str, Any]] = {}
+        groups: dict[tuple[str, str, str, Decimal, str], dict[str, Any]] = {}
         for line in lines:
             for d in line["details"]:
-                key = (d["jurisCode"], d["jurisType"], d["taxName"], d["rate"])
+                key = (d["jurisCode"], d["jurisType"], d["taxName"], d["rate"], d["rateType"])
                 entry = groups.setdefault(
                     key,
                     {
@@ -482,7 +592,7 @@ class AvalaraSimulator(Simulator):
                         "jurisName": d["jurisName"],
                         "taxType": d["taxType"],
                         "taxName": d["taxName"],
-                        "rateType": "General",
+                        "rateType": d["rateType"],
                         "rate": d["rate"],
                         "taxable": Decimal(0),
                         "tax": Decimal(0),
@@ -491,6 +601,7 @@ class AvalaraSimulator(Simulator):
                         "exemption": Decimal(0),
                     },
                 )
+                entry["exemption"] += d["exemptAmount"]
                 entry["taxable"] += d["taxableAmount"]
                 entry["tax"] += d["tax"]
                 entry["taxCalculated"] += d["taxCalculated"]

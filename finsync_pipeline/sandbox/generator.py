@@ -492,7 +492,7 @@ def generate(spec: CompanySpec) -> Company:
     from finsync_pipeline.sandbox.invoice_shapes import plant_invoice_shapes
     from finsync_pipeline.sandbox.po_plant import plant_purchase_orders
     from finsync_pipeline.sandbox.settlement_plant import plant_settlements
-    from finsync_pipeline.sandbox.tax_plant import plant_tax_mismatches
+    from finsync_pipeline.sandbox.tax_plant import plant_tax_mismatches, plant_tax_profiles
 
     plant_tax_mismatches(company)
     plant_invoice_shapes(company)
@@ -501,6 +501,8 @@ def generate(spec: CompanySpec) -> Company:
     plant_purchase_orders(company)
     untouched = [s for s in rest if s not in unknown_entity] or subs
     _plant_deleted_draft(g, company, untouched)
+    # Last: a tax profile takes a customer no other plant touched (its own seeded PRNG).
+    plant_tax_profiles(company)
     return company
 
 

@@ -16,6 +16,15 @@ first result of a key is kept for 24 hours and replayed (``Idempotent-Replayed: 
 same key with other parameters is a 400 ``idempotency_error``; a key whose first request is
 still running is a 409. A request rejected by validation stores nothing, so it can be corrected
 and retried with the same key.
+
+``expand[]`` is honoured for what finsync reads and refused otherwise, never ignored: a
+customer's ``tax_ids`` is an includable field, absent from a customer unless asked for
+(``expand[]=tax_ids`` on a retrieve or an update, ``expand[]=data.tax_ids`` on a list), and
+then a list of its ``tax_id`` objects, empty when it has none. Invoice ``payments`` is embedded
+in every invoice here, so its expansion is accepted and changes nothing. Any other path (one
+Stripe cannot expand, one missing its ``data.`` prefix on a list, or one this sandbox does not
+expand) is Stripe's 400 ``This property cannot be expanded (<field>).``. Write endpoints other
+than the customer update take ``expand[]`` and ignore it.
 """
 
 import base64
@@ -80,6 +89,11 @@ _FILTERS: dict[str, set[str]] = {
     "charge": {"customer", "payment_intent"},
     "refund": {"charge", "payment_intent"},
     "event": {"type", "types[]", "delivery_success"},
+}
+# The expansions this sandbox makes, per object (see the module docstring).
+_EXPANDABLE: dict[str, frozenset[str]] = {
+    "customer": frozenset({"tax_ids"}),
+    "invoice": frozenset({"payments"}),
 }
 _SUB_STATUSES = {
     "incomplete",
@@ -309,19 +323,66 @@ class StripeSimulator(Simulator):
         if len(parts) == 2:
             return self._list(req, obj)
         if len(parts) == 3:
-            return self._retrieve(obj, parts[2])
+            return self._retrieve(req, obj, parts[2])
         if len(parts) == 4 and obj in _WITH_LINES and parts[3] == "lines":
             return self._lines(req, obj, parts[1], parts[2])
         raise unknown
 
     # reads ------------------------------------------------------------------------------------
-    def _retrieve(self, obj: str, rid: str) -> Response:
+    def _retrieve(self, req: Request, obj: str, rid: str) -> Response:
+        expand = self._expansions(obj, [v for k, v in req.params() if k == "expand[]"])
         row = self.store.one(
             "SELECT body FROM stripe_object WHERE object = ? AND id = ?", (obj, rid)
         )
         if row is None:
             raise StripeError(404, f"No such {obj}: '{rid}'", code="resource_missing", param="id")
-        return raw_json_response(200, row["body"])
+        (body,) = self._expanded(obj, [row["body"]], expand)
+        return raw_json_response(200, body)
+
+    @staticmethod
+    def _expansions(obj: str, paths: list[str], *, listed: bool = False) -> set[str]:
+        """The fields of ``obj`` to expand, or Stripe's 400 for a path it cannot expand."""
+        fields: set[str] = set()
+        for path in paths:
+            parts = path.split(".")
+            if listed:
+                # A list's objects are under ``data``: ``data.tax_ids``, not ``tax_ids``.
+                if parts[0] != "data" or len(parts) == 1:
+                    raise StripeError(400, f"This property cannot be expanded ({parts[0]}).")
+                parts = parts[1:]
+            if parts[0] not in _EXPANDABLE.get(obj, frozenset()):
+                raise StripeError(400, f"This property cannot be expanded ({parts[0]}).")
+            if len(parts) > 1:
+                # Nothing inside an expanded tax id or invoice payment is expanded here.
+                raise StripeError(400, f"This property cannot be expanded ({parts[1]}).")
+            fields.add(parts[0])
+        return fields
+
+    def _expanded(self, obj: str, bodies: list[str], fields: set[str]) -> list[str]:
+        """The stored bodies with the requested includable fields filled in."""
+        if obj != "customer" or "tax_ids" not in fields:
+            return bodies
+        customers = [simplejson.loads(b, use_decimal=True) for b in bodies]
+        ids = [c["id"] for c in customers]
+        owned: dict[str, list[Any]] = {i: [] for i in ids}
+        if ids:
+            marks = ",".join("?" * len(ids))
+            rows = self.store.all(
+                "SELECT customer, body FROM stripe_object WHERE object = 'tax_id' "
+                f"AND customer IN ({marks}) ORDER BY created DESC, seq DESC",
+                ids,
+            )
+            for row in rows:
+                owned[row["customer"]].append(simplejson.loads(row["body"], use_decimal=True))
+        for customer in customers:
+            customer["tax_ids"] = {
+                "object": "list",
+                "data": owned[customer["id"]],
+                "has_more": False,
+                "total_count": len(owned[customer["id"]]),
+                "url": f"/v1/customers/{customer['id']}/tax_ids",
+            }
+        return [simplejson.dumps(c, use_decimal=True) for c in customers]
 
     @staticmethod
     def _int(params: dict[str, list[str]], name: str) -> int | None:
@@ -362,6 +423,7 @@ class StripeSimulator(Simulator):
             if key not in allowed:
                 raise StripeError(400, f"Received unknown parameter: {key}", param=key)
         limit, after, before = self._page_args(params)
+        expand = self._expansions(obj, params.get("expand[]", []), listed=True)
         where = ["object = ?"]
         args: list[Any] = [obj]
         for op, sql in (("gte", ">="), ("gt", ">"), ("lt", "<"), ("lte", "<=")):
@@ -460,7 +522,7 @@ class StripeSimulator(Simulator):
         )
         rows = self.store.all(sql, [*args, limit + 1])
         has_more = len(rows) > limit
-        bodies = [r["body"] for r in rows[:limit]]
+        bodies = self._expanded(obj, [r["body"] for r in rows[:limit]], expand)
         if order == "ASC":
             bodies.reverse()
         return self._envelope(f"/v1/{req.path.split('/')[2]}", bodies, has_more)
@@ -544,6 +606,8 @@ class StripeSimulator(Simulator):
             if key not in {"limit", "starting_after", "ending_before", "expand[]"}:
                 raise StripeError(400, f"Received unknown parameter: {key}", param=key)
         limit, after, before = self._page_args(params)
+        # Nothing on a line is expanded here: an expansion is refused rather than ignored.
+        self._expansions("line_item", params.get("expand[]", []), listed=True)
         where = "invoice = ?"
         args: list[Any] = [invoice_id]
         order = "ASC"
@@ -759,6 +823,7 @@ class StripeSimulator(Simulator):
     ) -> Response:
         fields = {"name", "email", "description", "phone", "metadata"}
         flat = self._check_form(form, fields | {"expand[]"})
+        expand = self._expansions("customer", [v for k, v in form if k == "expand[]"])
         customer = self._load("customer", customer_id)
         previous: dict[str, Any] = {}
         metadata = dict(customer.get("metadata") or {})
@@ -787,7 +852,8 @@ class StripeSimulator(Simulator):
             self._save(conn, customer)
             if previous:
                 self._emit(conn, req, "customer.updated", customer, previous)
-        return json_response(200, customer)
+        (body,) = self._expanded("customer", [simplejson.dumps(customer, use_decimal=True)], expand)
+        return raw_json_response(200, body)
 
     def _create_refund(self, req: Request, form: list[tuple[str, str]]) -> Response:
         flat = self._check_form(

@@ -45,6 +45,15 @@ class Customer(Lineage):
         description="Tax profile from billing: taxable (none), exempt, or reverse charge",
     )
     has_tax_id: Series[int] = pa.Field(isin=[0, 1], description="A tax id is on file (1)")
+    tax_id: Series[str] = pa.Field(
+        nullable=True, description="The buyer's VAT id (first VAT-type Stripe tax id)"
+    )
+    tax_exemption_number: Series[str] = pa.Field(
+        nullable=True, description="Exemption certificate number (Stripe metadata)"
+    )
+    tax_entity_use_code: Series[str] = pa.Field(
+        nullable=True, description="Tax engine entity use code, e.g. E charitable (metadata)"
+    )
     currency: Series[str] = pa.Field(iso_currency=(), description="Billing currency")
     country: Series[str] = pa.Field(nullable=True, description="Billing country")
     po_required: Series[int] = pa.Field(isin=[0, 1], description="A PO number is required")

@@ -458,3 +458,39 @@ def test_a_404_without_a_deletion_event_fails_naming_the_invoice(
             {"s": "stripe_invoice_changes"},
         ).scalar_one()
     assert cursor == 0  # the cursor does not move past a change it could not land
+
+
+def test_a_customer_changed_by_an_event_keeps_its_tax_ids(
+    resources: dict[str, Any], sandbox: Sandbox, company: Company, url: str
+) -> None:
+    customers = _definitions({"stripe_customers"})
+
+    def payload(customer_id: str) -> dict[str, Any]:
+        with create_engine(url).connect() as conn:
+            return dict(
+                ledger.loads(
+                    conn.execute(
+                        sa.text("SELECT payload FROM stripe_customers WHERE source_id = :id"),
+                        {"id": customer_id},
+                    ).scalar_one()
+                )
+            )
+
+    first = dg.materialize(customers, resources=resources, instance=dg.DagsterInstance.ephemeral())
+    assert first.success
+    (planted,) = company.planted["reverse_charge_customer"]
+    (vat,) = payload(planted["id"])["tax_ids"]["data"]
+    env = sandbox.env
+    with StripeClient(api_key=env["STRIPE_API_KEY"], api_base=env["STRIPE_API_BASE"]) as client:
+        client.post(
+            f"/v1/customers/{planted['id']}",
+            {"description": "VAT id checked"},
+            idempotency_key="t-vat-customer-edit",
+        )
+    # The change arrives as an event, whose snapshot has no tax ids (Stripe leaves the
+    # includable field out): the landed customer must still carry them.
+    again = dg.materialize(customers, resources=resources, instance=dg.DagsterInstance.ephemeral())
+    assert again.success
+    landed = payload(planted["id"])
+    assert landed["description"] == "VAT id checked"
+    assert landed["tax_ids"]["data"] == [vat]

@@ -189,6 +189,58 @@ def test_metadata_reports_figures_per_currency_and_requests(
     assert LICENSE_KEY not in repr(meta)
 
 
+def test_exempt_and_reverse_charge_customers_raise_no_tax_mismatch(
+    checked: tuple[dg.ExecuteInProcessResult, dict[str, Any]], sandbox: Sandbox
+) -> None:
+    result, resources = checked
+    assert result.success
+    url = resources["warehouse"].url
+    planted = sandbox.planted()
+    (exempt,) = planted["tax_exempt_customer"]
+    (reverse,) = planted["reverse_charge_customer"]
+    profiles = {
+        r.stripe_customer_id: r
+        for r in _rows(
+            url,
+            "SELECT stripe_customer_id, tax_exempt, has_tax_id, tax_id, tax_exemption_number "
+            "FROM customers WHERE stripe_customer_id IN (:a, :b)",
+            a=exempt["id"],
+            b=reverse["id"],
+        )
+    }
+    # The profile reached the canonical customer from Stripe: the VAT id only because the
+    # extract asked for it (expand[]=data.tax_ids).
+    assert profiles[exempt["id"]].tax_exempt == "exempt"
+    assert profiles[exempt["id"]].tax_exemption_number
+    assert profiles[reverse["id"]].tax_exempt == "reverse"
+    assert profiles[reverse["id"]].has_tax_id == 1
+    assert profiles[reverse["id"]].tax_id.startswith(("FR", "NL"))
+    checks = _rows(
+        url,
+        "SELECT c.invoice_id, c.billed_tax_minor, c.engine_tax_minor, c.within_tolerance, "
+        "i.stripe_customer_id FROM invoice_tax_checks c "
+        "JOIN invoices i ON i.invoice_id = c.invoice_id WHERE i.stripe_customer_id IN (:a, :b)",
+        a=exempt["id"],
+        b=reverse["id"],
+    )
+    assert {r.stripe_customer_id for r in checks} == {exempt["id"], reverse["id"]}
+    # Stripe billed no tax, and AvaTax, told of the exemption and the VAT id, agrees.
+    assert all(
+        (r.billed_tax_minor, r.engine_tax_minor, r.within_tolerance) == (0, 0, 1) for r in checks
+    )
+    mismatched = {
+        r.source_id
+        for r in _rows(
+            url,
+            "SELECT source_id FROM finance_exceptions WHERE kind = 'tax_mismatch' "
+            "AND status = 'open'",
+        )
+    }
+    assert not mismatched & {r.invoice_id for r in checks}
+    # The real mismatch is still caught.
+    assert mismatched == {p["id"] for p in planted["tax_mismatch"]}
+
+
 def test_fixed_invoice_resolves_and_lost_address_opens_an_exception(
     checked: tuple[dg.ExecuteInProcessResult, dict[str, Any]],
     sandbox: Sandbox,

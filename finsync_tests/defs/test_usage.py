@@ -246,3 +246,53 @@ def test_rerunning_a_range_replaces_it_exactly(
     after = _frame(warehouse_url, "SELECT * FROM usage_daily ORDER BY 1, 2, 3")
     strip = [{k: v for k, v in r.items() if k != "run_id"} for r in before]
     assert strip == [{k: v for k, v in r.items() if k != "run_id"} for r in after]
+
+
+def _run_day(url: str, metering: MeteringResource, day: dt.date) -> dg.ExecuteInProcessResult:
+    """What the daily schedule runs of usage for one partition."""
+    return dg.materialize(
+        [usage_events, usage_events_contract, usage_daily],
+        resources={
+            "warehouse": WarehouseResource(url=url),
+            "settings": PipelineSettings(max_bad_share=0.5),
+            "metering": metering,
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+        partition_key=day.isoformat(),
+    )
+
+
+def test_usage_ingested_after_its_day_ran_is_aggregated_by_the_next_run(
+    warehouse_url: str, metering: MeteringResource, clock: Clock
+) -> None:
+    _seed_subscriptions(warehouse_url)
+    client = metering.get_client()
+    client.ingest([ev("e01", "sub_A", "api_calls", 10, "2026-09-01T01:00:00Z")])
+    assert _run_day(warehouse_url, metering, FIRST).success
+    # A day with no usage at all ran too.
+    assert _run_day(warehouse_url, metering, LAST).success
+    totals = "SELECT usage_date, quantity, events FROM usage_daily ORDER BY usage_date"
+    assert [(r["usage_date"], int(r["quantity"])) for r in _frame(warehouse_url, totals)] == [
+        ("2026-09-01", 10)
+    ]
+
+    # A producer's backlog arrives an hour later: usage of September 1 and 2, after both ran.
+    clock.now = T0 + 3600
+    client.ingest(
+        [
+            ev("e02", "sub_A", "api_calls", 5, "2026-09-01T13:00:00Z"),
+            ev("e03", "sub_B", "api_calls", 7, "2026-09-02T02:00:00Z"),
+            ev("e04", "sub_A", "api_calls", 1, "2026-09-03T00:00:00Z"),
+        ]
+    )
+    result = _run_day(warehouse_url, metering, LAST + dt.timedelta(days=1))
+    assert result.success
+    assert [
+        (r["usage_date"], int(r["quantity"]), int(r["events"]))
+        for r in _frame(warehouse_url, totals)
+    ] == [("2026-09-01", 15, 2), ("2026-09-02", 7, 1), ("2026-09-03", 1, 1)]
+    late = _metadata(result, "usage_daily")["older days aggregated again (late events)"]
+    assert late == ["2026-09-01", "2026-09-02"]
+    # Nothing new: the next run aggregates no older day again.
+    again = _run_day(warehouse_url, metering, LAST + dt.timedelta(days=1))
+    assert _metadata(again, "usage_daily")["older days aggregated again (late events)"] == []

@@ -80,6 +80,25 @@ def stripe_customers() -> pd.DataFrame:
     )
 
 
+def test_the_tax_profile_comes_from_the_billing_customer() -> None:
+    billing = stripe_customers().assign(
+        tax_exempt=["none", "reverse", "exempt"],
+        tax_id_count=pd.array([0, 1, 0], dtype="Int64"),
+        tax_id=[None, "FR40303265045", None],
+        tax_exemption_number=[None, None, "EX-7"],
+        tax_entity_use_code=[None, None, "E"],
+    )
+    out = build_customers(accounts(), billing, "run-1").set_index("customer_key")
+    child, parent = out.loc["001CHILD"], out.loc["001PARENT"]
+    assert (child["tax_exempt"], child["has_tax_id"], child["tax_id"]) == (
+        "reverse",
+        1,
+        "FR40303265045",
+    )
+    assert (parent["tax_exemption_number"], parent["tax_entity_use_code"]) == ("EX-7", "E")
+    assert pd.isna(parent["tax_id"]) and pd.isna(out.loc["001ORPHAN", "tax_exemption_number"])
+
+
 def test_build_customers_places_each_account_in_its_hierarchy() -> None:
     out = build_customers(accounts(), stripe_customers(), "run-1").set_index("customer_key")
     assert list(out.index) == ["001CHILD", "001ORPHAN", "001PARENT"]

@@ -196,9 +196,21 @@ def test_stripe_customers_keep_their_salesforce_link() -> None:
                 "name": "Acme",
                 "currency": "eur",
                 "created": 1,
-                "metadata": {"salesforce_account_id": "001A", "legal_entity": "EU01"},
+                "metadata": {
+                    "salesforce_account_id": "001A",
+                    "legal_entity": "EU01",
+                    "tax_exemption_number": "EX-1",
+                    "tax_entity_use_code": "E",
+                },
                 "tax_exempt": "reverse",
-                "tax_ids": {"data": [{"type": "eu_vat", "value": "DE123456789"}]},
+                "tax_ids": {
+                    "data": [
+                        # An OSS registration is the seller's scheme, not the buyer's VAT id.
+                        {"type": "eu_oss_vat", "value": "EU372000041"},
+                        {"type": "us_ein", "value": "12-3456789"},
+                        {"type": "eu_vat", "value": "DE123456789"},
+                    ]
+                },
             },
             {"id": "cus_2", "created": "yesterday", "metadata": None},
         ]
@@ -210,10 +222,14 @@ def test_stripe_customers_keep_their_salesforce_link() -> None:
         "salesforce_account_id": "001A",
         "legal_entity": "EU01",
         "tax_exempt": "reverse",
-        "tax_id_count": 1,
+        "tax_id_count": 3,
+        "tax_id": "DE123456789",
+        "tax_exemption_number": "EX-1",
+        "tax_entity_use_code": "E",
         "created": 1,
     }
     assert pd.isna(frame.iloc[1]["salesforce_account_id"])
+    assert pd.isna(frame.iloc[1]["tax_id"]) and frame.iloc[1]["tax_id_count"] == 0
     assert pd.isna(frame.iloc[1]["created"])
 
 

@@ -220,3 +220,113 @@ def test_jurisdiction_names_place_and_rate(result: dict[str, Any], expected: str
 def test_tax_kinds_go_to_the_tax_queue() -> None:
     assert EXCEPTION_KINDS["tax_mismatch"] == ("high", "tax")
     assert EXCEPTION_KINDS["tax_address_missing"][1] == "tax"
+
+
+FR_ADDRESS = {"city": "Paris", "country": "FR", "postalCode": "75001"}
+
+
+@pytest.mark.parametrize(
+    ("profile", "expected"),
+    [
+        pytest.param(
+            {"tax_exempt": "exempt", "tax_exemption_number": "EX-2026-0042"},
+            {"exemptionNo": "EX-2026-0042"},
+            id="exempt-with-certificate",
+        ),
+        pytest.param(
+            {"tax_exempt": "exempt", "tax_entity_use_code": "E"},
+            {"entityUseCode": "E"},
+            id="exempt-charity-by-entity-use-code",
+        ),
+        pytest.param(
+            {
+                "tax_exempt": "exempt",
+                "tax_exemption_number": "EX-1",
+                "tax_entity_use_code": "G",
+            },
+            {"exemptionNo": "EX-1", "entityUseCode": "G"},
+            id="exempt-with-both",
+        ),
+        pytest.param(
+            # An exemption on file for a taxable customer is not applied: Stripe billed tax.
+            {"tax_exempt": "none", "tax_exemption_number": "EX-1", "tax_entity_use_code": "G"},
+            {},
+            id="taxable-customer-keeps-no-stale-exemption",
+        ),
+        pytest.param({"tax_exempt": "none"}, {}, id="normal"),
+        pytest.param({}, {}, id="no-profile"),
+    ],
+)
+def test_an_exempt_customer_sends_its_exemption(
+    profile: dict[str, Any], expected: dict[str, str]
+) -> None:
+    address, _ = address_from_account(ACCOUNT)
+    assert address is not None
+    model = build_sales_order(
+        _invoice(**profile), _lines([10000]), address, "FINSYNC", seller_country="US"
+    )
+    sent = {k: model[k] for k in ("exemptionNo", "entityUseCode") if k in model}
+    assert sent == expected
+    assert "businessIdentificationNo" not in model
+    # A sale with no VAT id is taxed where it is consumed: one location, as before.
+    assert set(model["addresses"]) == {"singleLocation"}
+
+
+def test_a_reverse_charge_customer_sends_its_vat_id_and_both_ends_of_the_sale() -> None:
+    model = build_sales_order(
+        _invoice(currency="EUR", tax_exempt="reverse", tax_id="FR40303265045"),
+        _lines([10000], "EUR"),
+        FR_ADDRESS,
+        "FINSYNC",
+        seller_country="DE",
+    )
+    assert model["businessIdentificationNo"] == "FR40303265045"
+    # Reverse charge is decided by where the sale goes from and to: the seller's country and
+    # the buyer's address, never a single location.
+    assert model["addresses"] == {"shipFrom": {"country": "DE"}, "shipTo": FR_ADDRESS}
+    assert "exemptionNo" not in model and "entityUseCode" not in model
+
+
+def test_a_vat_id_on_file_goes_to_avatax_whatever_stripe_charged() -> None:
+    # Stripe billed VAT, but the buyer gave a VAT id: AvaTax decides, and a difference is a
+    # real finding for the tax team.
+    model = build_sales_order(
+        _invoice(currency="EUR", tax_exempt="none", tax_id="DE811907980"),
+        _lines([10000], "EUR"),
+        {"country": "DE", "city": "Berlin"},
+        "FINSYNC",
+        seller_country="DE",
+    )
+    assert model["businessIdentificationNo"] == "DE811907980"
+    assert model["addresses"]["shipFrom"] == {"country": "DE"}
+
+
+def test_a_reverse_charge_customer_without_a_vat_id_is_sent_as_taxable() -> None:
+    model = build_sales_order(
+        _invoice(currency="EUR", tax_exempt="reverse", tax_id=None),
+        _lines([10000], "EUR"),
+        FR_ADDRESS,
+        "FINSYNC",
+        seller_country="DE",
+    )
+    assert "businessIdentificationNo" not in model
+    assert set(model["addresses"]) == {"singleLocation"}
+
+
+@pytest.mark.parametrize(
+    "blank", [None, float("nan"), "", "  "], ids=["none", "nan", "empty", "spaces"]
+)
+def test_blank_profile_values_are_not_sent(blank: Any) -> None:
+    model = build_sales_order(
+        _invoice(
+            tax_exempt="exempt",
+            tax_exemption_number=blank,
+            tax_entity_use_code=blank,
+            tax_id=blank,
+        ),
+        _lines([10000]),
+        {"country": "US", "region": "CA"},
+        "FINSYNC",
+        seller_country="US",
+    )
+    assert not {"exemptionNo", "entityUseCode", "businessIdentificationNo"} & set(model)

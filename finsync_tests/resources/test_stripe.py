@@ -340,3 +340,20 @@ def test_encode_form_uses_bracket_notation(params: dict, expected: list) -> None
 def test_encode_form_refuses_float_amounts() -> None:
     with pytest.raises(TypeError, match="amount"):
         encode_form({"amount": 10.5})
+
+
+def test_customers_come_with_their_tax_ids(
+    sandbox: Sandbox, company: Company, options: HttpOptions
+) -> None:
+    # Stripe leaves tax_ids out of a customer unless asked: the connector always asks.
+    stripe = client(sandbox, options, page_size=7)
+    customers = {c["id"]: c for c in stripe.list_customers()}
+    assert all(c["tax_ids"]["object"] == "list" for c in customers.values())
+    (planted,) = company.planted["reverse_charge_customer"]
+    (vat,) = customers[planted["id"]]["tax_ids"]["data"]
+    assert vat["type"] == "eu_vat"
+    one = stripe.retrieve("customers", planted["id"])
+    assert one["tax_ids"]["data"] == [vat]
+    # Other objects are retrieved as they are: nothing to expand there.
+    invoice = company.stripe["invoice"][0]["id"]
+    assert "tax_ids" not in stripe.retrieve("invoices", invoice)

@@ -281,3 +281,91 @@ def test_rate_limit_answers_429_with_retry_after(avatax: tuple[AvalaraSimulator,
     assert limited.headers["Retry-After"] == "7"
     assert limited.json()["error"]["code"] == "TooManyRequests"
     assert _post(url, _order()).status_code == 201
+
+
+def _cross_border(*, ship_from: str = "DE", ship_to: str = "FR", **extra: Any) -> dict[str, Any]:
+    model = _order(country=ship_to, region=None, currency="EUR", amounts=("100.00",), **extra)
+    model["addresses"] = {
+        "shipFrom": {"country": ship_from},
+        "shipTo": {"city": "Paris", "country": ship_to},
+    }
+    return model
+
+
+@pytest.mark.parametrize(
+    "exemption",
+    [
+        pytest.param({"exemptionNo": "EX-2026-0042"}, id="exemption-number"),
+        pytest.param({"entityUseCode": "E"}, id="entity-use-code-charitable"),
+        pytest.param({"customerUsageType": "G"}, id="legacy-customer-usage-type-resale"),
+    ],
+)
+def test_an_exempt_sale_is_untaxed_and_reports_the_exempt_amount(
+    avatax: tuple[AvalaraSimulator, str], exemption: dict[str, str]
+) -> None:
+    _, url = avatax
+    response = _post(url, _order(amounts=("100.00", "20.00"), **exemption))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["totalTax"] == 0
+    assert body["totalExempt"] == 120
+    assert body["totalTaxable"] == 0
+    assert all(line["exemptAmount"] == line["lineAmount"] for line in body["lines"])
+
+
+def test_an_unknown_entity_use_code_is_refused_on_its_field(
+    avatax: tuple[AvalaraSimulator, str],
+) -> None:
+    _, url = avatax
+    response = _post(url, _order(entityUseCode="ZZ"))
+    assert response.status_code == 400
+    assert response.json()["error"]["details"][0]["refersTo"] == "entityUseCode"
+
+
+def test_an_eu_b2b_sale_across_borders_is_reverse_charged(
+    avatax: tuple[AvalaraSimulator, str],
+) -> None:
+    _, url = avatax
+    response = _post(url, _cross_border(businessIdentificationNo="FR40303265045"))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["totalTax"] == 0
+    (summary,) = body["summary"]
+    assert Decimal(str(summary["rate"])) == 0 and summary["rateType"] == "ReverseCharge"
+    assert any("reverse charge" in m["summary"].lower() for m in body["messages"])
+
+
+@pytest.mark.parametrize(
+    ("model", "tax"),
+    [
+        pytest.param(_cross_border(), "20.00", id="no-vat-id-is-b2c"),
+        pytest.param(
+            _cross_border(businessIdentificationNo="not a vat id"), "20.00", id="malformed-vat-id"
+        ),
+        pytest.param(
+            _cross_border(businessIdentificationNo="DE811907980"),
+            "20.00",
+            id="vat-id-of-another-country",
+        ),
+        pytest.param(
+            _cross_border(ship_from="FR", businessIdentificationNo="FR40303265045"),
+            "20.00",
+            id="domestic-b2b",
+        ),
+        pytest.param(
+            {
+                **_order(country="FR", region=None, currency="EUR", amounts=("100.00",)),
+                "businessIdentificationNo": "FR40303265045",
+            },
+            "20.00",
+            id="single-location-is-domestic",
+        ),
+    ],
+)
+def test_anything_short_of_cross_border_b2b_is_taxed_in_full(
+    avatax: tuple[AvalaraSimulator, str], model: dict[str, Any], tax: str
+) -> None:
+    _, url = avatax
+    response = _post(url, model)
+    assert response.status_code == 201, response.text
+    assert Decimal(str(response.json()["totalTax"])) == Decimal(tax)

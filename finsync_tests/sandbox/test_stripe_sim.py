@@ -529,3 +529,63 @@ def test_an_invoice_serves_custom_fields_as_stripe_does_and_takes_a_po_after_fin
     assert cleared.status_code == 200
     assert cleared.json()["custom_fields"] is None
     assert "po_number" not in cleared.json()["metadata"]
+
+
+def _reverse_charge_customer(company: Company) -> str:
+    (planted,) = company.planted["reverse_charge_customer"]
+    return str(planted["id"])
+
+
+def test_customer_tax_ids_appear_only_when_expanded(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    customer_id = _reverse_charge_customer(company)
+    plain = _list_all(http, sandbox, "/v1/customers")
+    assert plain and all("tax_ids" not in c for c in plain)
+    expanded = _list_all(http, sandbox, "/v1/customers", **{"expand[]": "data.tax_ids"})
+    assert [c["id"] for c in expanded] == [c["id"] for c in plain]
+    by_id = {c["id"]: c for c in expanded}
+    for customer in expanded:
+        tax_ids = customer["tax_ids"]
+        assert tax_ids["object"] == "list" and tax_ids["has_more"] is False
+        assert tax_ids["url"] == f"/v1/customers/{customer['id']}/tax_ids"
+    (vat,) = by_id[customer_id]["tax_ids"]["data"]
+    assert vat["object"] == "tax_id" and vat["type"] == "eu_vat"
+    assert vat["customer"] == customer_id and vat["id"].startswith("txi_")
+    assert vat["value"].startswith(by_id[customer_id]["address"]["country"])
+    # Customers without a tax id have an empty list, not a missing field, once expanded.
+    assert sum(1 for c in expanded if c["tax_ids"]["data"]) == len(company.stripe["tax_id"])
+
+    one = _get(http, sandbox, f"/v1/customers/{customer_id}").json()
+    assert "tax_ids" not in one
+    one = _get(http, sandbox, f"/v1/customers/{customer_id}", **{"expand[]": "tax_ids"}).json()
+    assert one["tax_ids"]["data"] == [vat]
+
+
+@pytest.mark.parametrize(
+    ("path", "expand", "shown"),
+    [
+        pytest.param("/v1/customers", "tax_ids", "tax_ids", id="list-without-data-prefix"),
+        pytest.param("/v1/customers", "data.nonsense", "nonsense", id="unknown-field"),
+        pytest.param("/v1/customers", "data.name", "name", id="plain-field"),
+        pytest.param("/v1/invoices", "data.tax_ids", "tax_ids", id="field-of-another-object"),
+        pytest.param("{customer}", "data.tax_ids", "data", id="retrieve-with-list-prefix"),
+    ],
+)
+def test_an_expand_stripe_cannot_make_is_refused(
+    http: requests.Session, sandbox: Sandbox, company: Company, path: str, expand: str, shown: str
+) -> None:
+    path = path.replace("{customer}", f"/v1/customers/{_reverse_charge_customer(company)}")
+    response = _get(http, sandbox, path, **{"expand[]": expand})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"] == f"This property cannot be expanded ({shown})."
+
+
+def test_invoice_payments_stay_listed_when_expanded(
+    http: requests.Session, sandbox: Sandbox
+) -> None:
+    response = _get(http, sandbox, "/v1/invoices", limit=3, **{"expand[]": "data.payments"})
+    assert response.status_code == 200
+    assert all(i["payments"]["object"] == "list" for i in response.json()["data"])

@@ -11,6 +11,9 @@ CREATE TABLE IF NOT EXISTS customers (
     legal_entity            TEXT,
     tax_exempt              TEXT,
     has_tax_id              INTEGER NOT NULL DEFAULT 0,
+    tax_id                  TEXT,                        -- the buyer's VAT id
+    tax_exemption_number    TEXT,
+    tax_entity_use_code     TEXT,
     currency                TEXT,
     country                 TEXT,
     po_required             INTEGER NOT NULL,

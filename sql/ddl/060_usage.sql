@@ -42,3 +42,13 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     run_id              TEXT NOT NULL,
     PRIMARY KEY (usage_date, subscription_id, meter)
 );
+
+-- Each day usage_daily has aggregated, and the newest ingestion time among the events it
+-- counted then: an event the metering service ingests later for that day (a producer's
+-- backlog, a late batch) is newer, so the next run aggregates that day again.
+CREATE TABLE IF NOT EXISTS usage_days (
+    usage_date          TEXT NOT NULL PRIMARY KEY,
+    ingested_through    TEXT NOT NULL,               -- '' for a day that had no events
+    aggregated_at       TEXT NOT NULL,
+    run_id              TEXT NOT NULL
+);

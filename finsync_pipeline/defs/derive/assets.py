@@ -129,10 +129,12 @@ def invoice_ready_transactions(
         customers = read_frame(
             conn, "SELECT customer_key, legal_entity, po_required FROM customers"
         )
-        # Invoices posted before their account required a PO, or before finsync read POs.
+        # Invoices posted before their account required a PO, or before finsync read POs (a
+        # net-negative one posted as a credit memo, its source the invoice too).
         in_erp = read_frame(
             conn,
-            "SELECT source_id FROM posting_ledger WHERE erp = :erp AND doc_type = 'invoice' "
+            "SELECT source_id FROM posting_ledger WHERE erp = :erp "
+            "AND doc_type IN ('invoice', 'credit_memo') "
             "AND state IN ('posted', 'in_flight') AND partition_date >= :date_from "
             "AND partition_date < :date_to",
             {"erp": ERP, **rng},

@@ -10,6 +10,7 @@ from finsync_pipeline.errors import PermanentUpstreamError
 from finsync_pipeline.landing import amounts_by_currency, load_payloads, sample, sync_exceptions
 from finsync_pipeline.logic.derive import LIVE_INVOICE_STATUSES
 from finsync_pipeline.logic.tax import address_from_account, build_sales_order, compare_tax
+from finsync_pipeline.master_data import load_master_data
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
 from finsync_pipeline.resources.avalara import AvalaraResource
 from finsync_pipeline.resources.settings import PipelineSettings
@@ -56,14 +57,17 @@ def invoice_tax_checks(
     """Every live invoice's billed tax checked against the tax Avalara AvaTax computes for the
     customer's billing address (a SalesOrder estimate, never committed). A difference beyond
     the tolerance, or a customer without a usable address, goes to the tax queue as a finance
-    exception; it resolves itself once a later run finds the invoice right."""
+    exception; it resolves itself once a later run finds the invoice right. An exempt
+    customer's exemption and a buyer's VAT id go with the estimate, so AvaTax applies the
+    exemption or the reverse charge Stripe billed."""
     date_from, date_to = date_bounds(context)
     engine = warehouse.get_engine()
     bounds = {"date_from": date_from, "date_to": date_to}
     with engine.connect() as conn:
         invoices = read_frame(
             conn,
-            "SELECT i.*, c.legal_entity FROM invoices i "
+            "SELECT i.*, c.legal_entity, c.tax_exempt, c.tax_id, c.tax_exemption_number, "
+            "c.tax_entity_use_code FROM invoices i "
             "LEFT JOIN customers c ON c.customer_key = i.customer_key "
             "WHERE i.partition_date >= :date_from AND i.partition_date < :date_to",
             bounds,
@@ -75,6 +79,8 @@ def invoice_tax_checks(
             bounds,
         )
         accounts = load_payloads(conn, "salesforce_accounts")
+    # The seller's country: where a reverse-charged sale goes from.
+    seller_country = {code: e.country for code, e in load_master_data().legal_entities.items()}
     live = invoices[invoices["status"].isin(LIVE_INVOICE_STATUSES)].sort_values("invoice_id")
     account_of = dict(zip(accounts["source_id"], accounts["payload"], strict=True))
     lines_of = {k: g for k, g in lines.groupby("invoice_id")}
@@ -96,7 +102,11 @@ def invoice_tax_checks(
             (
                 invoice_id,
                 build_sales_order(
-                    inv, lines_of.get(invoice_id, lines.iloc[0:0]), address, avalara.company_code
+                    inv,
+                    lines_of.get(invoice_id, lines.iloc[0:0]),
+                    address,
+                    avalara.company_code,
+                    seller_country=seller_country.get(str(inv.get("legal_entity"))),
                 ),
             )
         )

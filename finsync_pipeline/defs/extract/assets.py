@@ -290,18 +290,32 @@ def _stripe_changes(
     table: str,
     lister: Callable[..., Iterator[dict[str, Any]]],
     event_types: list[str],
+    refetch: str | None = None,
 ) -> dg.MaterializeResult:
-    """Keep a master-data table current from its cursor (see ``_read_stripe_changes``)."""
+    """Keep a master-data table current from its cursor (see ``_read_stripe_changes``).
+
+    ``refetch`` (an object path such as ``customers``) retrieves every object an event changed:
+    an event's snapshot leaves out the includable fields a listing expands (a customer's
+    ``tax_ids``), and landing it as is would lose them.
+    """
     engine = warehouse.get_engine()
     changes = _read_stripe_changes(
         engine, client, stream=table, lister=lister, event_types=event_types
     )
+    records = changes.objects
+    if refetch is not None:
+        records = [
+            client.retrieve(refetch, oid)
+            if (oid := str(obj.get("id"))) in changes.from_events and oid not in changes.deleted
+            else obj
+            for obj in records
+        ]
     count = land_changes(
         engine,
         table=table,
         system="stripe",
         stream=table,
-        records=changes.objects,
+        records=records,
         id_key="id",
         created_date=_created,
         updated_at=_stripe_updated,
@@ -393,6 +407,7 @@ def stripe_customers(
         table="stripe_customers",
         lister=client.list_customers,
         event_types=["customer.created", "customer.updated"],
+        refetch="customers",
     )
 
 

@@ -198,6 +198,52 @@ def aggregate_usage(conn: Connection, date_from: str, date_to: str, run_id: str)
     return int(result.rowcount or 0)
 
 
+# The most older days one run aggregates again for events ingested after they ran.
+LATE_DAYS_PER_RUN = 31
+
+
+def record_aggregated(conn: Connection, date_from: str, date_to: str, run_id: str) -> None:
+    """Record every day of [date_from, date_to) as aggregated through its newest event."""
+    newest: dict[str, str] = dict(
+        conn.execute(
+            sa.text(
+                "SELECT event_date, MAX(ingested_at) FROM usage_events "
+                "WHERE event_date >= :date_from AND event_date < :date_to GROUP BY event_date"
+            ),
+            {"date_from": date_from, "date_to": date_to},
+        ).all()
+    )
+    at = pd.Timestamp.now(tz="UTC").isoformat()
+    days = pd.date_range(date_from, pd.Timestamp(date_to) - pd.Timedelta(days=1), freq="D")
+    rows = [
+        {
+            "usage_date": day,
+            "ingested_through": newest.get(day) or "",
+            "aggregated_at": at,
+            "run_id": run_id,
+        }
+        for day in (d.date().isoformat() for d in days)
+    ]
+    upsert_rows(conn, "usage_days", rows, ["usage_date"])
+
+
+def late_days(conn: Connection, date_from: str, date_to: str) -> list[str]:
+    """Days outside [date_from, date_to) aggregated before, for which the metering service
+    has since ingested events (oldest first, at most ``LATE_DAYS_PER_RUN``)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT e.event_date FROM usage_events e "
+            "JOIN usage_days d ON d.usage_date = e.event_date "
+            "WHERE e.event_date < :date_from OR e.event_date >= :date_to "
+            "GROUP BY e.event_date, d.ingested_through "
+            "HAVING MAX(e.ingested_at) > d.ingested_through "
+            "ORDER BY e.event_date LIMIT :limit"
+        ),
+        {"date_from": date_from, "date_to": date_to, "limit": LATE_DAYS_PER_RUN},
+    )
+    return [str(r[0]) for r in rows]
+
+
 def unknown_subjects(conn: Connection, date_from: str, date_to: str) -> pd.DataFrame:
     """Finance exceptions for subjects of the range that match no subscription."""
     found = read_frame(
@@ -245,20 +291,34 @@ def usage_daily(
 ) -> dg.MaterializeResult:
     """Usage per day, subscription and meter, ready to bill: each event counted once, events
     that broke their contract left out (they wait in quarantine), and usage whose subject
-    matches no subscription raised as a finance exception for revops instead of dropped."""
+    matches no subscription raised as a finance exception for revops instead of dropped. An
+    older day for which the metering service ingested events after it ran is aggregated
+    again, so late usage is never left out."""
     date_from, date_to = date_bounds(context)
     run_id = context.run.run_id
     with warehouse.get_engine().begin() as conn:
         subjects = refresh_subjects(conn)
-        aggregate_usage(conn, date_from, date_to, run_id)
-        found = unknown_subjects(conn, date_from, date_to)
-        synced = sync_exceptions(
-            conn,
-            found,
-            detected_by="usage_daily",
-            kinds=[UNKNOWN_SUBJECT],
-            date_from=date_from,
-            date_to=date_to,
+        late = late_days(conn, date_from, date_to)
+        ranges = [(date_from, date_to)] + [
+            (day, (pd.Timestamp(day) + pd.Timedelta(days=1)).date().isoformat()) for day in late
+        ]
+        found_by_range = []
+        synced = {"auto_resolved": 0}
+        for lo, hi in ranges:
+            aggregate_usage(conn, lo, hi, run_id)
+            record_aggregated(conn, lo, hi, run_id)
+            found_by_range.append(unknown_subjects(conn, lo, hi))
+            done = sync_exceptions(
+                conn,
+                found_by_range[-1],
+                detected_by="usage_daily",
+                kinds=[UNKNOWN_SUBJECT],
+                date_from=lo,
+                date_to=hi,
+            )
+            synced["auto_resolved"] += done["auto_resolved"]
+        found = pd.concat(
+            [f for f in found_by_range if len(f)] or found_by_range[:1], ignore_index=True
         )
         totals = read_frame(
             conn,
@@ -289,5 +349,6 @@ def usage_daily(
             "exceptions auto-resolved": synced["auto_resolved"],
             "exception sample": sample(found, ["kind", "source_id", "detail"]),
             "window": f"[{date_from}, {date_to})",
+            "older days aggregated again (late events)": dg.MetadataValue.json(late),
         }
     )
