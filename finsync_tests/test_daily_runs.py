@@ -312,3 +312,43 @@ def test_money_of_a_later_day_has_the_days_it_paid_read_back_and_reconciled(
     assert {status for _, _, status, _ in after} == {"matched"}, after
     # Read back after the money, those days are not asked for again.
     assert not (sensor.evaluate_tick(context).run_requests or [])
+
+
+def test_a_credit_balance_drawn_later_has_its_credit_memos_day_read_back(
+    late_money_sandbox: Sandbox, sqlite_url: str, instance: dg.DagsterInstance
+) -> None:
+    sandbox = late_money_sandbox
+    # October 19 has a net-negative invoice, posted as a credit memo that leaves the customer
+    # a credit; an invoice of October 22 draws on it (BALANCE_<invoice> applies that memo).
+    credit_day, later = dt.date(2026, 10, 19), dt.date(2026, 10, 20)
+    _daily(sandbox, sqlite_url, dt.date(2026, 10, 15), instance, last_day=credit_day)
+    _daily(sandbox, sqlite_url, later, instance, last_day=later + dt.timedelta(days=4))
+    credit = (
+        "SELECT external_id, erp_remaining_minor FROM invoice_reconciliation "
+        f"WHERE partition_date = '{credit_day}' AND external_id LIKE 'STRIPE_CREDIT_%'"
+    )
+    drawn = _rows(
+        sqlite_url,
+        "SELECT COUNT(*) FROM posting_ledger WHERE external_id LIKE 'BALANCE_%' "
+        f"AND state = 'posted' AND partition_date >= '{later}'",
+    )
+    before = _rows(sqlite_url, credit)
+    assert drawn != [(0,)] and before and all(left > 0 for _, left in before), before
+
+    sensor = defs().resolve_sensor_def("erp_posting_sensor")
+    context = dg.build_sensor_context(
+        instance=instance,
+        definitions=defs(),
+        resources={"warehouse": WarehouseResource(url=sqlite_url)},
+    )
+    (request,) = sensor.evaluate_tick(context).run_requests or []
+    assert request.tags[RANGE_START_TAG] <= credit_day.isoformat() <= request.tags[RANGE_END_TAG]
+    job = defs().resolve_job_def("erp_posting_job")
+    result = job.execute_in_process(
+        instance=instance, tags=request.tags, resources=_resources(sandbox.env, sqlite_url)
+    )
+    assert result.success
+    after = _rows(sqlite_url, credit)
+    assert [ext for ext, _ in after] == [ext for ext, _ in before]
+    assert all(left < was for (_, left), (_, was) in zip(after, before, strict=True)), after
+    assert not (sensor.evaluate_tick(context).run_requests or [])

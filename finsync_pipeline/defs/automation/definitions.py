@@ -17,8 +17,8 @@ import json
 import dagster as dg
 import sqlalchemy as sa
 
-from finsync_pipeline.ledger import now_iso
-from finsync_pipeline.logic.derive import ERP
+from finsync_pipeline.ledger import loads, now_iso
+from finsync_pipeline.logic.derive import ERP, balance_application_external_id
 from finsync_pipeline.partitions import (
     HISTORY_START,
     RANGE_END_TAG,
@@ -154,35 +154,96 @@ READ_BACK_DAYS_PER_TICK = 7
 
 
 def days_read_back_before_money(conn: sa.Connection, limit: int) -> list[dict[str, object]]:
-    """The days whose NetSuite invoices were last read back before money applied to one of them
-    was posted: their reconciliation still shows the balance from before that money.
+    """The days whose NetSuite invoices and credit memos were last read back before money
+    applied to one of them was posted: their reconciliation still shows the balance from
+    before that money.
 
     A payment or credit memo belongs to its own day, and the run that posts it reads back and
     reconciles that day only. When it pays an invoice of an earlier day (net 30, or a charge
-    just after midnight), that earlier day's ERP balances are stale until it is read back
-    again; a backfill of both days reads them back after everything posted. Every read-back of
-    a day replaces its rows, so ``extracted_at`` is when the day was last read.
+    just after midnight), or a later invoice draws on the credit memo of an earlier
+    net-negative invoice (``BALANCE_<invoice>``), that earlier day's ERP balances are stale
+    until it is read back again; a backfill of both days reads them back after everything
+    posted. Every read-back of a day replaces its rows, so ``extracted_at`` is when the day
+    was last read.
     """
-    rows = conn.execute(
+    read_at = {
+        str(r.day): str(r.read_at)
+        for r in conn.execute(
+            sa.text(
+                "SELECT partition_date AS day, MAX(extracted_at) AS read_at FROM erp_invoices "
+                "GROUP BY partition_date"
+            )
+        )
+    }
+    # (day, document whose balance moved, when the money posted)
+    moved: list[tuple[str, str, str]] = [
+        (str(r.day), str(r.invoice_id), str(r.posted_at))
+        for r in conn.execute(
+            sa.text(
+                "SELECT i.partition_date AS day, i.invoice_id, l.posted_at FROM posting_ledger l "
+                "JOIN (SELECT invoice_id, payment_id AS doc_id FROM payments "
+                "  WHERE invoice_id IS NOT NULL "
+                "  UNION ALL SELECT invoice_id, credit_note_id FROM credit_notes "
+                # A reversal or write-off of an invoice is filed under the invoice itself.
+                "  UNION ALL SELECT invoice_id, invoice_id FROM invoices"
+                ") d ON d.doc_id = l.source_id "
+                "JOIN invoices i ON i.invoice_id = d.invoice_id "
+                "WHERE l.erp = :erp AND l.state = 'posted' "
+                "AND l.doc_type IN ('customer_payment', 'credit_memo')"
+            ),
+            {"erp": ERP},
+        )
+    ]
+    # A credit balance applied to a later invoice draws on the credit memos it references;
+    # one such payment per invoice paid from a balance, so reading their payloads is cheap.
+    drawn: list[tuple[str, str]] = []
+    for r in conn.execute(
         sa.text(
-            "SELECT i.partition_date AS day, COUNT(DISTINCT i.invoice_id) AS n, "
-            "MAX(l.posted_at) AS touched FROM posting_ledger l "
-            "JOIN (SELECT invoice_id, payment_id AS doc_id FROM payments "
-            "  WHERE invoice_id IS NOT NULL "
-            "  UNION ALL SELECT invoice_id, credit_note_id FROM credit_notes "
-            # A reversal or write-off of an invoice is filed under the invoice itself.
-            "  UNION ALL SELECT invoice_id, invoice_id FROM invoices"
-            ") d ON d.doc_id = l.source_id "
-            "JOIN invoices i ON i.invoice_id = d.invoice_id "
-            "JOIN (SELECT partition_date, MAX(extracted_at) AS read_at FROM erp_invoices "
-            "  GROUP BY partition_date) e ON e.partition_date = i.partition_date "
-            "WHERE l.erp = :erp AND l.state = 'posted' "
-            "AND l.doc_type IN ('customer_payment', 'credit_memo') AND l.posted_at > e.read_at "
-            "GROUP BY i.partition_date ORDER BY i.partition_date LIMIT :limit"
+            "SELECT payload, posted_at FROM posting_ledger WHERE erp = :erp "
+            "AND state = 'posted' AND doc_type = 'customer_payment' AND external_id LIKE :prefix"
         ),
-        {"erp": ERP, "limit": limit},
-    )
-    return [dict(r._mapping) for r in rows]
+        {"erp": ERP, "prefix": balance_application_external_id("") + "%"},
+    ):
+        drawn += [
+            (ext, str(r.posted_at))
+            for kind, ext in _refs(loads(r.payload))
+            if kind == "credit_memo"
+        ]
+    if drawn:
+        day_of = {
+            str(r.external_id): str(r.partition_date)
+            for r in conn.execute(
+                sa.text(
+                    "SELECT external_id, partition_date FROM posting_ledger WHERE erp = :erp "
+                    "AND doc_type = 'credit_memo' AND external_id IN :ids"
+                ).bindparams(sa.bindparam("ids", expanding=True)),
+                {"erp": ERP, "ids": sorted({ext for ext, _ in drawn})},
+            )
+            if r.partition_date is not None
+        }
+        moved += [(day_of[ext], ext, at) for ext, at in drawn if ext in day_of]
+    docs: dict[str, set[str]] = {}
+    touched: dict[str, str] = {}
+    for day, doc, posted_at in moved:
+        if day < HISTORY_START or day not in read_at or posted_at <= read_at[day]:
+            continue
+        docs.setdefault(day, set()).add(doc)
+        touched[day] = max(touched.get(day, posted_at), posted_at)
+    return [
+        {"day": day, "n": len(docs[day]), "touched": touched[day]} for day in sorted(docs)[:limit]
+    ]
+
+
+def _refs(payload: object) -> list[tuple[str, str]]:
+    """Every (doc_type, external_id) a derived document references (``derive.ref``)."""
+    if isinstance(payload, dict):
+        ref = payload.get("$ref")
+        if isinstance(ref, list) and len(ref) == 2:
+            return [(str(ref[0]), str(ref[1]))]
+        return [found for value in payload.values() for found in _refs(value)]
+    if isinstance(payload, list):
+        return [found for value in payload for found in _refs(value)]
+    return []
 
 
 def _posting_request(due: dict[str, object], flows: list[str], run_key: str) -> dg.RunRequest:
