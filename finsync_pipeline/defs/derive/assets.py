@@ -232,7 +232,8 @@ def invoice_ready_transactions(
 
 
 def _materially_changed(conn: sa.Connection, ready: pd.DataFrame, changed: list[str]) -> list[str]:
-    """The posted invoices among ``changed`` whose amounts, dates, party or lines changed.
+    """The posted invoices (or the credit memos of net-negative ones) among ``changed`` whose
+    amounts, dates, party or lines changed.
 
     One whose PO or memo alone changed (every invoice posted while ``otherRefNum`` carried the
     Stripe number, or a PO added after posting) keeps what it was posted with: a reference
@@ -244,7 +245,7 @@ def _materially_changed(conn: sa.Connection, ready: pd.DataFrame, changed: list[
         conn.execute(
             sa.text(
                 "SELECT external_id, payload FROM posting_ledger WHERE erp = :erp "
-                "AND doc_type = 'invoice' AND external_id IN :ids"
+                "AND doc_type IN ('invoice', 'credit_memo') AND external_id IN :ids"
             ).bindparams(sa.bindparam("ids", expanding=True)),
             {"erp": ERP, "ids": sorted(changed)},
         ).all()
