@@ -129,6 +129,8 @@ def invoice_reconciliation(
                 "voided in billing, still open in the ERP: "
                 f"its reversing credit memo {reversal} is not posted"
             )
+    # An invoice whose earlier version is reconciled above is reported there, once.
+    quarantined = quarantined[~quarantined["invoice_id"].isin(recon["invoice_id"])]
     recon = pd.concat([recon, quarantined], ignore_index=True) if len(quarantined) else recon
     recon["run_id"] = context.run.run_id
     with engine.begin() as conn:
