@@ -716,38 +716,58 @@ def derive_void_compensations(voided: pd.DataFrame, ready: pd.DataFrame) -> pd.D
         posted = by_invoice.get(str(inv["invoice_id"]))
         if posted is None:
             continue
-        body = posted["payload"]
-        currency = str(inv["currency"])
-        external_id = void_external_id(str(inv["invoice_id"]))
         rows.append(
-            _stripe_document(
-                "credit_memo",
-                external_id,
-                str(inv["invoice_id"]),
+            _credit_applied_to(
                 inv,
-                total_minor=int(inv["total_minor"]),
-                payload={
-                    "externalId": external_id,
-                    "entity": body["entity"],
-                    "tranDate": inv["partition_date"],
-                    "subsidiary": body["subsidiary"],
-                    "currency": body["currency"],
-                    "memo": f"finsync {inv['correlation_id']} void of stripe invoice "
-                    f"{inv['invoice_id']}",
-                    "item": body["item"],
-                    "apply": {
-                        "items": [
-                            {
-                                "doc": ref("invoice", str(posted["external_id"])),
-                                "apply": True,
-                                "amount": to_decimal(int(inv["total_minor"]), currency),
-                            }
-                        ]
-                    },
-                },
+                posted,
+                void_external_id(str(inv["invoice_id"])),
+                int(inv["total_minor"]),
+                memo=f"void of stripe invoice {inv['invoice_id']}",
+                item=posted["payload"]["item"],
             )
         )
     return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS)
+
+
+def _credit_applied_to(
+    inv: dict[str, Any],
+    posted: dict[str, Any],
+    external_id: str,
+    total_minor: int,
+    *,
+    memo: str,
+    item: dict[str, Any],
+) -> dict[str, Any]:
+    """A credit memo for ``total_minor`` applied to the posted invoice of ``inv``, with the
+    customer, subsidiary and currency it was posted with: how a billing change after posting
+    (a void, a write-off) reaches the ERP without editing what was posted."""
+    body = posted["payload"]
+    amount = to_decimal(total_minor, str(inv["currency"]))
+    return _stripe_document(
+        "credit_memo",
+        external_id,
+        str(inv["invoice_id"]),
+        inv,
+        total_minor=total_minor,
+        payload={
+            "externalId": external_id,
+            "entity": body["entity"],
+            "tranDate": inv["partition_date"],
+            "subsidiary": body["subsidiary"],
+            "currency": body["currency"],
+            "memo": f"finsync {inv['correlation_id']} {memo}",
+            "item": item,
+            "apply": {
+                "items": [
+                    {
+                        "doc": ref("invoice", str(posted["external_id"])),
+                        "apply": True,
+                        "amount": amount,
+                    }
+                ]
+            },
+        },
+    )
 
 
 def writeoff_external_id(invoice_id: str) -> str:
@@ -816,37 +836,22 @@ def derive_settlements(
                 **extra,
             )
             continue
-        body = posted["payload"]
-        external_id = writeoff_external_id(invoice_id)
-        amount = to_decimal(remaining, currency)
         rows.append(
-            _stripe_document(
-                "credit_memo",
-                external_id,
-                invoice_id,
+            _credit_applied_to(
                 inv,
-                total_minor=remaining,
-                payload={
-                    "externalId": external_id,
-                    "entity": body["entity"],
-                    "tranDate": inv["partition_date"],
-                    "subsidiary": body["subsidiary"],
-                    "currency": body["currency"],
-                    "memo": f"finsync {inv['correlation_id']} write-off of stripe invoice "
-                    f"{invoice_id} (marked uncollectible)",
-                    "item": {
-                        "items": [
-                            {
-                                "item": {"id": master.netsuite_bad_debt_item_id},
-                                "quantity": 1,
-                                "amount": amount,
-                                "description": "Bad debt write-off",
-                            }
-                        ]
-                    },
-                    "apply": {
-                        "items": [{"doc": ref("invoice", erp_id), "apply": True, "amount": amount}]
-                    },
+                posted,
+                writeoff_external_id(invoice_id),
+                remaining,
+                memo=f"write-off of stripe invoice {invoice_id} (marked uncollectible)",
+                item={
+                    "items": [
+                        {
+                            "item": {"id": master.netsuite_bad_debt_item_id},
+                            "quantity": 1,
+                            "amount": to_decimal(remaining, currency),
+                            "description": "Bad debt write-off",
+                        }
+                    ]
                 },
             )
         )

@@ -45,6 +45,14 @@ DRIFT_STATUSES = (
 )
 ALL_STATUSES = ("matched", "held_by_exception", "awaiting_window", "quarantined", *DRIFT_STATUSES)
 CORRELATION_PATTERN = r"(fs-[0-9a-f]{20})"
+# The documents that move an invoice's balance in the ERP, as (invoice_id, doc_id) with doc_id
+# the ledger's source_id: its payments, its credit notes, and what is filed under the invoice
+# itself (a reversal, a write-off, a credit applied from the customer's balance).
+BALANCE_DOCUMENTS_SQL = (
+    "SELECT invoice_id, payment_id AS doc_id FROM payments WHERE invoice_id IS NOT NULL "
+    "UNION ALL SELECT invoice_id, credit_note_id FROM credit_notes "
+    "UNION ALL SELECT invoice_id, invoice_id FROM invoices"
+)
 RECON_COLUMNS = [
     "partition_date",
     "external_id",

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from finsync_pipeline.ledger import loads, now_iso
 from finsync_pipeline.logic.derive import ERP, balance_application_external_id
+from finsync_pipeline.logic.reconcile import BALANCE_DOCUMENTS_SQL
 from finsync_pipeline.partitions import (
     HISTORY_START,
     RANGE_END_TAG,
@@ -181,12 +182,7 @@ def days_read_back_before_money(conn: sa.Connection, limit: int) -> list[dict[st
         for r in conn.execute(
             sa.text(
                 "SELECT i.partition_date AS day, i.invoice_id, l.posted_at FROM posting_ledger l "
-                "JOIN (SELECT invoice_id, payment_id AS doc_id FROM payments "
-                "  WHERE invoice_id IS NOT NULL "
-                "  UNION ALL SELECT invoice_id, credit_note_id FROM credit_notes "
-                # A reversal or write-off of an invoice is filed under the invoice itself.
-                "  UNION ALL SELECT invoice_id, invoice_id FROM invoices"
-                ") d ON d.doc_id = l.source_id "
+                f"JOIN ({BALANCE_DOCUMENTS_SQL}) d ON d.doc_id = l.source_id "
                 "JOIN invoices i ON i.invoice_id = d.invoice_id "
                 "WHERE l.erp = :erp AND l.state = 'posted' "
                 "AND l.doc_type IN ('customer_payment', 'credit_memo')"

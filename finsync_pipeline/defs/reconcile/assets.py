@@ -17,6 +17,7 @@ from finsync_pipeline.logic.derive import (
     void_external_id,
 )
 from finsync_pipeline.logic.reconcile import (
+    BALANCE_DOCUMENTS_SQL,
     DRIFT_STATUSES,
     RECON_COLUMNS,
     RENEWAL_DRIFT,
@@ -151,11 +152,7 @@ def _balance_pending(conn: Connection, rng: dict[str, str]) -> dict[str, tuple[s
     on its way to the ERP."""
     docs = read_frame(
         conn,
-        "SELECT d.invoice_id, d.doc_id, l.external_id, l.state FROM ("
-        "  SELECT invoice_id, payment_id AS doc_id FROM payments WHERE invoice_id IS NOT NULL"
-        "  UNION ALL SELECT invoice_id, credit_note_id FROM credit_notes"
-        "  UNION ALL SELECT invoice_id, invoice_id FROM invoices"
-        "  WHERE partition_date >= :date_from AND partition_date < :date_to"
+        f"SELECT d.invoice_id, d.doc_id, l.external_id, l.state FROM ({BALANCE_DOCUMENTS_SQL}"
         ") d LEFT JOIN posting_ledger l ON l.source_id = d.doc_id AND l.doc_type <> 'invoice' "
         "WHERE d.invoice_id IN (SELECT invoice_id FROM invoices "
         "  WHERE partition_date >= :date_from AND partition_date < :date_to)",
