@@ -31,6 +31,7 @@ AUTH_MESSAGE = (
     "set AVALARA_ACCOUNT_ID and AVALARA_LICENSE_KEY"
 )
 SALES_ORDER = "SalesOrder"
+CORRELATION_HEADER = "X-Correlation-Id"
 
 
 def parse_avalara_error(response: requests.Response) -> ErrorInfo:
@@ -38,7 +39,7 @@ def parse_avalara_error(response: requests.Response) -> ErrorInfo:
 
     The field is the first ``details[].refersTo`` (``lines[0].amount``,
     ``addresses.singleLocation.country``); the message prefers the detail's own text, which
-    names the field, over the summary.
+    names the field, over the summary, and ends with the answer's ``X-Correlation-Id``.
     """
     body = error_json(response)
     error = (body.get("error") or {}) if isinstance(body, dict) else {}
@@ -47,6 +48,10 @@ def parse_avalara_error(response: requests.Response) -> ErrorInfo:
     message = error.get("message")
     if details and details[0].get("description") and details[0]["description"] != message:
         message = f"{message} {details[0]['description']}" if message else details[0]["description"]
+    correlation = response.headers.get(CORRELATION_HEADER)
+    if correlation:
+        # What Avalara support asks for to trace the call; it is AvaTax's, never a secret.
+        message = f"{message or 'refused'} (AvaTax correlation id {correlation[:64]})"
     return ErrorInfo(code=error.get("code"), detail=message, field=refers)
 
 

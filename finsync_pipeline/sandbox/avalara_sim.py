@@ -30,6 +30,9 @@ What it does, and where it departs from AvaTax on purpose:
 - Validation errors are 400s whose ``details[].refersTo`` points at the field
   (``lines[0].amount``, ``addresses.singleLocation.country``) with ``faultCode: "Client"``.
 - Amounts are parsed from the JSON as ``Decimal`` and written back as exact JSON numbers.
+- Every answer, an error or an injected fault too, carries ``X-Correlation-Id`` (a UUID), as
+  AvaTax's do: Avalara's own SDK reads it on every call. ``$include=SummaryOnly`` omits the
+  lines, ``LinesOnly`` the lines' details; without ``$include`` everything is sent.
 """
 
 import base64
@@ -52,6 +55,8 @@ from finsync_pipeline.sandbox.http_base import Faults, Request, Response, Simula
 from finsync_pipeline.sandbox.store import Store
 
 API_VERSION = "26.3.0"
+# AvaTax names every answer with a correlation id (a UUID) for its support to trace the call.
+CORRELATION_HEADER = "X-Correlation-Id"
 ESTIMATE_TYPE = "SalesOrder"
 # Document types AvaTax records; this sandbox computes estimates only.
 RECORDING_TYPES = {
@@ -170,6 +175,25 @@ def _range(where: str, message: str) -> AvaTaxError:
     return AvaTaxError(400, "RangeError", message, refers_to=where)
 
 
+def _included(body: dict[str, Any], req: Request) -> dict[str, Any]:
+    """The transaction as ``$include`` asked: ``SummaryOnly`` omits the lines (and their
+    details), ``LinesOnly`` the lines' details; without it, AvaTax assumes
+    ``Summary,Addresses``, which implies the lines and details, all of which this sandbox sends.
+    """
+    asked = {
+        part.strip().casefold()
+        for key, value in req.params()
+        if key.casefold() == "$include"
+        for part in value.split(",")
+    }
+    if "summaryonly" in asked:
+        return {k: v for k, v in body.items() if k != "lines"}
+    if "linesonly" in asked:
+        lines = [{k: v for k, v in line.items() if k != "details"} for line in body["lines"]]
+        return {**body, "lines": lines}
+    return body
+
+
 def jurisdiction_rate(country: str, region: str | None) -> tuple[str, str, str, Decimal] | None:
     """The (jurisCode, jurisName, jurisType, rate) that taxes a sale there, or None (no nexus).
 
@@ -256,6 +280,12 @@ class AvalaraSimulator(Simulator):
         else:
             err = AvaTaxError(status, "InjectedError", f"Injected error {status}.")
         return err.response()
+
+    def dispatch(self, req: Request) -> Response:
+        """Every answer, an error or an injected fault too, carries AvaTax's correlation id."""
+        resp = super().dispatch(req)
+        resp.headers.setdefault(CORRELATION_HEADER, str(uuid.uuid4()))
+        return resp
 
     def handle(self, req: Request) -> Response:
         """Serve one ``/api/v2`` request."""
@@ -447,7 +477,7 @@ class AvalaraSimulator(Simulator):
             "summary": summary,
             "messages": messages,
         }
-        return json_response(201, body)
+        return json_response(201, _included(body, req))
 
     @staticmethod
     def _exempt(part: Any, where: str) -> bool:

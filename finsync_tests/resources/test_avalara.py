@@ -1,5 +1,6 @@
 """The AvaTax connector over HTTP against the AvaTax simulator."""
 
+import re
 import socket
 from collections.abc import Iterator
 from decimal import Decimal
@@ -129,6 +130,8 @@ def test_validation_error_names_avatax_field(
     assert caught.value.code == "ValueRequiredError"
     assert caught.value.field == "addresses.singleLocation.region"
     assert "region" in str(caught.value)
+    # The correlation id is what Avalara support asks for to trace a refused call.
+    assert re.search(r"AvaTax correlation id [0-9a-f-]{36}\b", str(caught.value))
 
 
 def test_rate_limit_is_retried_honouring_retry_after(
