@@ -15,7 +15,7 @@ from finsync_pipeline.resources.avalara import AvalaraResource
 from finsync_pipeline.resources.metering import MeteringResource
 from finsync_pipeline.resources.netsuite import NetSuiteResource
 from finsync_pipeline.resources.salesforce import SalesforceResource
-from finsync_pipeline.resources.settings import PipelineSettings
+from finsync_pipeline.resources.settings import PipelineSettings, lease_from_env
 from finsync_pipeline.resources.stripe import StripeResource
 from finsync_pipeline.resources.warehouse import WarehouseResource
 from finsync_pipeline.sources import sources_off
@@ -55,6 +55,7 @@ def build_resources(mode: str) -> dict[str, object]:
         "settings": PipelineSettings(
             max_bad_share=float(os.environ.get("FINSYNC_MAX_BAD_SHARE", "0.05")),
             min_bad_records=int(os.environ.get("FINSYNC_MIN_BAD_RECORDS", "5")),
+            posting_lease_s=lease_from_env(),
             sources_off=sorted(off),
         ),
         "stripe": StripeResource(

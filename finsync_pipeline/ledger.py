@@ -33,12 +33,19 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "dead": frozenset({"pending"}),
 }
 GENESIS_HASH = "0" * 64
+# How long a claim stays its holder's without a renewal (FINSYNC_POSTING_LEASE_S).
+DEFAULT_LEASE_S = 120.0
 # PostgreSQL advisory lock serializing journal appends: the chain needs one writer at a time.
 JOURNAL_LOCK_KEY = 0x66_73_6A_6E  # "fsjn"
 
 
 class IllegalTransition(FinsyncError):
     """A ledger row was asked to move along an edge the state machine does not have."""
+
+
+class LostClaim(IllegalTransition):
+    """A run recorded an outcome for a row it no longer holds: its lease expired and another
+    run settled the row by looking it up. The other run's settlement stands."""
 
 
 def check_transition(from_state: str | None, to_state: str) -> None:
@@ -55,6 +62,12 @@ def check_transition(from_state: str | None, to_state: str) -> None:
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
+def iso_in(seconds: float) -> str:
+    """The UTC moment ``seconds`` from now, in the ledger's timestamp format."""
+    moment = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+    return moment.isoformat(timespec="microseconds")
 
 
 def dumps(payload: Any) -> str:
@@ -310,11 +323,14 @@ def claim(
     date_from: str | None = None,
     date_to: str | None = None,
     depth: int | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
 ) -> list[Claimed]:
     """Move up to ``limit`` due pending rows to in_flight for this run, and return them.
 
     The conditional UPDATE (``state = 'pending'``) is what makes a claim exclusive: a row
-    another run claimed first matches no longer.
+    another run claimed first matches no longer. Each claim holds a lease of ``lease_s``
+    seconds, which its holder renews while it works (``renew_leases``); once it expires, the
+    next run settles the row by looking it up, whatever became of the holder.
     """
     at = now_iso()
     filters = [
@@ -323,6 +339,7 @@ def claim(
         "state = 'pending'",
         "(next_attempt_at IS NULL OR next_attempt_at <= :at)",
     ]
+    lease_until = iso_in(lease_s)
     params: dict[str, Any] = {"erp": erp, "doc_type": doc_type, "at": at, "limit": limit}
     if date_from is not None and date_to is not None:
         filters.append("partition_date >= :date_from AND partition_date < :date_to")
@@ -345,12 +362,14 @@ def claim(
         result = conn.execute(
             sa.text(
                 "UPDATE posting_ledger SET state = 'in_flight', claimed_by = :run_id, "
-                "claimed_at = :at, updated_at = :at WHERE erp = :erp AND doc_type = :doc_type "
+                "claimed_at = :at, lease_until = :lease_until, updated_at = :at "
+                "WHERE erp = :erp AND doc_type = :doc_type "
                 "AND external_id = :external_id AND state = 'pending'"
             ),
             {
                 "run_id": run_id,
                 "at": at,
+                "lease_until": lease_until,
                 "erp": erp,
                 "doc_type": doc_type,
                 "external_id": external_id,
@@ -408,12 +427,18 @@ def transition(
     count_attempt: bool = False,
     next_attempt_at: str | None = None,
     expect_state: str | None = None,
+    expect_holder: str | None = None,
 ) -> str:
-    """Move one row to ``to_state`` (checked against the machine); return its previous state."""
+    """Move one row to ``to_state`` (checked against the machine); return its previous state.
+
+    With ``expect_holder``, the row must still be claimed by that run, or LostClaim is raised
+    and nothing changes: a holder whose lease expired cannot overwrite the settlement of the
+    run that took the row over.
+    """
     row = conn.execute(
         sa.text(
-            "SELECT state FROM posting_ledger WHERE erp = :erp AND doc_type = :doc_type "
-            "AND external_id = :external_id"
+            "SELECT state, claimed_by FROM posting_ledger WHERE erp = :erp "
+            "AND doc_type = :doc_type AND external_id = :external_id"
         ),
         {"erp": erp, "doc_type": doc_type, "external_id": external_id},
     ).first()
@@ -423,6 +448,11 @@ def transition(
     if expect_state is not None and from_state != expect_state:
         raise IllegalTransition(
             f"{erp} {doc_type} {external_id} is {from_state}, expected {expect_state}"
+        )
+    if expect_holder is not None and row.claimed_by != expect_holder:
+        raise LostClaim(
+            f"{erp} {doc_type} {external_id} is no longer claimed by run {expect_holder}: its "
+            "lease expired and another run settled it"
         )
     check_transition(from_state, to_state)
     at = now_iso()
@@ -435,7 +465,8 @@ def transition(
             "posted_hash = CASE WHEN :to_state = 'posted' THEN :posted_hash ELSE posted_hash END, "
             "posted_at = CASE WHEN :to_state = 'posted' THEN :at ELSE posted_at END, "
             "next_attempt_at = :next_attempt_at, "
-            "claimed_by = CASE WHEN :to_state = 'in_flight' THEN claimed_by ELSE NULL END "
+            "claimed_by = CASE WHEN :to_state = 'in_flight' THEN claimed_by ELSE NULL END, "
+            "lease_until = CASE WHEN :to_state = 'in_flight' THEN lease_until ELSE NULL END "
             "WHERE erp = :erp AND doc_type = :doc_type AND external_id = :external_id"
         ),
         {
@@ -465,19 +496,53 @@ def transition(
     return from_state
 
 
-def stale_in_flight(conn: Connection, *, erp: str, run_id: str) -> list[tuple[str, str, str]]:
-    """In-flight rows claimed by another run: (doc_type, external_id, claimed_by)."""
+@dataclass(frozen=True)
+class InFlight:
+    """A row another run holds in flight.
+
+    Attributes:
+        doc_type: The document type.
+        external_id: The document's external id.
+        holder: The run that claimed it ("" when unknown).
+        lease_expired: Whether its lease ran out without a renewal (or it has none).
+    """
+
+    doc_type: str
+    external_id: str
+    holder: str
+    lease_expired: bool
+
+
+def stale_in_flight(conn: Connection, *, erp: str, run_id: str) -> list[InFlight]:
+    """In-flight rows claimed by another run, each with whether its lease has expired.
+
+    A row claimed before leases existed has none: it counts as expired.
+    """
     return [
-        (r.doc_type, r.external_id, r.claimed_by or "")
+        InFlight(r.doc_type, r.external_id, r.claimed_by or "", bool(r.expired))
         for r in conn.execute(
             sa.text(
-                "SELECT doc_type, external_id, claimed_by FROM posting_ledger WHERE erp = :erp "
+                "SELECT doc_type, external_id, claimed_by, "
+                "CASE WHEN lease_until IS NULL OR lease_until < :now THEN 1 ELSE 0 END "
+                "AS expired FROM posting_ledger WHERE erp = :erp "
                 "AND state = 'in_flight' AND (claimed_by IS NULL OR claimed_by <> :run_id) "
                 "ORDER BY depth, external_id"
             ),
-            {"erp": erp, "run_id": run_id},
+            {"erp": erp, "run_id": run_id, "now": now_iso()},
         )
     ]
+
+
+def renew_leases(conn: Connection, *, erp: str, run_id: str, lease_s: float) -> int:
+    """Extend the lease of every row ``run_id`` holds in flight; return how many it holds."""
+    result = conn.execute(
+        sa.text(
+            "UPDATE posting_ledger SET lease_until = :until WHERE erp = :erp "
+            "AND state = 'in_flight' AND claimed_by = :run_id"
+        ),
+        {"until": iso_in(lease_s), "erp": erp, "run_id": run_id},
+    )
+    return int(result.rowcount or 0)
 
 
 def posted_ids(

@@ -6,6 +6,7 @@ committed to the ledger before the next document is sent, so a kill -9 anywhere 
 the next run finds the row in flight and settles it by lookup.
 """
 
+import contextlib
 import datetime as dt
 import random
 import threading
@@ -68,6 +69,8 @@ class PostingStats:
     blocked: int = 0
     recovered_posted: int = 0
     recovered_pending: int = 0
+    lost_claims: int = 0
+    dead_runs: list[str] = field(default_factory=list)
     paused: bool = False
     rejections: list[dict[str, str]] = field(default_factory=list)
 
@@ -80,6 +83,8 @@ class PostingStats:
             "blocked (waiting for a referenced document)": self.blocked,
             "settled from earlier runs (found posted)": self.recovered_posted,
             "settled from earlier runs (back to pending)": self.recovered_pending,
+            "claims lost (lease expired, another run settled them)": self.lost_claims,
+            "dead runs whose expired leases were settled": len(self.dead_runs),
             "paused (ERP unavailable)": self.paused,
         }
 
@@ -116,7 +121,14 @@ class PostingEngine:
         client: The ERP client.
         erp: The ERP's name in the ledger ("netsuite").
         run_id: The Dagster run doing the posting; recorded on every claim.
-        is_run_alive: Whether another run is still running; rows it holds in flight are left alone.
+        is_run_alive: Whether the orchestrator believes another run is still running. A row
+            whose holder has finished is settled at once; a row whose holder it believes alive
+            is left alone only while the holder's lease lasts (a SIGKILLed run never finishes
+            in the orchestrator's storage).
+        lease_s: How long a claim stays this run's without a renewal; a heartbeat renews it
+            every third of that while the run posts.
+        on_dead_run: Called once per run found holding expired leases while the orchestrator
+            still believed it alive, with the reason: to mark it failed and free what it held.
         max_attempts: Sends before a transiently failing document is declared dead.
         batch_size: Rows claimed per transaction.
         on_hook: Test hook called with a point name ("claimed", "sending", "sent",
@@ -137,6 +149,8 @@ class PostingEngine:
         on_hook: Callable[[str], None] | None = None,
         concurrency: int = 1,
         client_factory: Callable[[], ErpClient] | None = None,
+        lease_s: float = ledger.DEFAULT_LEASE_S,
+        on_dead_run: Callable[[str, str], None] | None = None,
     ) -> None:
         self.engine = engine
         self._shared_client = client
@@ -150,6 +164,8 @@ class PostingEngine:
         self.erp = erp
         self.run_id = run_id
         self.is_run_alive = is_run_alive
+        self.lease_s = lease_s
+        self.on_dead_run = on_dead_run or (lambda _run, _why: None)
         self.max_attempts = max_attempts
         self.batch_size = batch_size
         self.rng = rng or random.Random()  # noqa: S311  (backoff jitter, not a secret)
@@ -177,52 +193,102 @@ class PostingEngine:
 
     # -- settling what earlier runs left behind -------------------------------------------
     def recover(self) -> None:
-        """Settle rows another (dead) run left in flight by looking them up in the ERP."""
+        """Settle rows other runs left in flight by looking them up in the ERP.
+
+        A row is settled when its holder has finished, or when its lease expired whatever the
+        orchestrator says about the holder; a holder believed alive with expired leases is
+        reported dead (``on_dead_run``) once.
+        """
         with self.engine.connect() as conn:
             stale = ledger.stale_in_flight(conn, erp=self.erp, run_id=self.run_id)
-        for doc_type, external_id, holder in stale:
-            if holder and self.is_run_alive(holder):
-                continue
-            settle: dict[str, Any] = {
-                "erp": self.erp,
-                "doc_type": doc_type,
-                "external_id": external_id,
-                "run_id": self.run_id,
-                "expect_state": "in_flight",
-            }
-            try:
-                found = self.client.get_by_external_id(RECORD_TYPES[doc_type], external_id)
-            except PermanentUpstreamError as e:
-                # An id that cannot even be asked for was never sent either.
-                with self.engine.begin() as conn:
-                    ledger.transition(conn, to_state="rejected", detail=e.detail, **settle)
-                self._count("rejected")
-                continue
+        believed_alive: dict[str, bool] = {}
+        dead: list[str] = []
+        for row in stale:
+            holder = row.holder
+            if holder and holder not in believed_alive:
+                believed_alive[holder] = self.is_run_alive(holder)
+            if holder and believed_alive[holder]:
+                if not row.lease_expired:
+                    continue
+                if holder not in dead:
+                    dead.append(holder)
+            self._settle(row)
+        for holder in dead:
+            why = (
+                f"run {holder} held NetSuite documents in flight past their {self.lease_s:g} s "
+                f"lease without renewing it (the process died); run {self.run_id} settled them "
+                "by looking them up"
+            )
+            self.on_dead_run(holder, why)
+            self.stats.dead_runs.append(holder)
+
+    def _settle(self, row: ledger.InFlight) -> None:
+        doc_type, external_id, holder = row.doc_type, row.external_id, row.holder
+        settle: dict[str, Any] = {
+            "erp": self.erp,
+            "doc_type": doc_type,
+            "external_id": external_id,
+            "run_id": self.run_id,
+            "expect_state": "in_flight",
+            "expect_holder": holder or None,
+        }
+        try:
+            found = self.client.get_by_external_id(RECORD_TYPES[doc_type], external_id)
+        except PermanentUpstreamError as e:
+            # An id that cannot even be asked for was never sent either.
             with self.engine.begin() as conn:
-                payload_hash, posted_hash = self._hashes(conn, doc_type, external_id)
-                # Found under a first post, it is this payload; found after an earlier post, it
-                # may be the older version, so the row goes back to be sent again (an upsert).
-                if found is not None and posted_hash is None:
-                    ledger.transition(
-                        conn,
-                        to_state="posted",
-                        erp_internal_id=str(found["id"]),
-                        posted_hash=payload_hash,
-                        detail=f"settled by lookup: run {holder} had sent it",
-                        **settle,
-                    )
-                    self._wake_dependents(conn, doc_type, external_id)
-                    self._count("recovered_posted")
-                else:
-                    ledger.transition(
-                        conn,
-                        to_state="pending",
-                        detail=f"settled by lookup: run {holder} had not sent it"
-                        if found is None
-                        else f"run {holder} died updating it; the update is sent again",
-                        **settle,
-                    )
-                    self._count("recovered_pending")
+                ledger.transition(conn, to_state="rejected", detail=e.detail, **settle)
+            self._count("rejected")
+            return
+        with self.engine.begin() as conn:
+            payload_hash, posted_hash = self._hashes(conn, doc_type, external_id)
+            # Found under a first post, it is this payload; found after an earlier post, it
+            # may be the older version, so the row goes back to be sent again (an upsert).
+            if found is not None and posted_hash is None:
+                ledger.transition(
+                    conn,
+                    to_state="posted",
+                    erp_internal_id=str(found["id"]),
+                    posted_hash=payload_hash,
+                    detail=f"settled by lookup: run {holder} had sent it",
+                    **settle,
+                )
+                self._wake_dependents(conn, doc_type, external_id)
+                self._count("recovered_posted")
+            else:
+                ledger.transition(
+                    conn,
+                    to_state="pending",
+                    detail=f"settled by lookup: run {holder} had not sent it"
+                    if found is None
+                    else f"run {holder} died updating it; the update is sent again",
+                    **settle,
+                )
+                self._count("recovered_pending")
+
+    @contextlib.contextmanager
+    def _heartbeat(self) -> Iterator[None]:
+        """Renew this run's leases every third of a lease while the block runs."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.lease_s / 3):
+                try:
+                    with self.engine.begin() as conn:
+                        ledger.renew_leases(
+                            conn, erp=self.erp, run_id=self.run_id, lease_s=self.lease_s
+                        )
+                except sa.exc.OperationalError:
+                    # A busy warehouse: the next beat renews; a lease outlasts two misses.
+                    continue
+
+        thread = threading.Thread(target=beat, name=f"lease-{self.run_id[:8]}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def _hashes(self, conn: Any, doc_type: str, external_id: str) -> tuple[str, str | None]:
         """(payload hash, hash of the version last posted) of a ledger row."""
@@ -245,6 +311,16 @@ class PostingEngine:
         depths: list[int] | None = None,
     ) -> None:
         """Post every due pending row of ``doc_type`` (optionally in a partition range)."""
+        with self._heartbeat():
+            self._post_levels(doc_type, date_from, date_to, depths)
+
+    def _post_levels(
+        self,
+        doc_type: str,
+        date_from: str | None,
+        date_to: str | None,
+        depths: list[int] | None,
+    ) -> None:
         levels: list[int | None] = list(depths) if depths is not None else [None]
         for depth in levels:
             while not self.stats.paused:
@@ -258,6 +334,7 @@ class PostingEngine:
                         date_from=date_from,
                         date_to=date_to,
                         depth=depth,
+                        lease_s=self.lease_s,
                     )
                 if not batch:
                     break
@@ -267,24 +344,21 @@ class PostingEngine:
                         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                             list(pool.map(self._post_unless_paused, batch))
                         continue
-                    for i, doc in enumerate(batch):
-                        if self.stats.paused:
-                            self._release(
-                                batch[i:],
-                                "posting paused: the ERP is unavailable",
-                                wait_s=PAUSE_WAIT_S,
-                            )
-                            break
-                        self._post_one(doc)
+                    for doc in batch:
+                        self._post_unless_paused(doc)
                 finally:
                     # Even when a send raises (bad credentials), what was sent is recorded.
                     self._record_sent()
 
     def _post_unless_paused(self, doc: ledger.Claimed) -> None:
-        if self.stats.paused:
-            self._release([doc], "posting paused: the ERP is unavailable", wait_s=PAUSE_WAIT_S)
-        else:
-            self._post_one(doc)
+        try:
+            if self.stats.paused:
+                self._release([doc], "posting paused: the ERP is unavailable", wait_s=PAUSE_WAIT_S)
+            else:
+                self._post_one(doc)
+        except ledger.LostClaim:
+            # Another run settled it by lookup after this run's lease lapsed; that stands.
+            self._count("lost_claims")
 
     def _release(
         self,
@@ -309,6 +383,7 @@ class PostingEngine:
                     detail=why,
                     next_attempt_at=due,
                     expect_state="in_flight",
+                    expect_holder=self.run_id,
                 )
                 if waiting_for is not None:
                     conn.execute(
@@ -364,6 +439,7 @@ class PostingEngine:
             "external_id": doc.external_id,
             "run_id": self.run_id,
             "expect_state": "in_flight",
+            "expect_holder": self.run_id,
         }
         self.hook("sending")
         try:
@@ -441,22 +517,30 @@ class PostingEngine:
             sent, self._sent = self._sent, []
         if not sent:
             return
+        recorded = 0
         with self.engine.begin() as conn:
             for doc, internal_id in sent:
-                ledger.transition(
-                    conn,
-                    erp=self.erp,
-                    doc_type=doc.doc_type,
-                    external_id=doc.external_id,
-                    run_id=self.run_id,
-                    expect_state="in_flight",
-                    to_state="posted",
-                    erp_internal_id=internal_id,
-                    posted_hash=doc.payload_hash,
-                    count_attempt=True,
-                )
+                try:
+                    ledger.transition(
+                        conn,
+                        erp=self.erp,
+                        doc_type=doc.doc_type,
+                        external_id=doc.external_id,
+                        run_id=self.run_id,
+                        expect_state="in_flight",
+                        expect_holder=self.run_id,
+                        to_state="posted",
+                        erp_internal_id=internal_id,
+                        posted_hash=doc.payload_hash,
+                        count_attempt=True,
+                    )
+                except ledger.LostClaim:
+                    # Settled by another run's lookup meanwhile (it found this very post).
+                    self._count("lost_claims")
+                    continue
                 self._wake_dependents(conn, doc.doc_type, doc.external_id)
-        for _ in sent:
+                recorded += 1
+        for _ in range(recorded):
             self._count("posted")
         self.hook("recorded")
 

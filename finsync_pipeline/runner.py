@@ -29,7 +29,9 @@ from finsync_pipeline.logic.reconcile import (
 )
 from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
 from finsync_pipeline.po_source import po_source
+from finsync_pipeline.resources.settings import lease_from_env
 from finsync_pipeline.resources.warehouse import create_engine
+from finsync_pipeline.run_health import reap_dead_runs, runner_tags
 from finsync_pipeline.sources import SWITCH_OFF_HINT, sources_off
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +129,7 @@ def check_environment() -> None:
         )
     # Read by the invoices assets at run time; a wrong value stops here, before any run.
     po_source()
+    lease_from_env()
 
 
 def _finsync_message(error: Any) -> str | None:
@@ -204,6 +207,9 @@ class PipelineRun:
         self.defs = defs()
         relax_embedded_dagster_storage(Path(os.environ["DAGSTER_HOME"]))
         self.instance = dg.DagsterInstance.get()
+        # Runs an earlier `finsync run` left STARTED when it was killed: failed, slots freed.
+        for run_id in reap_dead_runs(self.instance):
+            self.progress(f"marked run {run_id} failed: its finsync run process is gone")
         self.started = dt.datetime.now(dt.UTC)
         self.posting_runs = 0
         self.reconciled: list[tuple[dt.date, dt.date]] = []
@@ -214,7 +220,7 @@ class PipelineRun:
         job = self.defs.resolve_job_def(job_name)
         result = job.execute_in_process(
             instance=self.instance,
-            tags=tags,
+            tags={**tags, **runner_tags()},
             run_config=QUIET,
             raise_on_error=False,
             asset_selection=selection,

@@ -438,6 +438,22 @@ def test_a_wrong_po_source_is_one_line_saying_what_to_set(tmp_path: Path) -> Non
     assert "stripe_custom_field:PO Number" in line
 
 
+@pytest.mark.parametrize("lease", ["soon", "0", "86400"])
+def test_a_wrong_posting_lease_is_one_line_saying_what_to_set(tmp_path: Path, lease: str) -> None:
+    names = [n for names in REQUIRED_ENV.values() for n in names]
+    env = _env(
+        FINSYNC_MODE="live",
+        SALESFORCE_CLIENT_SECRET="x",
+        FINSYNC_POSTING_LEASE_S=lease,
+        **dict.fromkeys(names, "x"),
+    )
+    result = _finsync("run", "--home", str(tmp_path / "home"), env=env)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"finsync: FINSYNC_POSTING_LEASE_S is '{lease}': set it to")
+    assert "from 1 to 3600" in line
+
+
 @pytest.mark.parametrize(
     ("off", "unset", "empty"),
     [

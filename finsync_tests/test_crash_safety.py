@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import random
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from finsync_tests.conftest import TEST_END
 ERP = "netsuite"
 SEED = 20261126
 KILLS = 24
+LEASE_S = 0.3
 CUSTOMERS = 12
 INVOICES = 32
 PAYMENTS = 12  # each pays invoice n in full
@@ -145,7 +147,10 @@ def _post(url: str, env: dict[str, str], kill_at: int | None, run_id: str, log: 
         client,
         erp=ERP,
         run_id=run_id,
-        is_run_alive=lambda _run: False,
+        # As after a real SIGKILL, the orchestrator still believes every dead run alive: only
+        # the expired leases of their claims let this run settle what they left in flight.
+        is_run_alive=lambda _run: True,
+        lease_s=LEASE_S,
         batch_size=4,
         on_hook=hook,
     )
@@ -193,6 +198,7 @@ def test_sigkill_anywhere_then_rerun_gives_exactly_one_erp_document_per_source(
             f"run {n} was meant to die (exit {child.exitcode})"
         )
         killed_at.append(log.read_text())
+        time.sleep(LEASE_S)  # the dead run's leases run out
     final = context.Process(target=_post, args=(url, sandbox.env, None, "run-final", ""))
     final.start()
     final.join(timeout=120)

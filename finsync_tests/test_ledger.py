@@ -662,11 +662,13 @@ def test_stale_in_flight_lists_rows_held_by_other_runs(warehouse_engine: Engine)
         stale = ledger.stale_in_flight(conn, erp=ERP, run_id="me")
         from_elsewhere = ledger.stale_in_flight(conn, erp="dynamics", run_id="me")
     # Parents first, so settling them first frees their children.
-    assert stale == [
+    assert [(r.doc_type, r.external_id, r.holder) for r in stale] == [
         ("customer", "SF_parent", "dead-run"),
         ("invoice", "STRIPE_1", "other-run"),
         ("customer", "SF_child", "dead-run"),
     ]
+    # Just claimed: every lease still holds.
+    assert [r.lease_expired for r in stale] == [False, False, False]
     assert from_elsewhere == []
 
 

@@ -4,6 +4,7 @@ deferrals, pauses, dead rows, and settling what a dead run left in flight."""
 
 import datetime as dt
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -88,7 +89,7 @@ def make_engine(
     client: NetSuiteClient,
     run_id: str,
     *,
-    hooks: Hooks | None = None,
+    hooks: Callable[[str], None] | None = None,
     is_run_alive: Callable[[str], bool] = lambda _run: False,
     **kw: Any,
 ) -> PostingEngine:
@@ -534,6 +535,97 @@ def test_recovery_leaves_rows_of_a_live_run_alone(
     assert poster.stats == type(poster.stats)()
     assert client.requests_made == 0
     assert by_external_id(sandbox, "customer") == {}
+
+
+def test_a_run_believed_alive_whose_lease_expired_is_settled_and_reported_dead(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient
+) -> None:
+    # A SIGKILLed run stays STARTED in Dagster's run storage forever; its lease does not.
+    enqueue(warehouse_engine, customer("a"), customer("b"))
+    with warehouse_engine.begin() as conn:
+        ledger.claim(conn, erp=ERP, doc_type="customer", run_id="killed-run", limit=10, lease_s=1)
+    dead: list[tuple[str, str]] = []
+    alive_poster = make_engine(warehouse_engine, client, "run-2", is_run_alive=lambda r: True)
+    alive_poster.recover()
+    assert row(warehouse_engine, "SF_a")["state"] == "in_flight", "its lease still holds"
+
+    with warehouse_engine.begin() as conn:
+        conn.execute(sa.text("UPDATE posting_ledger SET lease_until = '2000-01-01T00:00:00'"))
+    poster = make_engine(
+        warehouse_engine,
+        client,
+        "run-3",
+        is_run_alive=lambda r: True,
+        on_dead_run=lambda run, why: dead.append((run, why)),
+    )
+    poster.recover()
+    poster.post("customer")
+
+    assert [run for run, _ in dead] == ["killed-run"]
+    assert "lease" in dead[0][1] and "run-3" in dead[0][1]
+    assert poster.stats.dead_runs == ["killed-run"]
+    assert (row(warehouse_engine, "SF_a")["state"], row(warehouse_engine, "SF_b")["state"]) == (
+        "posted",
+        "posted",
+    )
+    assert set(by_external_id(sandbox, "customer")) == {"SF_a", "SF_b"}
+
+
+def test_a_holder_that_lost_its_claim_cannot_overwrite_the_settlement(
+    warehouse_engine: Engine, client: NetSuiteClient
+) -> None:
+    enqueue(warehouse_engine, customer("a"))
+    _claim_as(warehouse_engine, "slow-run")
+    with warehouse_engine.begin() as conn:
+        conn.execute(sa.text("UPDATE posting_ledger SET lease_until = '2000-01-01T00:00:00'"))
+    make_engine(warehouse_engine, client, "run-2", is_run_alive=lambda r: True).recover()
+    _claim_as(warehouse_engine, "run-3")
+    # The slow run wakes up and tries to record its own outcome for a row run-3 now holds.
+    with warehouse_engine.begin() as conn, pytest.raises(ledger.LostClaim):
+        ledger.transition(
+            conn,
+            erp=ERP,
+            doc_type="customer",
+            external_id="SF_a",
+            to_state="posted",
+            run_id="slow-run",
+            expect_state="in_flight",
+            expect_holder="slow-run",
+        )
+    assert (
+        row(warehouse_engine, "SF_a")["state"],
+        row(warehouse_engine, "SF_a")["claimed_by"],
+    ) == (
+        "in_flight",
+        "run-3",
+    )
+
+
+def test_a_working_run_renews_its_leases(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient
+) -> None:
+    enqueue(warehouse_engine, customer("a"))
+    seen: list[bool] = []
+
+    def slow_send(point: str) -> None:
+        if point == "sending":
+            # Three lease lengths pass while this document is in flight.
+            time.sleep(0.9)
+            with warehouse_engine.connect() as conn:
+                (row_,) = ledger.stale_in_flight(conn, erp=ERP, run_id="someone-else")
+            seen.append(row_.lease_expired)
+
+    poster = make_engine(
+        warehouse_engine,
+        client,
+        "run-1",
+        hooks=slow_send,
+        lease_s=0.3,
+    )
+    poster.post("customer")
+    assert seen == [False]
+    assert row(warehouse_engine, "SF_a")["state"] == "posted"
+    assert row(warehouse_engine, "SF_a")["lease_until"] is None
 
 
 def test_concurrent_workers_post_each_document_once_and_back_off_past_the_erp_limit(

@@ -1,9 +1,12 @@
 """Pipeline settings that operations tune without a code change."""
 
+import os
+
 import dagster as dg
 from pydantic import Field
 
 from finsync_pipeline.errors import ConfigurationError
+from finsync_pipeline.ledger import DEFAULT_LEASE_S
 from finsync_pipeline.sources import OPTIONAL_SOURCES, SOURCES_OFF_ENV
 
 
@@ -19,6 +22,12 @@ class PipelineSettings(dg.ConfigurableResource):
             says nothing about the feed, so it goes to quarantine and the run goes on.
         posting_max_attempts: Sends before a transiently failing document is declared dead.
         posting_batch_size: Ledger rows claimed per transaction.
+        posting_lease_s: Seconds a posting run's claim on a document stays its own without a
+            renewal (``FINSYNC_POSTING_LEASE_S``). The run renews it every third of that while
+            it works; a claim whose lease expired is settled by the next run by looking the
+            document up in the ERP, whatever the orchestrator says about its holder. Shorter
+            recovers a killed run's documents sooner; it must outlast the longest pause a live
+            run can take (a long GC, a stalled disk) or the live run loses its claims.
         tax_tolerance_minor_per_line: How far billed tax may differ from the tax engine's, per
             invoice line, in minor units (finance-approved: 1, an engine rounding differently).
         avalara_concurrency: AvaTax estimates in flight at once.
@@ -39,6 +48,7 @@ class PipelineSettings(dg.ConfigurableResource):
     min_bad_records: int = Field(default=5, ge=1)
     posting_max_attempts: int = Field(default=8, ge=1)
     posting_batch_size: int = Field(default=50, ge=1)
+    posting_lease_s: float = Field(default=DEFAULT_LEASE_S, ge=1.0, le=3600.0)
     tax_tolerance_minor_per_line: int = Field(default=1, ge=0)
     avalara_concurrency: int = Field(default=4, ge=1, le=16)
     netsuite_concurrency: int = Field(default=4, ge=1, le=20)
@@ -63,3 +73,23 @@ class PipelineSettings(dg.ConfigurableResource):
         """Whether ``bad`` records breaking their contract, ``share`` of those checked, should
         stop the run: too many to be a few bad rows, and too large a share to be noise."""
         return bad >= self.min_bad_records and share > self.max_bad_share
+
+
+LEASE_ENV = "FINSYNC_POSTING_LEASE_S"
+
+
+def lease_from_env() -> float:
+    """``FINSYNC_POSTING_LEASE_S`` as seconds (default 120), or one line saying what to set."""
+    text = os.environ.get(LEASE_ENV, "").strip()
+    if not text:
+        return DEFAULT_LEASE_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 1.0 <= seconds <= 3600.0:
+        raise ConfigurationError(
+            f"{LEASE_ENV} is {text!r}: set it to the seconds a posting claim lasts without a "
+            "renewal, from 1 to 3600 (default 120)"
+        )
+    return seconds

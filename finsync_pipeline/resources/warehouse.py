@@ -42,6 +42,7 @@ def split_statements(sql_text: str) -> list[str]:
 # created earlier without them, so they are added here (portable ALTER TABLE ... ADD COLUMN).
 ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("posting_ledger", "waiting_for", "TEXT"),
+    ("posting_ledger", "lease_until", "TEXT"),
     ("customers", "tax_exempt", "TEXT"),
     ("customers", "has_tax_id", "INTEGER NOT NULL DEFAULT 0"),
     ("customers", "tax_id", "TEXT"),

@@ -21,6 +21,9 @@ CREATE TABLE IF NOT EXISTS posting_ledger (
     posted_hash         TEXT,
     claimed_by          TEXT,
     claimed_at          TEXT,
+    -- Until when the claim is its holder's; the holder renews it while it works, and a row
+    -- whose lease expired is settled by the next run by looking it up in the ERP.
+    lease_until         TEXT,
     next_attempt_at     TEXT,
     -- doc_type:external_id of the document this one waits for (a parent, an invoice);
     -- posting that document makes this one due at once.

@@ -1,5 +1,8 @@
 """Post: ledger-driven writes to NetSuite, exactly once."""
 
+from collections.abc import Callable
+from typing import TypedDict
+
 import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
@@ -13,6 +16,7 @@ from finsync_pipeline.posting_flows import batch_windows, flows_of_run
 from finsync_pipeline.resources.netsuite import NetSuiteResource
 from finsync_pipeline.resources.settings import PipelineSettings
 from finsync_pipeline.resources.warehouse import WarehouseResource
+from finsync_pipeline.run_health import mark_run_dead
 
 OWNERS = ["team:finance-data"]
 POSTING_KINDS = ["posting_rejected", "posting_dead"]
@@ -21,6 +25,37 @@ POSTING_KINDS = ["posting_rejected", "posting_dead"]
 def _run_alive(instance: dg.DagsterInstance, run_id: str) -> bool:
     run = instance.get_run_by_id(run_id)
     return run is not None and not run.is_finished
+
+
+class EngineOptions(TypedDict):
+    """The keyword arguments every posting engine of a run shares."""
+
+    run_id: str
+    is_run_alive: Callable[[str], bool]
+    on_dead_run: Callable[[str, str], None]
+    lease_s: float
+    max_attempts: int
+    batch_size: int
+
+
+def posting_engine_options(
+    context: dg.AssetExecutionContext, settings: PipelineSettings
+) -> EngineOptions:
+    """What every posting engine of a run shares: its liveness, lease and retry settings."""
+    instance = context.instance
+
+    def on_dead_run(run_id: str, why: str) -> None:
+        if mark_run_dead(instance, run_id, why):
+            context.log.warning(f"marked run {run_id} failed: {why}")
+
+    return {
+        "run_id": context.run.run_id,
+        "is_run_alive": lambda run_id: _run_alive(instance, run_id),
+        "on_dead_run": on_dead_run,
+        "lease_s": settings.posting_lease_s,
+        "max_attempts": settings.posting_max_attempts,
+        "batch_size": settings.posting_batch_size,
+    }
 
 
 def rejection_exceptions(
@@ -104,12 +139,9 @@ def erp_postings(
         engine,
         client,
         erp=ERP,
-        run_id=context.run.run_id,
-        is_run_alive=lambda run_id: _run_alive(context.instance, run_id),
-        max_attempts=settings.posting_max_attempts,
-        batch_size=settings.posting_batch_size,
         concurrency=settings.netsuite_concurrency,
         client_factory=netsuite.get_client,
+        **posting_engine_options(context, settings),
     )
     poster.recover()
     with engine.connect() as conn:

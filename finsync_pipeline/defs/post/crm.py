@@ -14,7 +14,11 @@ from finsync_pipeline.crm_writeback import (
     hold_reasons,
     opportunity_statuses,
 )
-from finsync_pipeline.defs.post.assets import _run_alive, rejection_exceptions, resolve_posted
+from finsync_pipeline.defs.post.assets import (
+    posting_engine_options,
+    rejection_exceptions,
+    resolve_posted,
+)
 from finsync_pipeline.landing import sample, sync_exceptions
 from finsync_pipeline.logic.derive import ERP, LIVE_INVOICE_STATUSES
 from finsync_pipeline.posting import PostingEngine
@@ -85,10 +89,7 @@ def crm_status_writeback(
         engine,
         SalesforceStatusClient(client),
         erp=CRM,
-        run_id=context.run.run_id,
-        is_run_alive=lambda run_id: _run_alive(context.instance, run_id),
-        max_attempts=settings.posting_max_attempts,
-        batch_size=settings.posting_batch_size,
+        **posting_engine_options(context, settings),
     )
     poster.recover()
     sent: dict[str, int] = {}

@@ -1,0 +1,101 @@
+"""Runs that died without saying so: found, marked failed with the reason, their slots freed.
+
+A SIGKILLed process (an OOM kill, a node loss) never reports its Dagster run finished: the run
+stays STARTED in run storage and keeps the concurrency pool slots its steps held, so after a
+few such deaths every new run waits for a slot forever. Two checks settle them:
+
+- **Leases** (``posting``): a run holding posting-ledger rows in flight past their lease is
+  dead whatever run storage says; the posting run that settles its rows marks it failed.
+- **The runner's start-up check** (``reap_dead_runs``): ``finsync run`` executes its runs in
+  its own process and tags each with that process (host, pid and the pid's start time, so a
+  reused pid is not mistaken for the runner). A later ``finsync run`` on the same host marks
+  every unfinished run whose process is gone failed and frees its slots before it starts.
+  Runs launched by the Dagster daemon are left to Dagster's run monitoring.
+"""
+
+import os
+import socket
+from pathlib import Path
+
+import dagster as dg
+
+HOST_TAG = "finsync/runner_host"
+PID_TAG = "finsync/runner_pid"
+PID_START_TAG = "finsync/runner_pid_start"
+_UNFINISHED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), or None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses; fields follow the last ")".
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def runner_tags() -> dict[str, str]:
+    """The tags naming this process as the executor of a run."""
+    pid = os.getpid()
+    return {
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(pid),
+        PID_START_TAG: _process_start(pid) or "",
+    }
+
+
+def _process_gone(pid: int, started: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return bool(started) and _process_start(pid) not in (None, started)
+
+
+def mark_run_dead(instance: dg.DagsterInstance, run_id: str, why: str) -> bool:
+    """Mark an unfinished run failed with ``why`` and free the pool slots it held.
+
+    Returns whether the run was marked (a finished or unknown run is left as it is).
+    """
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.is_finished:
+        return False
+    instance.report_run_failed(run, message=why)
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        storage.free_concurrency_slots_for_run(run_id)
+    return True
+
+
+def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed every unfinished run a ``finsync run`` process of this host executed and
+    that process is gone; return their run ids."""
+    host = socket.gethostname()
+    reaped: list[str] = []
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(statuses=_UNFINISHED, tags={HOST_TAG: host})
+    )
+    for record in records:
+        tags = record.dagster_run.tags
+        pid_text = tags.get(PID_TAG, "")
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        if not _process_gone(int(pid_text), tags.get(PID_START_TAG, "")):
+            continue
+        why = (
+            f"the finsync run process that executed this run (pid {pid_text} on {host}) is "
+            "gone: it was killed from outside before the run could finish"
+        )
+        if mark_run_dead(instance, record.dagster_run.run_id, why):
+            reaped.append(record.dagster_run.run_id)
+    return reaped
