@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from finsync_pipeline import ledger
 from finsync_pipeline.definitions import defs
 from finsync_pipeline.partitions import range_tags
-from finsync_pipeline.resources.warehouse import create_engine
+from finsync_pipeline.resources.warehouse import WarehouseResource, create_engine
 from finsync_pipeline.sandbox.generator import Company, CompanySpec, add_months, generate
 from finsync_pipeline.sandbox.server import Sandbox
 from finsync_tests.conftest import TEST_END
@@ -322,18 +322,46 @@ def test_a_po_set_on_the_opportunity_in_salesforce_posts_the_held_invoice(
     monkeypatch.setenv("FINSYNC_PO_SOURCE", "salesforce_opportunity:PO_Number__c")
     url = f"sqlite:///{tmp_path / 'warehouse.db'}"
     resources = _resources(crm_sandbox.env, url)
+    instance = dg.DagsterInstance.ephemeral()
     assert _run(resources).success
     (planted,) = crm_sandbox.planted()["missing_po"]
     assert set(_open_missing_po(url)) == {planted["id"]}
+    with create_engine(url).connect() as conn:
+        day = conn.execute(
+            sa.text("SELECT partition_date FROM invoices WHERE invoice_id = :id"),
+            {"id": planted["id"]},
+        ).scalar_one()
+    assert _late_days(instance, url) == []
 
-    # Finance types the PO into the Opportunity; the next run extracts the change.
+    # Finance types the PO into the Opportunity; a later day's run extracts the change.
     resources["salesforce"].get_client().upsert(
         "Opportunity", "Id", planted["opportunity"], {"PO_Number__c": "4500099999"}
     )
-    assert _run(resources).success
-
+    loaded = defs()
+    extract = dg.materialize(
+        [loaded.get_assets_def("salesforce_opportunities")],
+        resources=resources,
+        instance=instance,
+    )
+    assert extract.success
+    # The held invoice's day is run again without anyone asking, and the invoice posts.
+    assert _late_days(instance, url) == [day]
+    caught_up = loaded.resolve_job_def("catch_up_job").execute_in_process(
+        instance=instance, resources=resources, partition_key=day
+    )
+    assert caught_up.success
     assert _open_missing_po(url) == {}
     assert _erp_invoices(crm_sandbox)[f"STRIPE_{planted['id']}"]["otherRefNum"] == "4500099999"
+    assert _late_days(instance, url) == []
+
+
+def _late_days(instance: dg.DagsterInstance, url: str) -> list[str | None]:
+    """The partitions the late-changes sensor asks runs for."""
+    sensor = defs().resolve_sensor_def("late_changes_sensor")
+    context = dg.build_sensor_context(
+        instance=instance, definitions=defs(), resources={"warehouse": WarehouseResource(url=url)}
+    )
+    return [r.partition_key for r in sensor.evaluate_tick(context).run_requests or []]
 
 
 def test_a_po_field_the_org_lacks_fails_the_run_with_one_line_naming_setting_and_field(
