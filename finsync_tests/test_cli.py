@@ -434,7 +434,8 @@ def test_a_wrong_po_source_is_one_line_saying_what_to_set(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("finsync: FINSYNC_PO_SOURCE: 'opportunity' is not supported")
+    assert line.startswith("finsync: FINSYNC_PO_SOURCE: unknown source 'opportunity'")
+    assert "salesforce_opportunity:<Field>" in line
     assert "stripe_custom_field:PO Number" in line
 
 

@@ -127,6 +127,7 @@ def build_invoices(
             "partition_date": invoices["source_id"].map(partition_of),
             "number": invoices["number"],
             "po_number": invoices["po_number"],
+            "opportunity_id": invoices["opportunity_id"],
             "stripe_customer_id": invoices["customer"],
             "customer_key": invoices["customer"].map(customer_keys),
             "subscription_id": invoices["subscription_id"],
@@ -182,7 +183,13 @@ def build_invoices(
     )
     # A lookup that matched nothing (no customers landed yet) must stay a text column.
     head = head.astype(
-        {"customer_key": "str", "subscription_id": "str", "number": "str", "po_number": "str"}
+        {
+            "customer_key": "str",
+            "subscription_id": "str",
+            "number": "str",
+            "po_number": "str",
+            "opportunity_id": "str",
+        }
     )
     return head.reset_index(drop=True), body.reset_index(drop=True)
 

@@ -260,7 +260,10 @@ def derive_invoice_ready(
     ``otherRefNum``, NetSuite's PO field; an invoice without one leaves it out, and the Stripe
     invoice number is named in the memo. An invoice of an account with ``PO_Required__c``
     (``po_required``) and no PO is a ``missing_po`` exception and is not derived: the customer
-    would refuse to pay it. ``customers`` without a ``po_required`` column require no PO.
+    would refuse to pay it. Its detail says where finance sets the PO: the invoice's
+    ``po_where`` when the frame has one (a Salesforce source names the Opportunity or quote and
+    the field, ``logic.purchase_orders``), else ``po_source.where``. ``customers`` without a
+    ``po_required`` column require no PO.
     An invoice already in the ERP (``in_erp``: posted or being posted, by invoice id) is past
     holding: it is derived as before, so what applies to it (its payments) still does.
 
@@ -329,12 +332,15 @@ def derive_invoice_ready(
         owes = int(inv.total_minor) >= 0
         if po is None and key in needs_po and invoice_id not in in_erp and owes:
             number = "" if _na(inv.number) else f" ({inv.number})"
+            # A Salesforce source names the very record that lacks it (po_where).
+            where = getattr(inv, "po_where", None)
+            where = po_source.where if _na(where) else str(where)
             problems.add(
                 "missing_po",
                 "stripe",
                 invoice_id,
                 f"Stripe invoice {invoice_id}{number} bills account {key}, which has "
-                f"PO_Required__c, and carries no purchase order: set the {po_source.where} "
+                f"PO_Required__c, and carries no purchase order: set the {where} "
                 "(FINSYNC_PO_SOURCE) and the next run posts it",
                 **extra,
             )

@@ -248,6 +248,7 @@ INVOICE_DTYPES = {
     "source_id": "str",
     "number": "str",
     "po_number": "str",
+    "opportunity_id": "str",
     "customer": "str",
     "subscription_id": "str",
     "status": "str",
@@ -359,7 +360,8 @@ def flatten_stripe_invoices(
     records: Sequence[Record], po_source: PoSource = DEFAULT_PO_SOURCE
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stripe invoices and every one of their lines (the extractor already paged past 10),
-    with the customer's PO read from ``po_source``."""
+    with the customer's PO read from ``po_source`` and the Salesforce Opportunity the invoice
+    names under ``po_source.link_key`` (``opportunity_id``)."""
     invoices: list[dict[str, Any]] = []
     lines: list[dict[str, Any]] = []
     for r in records:
@@ -401,6 +403,7 @@ def flatten_stripe_invoices(
                 "source_id": invoice_id,
                 "number": as_text(r.get("number")),
                 "po_number": po_source.read(r),
+                "opportunity_id": po_source.opportunity_of(r),
                 "customer": as_text(r.get("customer")),
                 "subscription_id": as_text(parent.get("subscription")),
                 "status": as_text(r.get("status")),

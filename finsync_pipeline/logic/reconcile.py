@@ -315,6 +315,10 @@ def renewal_exceptions(recon: pd.DataFrame) -> pd.DataFrame:
     return problems.frame()
 
 
+# Days after a term starts that its first invoice may be dated (billing runs on its own clock).
+TERM_GRACE_DAYS = 3
+
+
 def reconcile_renewals(
     renewals: pd.DataFrame,
     invoices: pd.DataFrame,
@@ -322,7 +326,7 @@ def reconcile_renewals(
     held_ids: set[str],
     *,
     quarantined_accounts: frozenset[str] | set[str] = frozenset(),
-    grace_days: int = 3,
+    grace_days: int = TERM_GRACE_DAYS,
     billed_through: tuple[str, str] | None = None,
 ) -> pd.DataFrame:
     """Each closed-won renewal in the CRM against its first invoice in billing and the ERP.

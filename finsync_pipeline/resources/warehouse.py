@@ -55,6 +55,7 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("invoices", "ending_balance_minor", "BIGINT"),
     ("invoices", "amount_due_minor", "BIGINT"),
     ("invoices", "po_number", "TEXT"),
+    ("invoices", "opportunity_id", "TEXT"),
     ("invoice_lines", "discount_minor", "BIGINT NOT NULL DEFAULT 0"),
     ("invoice_lines", "inclusive_tax_minor", "BIGINT NOT NULL DEFAULT 0"),
     ("invoice_ready_transactions", "discount_minor", "BIGINT NOT NULL DEFAULT 0"),

@@ -49,6 +49,8 @@ SCHEMA: dict[str, dict[str, str]] = {
         "IsWon": "boolean",
         "ContractId": "id",
         "CurrencyIsoCode": "string",
+        # The demo org's custom field for the customer's purchase order (FINSYNC_PO_SOURCE).
+        "PO_Number__c": "string",
         **{name: "string" for name in ("Finsync_Invoice_Status__c", "Finsync_ERP_Invoice_Id__c")},
         "Finsync_Paid__c": "boolean",
         "Finsync_Stripe_Invoice_Id__c": "string",
@@ -88,6 +90,7 @@ SCHEMA: dict[str, dict[str, str]] = {
         "SBQQ__PaymentTerms__c": "string",
         "SBQQ__MasterContract__c": "id",
         "SBQQ__Ordered__c": "boolean",
+        "PO_Number__c": "string",
         "CurrencyIsoCode": "string",
         "CreatedDate": "datetime",
         "LastModifiedDate": "datetime",

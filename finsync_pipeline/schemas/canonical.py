@@ -73,6 +73,11 @@ class Invoice(Lineage):
     po_number: Series[str] = pa.Field(
         nullable=True, description="The customer's purchase order, read from FINSYNC_PO_SOURCE"
     )
+    opportunity_id: Series[str] = pa.Field(
+        nullable=True,
+        description="The Salesforce Opportunity the invoice bills, from its Stripe metadata "
+        "(FINSYNC_PO_OPPORTUNITY_KEY)",
+    )
     stripe_customer_id: Series[str] = pa.Field(description="Stripe customer id")
     customer_key: Series[str] = pa.Field(nullable=True, description="Salesforce account id")
     subscription_id: Series[str] = pa.Field(nullable=True, description="Stripe subscription")

@@ -115,6 +115,11 @@ class StripeInvoiceRecord(pa.DataFrameModel):
         description="The customer's PO from FINSYNC_PO_SOURCE: a custom_fields entry (the list "
         "may be null) or a metadata key; none when absent or blank",
     )
+    opportunity_id: Optional[Series[str]] = pa.Field(  # noqa: UP045 (pandera reads Optional)
+        nullable=True,
+        description="The Salesforce Opportunity named in the invoice's or its subscription's "
+        "metadata (FINSYNC_PO_OPPORTUNITY_KEY); none when absent",
+    )
 
     @pa.dataframe_check(name="amount_due_ties_out")
     def amount_due_ties_out(cls, df: pd.DataFrame) -> Series[bool]:

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from finsync_pipeline import ledger
 from finsync_pipeline.definitions import defs
 from finsync_pipeline.partitions import range_tags
-from finsync_pipeline.resources.warehouse import create_engine
-from finsync_pipeline.sandbox.generator import CompanySpec, add_months, generate
+from finsync_pipeline.resources.warehouse import WarehouseResource, create_engine
+from finsync_pipeline.sandbox.generator import Company, CompanySpec, add_months, generate
 from finsync_pipeline.sandbox.server import Sandbox
 from finsync_tests.conftest import TEST_END
 from finsync_tests.defs.test_assets import _resources
@@ -213,3 +213,182 @@ def test_invoices_posted_with_the_stripe_number_as_po_raise_nothing_after_the_up
     assert not [d for _k, _s, d in held if bare in d]
     # Nothing was re-sent: the posted invoices keep what they were posted with.
     assert states == {"posted"}
+
+
+# -- the PO from the CRM -------------------------------------------------------------------------
+
+
+# A company whose planted invoice is the only one of its term, so the Opportunity that lacks
+# the PO holds that invoice alone (seed 9's shares its term with a sibling).
+CRM_SPEC = CompanySpec(accounts=30, months=2, seed=1, end=TEST_END)
+
+
+@pytest.fixture
+def crm_company() -> Company:
+    company = generate(CRM_SPEC)
+    # Each place holds a PO of its own here, so the ERP shows which one was read.
+    for obj, mark in (("Opportunity", "OPP-"), ("SBQQ__Quote__c", "Q-")):
+        for record in company.salesforce[obj]:
+            if record["PO_Number__c"]:
+                record["PO_Number__c"] = mark + record["PO_Number__c"]
+    return company
+
+
+@pytest.fixture
+def crm_sandbox(tmp_path: Path, crm_company: Company) -> Iterator[Sandbox]:
+    box = Sandbox(tmp_path / "sandbox")
+    box.seed(crm_company)
+    with box:
+        yield box
+
+
+def _expected_pos(company: Company, kind: str) -> dict[str, str]:
+    """Invoice id -> the PO of the Opportunity it bills (or of that Opportunity's primary
+    quote), for the invoices of PO-required accounts whose record has one."""
+    opps = {o["Id"]: o for o in company.salesforce["Opportunity"]}
+    quotes = {
+        q["SBQQ__Opportunity2__c"]: q
+        for q in company.salesforce["SBQQ__Quote__c"]
+        if q["SBQQ__Primary__c"]
+    }
+    out = {}
+    for inv in company.stripe["invoice"]:
+        opp_id = inv["parent"]["subscription_details"]["metadata"]["salesforce_opportunity_id"]
+        record = opps[opp_id] if kind == "salesforce_opportunity" else quotes.get(opp_id, {})
+        if record.get("PO_Number__c"):
+            out[inv["id"]] = record["PO_Number__c"]
+    return out
+
+
+def _open_missing_po(url: str) -> dict[str, str]:
+    with create_engine(url).connect() as conn:
+        return dict(
+            conn.execute(
+                sa.text(
+                    "SELECT source_id, detail FROM finance_exceptions "
+                    "WHERE kind = 'missing_po' AND status = 'open'"
+                )
+            ).all()
+        )
+
+
+@pytest.mark.parametrize(
+    ("kind", "mark"),
+    [("salesforce_opportunity", "OPP-"), ("salesforce_quote", "Q-")],
+    ids=["opportunity", "quote"],
+)
+def test_the_po_of_the_opportunity_or_quote_an_invoice_bills_lands_in_other_ref_num(
+    crm_sandbox: Sandbox,
+    crm_company: Company,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    mark: str,
+) -> None:
+    monkeypatch.setenv("FINSYNC_PO_SOURCE", f"{kind}:PO_Number__c")
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    assert _run(_resources(crm_sandbox.env, url)).success
+
+    erp = _erp_invoices(crm_sandbox)
+    expected = _expected_pos(crm_company, kind)
+    posted = {i: po for i, po in expected.items() if f"STRIPE_{i}" in erp}
+    assert len(posted) >= 3
+    for invoice_id, po in posted.items():
+        assert po.startswith(mark)
+        assert erp[f"STRIPE_{invoice_id}"]["otherRefNum"] == po
+    # The Stripe custom field is not where this company keeps its POs.
+    assert not any(str(r.get("otherRefNum", "")).startswith("45") for r in erp.values())
+    # The invoice whose Opportunity has no PO is the one held, and the detail says which
+    # Salesforce record and field finance sets.
+    (planted,) = crm_sandbox.planted()["missing_po"]
+    held = _open_missing_po(url)
+    assert set(held) == {planted["id"]}
+    assert f"STRIPE_{planted['id']}" not in erp
+    detail = held[planted["id"]]
+    assert "field PO_Number__c on" in detail
+    assert f"Salesforce Opportunity {planted['opportunity']}" in detail
+    if kind == "salesforce_quote":
+        (quote,) = [
+            q["Id"]
+            for q in crm_company.salesforce["SBQQ__Quote__c"]
+            if q["SBQQ__Opportunity2__c"] == planted["opportunity"] and q["SBQQ__Primary__c"]
+        ]
+        assert f"primary CPQ quote {quote} (SBQQ__Quote__c)" in detail
+
+
+def test_a_po_set_on_the_opportunity_in_salesforce_posts_the_held_invoice(
+    crm_sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINSYNC_PO_SOURCE", "salesforce_opportunity:PO_Number__c")
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    resources = _resources(crm_sandbox.env, url)
+    instance = dg.DagsterInstance.ephemeral()
+    assert _run(resources).success
+    (planted,) = crm_sandbox.planted()["missing_po"]
+    assert set(_open_missing_po(url)) == {planted["id"]}
+    with create_engine(url).connect() as conn:
+        day = conn.execute(
+            sa.text("SELECT partition_date FROM invoices WHERE invoice_id = :id"),
+            {"id": planted["id"]},
+        ).scalar_one()
+    assert _late_days(instance, url) == []
+
+    # Finance types the PO into the Opportunity; a later day's run extracts the change.
+    resources["salesforce"].get_client().upsert(
+        "Opportunity", "Id", planted["opportunity"], {"PO_Number__c": "4500099999"}
+    )
+    loaded = defs()
+    extract = dg.materialize(
+        [loaded.get_assets_def("salesforce_opportunities")],
+        resources=resources,
+        instance=instance,
+    )
+    assert extract.success
+    # The held invoice's day is run again without anyone asking, and the invoice posts.
+    assert _late_days(instance, url) == [day]
+    caught_up = loaded.resolve_job_def("catch_up_job").execute_in_process(
+        instance=instance, resources=resources, partition_key=day
+    )
+    assert caught_up.success
+    assert _open_missing_po(url) == {}
+    assert _erp_invoices(crm_sandbox)[f"STRIPE_{planted['id']}"]["otherRefNum"] == "4500099999"
+    assert _late_days(instance, url) == []
+
+
+def _late_days(instance: dg.DagsterInstance, url: str) -> list[str | None]:
+    """The partitions the late-changes sensor asks runs for."""
+    sensor = defs().resolve_sensor_def("late_changes_sensor")
+    context = dg.build_sensor_context(
+        instance=instance, definitions=defs(), resources={"warehouse": WarehouseResource(url=url)}
+    )
+    return [r.partition_key for r in sensor.evaluate_tick(context).run_requests or []]
+
+
+def test_a_po_field_the_org_lacks_fails_the_run_with_one_line_naming_setting_and_field(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINSYNC_PO_SOURCE", "salesforce_opportunity:Customer_PO__c")
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    result = dg.materialize(
+        [defs().get_assets_def("salesforce_opportunities")],
+        resources=_resources(sandbox.env, url),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    error = failure.step_failure_data.error
+    assert error is not None
+    messages = [error.message]
+    while error.cause is not None:
+        error = error.cause
+        messages.append(error.message)
+    (line,) = [m for m in messages if m.startswith("finsync_pipeline.errors.ConfigurationError")]
+    text = line.strip().split(": ", 1)[1]
+    assert "\n" not in text
+    assert text.startswith("FINSYNC_PO_SOURCE names field Customer_PO__c of the Salesforce ")
+    assert "INVALID_FIELD" in text
+    # Nothing was landed under the bad setting.
+    with create_engine(url).connect() as conn:
+        landed = conn.execute(sa.text("SELECT COUNT(*) FROM salesforce_opportunities"))
+        assert landed.scalar_one() == 0

@@ -124,6 +124,7 @@ def test_build_invoices_links_customers_and_lines() -> None:
             "source_id": ["in_1", "in_2"],
             "number": ["INV-1", None],
             "po_number": ["PO-1", None],
+            "opportunity_id": ["006OPP", None],
             "customer": ["cus_p", "cus_unknown"],
             "subscription_id": ["sub_1", None],
             "status": ["open", "paid"],
@@ -175,6 +176,7 @@ def test_build_invoices_links_customers_and_lines() -> None:
     head = head.set_index("invoice_id")
     assert head.loc["in_1", "customer_key"] == "001PARENT"
     assert head.loc["in_1", "po_number"] == "PO-1"
+    assert head.loc["in_1", "opportunity_id"] == "006OPP"
     assert pd.isna(head.loc["in_2", "po_number"])
     assert pd.isna(head.loc["in_2", "customer_key"])
     assert head.loc["in_1", "partition_date"] == "2026-10-01"

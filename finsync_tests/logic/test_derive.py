@@ -355,6 +355,22 @@ def test_a_po_required_invoice_without_a_po_is_held_as_missing_po_for_finance_op
     }
 
 
+def test_a_crm_po_missing_names_the_record_and_field_finance_sets() -> None:
+    # The PO of a Salesforce source was resolved per invoice (logic.purchase_orders): the
+    # detail says which Opportunity or quote lacks it, not a generic place.
+    people = customers().assign(po_required=[int(c[0] == "001C") for c in CUSTOMERS])
+    head, body = invoices()
+    head["po_number"] = head["invoice_id"].map(PO_NUMBERS).astype("str")
+    where = "field PO_Number__c on Salesforce Opportunity 0065g00000AbCdEAAZ"
+    head["po_where"] = head["invoice_id"].map({"in_uncoll": where})
+    upserts, _ = derive_customer_upserts(people, MASTER)
+    source = PoSource("salesforce_opportunity", "PO_Number__c")
+    ready, problems = derive_invoice_ready(head, body, upserts, people, MASTER, po_source=source)
+    (detail,) = problems.loc[problems["source_id"] == "in_uncoll", "detail"]
+    assert f"set the {where} (FINSYNC_PO_SOURCE)" in detail
+    assert ready.set_index("invoice_id").loc["in_notax", "payload"]["otherRefNum"] == "PO-4500"
+
+
 def test_an_invoice_already_in_the_erp_is_past_holding_for_a_po() -> None:
     # Posted before its account required a PO (or before finsync read POs): holding it now
     # would only hold its payments.

@@ -101,6 +101,28 @@ def test_a_malformed_line_amount_stays_visible_as_na(amount: Any, why: str) -> N
     assert heads.iloc[0]["subtotal"] == 2000
 
 
+def test_the_opportunity_an_invoice_bills_is_read_from_the_subscription_metadata() -> None:
+    linked = {
+        "parent": {
+            "type": "subscription_details",
+            "subscription_details": {
+                "metadata": {"salesforce_opportunity_id": "0065g00000AbCdEAAZ"},
+                "subscription": "sub_1",
+            },
+        }
+    }
+    records = [{**INVOICE, "id": "in_linked", **linked}, {**INVOICE, "id": "in_bare"}]
+    source = PoSource("salesforce_opportunity", "PO_Number__c")
+    heads, _ = n.flatten_stripe_invoices(records, source)
+    opp = dict(zip(heads["source_id"], heads["opportunity_id"], strict=True))
+    assert opp["in_linked"] == "0065g00000AbCdEAAZ"
+    assert pd.isna(opp["in_bare"])
+    # The PO of a Salesforce source is on the Opportunity, never read off the invoice.
+    assert heads["po_number"].isna().all()
+    outcome = validate_frame(heads, StripeInvoiceRecord, system="stripe", obj="invoice")
+    assert outcome.failures.empty
+
+
 def test_the_po_is_read_from_the_configured_place_and_null_custom_fields_are_no_po() -> None:
     po_field = {"custom_fields": [{"name": "PO Number", "value": "PO-4500012345"}]}
     records = [

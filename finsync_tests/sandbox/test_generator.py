@@ -516,3 +516,36 @@ def test_po_required_accounts_are_invoiced_with_their_po_but_a_planted_few(
         snap = event["data"]["object"]
         if snap.get("object") == "invoice" and snap["id"] in by_id:
             assert snap["custom_fields"] == by_id[snap["id"]]["custom_fields"]
+
+
+def test_po_required_opportunities_and_primary_quotes_carry_the_po_of_their_term(
+    default_company: Company,
+) -> None:
+    company = default_company
+    required = {a["Id"] for a in company.salesforce["Account"] if a["PO_Required__c"]}
+    opps = {o["Id"]: o for o in company.salesforce["Opportunity"]}
+    missing = company.planted["missing_po"]
+    held_opps = {p["opportunity"] for p in missing}
+    assert len(held_opps) == len(missing) and None not in held_opps
+    account_of = {
+        c["id"]: c["metadata"]["salesforce_account_id"] for c in company.stripe["customer"]
+    }
+    for inv in company.stripe["invoice"]:
+        opp_id = inv["parent"]["subscription_details"]["metadata"]["salesforce_opportunity_id"]
+        opp = opps[opp_id]
+        if account_of[inv["customer"]] not in required:
+            assert opp["PO_Number__c"] is None
+        elif opp_id in held_opps:
+            # The planted invoice is the only one of its term: no other invoice loses its PO.
+            assert opp["PO_Number__c"] is None
+            assert inv["id"] in {p["id"] for p in missing}
+        else:
+            # The Opportunity the invoice bills holds the very PO the invoice quotes.
+            assert opp["PO_Number__c"] == inv["custom_fields"][0]["value"], inv["id"]
+    quotes = company.salesforce["SBQQ__Quote__c"]
+    primary = {q["SBQQ__Opportunity2__c"]: q for q in quotes if q["SBQQ__Primary__c"]}
+    for opp_id, opp in opps.items():
+        if opp_id in primary:
+            assert primary[opp_id]["PO_Number__c"] == opp["PO_Number__c"]
+    with_po = [o for o in opps.values() if o["PO_Number__c"]]
+    assert with_po and all(o["AccountId"] in required and o["IsWon"] for o in with_po)

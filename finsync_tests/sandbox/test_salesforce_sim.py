@@ -268,6 +268,24 @@ def test_unknown_cpq_field_names_the_field(http: requests.Session, session: dict
     assert "SBQQ__Bogus__c" in resp.json()[0]["message"]
 
 
+@pytest.mark.parametrize("obj", ["Opportunity", "SBQQ__Quote__c"])
+def test_the_po_field_is_served_and_a_field_the_org_lacks_is_invalid_field(
+    http: requests.Session, session: dict[str, Any], obj: str
+) -> None:
+    # The demo org's custom PO_Number__c: set on the records of PO-required accounts, null
+    # on the others, as Salesforce serves an empty field.
+    records = _query(http, session, f"SELECT Id, PO_Number__c FROM {obj}").json()["records"]
+    values = [r["PO_Number__c"] for r in records]
+    assert any(values) and None in values
+    filtered = _query(http, session, f"SELECT Id FROM {obj} WHERE PO_Number__c != null")
+    assert filtered.json()["totalSize"] == sum(1 for v in values if v)
+    resp = _query(http, session, f"SELECT Id, Customer_PO__c FROM {obj}")
+    assert resp.status_code == 400
+    (error,) = resp.json()
+    assert error["errorCode"] == "INVALID_FIELD"
+    assert f"No such column 'Customer_PO__c' on entity '{obj}'" in error["message"]
+
+
 def test_an_org_without_cpq_refuses_sbqq_objects_as_unknown(
     http: requests.Session, session: dict[str, Any], sandbox: Sandbox
 ) -> None:

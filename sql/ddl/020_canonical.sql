@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS invoices (
     partition_date          TEXT NOT NULL,
     number                  TEXT,
     po_number               TEXT,                        -- the customer's PO (FINSYNC_PO_SOURCE)
+    opportunity_id          TEXT,                        -- the Salesforce Opportunity it bills
     stripe_customer_id      TEXT NOT NULL,
     customer_key            TEXT,
     subscription_id         TEXT,

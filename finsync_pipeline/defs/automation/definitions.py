@@ -26,6 +26,7 @@ from finsync_pipeline.partitions import (
     RANGE_START_TAG,
     daily_partitions,
 )
+from finsync_pipeline.po_source import po_source
 from finsync_pipeline.posting_flows import FLOWS_TAG, batch_windows, realtime_flows
 from finsync_pipeline.resources.warehouse import WarehouseResource
 
@@ -333,13 +334,46 @@ def days_behind(conn: sa.Connection, limit: int) -> list[dict[str, object]]:
     return [dict(r._mapping) for r in rows]
 
 
+# The Salesforce records an invoice held for its PO reads, by the Opportunity it bills: the
+# Opportunity itself, or a CPQ quote of it (a quote names its Opportunity in its payload).
+_PO_RECORDS_SQL = {
+    "salesforce_opportunity": "JOIN salesforce_opportunities r ON r.source_id = i.opportunity_id",
+    "salesforce_quote": "JOIN cpq_quotes r ON r.payload LIKE '%' || i.opportunity_id || '%'",
+}
+
+
+def days_with_po_set_later(conn: sa.Connection, limit: int) -> list[dict[str, object]]:
+    """The days holding an invoice for a missing PO whose Salesforce record landed again since
+    the exception was last seen: finance may have set the PO on the Opportunity or quote
+    (``FINSYNC_PO_SOURCE`` naming a Salesforce field), and only a run of that day derives the
+    invoice again. None for a Stripe source: the invoice's own change lands in its day.
+    """
+    source = po_source()
+    if not source.crm:
+        return []
+    rows = conn.execute(
+        sa.text(
+            "SELECT e.partition_date AS day, COUNT(DISTINCT e.source_id) AS n, "
+            "MAX(r.extracted_at) AS touched FROM finance_exceptions e "
+            "JOIN invoices i ON i.invoice_id = e.source_id "
+            f"{_PO_RECORDS_SQL[source.kind]} "
+            "WHERE e.kind = 'missing_po' AND e.status = 'open' AND r.extracted_at > e.last_seen "
+            "AND e.partition_date >= :start "
+            "GROUP BY e.partition_date ORDER BY e.partition_date LIMIT :limit"
+        ),
+        {"start": HISTORY_START, "limit": limit},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
 @dg.sensor(
     job=catch_up_job,
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Runs an older day again (catch_up_job) when its invoices changed after the "
-    "day (paid, voided, finalized later) or an invoice of it was landed for the money of a "
-    "later day, so the change reaches derive, the ledger and reconciliation without anyone "
+    "day (paid, voided, finalized later), an invoice of it was landed for the money of a "
+    "later day, or the Salesforce record an invoice of it was held for its PO changed, so the "
+    "change reaches derive, the ledger and reconciliation without anyone "
     "re-running the day by hand.",
 )
 def late_changes_sensor(
@@ -363,17 +397,22 @@ def late_changes_sensor(
         return dg.SensorResult(skip_reason="a daily run is in progress")
     with warehouse.get_engine().connect() as conn:
         behind = days_behind(conn, LATE_DAYS_PER_TICK)
-    if not behind:
+        days = {d["day"] for d in behind}
+        po_days = [
+            d for d in days_with_po_set_later(conn, LATE_DAYS_PER_TICK) if d["day"] not in days
+        ][: max(LATE_DAYS_PER_TICK - len(behind), 0)]
+    if not behind and not po_days:
         return dg.SensorResult(skip_reason="every landed change is carried downstream")
     # The run key fingerprints the day's unseen changes: the same changes never launch twice.
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
-                run_key=f"{d['day']}:{d['n']}:{d['touched']}",
+                run_key=f"{prefix}{d['day']}:{d['n']}:{d['touched']}",
                 partition_key=str(d["day"]),
                 tags={LATE_CHANGES_TAG: str(d["n"])},
             )
-            for d in behind
+            for prefix, found in (("", behind), ("po:", po_days))
+            for d in found
         ]
     )
 

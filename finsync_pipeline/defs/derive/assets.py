@@ -7,7 +7,13 @@ import pandas as pd
 import sqlalchemy as sa
 
 from finsync_pipeline import ledger
-from finsync_pipeline.landing import amounts_by_currency, sample, sync_exceptions
+from finsync_pipeline.landing import (
+    amounts_by_currency,
+    load_payloads,
+    quarantined_ids,
+    sample,
+    sync_exceptions,
+)
 from finsync_pipeline.logic.derive import (
     ERP,
     EXCEPTION_COLUMNS,
@@ -16,9 +22,10 @@ from finsync_pipeline.logic.derive import (
     derive_invoice_ready,
     only_references_changed,
 )
+from finsync_pipeline.logic.purchase_orders import crm_frames, crm_purchase_orders
 from finsync_pipeline.master_data import load_master_data
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
-from finsync_pipeline.po_source import po_source
+from finsync_pipeline.po_source import PoSource, po_source
 from finsync_pipeline.resources.warehouse import (
     WarehouseResource,
     frame_records,
@@ -100,7 +107,15 @@ def erp_customer_upserts(
     owners=OWNERS,
     partitions_def=daily_partitions,
     backfill_policy=single_run,
-    deps=["invoices", "invoice_lines", "erp_customer_upserts"],
+    # The Opportunities and quotes hold the PO when FINSYNC_PO_SOURCE names a Salesforce field.
+    deps=[
+        "invoices",
+        "invoice_lines",
+        "erp_customer_upserts",
+        "salesforce_opportunities",
+        "salesforce_contracts",
+        "cpq_quotes",
+    ],
 )
 def invoice_ready_transactions(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
@@ -111,6 +126,7 @@ def invoice_ready_transactions(
     date_from, date_to = date_bounds(context)
     engine = warehouse.get_engine()
     master = load_master_data()
+    source = po_source()
     rng = {"date_from": date_from, "date_to": date_to}
     with engine.connect() as conn:
         invoices = read_frame(
@@ -139,13 +155,15 @@ def invoice_ready_transactions(
             "AND partition_date < :date_to",
             {"erp": ERP, **rng},
         )
+        if source.crm:
+            invoices = _with_crm_purchase_orders(conn, invoices, source)
     ready, found = derive_invoice_ready(
         invoices,
         lines,
         upserts,
         customers,
         master,
-        po_source=po_source(),
+        po_source=source,
         in_erp=frozenset(in_erp["source_id"]),
     )
     # A net-negative invoice is a credit memo in the ERP; the ledger queues each type apart.
@@ -229,6 +247,31 @@ def invoice_ready_transactions(
             **_exception_metadata(found, synced),
         }
     )
+
+
+def _with_crm_purchase_orders(
+    conn: sa.Connection, invoices: pd.DataFrame, source: PoSource
+) -> pd.DataFrame:
+    """The invoices with the PO of the Salesforce Opportunity (or primary CPQ quote) each bills,
+    and, where there is none, the record and field finance sets (``po_where``).
+
+    Quarantined Opportunities and quotes are left out: a PO is never read from a record that
+    broke its contract.
+    """
+    opportunities = _valid_payloads(conn, "salesforce_opportunities")
+    contracts = _valid_payloads(conn, "salesforce_contracts")
+    quotes = _valid_payloads(conn, "cpq_quotes") if source.kind == "salesforce_quote" else []
+    opps, quote_frame = crm_frames(opportunities, contracts, quotes, source.name)
+    resolved = crm_purchase_orders(invoices, opps, quote_frame, source)
+    return invoices.drop(columns=["po_number"]).merge(resolved, on="invoice_id", how="left")
+
+
+def _valid_payloads(conn: sa.Connection, table: str) -> list[dict[str, Any]]:
+    landed = load_payloads(conn, table)
+    bad = quarantined_ids(conn, table)
+    return [
+        p for sid, p in zip(landed["source_id"], landed["payload"], strict=True) if sid not in bad
+    ]
 
 
 def _materially_changed(conn: sa.Connection, ready: pd.DataFrame, changed: list[str]) -> list[str]:

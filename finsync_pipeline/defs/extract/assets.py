@@ -12,7 +12,7 @@ import pandera.pandas as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from finsync_pipeline.errors import PermanentUpstreamError, RecordMissingError
+from finsync_pipeline.errors import ConfigurationError, PermanentUpstreamError, RecordMissingError
 from finsync_pipeline.landing import (
     amounts_by_currency,
     column_schema,
@@ -27,6 +27,7 @@ from finsync_pipeline.landing import (
 from finsync_pipeline.logic import normalize
 from finsync_pipeline.money import is_known_currency
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run, window
+from finsync_pipeline.po_source import PO_SOURCE_ENV, po_source
 from finsync_pipeline.resources.salesforce import SalesforceResource, soql_select
 from finsync_pipeline.resources.settings import PipelineSettings
 from finsync_pipeline.resources.stripe import StripeClient, StripeResource
@@ -886,6 +887,11 @@ def _salesforce(
 ) -> dg.MaterializeResult:
     """Land what changed in ``sobject`` since the cursor, within the org's quota share.
 
+    When ``FINSYNC_PO_SOURCE`` names a field of ``sobject`` it is selected too, under a cursor
+    of its own (``<table>+<field>``): records landed before the field was configured lack it,
+    so the first run with it reads every record again. A field the org lacks (Salesforce's
+    400 INVALID_FIELD) is a configuration error naming the setting and the field.
+
     The query is ordered by SystemModstamp and read one batch (one API call) at a time. Before
     each further call the org's usage (``Sforce-Limit-Info``) is held against
     ``settings.salesforce_max_quota_share`` of its daily limit: when the call would pass it,
@@ -894,7 +900,12 @@ def _salesforce(
     """
     engine = warehouse.get_engine()
     client = salesforce.get_client()
-    cursor = read_cursor(engine, table)
+    source = po_source()
+    po_field = source.name if source.sobject == sobject else None
+    stream = table if po_field is None else f"{table}+{po_field}"
+    if po_field is not None and po_field not in fields:
+        fields = [*fields, po_field]
+    cursor = read_cursor(engine, stream)
     where: list[tuple[str, str, object]] = []
     if cursor is not None:
         # Records can commit with a SystemModstamp a little before the previous run's
@@ -906,17 +917,30 @@ def _salesforce(
     records: list[dict[str, Any]] = []
     total = 0
     stopped = False
-    for batch in client.query_batches(soql):
-        records.extend(batch.records)
-        total = batch.total_size
-        if not batch.done and not client.next_call_within(share):
-            stopped = True
-            break
+    try:
+        for batch in client.query_batches(soql):
+            records.extend(batch.records)
+            total = batch.total_size
+            if not batch.done and not client.next_call_within(share):
+                stopped = True
+                break
+    except PermanentUpstreamError as e:
+        if (
+            po_field is None
+            or e.code != "INVALID_FIELD"
+            or (e.field or "").lower() != po_field.lower()
+        ):
+            raise
+        raise ConfigurationError(
+            f"{PO_SOURCE_ENV} names field {po_field} of the Salesforce {sobject}, which the org "
+            f"does not have (INVALID_FIELD): set {PO_SOURCE_ENV} to the API name of the "
+            f"{sobject} field that holds the PO"
+        ) from e
     count = land_changes(
         engine,
         table=table,
         system="salesforce",
-        stream=table,
+        stream=stream,
         records=records,
         id_key="Id",
         created_date=lambda r: iso_day(r.get("CreatedDate")),
@@ -927,7 +951,7 @@ def _salesforce(
     metadata: dict[str, Any] = {
         "dagster/row_count": count,
         "mode": "incremental" if cursor else "full (first run)",
-        "cursor (SystemModstamp)": read_cursor(engine, table) or "",
+        "cursor (SystemModstamp)": read_cursor(engine, stream) or "",
         "salesforce requests": client.requests_made,
         "stopped at quota share": stopped,
         "max quota share": share,
@@ -944,6 +968,8 @@ def _salesforce(
         )
     if model is not None:
         metadata["dagster/column_schema"] = column_schema(model)
+    if po_field is not None:
+        metadata["PO field (FINSYNC_PO_SOURCE)"] = po_field
     return dg.MaterializeResult(metadata=metadata)
 
 
