@@ -43,7 +43,14 @@ JWT_AUTH_MESSAGE = (
     "SALESFORCE_USERNAME and SALESFORCE_PRIVATE_KEY (the key whose certificate the connected "
     "app holds)"
 )
+JWT_AUDIENCE_MESSAGE = (
+    "the JWT bearer assertion's audience {audience!r} was refused (audience is invalid); set "
+    "SALESFORCE_JWT_AUDIENCE to https://login.salesforce.com (production orgs) or "
+    "https://test.salesforce.com (sandbox orgs)"
+)
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# The assertion's aud names the login server, not the My Domain URL the token is asked of.
+DEFAULT_JWT_AUDIENCE = "https://login.salesforce.com"
 # Salesforce refuses an assertion whose exp is more than 3 minutes away.
 JWT_LIFETIME_S = 170
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -277,8 +284,9 @@ class SalesforceClient(ConnectorClient):
         client_secret: Connected app consumer secret (client credentials flow).
         username: The pre-authorized user the JWT bearer flow acts as.
         private_key: PEM of the RSA key whose certificate the connected app holds.
-        jwt_audience: The assertion's ``aud``; the login URL unless set (production orgs
-            may want ``https://login.salesforce.com``, sandboxes ``https://test.salesforce.com``).
+        jwt_audience: The assertion's ``aud``: ``https://login.salesforce.com`` unless set
+            (``https://test.salesforce.com`` for a sandbox org, or an Experience Cloud site's
+            URL). Never the My Domain URL: Salesforce refuses it as "audience is invalid".
         api_version: REST API version (``v60.0``).
         batch_size: Records per query batch (200 to 2000), sent as ``Sforce-Query-Options``.
         http_options: Timeouts and retry settings.
@@ -317,7 +325,7 @@ class SalesforceClient(ConnectorClient):
                 "salesforce: no credentials; set SALESFORCE_CLIENT_SECRET (client credentials) "
                 "or SALESFORCE_USERNAME and SALESFORCE_PRIVATE_KEY (JWT bearer)"
             )
-        self._jwt_audience = (jwt_audience or self._login_url).rstrip("/")
+        self._jwt_audience = (jwt_audience or DEFAULT_JWT_AUDIENCE).rstrip("/")
         self._clock = clock
         self._api_version = api_version
         self._batch_size = batch_size
@@ -530,7 +538,10 @@ class SalesforceClient(ConnectorClient):
                 headers={"Accept": "application/json"},
             )
         except AuthenticationError as e:
-            message = JWT_AUTH_MESSAGE.format(code=e.code or "rejected", detail=e.detail)
+            if e.detail == "audience is invalid":
+                message = JWT_AUDIENCE_MESSAGE.format(audience=self._jwt_audience)
+            else:
+                message = JWT_AUTH_MESSAGE.format(code=e.code or "rejected", detail=e.detail)
             error = AuthenticationError(SYSTEM, message, code=e.code)
             error.status = e.status
             raise error from e
@@ -604,7 +615,8 @@ class SalesforceResource(dg.ConfigurableResource):
         username: The pre-authorized user of the JWT bearer flow (``SALESFORCE_USERNAME``).
         private_key: PEM of the RSA key whose certificate the connected app holds
             (``SALESFORCE_PRIVATE_KEY``; literal ``\\n`` line separators accepted).
-        jwt_audience: The assertion's ``aud`` when it is not the login URL.
+        jwt_audience: The assertion's ``aud`` (``SALESFORCE_JWT_AUDIENCE``); unset,
+            ``https://login.salesforce.com``.
         api_version: REST API version.
         batch_size: Records per query batch (200 to 2000).
 
@@ -627,7 +639,9 @@ class SalesforceResource(dg.ConfigurableResource):
         description="JWT bearer flow RSA key PEM (SALESFORCE_PRIVATE_KEY).",
     )
     jwt_audience: str | None = Field(
-        default=None, description="JWT bearer assertion audience; the login URL when unset."
+        default=None,
+        description="JWT bearer assertion audience (SALESFORCE_JWT_AUDIENCE); "
+        "https://login.salesforce.com when unset.",
     )
     api_version: str = Field(default="v60.0", description="REST API version, e.g. v60.0.")
     batch_size: int = Field(default=2000, description="Records per query batch (200-2000).")

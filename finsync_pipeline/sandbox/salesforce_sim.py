@@ -57,6 +57,11 @@ JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # Salesforce wants the assertion's exp within 3 minutes; a few seconds of clock skew are allowed.
 JWT_MAX_LIFETIME_S = 180
 JWT_CLOCK_SKEW_S = 5
+# The assertion's aud names the login server, never the My Domain URL the token request is
+# posted to: production orgs want login.salesforce.com, sandbox orgs test.salesforce.com (an
+# Experience Cloud site's URL is accepted too).
+PRODUCTION_AUDIENCE = "https://login.salesforce.com"
+SANDBOX_AUDIENCE = "https://test.salesforce.com"
 # sObject -> its external id fields (flagged External ID in setup; not Unique).
 # ``Id`` works as an external id in an upsert (API 37+); it can only update, never create.
 EXTERNAL_ID_FIELDS: dict[str, frozenset[str]] = {
@@ -193,6 +198,10 @@ class SalesforceSimulator(Simulator):
         self.token_ttl_s = 7200.0
         # An org without the Salesforce CPQ package has no SBQQ objects; set False to be one.
         self.cpq_installed = True
+        # A sandbox org (test.salesforce.com) rather than a production one; the URLs of its
+        # Experience Cloud sites, which a JWT assertion may name as audience too.
+        self.is_sandbox_org = False
+        self.site_urls: list[str] = []
         self._cache: dict[str, list[dict[str, Any]]] = {}
         self._by_id: dict[str, tuple[str, dict[str, Any]]] = {}
         self._cache_lock = threading.Lock()
@@ -232,7 +241,8 @@ class SalesforceSimulator(Simulator):
 
     def admin(self, path: str, args: dict[str, Any]) -> Response:
         """``/__sandbox/expire_sessions``, ``/__sandbox/token_ttl`` ({"seconds": N}),
-        ``/__sandbox/api_limit`` ({"daily": N}) and ``/__sandbox/api_usage`` ({"used": N})."""
+        ``/__sandbox/api_limit`` ({"daily": N}), ``/__sandbox/api_usage`` ({"used": N}) and
+        ``/__sandbox/org`` ({"is_sandbox": bool, "site_urls": [...]}: the JWT audiences)."""
         if path == "/__sandbox/expire_sessions":
             self.expire_sessions()
             return json_response(200, {"ok": True})
@@ -245,7 +255,17 @@ class SalesforceSimulator(Simulator):
         if path == "/__sandbox/api_usage":
             self.set_api_usage(int(args["used"]))
             return json_response(200, {"ok": True, "used": int(args["used"])})
+        if path == "/__sandbox/org":
+            self.is_sandbox_org = bool(args.get("is_sandbox", self.is_sandbox_org))
+            self.site_urls = [str(u) for u in args.get("site_urls", self.site_urls)]
+            return json_response(200, {"ok": True, "jwt_audiences": sorted(self.jwt_audiences)})
         return super().admin(path, args)
+
+    @property
+    def jwt_audiences(self) -> frozenset[str]:
+        """The audiences a JWT bearer assertion may name for this org."""
+        login = SANDBOX_AUDIENCE if self.is_sandbox_org else PRODUCTION_AUDIENCE
+        return frozenset({login, *(u.rstrip("/") for u in self.site_urls)})
 
     def reset_cache(self) -> None:
         """Forget cached records (after seeding)."""
@@ -350,8 +370,8 @@ class SalesforceSimulator(Simulator):
         if not hmac.compare_digest(str(claims.get("iss", "")).encode(), self.client_id.encode()):
             return _oauth_error("invalid_client_id", "client identifier invalid")
         audience = claims.get("aud")
-        audiences = audience if isinstance(audience, list) else [audience]
-        if req.base_url not in audiences:
+        # Salesforce wants one string (an array is refused), compared as a URL.
+        if not isinstance(audience, str) or audience.rstrip("/") not in self.jwt_audiences:
             return _oauth_error("invalid_grant", "audience is invalid")
         exp = claims.get("exp")
         now = self.clock()

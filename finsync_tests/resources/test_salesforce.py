@@ -206,6 +206,42 @@ def test_jwt_bearer_flow_end_to_end(
     assert sf.requests_made - before == 3
 
 
+def test_jwt_audience_is_the_login_server_not_the_my_domain_url(
+    sandbox: Sandbox, options: HttpOptions
+) -> None:
+    sf = jwt_client(sandbox, options)
+    assert list(sf.query(soql_select("Contract", ["Id"])))
+    sandbox.salesforce.is_sandbox_org = True
+    try:
+        refused = jwt_client(sandbox, options)
+        with pytest.raises(AuthenticationError) as info:
+            list(refused.query(soql_select("Contract", ["Id"])))
+        assert "audience is invalid" in str(info.value)
+        assert "SALESFORCE_JWT_AUDIENCE" in str(info.value)
+        sandbox_org = jwt_client(sandbox, options, jwt_audience="https://test.salesforce.com")
+        assert list(sandbox_org.query(soql_select("Contract", ["Id"])))
+    finally:
+        sandbox.salesforce.is_sandbox_org = False
+
+
+def test_jwt_audience_is_read_from_its_variable(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finsync_pipeline.definitions import build_resources
+
+    for name, value in sandbox.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SALESFORCE_JWT_AUDIENCE", "https://test.salesforce.com")
+    resource = build_resources("sandbox")["salesforce"]
+    assert isinstance(resource, SalesforceResource)
+    bound = resource.process_config_and_initialize()
+    assert bound.jwt_audience == "https://test.salesforce.com"
+    monkeypatch.delenv("SALESFORCE_JWT_AUDIENCE")
+    resource = build_resources("sandbox")["salesforce"]
+    assert isinstance(resource, SalesforceResource)
+    assert resource.process_config_and_initialize().jwt_audience is None
+
+
 def test_jwt_assertion_has_the_claims_salesforce_wants(sandbox: Sandbox) -> None:
     username, pem = jwt_credentials(sandbox.store, sandbox.credentials["salesforce_org_id"])
     key = load_private_key(pem)
