@@ -1,5 +1,5 @@
 """Salesforce connector: OAuth2 (client credentials or JWT bearer), SOQL queries with safe SOQL
-building, the org's API quota, and upsert by external id."""
+building, the org's API quota, upsert by external id, and updates in sObject Collections."""
 
 import datetime
 import decimal
@@ -78,6 +78,9 @@ _SOQL_ESCAPES = {
     "\b": "\\b",
     "\f": "\\f",
 }
+
+# sObject Collections take up to 200 records a call (EXCEEDED_ID_LIMIT past that).
+COLLECTION_LIMIT = 200
 
 SoqlValue = str | int | bool | None | datetime.date | datetime.datetime | decimal.Decimal
 
@@ -263,6 +266,20 @@ class QueryBatch:
     total_size: int
 
 
+@dataclass(frozen=True)
+class SaveResult:
+    """Salesforce's answer for one record of an sObject Collections call.
+
+    Attributes:
+        record_id: The record the answer is for.
+        error: Why Salesforce refused it (``code`` its statusCode, ``field`` the first field it
+            named), or None when it was saved.
+    """
+
+    record_id: str
+    error: PermanentUpstreamError | None
+
+
 def parse_api_usage(header: str | None) -> tuple[int, int] | None:
     """(used, allowed) from ``Sforce-Limit-Info: api-usage=18/15000``."""
     if not header:
@@ -442,6 +459,48 @@ class SalesforceClient(ConnectorClient):
         record = self.get_by_external_id(sobject, ext_id_field, value)
         return str(record["Id"]), response.status_code == 201
 
+    def update_collection(
+        self, sobject: str, records: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[SaveResult]:
+        """Update ``(Id, fields)`` records of ``sobject``, 200 per sObject Collections call.
+
+        ``PATCH /composite/sobjects`` with ``allOrNone`` false: a record Salesforce refuses does
+        not hold back the others, and each answer says which. An update carries the fields'
+        whole new values, so resending a call whose answer was lost is safe.
+
+        Returns:
+            One result per record, in the order given.
+
+        Raises:
+            PermanentUpstreamError: The call itself was refused (malformed, unknown object), or
+                its answer does not have one result per record.
+        """
+        self._ext_path(sobject, "Id", "x")  # validates the object's API name
+        path = f"/services/data/{self._api_version}/composite/sobjects"
+        results: list[SaveResult] = []
+        for start in range(0, len(records), COLLECTION_LIMIT):
+            chunk = records[start : start + COLLECTION_LIMIT]
+            body = {
+                "allOrNone": False,
+                "records": [
+                    {"attributes": {"type": sobject}, **fields, "id": record_id}
+                    for record_id, fields in chunk
+                ],
+            }
+            response = self._call("PATCH", path, json_body=body, idempotent=True)
+            answers = parse_json(response, SYSTEM)
+            if not isinstance(answers, list) or len(answers) != len(chunk):
+                raise PermanentUpstreamError(
+                    SYSTEM,
+                    f"{sobject} collection update: expected {len(chunk)} results",
+                    status=response.status_code,
+                )
+            results += [
+                SaveResult(record_id, _save_error(sobject, record_id, answer))
+                for (record_id, _fields), answer in zip(chunk, answers, strict=True)
+            ]
+        return results
+
     def get_by_external_id(self, sobject: str, ext_id_field: str, value: str) -> dict[str, Any]:
         """The one ``sobject`` record whose ``ext_id_field`` is ``value``.
 
@@ -585,6 +644,23 @@ class SalesforceClient(ConnectorClient):
         usage = parse_api_usage(response.headers.get("Sforce-Limit-Info"))
         if usage is not None:
             self._api_usage = usage
+
+
+def _save_error(sobject: str, record_id: str, answer: Any) -> PermanentUpstreamError | None:
+    """The refusal in one SaveResult (``statusCode``, ``message``, ``fields``), or None."""
+    if isinstance(answer, dict) and answer.get("success") is True:
+        return None
+    errors = answer.get("errors") if isinstance(answer, dict) else None
+    first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
+    code = first.get("statusCode")
+    fields = first.get("fields") or []
+    message = str(first.get("message") or "refused without a message")
+    return PermanentUpstreamError(
+        SYSTEM,
+        f"{code}: {message}" if code else message,
+        code=code,
+        field=str(fields[0]) if fields else None,
+    )
 
 
 def _strip_attributes(record: dict[str, Any]) -> dict[str, Any]:

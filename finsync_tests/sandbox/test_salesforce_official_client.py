@@ -96,6 +96,9 @@ def test_update_by_id_refuses_what_salesforce_refuses(sf: Salesforce) -> None:
     [record_id] = _renewals(sf, 1)
     with pytest.raises(SalesforceResourceNotFound):
         sf.Opportunity.update("006000000000000AAA", {"Finsync_Paid__c": True})
+    with pytest.raises(SalesforceMalformedRequest) as malformed:
+        sf.Opportunity.update("001NotAnOpportunity", {"Finsync_Paid__c": True})
+    assert malformed.value.content[0]["errorCode"] == "MALFORMED_ID"
     with pytest.raises(SalesforceMalformedRequest) as unknown:
         sf.Opportunity.update(record_id, {"Bogus__c": 1})
     assert unknown.value.content[0]["errorCode"] == "INVALID_FIELD"

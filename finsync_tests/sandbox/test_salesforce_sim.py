@@ -330,6 +330,7 @@ def test_jwt_bearer_good_assertion_gets_a_working_token(
         pytest.param({"exp": -30}, "invalid_grant", id="expired"),
         pytest.param({"exp": 600}, "invalid_grant", id="exp-beyond-3-minutes"),
         pytest.param({"aud": "https://test.salesforce.com"}, "invalid_grant", id="sandbox-aud"),
+        pytest.param({"aud": ["https://login.salesforce.com"]}, "invalid_grant", id="aud-array"),
         pytest.param({"sub": "someone@else.example"}, "invalid_grant", id="unknown-user"),
         pytest.param({"iss": "3MVG9nope"}, "invalid_client_id", id="wrong-client-id"),
     ],

@@ -18,7 +18,7 @@ from finsync_pipeline.defs.post.assets import _run_alive, rejection_exceptions, 
 from finsync_pipeline.landing import sample, sync_exceptions
 from finsync_pipeline.logic.derive import ERP, LIVE_INVOICE_STATUSES
 from finsync_pipeline.posting import PostingEngine
-from finsync_pipeline.resources.salesforce import SalesforceResource
+from finsync_pipeline.resources.salesforce import COLLECTION_LIMIT, SalesforceResource
 from finsync_pipeline.resources.settings import PipelineSettings
 from finsync_pipeline.resources.warehouse import WarehouseResource, read_frame
 
@@ -88,7 +88,8 @@ def crm_status_writeback(
         run_id=context.run.run_id,
         is_run_alive=lambda run_id: _run_alive(context.instance, run_id),
         max_attempts=settings.posting_max_attempts,
-        batch_size=settings.posting_batch_size,
+        # One claimed batch is one sObject Collections call: as many as a call takes.
+        batch_size=COLLECTION_LIMIT,
     )
     poster.recover()
     sent: dict[str, int] = {}
