@@ -23,6 +23,7 @@ from finsync_pipeline.errors import (
     AuthenticationError,
     PermanentUpstreamError,
     RetryableUpstreamError,
+    UpstreamError,
 )
 
 # Document type -> NetSuite record type.
@@ -63,11 +64,12 @@ class BatchOutcome:
 
     Attributes:
         internal_id: The system's id of the saved document, or None when refused.
-        error: Why the system refused it, or None when saved.
+        error: Why the system refused it, or None when saved: a permanent refusal rejects the
+            document, a transient one (row-lock contention) defers it.
     """
 
     internal_id: str | None
-    error: PermanentUpstreamError | None
+    error: UpstreamError | None
 
 
 @runtime_checkable
@@ -459,9 +461,15 @@ class PostingEngine:
             return
         self.hook("sent")
         for doc, outcome in zip(docs, outcomes, strict=True):
-            if outcome.error is not None:
+            if isinstance(outcome.error, PermanentUpstreamError):
                 self._rejected(doc, outcome.error)
-            elif outcome.internal_id is not None:
+            elif outcome.error is not None:
+                with self.engine.begin() as conn:
+                    self._defer(conn, doc, outcome.error, self._common(doc))
+            elif outcome.internal_id is None:
+                unknown = f"{self.erp} answered neither an id nor an error for it"
+                self._rejected(doc, PermanentUpstreamError(self.erp, unknown))
+            else:
                 with self._lock:
                     self._sent.append((doc, outcome.internal_id))
 

@@ -22,6 +22,8 @@ from finsync_pipeline.errors import (
     AuthenticationError,
     ConfigurationError,
     PermanentUpstreamError,
+    RetryableUpstreamError,
+    UpstreamError,
 )
 from finsync_pipeline.resources.http import (
     ConnectorClient,
@@ -273,11 +275,11 @@ class SaveResult:
     Attributes:
         record_id: The record the answer is for.
         error: Why Salesforce refused it (``code`` its statusCode, ``field`` the first field it
-            named), or None when it was saved.
+            named): retryable for row-lock contention, permanent otherwise; None when saved.
     """
 
     record_id: str
-    error: PermanentUpstreamError | None
+    error: UpstreamError | None
 
 
 def parse_api_usage(header: str | None) -> tuple[int, int] | None:
@@ -646,7 +648,7 @@ class SalesforceClient(ConnectorClient):
             self._api_usage = usage
 
 
-def _save_error(sobject: str, record_id: str, answer: Any) -> PermanentUpstreamError | None:
+def _save_error(sobject: str, record_id: str, answer: Any) -> UpstreamError | None:
     """The refusal in one SaveResult (``statusCode``, ``message``, ``fields``), or None."""
     if isinstance(answer, dict) and answer.get("success") is True:
         return None
@@ -655,7 +657,9 @@ def _save_error(sobject: str, record_id: str, answer: Any) -> PermanentUpstreamE
     code = first.get("statusCode")
     fields = first.get("fields") or []
     message = str(first.get("message") or "refused without a message")
-    return PermanentUpstreamError(
+    # Another transaction held the row: the same update succeeds a little later.
+    kind = RetryableUpstreamError if code == "UNABLE_TO_LOCK_ROW" else PermanentUpstreamError
+    return kind(
         SYSTEM,
         f"{code}: {message}" if code else message,
         code=code,
