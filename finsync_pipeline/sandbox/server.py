@@ -79,7 +79,7 @@ class Sandbox:
         salesforce_port: Port of the Salesforce simulator (0 = ephemeral).
         netsuite_port: Port of the NetSuite simulator (0 = ephemeral).
         tls: Serve HTTPS with a certificate signed by the state folder's own CA
-            (``tls/ca.pem``, named by ``REQUESTS_CA_BUNDLE`` in ``env``).
+            (``tls/ca.pem``; ``env`` names ``tls/trust.pem`` in ``REQUESTS_CA_BUNDLE``).
 
     Attributes:
         faults: The shared fault-injection rules.
@@ -284,11 +284,12 @@ class Sandbox:
     def env(self) -> dict[str, str]:
         """The environment variables a deployment sets to point finsync at these systems.
 
-        Served over TLS, ``REQUESTS_CA_BUNDLE`` names the sandbox's CA certificate.
+        Served over TLS, ``REQUESTS_CA_BUNDLE`` names the trust bundle: the sandbox's CA and
+        the public CAs requests trusts by default.
         """
         creds = self.credentials
         username, private_key = jwt_credentials(self.store, creds["salesforce_org_id"])
-        tls = {} if self.tls is None else {CA_BUNDLE_VARIABLE: str(self.tls.ca_bundle.resolve())}
+        tls = {} if self.tls is None else {CA_BUNDLE_VARIABLE: str(self.tls.trust_bundle.resolve())}
         return {
             "STRIPE_API_BASE": self.url("stripe"),
             "STRIPE_API_KEY": creds["stripe_api_key"],

@@ -3,8 +3,10 @@
 Every real service speaks HTTPS only, and some clients (simple-salesforce) build ``https://``
 URLs whatever they are given. ``ensure_certificates`` makes, once per state folder, a
 self-signed CA and a server certificate for the loopback names and the host the sandbox binds;
-a client trusts the sandbox by pointing ``REQUESTS_CA_BUNDLE`` at the CA file, and a client
-without it is refused at the handshake, as against any unknown certificate.
+a client trusts the sandbox by pointing ``REQUESTS_CA_BUNDLE`` at the trust bundle (that CA
+followed by the public CAs requests trusts by default, so the same shell still reaches real
+services), and a client without it is refused at the handshake, as against any unknown
+certificate.
 """
 
 import datetime
@@ -13,6 +15,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests.utils
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -20,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 TLS_DIR = "tls"
 CA_FILE = "ca.pem"
+TRUST_FILE = "trust.pem"
 CERT_FILE = "server.pem"
 KEY_FILE = "server-key.pem"
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
@@ -31,14 +35,16 @@ class TlsFiles:
     """Where the sandbox's TLS material lives.
 
     Attributes:
-        ca_bundle: The CA certificate clients trust (``REQUESTS_CA_BUNDLE``).
+        ca_bundle: The sandbox's own CA certificate.
         cert: The server certificate.
         key: The server certificate's private key (unencrypted, readable by its owner only).
+        trust_bundle: The CA followed by requests' default public CAs (``REQUESTS_CA_BUNDLE``).
     """
 
     ca_bundle: Path
     cert: Path
     key: Path
+    trust_bundle: Path
 
     def server_context(self) -> ssl.SSLContext:
         """A server-side TLS context (TLS 1.2 or later) presenting the server certificate."""
@@ -57,7 +63,7 @@ def ensure_certificates(state_dir: Path, host: str) -> TlsFiles:
     """
     folder = Path(state_dir) / TLS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    files = TlsFiles(folder / CA_FILE, folder / CERT_FILE, folder / KEY_FILE)
+    files = TlsFiles(folder / CA_FILE, folder / CERT_FILE, folder / KEY_FILE, folder / TRUST_FILE)
     names = _names(host)
     ca_key_file = folder / "ca-key.pem"
     if not (files.ca_bundle.is_file() and ca_key_file.is_file()):
@@ -72,6 +78,8 @@ def ensure_certificates(state_dir: Path, host: str) -> TlsFiles:
         ca_cert = x509.load_pem_x509_certificate(files.ca_bundle.read_bytes())
         _write_key(files.key, key := ec.generate_private_key(ec.SECP256R1()))
         files.cert.write_bytes(_pem(_server_certificate(key, ca_key, ca_cert, names)))
+    public = Path(requests.utils.DEFAULT_CA_BUNDLE_PATH).read_bytes()
+    files.trust_bundle.write_bytes(files.ca_bundle.read_bytes() + b"\n" + public)
     return files
 
 

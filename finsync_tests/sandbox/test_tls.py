@@ -57,7 +57,11 @@ def test_every_system_is_served_over_https_and_env_names_the_bundle(
     urls = [env[k] for k in env if k.endswith(("_BASE", "_BASE_URL", "_LOGIN_URL"))]
     assert len(urls) == 5 and all(u.startswith("https://127.0.0.1:") for u in urls)
     bundle = Path(env[CA_BUNDLE_VARIABLE])
-    assert bundle.is_file() and bundle.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert tls_sandbox.tls is not None
+    # The sandbox's CA first, then the public CAs, so the same shell still reaches real hosts.
+    text = bundle.read_text()
+    assert text.startswith(tls_sandbox.tls.ca_bundle.read_text())
+    assert text.count("-----BEGIN CERTIFICATE-----") > 10
     for url in urls:
         # Any answer at all means the handshake verified the certificate against the bundle.
         assert requests.get(url + "/", verify=str(bundle), timeout=10).status_code < 500
@@ -159,7 +163,7 @@ def test_serve_tls_prints_the_bundle_with_the_other_exports(tmp_path: Path) -> N
             if line.startswith("# finsync sandbox ready"):
                 break
         assert exports, f"serve printed nothing: {proc.stderr.read() if proc.stderr else ''}"
-        assert exports[CA_BUNDLE_VARIABLE] == str((tmp_path / "tls" / "ca.pem").resolve())
+        assert exports[CA_BUNDLE_VARIABLE] == str((tmp_path / "tls" / "trust.pem").resolve())
         token = requests.post(
             exports["SALESFORCE_LOGIN_URL"] + "/services/oauth2/token",
             data={
