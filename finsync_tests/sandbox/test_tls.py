@@ -13,6 +13,7 @@ import requests
 
 from finsync_pipeline.errors import ConfigurationError
 from finsync_pipeline.resources.http import HttpOptions
+from finsync_pipeline.resources.netsuite import NetSuiteClient
 from finsync_pipeline.resources.salesforce import SalesforceClient, soql_select
 from finsync_pipeline.resources.stripe import StripeClient
 from finsync_pipeline.sandbox.generator import Company, CompanySpec, generate
@@ -81,6 +82,29 @@ def test_connectors_verify_the_sandbox_certificate_against_the_bundle(
     with StripeClient(api_key=env["STRIPE_API_KEY"], api_base=env["STRIPE_API_BASE"]) as stripe:
         customers = list(stripe.list_customers())
     assert len(customers) == len(small.stripe["customer"])
+    # NetSuite's OAuth 1.0a signature covers the https URL: the sandbox checks it as signed.
+    with NetSuiteClient(
+        account_id=env["NETSUITE_ACCOUNT_ID"],
+        consumer_key=env["NETSUITE_CONSUMER_KEY"],
+        consumer_secret=env["NETSUITE_CONSUMER_SECRET"],
+        token_id=env["NETSUITE_TOKEN_ID"],
+        token_secret=env["NETSUITE_TOKEN_SECRET"],
+        base_url=env["NETSUITE_BASE_URL"],
+        http_options=OPTIONS,
+    ) as netsuite:
+        internal_id = netsuite.upsert(
+            "customer",
+            "SF_TLS1",
+            {
+                "externalId": "SF_TLS1",
+                "companyName": "TLS Ltd",
+                "isPerson": False,
+                "subsidiary": {"id": "1"},
+                "currency": {"id": "1"},
+            },
+        )
+        rows = list(netsuite.suiteql("SELECT id FROM customer WHERE externalid = 'SF_TLS1'"))
+    assert [str(r["id"]) for r in rows] == [internal_id]
 
 
 @pytest.mark.usefixtures("no_bundle")
