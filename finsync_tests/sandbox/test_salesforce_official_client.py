@@ -18,6 +18,7 @@ from simple_salesforce.exceptions import SalesforceMalformedRequest, SalesforceR
 
 from finsync_pipeline.sandbox.generator import Company, CompanySpec, generate
 from finsync_pipeline.sandbox.server import CA_BUNDLE_VARIABLE, Sandbox
+from finsync_tests.sandbox.conftest import serving
 
 API_VERSION = "60.0"
 
@@ -29,10 +30,7 @@ def company() -> Company:
 
 @pytest.fixture(scope="module")
 def tls_sandbox(tmp_path_factory: pytest.TempPathFactory, company: Company) -> Iterator[Sandbox]:
-    box = Sandbox(tmp_path_factory.mktemp("sf-official"), tls=True)
-    box.seed(company)
-    with box:
-        yield box
+    yield from serving(tmp_path_factory.mktemp("sf-official"), company, tls=True)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from finsync_pipeline.resources.salesforce import SalesforceClient, soql_select
 from finsync_pipeline.resources.stripe import StripeClient
 from finsync_pipeline.sandbox.generator import Company, CompanySpec, generate
 from finsync_pipeline.sandbox.server import CA_BUNDLE_VARIABLE, Sandbox
+from finsync_tests.sandbox.conftest import serving
 
 OPTIONS = HttpOptions(timeout=(5.0, 10.0), max_attempts=3, sleep=lambda _s: None)
 
@@ -29,10 +30,7 @@ def small() -> Company:
 
 @pytest.fixture(scope="module")
 def tls_sandbox(tmp_path_factory: pytest.TempPathFactory, small: Company) -> Iterator[Sandbox]:
-    box = Sandbox(tmp_path_factory.mktemp("tls-sandbox"), tls=True)
-    box.seed(small)
-    with box:
-        yield box
+    yield from serving(tmp_path_factory.mktemp("tls-sandbox"), small, tls=True)
 
 
 @pytest.fixture
