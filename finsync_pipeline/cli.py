@@ -83,7 +83,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     progress = _progress(args.json and args.quiet)
     started = time.monotonic()
     home = prepare_home(Path(args.home))
-    sandbox = Sandbox(home / "sandbox")
+    sandbox = Sandbox(home / "sandbox", tls=args.tls)
     if not sandbox.is_seeded():
         spec = CompanySpec(
             accounts=args.accounts,
@@ -154,7 +154,14 @@ def cmd_sandbox_serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         **({"end": args.end} if args.end else {}),
     )
-    serve(Path(args.state), host=args.host, ports=args.ports, spec=spec, faults=args.faults)
+    serve(
+        Path(args.state),
+        host=args.host,
+        ports=args.ports,
+        spec=spec,
+        faults=args.faults,
+        tls=args.tls,
+    )
     return 0
 
 
@@ -364,6 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
             "(default: $FINSYNC_HOME or .finsync)",
         )
 
+    def tls_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--tls",
+            action="store_true",
+            help="serve the sandbox over HTTPS with a self-signed CA kept in the state folder; "
+            "REQUESTS_CA_BUNDLE names it (default: plain HTTP)",
+        )
+
     def company_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--accounts", type=int, default=300, help="accounts (default 300)")
         p.add_argument("--months", type=int, default=12, help="months of history (default 12)")
@@ -383,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="arm the sandbox's faults: throttling, an ERP maintenance window, concurrency "
         "limits and writes that commit but never answer",
     )
+    tls_arg(demo)
     home_arg(demo)
     demo.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     demo.add_argument("--quiet", action="store_true", help="with --json, no progress lines")
@@ -410,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="arm the demo's fault preset (see finsync demo --faults); more "
         "faults can be armed at runtime with POST /__sandbox/faults",
     )
+    tls_arg(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument(
         "--ports",

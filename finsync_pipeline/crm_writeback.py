@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from finsync_pipeline.money import MoneyError, format_amount
+from finsync_pipeline.posting import BatchOutcome
 from finsync_pipeline.resources.salesforce import SalesforceClient
 
 CRM = "salesforce"
@@ -216,11 +217,22 @@ def _truncate(text: str) -> str:
 
 
 class SalesforceStatusClient:
-    """The posting engine's view of Salesforce: update an Account or Opportunity by its Id (an
-    upsert that cannot create), look it up to settle an ambiguous send."""
+    """The posting engine's view of Salesforce: update Accounts or Opportunities by their Id.
+
+    A batch of statuses goes in sObject Collections (200 records a call, ``allOrNone`` false):
+    a writeback of N statuses of one type costs ceil(N / 200) API calls of the org's daily
+    quota, and a status Salesforce refuses is refused alone. One status at a time is an upsert
+    on ``Id``, which cannot create a record.
+    """
 
     def __init__(self, client: SalesforceClient) -> None:
         self.client = client
+
+    def upsert_batch(
+        self, record_type: str, docs: list[tuple[str, dict[str, Any]]]
+    ) -> list[BatchOutcome]:
+        results = self.client.update_collection(record_type, docs)
+        return [BatchOutcome(None if r.error else r.record_id, r.error) for r in results]
 
     def upsert(self, record_type: str, external_id: str, body: dict[str, Any]) -> str:
         record_id, _created = self.client.upsert(record_type, "Id", external_id, body)

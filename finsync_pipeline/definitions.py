@@ -69,6 +69,7 @@ def build_resources(mode: str) -> dict[str, object]:
                 client_secret="SALESFORCE_CLIENT_SECRET",  # noqa: S106  (a variable name)
                 username="SALESFORCE_USERNAME",
                 private_key="SALESFORCE_PRIVATE_KEY",
+                jwt_audience="SALESFORCE_JWT_AUDIENCE",
             ),
         ),
         "netsuite": NetSuiteResource(

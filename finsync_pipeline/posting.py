@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -24,6 +24,7 @@ from finsync_pipeline.errors import (
     AuthenticationError,
     PermanentUpstreamError,
     RetryableUpstreamError,
+    UpstreamError,
 )
 
 # Document type -> NetSuite record type.
@@ -56,6 +57,35 @@ class ErpClient(Protocol):
     def upsert(self, record_type: str, external_id: str, body: dict[str, Any]) -> str: ...
 
     def get_by_external_id(self, record_type: str, external_id: str) -> dict[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What the target system answered for one document of a batch write.
+
+    Attributes:
+        internal_id: The system's id of the saved document, or None when refused.
+        error: Why the system refused it, or None when saved: a permanent refusal rejects the
+            document, a transient one (row-lock contention) defers it.
+    """
+
+    internal_id: str | None
+    error: UpstreamError | None
+
+
+@runtime_checkable
+class BatchErpClient(ErpClient, Protocol):
+    """A client that writes a whole claimed batch in one call (Salesforce's sObject Collections).
+
+    ``upsert_batch`` answers one outcome per document, in order: a document the system refuses
+    does not hold back the others. Resending a batch whose answer was lost must be safe (each
+    write carries the document's whole state), because the engine defers the batch and sends
+    it again.
+    """
+
+    def upsert_batch(
+        self, record_type: str, docs: list[tuple[str, dict[str, Any]]]
+    ) -> list[BatchOutcome]: ...
 
 
 @dataclass
@@ -111,6 +141,18 @@ def _resolve_refs(payload: Any, ids: dict[tuple[str, str], str]) -> Any:
     if isinstance(payload, list):
         return [_resolve_refs(v, ids) for v in payload]
     return payload
+
+
+def _rejection(doc: ledger.Claimed, detail: str) -> dict[str, str]:
+    """What a refused or dead document leaves for its finance exception."""
+    return {
+        "doc_type": doc.doc_type,
+        "external_id": doc.external_id,
+        "source_id": doc.source_id,
+        "correlation_id": doc.correlation_id,
+        "partition_date": doc.partition_date or "",
+        "detail": detail,
+    }
 
 
 class PostingEngine:
@@ -340,6 +382,9 @@ class PostingEngine:
                     break
                 self.hook("claimed")
                 try:
+                    if isinstance(self.client, BatchErpClient):
+                        self._post_batch(batch)
+                        continue
                     if self.concurrency > 1:
                         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                             list(pool.map(self._post_unless_paused, batch))
@@ -409,7 +454,9 @@ class PostingEngine:
             {"erp": self.erp, "ref": f"{doc_type}:{external_id}"},
         )
 
-    def _post_one(self, doc: ledger.Claimed) -> None:
+    def _body(self, doc: ledger.Claimed) -> dict[str, Any] | None:
+        """The payload with its references resolved to posted ids, or None when one is not
+        posted yet (the document is released to wait for it)."""
         refs = list(dict.fromkeys(_find_refs(doc.payload)))
         ids: dict[tuple[str, str], str] = {}
         with self.engine.connect() as conn:
@@ -430,10 +477,12 @@ class PostingEngine:
                 wait_s=BLOCKED_WAIT_S,
                 waiting_for=f"{missing[0][0]}:{missing[0][1]}",
             )
-            return
-        body = _resolve_refs(doc.payload, ids)
-        record_type = RECORD_TYPES[doc.doc_type]
-        common = {
+            return None
+        body: dict[str, Any] = _resolve_refs(doc.payload, ids)
+        return body
+
+    def _common(self, doc: ledger.Claimed) -> dict[str, Any]:
+        return {
             "erp": self.erp,
             "doc_type": doc.doc_type,
             "external_id": doc.external_id,
@@ -441,26 +490,84 @@ class PostingEngine:
             "expect_state": "in_flight",
             "expect_holder": self.run_id,
         }
+
+    def _rejected(self, doc: ledger.Claimed, error: PermanentUpstreamError) -> None:
+        """Record a refusal: the row is rejected, and a rejection is kept for the exceptions."""
+        with self.engine.begin() as conn:
+            ledger.transition(
+                conn,
+                to_state="rejected",
+                detail=error.detail,
+                count_attempt=True,
+                **self._common(doc),
+            )
+        self._count("rejected")
+        field_note = f" [field {error.field}]" if error.field else ""
+        self._reject(_rejection(doc, f"{error.detail}{field_note}"))
+
+    def _post_batch(self, batch: list[ledger.Claimed]) -> None:
+        """Send a claimed batch in one call of a ``BatchErpClient``; record each outcome."""
+        ready = [(doc, body) for doc in batch if (body := self._body(doc)) is not None]
+        if not ready:
+            return
+        client = self.client
+        assert isinstance(client, BatchErpClient)
+        record_type = RECORD_TYPES[ready[0][0].doc_type]
+        docs = [doc for doc, _ in ready]
+        self.hook("sending")
+        try:
+            outcomes = client.upsert_batch(record_type, [(d.external_id, b) for d, b in ready])
+        except PermanentUpstreamError as e:
+            # The call itself was refused: every document of it carries the reason.
+            self.hook("sent")
+            for doc in docs:
+                self._rejected(doc, e)
+            self.hook("recorded")
+            return
+        except AuthenticationError:
+            self._release(docs, "authentication failed; nothing was sent", wait_s=0)
+            raise
+        except (AmbiguousOutcomeError, RetryableUpstreamError) as e:
+            # Safe to resend (the protocol's promise): the whole batch goes again later.
+            with self.engine.begin() as conn:
+                for doc in docs:
+                    self._defer(conn, doc, e, self._common(doc))
+            if isinstance(e, RetryableUpstreamError) and e.status in (503, 429, None):
+                self.stats.paused = True
+            return
+        self.hook("sent")
+        for doc, outcome in zip(docs, outcomes, strict=True):
+            try:
+                self._record_outcome(doc, outcome)
+            except ledger.LostClaim:
+                # Another run settled it by lookup after this run's lease lapsed; that stands.
+                self._count("lost_claims")
+
+    def _record_outcome(self, doc: ledger.Claimed, outcome: BatchOutcome) -> None:
+        if isinstance(outcome.error, PermanentUpstreamError):
+            self._rejected(doc, outcome.error)
+        elif outcome.error is not None:
+            with self.engine.begin() as conn:
+                self._defer(conn, doc, outcome.error, self._common(doc))
+        elif outcome.internal_id is None:
+            unknown = f"{self.erp} answered neither an id nor an error for it"
+            self._rejected(doc, PermanentUpstreamError(self.erp, unknown))
+        else:
+            with self._lock:
+                self._sent.append((doc, outcome.internal_id))
+
+    def _post_one(self, doc: ledger.Claimed) -> None:
+        body = self._body(doc)
+        if body is None:
+            return
+        record_type = RECORD_TYPES[doc.doc_type]
+        common = self._common(doc)
         self.hook("sending")
         try:
             internal_id = self.client.upsert(record_type, doc.external_id, body)
         except PermanentUpstreamError as e:
             self.hook("sent")
-            with self.engine.begin() as conn:
-                ledger.transition(
-                    conn, to_state="rejected", detail=e.detail, count_attempt=True, **common
-                )
-            self._count("rejected")
-            self._reject(
-                {
-                    "doc_type": doc.doc_type,
-                    "external_id": doc.external_id,
-                    "source_id": doc.source_id,
-                    "correlation_id": doc.correlation_id,
-                    "partition_date": doc.partition_date or "",
-                    "detail": f"{e.detail}" + (f" [field {e.field}]" if e.field else ""),
-                }
-            )
+            self._rejected(doc, e)
             self.hook("recorded")
             return
         except AmbiguousOutcomeError as e:
@@ -557,17 +664,7 @@ class PostingEngine:
                 **common,
             )
             self._count("dead")
-            self._reject(
-                {
-                    "doc_type": doc.doc_type,
-                    "external_id": doc.external_id,
-                    "source_id": doc.source_id,
-                    "correlation_id": doc.correlation_id,
-                    "partition_date": doc.partition_date or "",
-                    "detail": str(error),
-                    "dead": "true",
-                }
-            )
+            self._reject({**_rejection(doc, str(error)), "dead": "true"})
             return
         delay = min(3600.0, 30.0 * 2 ** (attempts - 1)) * (0.5 + self.rng.random() / 2)
         due = _iso_in(delay)

@@ -318,6 +318,15 @@ class HttpClient:
                 raise ConfigurationError(
                     self.redact(f"{self.system}: {url!r} is not a usable URL; check {setting}")
                 ) from e
+            except requests.exceptions.SSLError as e:
+                # An untrusted certificate stays untrusted on every attempt: say what to set.
+                raise ConfigurationError(
+                    self.redact(
+                        f"{self.system}: the TLS certificate of {urlsplit(url).netloc} could "
+                        f"not be verified ({_tls_reason(e)}); set REQUESTS_CA_BUNDLE to the "
+                        "CA bundle that signs it"
+                    )
+                ) from e
             except requests.exceptions.ChunkedEncodingError as e:
                 # The response broke off mid-body: the request was received, its effect unknown.
                 if not idempotent:
@@ -450,6 +459,15 @@ class HttpClient:
         else:
             wait = self.backoff_s(attempt)
         self._sleep(wait)
+
+
+def _tls_reason(error: requests.exceptions.SSLError) -> str:
+    """OpenSSL's short reason (``certificate verify failed: ...``), without the call chain."""
+    text = str(error)
+    start = text.find("certificate verify failed")
+    if start < 0:
+        return "TLS handshake failed"
+    return text[start:].split(" (_ssl", 1)[0].rstrip(")\"' ")
 
 
 def _never_sent(error: requests.exceptions.ConnectionError) -> bool:

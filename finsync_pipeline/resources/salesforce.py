@@ -1,5 +1,5 @@
 """Salesforce connector: OAuth2 (client credentials or JWT bearer), SOQL queries with safe SOQL
-building, the org's API quota, and upsert by external id."""
+building, the org's API quota, upsert by external id, and updates in sObject Collections."""
 
 import datetime
 import decimal
@@ -22,6 +22,8 @@ from finsync_pipeline.errors import (
     AuthenticationError,
     ConfigurationError,
     PermanentUpstreamError,
+    RetryableUpstreamError,
+    UpstreamError,
 )
 from finsync_pipeline.resources.http import (
     ConnectorClient,
@@ -43,7 +45,14 @@ JWT_AUTH_MESSAGE = (
     "SALESFORCE_USERNAME and SALESFORCE_PRIVATE_KEY (the key whose certificate the connected "
     "app holds)"
 )
+JWT_AUDIENCE_MESSAGE = (
+    "the JWT bearer assertion's audience {audience!r} was refused (audience is invalid); set "
+    "SALESFORCE_JWT_AUDIENCE to https://login.salesforce.com (production orgs) or "
+    "https://test.salesforce.com (sandbox orgs)"
+)
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# The assertion's aud names the login server, not the My Domain URL the token is asked of.
+DEFAULT_JWT_AUDIENCE = "https://login.salesforce.com"
 # Salesforce refuses an assertion whose exp is more than 3 minutes away.
 JWT_LIFETIME_S = 170
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -71,6 +80,9 @@ _SOQL_ESCAPES = {
     "\b": "\\b",
     "\f": "\\f",
 }
+
+# sObject Collections take up to 200 records a call (EXCEEDED_ID_LIMIT past that).
+COLLECTION_LIMIT = 200
 
 SoqlValue = str | int | bool | None | datetime.date | datetime.datetime | decimal.Decimal
 
@@ -256,6 +268,20 @@ class QueryBatch:
     total_size: int
 
 
+@dataclass(frozen=True)
+class SaveResult:
+    """Salesforce's answer for one record of an sObject Collections call.
+
+    Attributes:
+        record_id: The record the answer is for.
+        error: Why Salesforce refused it (``code`` its statusCode, ``field`` the first field it
+            named): retryable for row-lock contention, permanent otherwise; None when saved.
+    """
+
+    record_id: str
+    error: UpstreamError | None
+
+
 def parse_api_usage(header: str | None) -> tuple[int, int] | None:
     """(used, allowed) from ``Sforce-Limit-Info: api-usage=18/15000``."""
     if not header:
@@ -277,8 +303,9 @@ class SalesforceClient(ConnectorClient):
         client_secret: Connected app consumer secret (client credentials flow).
         username: The pre-authorized user the JWT bearer flow acts as.
         private_key: PEM of the RSA key whose certificate the connected app holds.
-        jwt_audience: The assertion's ``aud``; the login URL unless set (production orgs
-            may want ``https://login.salesforce.com``, sandboxes ``https://test.salesforce.com``).
+        jwt_audience: The assertion's ``aud``: ``https://login.salesforce.com`` unless set
+            (``https://test.salesforce.com`` for a sandbox org, or an Experience Cloud site's
+            URL). Never the My Domain URL: Salesforce refuses it as "audience is invalid".
         api_version: REST API version (``v60.0``).
         batch_size: Records per query batch (200 to 2000), sent as ``Sforce-Query-Options``.
         http_options: Timeouts and retry settings.
@@ -317,7 +344,7 @@ class SalesforceClient(ConnectorClient):
                 "salesforce: no credentials; set SALESFORCE_CLIENT_SECRET (client credentials) "
                 "or SALESFORCE_USERNAME and SALESFORCE_PRIVATE_KEY (JWT bearer)"
             )
-        self._jwt_audience = (jwt_audience or self._login_url).rstrip("/")
+        self._jwt_audience = (jwt_audience or DEFAULT_JWT_AUDIENCE).rstrip("/")
         self._clock = clock
         self._api_version = api_version
         self._batch_size = batch_size
@@ -434,6 +461,48 @@ class SalesforceClient(ConnectorClient):
         record = self.get_by_external_id(sobject, ext_id_field, value)
         return str(record["Id"]), response.status_code == 201
 
+    def update_collection(
+        self, sobject: str, records: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[SaveResult]:
+        """Update ``(Id, fields)`` records of ``sobject``, 200 per sObject Collections call.
+
+        ``PATCH /composite/sobjects`` with ``allOrNone`` false: a record Salesforce refuses does
+        not hold back the others, and each answer says which. An update carries the fields'
+        whole new values, so resending a call whose answer was lost is safe.
+
+        Returns:
+            One result per record, in the order given.
+
+        Raises:
+            PermanentUpstreamError: The call itself was refused (malformed, unknown object), or
+                its answer does not have one result per record.
+        """
+        self._ext_path(sobject, "Id", "x")  # validates the object's API name
+        path = f"/services/data/{self._api_version}/composite/sobjects"
+        results: list[SaveResult] = []
+        for start in range(0, len(records), COLLECTION_LIMIT):
+            chunk = records[start : start + COLLECTION_LIMIT]
+            body = {
+                "allOrNone": False,
+                "records": [
+                    {"attributes": {"type": sobject}, **fields, "id": record_id}
+                    for record_id, fields in chunk
+                ],
+            }
+            response = self._call("PATCH", path, json_body=body, idempotent=True)
+            answers = parse_json(response, SYSTEM)
+            if not isinstance(answers, list) or len(answers) != len(chunk):
+                raise PermanentUpstreamError(
+                    SYSTEM,
+                    f"{sobject} collection update: expected {len(chunk)} results",
+                    status=response.status_code,
+                )
+            results += [
+                SaveResult(record_id, _save_error(sobject, record_id, answer))
+                for (record_id, _fields), answer in zip(chunk, answers, strict=True)
+            ]
+        return results
+
     def get_by_external_id(self, sobject: str, ext_id_field: str, value: str) -> dict[str, Any]:
         """The one ``sobject`` record whose ``ext_id_field`` is ``value``.
 
@@ -530,7 +599,10 @@ class SalesforceClient(ConnectorClient):
                 headers={"Accept": "application/json"},
             )
         except AuthenticationError as e:
-            message = JWT_AUTH_MESSAGE.format(code=e.code or "rejected", detail=e.detail)
+            if e.detail == "audience is invalid":
+                message = JWT_AUDIENCE_MESSAGE.format(audience=self._jwt_audience)
+            else:
+                message = JWT_AUTH_MESSAGE.format(code=e.code or "rejected", detail=e.detail)
             error = AuthenticationError(SYSTEM, message, code=e.code)
             error.status = e.status
             raise error from e
@@ -576,6 +648,25 @@ class SalesforceClient(ConnectorClient):
             self._api_usage = usage
 
 
+def _save_error(sobject: str, record_id: str, answer: Any) -> UpstreamError | None:
+    """The refusal in one SaveResult (``statusCode``, ``message``, ``fields``), or None."""
+    if isinstance(answer, dict) and answer.get("success") is True:
+        return None
+    errors = answer.get("errors") if isinstance(answer, dict) else None
+    first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
+    code = first.get("statusCode")
+    fields = first.get("fields") or []
+    message = str(first.get("message") or "refused without a message")
+    # Another transaction held the row: the same update succeeds a little later.
+    kind = RetryableUpstreamError if code == "UNABLE_TO_LOCK_ROW" else PermanentUpstreamError
+    return kind(
+        SYSTEM,
+        f"{code}: {message}" if code else message,
+        code=code,
+        field=str(fields[0]) if fields else None,
+    )
+
+
 def _strip_attributes(record: dict[str, Any]) -> dict[str, Any]:
     return {key: _strip_value(value) for key, value in record.items() if key != "attributes"}
 
@@ -604,7 +695,8 @@ class SalesforceResource(dg.ConfigurableResource):
         username: The pre-authorized user of the JWT bearer flow (``SALESFORCE_USERNAME``).
         private_key: PEM of the RSA key whose certificate the connected app holds
             (``SALESFORCE_PRIVATE_KEY``; literal ``\\n`` line separators accepted).
-        jwt_audience: The assertion's ``aud`` when it is not the login URL.
+        jwt_audience: The assertion's ``aud`` (``SALESFORCE_JWT_AUDIENCE``); unset,
+            ``https://login.salesforce.com``.
         api_version: REST API version.
         batch_size: Records per query batch (200 to 2000).
 
@@ -627,7 +719,9 @@ class SalesforceResource(dg.ConfigurableResource):
         description="JWT bearer flow RSA key PEM (SALESFORCE_PRIVATE_KEY).",
     )
     jwt_audience: str | None = Field(
-        default=None, description="JWT bearer assertion audience; the login URL when unset."
+        default=None,
+        description="JWT bearer assertion audience (SALESFORCE_JWT_AUDIENCE); "
+        "https://login.salesforce.com when unset.",
     )
     api_version: str = Field(default="v60.0", description="REST API version, e.g. v60.0.")
     batch_size: int = Field(default=2000, description="Records per query batch (200-2000).")

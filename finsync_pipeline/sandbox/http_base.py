@@ -10,6 +10,8 @@ import contextlib
 import logging
 import math
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +38,7 @@ class Request:
         query: Raw query string (without ``?``).
         headers: Request headers (case-insensitive lookup).
         body: Raw body bytes.
-        base_url: ``http://host:port`` the client addressed (from the Host header).
+        base_url: ``http(s)://host:port`` the client addressed (from the Host header).
     """
 
     method: str
@@ -678,13 +680,18 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if isinstance(self.connection, ssl.SSLSocket):
+            # The handshake runs here, in the connection's own thread (under the idle timeout
+            # set above), so a slow or refusing client never stalls the accepting thread.
+            self.connection.do_handshake()
 
     def _dispatch(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
         path, _, query = self.path.partition("?")
         host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
-        req = Request(self.command, path, query, self.headers, body, f"http://{host}")
+        scheme = self.server.scheme
+        req = Request(self.command, path, query, self.headers, body, f"{scheme}://{host}")
         app = self.server.app
         try:
             resp = app.dispatch(req)
@@ -716,17 +723,47 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class SimServer(ThreadingHTTPServer):
-    """A threading HTTP server for one simulator; tracks sockets so ``stop`` closes keep-alives."""
+    """A threading HTTP server for one simulator; tracks sockets so ``stop`` closes keep-alives.
+
+    With ``ssl_context`` it serves HTTPS: each accepted connection is wrapped, and its handshake
+    runs in the connection's own thread.
+    """
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], app: Simulator) -> None:
+    def __init__(
+        self, address: tuple[str, int], app: Simulator, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.app = app
+        self.ssl_context = ssl_context
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__(address, _Handler)
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when serving TLS, else ``http``."""
+        return "http" if self.ssl_context is None else "https"
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        if self.ssl_context is None:
+            return sock, address
+        wrapped = self.ssl_context.wrap_socket(
+            sock, server_side=True, do_handshake_on_connect=False
+        )
+        return wrapped, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that does not trust the certificate hangs up in the handshake: that is
+        # the client's refusal, not a sandbox failure worth a traceback.
+        error = sys.exc_info()[1]
+        if isinstance(error, ssl.SSLError | ConnectionError):
+            LOG.debug("sandbox %s: %s hung up: %s", self.app.system, client_address, error)
+            return
+        super().handle_error(request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:

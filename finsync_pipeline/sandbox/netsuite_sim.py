@@ -388,10 +388,12 @@ class NetSuiteSimulator(Simulator):
         params = [(k, v) for k, v in oauth.items() if k not in ("realm", "oauth_signature")]
         params += req.params()
         normalized = "&".join(f"{k}={v}" for k, v in sorted((pct(k), pct(v)) for k, v in params))
+        # RFC 5849 3.4.1.2: the base string URI is the scheme and host the client addressed,
+        # without the scheme's default port.
+        scheme = req.base_url.partition("://")[0]
         host = (req.header("Host") or "").lower()
-        if host.endswith(":80"):
-            host = host[:-3]
-        base = "&".join((req.method.upper(), pct(f"http://{host}{req.path}"), pct(normalized)))
+        host = host.removesuffix({"http": ":80", "https": ":443"}[scheme])
+        base = "&".join((req.method.upper(), pct(f"{scheme}://{host}{req.path}"), pct(normalized)))
         key = f"{pct(self.consumer_secret)}&{pct(self.token_secret)}"
         expected = base64.b64encode(
             hmac.new(key.encode(), base.encode(), hashlib.sha256).digest()

@@ -1,4 +1,5 @@
-"""Salesforce REST simulator: OAuth2, SOQL with nextRecordsUrl, upsert by external id, API usage.
+"""Salesforce REST simulator: OAuth2, SOQL with nextRecordsUrl, upsert by external id, update by
+Id and in sObject Collections, API usage.
 
 Two OAuth2 flows, as a connected app offers them: client credentials, and the JWT bearer flow
 (an RS256 assertion signed with the private key whose certificate the connected app holds).
@@ -17,7 +18,9 @@ Account and Opportunity carry the custom fields finsync writes back (``Finsync_I
 ``Finsync_Stripe_Invoice_Id__c``) and the external id ``Finsync_External_Id__c`` (External ID, not
 Unique: two records may share a value, and an upsert on it then answers 300). An upsert that
 updates answers as the URL's API version does: 200 with ``{id, success, errors, created: false}``
-from v46.0, 204 without a body before.
+from v46.0, 204 without a body before. An update by Id (``PATCH /sobjects/{SObject}/{Id}``)
+answers 204; ``PATCH /composite/sobjects`` updates up to 200 records in one call and answers one
+SaveResult per record, in order (``allOrNone`` decides whether one refusal rolls back the rest).
 """
 
 import base64
@@ -57,6 +60,11 @@ JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # Salesforce wants the assertion's exp within 3 minutes; a few seconds of clock skew are allowed.
 JWT_MAX_LIFETIME_S = 180
 JWT_CLOCK_SKEW_S = 5
+# The assertion's aud names the login server, never the My Domain URL the token request is
+# posted to: production orgs want login.salesforce.com, sandbox orgs test.salesforce.com (an
+# Experience Cloud site's URL is accepted too).
+PRODUCTION_AUDIENCE = "https://login.salesforce.com"
+SANDBOX_AUDIENCE = "https://test.salesforce.com"
 # sObject -> its external id fields (flagged External ID in setup; not Unique).
 # ``Id`` works as an external id in an upsert (API 37+); it can only update, never create.
 EXTERNAL_ID_FIELDS: dict[str, frozenset[str]] = {
@@ -72,6 +80,14 @@ _READ_ONLY = frozenset({"Id", "CreatedDate", "LastModifiedDate", "SystemModstamp
 # From API v46.0 an upsert answers with a body on update too, and says whether it created.
 UPSERT_RESULT_SINCE = 46
 _MAX_TEXT = 255
+# sObject Collections take up to 200 records a call.
+COLLECTION_LIMIT = 200
+_ROLLED_BACK = {
+    "statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+    "message": "Record rolled back because not all records were valid and the request was "
+    "using AllOrNone header",
+    "fields": [],
+}
 
 
 def jwt_credentials(store: Store, org_id: str) -> tuple[str, str]:
@@ -142,6 +158,52 @@ def _field_error(code: str, message: str, fields: list[str]) -> dict[str, Any]:
     return {"message": message, "errorCode": code, "fields": fields}
 
 
+def _not_allowed(method: str, allowed: str) -> Response:
+    return _errors(
+        405, "METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed. Allowed are {allowed}"
+    )
+
+
+def _save_error(problem: dict[str, Any]) -> dict[str, Any]:
+    """A field error as an sObject Collections SaveResult error (``statusCode``, not
+    ``errorCode``)."""
+    return {
+        "statusCode": problem["errorCode"],
+        "message": problem["message"],
+        "fields": problem.get("fields", []),
+    }
+
+
+def _looks_like_id(obj: str, rid: Any) -> bool:
+    prefix = _ID_PREFIX.get(obj)
+    return (
+        isinstance(rid, str)
+        and len(rid) in (15, 18)
+        and rid.isalnum()
+        and (prefix is None or rid.startswith(prefix))
+    )
+
+
+def _record_type(record: Any) -> str | None:
+    """The ``attributes.type`` a collection member must carry, or None."""
+    if not isinstance(record, dict):
+        return None
+    attributes = record.get("attributes")
+    kind = attributes.get("type") if isinstance(attributes, dict) else None
+    return kind if isinstance(kind, str) and kind else None
+
+
+def _parse_object(raw: bytes) -> dict[str, Any] | Response:
+    """The JSON object of a request body, or Salesforce's 400 for anything else."""
+    try:
+        body = simplejson.loads(raw or b"{}", use_decimal=True)
+    except ValueError:
+        return _errors(400, "JSON_PARSER_ERROR", "The request body is not valid JSON")
+    if not isinstance(body, dict):
+        return _errors(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+    return body
+
+
 def _type_error(obj: str, name: str, value: Any) -> dict[str, Any] | None:
     """Salesforce's complaint about ``value`` for field ``name``, or None when it fits."""
     ftype = soql.SCHEMA[obj][name]
@@ -193,6 +255,10 @@ class SalesforceSimulator(Simulator):
         self.token_ttl_s = 7200.0
         # An org without the Salesforce CPQ package has no SBQQ objects; set False to be one.
         self.cpq_installed = True
+        # A sandbox org (test.salesforce.com) rather than a production one; the URLs of its
+        # Experience Cloud sites, which a JWT assertion may name as audience too.
+        self.is_sandbox_org = False
+        self.site_urls: list[str] = []
         self._cache: dict[str, list[dict[str, Any]]] = {}
         self._by_id: dict[str, tuple[str, dict[str, Any]]] = {}
         self._cache_lock = threading.Lock()
@@ -232,7 +298,8 @@ class SalesforceSimulator(Simulator):
 
     def admin(self, path: str, args: dict[str, Any]) -> Response:
         """``/__sandbox/expire_sessions``, ``/__sandbox/token_ttl`` ({"seconds": N}),
-        ``/__sandbox/api_limit`` ({"daily": N}) and ``/__sandbox/api_usage`` ({"used": N})."""
+        ``/__sandbox/api_limit`` ({"daily": N}), ``/__sandbox/api_usage`` ({"used": N}) and
+        ``/__sandbox/org`` ({"is_sandbox": bool, "site_urls": [...]}: the JWT audiences)."""
         if path == "/__sandbox/expire_sessions":
             self.expire_sessions()
             return json_response(200, {"ok": True})
@@ -245,7 +312,17 @@ class SalesforceSimulator(Simulator):
         if path == "/__sandbox/api_usage":
             self.set_api_usage(int(args["used"]))
             return json_response(200, {"ok": True, "used": int(args["used"])})
+        if path == "/__sandbox/org":
+            self.is_sandbox_org = bool(args.get("is_sandbox", self.is_sandbox_org))
+            self.site_urls = [str(u) for u in args.get("site_urls", self.site_urls)]
+            return json_response(200, {"ok": True, "jwt_audiences": sorted(self.jwt_audiences)})
         return super().admin(path, args)
+
+    @property
+    def jwt_audiences(self) -> frozenset[str]:
+        """The audiences a JWT bearer assertion may name for this org."""
+        login = SANDBOX_AUDIENCE if self.is_sandbox_org else PRODUCTION_AUDIENCE
+        return frozenset({login, *(u.rstrip("/") for u in self.site_urls)})
 
     def reset_cache(self) -> None:
         """Forget cached records (after seeding)."""
@@ -350,8 +427,8 @@ class SalesforceSimulator(Simulator):
         if not hmac.compare_digest(str(claims.get("iss", "")).encode(), self.client_id.encode()):
             return _oauth_error("invalid_client_id", "client identifier invalid")
         audience = claims.get("aud")
-        audiences = audience if isinstance(audience, list) else [audience]
-        if req.base_url not in audiences:
+        # Salesforce wants one string (an array is refused), compared as a URL.
+        if not isinstance(audience, str) or audience.rstrip("/") not in self.jwt_audiences:
             return _oauth_error("invalid_grant", "audience is invalid")
         exp = claims.get("exp")
         now = self.clock()
@@ -434,6 +511,12 @@ class SalesforceSimulator(Simulator):
         parts = [p for p in rest.split("/") if p]
         if len(parts) == 4 and parts[0] == "sobjects":
             return self._by_external_id(req, version, parts[1], parts[2], unquote(parts[3]))
+        if parts == ["composite", "sobjects"]:
+            if req.method != "PATCH":
+                return _not_allowed(req.method, "PATCH")
+            return self._update_collection(req.body)
+        if len(parts) == 3 and parts[0] == "sobjects" and req.method == "PATCH":
+            return self._update_by_id(parts[1], parts[2], req.body)
         if req.method != "GET":
             return _errors(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{req.method}' not allowed.")
         if rest in ("/query", "/query/", "/queryAll", "/queryAll/"):
@@ -531,14 +614,10 @@ class SalesforceSimulator(Simulator):
         return self._page(version, rendered, int(offset), batch, locator)
 
     def _retrieve(self, version: str, obj: str, rid: str) -> Response:
-        self._records(obj)
-        with self._cache_lock:
-            hit = self._by_id.get(rid)
-            if hit is None and len(rid) == 15:
-                hit = next((v for k, v in self._by_id.items() if k[:15] == rid), None)
-        if hit is None or hit[0] != obj:
+        record = self._find(obj, rid)
+        if record is None:
             return _errors(404, "NOT_FOUND", "The requested resource does not exist")
-        return json_response(200, self._render(obj, version, dict(hit[1]), hit[1]["Id"]))
+        return json_response(200, self._render(obj, version, dict(record), record["Id"]))
 
     # upsert by external id --------------------------------------------------------------------
     def _by_external_id(
@@ -584,12 +663,184 @@ class SalesforceSimulator(Simulator):
         *,
         version: str,
     ) -> Response:
-        try:
-            body = simplejson.loads(raw or b"{}", use_decimal=True)
-        except ValueError:
-            return _errors(400, "JSON_PARSER_ERROR", "The request body is not valid JSON")
-        if not isinstance(body, dict):
-            return _errors(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+        body = _parse_object(raw)
+        if isinstance(body, Response):
+            return body
+        problems = self._problems(obj, body, field_name, value)
+        fields = {k: v for k, v in body.items() if k != "attributes"}
+        if existing is None:
+            missing = [f for f in _REQUIRED_ON_CREATE.get(obj, ()) if fields.get(f) in (None, "")]
+            if missing:
+                problems.append(
+                    _field_error(
+                        "REQUIRED_FIELD_MISSING",
+                        f"Required fields are missing: [{', '.join(missing)}]",
+                        missing,
+                    )
+                )
+        if problems:
+            return json_response(400, problems)
+        stamp = self._stamp()
+        with_result = int(version[1:].partition(".")[0]) >= UPSERT_RESULT_SINCE
+        if existing is not None:
+            with self.store.tx() as conn:
+                self._apply(conn, obj, existing, fields, stamp)
+            if not with_result:
+                return Response(204)
+            return json_response(
+                200, {"id": existing["Id"], "success": True, "errors": [], "created": False}
+            )
+        rid = self._new_id(obj)
+        record = {
+            "Id": rid,
+            **fields,
+            field_name: value,
+            "CreatedDate": stamp,
+            "LastModifiedDate": stamp,
+            "SystemModstamp": stamp,
+        }
+        with self.store.tx() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(MAX(seq), -1) + 1 FROM sf_record WHERE object = ?", (obj,)
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO sf_record (object, id, seq, body) VALUES (?, ?, ?, ?)",
+                (obj, rid, int(row[0]), simplejson.dumps(record, use_decimal=True)),
+            )
+        with self._cache_lock:
+            self._cache[obj].append(record)
+            self._by_id[rid] = (obj, record)
+        created: dict[str, Any] = {"id": rid, "success": True, "errors": []}
+        if with_result:
+            created["created"] = True
+        return json_response(201, created)
+
+    # update by Id and sObject Collections ------------------------------------------------------
+    def _update_by_id(self, obj: str, rid: str, raw: bytes) -> Response:
+        """``PATCH /sobjects/{SObject}/{Id}``: 204 without a body, as Salesforce answers."""
+        if obj not in soql.SCHEMA:
+            return _errors(404, "NOT_FOUND", "The requested resource does not exist")
+        body = _parse_object(raw)
+        if isinstance(body, Response):
+            return body
+        if not _looks_like_id(obj, rid):
+            return _errors(400, "MALFORMED_ID", f"{obj} ID: id value of incorrect type: {rid}")
+        with self._write_lock:
+            existing = self._find(obj, rid)
+            if existing is None:
+                return _errors(404, "NOT_FOUND", "The requested resource does not exist")
+            problems = self._problems(obj, body, None, None)
+            if problems:
+                return json_response(400, problems)
+            with self.store.tx() as conn:
+                self._apply(conn, obj, existing, self._fields(body), self._stamp())
+        return Response(204)
+
+    def _update_collection(self, raw: bytes) -> Response:
+        """``PATCH /composite/sobjects``: up to 200 records by id, one SaveResult each, in order.
+
+        With ``allOrNone`` false each valid record is saved whatever the others do; with true,
+        one refusal rolls every record back (``ALL_OR_NONE_OPERATION_ROLLED_BACK``).
+        """
+        body = _parse_object(raw)
+        if isinstance(body, Response):
+            return body
+        records = body.get("records")
+        all_or_none = body.get("allOrNone", False)
+        if not isinstance(records, list) or not isinstance(all_or_none, bool):
+            return _errors(
+                400, "JSON_PARSER_ERROR", "records must be a list and allOrNone a boolean"
+            )
+        if len(records) > COLLECTION_LIMIT:
+            return _errors(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than 200 records into this call",
+            )
+        typed = [_record_type(r) for r in records]
+        if any(t is None for t in typed):
+            return _errors(400, "INVALID_TYPE", "Must send a concrete entity type.")
+        with self._write_lock:
+            checked = [self._check_member(str(t), r) for t, r in zip(typed, records, strict=True)]
+            refused = any(errors for _, _, errors in checked)
+            results: list[dict[str, Any]] = []
+            stamp = self._stamp()
+            with self.store.tx() as conn:
+                for obj, (existing, fields, errors) in zip(typed, checked, strict=True):
+                    if errors:
+                        results.append({"success": False, "errors": errors})
+                    elif all_or_none and refused:
+                        results.append({"success": False, "errors": [_ROLLED_BACK]})
+                    else:
+                        assert existing is not None
+                        self._apply(conn, str(obj), existing, fields, stamp)
+                        results.append({"id": existing["Id"], "success": True, "errors": []})
+        return json_response(200, results)
+
+    def _check_member(
+        self, obj: str, record: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, dict[str, Any], list[dict[str, Any]]]:
+        """(the record it updates, its fields, its SaveResult errors) of a collection member."""
+        rid = record.get("id", record.get("Id"))
+        if obj not in soql.SCHEMA:
+            return None, {}, [_save_error(_field_error("INVALID_TYPE", f"No such type {obj}", []))]
+        if rid is None:
+            error = _field_error("MISSING_ARGUMENT", "Id not specified in an update call", [])
+            return None, {}, [_save_error(error)]
+        if not _looks_like_id(obj, rid):
+            error = _field_error(
+                "MALFORMED_ID", f"{obj} ID: id value of incorrect type: {rid}", ["Id"]
+            )
+            return None, {}, [_save_error(error)]
+        existing = self._find(obj, str(rid))
+        if existing is None:
+            return (
+                None,
+                {},
+                [_save_error(_field_error("ENTITY_IS_DELETED", "entity is deleted", []))],
+            )
+        body = {k: v for k, v in record.items() if k not in ("id", "Id")}
+        problems = self._problems(obj, body, None, None)
+        return existing, self._fields(body), [_save_error(p) for p in problems]
+
+    # writing ----------------------------------------------------------------------------------
+    def _find(self, obj: str, rid: str) -> dict[str, Any] | None:
+        self._records(obj)
+        with self._cache_lock:
+            hit = self._by_id.get(rid)
+            if hit is None and len(rid) == 15:
+                hit = next((v for k, v in self._by_id.items() if k[:15] == rid), None)
+        return hit[1] if hit is not None and hit[0] == obj else None
+
+    @staticmethod
+    def _fields(body: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in body.items() if k != "attributes"}
+
+    def _stamp(self) -> str:
+        return datetime.datetime.fromtimestamp(self.clock(), datetime.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S.000+0000"
+        )
+
+    @staticmethod
+    def _apply(
+        conn: sqlite3.Connection,
+        obj: str,
+        existing: dict[str, Any],
+        fields: dict[str, Any],
+        stamp: str,
+    ) -> None:
+        existing.update(fields)
+        existing["LastModifiedDate"] = existing["SystemModstamp"] = stamp
+        conn.execute(
+            "UPDATE sf_record SET body = ? WHERE object = ? AND id = ?",
+            (simplejson.dumps(existing, use_decimal=True), obj, existing["Id"]),
+        )
+
+    def _problems(
+        self, obj: str, body: dict[str, Any], field_name: str | None, value: str | None
+    ) -> list[dict[str, Any]]:
+        """Salesforce's complaints about the fields of a write (unknown, read-only, mistyped,
+        an external id differing from the URL's)."""
         problems: list[dict[str, Any]] = []
         for name, field_value in body.items():
             if name == "attributes":
@@ -621,60 +872,7 @@ class SalesforceSimulator(Simulator):
                 problem = _type_error(obj, name, field_value)
                 if problem is not None:
                     problems.append(problem)
-        fields = {k: v for k, v in body.items() if k != "attributes"}
-        if existing is None:
-            missing = [f for f in _REQUIRED_ON_CREATE.get(obj, ()) if fields.get(f) in (None, "")]
-            if missing:
-                problems.append(
-                    _field_error(
-                        "REQUIRED_FIELD_MISSING",
-                        f"Required fields are missing: [{', '.join(missing)}]",
-                        missing,
-                    )
-                )
-        if problems:
-            return json_response(400, problems)
-        stamp = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC).strftime(
-            "%Y-%m-%dT%H:%M:%S.000+0000"
-        )
-        with_result = int(version[1:].partition(".")[0]) >= UPSERT_RESULT_SINCE
-        if existing is not None:
-            existing.update(fields)
-            existing["LastModifiedDate"] = existing["SystemModstamp"] = stamp
-            with self.store.tx() as conn:
-                conn.execute(
-                    "UPDATE sf_record SET body = ? WHERE object = ? AND id = ?",
-                    (simplejson.dumps(existing, use_decimal=True), obj, existing["Id"]),
-                )
-            if not with_result:
-                return Response(204)
-            return json_response(
-                200, {"id": existing["Id"], "success": True, "errors": [], "created": False}
-            )
-        rid = self._new_id(obj)
-        record = {
-            "Id": rid,
-            **fields,
-            field_name: value,
-            "CreatedDate": stamp,
-            "LastModifiedDate": stamp,
-            "SystemModstamp": stamp,
-        }
-        with self.store.tx() as conn:
-            row = conn.execute(
-                "SELECT COALESCE(MAX(seq), -1) + 1 FROM sf_record WHERE object = ?", (obj,)
-            ).fetchone()
-            conn.execute(
-                "INSERT INTO sf_record (object, id, seq, body) VALUES (?, ?, ?, ?)",
-                (obj, rid, int(row[0]), simplejson.dumps(record, use_decimal=True)),
-            )
-        with self._cache_lock:
-            self._cache[obj].append(record)
-            self._by_id[rid] = (obj, record)
-        created: dict[str, Any] = {"id": rid, "success": True, "errors": []}
-        if with_result:
-            created["created"] = True
-        return json_response(201, created)
+        return problems
 
     def _new_id(self, obj: str) -> str:
         prefix = _ID_PREFIX[obj]

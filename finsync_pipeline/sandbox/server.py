@@ -34,11 +34,15 @@ from finsync_pipeline.sandbox.salesforce_sim import (
 )
 from finsync_pipeline.sandbox.store import Store
 from finsync_pipeline.sandbox.stripe_sim import StripeSimulator, seed_stripe
+from finsync_pipeline.sandbox.tls import TlsFiles, ensure_certificates
 from finsync_pipeline.sandbox.usage_gen import generate_usage
 
 __all__ = ["Company", "CompanySpec", "Faults", "Sandbox", "SandboxError", "serve"]
 
 STATE_FILE = "sandbox.sqlite3"
+# requests (and so every finsync connector, and the official clients built on it) verifies
+# TLS against the bundle this variable names.
+CA_BUNDLE_VARIABLE = "REQUESTS_CA_BUNDLE"
 SYSTEM_ORDER = ("stripe", "salesforce", "netsuite", "metering", "avalara")
 DEFAULT_PORTS = (12111, 12112, 12113, 12114, 12115)
 AVALARA_COMPANY_CODE = "FINSYNC"
@@ -74,6 +78,8 @@ class Sandbox:
         stripe_port: Port of the Stripe simulator (0 = ephemeral).
         salesforce_port: Port of the Salesforce simulator (0 = ephemeral).
         netsuite_port: Port of the NetSuite simulator (0 = ephemeral).
+        tls: Serve HTTPS with a certificate signed by the state folder's own CA
+            (``tls/ca.pem``; ``env`` names ``tls/trust.pem`` in ``REQUESTS_CA_BUNDLE``).
 
     Attributes:
         faults: The shared fault-injection rules.
@@ -92,10 +98,12 @@ class Sandbox:
         netsuite_port: int = 0,
         metering_port: int = 0,
         avalara_port: int = 0,
+        tls: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.host = host
+        self.tls: TlsFiles | None = ensure_certificates(self.state_dir, host) if tls else None
         self._ports = {
             "stripe": stripe_port,
             "salesforce": salesforce_port,
@@ -139,11 +147,13 @@ class Sandbox:
         self._servers: dict[str, SimServer] = {}
 
     @classmethod
-    def on_ports(cls, state_dir: Path, *, host: str, ports: Sequence[int]) -> "Sandbox":
+    def on_ports(
+        cls, state_dir: Path, *, host: str, ports: Sequence[int], tls: bool = False
+    ) -> "Sandbox":
         """A sandbox listening on ``ports`` given in SYSTEM_ORDER (missing ones: any free)."""
         padded = [*ports, *[0] * (len(SYSTEM_ORDER) - len(ports))]
         named = {f"{system}_port": port for system, port in zip(SYSTEM_ORDER, padded, strict=True)}
-        return cls(state_dir, host=host, **named)
+        return cls(state_dir, host=host, tls=tls, **named)
 
     def _now(self) -> float:
         return self.clock()
@@ -234,9 +244,10 @@ class Sandbox:
             "metering": self.metering,
             "avalara": self.avalara,
         }
+        context = None if self.tls is None else self.tls.server_context()
         try:
             for name, app in apps.items():
-                server = SimServer((self.host, self._ports[name]), app)
+                server = SimServer((self.host, self._ports[name]), app, context)
                 self._servers[name] = server
                 server.start()
         except OSError:
@@ -266,13 +277,19 @@ class Sandbox:
         if system not in self._servers:
             raise SandboxError("sandbox not started: start() it before asking for URLs")
         host = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
-        return f"http://{host}:{self._servers[system].port}"
+        server = self._servers[system]
+        return f"{server.scheme}://{host}:{server.port}"
 
     @property
     def env(self) -> dict[str, str]:
-        """The environment variables a deployment sets to point finsync at these systems."""
+        """The environment variables a deployment sets to point finsync at these systems.
+
+        Served over TLS, ``REQUESTS_CA_BUNDLE`` names the trust bundle: the sandbox's CA and
+        the public CAs requests trusts by default.
+        """
         creds = self.credentials
         username, private_key = jwt_credentials(self.store, creds["salesforce_org_id"])
+        tls = {} if self.tls is None else {CA_BUNDLE_VARIABLE: str(self.tls.trust_bundle.resolve())}
         return {
             "STRIPE_API_BASE": self.url("stripe"),
             "STRIPE_API_KEY": creds["stripe_api_key"],
@@ -295,6 +312,7 @@ class Sandbox:
             "AVALARA_ACCOUNT_ID": creds["avalara_account_id"],
             "AVALARA_LICENSE_KEY": creds["avalara_license_key"],
             "AVALARA_COMPANY_CODE": AVALARA_COMPANY_CODE,
+            **tls,
         }
 
     # control and inspection -------------------------------------------------------------------
@@ -367,6 +385,7 @@ def serve(
     ports: Sequence[int],
     spec: CompanySpec | None,
     faults: bool = False,
+    tls: bool = False,
 ) -> None:
     """Run the sandbox in the foreground until SIGINT or SIGTERM.
 
@@ -379,8 +398,10 @@ def serve(
         ports: Ports in SYSTEM_ORDER (Stripe, Salesforce, NetSuite, metering, AvaTax); 0
             picks a free one; missing trailing ports are 0.
         spec: Company to generate when the state is empty.
+        faults: Arm the demo's fault preset.
+        tls: Serve HTTPS; the environment block then names the CA in ``REQUESTS_CA_BUNDLE``.
     """
-    sandbox = Sandbox.on_ports(state_dir, host=host, ports=ports)
+    sandbox = Sandbox.on_ports(state_dir, host=host, ports=ports, tls=tls)
     if not sandbox.is_seeded():
         sandbox.seed(generate(spec or CompanySpec()))
     if faults:

@@ -1,11 +1,13 @@
 """SalesforceClient over real HTTP against the Salesforce simulator."""
 
 import datetime
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 
 import jwt
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -204,6 +206,42 @@ def test_jwt_bearer_flow_end_to_end(
     assert len(list(sf.query(soql_select("Account", ["Id"])))) == len(company.salesforce["Account"])
     # The 401, a new assertion for a new token, the query again.
     assert sf.requests_made - before == 3
+
+
+def test_jwt_audience_is_the_login_server_not_the_my_domain_url(
+    sandbox: Sandbox, options: HttpOptions
+) -> None:
+    sf = jwt_client(sandbox, options)
+    assert list(sf.query(soql_select("Contract", ["Id"])))
+    sandbox.salesforce.is_sandbox_org = True
+    try:
+        refused = jwt_client(sandbox, options)
+        with pytest.raises(AuthenticationError) as info:
+            list(refused.query(soql_select("Contract", ["Id"])))
+        assert "audience is invalid" in str(info.value)
+        assert "SALESFORCE_JWT_AUDIENCE" in str(info.value)
+        sandbox_org = jwt_client(sandbox, options, jwt_audience="https://test.salesforce.com")
+        assert list(sandbox_org.query(soql_select("Contract", ["Id"])))
+    finally:
+        sandbox.salesforce.is_sandbox_org = False
+
+
+def test_jwt_audience_is_read_from_its_variable(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finsync_pipeline.definitions import build_resources
+
+    for name, value in sandbox.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SALESFORCE_JWT_AUDIENCE", "https://test.salesforce.com")
+    resource = build_resources("sandbox")["salesforce"]
+    assert isinstance(resource, SalesforceResource)
+    bound = resource.process_config_and_initialize()
+    assert bound.jwt_audience == "https://test.salesforce.com"
+    monkeypatch.delenv("SALESFORCE_JWT_AUDIENCE")
+    resource = build_resources("sandbox")["salesforce"]
+    assert isinstance(resource, SalesforceResource)
+    assert resource.process_config_and_initialize().jwt_audience is None
 
 
 def test_jwt_assertion_has_the_claims_salesforce_wants(sandbox: Sandbox) -> None:
@@ -409,3 +447,53 @@ def test_quota_share_is_read_from_the_limit_header(writable: Sandbox, options: H
         assert sf.next_call_within(0.2) and not sf.next_call_within(0.1)
     finally:
         writable.salesforce.set_daily_limit(15000)
+
+
+def test_a_row_lock_inside_a_collection_is_deferred_not_refused(
+    scripted: ScriptedServer, options: HttpOptions, sqlite_url: str
+) -> None:
+    from finsync_pipeline import ledger
+    from finsync_pipeline.posting import PostingEngine
+    from finsync_pipeline.resources.warehouse import create_engine
+
+    locked = {"statusCode": "UNABLE_TO_LOCK_ROW", "message": "unable to obtain exclusive access"}
+    scripted.answer(
+        Scripted(200, {"access_token": "00Dx!tok", "instance_url": scripted.url}),
+        Scripted(
+            200,
+            [
+                {"id": "006A", "success": True, "errors": []},
+                {"success": False, "errors": [{**locked, "fields": []}]},
+            ],
+        ),
+    )
+    engine = create_engine(sqlite_url)
+    status = {"Finsync_Invoice_Status__c": "Invoiced", "Finsync_Paid__c": True}
+    docs = [
+        ledger.LedgerDoc("salesforce", "opportunity_status", rid, "finsync", rid, rid, None, status)
+        for rid in ("006A", "006B")
+    ]
+    with engine.begin() as conn:
+        ledger.enqueue(conn, docs, run_id="t", repost_changed=True)
+    sf = SalesforceClient(
+        login_url=scripted.url, client_id="cid", client_secret="secret", http_options=options
+    )
+    poster = PostingEngine(
+        engine,
+        SalesforceStatusClient(sf),
+        erp="salesforce",
+        run_id="r",
+        is_run_alive=lambda _run: False,
+    )
+    poster.post("opportunity_status")
+    collection = scripted.seen[1]
+    assert collection.method == "PATCH"
+    assert collection.path == "/services/data/v60.0/composite/sobjects"
+    sent = json.loads(collection.body)
+    assert sent["allOrNone"] is False
+    assert sent["records"][1] == {"attributes": {"type": "Opportunity"}, **status, "id": "006B"}
+    with engine.connect() as conn:
+        states = dict(conn.execute(sa.text("SELECT external_id, state FROM posting_ledger")).all())
+    # Row-lock contention is transient: the locked record waits for a later run, never refused.
+    assert states == {"006A": "posted", "006B": "pending"}
+    assert poster.stats.rejected == 0 and poster.stats.deferred == 1

@@ -45,6 +45,14 @@ def http() -> Iterator[requests.Session]:
         yield session
 
 
+def serving(path: Path, company: Company, *, tls: bool = False) -> Iterator[Sandbox]:
+    """A sandbox seeded with ``company``, serving (over HTTPS with ``tls``) until closed."""
+    box = Sandbox(path, tls=tls)
+    box.seed(company)
+    with box:
+        yield box
+
+
 def fresh_sandbox(path: Path, company: Company) -> Sandbox:
     box = Sandbox(path)
     box.seed(company)

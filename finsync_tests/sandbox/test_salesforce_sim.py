@@ -307,7 +307,7 @@ def _assertion(sandbox: Sandbox, key: Any = None, **claims: Any) -> str:
     body = {
         "iss": sandbox.credentials["salesforce_client_id"],
         "sub": username,
-        "aud": sandbox.env["SALESFORCE_LOGIN_URL"],
+        "aud": "https://login.salesforce.com",
         "exp": int(time.time()) + 120,
         **claims,
     }
@@ -347,7 +347,8 @@ def test_jwt_bearer_good_assertion_gets_a_working_token(
         pytest.param({"key": "other"}, "invalid_grant", id="wrong-signature"),
         pytest.param({"exp": -30}, "invalid_grant", id="expired"),
         pytest.param({"exp": 600}, "invalid_grant", id="exp-beyond-3-minutes"),
-        pytest.param({"aud": "https://login.salesforce.com"}, "invalid_grant", id="wrong-audience"),
+        pytest.param({"aud": "https://test.salesforce.com"}, "invalid_grant", id="sandbox-aud"),
+        pytest.param({"aud": ["https://login.salesforce.com"]}, "invalid_grant", id="aud-array"),
         pytest.param({"sub": "someone@else.example"}, "invalid_grant", id="unknown-user"),
         pytest.param({"iss": "3MVG9nope"}, "invalid_client_id", id="wrong-client-id"),
     ],
@@ -365,6 +366,36 @@ def test_jwt_bearer_bad_assertions_are_400(
     assert resp.status_code == 400
     assert resp.json()["error"] == error
     assert resp.json()["error_description"]
+
+
+def test_jwt_bearer_refuses_the_my_domain_url_as_audience(
+    http: requests.Session, sandbox: Sandbox
+) -> None:
+    # The token request goes to the My Domain URL, but the assertion's audience must be the
+    # login server: Salesforce answers this exact body otherwise.
+    own = sandbox.env["SALESFORCE_LOGIN_URL"]
+    resp = _jwt_token(http, sandbox, _assertion(sandbox, aud=own))
+    assert resp.status_code == 400
+    assert resp.json() == {"error": "invalid_grant", "error_description": "audience is invalid"}
+
+
+def test_jwt_bearer_audience_follows_the_org_kind(http: requests.Session, sandbox: Sandbox) -> None:
+    org = sandbox.salesforce
+    try:
+        org.is_sandbox_org = True
+        test_aud = _jwt_token(http, sandbox, _assertion(sandbox, aud="https://test.salesforce.com"))
+        login_aud = _jwt_token(http, sandbox, _assertion(sandbox))
+        org.site_urls = ["https://acme.my.site.com/customers"]
+        site_aud = _jwt_token(
+            http, sandbox, _assertion(sandbox, aud="https://acme.my.site.com/customers")
+        )
+    finally:
+        org.is_sandbox_org = False
+        org.site_urls = []
+    assert test_aud.status_code == 200, test_aud.text
+    assert login_aud.status_code == 400
+    assert login_aud.json()["error_description"] == "audience is invalid"
+    assert site_aud.status_code == 200, site_aud.text
 
 
 def test_jwt_bearer_garbage_and_hs256_are_invalid_grant(

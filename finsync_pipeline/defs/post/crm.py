@@ -22,7 +22,7 @@ from finsync_pipeline.defs.post.assets import (
 from finsync_pipeline.landing import sample, sync_exceptions
 from finsync_pipeline.logic.derive import ERP, LIVE_INVOICE_STATUSES
 from finsync_pipeline.posting import PostingEngine
-from finsync_pipeline.resources.salesforce import SalesforceResource
+from finsync_pipeline.resources.salesforce import COLLECTION_LIMIT, SalesforceResource
 from finsync_pipeline.resources.settings import PipelineSettings
 from finsync_pipeline.resources.warehouse import WarehouseResource, read_frame
 
@@ -83,13 +83,16 @@ def crm_status_writeback(
             for doc_type, batch in docs.items()
         }
     client = salesforce.get_client()
+    options = posting_engine_options(context, settings)
+    # One claimed batch is one sObject Collections call: as many as a call takes.
+    options["batch_size"] = COLLECTION_LIMIT
     # One engine for both types: a Salesforce outage that pauses it while Accounts post
     # leaves the Opportunities pending too, for the next run, instead of retrying into it.
     poster = PostingEngine(
         engine,
         SalesforceStatusClient(client),
         erp=CRM,
-        **posting_engine_options(context, settings),
+        **options,
     )
     poster.recover()
     sent: dict[str, int] = {}
