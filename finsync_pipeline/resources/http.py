@@ -73,6 +73,9 @@ class Verdict(enum.Enum):
     """Resending cannot help: raise PermanentUpstreamError."""
     AUTH = "auth"
     """Credentials rejected: raise AuthenticationError."""
+    AMBIGUOUS = "ambiguous"
+    """A write may have been applied and the system says a resend will not tell (Stripe's
+    ``Stripe-Should-Retry: false`` on a 500): raise AmbiguousOutcomeError, settled by lookup."""
 
 
 ErrorParser = Callable[[requests.Response], ErrorInfo]
@@ -376,7 +379,9 @@ class HttpClient:
                     field=info.field,
                     retry_after_s=retry_after,
                 )
-            if not idempotent and status not in NOT_PROCESSED_STATUSES:
+            if verdict is Verdict.AMBIGUOUS or (
+                not idempotent and status not in NOT_PROCESSED_STATUSES
+            ):
                 raise AmbiguousOutcomeError(
                     self.system,
                     self.redact(
