@@ -374,6 +374,7 @@ def test_a_concurrent_request_with_the_same_key_is_409(
         second = _post(http, sandbox, f"/v1/customers/{customer}", form, key="busy")
         assert second.status_code == 409
         assert second.json()["error"]["code"] == "idempotency_key_in_use"
+        assert second.headers["Stripe-Should-Retry"] == "true"
     finally:
         release.set()
         worker.join(10)
@@ -668,3 +669,45 @@ def test_more_than_ten_payments_show_ten_and_page_the_rest(
     assert len(every) == MANY_PAYMENTS
     assert [p["id"] for p in payments["data"]] == [p["id"] for p in want[:10]]
     assert sum(p["amount_paid"] for p in every) == invoice["total"]
+
+
+def test_list_params_are_read_in_both_of_stripes_forms(
+    http: requests.Session, sandbox: Sandbox
+) -> None:
+    types = ["invoice.paid", "customer.created"]
+    bracketed = _list_all(http, sandbox, "/v1/events", **{"types[]": types})
+    indexed = _list_all(
+        http, sandbox, "/v1/events", **{f"types[{n}]": t for n, t in enumerate(types)}
+    )
+    assert bracketed and [e["id"] for e in indexed] == [e["id"] for e in bracketed]
+    page = _get(http, sandbox, "/v1/customers", limit=3, **{"expand[0]": "data.tax_ids"})
+    assert page.status_code == 200
+    assert all(c["tax_ids"]["object"] == "list" for c in page.json()["data"])
+
+
+def test_a_percent_encoded_id_is_decoded(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    customer = company.stripe["customer"][0]["id"]
+    encoded = "".join(f"%{ord(c):02X}" for c in customer)
+    assert _get(http, sandbox, f"/v1/customers/{encoded}").json()["id"] == customer
+    odd = _get(http, sandbox, "/v1/customers/cus_a%2Fb%3Fc")
+    assert odd.status_code == 404
+    assert odd.json()["error"]["message"] == "No such customer: 'cus_a/b?c'"
+
+
+@pytest.mark.parametrize(
+    ("status", "should_retry"),
+    [
+        pytest.param(500, "false", id="500-its-result-is-kept-under-the-key"),
+        pytest.param(503, "true", id="503-not-processed"),
+        pytest.param(429, "true", id="429-rate-limited"),
+    ],
+)
+def test_an_error_says_whether_to_retry_as_stripe_does(
+    http: requests.Session, sandbox: Sandbox, status: int, should_retry: str
+) -> None:
+    sandbox.inject("stripe", status=status, count=1, retry_after_s=None)
+    resp = _get(http, sandbox, "/v1/customers", limit=1)
+    assert resp.status_code == status
+    assert resp.headers["Stripe-Should-Retry"] == should_retry
