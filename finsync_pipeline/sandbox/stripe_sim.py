@@ -132,6 +132,8 @@ _SUB_STATUSES = {
 }
 _INVOICE_STATUSES = {"draft", "open", "paid", "uncollectible", "void"}
 _INVOICE_PAYMENT_STATUSES = {"canceled", "open", "paid"}
+# ``types`` of GET /v1/events: "An array of up to 20 strings".
+_MAX_EVENT_TYPES = 20
 # Stripe's /v1/events keeps 30 days of events.
 EVENT_RETENTION_S = 30 * 86400
 # Stripe prunes idempotency keys after at least 24 hours.
@@ -427,7 +429,12 @@ class StripeSimulator(Simulator):
         return bracket_lists(req.params())
 
     def _retrieve(self, req: Request, obj: str, rid: str) -> Response:
-        expand = self._expansions(obj, [v for k, v in self._params(req) if k == "expand[]"])
+        params = self._params(req)
+        for key, _value in params:
+            # A retrieve takes ``expand`` only.
+            if key != "expand[]":
+                raise StripeError(400, f"Received unknown parameter: {key}", param=key)
+        expand = self._expansions(obj, [v for k, v in params if k == "expand[]"])
         row = self.store.one(
             "SELECT body FROM stripe_object WHERE object = ? AND id = ?", (obj, rid)
         )
@@ -594,28 +601,7 @@ class StripeSimulator(Simulator):
         if obj == "invoice_payment":
             self._invoice_payment_filters(params, where, args)
         if obj == "event":
-            where.append("created >= ?")
-            args.append(int(self.clock()) - EVENT_RETENTION_S)
-            types = list(params.get("types[]", []))
-            if params.get("type"):
-                if types:
-                    raise StripeError(
-                        400,
-                        "You may only specify one of these parameters: type, types.",
-                        param="types",
-                    )
-                types = [params["type"][-1]]
-            if types:
-                clauses = []
-                for etype in types:
-                    if etype.endswith("*"):
-                        clauses.append("type LIKE ?")
-                        args.append(etype[:-1].replace("%", "").replace("_", "\\_") + "%")
-                        clauses[-1] += " ESCAPE '\\'"
-                    else:
-                        clauses.append("type = ?")
-                        args.append(etype)
-                where.append("(" + " OR ".join(clauses) + ")")
+            self._event_filters(params, where, args)
         order = "DESC"
         if after or before:
             cursor_id = after or before
@@ -647,6 +633,45 @@ class StripeSimulator(Simulator):
         if order == "ASC":
             bodies.reverse()
         return self._envelope(f"/v1/{req.path.split('/')[2]}", bodies, has_more)
+
+    def _event_filters(
+        self, params: dict[str, list[str]], where: list[str], args: list[Any]
+    ) -> None:
+        """``GET /v1/events`` filters: the 30 days Stripe keeps, ``type`` (``*`` a wildcard) or
+        up to 20 ``types``, and ``delivery_success``. No webhook endpoint is configured here,
+        so no event is pending or failed: ``false`` finds none."""
+        where.append("created >= ?")
+        args.append(int(self.clock()) - EVENT_RETENTION_S)
+        types = list(params.get("types[]", []))
+        if len(types) > _MAX_EVENT_TYPES:
+            raise StripeError(
+                400,
+                f"Invalid array: types can have at most {_MAX_EVENT_TYPES} items.",
+                param="types",
+            )
+        if params.get("type"):
+            if types:
+                raise StripeError(
+                    400,
+                    "You may only specify one of these parameters: type, types.",
+                    param="types",
+                )
+            types = [params["type"][-1]]
+        delivered = (params.get("delivery_success") or [""])[-1]
+        if delivered not in ("", "true", "false"):
+            raise StripeError(400, f"Invalid boolean: {delivered}", param="delivery_success")
+        if delivered == "false":
+            where.append("0")
+        if types:
+            clauses = []
+            for etype in types:
+                if etype.endswith("*"):
+                    clauses.append("type LIKE ? ESCAPE '\\'")
+                    args.append(etype[:-1].replace("%", "").replace("_", "\\_") + "%")
+                else:
+                    clauses.append("type = ?")
+                    args.append(etype)
+            where.append("(" + " OR ".join(clauses) + ")")
 
     @staticmethod
     def _invoice_payment_filters(

@@ -711,3 +711,67 @@ def test_an_error_says_whether_to_retry_as_stripe_does(
     resp = _get(http, sandbox, "/v1/customers", limit=1)
     assert resp.status_code == status
     assert resp.headers["Stripe-Should-Retry"] == should_retry
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "param"),
+    [
+        pytest.param("/v1/invoices", {"limit": 101}, "limit", id="limit-over-100"),
+        pytest.param("/v1/invoices", {"limit": 0}, "limit", id="limit-under-1"),
+        pytest.param("/v1/refunds", {"customer": "cus_x"}, "customer", id="filter-not-in-spec"),
+        pytest.param(
+            "/v1/customers", {"starting_after": "cus_nobody"}, "starting_after", id="unknown-cursor"
+        ),
+        pytest.param(
+            "/v1/customers",
+            {"starting_after": "cus_a", "ending_before": "cus_b"},
+            "ending_before",
+            id="both-cursors",
+        ),
+        pytest.param("{customer}", {"limit": 1}, "limit", id="retrieve-takes-expand-only"),
+        pytest.param(
+            "/v1/events",
+            {"type": "invoice.paid", "types[]": "invoice.paid"},
+            "types",
+            id="type-and-types",
+        ),
+        pytest.param(
+            "/v1/events",
+            {"types[]": [f"invoice.t{n}" for n in range(21)]},
+            "types",
+            id="over-20-types",
+        ),
+        pytest.param(
+            "/v1/events", {"delivery_success": "yes"}, "delivery_success", id="not-a-boolean"
+        ),
+        pytest.param(
+            "/v1/invoice_payments",
+            {"payment[payment_intent]": "pi_x"},
+            "payment[type]",
+            id="payment-id-without-its-type",
+        ),
+        pytest.param("/v1/invoice_payments", {"status": "void"}, "status", id="bad-payment-status"),
+    ],
+)
+def test_refused_as_stripe_refuses(
+    http: requests.Session,
+    sandbox: Sandbox,
+    company: Company,
+    path: str,
+    params: dict[str, Any],
+    param: str,
+) -> None:
+    path = path.replace("{customer}", f"/v1/customers/{company.stripe['customer'][0]['id']}")
+    resp = _get(http, sandbox, path, **params)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+
+
+def test_delivery_success_filters_events(http: requests.Session, sandbox: Sandbox) -> None:
+    every = _get(http, sandbox, "/v1/events", limit=20).json()["data"]
+    delivered = _get(http, sandbox, "/v1/events", limit=20, delivery_success="true").json()
+    failed = _get(http, sandbox, "/v1/events", limit=20, delivery_success="false").json()
+    assert every and [e["id"] for e in delivered["data"]] == [e["id"] for e in every]
+    # No webhook endpoint is configured: no event is pending or failed.
+    assert failed["data"] == [] and failed["has_more"] is False
