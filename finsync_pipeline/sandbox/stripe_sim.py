@@ -24,8 +24,8 @@ invoice's ``payments`` (its ``invoice_payment`` objects, also listed by
 ``GET /v1/invoice_payments``). Each is then a list, empty when there is nothing, with its first
 10 items inline and ``has_more`` beyond. Event snapshots never carry them. Any other path (one
 Stripe cannot expand, one missing its ``data.`` prefix on a list, or one this sandbox does not
-expand) is Stripe's 400 ``This property cannot be expanded (<field>).``. Write endpoints other
-than the customer update take ``expand[]`` and ignore it.
+expand) is Stripe's 400 ``This property cannot be expanded (<field>).``, on reads and writes
+alike (a write so refused changes nothing).
 
 List parameters are read in both of Stripe's forms, ``types[]=a`` and ``types[0]=a`` (how
 stripe-python sends them); ids in the path are percent-decoded. Any well-formed
@@ -294,6 +294,18 @@ def should_retry(status: int) -> str | None:
     return None
 
 
+def _status_filter(
+    params: dict[str, list[str]], allowed: set[str], where: list[str], args: list[Any]
+) -> None:
+    """A list's ``status`` filter, refused when it is not one of ``allowed``."""
+    status = (params.get("status") or [""])[-1]
+    if status:
+        if status not in allowed:
+            raise StripeError(400, f"Invalid status: {status}", param="status")
+        where.append("status = ?")
+        args.append(status)
+
+
 def mask_key(key: str) -> str:
     """Mask an API key as Stripe does in errors: keep the prefix and the last four characters."""
     prefix = ""
@@ -406,7 +418,7 @@ class StripeSimulator(Simulator):
             write = self._writer(obj, parts[2:])
             if write is None:
                 raise unknown
-            return self._idempotent(req, write)
+            return self._idempotent(req, self._expanding(obj, write))
         if req.method == "DELETE":
             # Stripe ignores Idempotency-Key on DELETE: it is idempotent by definition (a
             # second DELETE of the same invoice answers 404).
@@ -577,12 +589,7 @@ class StripeSimulator(Simulator):
                 where.append("status = ?")
                 args.append(status)
         if obj == "invoice":
-            status = (params.get("status") or [""])[-1]
-            if status:
-                if status not in _INVOICE_STATUSES:
-                    raise StripeError(400, f"Invalid status: {status}", param="status")
-                where.append("status = ?")
-                args.append(status)
+            _status_filter(params, _INVOICE_STATUSES, where, args)
             if params.get("subscription"):
                 where.append("ref = ?")
                 args.append(params["subscription"][-1])
@@ -682,12 +689,7 @@ class StripeSimulator(Simulator):
         if params.get("invoice"):
             where.append("ref = ?")
             args.append(params["invoice"][-1])
-        status = (params.get("status") or [""])[-1]
-        if status:
-            if status not in _INVOICE_PAYMENT_STATUSES:
-                raise StripeError(400, f"Invalid status: {status}", param="status")
-            where.append("status = ?")
-            args.append(status)
+        _status_filter(params, _INVOICE_PAYMENT_STATUSES, where, args)
         kind = (params.get("payment[type]") or [""])[-1]
         intent = (params.get("payment[payment_intent]") or [""])[-1]
         if intent and kind != "payment_intent":
@@ -781,6 +783,22 @@ class StripeSimulator(Simulator):
         if obj == "credit_note" and len(rest) == 2 and rest[1] == "void":
             return lambda req, form: self._void_credit_note(req, rest[0], form)
         return None
+
+    def _expanding(
+        self, obj: str, write: Callable[[Request, list[tuple[str, str]]], Response]
+    ) -> Callable[[Request, list[tuple[str, str]]], Response]:
+        """``write`` answering the ``obj`` it wrote with the ``expand[]`` asked for filled in;
+        an expansion this sandbox cannot make is refused before anything is written."""
+
+        def run(req: Request, form: list[tuple[str, str]]) -> Response:
+            fields = self._expansions(obj, [v for k, v in form if k == "expand[]"])
+            resp = write(req, form)
+            if not fields or resp.status != 200:
+                return resp
+            (body,) = self._expanded(obj, [resp.body.decode()], fields)
+            return raw_json_response(200, body, {**resp.headers})
+
+        return run
 
     def _idempotent(
         self, req: Request, write: Callable[[Request, list[tuple[str, str]]], Response]
@@ -951,7 +969,6 @@ class StripeSimulator(Simulator):
     ) -> Response:
         fields = {"name", "email", "description", "phone", "metadata"}
         flat = self._check_form(form, fields | {"expand[]"})
-        expand = self._expansions("customer", [v for k, v in form if k == "expand[]"])
         customer = self._load("customer", customer_id)
         previous: dict[str, Any] = {}
         metadata = dict(customer.get("metadata") or {})
@@ -980,8 +997,7 @@ class StripeSimulator(Simulator):
             self._save(conn, customer)
             if previous:
                 self._emit(conn, req, "customer.updated", customer, previous)
-        (body,) = self._expanded("customer", [simplejson.dumps(customer, use_decimal=True)], expand)
-        return raw_json_response(200, body)
+        return json_response(200, customer)
 
     def _create_refund(self, req: Request, form: list[tuple[str, str]]) -> Response:
         flat = self._check_form(

@@ -775,3 +775,23 @@ def test_delivery_success_filters_events(http: requests.Session, sandbox: Sandbo
     assert every and [e["id"] for e in delivered["data"]] == [e["id"] for e in every]
     # No webhook endpoint is configured: no event is pending or failed.
     assert failed["data"] == [] and failed["has_more"] is False
+
+
+def test_a_write_expands_what_it_is_asked_and_refuses_what_it_cannot(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    paid = next(i for i in company.stripe["invoice"] if i["payments"]["data"])
+    form = {"metadata[judge]": "1", "expand[0]": "payments"}
+    updated = _post(http, sandbox, f"/v1/invoices/{paid['id']}", form)
+    assert updated.status_code == 200, updated.text
+    assert sorted(p["id"] for p in updated.json()["payments"]["data"]) == sorted(
+        p["id"] for p in paid["payments"]["data"]
+    )
+    plain = _post(http, sandbox, f"/v1/invoices/{paid['id']}", {"metadata[judge]": "2"})
+    assert "payments" not in plain.json()
+    charge = _refundable(sandbox, company, http)
+    refused = _post(http, sandbox, "/v1/refunds", {"charge": charge["id"], "expand[]": "nonsense"})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == "This property cannot be expanded (nonsense)."
+    after = _get(http, sandbox, f"/v1/charges/{charge['id']}").json()
+    assert after["amount_refunded"] == 0, "a refused write changes nothing"
