@@ -17,12 +17,13 @@ same key with other parameters is a 400 ``idempotency_error``; a key whose first
 still running is a 409. A request rejected by validation stores nothing, so it can be corrected
 and retried with the same key.
 
-``expand[]`` is honoured for what finsync reads and refused otherwise, never ignored. Two
+``expand[]`` is honoured for what finsync reads and refused otherwise, never ignored. Three
 includable fields are absent unless asked for (``expand[]=<field>`` on a retrieve,
-``expand[]=data.<field>`` on a list): a customer's ``tax_ids`` (its ``tax_id`` objects) and an
+``expand[]=data.<field>`` on a list): a customer's ``tax_ids`` (its ``tax_id`` objects), an
 invoice's ``payments`` (its ``invoice_payment`` objects, also listed by
-``GET /v1/invoice_payments``). Each is then a list, empty when there is nothing, with its first
-10 items inline and ``has_more`` beyond. Event snapshots never carry them. Any other path (one
+``GET /v1/invoice_payments``) and a charge's ``refunds``. Each is then a list, empty when
+there is nothing, with its first 10 items inline and ``has_more`` beyond. Event snapshots never
+carry them. Any other path (one
 Stripe cannot expand, one missing its ``data.`` prefix on a list, or one this sandbox does not
 expand) is Stripe's 400 ``This property cannot be expanded (<field>).``, on reads and writes
 alike (a write so refused changes nothing).
@@ -117,7 +118,12 @@ _EMBEDDED_LIMIT = 10
 _EXPANDABLE: dict[str, frozenset[str]] = {
     "customer": frozenset({"tax_ids"}),
     "invoice": frozenset({"payments"}),
+    "charge": frozenset({"refunds"}),
 }
+# Includable fields kept out of stored records: an invoice's payments (API 2025-03-31) and a
+# charge's refunds (no longer auto-expanded since API 2022-11-15). A customer's tax ids are
+# stored apart already.
+_INCLUDABLE = {"invoice": "payments", "charge": "refunds"}
 _SUB_STATUSES = {
     "incomplete",
     "incomplete_expired",
@@ -178,16 +184,17 @@ class StripeError(Exception):
         return json_response(self.status, {"error": error})
 
 
-def _without_payments(record: dict[str, Any]) -> dict[str, Any]:
-    """An invoice (or an event about one) without ``payments``: an includable field, served
-    only when a request expands it."""
-    if record.get("object") == "invoice":
-        return {k: v for k, v in record.items() if k != "payments"}
+def _without_includable(record: dict[str, Any]) -> dict[str, Any]:
+    """A record (or an event about one) without its includable field (``_INCLUDABLE``),
+    served only when a request expands it."""
+    field = _INCLUDABLE.get(str(record.get("object")))
+    if field is not None:
+        return {k: v for k, v in record.items() if k != field}
     data = record.get("data")
     if record.get("object") == "event" and isinstance(data, dict):
         obj = data.get("object")
-        if isinstance(obj, dict) and obj.get("object") == "invoice":
-            return dict(record, data=dict(data, object=_without_payments(obj)))
+        if isinstance(obj, dict) and obj.get("object") in _INCLUDABLE:
+            return dict(record, data=dict(data, object=_without_includable(obj)))
     return record
 
 
@@ -213,13 +220,13 @@ def seed_stripe(conn: sqlite3.Connection, company: Company) -> None:
         rows = []
         for seq, (_, rec) in enumerate(ordered):
             ref = None
-            view = _without_payments(rec)
+            view = _without_includable(rec)
             if obj == "invoice_payment":
                 ref = rec["invoice"]
             elif obj in _WITH_LINES:
                 if obj == "invoice":
                     ref = rec["parent"]["subscription_details"]["subscription"]
-                    view = _without_payments(invoice_wire_view(rec))
+                    view = _without_includable(invoice_wire_view(rec))
                 else:
                     ref = rec["invoice"]
                     view = credit_note_wire_view(rec)
@@ -479,6 +486,10 @@ class StripeSimulator(Simulator):
         if obj == "customer" and "tax_ids" in fields:
             return self._embedded(
                 bodies, "tax_ids", "tax_id", "customer", lambda i: f"/v1/customers/{i}/tax_ids"
+            )
+        if obj == "charge" and "refunds" in fields:
+            return self._embedded(
+                bodies, "refunds", "refund", "ref", lambda i: f"/v1/charges/{i}/refunds"
             )
         if obj == "invoice" and "payments" in fields:
             return self._embedded(
@@ -1086,9 +1097,6 @@ class StripeSimulator(Simulator):
         }
         charge["amount_refunded"] = int(charge["amount_refunded"]) + amount
         charge["refunded"] = charge["amount_refunded"] == charge["amount"]
-        refunds = charge.setdefault("refunds", {"object": "list", "data": [], "has_more": False})
-        refunds["data"] = [refund, *refunds.get("data", [])][:10]
-        refunds["has_more"] = bool(refunds.get("has_more")) or len(refunds["data"]) == 10
         with self.store.tx() as conn:
             self._insert(conn, refund, ref=charge_id, type_=None)
             self._save(conn, charge)
@@ -1343,7 +1351,7 @@ class StripeSimulator(Simulator):
             raise StripeError(400, f"Invalid boolean: {auto_advance}", param="auto_advance")
         now = int(self.clock())
         invoice_id = "in_" + secrets.token_hex(12)
-        invoice = _without_payments(
+        invoice = _without_includable(
             draft_invoice(
                 invoice_id,
                 created=now,

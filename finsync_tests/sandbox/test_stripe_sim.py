@@ -795,3 +795,20 @@ def test_a_write_expands_what_it_is_asked_and_refuses_what_it_cannot(
     assert refused.json()["error"]["message"] == "This property cannot be expanded (nonsense)."
     after = _get(http, sandbox, f"/v1/charges/{charge['id']}").json()
     assert after["amount_refunded"] == 0, "a refused write changes nothing"
+
+
+def test_a_charge_shows_its_refunds_only_when_expanded(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    # Since API 2022-11-15 Stripe no longer expands a charge's refunds unless asked.
+    refund = company.stripe["refund"][0]
+    plain = _get(http, sandbox, f"/v1/charges/{refund['charge']}").json()
+    assert "refunds" not in plain and plain["amount_refunded"] >= refund["amount"]
+    listed = _get(http, sandbox, "/v1/charges", limit=100).json()["data"]
+    assert all("refunds" not in c for c in listed)
+    expanded = _get(http, sandbox, f"/v1/charges/{refund['charge']}", **{"expand[]": "refunds"})
+    refunds = expanded.json()["refunds"]
+    assert refund["id"] in {r["id"] for r in refunds["data"]}
+    assert all(r["charge"] == refund["charge"] for r in refunds["data"])
+    events = _get(http, sandbox, "/v1/events", limit=100, type="charge.refunded").json()["data"]
+    assert all("refunds" not in e["data"]["object"] for e in events)
