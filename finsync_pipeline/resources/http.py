@@ -7,7 +7,8 @@ caller expects, and turns failures into finsync's error tree:
 - 429/500/502/503/504, timeouts and connection errors are retried with capped exponential
   backoff and full jitter, honouring ``Retry-After`` (seconds or an HTTP date);
 - a non-idempotent request whose outcome is unknown (read timeout after send, a 500/502/504, a
-  dropped connection) raises ``AmbiguousOutcomeError`` instead of being resent;
+  dropped connection), or a write the system says a resend cannot settle (a system classifier's
+  ``Verdict.AMBIGUOUS``), raises ``AmbiguousOutcomeError`` instead of being resent;
 - 401 raises ``AuthenticationError``; other 4xx raise ``PermanentUpstreamError`` carrying the
   system's own code, message and field, parsed by a per-system error parser;
 - retries exhausted raise ``RetryableUpstreamError``.
@@ -73,6 +74,9 @@ class Verdict(enum.Enum):
     """Resending cannot help: raise PermanentUpstreamError."""
     AUTH = "auth"
     """Credentials rejected: raise AuthenticationError."""
+    AMBIGUOUS = "ambiguous"
+    """A write may have been applied and the system says a resend will not tell (Stripe's
+    ``Stripe-Should-Retry: false`` on a 500): raise AmbiguousOutcomeError, settled by lookup."""
 
 
 ErrorParser = Callable[[requests.Response], ErrorInfo]
@@ -385,7 +389,9 @@ class HttpClient:
                     field=info.field,
                     retry_after_s=retry_after,
                 )
-            if not idempotent and status not in NOT_PROCESSED_STATUSES:
+            if verdict is Verdict.AMBIGUOUS or (
+                not idempotent and status not in NOT_PROCESSED_STATUSES
+            ):
                 raise AmbiguousOutcomeError(
                     self.system,
                     self.redact(

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from finsync_pipeline.errors import PermanentUpstreamError, RecordMissingError
 from finsync_pipeline.resources.http import (
+    NOT_PROCESSED_STATUSES,
     ConnectorClient,
     ErrorInfo,
     HttpClient,
@@ -27,8 +28,9 @@ MAX_PAGE_SIZE = 100
 # Objects whose lines Stripe embeds only partly (10) and pages under /v1/{path}/{id}/lines.
 _PAGED_LINES = ("invoices", "credit_notes")
 # Includable fields Stripe leaves out unless expanded, asked for on every read of the object:
-# a customer's tax ids (its VAT id decides a reverse charge in the tax check).
-_INCLUDED: dict[str, tuple[str, ...]] = {"customers": ("tax_ids",)}
+# a customer's tax ids (its VAT id decides a reverse charge in the tax check) and an invoice's
+# payments (since API 2025-03-31 the only link from a charge or refund to its invoice).
+_INCLUDED: dict[str, tuple[str, ...]] = {"customers": ("tax_ids",), "invoices": ("payments",)}
 
 Params = list[tuple[str, str | int]]
 
@@ -78,15 +80,25 @@ def parse_stripe_error(response: requests.Response) -> ErrorInfo:
 
 
 def classify_stripe(response: requests.Response, info: ErrorInfo) -> Verdict | None:
-    """Stripe-Should-Retry overrides the status, as the official SDKs do."""
+    """Stripe-Should-Retry overrides the status, as the official SDKs do.
+
+    ``false`` on a transient status means a resend would not help: a read gives up (the run's
+    own retry decides); a write answered 500 may have run, and Stripe stored that answer
+    under its Idempotency-Key, so a resend would only replay it. Its outcome is ambiguous and
+    is settled by looking the object up (a later resend with the same key stays safe).
+    """
     should_retry = response.headers.get("Stripe-Should-Retry", "").lower()
-    verdict = default_classify(response.status_code)
-    if response.status_code == 409:
+    status = response.status_code
+    verdict = default_classify(status)
+    if status == 409:
         # Stripe's SDKs retry 409 (a concurrent request on the same object or idempotency key).
         verdict = Verdict.RETRY
     if should_retry == "true" and verdict is not Verdict.AUTH:
         return Verdict.RETRY
     if should_retry == "false" and verdict is Verdict.RETRY:
+        write = response.request is not None and response.request.method == "POST"
+        if write and status not in NOT_PROCESSED_STATUSES:
+            return Verdict.AMBIGUOUS
         return Verdict.GIVE_UP_RETRYABLE
     return verdict
 
@@ -153,10 +165,12 @@ class StripeClient(ConnectorClient):
     def list_invoices(
         self, *, created_gte: int | None = None, created_lt: int | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Every invoice with every line in ``lines.data`` (paged in full, never truncated)."""
-        for invoice in self._list("/v1/invoices", _created(created_gte, created_lt)):
+        """Every invoice with every line in ``lines.data`` and every payment in
+        ``payments.data`` (each paged in full, never truncated)."""
+        params = [*_created(created_gte, created_lt), *_expand("invoices", "data.")]
+        for invoice in self._list("/v1/invoices", params):
             # A listed invoice embeds only its first lines; the rest need their own listing.
-            yield self._with_all_lines("invoices", invoice)
+            yield self._complete("invoices", invoice)
 
     def list_payment_intents(
         self, *, created_gte: int | None = None, created_lt: int | None = None
@@ -182,7 +196,7 @@ class StripeClient(ConnectorClient):
         if invoice is not None:
             params.append(("invoice", invoice))
         for note in self._list("/v1/credit_notes", params):
-            yield self._with_all_lines("credit_notes", note)
+            yield self._complete("credit_notes", note)
 
     def list_refunds(
         self,
@@ -215,8 +229,9 @@ class StripeClient(ConnectorClient):
         """One object by id, e.g. ``retrieve("invoices", "in_...")``.
 
         An invoice or credit note comes back with every line (pages past the first 10 are
-        fetched), so a refetch after an event never keeps the event's truncated snapshot; a
-        customer with its tax ids (expanded, as on a listing).
+        fetched), so a refetch after an event never keeps the event's truncated snapshot; an
+        invoice with every payment and a customer with its tax ids (expanded, as on a
+        listing).
 
         Raises:
             RecordMissingError: No such object (404 ``resource_missing``): it never existed or
@@ -243,7 +258,7 @@ class StripeClient(ConnectorClient):
             raise PermanentUpstreamError(
                 SYSTEM, f"GET /v1/{object_path}/{object_id} did not answer that object", status=200
             )
-        return self._with_all_lines(object_path, body)
+        return self._complete(object_path, body)
 
     def post(
         self, path: str, params: Mapping[str, Any], *, idempotency_key: str | None = None
@@ -285,12 +300,32 @@ class StripeClient(ConnectorClient):
             )
         return body
 
-    def _with_all_lines(self, object_path: str, obj: dict[str, Any]) -> dict[str, Any]:
+    def _complete(self, object_path: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """``obj`` with the lists Stripe truncates at 10 paged in full."""
         lines = obj.get("lines")
         if object_path in _PAGED_LINES and isinstance(lines, dict) and lines.get("has_more"):
             lines["data"] = list(self._list(f"/v1/{object_path}/{obj['id']}/lines", []))
             lines["has_more"] = False
+        if object_path == "invoices":
+            self._with_all_payments(obj)
         return obj
+
+    def _with_all_payments(self, invoice: dict[str, Any]) -> None:
+        payments = invoice.get("payments")
+        if not isinstance(payments, dict) or not isinstance(payments.get("data"), list):
+            raise PermanentUpstreamError(
+                SYSTEM,
+                f"invoice {invoice.get('id')}: payments missing although expanded",
+                status=200,
+                field="payments",
+            )
+        if payments.get("has_more"):
+            # An expanded list shows its first 10 items; the invoice payments list of this
+            # invoice holds them all.
+            payments["data"] = list(
+                self._list("/v1/invoice_payments", [("invoice", str(invoice["id"]))])
+            )
+            payments["has_more"] = False
 
     def list_events(
         self, *, created_gte: int | None = None, types: list[str] | None = None

@@ -17,17 +17,26 @@ same key with other parameters is a 400 ``idempotency_error``; a key whose first
 still running is a 409. A request rejected by validation stores nothing, so it can be corrected
 and retried with the same key.
 
-``expand[]`` is honoured for what finsync reads and refused otherwise, never ignored: a
-customer's ``tax_ids`` is an includable field, absent from a customer unless asked for
-(``expand[]=tax_ids`` on a retrieve or an update, ``expand[]=data.tax_ids`` on a list), and
-then a list of its ``tax_id`` objects, empty when it has none. Invoice ``payments`` is embedded
-in every invoice here, so its expansion is accepted and changes nothing. Any other path (one
+``expand[]`` is honoured for what finsync reads and refused otherwise, never ignored. Three
+includable fields are absent unless asked for (``expand[]=<field>`` on a retrieve,
+``expand[]=data.<field>`` on a list): a customer's ``tax_ids`` (its ``tax_id`` objects), an
+invoice's ``payments`` (its ``invoice_payment`` objects, also listed by
+``GET /v1/invoice_payments``) and a charge's ``refunds``. Each is then a list, empty when
+there is nothing, with its first 10 items inline and ``has_more`` beyond. Event snapshots never
+carry them. Any other path (one
 Stripe cannot expand, one missing its ``data.`` prefix on a list, or one this sandbox does not
-expand) is Stripe's 400 ``This property cannot be expanded (<field>).``. Write endpoints other
-than the customer update take ``expand[]`` and ignore it.
+expand) is Stripe's 400 ``This property cannot be expanded (<field>).``, on reads and writes
+alike (a write so refused changes nothing).
+
+List parameters are read in both of Stripe's forms, ``types[]=a`` and ``types[0]=a`` (how
+stripe-python sends them); ids in the path are percent-decoded. Any well-formed
+``Stripe-Version`` is accepted and echoed (payloads keep the ``2026-07-29.dahlia`` shape); a
+malformed one is Stripe's 400 ``Invalid Stripe API version: <version>``. Error answers carry
+``Stripe-Should-Retry`` as stripe-python expects it (see ``should_retry``).
 """
 
 import base64
+import datetime
 import hashlib
 import re
 import secrets
@@ -35,7 +44,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 import simplejson
 
@@ -66,6 +75,7 @@ _COLLECTIONS = {
     "charges": "charge",
     "refunds": "refund",
     "events": "event",
+    "invoice_payments": "invoice_payment",
 }
 # Objects whose lines are paged under /v1/{collection}/{id}/lines.
 _WITH_LINES = {"invoice", "credit_note"}
@@ -89,12 +99,31 @@ _FILTERS: dict[str, set[str]] = {
     "charge": {"customer", "payment_intent"},
     "refund": {"charge", "payment_intent"},
     "event": {"type", "types[]", "delivery_success"},
+    "invoice_payment": {
+        "invoice",
+        "status",
+        "payment[type]",
+        "payment[payment_intent]",
+        "payment[payment_record]",
+    },
 }
+# A list parameter's items: ``expand[]=x`` or, as stripe-python sends them, ``expand[0]=x``.
+_LIST_ITEM = re.compile(r"(?P<name>[a-z_]+)\[\d+\]")
+# ``YYYY-MM-DD``, and from the first named release (2024-09-30.acacia) ``YYYY-MM-DD.name``.
+_API_VERSION = re.compile(r"(?P<date>\d{4}-\d{2}-\d{2})(?:\.(?P<name>[a-z]+))?")
+_FIRST_NAMED_RELEASE = "2024-09-30"
+# Expanded lists inside an object show their first 10 items, as Stripe's do.
+_EMBEDDED_LIMIT = 10
 # The expansions this sandbox makes, per object (see the module docstring).
 _EXPANDABLE: dict[str, frozenset[str]] = {
     "customer": frozenset({"tax_ids"}),
     "invoice": frozenset({"payments"}),
+    "charge": frozenset({"refunds"}),
 }
+# Includable fields kept out of stored records: an invoice's payments (API 2025-03-31) and a
+# charge's refunds (no longer auto-expanded since API 2022-11-15). A customer's tax ids are
+# stored apart already.
+_INCLUDABLE = {"invoice": "payments", "charge": "refunds"}
 _SUB_STATUSES = {
     "incomplete",
     "incomplete_expired",
@@ -108,6 +137,9 @@ _SUB_STATUSES = {
     "all",
 }
 _INVOICE_STATUSES = {"draft", "open", "paid", "uncollectible", "void"}
+_INVOICE_PAYMENT_STATUSES = {"canceled", "open", "paid"}
+# ``types`` of GET /v1/events: "An array of up to 20 strings".
+_MAX_EVENT_TYPES = 20
 # Stripe's /v1/events keeps 30 days of events.
 EVENT_RETENTION_S = 30 * 86400
 # Stripe prunes idempotency keys after at least 24 hours.
@@ -152,18 +184,49 @@ class StripeError(Exception):
         return json_response(self.status, {"error": error})
 
 
+def _without_includable(record: dict[str, Any]) -> dict[str, Any]:
+    """A record (or an event about one) without its includable field (``_INCLUDABLE``),
+    served only when a request expands it."""
+    field = _INCLUDABLE.get(str(record.get("object")))
+    if field is not None:
+        return {k: v for k, v in record.items() if k != field}
+    data = record.get("data")
+    if record.get("object") == "event" and isinstance(data, dict):
+        obj = data.get("object")
+        if isinstance(obj, dict) and obj.get("object") in _INCLUDABLE:
+            return dict(record, data=dict(data, object=_without_includable(obj)))
+    return record
+
+
+def _invoice_payments_of(company: Company) -> list[dict[str, Any]]:
+    """Every invoice payment of the company, each stored as its own object."""
+    return [
+        dict(pay, invoice=inv["id"])
+        for inv in company.stripe.get("invoice", [])
+        for pay in (inv.get("payments") or {}).get("data") or []
+    ]
+
+
 def seed_stripe(conn: sqlite3.Connection, company: Company) -> None:
-    """Load the company's Stripe records into the store (inside the caller's transaction)."""
-    for obj, records in company.stripe.items():
+    """Load the company's Stripe records into the store (inside the caller's transaction).
+
+    An invoice's payments are stored as ``invoice_payment`` objects of their own, referring to
+    the invoice: ``GET /v1/invoice_payments`` lists them, and an invoice shows them only when
+    ``payments`` is expanded.
+    """
+    collections = {**company.stripe, "invoice_payment": _invoice_payments_of(company)}
+    for obj, records in collections.items():
         ordered = sorted(enumerate(records), key=lambda pair: (pair[1]["created"], pair[0]))
         rows = []
         for seq, (_, rec) in enumerate(ordered):
             ref = None
-            view = rec
-            if obj in _WITH_LINES:
+            view = _without_includable(rec)
+            if obj == "invoice_payment":
+                ref = rec["invoice"]
+            elif obj in _WITH_LINES:
                 if obj == "invoice":
                     ref = rec["parent"]["subscription_details"]["subscription"]
-                    view = invoice_wire_view(rec)
+                    view = _without_includable(invoice_wire_view(rec))
                 else:
                     ref = rec["invoice"]
                     view = credit_note_wire_view(rec)
@@ -200,6 +263,56 @@ def seed_stripe(conn: sqlite3.Connection, company: Company) -> None:
         )
 
 
+def bracket_lists(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Form or query pairs with indexed list items (``types[0]=a``) written as ``types[]=a``:
+    Stripe reads both forms alike."""
+    out = []
+    for key, value in pairs:
+        match = _LIST_ITEM.fullmatch(key)
+        out.append((f"{match['name']}[]" if match else key, value))
+    return out
+
+
+def is_api_version(version: str) -> bool:
+    """Whether ``version`` is a well-formed Stripe API version: a calendar date, and from
+    2024-09-30 on the date of a named release (``2025-03-31.basil``, ``2026-10-28.endive``)."""
+    match = _API_VERSION.fullmatch(version)
+    if match is None:
+        return False
+    try:
+        datetime.date.fromisoformat(match["date"])
+    except ValueError:
+        return False
+    return (match["date"] >= _FIRST_NAMED_RELEASE) == (match["name"] is not None)
+
+
+def should_retry(status: int) -> str | None:
+    """Stripe's ``Stripe-Should-Retry`` for an error status, as stripe-python reads it.
+
+    A 500 may come after the request began: its result is stored under the Idempotency-Key,
+    so a resend replays it (``false``; the outcome is settled by looking the object up). A 503,
+    a 429 (rate limit, lock timeout) and a 409 (the same key still in flight) were not
+    processed, and the same request can succeed later (``true``). Otherwise no header.
+    """
+    if status == 500:
+        return "false"
+    if status in (409, 429, 503):
+        return "true"
+    return None
+
+
+def _status_filter(
+    params: dict[str, list[str]], allowed: set[str], where: list[str], args: list[Any]
+) -> None:
+    """A list's ``status`` filter, refused when it is not one of ``allowed``."""
+    status = (params.get("status") or [""])[-1]
+    if status:
+        if status not in allowed:
+            raise StripeError(400, f"Invalid status: {status}", param="status")
+        where.append("status = ?")
+        args.append(status)
+
+
 def mask_key(key: str) -> str:
     """Mask an API key as Stripe does in errors: keep the prefix and the last four characters."""
     prefix = ""
@@ -232,11 +345,9 @@ class StripeSimulator(Simulator):
             conn.execute(_IDEMPOTENCY_SCHEMA)
 
     # envelope ---------------------------------------------------------------------------------
-    def _headers(self) -> dict[str, str]:
-        return {
-            "Request-Id": "req_" + secrets.token_hex(7),
-            "Stripe-Version": STRIPE_API_VERSION,
-        }
+    @staticmethod
+    def _headers(version: str = STRIPE_API_VERSION) -> dict[str, str]:
+        return {"Request-Id": "req_" + secrets.token_hex(7), "Stripe-Version": version}
 
     def fault_response(self, status: int) -> Response:
         """Stripe's envelope for an injected status."""
@@ -257,17 +368,25 @@ class StripeSimulator(Simulator):
             err = StripeError(status, f"Injected error {status}.")
         resp = err.response()
         resp.headers.update(self._headers())
-        if status >= 500:
-            resp.headers["Stripe-Should-Retry"] = "true"
+        retry = should_retry(status)
+        if retry is not None:
+            resp.headers["Stripe-Should-Retry"] = retry
         return resp
 
     def handle(self, req: Request) -> Response:
-        """Serve one ``/v1`` request."""
+        """Serve one ``/v1`` request.
+
+        The answer names the API version it was served under: the one asked for (any
+        well-formed version; the payloads keep this sandbox's ``2026-07-29.dahlia`` shape), or
+        that one when none was asked.
+        """
+        asked = req.header("Stripe-Version")
         try:
             resp = self._route(req)
         except StripeError as e:
             resp = e.response()
-        resp.headers.update(self._headers())
+        served = asked if asked is not None and is_api_version(asked) else STRIPE_API_VERSION
+        resp.headers.update(self._headers(served))
         return resp
 
     def _authenticate(self, req: Request) -> None:
@@ -293,17 +412,12 @@ class StripeSimulator(Simulator):
     def _route(self, req: Request) -> Response:
         self._authenticate(req)
         version = req.header("Stripe-Version")
-        if version is not None and version != STRIPE_API_VERSION:
-            raise StripeError(
-                400,
-                f"Invalid Stripe API version: {version}. This sandbox speaks only "
-                f"{STRIPE_API_VERSION}.",
-                param="Stripe-Version",
-            )
-        parts = [p for p in req.path.split("/") if p]
+        if version is not None and not is_api_version(version):
+            # Stripe's own words, without a param.
+            raise StripeError(400, f"Invalid Stripe API version: {version}")
+        # Ids arrive percent-encoded in the path (``/v1/customers/cus%2F1``).
+        parts = [unquote(p) for p in req.path.split("/") if p]
         unknown = StripeError(404, f"Unrecognized request URL ({req.method}: {req.path}).")
-        if req.method == "GET" and parts == ["v1", "invoice_payments"]:
-            return self._invoice_payments(req)
         if len(parts) < 2 or parts[0] != "v1" or parts[1] not in _COLLECTIONS:
             raise unknown
         obj = _COLLECTIONS[parts[1]]
@@ -311,7 +425,7 @@ class StripeSimulator(Simulator):
             write = self._writer(obj, parts[2:])
             if write is None:
                 raise unknown
-            return self._idempotent(req, write)
+            return self._idempotent(req, self._expanding(obj, write))
         if req.method == "DELETE":
             # Stripe ignores Idempotency-Key on DELETE: it is idempotent by definition (a
             # second DELETE of the same invoice answers 404).
@@ -329,8 +443,17 @@ class StripeSimulator(Simulator):
         raise unknown
 
     # reads ------------------------------------------------------------------------------------
+    @staticmethod
+    def _params(req: Request) -> list[tuple[str, str]]:
+        return bracket_lists(req.params())
+
     def _retrieve(self, req: Request, obj: str, rid: str) -> Response:
-        expand = self._expansions(obj, [v for k, v in req.params() if k == "expand[]"])
+        params = self._params(req)
+        for key, _value in params:
+            # A retrieve takes ``expand`` only.
+            if key != "expand[]":
+                raise StripeError(400, f"Received unknown parameter: {key}", param=key)
+        expand = self._expansions(obj, [v for k, v in params if k == "expand[]"])
         row = self.store.one(
             "SELECT body FROM stripe_object WHERE object = ? AND id = ?", (obj, rid)
         )
@@ -360,29 +483,55 @@ class StripeSimulator(Simulator):
 
     def _expanded(self, obj: str, bodies: list[str], fields: set[str]) -> list[str]:
         """The stored bodies with the requested includable fields filled in."""
-        if obj != "customer" or "tax_ids" not in fields:
-            return bodies
-        customers = [simplejson.loads(b, use_decimal=True) for b in bodies]
-        ids = [c["id"] for c in customers]
-        owned: dict[str, list[Any]] = {i: [] for i in ids}
-        if ids:
-            marks = ",".join("?" * len(ids))
+        if obj == "customer" and "tax_ids" in fields:
+            return self._embedded(
+                bodies, "tax_ids", "tax_id", "customer", lambda i: f"/v1/customers/{i}/tax_ids"
+            )
+        if obj == "charge" and "refunds" in fields:
+            return self._embedded(
+                bodies, "refunds", "refund", "ref", lambda i: f"/v1/charges/{i}/refunds"
+            )
+        if obj == "invoice" and "payments" in fields:
+            return self._embedded(
+                bodies,
+                "payments",
+                "invoice_payment",
+                "ref",
+                lambda i: f"/v1/invoice_payments?invoice={i}",
+            )
+        return bodies
+
+    def _embedded(
+        self,
+        bodies: list[str],
+        field: str,
+        child: str,
+        owner_column: str,
+        url_of: Callable[[str], str],
+    ) -> list[str]:
+        """``bodies`` with ``field`` set to a list of the ``child`` objects each one owns
+        (``owner_column`` names the owner), newest first: the first 10 inline and ``has_more``
+        when there are more, to be paged at the list's ``url``."""
+        records = [simplejson.loads(b, use_decimal=True) for b in bodies]
+        owned: dict[str, list[str]] = {str(r["id"]): [] for r in records}
+        if owned:
+            marks = ",".join("?" * len(owned))
             rows = self.store.all(
-                "SELECT customer, body FROM stripe_object WHERE object = 'tax_id' "
-                f"AND customer IN ({marks}) ORDER BY created DESC, seq DESC",
-                ids,
+                f"SELECT {owner_column} AS owner, body FROM stripe_object WHERE object = ? "
+                f"AND {owner_column} IN ({marks}) ORDER BY created DESC, seq DESC",
+                [child, *owned],
             )
             for row in rows:
-                owned[row["customer"]].append(simplejson.loads(row["body"], use_decimal=True))
-        for customer in customers:
-            customer["tax_ids"] = {
+                owned[row["owner"]].append(row["body"])
+        for record in records:
+            items = owned[str(record["id"])]
+            record[field] = {
                 "object": "list",
-                "data": owned[customer["id"]],
-                "has_more": False,
-                "total_count": len(owned[customer["id"]]),
-                "url": f"/v1/customers/{customer['id']}/tax_ids",
+                "data": [simplejson.loads(b, use_decimal=True) for b in items[:_EMBEDDED_LIMIT]],
+                "has_more": len(items) > _EMBEDDED_LIMIT,
+                "url": url_of(str(record["id"])),
             }
-        return [simplejson.dumps(c, use_decimal=True) for c in customers]
+        return [simplejson.dumps(r, use_decimal=True) for r in records]
 
     @staticmethod
     def _int(params: dict[str, list[str]], name: str) -> int | None:
@@ -416,7 +565,7 @@ class StripeSimulator(Simulator):
 
     def _list(self, req: Request, obj: str) -> Response:
         params: dict[str, list[str]] = {}
-        for key, value in req.params():
+        for key, value in self._params(req):
             params.setdefault(key, []).append(value)
         allowed = _COMMON_PARAMS | _FILTERS[obj]
         for key in params:
@@ -451,12 +600,7 @@ class StripeSimulator(Simulator):
                 where.append("status = ?")
                 args.append(status)
         if obj == "invoice":
-            status = (params.get("status") or [""])[-1]
-            if status:
-                if status not in _INVOICE_STATUSES:
-                    raise StripeError(400, f"Invalid status: {status}", param="status")
-                where.append("status = ?")
-                args.append(status)
+            _status_filter(params, _INVOICE_STATUSES, where, args)
             if params.get("subscription"):
                 where.append("ref = ?")
                 args.append(params["subscription"][-1])
@@ -472,29 +616,10 @@ class StripeSimulator(Simulator):
         if obj == "refund" and params.get("payment_intent"):
             where.append("json_extract(body, '$.payment_intent') = ?")
             args.append(params["payment_intent"][-1])
+        if obj == "invoice_payment":
+            self._invoice_payment_filters(params, where, args)
         if obj == "event":
-            where.append("created >= ?")
-            args.append(int(self.clock()) - EVENT_RETENTION_S)
-            types = list(params.get("types[]", []))
-            if params.get("type"):
-                if types:
-                    raise StripeError(
-                        400,
-                        "You may only specify one of these parameters: type, types.",
-                        param="types",
-                    )
-                types = [params["type"][-1]]
-            if types:
-                clauses = []
-                for etype in types:
-                    if etype.endswith("*"):
-                        clauses.append("type LIKE ?")
-                        args.append(etype[:-1].replace("%", "").replace("_", "\\_") + "%")
-                        clauses[-1] += " ESCAPE '\\'"
-                    else:
-                        clauses.append("type = ?")
-                        args.append(etype)
-                where.append("(" + " OR ".join(clauses) + ")")
+            self._event_filters(params, where, args)
         order = "DESC"
         if after or before:
             cursor_id = after or before
@@ -527,53 +652,67 @@ class StripeSimulator(Simulator):
             bodies.reverse()
         return self._envelope(f"/v1/{req.path.split('/')[2]}", bodies, has_more)
 
-    def _invoice_payments(self, req: Request) -> Response:
-        """``GET /v1/invoice_payments``: the payments of invoices, filtered by ``invoice`` or
-        by ``payment[type]`` with ``payment[payment_intent]``, newest first. Stripe requires
-        the payment's type with its id, and refuses a filter it does not know."""
-        params: dict[str, list[str]] = {}
-        for key, value in req.params():
-            params.setdefault(key, []).append(value)
-        allowed = {"limit", "starting_after", "ending_before", "invoice", "status"}
-        allowed |= {"payment[type]", "payment[payment_intent]", "payment[payment_record]"}
-        for key in params:
-            if key not in allowed:
-                raise StripeError(400, f"Received unknown parameter: {key}", param=key)
-        limit, after, before = self._page_args(params)
-        intent = (params.get("payment[payment_intent]") or [""])[-1]
+    def _event_filters(
+        self, params: dict[str, list[str]], where: list[str], args: list[Any]
+    ) -> None:
+        """``GET /v1/events`` filters: the 30 days Stripe keeps, ``type`` (``*`` a wildcard) or
+        up to 20 ``types``, and ``delivery_success``. No webhook endpoint is configured here,
+        so no event is pending or failed: ``false`` finds none."""
+        where.append("created >= ?")
+        args.append(int(self.clock()) - EVENT_RETENTION_S)
+        types = list(params.get("types[]", []))
+        if len(types) > _MAX_EVENT_TYPES:
+            raise StripeError(
+                400,
+                f"Invalid array: types can have at most {_MAX_EVENT_TYPES} items.",
+                param="types",
+            )
+        if params.get("type"):
+            if types:
+                raise StripeError(
+                    400,
+                    "You may only specify one of these parameters: type, types.",
+                    param="types",
+                )
+            types = [params["type"][-1]]
+        delivered = (params.get("delivery_success") or [""])[-1]
+        if delivered not in ("", "true", "false"):
+            raise StripeError(400, f"Invalid boolean: {delivered}", param="delivery_success")
+        if delivered == "false":
+            where.append("0")
+        if types:
+            clauses = []
+            for etype in types:
+                if etype.endswith("*"):
+                    clauses.append("type LIKE ? ESCAPE '\\'")
+                    args.append(etype[:-1].replace("%", "").replace("_", "\\_") + "%")
+                else:
+                    clauses.append("type = ?")
+                    args.append(etype)
+            where.append("(" + " OR ".join(clauses) + ")")
+
+    @staticmethod
+    def _invoice_payment_filters(
+        params: dict[str, list[str]], where: list[str], args: list[Any]
+    ) -> None:
+        """``GET /v1/invoice_payments`` filters: ``invoice``, ``status``, and the payment by
+        ``payment[type]`` with its id (Stripe requires the type with the id)."""
+        if params.get("invoice"):
+            where.append("ref = ?")
+            args.append(params["invoice"][-1])
+        _status_filter(params, _INVOICE_PAYMENT_STATUSES, where, args)
         kind = (params.get("payment[type]") or [""])[-1]
+        intent = (params.get("payment[payment_intent]") or [""])[-1]
         if intent and kind != "payment_intent":
             raise StripeError(400, "Missing required param: payment[type].", param="payment[type]")
-        where, args = ["o.object = 'invoice'"], []
-        if params.get("invoice"):
-            where.append("o.id = ?")
-            args.append(params["invoice"][-1])
+        if kind:
+            if kind not in ("payment_intent", "payment_record"):
+                raise StripeError(400, f"Invalid payment[type]: {kind}", param="payment[type]")
+            where.append("json_extract(body, '$.payment.type') = ?")
+            args.append(kind)
         if intent:
-            where.append("json_extract(p.value, '$.payment.payment_intent') = ?")
+            where.append("json_extract(body, '$.payment.payment_intent') = ?")
             args.append(intent)
-        if params.get("status"):
-            where.append("json_extract(p.value, '$.status') = ?")
-            args.append(params["status"][-1])
-        rows = self.store.all(
-            "SELECT p.value AS body, json_extract(p.value, '$.id') AS id FROM stripe_object o, "
-            f"json_each(o.body, '$.payments.data') p WHERE {' AND '.join(where)} "
-            "ORDER BY json_extract(p.value, '$.created') DESC, id DESC",
-            args,
-        )
-        ids = [r["id"] for r in rows]
-        start, end = 0, limit
-        if after or before:
-            cursor = after or before
-            if cursor not in ids:
-                raise StripeError(
-                    400, f"No such invoice_payment: '{cursor}'", code="resource_missing"
-                )
-            at = ids.index(cursor)
-            start, end = (at + 1, at + 1 + limit) if after else (max(at - limit, 0), at)
-        has_more = end < len(rows) if not before else start > 0
-        return self._envelope(
-            "/v1/invoice_payments", [r["body"] for r in rows[start:end]], has_more
-        )
 
     @staticmethod
     def _envelope(url: str, bodies: list[str], has_more: bool) -> Response:
@@ -600,7 +739,7 @@ class StripeSimulator(Simulator):
                 404, f"No such {obj}: '{invoice_id}'", code="resource_missing", param="id"
             )
         params: dict[str, list[str]] = {}
-        for key, value in req.params():
+        for key, value in self._params(req):
             params.setdefault(key, []).append(value)
         for key in params:
             if key not in {"limit", "starting_after", "ending_before", "expand[]"}:
@@ -656,13 +795,29 @@ class StripeSimulator(Simulator):
             return lambda req, form: self._void_credit_note(req, rest[0], form)
         return None
 
+    def _expanding(
+        self, obj: str, write: Callable[[Request, list[tuple[str, str]]], Response]
+    ) -> Callable[[Request, list[tuple[str, str]]], Response]:
+        """``write`` answering the ``obj`` it wrote with the ``expand[]`` asked for filled in;
+        an expansion this sandbox cannot make is refused before anything is written."""
+
+        def run(req: Request, form: list[tuple[str, str]]) -> Response:
+            fields = self._expansions(obj, [v for k, v in form if k == "expand[]"])
+            resp = write(req, form)
+            if not fields or resp.status != 200:
+                return resp
+            (body,) = self._expanded(obj, [resp.body.decode()], fields)
+            return raw_json_response(200, body, {**resp.headers})
+
+        return run
+
     def _idempotent(
         self, req: Request, write: Callable[[Request, list[tuple[str, str]]], Response]
     ) -> Response:
         """Run a write once per Idempotency-Key; replay its stored result afterwards."""
         try:
-            form = parse_qsl(
-                (req.body or b"").decode(), keep_blank_values=True, strict_parsing=False
+            form = bracket_lists(
+                parse_qsl((req.body or b"").decode(), keep_blank_values=True, strict_parsing=False)
             )
         except UnicodeDecodeError:
             raise StripeError(400, "The request body is not valid form data.") from None
@@ -701,13 +856,15 @@ class StripeSimulator(Simulator):
                     type_="idempotency_error",
                 )
             if row["status"] is None:
-                raise StripeError(
+                busy = StripeError(
                     409,
                     "There is currently another in-progress request using this Stripe "
                     "Idempotency-Key. Please try again later.",
                     code="idempotency_key_in_use",
                     type_="idempotency_error",
-                )
+                ).response()
+                busy.headers["Stripe-Should-Retry"] = "true"
+                return busy
             return raw_json_response(
                 int(row["status"]),
                 str(row["body"]),
@@ -823,7 +980,6 @@ class StripeSimulator(Simulator):
     ) -> Response:
         fields = {"name", "email", "description", "phone", "metadata"}
         flat = self._check_form(form, fields | {"expand[]"})
-        expand = self._expansions("customer", [v for k, v in form if k == "expand[]"])
         customer = self._load("customer", customer_id)
         previous: dict[str, Any] = {}
         metadata = dict(customer.get("metadata") or {})
@@ -852,8 +1008,7 @@ class StripeSimulator(Simulator):
             self._save(conn, customer)
             if previous:
                 self._emit(conn, req, "customer.updated", customer, previous)
-        (body,) = self._expanded("customer", [simplejson.dumps(customer, use_decimal=True)], expand)
-        return raw_json_response(200, body)
+        return json_response(200, customer)
 
     def _create_refund(self, req: Request, form: list[tuple[str, str]]) -> Response:
         flat = self._check_form(
@@ -942,9 +1097,6 @@ class StripeSimulator(Simulator):
         }
         charge["amount_refunded"] = int(charge["amount_refunded"]) + amount
         charge["refunded"] = charge["amount_refunded"] == charge["amount"]
-        refunds = charge.setdefault("refunds", {"object": "list", "data": [], "has_more": False})
-        refunds["data"] = [refund, *refunds.get("data", [])][:10]
-        refunds["has_more"] = bool(refunds.get("has_more")) or len(refunds["data"]) == 10
         with self.store.tx() as conn:
             self._insert(conn, refund, ref=charge_id, type_=None)
             self._save(conn, charge)
@@ -1199,13 +1351,15 @@ class StripeSimulator(Simulator):
             raise StripeError(400, f"Invalid boolean: {auto_advance}", param="auto_advance")
         now = int(self.clock())
         invoice_id = "in_" + secrets.token_hex(12)
-        invoice = draft_invoice(
-            invoice_id,
-            created=now,
-            currency=currency,
-            customer=customer_id,
-            customer_name=customer.get("name"),
-            country=(customer.get("address") or {}).get("country"),
+        invoice = _without_includable(
+            draft_invoice(
+                invoice_id,
+                created=now,
+                currency=currency,
+                customer=customer_id,
+                customer_name=customer.get("name"),
+                country=(customer.get("address") or {}).get("country"),
+            )
         )
         invoice.update(
             auto_advance=auto_advance == "true",
@@ -1231,7 +1385,7 @@ class StripeSimulator(Simulator):
         the events list (for the 30 days Stripe keeps events) and still name it.
         """
         body = (req.body or b"").decode(errors="replace")
-        unknown = [key for key, _value in [*req.params(), *parse_qsl(body)]]
+        unknown = [key for key, _value in [*self._params(req), *parse_qsl(body)]]
         if unknown:
             raise StripeError(400, f"Received unknown parameter: {unknown[0]}", param=unknown[0])
         invoice = self._load("invoice", invoice_id)

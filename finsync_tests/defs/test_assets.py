@@ -459,7 +459,16 @@ def test_payments_find_their_invoices_and_refunds_their_credit_notes(
             )
             for pay in (ledger.loads(payload).get("payments") or {}).get("data") or []
         }
+        landed = [
+            ledger.loads(payload)
+            for (payload,) in conn.execute(sa.text("SELECT payload FROM stripe_invoices"))
+        ]
     assert unlinked <= quarantined_intents
+    # Stripe shows an invoice's payments only when the request expands them: the extract asks,
+    # so each landed invoice carries its own, and a paid one names the intent that paid it.
+    live = [i for i in landed if i.get("deleted") is not True]
+    assert live and all(isinstance(i.get("payments", {}).get("data"), list) for i in live)
+    assert sum(1 for i in live if i["payments"]["data"]) > len(live) // 2
     assert (
         _scalar(
             url,

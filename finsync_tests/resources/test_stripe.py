@@ -2,11 +2,13 @@
 
 import datetime
 import math
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from finsync_pipeline.errors import (
+    AmbiguousOutcomeError,
     AuthenticationError,
     ConfigurationError,
     PermanentUpstreamError,
@@ -22,6 +24,7 @@ from finsync_pipeline.resources.stripe import (
 )
 from finsync_pipeline.sandbox.generator import Company
 from finsync_pipeline.sandbox.server import Sandbox
+from finsync_tests.sandbox.stripe_cases import MANY_PAYMENTS, seeded, with_many_payments
 
 
 def client(sandbox: Sandbox, options: HttpOptions, page_size: int = 100) -> StripeClient:
@@ -266,23 +269,32 @@ def test_retrieve_of_a_deleted_draft_is_a_record_missing_error(
     assert refused.value.status == 400 and not isinstance(refused.value, RecordMissingError)
 
 
-def test_post_resends_the_same_idempotency_key_after_a_500(
-    sandbox: Sandbox, company: Company, options: HttpOptions, sleeps: list[float]
-) -> None:
-    charge = next(
+def _unrefunded_charge(company: Company, nth: int = 0) -> dict:
+    return [
         c
         for c in company.stripe["charge"]
         if c["status"] == "succeeded" and c["amount_refunded"] == 0 and c["amount"] > 1000
-    )
+    ][nth]
+
+
+def _keys_sent(stripe: StripeClient) -> list[str]:
     seen: list[str] = []
-    stripe = client(sandbox, options)
     stripe.http.session.hooks["response"].append(
         lambda r, *a, **k: seen.append(r.request.headers.get("Idempotency-Key", "GET"))
     )
-    sandbox.inject("stripe", status=500, count=1, retry_after_s=None, path_prefix="/v1/refunds")
+    return seen
+
+
+def test_post_resends_the_same_idempotency_key_after_a_429(
+    sandbox: Sandbox, company: Company, options: HttpOptions, sleeps: list[float]
+) -> None:
+    charge = _unrefunded_charge(company)
+    stripe = client(sandbox, options)
+    seen = _keys_sent(stripe)
+    sandbox.inject("stripe", status=429, count=1, retry_after_s=None, path_prefix="/v1/refunds")
     params = {"charge": charge["id"], "amount": 1000, "metadata": {"credit_note": "cn_test"}}
     refund = stripe.post("/v1/refunds", params, idempotency_key="refund:cn_test")
-    # The 500 came back, the client waited once and resent the very same key.
+    # The 429 said retry: the client waited once and resent the very same key.
     assert seen == ["refund:cn_test", "refund:cn_test"] and len(sleeps) == 1
     assert refund["amount"] == 1000 and refund["metadata"] == {"credit_note": "cn_test"}
     # A rerun of the same step (same key) replays the refund instead of refunding twice.
@@ -357,3 +369,54 @@ def test_customers_come_with_their_tax_ids(
     # Other objects are retrieved as they are: nothing to expand there.
     invoice = company.stripe["invoice"][0]["id"]
     assert "tax_ids" not in stripe.retrieve("invoices", invoice)
+
+
+def test_a_500_that_says_do_not_retry_is_settled_by_lookup_never_resent_blind(
+    sandbox: Sandbox, company: Company, options: HttpOptions, sleeps: list[float]
+) -> None:
+    charge = _unrefunded_charge(company, 1)
+    stripe = client(sandbox, options)
+    seen = _keys_sent(stripe)
+    sandbox.inject("stripe", status=500, count=1, retry_after_s=None, path_prefix="/v1/refunds")
+    params = {"charge": charge["id"], "amount": 1000, "metadata": {"credit_note": "cn_500"}}
+    with pytest.raises(AmbiguousOutcomeError) as info:
+        stripe.post("/v1/refunds", params, idempotency_key="refund:cn_500")
+    # Stripe-Should-Retry: false: sent once, no wait, and the error says to look it up.
+    assert seen == ["refund:cn_500"] and sleeps == []
+    assert info.value.status == 500 and "look the document up" in str(info.value)
+    # The lookup settles it: no refund was made, so the write is sent again with its key.
+    refunds = [r for r in stripe.list_refunds(charge=charge["id"]) if r["metadata"]]
+    assert refunds == []
+    refund = stripe.post("/v1/refunds", params, idempotency_key="refund:cn_500")
+    assert stripe.post("/v1/refunds", params, idempotency_key="refund:cn_500") == refund
+    assert stripe.retrieve("charges", charge["id"])["amount_refunded"] == 1000
+
+
+def test_a_read_answered_500_do_not_retry_gives_up_at_once(
+    sandbox: Sandbox, options: HttpOptions, sleeps: list[float]
+) -> None:
+    sandbox.inject("stripe", status=500, count=1, retry_after_s=None)
+    stripe = client(sandbox, options)
+    with pytest.raises(RetryableUpstreamError) as info:
+        list(stripe.list_customers())
+    assert info.value.status == 500 and stripe.requests_made == 1 and sleeps == []
+
+
+def test_every_payment_of_an_invoice_is_read_past_the_ten_stripe_embeds(
+    tmp_path: Path, company: Company, options: HttpOptions
+) -> None:
+    planted, target = with_many_payments(company)
+    want = sorted(p["id"] for p in target["payments"]["data"])
+    with seeded(tmp_path, planted) as box:
+        stripe = client(box, options)
+        window = {"created_gte": target["created"], "created_lt": target["created"] + 1}
+        (listed,) = [i for i in stripe.list_invoices(**window) if i["id"] == target["id"]]
+        retrieved = stripe.retrieve("invoices", target["id"])
+        others = {i["id"]: i for i in stripe.list_invoices()}
+    for invoice in (listed, retrieved):
+        assert sorted(p["id"] for p in invoice["payments"]["data"]) == want
+        assert len(want) == MANY_PAYMENTS and invoice["payments"]["has_more"] is False
+    # Every other invoice keeps its payments too, though the sandbox shows them only expanded.
+    for invoice in planted.stripe["invoice"]:
+        got = others[invoice["id"]]["payments"]["data"]
+        assert sorted(p["id"] for p in got) == sorted(p["id"] for p in invoice["payments"]["data"])

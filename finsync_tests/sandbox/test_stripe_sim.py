@@ -2,6 +2,7 @@
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import requests
 
 from finsync_pipeline.sandbox.generator import STRIPE_API_VERSION, Company
 from finsync_pipeline.sandbox.server import Sandbox
+from finsync_tests.sandbox.stripe_cases import MANY_PAYMENTS, seeded, with_many_payments
 
 
 def _get(http: requests.Session, sandbox: Sandbox, path: str, **params: Any) -> requests.Response:
@@ -116,20 +118,58 @@ def test_bad_key_is_401_without_echoing_it(http: requests.Session, sandbox: Sand
     assert missing.status_code == 401
 
 
-def test_other_stripe_version_is_400(http: requests.Session, sandbox: Sandbox) -> None:
+def _with_version(http: requests.Session, sandbox: Sandbox, version: str) -> requests.Response:
     env = sandbox.env
-    resp = http.get(
+    return http.get(
         env["STRIPE_API_BASE"] + "/v1/customers",
-        headers={
-            "Authorization": f"Bearer {env['STRIPE_API_KEY']}",
-            "Stripe-Version": "2024-06-20",
-        },
+        params={"limit": 1},
+        headers={"Authorization": f"Bearer {env['STRIPE_API_KEY']}", "Stripe-Version": version},
         timeout=10,
     )
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        pytest.param("2026-10-28.endive", id="stripe-python-16-default"),
+        pytest.param(STRIPE_API_VERSION, id="finsync-pin"),
+        pytest.param("2025-03-31.basil", id="older-named-release"),
+        pytest.param("2024-06-20", id="dated-release-before-names"),
+    ],
+)
+def test_a_well_formed_stripe_version_is_served_and_echoed(
+    http: requests.Session, sandbox: Sandbox, version: str
+) -> None:
+    resp = _with_version(http, sandbox, version)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Stripe-Version"] == version
+    assert _get(http, sandbox, "/v1/customers", limit=1).headers["Stripe-Version"] == (
+        STRIPE_API_VERSION
+    )
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        pytest.param("2019-2-19", id="unpadded-month"),
+        pytest.param("2026-13-01.endive", id="no-such-month"),
+        pytest.param("2026-07-29", id="named-era-without-its-name"),
+        pytest.param("2019-02-19.acacia", id="name-before-named-releases"),
+        pytest.param("2019-12-03, 2019-12-03", id="header-sent-twice"),
+        pytest.param("latest", id="not-a-date"),
+    ],
+)
+def test_a_malformed_stripe_version_is_refused_as_stripe_refuses_it(
+    http: requests.Session, sandbox: Sandbox, version: str
+) -> None:
+    resp = _with_version(http, sandbox, version)
     assert resp.status_code == 400
-    assert resp.json()["error"]["type"] == "invalid_request_error"
-    ok = _get(http, sandbox, "/v1/customers", limit=1)
-    assert ok.headers["Stripe-Version"] == STRIPE_API_VERSION
+    assert resp.json() == {
+        "error": {
+            "type": "invalid_request_error",
+            "message": f"Invalid Stripe API version: {version}",
+        }
+    }
 
 
 def test_unknown_id_and_parameter(http: requests.Session, sandbox: Sandbox) -> None:
@@ -334,6 +374,7 @@ def test_a_concurrent_request_with_the_same_key_is_409(
         second = _post(http, sandbox, f"/v1/customers/{customer}", form, key="busy")
         assert second.status_code == 409
         assert second.json()["error"]["code"] == "idempotency_key_in_use"
+        assert second.headers["Stripe-Should-Retry"] == "true"
     finally:
         release.set()
         worker.join(10)
@@ -583,9 +624,191 @@ def test_an_expand_stripe_cannot_make_is_refused(
     assert error["message"] == f"This property cannot be expanded ({shown})."
 
 
-def test_invoice_payments_stay_listed_when_expanded(
+def test_invoice_payments_appear_only_when_expanded(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    paid = {i["id"]: i for i in company.stripe["invoice"] if i["payments"]["data"]}
+    plain = _get(http, sandbox, "/v1/invoices", limit=20).json()["data"]
+    assert plain and all("payments" not in i for i in plain)
+    listed = _list_all(http, sandbox, "/v1/invoices", **{"expand[]": "data.payments"})
+    assert listed and all(i["payments"]["object"] == "list" for i in listed)
+    for invoice in listed:
+        payments = invoice["payments"]
+        assert payments["url"] == f"/v1/invoice_payments?invoice={invoice['id']}"
+        want = paid[invoice["id"]]["payments"]["data"] if invoice["id"] in paid else []
+        assert sorted(p["id"] for p in payments["data"]) == sorted(p["id"] for p in want)
+    one = next(iter(paid))
+    assert "payments" not in _get(http, sandbox, f"/v1/invoices/{one}").json()
+    expanded = _get(http, sandbox, f"/v1/invoices/{one}", **{"expand[]": "payments"}).json()
+    assert [p["invoice"] for p in expanded["payments"]["data"]] == [one] * len(
+        paid[one]["payments"]["data"]
+    )
+    # Exactly what was asked: expanding payments leaves the customer's tax ids out.
+    assert "tax_ids" not in expanded and isinstance(expanded["customer"], str)
+
+
+def test_event_snapshots_of_invoices_carry_no_payments(
     http: requests.Session, sandbox: Sandbox
 ) -> None:
-    response = _get(http, sandbox, "/v1/invoices", limit=3, **{"expand[]": "data.payments"})
-    assert response.status_code == 200
-    assert all(i["payments"]["object"] == "list" for i in response.json()["data"])
+    events = _get(http, sandbox, "/v1/events", limit=50, type="invoice.paid").json()["data"]
+    assert events
+    assert all("payments" not in e["data"]["object"] for e in events)
+
+
+def test_more_than_ten_payments_show_ten_and_page_the_rest(
+    http: requests.Session, tmp_path: Path, company: Company
+) -> None:
+    planted, invoice = with_many_payments(company)
+    with seeded(tmp_path, planted) as box:
+        shown = _get(http, box, f"/v1/invoices/{invoice['id']}", **{"expand[]": "payments"})
+        payments = shown.json()["payments"]
+        assert len(payments["data"]) == 10 and payments["has_more"] is True
+        every = _list_all(http, box, "/v1/invoice_payments", invoice=invoice["id"])
+    want = sorted(invoice["payments"]["data"], key=lambda p: -p["created"])
+    assert [p["id"] for p in every] == [p["id"] for p in want]
+    assert len(every) == MANY_PAYMENTS
+    assert [p["id"] for p in payments["data"]] == [p["id"] for p in want[:10]]
+    assert sum(p["amount_paid"] for p in every) == invoice["total"]
+
+
+def test_list_params_are_read_in_both_of_stripes_forms(
+    http: requests.Session, sandbox: Sandbox
+) -> None:
+    types = ["invoice.paid", "customer.created"]
+    bracketed = _list_all(http, sandbox, "/v1/events", **{"types[]": types})
+    indexed = _list_all(
+        http, sandbox, "/v1/events", **{f"types[{n}]": t for n, t in enumerate(types)}
+    )
+    assert bracketed and [e["id"] for e in indexed] == [e["id"] for e in bracketed]
+    page = _get(http, sandbox, "/v1/customers", limit=3, **{"expand[0]": "data.tax_ids"})
+    assert page.status_code == 200
+    assert all(c["tax_ids"]["object"] == "list" for c in page.json()["data"])
+
+
+def test_a_percent_encoded_id_is_decoded(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    customer = company.stripe["customer"][0]["id"]
+    encoded = "".join(f"%{ord(c):02X}" for c in customer)
+    assert _get(http, sandbox, f"/v1/customers/{encoded}").json()["id"] == customer
+    odd = _get(http, sandbox, "/v1/customers/cus_a%2Fb%3Fc")
+    assert odd.status_code == 404
+    assert odd.json()["error"]["message"] == "No such customer: 'cus_a/b?c'"
+
+
+@pytest.mark.parametrize(
+    ("status", "should_retry"),
+    [
+        pytest.param(500, "false", id="500-its-result-is-kept-under-the-key"),
+        pytest.param(503, "true", id="503-not-processed"),
+        pytest.param(429, "true", id="429-rate-limited"),
+    ],
+)
+def test_an_error_says_whether_to_retry_as_stripe_does(
+    http: requests.Session, sandbox: Sandbox, status: int, should_retry: str
+) -> None:
+    sandbox.inject("stripe", status=status, count=1, retry_after_s=None)
+    resp = _get(http, sandbox, "/v1/customers", limit=1)
+    assert resp.status_code == status
+    assert resp.headers["Stripe-Should-Retry"] == should_retry
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "param"),
+    [
+        pytest.param("/v1/invoices", {"limit": 101}, "limit", id="limit-over-100"),
+        pytest.param("/v1/invoices", {"limit": 0}, "limit", id="limit-under-1"),
+        pytest.param("/v1/refunds", {"customer": "cus_x"}, "customer", id="filter-not-in-spec"),
+        pytest.param(
+            "/v1/customers", {"starting_after": "cus_nobody"}, "starting_after", id="unknown-cursor"
+        ),
+        pytest.param(
+            "/v1/customers",
+            {"starting_after": "cus_a", "ending_before": "cus_b"},
+            "ending_before",
+            id="both-cursors",
+        ),
+        pytest.param("{customer}", {"limit": 1}, "limit", id="retrieve-takes-expand-only"),
+        pytest.param(
+            "/v1/events",
+            {"type": "invoice.paid", "types[]": "invoice.paid"},
+            "types",
+            id="type-and-types",
+        ),
+        pytest.param(
+            "/v1/events",
+            {"types[]": [f"invoice.t{n}" for n in range(21)]},
+            "types",
+            id="over-20-types",
+        ),
+        pytest.param(
+            "/v1/events", {"delivery_success": "yes"}, "delivery_success", id="not-a-boolean"
+        ),
+        pytest.param(
+            "/v1/invoice_payments",
+            {"payment[payment_intent]": "pi_x"},
+            "payment[type]",
+            id="payment-id-without-its-type",
+        ),
+        pytest.param("/v1/invoice_payments", {"status": "void"}, "status", id="bad-payment-status"),
+    ],
+)
+def test_refused_as_stripe_refuses(
+    http: requests.Session,
+    sandbox: Sandbox,
+    company: Company,
+    path: str,
+    params: dict[str, Any],
+    param: str,
+) -> None:
+    path = path.replace("{customer}", f"/v1/customers/{company.stripe['customer'][0]['id']}")
+    resp = _get(http, sandbox, path, **params)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+
+
+def test_delivery_success_filters_events(http: requests.Session, sandbox: Sandbox) -> None:
+    every = _get(http, sandbox, "/v1/events", limit=20).json()["data"]
+    delivered = _get(http, sandbox, "/v1/events", limit=20, delivery_success="true").json()
+    failed = _get(http, sandbox, "/v1/events", limit=20, delivery_success="false").json()
+    assert every and [e["id"] for e in delivered["data"]] == [e["id"] for e in every]
+    # No webhook endpoint is configured: no event is pending or failed.
+    assert failed["data"] == [] and failed["has_more"] is False
+
+
+def test_a_write_expands_what_it_is_asked_and_refuses_what_it_cannot(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    paid = next(i for i in company.stripe["invoice"] if i["payments"]["data"])
+    form = {"metadata[judge]": "1", "expand[0]": "payments"}
+    updated = _post(http, sandbox, f"/v1/invoices/{paid['id']}", form)
+    assert updated.status_code == 200, updated.text
+    assert sorted(p["id"] for p in updated.json()["payments"]["data"]) == sorted(
+        p["id"] for p in paid["payments"]["data"]
+    )
+    plain = _post(http, sandbox, f"/v1/invoices/{paid['id']}", {"metadata[judge]": "2"})
+    assert "payments" not in plain.json()
+    charge = _refundable(sandbox, company, http)
+    refused = _post(http, sandbox, "/v1/refunds", {"charge": charge["id"], "expand[]": "nonsense"})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == "This property cannot be expanded (nonsense)."
+    after = _get(http, sandbox, f"/v1/charges/{charge['id']}").json()
+    assert after["amount_refunded"] == 0, "a refused write changes nothing"
+
+
+def test_a_charge_shows_its_refunds_only_when_expanded(
+    http: requests.Session, sandbox: Sandbox, company: Company
+) -> None:
+    # Since API 2022-11-15 Stripe no longer expands a charge's refunds unless asked.
+    refund = company.stripe["refund"][0]
+    plain = _get(http, sandbox, f"/v1/charges/{refund['charge']}").json()
+    assert "refunds" not in plain and plain["amount_refunded"] >= refund["amount"]
+    listed = _get(http, sandbox, "/v1/charges", limit=100).json()["data"]
+    assert all("refunds" not in c for c in listed)
+    expanded = _get(http, sandbox, f"/v1/charges/{refund['charge']}", **{"expand[]": "refunds"})
+    refunds = expanded.json()["refunds"]
+    assert refund["id"] in {r["id"] for r in refunds["data"]}
+    assert all(r["charge"] == refund["charge"] for r in refunds["data"])
+    events = _get(http, sandbox, "/v1/events", limit=100, type="charge.refunded").json()["data"]
+    assert all("refunds" not in e["data"]["object"] for e in events)
