@@ -775,6 +775,58 @@ def writeoff_external_id(invoice_id: str) -> str:
     return f"WRITEOFF_{invoice_id}"
 
 
+def out_of_band_payment_external_id(invoice_id: str) -> str:
+    """The NetSuite external id of the customer payment recording what an invoice paid out of
+    band in Stripe received outside it."""
+    return f"OOB_{invoice_id}"
+
+
+def paid_outside_stripe(invoice: Mapping[str, Any], collected: int) -> int:
+    """What an invoice marked paid out of band received outside Stripe, minor units: what it
+    was paid less what Stripe charges collected for it (0 for any other invoice)."""
+    if invoice["status"] != "paid" or _na(invoice["paid_out_of_band"]):
+        return 0
+    if not int(invoice["paid_out_of_band"]):
+        return 0
+    return max(0, int(invoice["amount_paid_minor"]) - collected)
+
+
+def _out_of_band_payment(
+    inv: dict[str, Any], posted: dict[str, Any], amount_minor: int, account_id: str
+) -> dict[str, Any]:
+    """A customer payment of what ``inv`` received outside Stripe, into the clearing account
+    finance named, applied to its posted invoice."""
+    invoice_id = str(inv["invoice_id"])
+    external_id = out_of_band_payment_external_id(invoice_id)
+    amount = to_decimal(amount_minor, str(inv["currency"]))
+    return _stripe_document(
+        "customer_payment",
+        external_id,
+        invoice_id,
+        inv,
+        total_minor=amount_minor,
+        payload={
+            "externalId": external_id,
+            "customer": ref("customer", str(posted["customer_external_id"])),
+            "tranDate": inv["partition_date"],
+            "currency": posted["payload"]["currency"],
+            "payment": amount,
+            "account": {"id": account_id},
+            "memo": f"finsync {inv['correlation_id']} stripe invoice {invoice_id} paid out of "
+            f"band ({amount} received outside Stripe)",
+            "apply": {
+                "items": [
+                    {
+                        "doc": ref("invoice", str(posted["external_id"])),
+                        "apply": True,
+                        "amount": amount,
+                    }
+                ]
+            },
+        },
+    )
+
+
 def derive_settlements(
     invoices: pd.DataFrame,
     ready: pd.DataFrame,
@@ -786,9 +838,10 @@ def derive_settlements(
     - An invoice marked uncollectible is written off: a credit memo on the bad-debt item
       (``netsuite_bad_debt_item_id``) for what billing leaves to collect, applied to the
       invoice. Without that item finance writes it off by hand: ``uncollectible_invoice``.
-    - An invoice paid out of band (money received outside Stripe) has no Stripe payment to
-      post, so NetSuite would keep its balance open: ``paid_out_of_band`` tells finance the
-      amount to record against it.
+    - An invoice paid out of band (money received outside Stripe, a wire) has no Stripe
+      payment to post. With a clearing account (``netsuite_oob_clearing_account_id``) the
+      receipt is a customer payment ``OOB_<invoice>`` into that account, applied to the
+      invoice; without one, ``paid_out_of_band`` tells finance the amount to record by hand.
 
     Args:
         invoices: Canonical invoices now uncollectible, or paid out of band.
@@ -808,16 +861,21 @@ def derive_settlements(
         extra = {"partition_date": inv["partition_date"], "correlation_id": inv["correlation_id"]}
         currency = str(inv["currency"])
         erp_id = str(posted["external_id"])
-        if inv["status"] == "paid" and int(inv["paid_out_of_band"]):
-            outside = int(inv["amount_paid_minor"]) - int(collected.get(invoice_id, 0))
-            if outside > 0:
+        if inv["status"] == "paid":
+            outside = paid_outside_stripe(inv, int(collected.get(invoice_id, 0)))
+            account = master.netsuite_oob_clearing_account_id
+            if outside > 0 and account is not None:
+                rows.append(_out_of_band_payment(inv, posted, outside, account))
+            elif outside > 0:
                 problems.add(
                     "paid_out_of_band",
                     "stripe",
                     invoice_id,
                     f"Stripe invoice {invoice_id} was marked paid out of band: {outside} "
                     f"{currency} (minor units) was received outside Stripe, so no payment for it "
-                    f"reaches NetSuite; record that receipt against {erp_id} in NetSuite",
+                    f"reaches NetSuite; record that receipt against {erp_id} in NetSuite (or set "
+                    "netsuite_oob_clearing_account_id in erp_settings.csv to have finsync post "
+                    "it)",
                     **extra,
                 )
             continue

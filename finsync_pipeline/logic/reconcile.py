@@ -32,6 +32,8 @@ from finsync_pipeline.logic.derive import (
     balance_application_external_id,
     balance_applied,
     net_negative_external_id,
+    out_of_band_payment_external_id,
+    paid_outside_stripe,
 )
 
 DRIFT_STATUSES = (
@@ -465,3 +467,36 @@ def balance_applications_expected(invoices: pd.DataFrame) -> pd.DataFrame:
             "correlation_id",
         ],
     )
+
+
+def out_of_band_payments_expected(
+    invoices: pd.DataFrame, collected: Mapping[str, int], *, posted: bool
+) -> pd.DataFrame:
+    """The ERP customer payments of money invoices received outside Stripe (paid out of
+    band), one per invoice, when finsync posts them (``posted``: a clearing account is
+    configured); otherwise finance records them by hand and none is expected.
+
+    Args:
+        invoices: Canonical invoices: invoice_id, partition_date, currency, status,
+            paid_out_of_band, amount_paid_minor, correlation_id.
+        collected: Invoice id -> what Stripe charges collected for it, minor units.
+        posted: Whether finsync posts such receipts.
+
+    Returns:
+        payment_id (the invoice id), external_id, partition_date, currency, total_minor and
+        correlation_id, as ``reconcile_payments`` expects them.
+    """
+    columns = ["payment_id", "external_id", "partition_date", "currency", "total_minor"]
+    rows = [
+        {
+            "payment_id": inv["invoice_id"],
+            "external_id": out_of_band_payment_external_id(str(inv["invoice_id"])),
+            "partition_date": inv["partition_date"],
+            "currency": inv["currency"],
+            "total_minor": outside,
+            "correlation_id": inv["correlation_id"],
+        }
+        for inv in (invoices.to_dict("records") if posted else [])
+        if (outside := paid_outside_stripe(inv, int(collected.get(str(inv["invoice_id"]), 0)))) > 0
+    ]
+    return pd.DataFrame(rows, columns=[*columns, "correlation_id"])

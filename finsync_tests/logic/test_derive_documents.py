@@ -176,11 +176,40 @@ def test_an_invoice_paid_out_of_band_tells_finance_the_amount_received_outside_s
     assert (problem["kind"], problem["owner_queue"]) == ("paid_out_of_band", "finance_ops")
     assert "6000 USD (minor units) was received outside Stripe" in problem["detail"]
     assert "STRIPE_in_1" in problem["detail"]
+    assert "netsuite_oob_clearing_account_id" in problem["detail"]
     # Paid by card, or settled on an invoice not ready for the ERP: nothing to do here.
     paid = _settled("paid", remaining=0, paid=10000, out_of_band=0)
     assert derive_settlements(paid, READY, {"in_1": 10000}, MASTER)[1].empty
     held = invoice.assign(invoice_id="in_held")
     assert derive_settlements(held, READY, {}, MASTER)[1].empty
+
+
+def test_an_invoice_paid_out_of_band_is_a_payment_to_the_clearing_account_when_set() -> None:
+    # Finance named the account out-of-band receipts clear through: finsync posts the receipt.
+    master = replace(MASTER, netsuite_oob_clearing_account_id="1190")
+    invoice = _settled("paid", remaining=0, paid=10000, out_of_band=1)
+    docs, problems = derive_settlements(invoice, READY, {"in_1": 4000}, master)
+    assert problems.empty
+    (doc,) = docs.to_dict("records")
+    assert (doc["doc_type"], doc["external_id"], doc["source_id"], doc["total_minor"]) == (
+        "customer_payment",
+        "OOB_in_1",
+        "in_1",
+        6000,
+    )
+    body = doc["payload"]
+    assert body["customer"] == {"$ref": ["customer", "SF_001A"]}
+    assert (body["payment"], body["account"], body["currency"]) == (
+        Decimal("60.00"),
+        {"id": "1190"},
+        {"id": "1"},
+    )
+    assert body["apply"]["items"] == [
+        {"doc": {"$ref": ["invoice", "STRIPE_in_1"]}, "apply": True, "amount": Decimal("60.00")}
+    ]
+    assert "fs-in1" in body["memo"] and "out of band" in body["memo"]
+    # Everything was collected through Stripe after all: nothing outside it to post.
+    assert derive_settlements(invoice, READY, {"in_1": 10000}, master)[0].empty
 
 
 def test_a_credit_note_for_an_unmapped_product_is_an_exception() -> None:

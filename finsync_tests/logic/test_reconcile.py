@@ -9,6 +9,7 @@ from finsync_pipeline.logic.reconcile import (
     DRIFT_STATUSES,
     RECON_COLUMNS,
     expected_erp_remaining,
+    out_of_band_payments_expected,
     reconcile_invoices,
     summarize,
 )
@@ -502,3 +503,37 @@ def test_a_renewal_the_crm_and_billing_disagree_on_goes_to_revops() -> None:
         "006A",
     )
     assert "001A" in problem["detail"] and "billing voided its invoice" in problem["detail"]
+
+
+def test_a_receipt_outside_stripe_is_expected_in_the_erp_only_when_finance_posts_it() -> None:
+    invoices = pd.DataFrame(
+        [
+            # Paid 10000 by wire after a 4000 card charge; paid by card; still open.
+            ("in_wire", "2026-10-02", "EUR", "paid", 1, 10000, "fs-w"),
+            ("in_card", "2026-10-02", "EUR", "paid", 0, 5000, "fs-c"),
+            ("in_open", "2026-10-02", "EUR", "open", 0, 0, "fs-o"),
+        ],
+        columns=[
+            "invoice_id",
+            "partition_date",
+            "currency",
+            "status",
+            "paid_out_of_band",
+            "amount_paid_minor",
+            "correlation_id",
+        ],
+    )
+    collected = {"in_wire": 4000, "in_card": 5000}
+    expected = out_of_band_payments_expected(invoices, collected, posted=True)
+    assert expected.to_dict("records") == [
+        {
+            "payment_id": "in_wire",
+            "external_id": "OOB_in_wire",
+            "partition_date": "2026-10-02",
+            "currency": "EUR",
+            "total_minor": 6000,
+            "correlation_id": "fs-w",
+        }
+    ]
+    # Without a clearing account finance records the receipt by hand: nothing is expected.
+    assert out_of_band_payments_expected(invoices, collected, posted=False).empty

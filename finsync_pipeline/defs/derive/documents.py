@@ -149,17 +149,23 @@ def _publish(
     docs: pd.DataFrame,
     found: pd.DataFrame,
     *,
-    doc_type: str,
     detected_by: str,
     kinds: list[str],
     source_ids: list[str],
     versions: list[dict[str, Any]],
     run_id: str,
 ) -> dict[str, Any]:
-    """Queue the derived documents, sync the detector's exceptions and record the versions
-    derived from, in one transaction; the asset's common metadata."""
+    """Queue the derived documents (each on the ledger of its own ``doc_type``), sync the
+    detector's exceptions and record the versions derived from, in one transaction; the
+    asset's common metadata."""
     with engine.begin() as conn:
-        queued = _queue(conn, docs, doc_type, run_id)
+        results = [
+            _queue(conn, group, str(doc_type), run_id)
+            for doc_type, group in docs.groupby("doc_type")
+        ]
+        queued = ledger.EnqueueResult(
+            sum(r.new for r in results), 0, sum(r.unchanged for r in results), []
+        )
         synced = sync_exceptions(
             conn, found, detected_by=detected_by, kinds=kinds, source_ids=source_ids
         )
@@ -186,8 +192,10 @@ def _publish(
 def credit_memo_requests(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    """Credit memos the ERP should hold: one per issued Stripe credit note, and one reversing
-    each invoice voided in billing after it was posted (history is compensated, never edited)."""
+    """Credit memos the ERP should hold: one per issued Stripe credit note, one reversing each
+    invoice voided in billing after it was posted, and one writing off each uncollectible
+    invoice; with them the customer payment of each invoice paid out of band, into the clearing
+    account finance named (history is compensated, never edited)."""
     run_id = context.run.run_id
     engine = warehouse.get_engine()
     master = load_master_data()
@@ -286,7 +294,6 @@ def credit_memo_requests(
         engine,
         docs,
         found,
-        doc_type="credit_memo",
         detected_by="credit_memo_requests",
         kinds=CREDIT_KINDS,
         source_ids=[*notes["credit_note_id"], *settled["invoice_id"]],
@@ -298,7 +305,12 @@ def credit_memo_requests(
         run_id=run_id,
     )
     return dg.MaterializeResult(
-        metadata={**published, "void compensations": len(voids), "write-offs": len(writeoffs)}
+        metadata={
+            **published,
+            "void compensations": len(voids),
+            "write-offs": int((writeoffs["doc_type"] == "credit_memo").sum()),
+            "out-of-band receipts": int((writeoffs["doc_type"] == "customer_payment").sum()),
+        }
     )
 
 
@@ -333,7 +345,6 @@ def payment_applications(
         engine,
         pd.concat([docs, applications], ignore_index=True),
         pd.concat([found, unmatched], ignore_index=True),
-        doc_type="customer_payment",
         detected_by="payment_applications",
         kinds=PAYMENT_KINDS,
         source_ids=[*payments["payment_id"], *balanced["invoice_id"]],
@@ -438,7 +449,6 @@ def customer_refund_requests(
         engine,
         docs,
         found,
-        doc_type="customer_refund",
         detected_by="customer_refund_requests",
         kinds=REFUND_KINDS,
         source_ids=list(refunds["refund_id"]),
