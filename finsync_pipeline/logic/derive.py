@@ -566,16 +566,12 @@ def derive_credit_memos(
     invoice_lines: pd.DataFrame,
     ready: pd.DataFrame,
     master: MasterData,
-    *,
-    posted_notes: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Credit memos for issued Stripe credit notes, against the invoice they credit.
 
     A pre-payment note is applied to its invoice (it lowers what is due); a post-payment note
     is not applied (the invoice is paid; the credit is refunded to the customer's card). A
-    note voided after its credit memo posted is a ``credit_note_voided`` exception: finance
-    unapplies and voids the credit memo in NetSuite (``posted_notes``: credit note id -> the
-    NetSuite id of its posted credit memo).
+    note voided after its credit memo posted is ``derive_credit_note_voids``'s.
 
     Args:
         notes: Canonical credit notes.
@@ -589,22 +585,6 @@ def derive_credit_memos(
     by_invoice = _ready_index(ready)
     product_of = dict(zip(invoice_lines["line_id"], invoice_lines["product_id"], strict=True))
     lines_of = {k: g for k, g in note_lines.groupby("credit_note_id")}
-    posted_notes = posted_notes or {}
-    for note in notes[notes["status"] == "void"].sort_values("credit_note_id").to_dict("records"):
-        note_id = str(note["credit_note_id"])
-        if note_id in posted_notes:
-            problems.add(
-                "credit_note_voided",
-                "stripe",
-                note_id,
-                f"Stripe credit note {note_id} of {note['total_minor']} {note['currency']} "
-                f"(minor units) on invoice {note['invoice_id']} was voided after its credit memo "
-                f"{credit_memo_external_id(note_id)} (NetSuite id {posted_notes[note_id]}) "
-                "posted: unapply and void that credit memo in NetSuite, so the invoice owes "
-                "what Stripe says it owes again",
-                partition_date=note["partition_date"],
-                correlation_id=note["correlation_id"],
-            )
     for note in notes[notes["status"] == "issued"].sort_values("credit_note_id").to_dict("records"):
         note_id = str(note["credit_note_id"])
         extra = {"partition_date": note["partition_date"], "correlation_id": note["correlation_id"]}
@@ -695,6 +675,112 @@ def derive_credit_memos(
                 note,
                 total_minor=int(note["total_minor"]),
                 payload=payload,
+            )
+        )
+    return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS), problems.frame()
+
+
+def credit_note_void_external_id(credit_note_id: str) -> str:
+    """The NetSuite external id of the invoice compensating the credit memo of a Stripe
+    credit note voided after that memo posted."""
+    return f"CNVOID_{credit_note_id}"
+
+
+def derive_credit_note_voids(
+    notes: pd.DataFrame, posted: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Carry Stripe credit notes voided after their credit memo posted to the ERP.
+
+    Stripe's void gives the invoice back what the note took off it (a note can be voided only
+    while its invoice is open). The posted credit memo is never edited in amount: an invoice
+    ``CNVOID_<credit note>`` re-charges exactly what it credited (its lines, tax included),
+    and the credit memo is applied to that invoice instead of the original one. Both are then
+    closed, and the original invoice is open again for what Stripe restored, so the payments
+    Stripe later collects for it apply to it. The two documents go to the ledger together;
+    the re-applied memo waits for the compensating invoice to post.
+
+    A memo applied to no invoice (a post-payment credit: the customer's credit or a refund)
+    has no application to move: ``credit_note_voided``, for finance to decide.
+
+    Args:
+        notes: Canonical credit notes; only void ones are read.
+        posted: credit_note_id, erp_internal_id and the posted payload of each posted credit
+            memo of a Stripe credit note.
+    """
+    problems = ExceptionRows([])
+    rows: list[dict[str, Any]] = []
+    memo_of = {str(r["credit_note_id"]): r for r in posted.to_dict("records")}
+    for note in notes[notes["status"] == "void"].sort_values("credit_note_id").to_dict("records"):
+        note_id = str(note["credit_note_id"])
+        memo = memo_of.get(note_id)
+        if memo is None:
+            continue
+        body: dict[str, Any] = memo["payload"]
+        applied = [line for line in (body.get("apply") or {}).get("items", []) if line.get("apply")]
+        credited = {tuple(line["doc"]["$ref"]) for line in applied}
+        compensation = credit_note_void_external_id(note_id)
+        if credited == {("invoice", compensation)}:
+            # Already carried (a run after the memo was re-applied): derived as before.
+            applied = [
+                dict(line, doc=ref("invoice", invoice_external_id(str(note["invoice_id"]))))
+                for line in applied
+            ]
+        if len(applied) != 1:
+            problems.add(
+                "credit_note_voided",
+                "stripe",
+                note_id,
+                f"Stripe credit note {note_id} of {note['total_minor']} {note['currency']} "
+                f"(minor units) on invoice {note['invoice_id']} was voided after its credit memo "
+                f"{credit_memo_external_id(note_id)} (NetSuite id {memo['erp_internal_id']}) "
+                "posted, and that memo is applied to no invoice (a post-payment credit), so "
+                "finsync has no application to move: void or re-apply it in NetSuite as the "
+                "customer's credit requires",
+                partition_date=note["partition_date"],
+                correlation_id=note["correlation_id"],
+            )
+            continue
+        (original,) = applied
+        rows.append(
+            _stripe_document(
+                "invoice",
+                compensation,
+                note_id,
+                note,
+                total_minor=int(note["total_minor"]),
+                payload={
+                    "externalId": compensation,
+                    "entity": body["entity"],
+                    "tranDate": note["partition_date"],
+                    "subsidiary": body["subsidiary"],
+                    "currency": body["currency"],
+                    "memo": f"finsync {note['correlation_id']} void of stripe credit note "
+                    f"{note_id}: re-charges credit memo {credit_memo_external_id(note_id)}",
+                    "item": body["item"],
+                },
+            )
+        )
+        reapplied = dict(
+            body,
+            apply={
+                "items": [
+                    {"doc": original["doc"], "apply": False},
+                    {
+                        "doc": ref("invoice", compensation),
+                        "apply": True,
+                        "amount": original["amount"],
+                    },
+                ]
+            },
+        )
+        rows.append(
+            _stripe_document(
+                "credit_memo",
+                credit_memo_external_id(note_id),
+                note_id,
+                note,
+                total_minor=int(note["total_minor"]),
+                payload=reapplied,
             )
         )
     return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS), problems.frame()
