@@ -16,6 +16,7 @@ import dagster as dg
 import pytest
 
 from finsync_pipeline.master_data import DEFAULT_DIR
+from finsync_pipeline.sandbox.generator import OOB_CLEARING_ACCOUNT_ID
 from finsync_pipeline.sandbox.server import Sandbox
 from finsync_tests.defs.test_assets import _resources
 from finsync_tests.test_daily_runs import (
@@ -63,6 +64,21 @@ def _recon(url: str, invoice_id: str) -> tuple[Any, ...]:
 def _planted(sb: Sandbox, kind: str) -> str:
     (item, *_rest) = sb.planted()[kind]
     return str(item["id"])
+
+
+def use_clearing_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mappings in which finance named the sandbox NetSuite's clearing account for money
+    received outside Stripe (``netsuite_oob_clearing_account_id``)."""
+    mappings = tmp_path / "mappings"
+    shutil.copytree(DEFAULT_DIR, mappings)
+    settings = mappings / "erp_settings.csv"
+    settings.write_text(
+        settings.read_text().replace(
+            "netsuite_oob_clearing_account_id,,",
+            f"netsuite_oob_clearing_account_id,{OOB_CLEARING_ACCOUNT_ID},",
+        )
+    )
+    monkeypatch.setenv("FINSYNC_MAPPINGS_DIR", str(mappings))
 
 
 def test_an_invoice_settled_outside_stripe_payments_is_never_reported_matched(
@@ -152,15 +168,7 @@ def test_an_invoice_paid_out_of_band_is_received_into_the_clearing_account_finan
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Finance names the account wires clear through (the sandbox NetSuite's clearing account).
-    mappings = tmp_path / "mappings"
-    shutil.copytree(DEFAULT_DIR, mappings)
-    settings = mappings / "erp_settings.csv"
-    settings.write_text(
-        settings.read_text().replace(
-            "netsuite_oob_clearing_account_id,,", "netsuite_oob_clearing_account_id,1200,"
-        )
-    )
-    monkeypatch.setenv("FINSYNC_MAPPINGS_DIR", str(mappings))
+    use_clearing_account(tmp_path, monkeypatch)
     _daily(sandbox, sqlite_url, FIRST_DAY, instance, last_day=TODAY)
     paid_outside = _planted(sandbox, "paid_out_of_band")
     ((paid_total,),) = _rows(

@@ -19,7 +19,7 @@ from finsync_pipeline.sandbox.generator import Company, CompanySpec, add_months,
 from finsync_pipeline.sandbox.server import Sandbox
 from finsync_tests.conftest import TEST_END
 from finsync_tests.defs.test_assets import _resources
-from finsync_tests.test_balances import TODAY, _catch_up, _recon
+from finsync_tests.test_balances import TODAY, _catch_up, _recon, use_clearing_account
 from finsync_tests.test_daily_runs import (
     _daily,
     _rows,
@@ -71,8 +71,12 @@ def test_a_credit_note_voided_after_its_memo_posted_reopens_the_invoice_in_netsu
     seeded: tuple[Sandbox, tuple[str, str, int]],
     sqlite_url: str,
     instance: dg.DagsterInstance,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sandbox, (note_id, invoice_id, note_total) = seeded
+    # Finance posts wires to a clearing account: the invoice's later payment, at the end.
+    use_clearing_account(tmp_path, monkeypatch)
     _daily(sandbox, sqlite_url, FIRST_DAY, instance, last_day=TODAY - dt.timedelta(days=1))
     ((left_before,),) = _rows(
         sqlite_url,
@@ -153,3 +157,19 @@ def test_a_credit_note_voided_after_its_memo_posted_reopens_the_invoice_in_netsu
         _netsuite(sandbox, "invoice", f"STRIPE_{invoice_id}")["amountRemaining"]
         == Decimal(left_before + note_total) / 100
     )
+
+    # Later money for the invoice applies to it: the customer wires what Stripe restored.
+    stripe.post(
+        f"/v1/invoices/{invoice_id}/pay",
+        {"paid_out_of_band": "true"},
+        idempotency_key=f"wire-{invoice_id}",
+    )
+    _daily(sandbox, sqlite_url, TODAY + dt.timedelta(days=1), instance)
+    _catch_up(sandbox, sqlite_url, instance)
+    paid = _netsuite(sandbox, "invoice", f"STRIPE_{invoice_id}")
+    assert (paid["status"], paid["amountRemaining"]) == ("Paid In Full", 0)
+    wire = _netsuite(sandbox, "customerpayment", f"OOB_{invoice_id}")
+    assert wire["payment"] == Decimal(left_before + note_total) / 100
+    assert [line["doc"]["id"] for line in wire["apply"]["items"]] == [paid["id"]]
+    status, billing_status, billing_left, erp_left, _why = _recon(sqlite_url, invoice_id)
+    assert (status, billing_status, billing_left, erp_left) == ("matched", "paid", 0, 0)

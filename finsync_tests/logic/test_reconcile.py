@@ -8,6 +8,7 @@ from finsync_pipeline.logic.reconcile import (
     ALL_STATUSES,
     DRIFT_STATUSES,
     RECON_COLUMNS,
+    credit_note_voids_expected,
     expected_erp_remaining,
     out_of_band_payments_expected,
     reconcile_invoices,
@@ -537,3 +538,52 @@ def test_a_receipt_outside_stripe_is_expected_in_the_erp_only_when_finance_posts
     ]
     # Without a clearing account finance records the receipt by hand: nothing is expected.
     assert out_of_band_payments_expected(invoices, collected, posted=False).empty
+
+
+@pytest.mark.parametrize(
+    ("erp_left", "memo_state", "held", "status"),
+    [
+        pytest.param(0, "posted", set(), "matched", id="closed-by-its-memo"),
+        pytest.param(5474, "pending", set(), "awaiting_window", id="memo-on-its-way"),
+        pytest.param(5474, "rejected", {"STRIPE_cn_v"}, "held_by_exception", id="memo-refused"),
+        pytest.param(5474, "posted", set(), "balance_mismatch", id="left-open"),
+    ],
+)
+def test_the_invoice_compensating_a_voided_credit_note_leaves_nothing_to_collect(
+    erp_left: int, memo_state: str, held: set[str], status: str
+) -> None:
+    compensations = pd.DataFrame(
+        [
+            {
+                "external_id": "CNVOID_cn_v",
+                "credit_note_id": "cn_v",
+                "partition_date": "2026-10-19",
+                "currency": "EUR",
+                "total_minor": 5474,
+                "correlation_id": "fs-cnv",
+                "memo_state": memo_state,
+            }
+        ]
+    )
+    expected, pending = credit_note_voids_expected(compensations, held)
+    erp_side = pd.DataFrame(
+        {
+            "source_id": ["5100"],
+            "external_id": ["CNVOID_cn_v"],
+            "tran_date": ["2026-10-19"],
+            "currency": ["EUR"],
+            "total_minor": pd.array([5474], dtype="Int64"),
+            "remaining_minor": pd.array([erp_left], dtype="Int64"),
+            "status": ["Paid In Full" if erp_left == 0 else "Open"],
+            "memo": ["finsync fs-cnv void of stripe credit note cn_v"],
+        }
+    )
+    (row,) = reconcile_invoices(expected, erp_side, held, {}, pending).to_dict("records")
+    assert (row["status"], row["invoice_id"], row["erp_remaining_minor"]) == (
+        status,
+        "cn_v",
+        erp_left,
+    )
+    assert row["billing_total_minor"] == row["erp_total_minor"] == 5474
+    if status == "balance_mismatch":
+        assert "5474 EUR (minor units)" in row["explanation"]
