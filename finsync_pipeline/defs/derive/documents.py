@@ -164,10 +164,7 @@ def _publish(
     ``reposted`` documents may change after they posted (a credit memo applied to another
     invoice, its amounts unchanged): a changed one is sent again, under its external id.
     """
-    every = [
-        (docs, False),
-        (pd.DataFrame(columns=docs.columns) if reposted is None else reposted, True),
-    ]
+    every = [(docs, False), (docs.iloc[0:0] if reposted is None else reposted, True)]
     with engine.begin() as conn:
         results = [
             _queue(conn, group, str(doc_type), run_id, repost=repost)
