@@ -47,6 +47,9 @@ class MasterData:
     # The item an invoice marked uncollectible is written off on (a credit memo applied to it);
     # without one, such an invoice is an exception finance writes off by hand.
     netsuite_bad_debt_item_id: str | None = None
+    # The account an invoice paid out of band in Stripe is received into (a customer payment
+    # applied to it); without one, such an invoice is an exception finance records by hand.
+    netsuite_oob_clearing_account_id: str | None = None
 
 
 def _rows(folder: Path, name: str, required: set[str]) -> list[dict[str, str]]:
@@ -118,4 +121,5 @@ def load_master_data(folder: Path | None = None) -> MasterData:
         netsuite_service_credit_item_id=settings.get("netsuite_service_credit_item_id") or None,
         netsuite_discount_item_id=settings.get("netsuite_discount_item_id") or None,
         netsuite_bad_debt_item_id=settings.get("netsuite_bad_debt_item_id") or None,
+        netsuite_oob_clearing_account_id=settings.get("netsuite_oob_clearing_account_id") or None,
     )

@@ -8,10 +8,15 @@ Stripe, the nightly run that reads it, and the late-changes sensor's catch-up ru
 """
 
 import datetime as dt
+import shutil
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pytest
 
+from finsync_pipeline.master_data import DEFAULT_DIR
+from finsync_pipeline.sandbox.generator import OOB_CLEARING_ACCOUNT_ID
 from finsync_pipeline.sandbox.server import Sandbox
 from finsync_tests.defs.test_assets import _resources
 from finsync_tests.test_daily_runs import (
@@ -59,6 +64,21 @@ def _recon(url: str, invoice_id: str) -> tuple[Any, ...]:
 def _planted(sb: Sandbox, kind: str) -> str:
     (item, *_rest) = sb.planted()[kind]
     return str(item["id"])
+
+
+def use_clearing_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mappings in which finance named the sandbox NetSuite's clearing account for money
+    received outside Stripe (``netsuite_oob_clearing_account_id``)."""
+    mappings = tmp_path / "mappings"
+    shutil.copytree(DEFAULT_DIR, mappings)
+    settings = mappings / "erp_settings.csv"
+    settings.write_text(
+        settings.read_text().replace(
+            "netsuite_oob_clearing_account_id,,",
+            f"netsuite_oob_clearing_account_id,{OOB_CLEARING_ACCOUNT_ID},",
+        )
+    )
+    monkeypatch.setenv("FINSYNC_MAPPINGS_DIR", str(mappings))
 
 
 def test_an_invoice_settled_outside_stripe_payments_is_never_reported_matched(
@@ -138,3 +158,54 @@ def test_an_invoice_marked_uncollectible_after_it_posted_is_written_off_once(
         sqlite_url,
         f"SELECT COUNT(*) FROM posting_ledger WHERE external_id = 'WRITEOFF_{invoice_id}'",
     ) == [(1,)]
+
+
+def test_an_invoice_paid_out_of_band_is_received_into_the_clearing_account_finance_named(
+    sandbox: Sandbox,  # noqa: F811
+    sqlite_url: str,
+    instance: dg.DagsterInstance,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Finance names the account wires clear through (the sandbox NetSuite's clearing account).
+    use_clearing_account(tmp_path, monkeypatch)
+    _daily(sandbox, sqlite_url, FIRST_DAY, instance, last_day=TODAY)
+    paid_outside = _planted(sandbox, "paid_out_of_band")
+    ((paid_total,),) = _rows(
+        sqlite_url, f"SELECT amount_paid_minor FROM invoices WHERE invoice_id = '{paid_outside}'"
+    )
+
+    # One customer payment into the clearing account, applied to the invoice: closed in both.
+    (payment,) = [
+        p
+        for p in sandbox.netsuite_records("customerpayment")
+        if p["externalId"] == f"OOB_{paid_outside}"
+    ]
+    assert payment["account"]["id"] == "1200"
+    (invoice,) = [
+        i
+        for i in sandbox.netsuite_records("invoice")
+        if i["externalId"] == f"STRIPE_{paid_outside}"
+    ]
+    assert (invoice["status"], invoice["amountRemaining"]) == ("Paid In Full", 0)
+    assert (
+        _rows(
+            sqlite_url,
+            "SELECT kind FROM finance_exceptions WHERE status = 'open' "
+            f"AND source_id = '{paid_outside}'",
+        )
+        == []
+    )
+    status, billing_status, billing_left, erp_left, _why = _recon(sqlite_url, paid_outside)
+    assert (status, billing_status, billing_left, erp_left) == ("matched", "paid", 0, 0)
+    assert _rows(
+        sqlite_url,
+        "SELECT status, billing_total_minor, erp_total_minor FROM payment_reconciliation "
+        f"WHERE external_id = 'OOB_{paid_outside}'",
+    ) == [("matched", paid_total, paid_total)]
+    # Running again posts nothing twice.
+    _daily(sandbox, sqlite_url, TODAY, instance)
+    assert _rows(
+        sqlite_url,
+        f"SELECT state FROM posting_ledger WHERE external_id = 'OOB_{paid_outside}'",
+    ) == [("posted",)]

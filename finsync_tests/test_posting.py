@@ -7,6 +7,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Engine
 from finsync_pipeline import ledger
 from finsync_pipeline.errors import AuthenticationError
 from finsync_pipeline.ledger import LedgerDoc
-from finsync_pipeline.posting import PostingEngine
+from finsync_pipeline.posting import PostingEngine, _resolve_refs
 from finsync_pipeline.resources.http import HttpOptions
 from finsync_pipeline.resources.netsuite import NetSuiteClient, NetSuiteResource
 from finsync_pipeline.sandbox.generator import CompanySpec, generate
@@ -666,3 +667,75 @@ def test_concurrent_workers_post_each_document_once_and_back_off_past_the_erp_li
         states = {r[0] for r in conn.execute(sa.text("SELECT DISTINCT state FROM posting_ledger"))}
         assert ledger.verify_journal(conn) is None
     assert states == {"posted"}
+
+
+def _credit_memo(note: str, customer_key: str, *applied: tuple[str, bool]) -> LedgerDoc:
+    """A credit memo of 2.00, applied (or unapplied) to the invoices named."""
+    external_id = f"STRIPE_{note}"
+    payload = {
+        "externalId": external_id,
+        "entity": {"$ref": ["customer", f"SF_{customer_key}"]},
+        "tranDate": "2026-10-02",
+        "subsidiary": {"id": "1"},
+        "currency": {"id": "1"},
+        "memo": f"finsync fs-{note} stripe credit note {note}",
+        "item": {"items": [{"item": {"id": "101"}, "quantity": 1, "amount": Decimal("2.00")}]},
+        "apply": {
+            "items": [
+                {"doc": {"$ref": ["invoice", invoice_id]}, "apply": True, "amount": Decimal("2.00")}
+                if on
+                else {"doc": {"$ref": ["invoice", invoice_id]}, "apply": False}
+                for invoice_id, on in applied
+            ]
+        },
+    }
+    return LedgerDoc(
+        ERP, "credit_memo", external_id, "stripe", note, f"fs-{note}", "2026-10-02", payload
+    )
+
+
+def test_a_credit_memo_moved_to_its_compensating_invoice_by_a_dead_run_is_moved_once(
+    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient, sleeps: list[float]
+) -> None:
+    # A credit note's memo posted against in_1; then the note was voided in billing.
+    memo = _credit_memo("cn_1", "a", ("STRIPE_in_1", True))
+    enqueue(warehouse_engine, customer("a"), invoice("in_1", "a"), memo)
+    first = make_engine(warehouse_engine, client, "run-1")
+    for doc_type in ("customer", "invoice", "credit_memo"):
+        first.post(doc_type)
+    charge = invoice("cn_1", "a", amount=Decimal("2.00"), partition_date="2026-10-02")
+    charge = replace(
+        charge, external_id="CNVOID_cn_1", payload=dict(charge.payload, externalId="CNVOID_cn_1")
+    )
+    moved = _credit_memo("cn_1", "a", ("STRIPE_in_1", False), ("CNVOID_cn_1", True))
+    enqueue(warehouse_engine, charge, moved)
+    first.post("invoice")
+    # A run sends the moved memo and dies before recording it.
+    (claimed,) = _claim_as(warehouse_engine, "dead-run", "credit_memo")
+    with warehouse_engine.connect() as conn:
+        ids = ledger.posted_ids(
+            conn, erp=ERP, doc_type="invoice", external_ids=["STRIPE_in_1", "CNVOID_cn_1"]
+        )
+        (customer_id,) = ledger.posted_ids(
+            conn, erp=ERP, doc_type="customer", external_ids=["SF_a"]
+        ).values()
+    refs = {("customer", "SF_a"): customer_id, **{("invoice", k): v for k, v in ids.items()}}
+    body = _resolve_refs(claimed.payload, refs)
+    client.upsert("creditmemo", claimed.external_id, body)
+
+    with make_client(sandbox, sleeps) as fresh:
+        second = make_engine(warehouse_engine, fresh, "run-2")
+        second.recover()
+        second.post("credit_memo")
+    # Found after an earlier post, it proves nothing: sent again, by external id, once.
+    assert (second.stats.recovered_pending, second.stats.posted) == (1, 1)
+    assert row(warehouse_engine, "STRIPE_cn_1")["posted_hash"] == claimed.payload_hash
+    invoices = by_external_id(sandbox, "invoice")
+    assert (invoices["STRIPE_in_1"]["status"], invoices["STRIPE_in_1"]["amountRemaining"]) == (
+        "Open",
+        Decimal("10.00"),
+    )
+    assert invoices["CNVOID_cn_1"]["status"] == "Paid In Full"
+    stored = by_external_id(sandbox, "creditmemo")["STRIPE_cn_1"]
+    assert (stored["status"], stored["total"]) == ("Fully Applied", Decimal("2.00"))
+    assert [line["doc"]["id"] for line in stored["apply"]["items"]] == [ids["CNVOID_cn_1"]]

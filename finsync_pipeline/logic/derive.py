@@ -572,16 +572,12 @@ def derive_credit_memos(
     invoice_lines: pd.DataFrame,
     ready: pd.DataFrame,
     master: MasterData,
-    *,
-    posted_notes: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Credit memos for issued Stripe credit notes, against the invoice they credit.
 
     A pre-payment note is applied to its invoice (it lowers what is due); a post-payment note
     is not applied (the invoice is paid; the credit is refunded to the customer's card). A
-    note voided after its credit memo posted is a ``credit_note_voided`` exception: finance
-    unapplies and voids the credit memo in NetSuite (``posted_notes``: credit note id -> the
-    NetSuite id of its posted credit memo).
+    note voided after its credit memo posted is ``derive_credit_note_voids``'s.
 
     Args:
         notes: Canonical credit notes.
@@ -595,22 +591,6 @@ def derive_credit_memos(
     by_invoice = _ready_index(ready)
     product_of = dict(zip(invoice_lines["line_id"], invoice_lines["product_id"], strict=True))
     lines_of = {k: g for k, g in note_lines.groupby("credit_note_id")}
-    posted_notes = posted_notes or {}
-    for note in notes[notes["status"] == "void"].sort_values("credit_note_id").to_dict("records"):
-        note_id = str(note["credit_note_id"])
-        if note_id in posted_notes:
-            problems.add(
-                "credit_note_voided",
-                "stripe",
-                note_id,
-                f"Stripe credit note {note_id} of {note['total_minor']} {note['currency']} "
-                f"(minor units) on invoice {note['invoice_id']} was voided after its credit memo "
-                f"{credit_memo_external_id(note_id)} (NetSuite id {posted_notes[note_id]}) "
-                "posted: unapply and void that credit memo in NetSuite, so the invoice owes "
-                "what Stripe says it owes again",
-                partition_date=note["partition_date"],
-                correlation_id=note["correlation_id"],
-            )
     for note in notes[notes["status"] == "issued"].sort_values("credit_note_id").to_dict("records"):
         note_id = str(note["credit_note_id"])
         extra = {"partition_date": note["partition_date"], "correlation_id": note["correlation_id"]}
@@ -706,6 +686,112 @@ def derive_credit_memos(
     return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS), problems.frame()
 
 
+def credit_note_void_external_id(credit_note_id: str) -> str:
+    """The NetSuite external id of the invoice compensating the credit memo of a Stripe
+    credit note voided after that memo posted."""
+    return f"CNVOID_{credit_note_id}"
+
+
+def derive_credit_note_voids(
+    notes: pd.DataFrame, posted: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Carry Stripe credit notes voided after their credit memo posted to the ERP.
+
+    Stripe's void gives the invoice back what the note took off it (a note can be voided only
+    while its invoice is open). The posted credit memo is never edited in amount: an invoice
+    ``CNVOID_<credit note>`` re-charges exactly what it credited (its lines, tax included),
+    and the credit memo is applied to that invoice instead of the original one. Both are then
+    closed, and the original invoice is open again for what Stripe restored, so the payments
+    Stripe later collects for it apply to it. The two documents go to the ledger together;
+    the re-applied memo waits for the compensating invoice to post.
+
+    A memo applied to no invoice (a post-payment credit: the customer's credit or a refund)
+    has no application to move: ``credit_note_voided``, for finance to decide.
+
+    Args:
+        notes: Canonical credit notes; only void ones are read.
+        posted: credit_note_id, erp_internal_id and the posted payload of each posted credit
+            memo of a Stripe credit note.
+    """
+    problems = ExceptionRows([])
+    rows: list[dict[str, Any]] = []
+    memo_of = {str(r["credit_note_id"]): r for r in posted.to_dict("records")}
+    for note in notes[notes["status"] == "void"].sort_values("credit_note_id").to_dict("records"):
+        note_id = str(note["credit_note_id"])
+        memo = memo_of.get(note_id)
+        if memo is None:
+            continue
+        body: dict[str, Any] = memo["payload"]
+        applied = [line for line in (body.get("apply") or {}).get("items", []) if line.get("apply")]
+        credited = {tuple(line["doc"]["$ref"]) for line in applied}
+        compensation = credit_note_void_external_id(note_id)
+        if credited == {("invoice", compensation)}:
+            # Already carried (a run after the memo was re-applied): derived as before.
+            applied = [
+                dict(line, doc=ref("invoice", invoice_external_id(str(note["invoice_id"]))))
+                for line in applied
+            ]
+        if len(applied) != 1:
+            problems.add(
+                "credit_note_voided",
+                "stripe",
+                note_id,
+                f"Stripe credit note {note_id} of {note['total_minor']} {note['currency']} "
+                f"(minor units) on invoice {note['invoice_id']} was voided after its credit memo "
+                f"{credit_memo_external_id(note_id)} (NetSuite id {memo['erp_internal_id']}) "
+                "posted, and that memo is applied to no invoice (a post-payment credit), so "
+                "finsync has no application to move: void or re-apply it in NetSuite as the "
+                "customer's credit requires",
+                partition_date=note["partition_date"],
+                correlation_id=note["correlation_id"],
+            )
+            continue
+        (original,) = applied
+        rows.append(
+            _stripe_document(
+                "invoice",
+                compensation,
+                note_id,
+                note,
+                total_minor=int(note["total_minor"]),
+                payload={
+                    "externalId": compensation,
+                    "entity": body["entity"],
+                    "tranDate": note["partition_date"],
+                    "subsidiary": body["subsidiary"],
+                    "currency": body["currency"],
+                    "memo": f"finsync {note['correlation_id']} void of stripe credit note "
+                    f"{note_id}: re-charges credit memo {credit_memo_external_id(note_id)}",
+                    "item": body["item"],
+                },
+            )
+        )
+        reapplied = dict(
+            body,
+            apply={
+                "items": [
+                    {"doc": original["doc"], "apply": False},
+                    {
+                        "doc": ref("invoice", compensation),
+                        "apply": True,
+                        "amount": original["amount"],
+                    },
+                ]
+            },
+        )
+        rows.append(
+            _stripe_document(
+                "credit_memo",
+                credit_memo_external_id(note_id),
+                note_id,
+                note,
+                total_minor=int(note["total_minor"]),
+                payload=reapplied,
+            )
+        )
+    return pd.DataFrame(rows, columns=DOCUMENT_COLUMNS), problems.frame()
+
+
 def derive_void_compensations(voided: pd.DataFrame, ready: pd.DataFrame) -> pd.DataFrame:
     """Credit memos that reverse invoices voided in billing after they were posted.
 
@@ -781,6 +867,58 @@ def writeoff_external_id(invoice_id: str) -> str:
     return f"WRITEOFF_{invoice_id}"
 
 
+def out_of_band_payment_external_id(invoice_id: str) -> str:
+    """The NetSuite external id of the customer payment recording what an invoice paid out of
+    band in Stripe received outside it."""
+    return f"OOB_{invoice_id}"
+
+
+def paid_outside_stripe(invoice: Mapping[str, Any], collected: int) -> int:
+    """What an invoice marked paid out of band received outside Stripe, minor units: what it
+    was paid less what Stripe charges collected for it (0 for any other invoice)."""
+    if invoice["status"] != "paid" or _na(invoice["paid_out_of_band"]):
+        return 0
+    if not int(invoice["paid_out_of_band"]):
+        return 0
+    return max(0, int(invoice["amount_paid_minor"]) - collected)
+
+
+def _out_of_band_payment(
+    inv: dict[str, Any], posted: dict[str, Any], amount_minor: int, account_id: str
+) -> dict[str, Any]:
+    """A customer payment of what ``inv`` received outside Stripe, into the clearing account
+    finance named, applied to its posted invoice."""
+    invoice_id = str(inv["invoice_id"])
+    external_id = out_of_band_payment_external_id(invoice_id)
+    amount = to_decimal(amount_minor, str(inv["currency"]))
+    return _stripe_document(
+        "customer_payment",
+        external_id,
+        invoice_id,
+        inv,
+        total_minor=amount_minor,
+        payload={
+            "externalId": external_id,
+            "customer": ref("customer", str(posted["customer_external_id"])),
+            "tranDate": inv["partition_date"],
+            "currency": posted["payload"]["currency"],
+            "payment": amount,
+            "account": {"id": account_id},
+            "memo": f"finsync {inv['correlation_id']} stripe invoice {invoice_id} paid out of "
+            f"band ({amount} received outside Stripe)",
+            "apply": {
+                "items": [
+                    {
+                        "doc": ref("invoice", str(posted["external_id"])),
+                        "apply": True,
+                        "amount": amount,
+                    }
+                ]
+            },
+        },
+    )
+
+
 def derive_settlements(
     invoices: pd.DataFrame,
     ready: pd.DataFrame,
@@ -792,9 +930,10 @@ def derive_settlements(
     - An invoice marked uncollectible is written off: a credit memo on the bad-debt item
       (``netsuite_bad_debt_item_id``) for what billing leaves to collect, applied to the
       invoice. Without that item finance writes it off by hand: ``uncollectible_invoice``.
-    - An invoice paid out of band (money received outside Stripe) has no Stripe payment to
-      post, so NetSuite would keep its balance open: ``paid_out_of_band`` tells finance the
-      amount to record against it.
+    - An invoice paid out of band (money received outside Stripe, a wire) has no Stripe
+      payment to post. With a clearing account (``netsuite_oob_clearing_account_id``) the
+      receipt is a customer payment ``OOB_<invoice>`` into that account, applied to the
+      invoice; without one, ``paid_out_of_band`` tells finance the amount to record by hand.
 
     Args:
         invoices: Canonical invoices now uncollectible, or paid out of band.
@@ -814,16 +953,21 @@ def derive_settlements(
         extra = {"partition_date": inv["partition_date"], "correlation_id": inv["correlation_id"]}
         currency = str(inv["currency"])
         erp_id = str(posted["external_id"])
-        if inv["status"] == "paid" and int(inv["paid_out_of_band"]):
-            outside = int(inv["amount_paid_minor"]) - int(collected.get(invoice_id, 0))
-            if outside > 0:
+        if inv["status"] == "paid":
+            outside = paid_outside_stripe(inv, int(collected.get(invoice_id, 0)))
+            account = master.netsuite_oob_clearing_account_id
+            if outside > 0 and account is not None:
+                rows.append(_out_of_band_payment(inv, posted, outside, account))
+            elif outside > 0:
                 problems.add(
                     "paid_out_of_band",
                     "stripe",
                     invoice_id,
                     f"Stripe invoice {invoice_id} was marked paid out of band: {outside} "
                     f"{currency} (minor units) was received outside Stripe, so no payment for it "
-                    f"reaches NetSuite; record that receipt against {erp_id} in NetSuite",
+                    f"reaches NetSuite; record that receipt against {erp_id} in NetSuite (or set "
+                    "netsuite_oob_clearing_account_id in erp_settings.csv to have finsync post "
+                    "it)",
                     **extra,
                 )
             continue

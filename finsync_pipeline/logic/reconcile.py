@@ -31,7 +31,10 @@ from finsync_pipeline.logic.derive import (
     ExceptionRows,
     balance_application_external_id,
     balance_applied,
+    credit_memo_external_id,
     net_negative_external_id,
+    out_of_band_payment_external_id,
+    paid_outside_stripe,
 )
 
 DRIFT_STATUSES = (
@@ -469,3 +472,80 @@ def balance_applications_expected(invoices: pd.DataFrame) -> pd.DataFrame:
             "correlation_id",
         ],
     )
+
+
+def out_of_band_payments_expected(
+    invoices: pd.DataFrame, collected: Mapping[str, int], *, posted: bool
+) -> pd.DataFrame:
+    """The ERP customer payments of money invoices received outside Stripe (paid out of
+    band), one per invoice, when finsync posts them (``posted``: a clearing account is
+    configured); otherwise finance records them by hand and none is expected.
+
+    Args:
+        invoices: Canonical invoices: invoice_id, partition_date, currency, status,
+            paid_out_of_band, amount_paid_minor, correlation_id.
+        collected: Invoice id -> what Stripe charges collected for it, minor units.
+        posted: Whether finsync posts such receipts.
+
+    Returns:
+        payment_id (the invoice id), external_id, partition_date, currency, total_minor and
+        correlation_id, as ``reconcile_payments`` expects them.
+    """
+    columns = ["payment_id", "external_id", "partition_date", "currency", "total_minor"]
+    rows = [
+        {
+            "payment_id": inv["invoice_id"],
+            "external_id": out_of_band_payment_external_id(str(inv["invoice_id"])),
+            "partition_date": inv["partition_date"],
+            "currency": inv["currency"],
+            "total_minor": outside,
+            "correlation_id": inv["correlation_id"],
+        }
+        for inv in (invoices.to_dict("records") if posted else [])
+        if (outside := paid_outside_stripe(inv, int(collected.get(str(inv["invoice_id"]), 0)))) > 0
+    ]
+    return pd.DataFrame(rows, columns=[*columns, "correlation_id"])
+
+
+def credit_note_voids_expected(
+    compensations: pd.DataFrame, held_ids: set[str]
+) -> tuple[pd.DataFrame, dict[str, tuple[str, str]]]:
+    """The compensating invoices (``CNVOID_<credit note>``) of credit notes voided after their
+    credit memo posted, as ``reconcile_invoices`` expects them: each totals what the voided
+    note credited and, once its credit memo is applied to it, leaves nothing to collect.
+
+    Args:
+        compensations: One row per compensating invoice on the ledger: external_id,
+            credit_note_id, partition_date, currency, total_minor, correlation_id, and
+            memo_state (the ledger state of the credit memo re-applied to it).
+        held_ids: Ids an open finance exception holds back.
+
+    Returns:
+        The expected documents (``invoice_id`` is the credit note's id) and, for those whose
+        credit memo is still on its way, why their balance may differ yet.
+    """
+    expected = pd.DataFrame(
+        {
+            "external_id": compensations["external_id"],
+            "invoice_id": compensations["credit_note_id"],
+            "partition_date": compensations["partition_date"],
+            "currency": compensations["currency"],
+            "total_minor": compensations["total_minor"],
+            "correlation_id": compensations["correlation_id"],
+            "status": "void",
+            "amount_remaining_minor": 0,
+            "remaining_minor": 0,
+        }
+    )
+    pending: dict[str, tuple[str, str]] = {}
+    for row in compensations.to_dict("records"):
+        note_id = str(row["credit_note_id"])
+        memo = credit_memo_external_id(note_id)
+        if note_id in held_ids or memo in held_ids:
+            pending[note_id] = ("held_by_exception", f"an open exception on {note_id} explains it")
+        elif row["memo_state"] in ("pending", "in_flight"):
+            pending[note_id] = (
+                "awaiting_window",
+                f"{memo} is queued for posting ({row['memo_state']}) to be applied to it",
+            )
+    return expected, pending

@@ -58,6 +58,10 @@ PRODUCTS: dict[str, tuple[str, str | None]] = {
 TAX_ITEM_ID = "190"
 DISCOUNT_ITEM_ID = "191"
 BAD_DEBT_ITEM_ID = "192"
+# The sandbox NetSuite account out-of-band receipts clear through (every subsidiary may use
+# it); erp_settings.csv names it as netsuite_oob_clearing_account_id when finance wants them
+# posted.
+OOB_CLEARING_ACCOUNT_ID = "1200"
 _ITEM_TYPES = {
     TAX_ITEM_ID: "OthCharge",
     DISCOUNT_ITEM_ID: "Discount",
@@ -2215,6 +2219,18 @@ def netsuite_master_data() -> dict[str, list[Record]]:
         }
         for entity, (sid, _ccy, cid, _countries) in LEGAL_ENTITIES.items()
     ]
+    # Money received outside Stripe (a wire) clears through one account shared by every
+    # subsidiary, as NetSuite's multi-subsidiary accounts are.
+    accounts.append(
+        {
+            "id": OOB_CLEARING_ACCOUNT_ID,
+            "acctNumber": "12000",
+            "acctName": "Out-of-band receipts clearing",
+            "acctType": "OthCurrAsset",
+            "subsidiary": {"items": [{"id": sid} for sid, *_ in LEGAL_ENTITIES.values()]},
+            "isInactive": False,
+        }
+    )
     return {"subsidiary": subsidiaries, "currency": currencies, "item": items, "account": accounts}
 
 

@@ -183,6 +183,15 @@ _APPLICATION_DDL = (
 _REMAINING_COLUMNS = ("amountremaining", "foreignamountremaining")
 
 
+def _account_subsidiaries(account: dict[str, Any]) -> set[str]:
+    """The subsidiaries that may use an account: one (``{"id"}``) or a multi-select
+    (``{"items": [{"id"}]}``)."""
+    sub = account.get("subsidiary") or {}
+    if "items" in sub:
+        return {str(s["id"]) for s in sub["items"]}
+    return {str(sub.get("id"))}
+
+
 def _status_code(tran_type: str, remaining: Decimal) -> str | None:
     if tran_type not in _STATUS:
         return None
@@ -752,6 +761,10 @@ class NetSuiteSimulator(Simulator):
         self._subsidiary_ref(body, customer, required=False)
         currency = self._currency_ref(body, default=customer["currency"])
         self._check_date(body, "tranDate", required=True)
+        # Deposit To: a bank account, or an asset account money clears through.
+        self._deposit_account(
+            body, required=False, kinds=("Bank", "OthCurrAsset"), what="a bank or asset account"
+        )
         payment = self._amount(body.get("payment"), "payment", "payment", currency)
         assert payment is not None
         applied = self._validate_apply(
@@ -791,6 +804,29 @@ class NetSuiteSimulator(Simulator):
             )
         return payment, applied, credits
 
+    def _deposit_account(
+        self, body: dict[str, Any], *, required: bool, kinds: tuple[str, ...], what: str
+    ) -> None:
+        """The ``account`` money moves through: an active account of one of ``kinds`` that the
+        document's subsidiary may use (an account id that does not exist is refused)."""
+        account_id = self._ref_id(body, "account", "account", required=required)
+        if account_id is None:
+            return
+        account = self._master("account", account_id)
+        if (
+            account is None
+            or account.get("isInactive")
+            or account.get("acctType") not in kinds
+            or str(body["subsidiary"]["id"]) not in _account_subsidiaries(account)
+        ):
+            raise NsError(
+                400,
+                "USER_ERROR",
+                f"Invalid Field Value {account_id} for the following field: account ({what} "
+                "of the transaction's subsidiary).",
+                "account",
+            )
+
     def _validate_refund(
         self, conn: sqlite3.Connection, body: dict[str, Any], own_id: int | None
     ) -> tuple[Decimal, list[tuple[int, Decimal]]]:
@@ -801,16 +837,7 @@ class NetSuiteSimulator(Simulator):
         self._subsidiary_ref(body, customer, required=False)
         currency = self._currency_ref(body, default=customer["currency"])
         self._check_date(body, "tranDate", required=True)
-        account_id = self._ref_id(body, "account", "account", required=True)
-        account = self._master("account", account_id)
-        if account is None or str(account["subsidiary"]["id"]) != str(body["subsidiary"]["id"]):
-            raise NsError(
-                400,
-                "USER_ERROR",
-                f"Invalid Field Value {account_id} for the following field: account (a bank "
-                "account of the refund's subsidiary).",
-                "account",
-            )
+        self._deposit_account(body, required=True, kinds=("Bank",), what="a bank account")
         applied = self._validate_apply(
             conn, body, "customerrefund", customer=customer, currency=currency, own_id=own_id
         )

@@ -8,6 +8,7 @@ import pytest
 
 from finsync_pipeline.logic.derive import (
     derive_credit_memos,
+    derive_credit_note_voids,
     derive_customer_refunds,
     derive_payment_applications,
     derive_settlements,
@@ -99,14 +100,57 @@ def test_a_void_credit_note_or_one_on_an_unready_invoice_is_not_posted() -> None
     assert problems.iloc[0]["owner_queue"] == "finance_ops"
 
 
-def test_a_credit_note_voided_after_its_memo_posted_asks_finance_to_undo_it() -> None:
-    docs, problems = derive_credit_memos(
-        _note("pre_payment", status="void"),
-        NOTE_LINES,
-        INVOICE_LINES,
-        READY,
-        MASTER,
-        posted_notes={"cn_1": "7001"},
+def _posted_memo(note_type: str) -> pd.DataFrame:
+    """The ledger's posted credit memo of cn_1, as derive_credit_memos made it."""
+    docs, _ = derive_credit_memos(_note(note_type), NOTE_LINES, INVOICE_LINES, READY, MASTER)
+    return pd.DataFrame(
+        {
+            "credit_note_id": ["cn_1"],
+            "erp_internal_id": ["7001"],
+            "payload": [docs.iloc[0]["payload"]],
+        }
+    )
+
+
+def test_a_credit_note_voided_after_its_memo_posted_is_carried_by_a_compensating_invoice() -> None:
+    posted = _posted_memo("pre_payment")
+    docs, problems = derive_credit_note_voids(_note("pre_payment", status="void"), posted)
+    assert problems.empty
+    by_type = {d["doc_type"]: d for d in docs.to_dict("records")}
+    assert sorted(by_type) == ["credit_memo", "invoice"]
+    # The compensating invoice re-charges exactly what the credit memo credited.
+    charge = by_type["invoice"]
+    memo = posted.iloc[0]["payload"]
+    assert (charge["external_id"], charge["source_id"], charge["total_minor"]) == (
+        "CNVOID_cn_1",
+        "cn_1",
+        10800,
+    )
+    body = charge["payload"]
+    assert body["externalId"] == "CNVOID_cn_1"
+    assert body["item"] == memo["item"]
+    for field in ("entity", "subsidiary", "currency"):
+        assert body[field] == memo[field]
+    assert "fs-cn1" in body["memo"] and "void of stripe credit note cn_1" in body["memo"]
+    assert "apply" not in body
+    # The posted credit memo moves from the original invoice to the compensating one; nothing
+    # else of it changes.
+    again = by_type["credit_memo"]
+    assert (again["external_id"], again["total_minor"]) == ("STRIPE_cn_1", 10800)
+    assert {k: v for k, v in again["payload"].items() if k != "apply"} == {
+        k: v for k, v in memo.items() if k != "apply"
+    }
+    assert again["payload"]["apply"]["items"] == [
+        {"doc": {"$ref": ["invoice", "STRIPE_in_1"]}, "apply": False},
+        {"doc": {"$ref": ["invoice", "CNVOID_cn_1"]}, "apply": True, "amount": Decimal("108.00")},
+    ]
+
+
+def test_a_voided_credit_note_whose_memo_credits_no_invoice_is_left_to_finance() -> None:
+    # A post-payment credit memo is the customer's credit, applied to no invoice: there is no
+    # application to move, so finance decides (never a guess).
+    docs, problems = derive_credit_note_voids(
+        _note("post_payment", status="void"), _posted_memo("post_payment")
     )
     assert docs.empty
     (problem,) = problems.to_dict("records")
@@ -117,6 +161,11 @@ def test_a_credit_note_voided_after_its_memo_posted_asks_finance_to_undo_it() ->
     )
     assert "10800 USD (minor units) on invoice in_1" in problem["detail"]
     assert "STRIPE_cn_1 (NetSuite id 7001)" in problem["detail"]
+    assert "applied to no invoice" in problem["detail"]
+    # An issued note, or a void one whose memo never posted, has nothing to carry.
+    assert derive_credit_note_voids(_note("pre_payment"), _posted_memo("pre_payment"))[0].empty
+    nothing = _posted_memo("pre_payment").iloc[0:0]
+    assert derive_credit_note_voids(_note("pre_payment", status="void"), nothing)[0].empty
 
 
 def _settled(status: str, *, remaining: int, paid: int, out_of_band: int) -> pd.DataFrame:
@@ -176,11 +225,40 @@ def test_an_invoice_paid_out_of_band_tells_finance_the_amount_received_outside_s
     assert (problem["kind"], problem["owner_queue"]) == ("paid_out_of_band", "finance_ops")
     assert "6000 USD (minor units) was received outside Stripe" in problem["detail"]
     assert "STRIPE_in_1" in problem["detail"]
+    assert "netsuite_oob_clearing_account_id" in problem["detail"]
     # Paid by card, or settled on an invoice not ready for the ERP: nothing to do here.
     paid = _settled("paid", remaining=0, paid=10000, out_of_band=0)
     assert derive_settlements(paid, READY, {"in_1": 10000}, MASTER)[1].empty
     held = invoice.assign(invoice_id="in_held")
     assert derive_settlements(held, READY, {}, MASTER)[1].empty
+
+
+def test_an_invoice_paid_out_of_band_is_a_payment_to_the_clearing_account_when_set() -> None:
+    # Finance named the account out-of-band receipts clear through: finsync posts the receipt.
+    master = replace(MASTER, netsuite_oob_clearing_account_id="1190")
+    invoice = _settled("paid", remaining=0, paid=10000, out_of_band=1)
+    docs, problems = derive_settlements(invoice, READY, {"in_1": 4000}, master)
+    assert problems.empty
+    (doc,) = docs.to_dict("records")
+    assert (doc["doc_type"], doc["external_id"], doc["source_id"], doc["total_minor"]) == (
+        "customer_payment",
+        "OOB_in_1",
+        "in_1",
+        6000,
+    )
+    body = doc["payload"]
+    assert body["customer"] == {"$ref": ["customer", "SF_001A"]}
+    assert (body["payment"], body["account"], body["currency"]) == (
+        Decimal("60.00"),
+        {"id": "1190"},
+        {"id": "1"},
+    )
+    assert body["apply"]["items"] == [
+        {"doc": {"$ref": ["invoice", "STRIPE_in_1"]}, "apply": True, "amount": Decimal("60.00")}
+    ]
+    assert "fs-in1" in body["memo"] and "out of band" in body["memo"]
+    # Everything was collected through Stripe after all: nothing outside it to post.
+    assert derive_settlements(invoice, READY, {"in_1": 10000}, master)[0].empty
 
 
 def test_a_credit_note_for_an_unmapped_product_is_an_exception() -> None:

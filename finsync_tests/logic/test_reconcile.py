@@ -8,7 +8,9 @@ from finsync_pipeline.logic.reconcile import (
     ALL_STATUSES,
     DRIFT_STATUSES,
     RECON_COLUMNS,
+    credit_note_voids_expected,
     expected_erp_remaining,
+    out_of_band_payments_expected,
     reconcile_invoices,
     summarize,
 )
@@ -502,3 +504,86 @@ def test_a_renewal_the_crm_and_billing_disagree_on_goes_to_revops() -> None:
         "006A",
     )
     assert "001A" in problem["detail"] and "billing voided its invoice" in problem["detail"]
+
+
+def test_a_receipt_outside_stripe_is_expected_in_the_erp_only_when_finance_posts_it() -> None:
+    invoices = pd.DataFrame(
+        [
+            # Paid 10000 by wire after a 4000 card charge; paid by card; still open.
+            ("in_wire", "2026-10-02", "EUR", "paid", 1, 10000, "fs-w"),
+            ("in_card", "2026-10-02", "EUR", "paid", 0, 5000, "fs-c"),
+            ("in_open", "2026-10-02", "EUR", "open", 0, 0, "fs-o"),
+        ],
+        columns=[
+            "invoice_id",
+            "partition_date",
+            "currency",
+            "status",
+            "paid_out_of_band",
+            "amount_paid_minor",
+            "correlation_id",
+        ],
+    )
+    collected = {"in_wire": 4000, "in_card": 5000}
+    expected = out_of_band_payments_expected(invoices, collected, posted=True)
+    assert expected.to_dict("records") == [
+        {
+            "payment_id": "in_wire",
+            "external_id": "OOB_in_wire",
+            "partition_date": "2026-10-02",
+            "currency": "EUR",
+            "total_minor": 6000,
+            "correlation_id": "fs-w",
+        }
+    ]
+    # Without a clearing account finance records the receipt by hand: nothing is expected.
+    assert out_of_band_payments_expected(invoices, collected, posted=False).empty
+
+
+@pytest.mark.parametrize(
+    ("erp_left", "memo_state", "held", "status"),
+    [
+        pytest.param(0, "posted", set(), "matched", id="closed-by-its-memo"),
+        pytest.param(5474, "pending", set(), "awaiting_window", id="memo-on-its-way"),
+        pytest.param(5474, "rejected", {"STRIPE_cn_v"}, "held_by_exception", id="memo-refused"),
+        pytest.param(5474, "posted", set(), "balance_mismatch", id="left-open"),
+    ],
+)
+def test_the_invoice_compensating_a_voided_credit_note_leaves_nothing_to_collect(
+    erp_left: int, memo_state: str, held: set[str], status: str
+) -> None:
+    compensations = pd.DataFrame(
+        [
+            {
+                "external_id": "CNVOID_cn_v",
+                "credit_note_id": "cn_v",
+                "partition_date": "2026-10-19",
+                "currency": "EUR",
+                "total_minor": 5474,
+                "correlation_id": "fs-cnv",
+                "memo_state": memo_state,
+            }
+        ]
+    )
+    expected, pending = credit_note_voids_expected(compensations, held)
+    erp_side = pd.DataFrame(
+        {
+            "source_id": ["5100"],
+            "external_id": ["CNVOID_cn_v"],
+            "tran_date": ["2026-10-19"],
+            "currency": ["EUR"],
+            "total_minor": pd.array([5474], dtype="Int64"),
+            "remaining_minor": pd.array([erp_left], dtype="Int64"),
+            "status": ["Paid In Full" if erp_left == 0 else "Open"],
+            "memo": ["finsync fs-cnv void of stripe credit note cn_v"],
+        }
+    )
+    (row,) = reconcile_invoices(expected, erp_side, held, {}, pending).to_dict("records")
+    assert (row["status"], row["invoice_id"], row["erp_remaining_minor"]) == (
+        status,
+        "cn_v",
+        erp_left,
+    )
+    assert row["billing_total_minor"] == row["erp_total_minor"] == 5474
+    if status == "balance_mismatch":
+        assert "5474 EUR (minor units)" in row["explanation"]

@@ -431,6 +431,33 @@ def test_payments_apply_to_an_invoice_until_paid_in_full(ns: NetSuite, sandbox: 
     assert len(ours) == 2
 
 
+@pytest.mark.parametrize(
+    ("account", "accepted"),
+    [
+        pytest.param("1200", True, id="clearing-account-every-subsidiary-may-use"),
+        pytest.param("111", True, id="bank-account-of-the-subsidiary"),
+        pytest.param("9999", False, id="no-such-account"),
+        pytest.param("112", False, id="bank-account-of-another-subsidiary"),
+    ],
+)
+def test_a_payment_is_deposited_only_to_an_account_of_its_subsidiary(
+    ns: NetSuite, account: str, accepted: bool
+) -> None:
+    customer = _put_customer(ns, "SF-001DEP")
+    invoice = _put(ns, "invoice", f"in_DEP{account}", _invoice(customer, Decimal("100.10")))
+    body = _payment(customer, Decimal("108.35"), (invoice, Decimal("108.35")))
+    body["account"] = {"id": account}
+    resp = ns.call("PUT", f"{REST}/record/v1/customerpayment/eid:OOB_in_DEP{account}", body)
+    if accepted:
+        assert resp.status_code == 204, resp.text
+        assert _get(ns, "invoice", invoice)["status"] == "Paid In Full"
+        return
+    assert resp.status_code == 400
+    error = resp.json()["o:errorDetails"][0]
+    assert error["o:errorPath"] == "account" and account in error["detail"]
+    assert _get(ns, "invoice", invoice)["status"] == "Open"
+
+
 def test_a_credit_memo_applies_to_its_invoice(ns: NetSuite) -> None:
     customer = _put_customer(ns, "SF-001CM")
     invoice = _put(ns, "invoice", "in_CM1", _invoice(customer, Decimal("100.10")))
@@ -813,5 +840,7 @@ def test_a_state_seeded_before_bank_accounts_existed_gains_them(sandbox: Sandbox
     with sandbox.store.tx() as conn:
         conn.execute("DELETE FROM ns_master WHERE type = 'account'")
     ensure_schema(sandbox.store)
-    accounts = {a["id"]: a["subsidiary"]["id"] for a in sandbox.netsuite_records("account")}
-    assert accounts == {"111": "1", "112": "2", "113": "3", "114": "4"}
+    accounts = {
+        a["id"]: a["subsidiary"].get("id", "all") for a in sandbox.netsuite_records("account")
+    }
+    assert accounts == {"111": "1", "112": "2", "113": "3", "114": "4", "1200": "all"}

@@ -23,6 +23,7 @@ from finsync_pipeline.logic.derive import (
     credit_memo_external_id,
     derive_balance_applications,
     derive_credit_memos,
+    derive_credit_note_voids,
     derive_customer_refunds,
     derive_payment_applications,
     derive_settlements,
@@ -118,7 +119,7 @@ def _ready(conn: Connection, invoice_ids: list[str]) -> pd.DataFrame:
 
 
 def _queue(
-    conn: Connection, docs: pd.DataFrame, doc_type: str, run_id: str
+    conn: Connection, docs: pd.DataFrame, doc_type: str, run_id: str, *, repost: bool = False
 ) -> ledger.EnqueueResult:
     rows = frame_records(
         docs.assign(payload=[ledger.dumps(p) for p in docs["payload"]], run_id=run_id)
@@ -140,7 +141,7 @@ def _queue(
             for r in docs.itertuples(index=False)
         ],
         run_id=run_id,
-        repost_changed=False,
+        repost_changed=repost,
     )
 
 
@@ -149,17 +150,33 @@ def _publish(
     docs: pd.DataFrame,
     found: pd.DataFrame,
     *,
-    doc_type: str,
     detected_by: str,
     kinds: list[str],
     source_ids: list[str],
     versions: list[dict[str, Any]],
     run_id: str,
+    reposted: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Queue the derived documents, sync the detector's exceptions and record the versions
-    derived from, in one transaction; the asset's common metadata."""
+    """Queue the derived documents (each on the ledger of its own ``doc_type``), sync the
+    detector's exceptions and record the versions derived from, in one transaction; the
+    asset's common metadata.
+
+    ``reposted`` documents may change after they posted (a credit memo applied to another
+    invoice, its amounts unchanged): a changed one is sent again, under its external id.
+    """
+    every = [(docs, False), (docs.iloc[0:0] if reposted is None else reposted, True)]
     with engine.begin() as conn:
-        queued = _queue(conn, docs, doc_type, run_id)
+        results = [
+            _queue(conn, group, str(doc_type), run_id, repost=repost)
+            for frame, repost in every
+            for doc_type, group in frame.groupby("doc_type")
+        ]
+        queued = ledger.EnqueueResult(
+            sum(r.new for r in results),
+            sum(r.changed for r in results),
+            sum(r.unchanged for r in results),
+            [],
+        )
         synced = sync_exceptions(
             conn, found, detected_by=detected_by, kinds=kinds, source_ids=source_ids
         )
@@ -170,6 +187,7 @@ def _publish(
             amounts_by_currency(docs, "total_minor", "currency")
         ),
         "ledger: new": queued.new,
+        "ledger: changed (re-posted)": queued.changed,
         "ledger: unchanged": queued.unchanged,
         "exceptions found": len(found),
         "exceptions auto-resolved": synced["auto_resolved"],
@@ -186,8 +204,10 @@ def _publish(
 def credit_memo_requests(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    """Credit memos the ERP should hold: one per issued Stripe credit note, and one reversing
-    each invoice voided in billing after it was posted (history is compensated, never edited)."""
+    """Credit memos the ERP should hold: one per issued Stripe credit note, one reversing each
+    invoice voided in billing after it was posted, and one writing off each uncollectible
+    invoice; with them the customer payment of each invoice paid out of band, into the clearing
+    account finance named (history is compensated, never edited)."""
     run_id = context.run.run_id
     engine = warehouse.get_engine()
     master = load_master_data()
@@ -232,8 +252,9 @@ def credit_memo_requests(
         )
         posted_notes = _read(
             conn,
-            "SELECT source_id, erp_internal_id FROM posting_ledger WHERE erp = :erp "
-            f"AND doc_type = 'credit_memo' AND state = 'posted' AND {_in('source_id')}",
+            "SELECT source_id AS credit_note_id, erp_internal_id, payload FROM posting_ledger "
+            "WHERE erp = :erp AND doc_type = 'credit_memo' AND state = 'posted' "
+            f"AND {_in('source_id')}",
             list(notes.loc[notes["status"] == "void", "credit_note_id"]),
             erp=ERP,
         )
@@ -255,16 +276,9 @@ def credit_memo_requests(
         ],
         columns=["credit_note_id", "invoice_line_item", "amount_minor"],
     )
-    memos, found = derive_credit_memos(
-        notes,
-        note_lines,
-        lines,
-        ready,
-        master,
-        posted_notes=dict(
-            zip(posted_notes["source_id"], posted_notes["erp_internal_id"], strict=True)
-        ),
-    )
+    memos, found = derive_credit_memos(notes, note_lines, lines, ready, master)
+    posted_notes["payload"] = [ledger.loads(p) for p in posted_notes["payload"]]
+    carried, uncarried = derive_credit_note_voids(notes, posted_notes)
     writeoffs, unsettled = derive_settlements(
         settled,
         ready,
@@ -281,12 +295,12 @@ def credit_memo_requests(
     )
     voids = derive_void_compensations(voided, posted)
     docs = pd.concat([memos, voids, writeoffs], ignore_index=True)
-    found = pd.concat([found, unsettled], ignore_index=True)
+    found = pd.concat([found, unsettled, uncarried], ignore_index=True)
     published = _publish(
         engine,
         docs,
         found,
-        doc_type="credit_memo",
+        reposted=carried,
         detected_by="credit_memo_requests",
         kinds=CREDIT_KINDS,
         source_ids=[*notes["credit_note_id"], *settled["invoice_id"]],
@@ -298,7 +312,15 @@ def credit_memo_requests(
         run_id=run_id,
     )
     return dg.MaterializeResult(
-        metadata={**published, "void compensations": len(voids), "write-offs": len(writeoffs)}
+        metadata={
+            **published,
+            "void compensations": len(voids),
+            "credit notes voided after posting (carried)": int(
+                (carried["doc_type"] == "invoice").sum()
+            ),
+            "write-offs": int((writeoffs["doc_type"] == "credit_memo").sum()),
+            "out-of-band receipts": int((writeoffs["doc_type"] == "customer_payment").sum()),
+        }
     )
 
 
@@ -333,7 +355,6 @@ def payment_applications(
         engine,
         pd.concat([docs, applications], ignore_index=True),
         pd.concat([found, unmatched], ignore_index=True),
-        doc_type="customer_payment",
         detected_by="payment_applications",
         kinds=PAYMENT_KINDS,
         source_ids=[*payments["payment_id"], *balanced["invoice_id"]],
@@ -438,7 +459,6 @@ def customer_refund_requests(
         engine,
         docs,
         found,
-        doc_type="customer_refund",
         detected_by="customer_refund_requests",
         kinds=REFUND_KINDS,
         source_ids=list(refunds["refund_id"]),

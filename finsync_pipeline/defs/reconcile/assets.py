@@ -11,6 +11,7 @@ from finsync_pipeline.logic import normalize
 from finsync_pipeline.logic.derive import (
     ERP,
     LIVE_INVOICE_STATUSES,
+    credit_note_void_external_id,
     invoice_external_id,
     payment_external_id,
     refund_external_id,
@@ -24,7 +25,9 @@ from finsync_pipeline.logic.reconcile import (
     RENEWAL_STATUSES,
     as_erp_documents,
     balance_applications_expected,
+    credit_note_voids_expected,
     expected_erp_remaining,
+    out_of_band_payments_expected,
     reconcile_invoices,
     reconcile_payments,
     reconcile_renewals,
@@ -86,6 +89,17 @@ def invoice_reconciliation(
             rng,
         )
         awaiting = awaiting_windows(conn, ERP, batch_windows())
+        compensations = read_frame(
+            conn,
+            "SELECT l.external_id, l.source_id AS credit_note_id, l.partition_date, c.currency, "
+            "c.total_minor, c.correlation_id, m.state AS memo_state FROM posting_ledger l "
+            "JOIN credit_notes c ON c.credit_note_id = l.source_id "
+            "LEFT JOIN posting_ledger m ON m.erp = l.erp AND m.doc_type = 'credit_memo' "
+            "AND m.source_id = l.source_id WHERE l.erp = :erp AND l.doc_type = 'invoice' "
+            "AND l.external_id LIKE :prefix AND l.partition_date >= :date_from "
+            "AND l.partition_date < :date_to",
+            {"erp": ERP, "prefix": credit_note_void_external_id("") + "%", **rng},
+        )
     codes = {v: k for k, v in load_master_data().netsuite_currency_ids.items()}
     erp = normalize.flatten_erp_invoices(list(raw["payload"]), codes)
     erp = erp[~erp["source_id"].isin(bad_erp)]
@@ -109,9 +123,13 @@ def invoice_reconciliation(
             strict=True,
         )
     ]
-    expected = as_erp_documents(expected)
-    recon = reconcile_invoices(expected, erp, set(held["source_id"]), awaiting, pending)
     voided = set(expected.loc[expected["status"] == "void", "invoice_id"])
+    # A credit note voided after its credit memo posted: the invoice compensating that memo.
+    recharges, recharging = credit_note_voids_expected(compensations, set(held["source_id"]))
+    expected = pd.concat([as_erp_documents(expected), recharges], ignore_index=True)
+    recon = reconcile_invoices(
+        expected, erp, set(held["source_id"]), awaiting, {**pending, **recharging}
+    )
     for i in recon.index[recon["invoice_id"].isin(voided)]:
         reversal = void_external_id(str(recon.at[i, "invoice_id"]))
         if recon.at[i, "status"] != "matched":
@@ -280,17 +298,40 @@ def payment_reconciliation(
             "AND partition_date < :date_to",
             rng,
         )
+        # Invoices paid out of band: with a clearing account, each has one customer payment
+        # in NetSuite for what it received outside Stripe.
+        outside = read_frame(
+            conn,
+            "SELECT invoice_id, partition_date, currency, status, paid_out_of_band, "
+            "amount_paid_minor, correlation_id FROM invoices WHERE status = 'paid' "
+            "AND paid_out_of_band = 1 AND partition_date >= :date_from "
+            "AND partition_date < :date_to",
+            rng,
+        )
+        charged = read_frame(
+            conn,
+            "SELECT invoice_id, SUM(amount_minor) AS amount_minor FROM payments "
+            "WHERE status = 'succeeded' AND invoice_id IN (SELECT invoice_id FROM invoices "
+            "WHERE paid_out_of_band = 1) GROUP BY invoice_id",
+        )
         held = read_frame(conn, "SELECT source_id FROM finance_exceptions WHERE status = 'open'")
         raw = load_payloads(conn, "erp_payments", date_from, date_to)
         bad_erp = quarantined_ids(conn, "erp_payments")
         awaiting = awaiting_windows(conn, ERP, batch_windows())
-    codes = {v: k for k, v in load_master_data().netsuite_currency_ids.items()}
+    master = load_master_data()
+    codes = {v: k for k, v in master.netsuite_currency_ids.items()}
     erp = normalize.flatten_erp_invoices(list(raw["payload"]), codes)
     erp = erp[~erp["source_id"].isin(bad_erp)]
     collected["external_id"] = collected["payment_id"].map(payment_external_id)
     refunded["external_id"] = refunded["payment_id"].map(refund_external_id)
+    receipts = out_of_band_payments_expected(
+        outside,
+        dict(zip(charged["invoice_id"], charged["amount_minor"], strict=True)),
+        posted=master.netsuite_oob_clearing_account_id is not None,
+    )
     moved = pd.concat(
-        [collected, refunded, balance_applications_expected(balanced)], ignore_index=True
+        [collected, refunded, balance_applications_expected(balanced), receipts],
+        ignore_index=True,
     )
     recon = reconcile_payments(moved, erp, set(held["source_id"]), awaiting)
     recon["run_id"] = context.run.run_id
