@@ -76,7 +76,9 @@ RECON_COLUMNS = [
 
 
 def _fmt(minor: object, currency: object) -> str:
-    return f"{minor} {currency} (minor units)"
+    # A column with a null in it reaches here as floats: minor units are whole numbers.
+    amount = "no amount" if _na(minor) else int(minor)  # type: ignore[call-overload]
+    return f"{amount} {currency} (minor units)"
 
 
 def _na(value: object) -> bool:
