@@ -214,15 +214,33 @@ def _actor(args: argparse.Namespace) -> str:
     return str(args.by or os.environ.get("USER") or getpass.getuser())
 
 
+def _print_stuck_work(engine: Any) -> None:
+    """Posting work whose holder stopped, below the queue: what an operator must see."""
+    from finsync_pipeline.exceptions_queue import stuck_work
+
+    stuck = stuck_work(engine)
+    if not stuck.held_past_lease.empty:
+        print(
+            f"{len(stuck.held_past_lease)} document(s) held in flight past their lease (their "
+            "run stopped renewing it; the next posting run settles them by lookup):"
+        )
+        print(stuck.held_past_lease.to_string(index=False, max_colwidth=60))
+    if not stuck.settled.empty:
+        print(f"last {len(stuck.settled)} document(s) settled by lookup after their run died:")
+        print(stuck.settled.to_string(index=False, max_colwidth=90))
+
+
 def cmd_exceptions_list(args: argparse.Namespace) -> int:
     from finsync_pipeline.exceptions_queue import list_exceptions
 
-    rows = list_exceptions(_warehouse(args.home), _selection(args))
+    engine = _warehouse(args.home)
+    rows = list_exceptions(engine, _selection(args))
     if args.json:
         print(rows.to_json(orient="records"))
         return 0
     if rows.empty:
         print("no exceptions match")
+        _print_stuck_work(engine)
         return 0
     columns = [
         "kind",
@@ -236,6 +254,7 @@ def cmd_exceptions_list(args: argparse.Namespace) -> int:
     ]
     print(rows[columns].to_string(index=False, max_colwidth=90))
     print(f"{len(rows)} exception(s)")
+    _print_stuck_work(engine)
     return 0
 
 

@@ -77,6 +77,40 @@ def _query(conn: Connection, sql: str, selection: Selection) -> pd.DataFrame:
     return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
 
+@dataclass(frozen=True)
+class StuckWork:
+    """Posting work whose holder stopped: held in flight past its lease, or settled after it.
+
+    Attributes:
+        held_past_lease: In-flight rows whose lease expired: erp, doc_type, external_id,
+            held_by (the run), claimed_at, lease_until. The next posting run settles them.
+        settled: Rows settled by lookup after their holder died, newest first: erp,
+            doc_type, external_id, to_state, settled_at, settled_by, detail (names the holder).
+    """
+
+    held_past_lease: pd.DataFrame
+    settled: pd.DataFrame
+
+
+def stuck_work(engine: Engine, *, settled_limit: int = 20) -> StuckWork:
+    """What ``finsync exceptions list`` shows under the queue about stalled posting."""
+    with engine.connect() as conn:
+        in_flight = read_frame(
+            conn,
+            "SELECT erp, doc_type, external_id, claimed_by AS held_by, claimed_at, lease_until "
+            "FROM posting_ledger WHERE state = 'in_flight' ORDER BY claimed_at, external_id",
+        )
+        settled = read_frame(
+            conn,
+            "SELECT erp, doc_type, external_id, to_state, settled_at, settled_by, detail "
+            "FROM v_posting_lease_settlements ORDER BY seq DESC LIMIT :limit",
+            {"limit": settled_limit},
+        )
+    now = ledger.now_iso()
+    expired = in_flight["lease_until"].isna() | (in_flight["lease_until"].astype(str) < now)
+    return StuckWork(in_flight[expired].reset_index(drop=True), settled)
+
+
 def list_exceptions(engine: Engine, selection: Selection) -> pd.DataFrame:
     """The selected exceptions, oldest first, with their age in days."""
     with engine.connect() as conn:

@@ -303,7 +303,8 @@ class PostingEngine:
                     to_state="pending",
                     detail=f"settled by lookup: run {holder} had not sent it"
                     if found is None
-                    else f"run {holder} died updating it; the update is sent again",
+                    else f"settled by lookup: run {holder} died updating it; the update is sent "
+                    "again",
                     **settle,
                 )
                 self._count("recovered_pending")

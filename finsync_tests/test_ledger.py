@@ -729,3 +729,50 @@ def test_documents_of_batch_flows_and_their_dependents_await_the_window(
             "STRIPE_in_2": "0 4 * * *",
         }
         assert awaiting_windows(conn, ERP, {}) == {}
+
+
+def test_work_held_past_its_lease_and_its_settlement_are_visible(warehouse_engine: Engine) -> None:
+    from finsync_pipeline.exceptions_queue import stuck_work
+
+    with warehouse_engine.begin() as conn:
+        ledger.enqueue(
+            conn, [doc("SF_stalled"), doc("SF_working")], run_id="r", repost_changed=True
+        )
+        assert claim(conn, "killed-run", limit=1) == ["SF_stalled"]
+        assert claim(conn, "live-run", limit=1) == ["SF_working"]
+        conn.execute(
+            sa.text(
+                "UPDATE posting_ledger SET lease_until = '2000-01-01T00:00:00+00:00' "
+                "WHERE external_id = 'SF_stalled'"
+            )
+        )
+        backlog = conn.execute(
+            sa.text(
+                "SELECT documents, held_past_lease, held_by FROM v_posting_backlog "
+                "WHERE state = 'in_flight'"
+            )
+        ).one()
+    assert (backlog.documents, backlog.held_past_lease) == (2, 1)
+    assert set(backlog.held_by.split(",")) == {"killed-run", "live-run"}
+    stuck = stuck_work(warehouse_engine)
+    assert list(stuck.held_past_lease["external_id"]) == ["SF_stalled"]
+    assert list(stuck.held_past_lease["held_by"]) == ["killed-run"]
+
+    with warehouse_engine.begin() as conn:
+        ledger.transition(
+            conn,
+            erp=ERP,
+            doc_type="customer",
+            external_id="SF_stalled",
+            to_state="pending",
+            run_id="next-run",
+            detail="settled by lookup: run killed-run had not sent it",
+            expect_state="in_flight",
+            expect_holder="killed-run",
+        )
+    settled = stuck_work(warehouse_engine).settled
+    assert settled[["external_id", "to_state", "settled_by"]].values.tolist() == [
+        ["SF_stalled", "pending", "next-run"]
+    ]
+    assert "killed-run" in settled.at[0, "detail"]
+    assert stuck_work(warehouse_engine).held_past_lease.empty

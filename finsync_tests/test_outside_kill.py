@@ -93,6 +93,7 @@ def test_a_run_killed_from_outside_with_documents_in_flight_strands_nothing(
         rerun = _finsync("run", "--home", str(home), *WINDOW, "--json", env=run_env)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+        listing = _finsync("exceptions", "list", "--home", str(home), env=run_env)
     finally:
         _stop(sandbox)
 
@@ -107,6 +108,14 @@ def test_a_run_killed_from_outside_with_documents_in_flight_strands_nothing(
             "SELECT (SELECT count(*) FROM ns_customer) + (SELECT count(*) FROM ns_transaction)"
         ).fetchone()[0]
     assert in_netsuite == states["posted"]
+    # The operator sees what the dead run left and who settled it.
+    assert listing.returncode == 0, listing.stderr
+    assert "settled by lookup after their run died" in listing.stdout
+    with sqlite3.connect(warehouse) as conn:
+        settled = conn.execute("SELECT COUNT(*) FROM v_posting_lease_settlements").fetchone()[0]
+        held = conn.execute("SELECT SUM(held_past_lease) FROM v_posting_backlog").fetchone()[0]
+    assert settled >= stranded
+    assert not held
 
     # The killed run is no longer STARTED in Dagster: the next run marked it failed, saying
     # why, and freed the NetSuite pool slot it held (five such deaths would block every run).

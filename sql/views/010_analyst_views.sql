@@ -22,11 +22,12 @@ FROM invoice_reconciliation
 WHERE status NOT IN ('matched', 'held_by_exception', 'awaiting_window')
 GROUP BY partition_date, status, COALESCE(billing_currency, erp_currency);
 
--- What the posting ledger still holds back, by ERP, document type and state.
-DROP VIEW IF EXISTS v_posting_backlog;
-CREATE VIEW v_posting_backlog AS
-SELECT erp, doc_type, state, COUNT(*) AS documents, MIN(updated_at) AS oldest_update,
-       MAX(attempts) AS max_attempts
-FROM posting_ledger
-WHERE state <> 'posted'
-GROUP BY erp, doc_type, state;
+-- Posting-ledger rows settled by looking them up after their holder died (a SIGKILLed run:
+-- its lease expired, or its run had finished without recording them); the detail names the
+-- run that held them, run_id the run that settled them.
+DROP VIEW IF EXISTS v_posting_lease_settlements;
+CREATE VIEW v_posting_lease_settlements AS
+SELECT seq, erp, doc_type, external_id, to_state, at AS settled_at, run_id AS settled_by,
+       detail
+FROM posting_ledger_journal
+WHERE from_state = 'in_flight' AND substr(detail, 1, 23) = 'settled by lookup: run '

@@ -1,0 +1,15 @@
+-- What the posting ledger still holds back, by ERP, document type and state; in flight, how
+-- many are held past their lease (their holder stopped renewing it: the next posting run
+-- settles them by lookup), since when, and by which runs.
+DROP VIEW IF EXISTS v_posting_backlog;
+CREATE VIEW v_posting_backlog AS
+SELECT erp, doc_type, state, COUNT(*) AS documents, MIN(updated_at) AS oldest_update,
+       MAX(attempts) AS max_attempts,
+       SUM(CASE WHEN state = 'in_flight' AND (lease_until IS NULL
+                OR lease_until < strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'))
+           THEN 1 ELSE 0 END) AS held_past_lease,
+       MIN(claimed_at) AS oldest_claim,
+       GROUP_CONCAT(DISTINCT claimed_by) AS held_by
+FROM posting_ledger
+WHERE state <> 'posted'
+GROUP BY erp, doc_type, state;
