@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-daily-month lint ui sandbox clean
+.PHONY: demo test test-daily-month crash-storm lint ui sandbox clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 # A month of nightly runs against one backfill of it, on SQLite and PostgreSQL (minutes).
 test-daily-month: $(STAMP)
 	$(BIN)/pytest -m slow finsync_tests/test_daily_month.py
+
+# Hundreds of SIGKILLs of a real `finsync run` process group under NetSuite faults (minutes).
+crash-storm: $(STAMP)
+	$(BIN)/python -m finsync_tests.crash_storm --kills $(or $(KILLS),200)
 
 lint: $(STAMP)
 	$(BIN)/ruff check finsync_pipeline finsync_tests
