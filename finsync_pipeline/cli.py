@@ -258,6 +258,43 @@ def cmd_exceptions_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    """Audit the posting ledger; exit 1 when anything does not verify."""
+    from finsync_pipeline import ledger
+
+    with _warehouse(args.home).connect() as conn:
+        found = ledger.audit(conn)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "intact": found.intact,
+                    "transitions": found.transitions,
+                    "head_seq": found.head_seq,
+                    "head_seal": found.head_hash,
+                    "keyed": found.keyed,
+                    "checkpoints": found.checkpoints,
+                    "first_broken": found.first_broken,
+                    "problems": found.problems,
+                }
+            )
+        )
+        return 0 if found.intact else 1
+    for problem in found.problems:
+        print(f"finsync: ledger: {problem}")
+    if not found.keyed and found.transitions:
+        print(
+            f"warning: the journal is not sealed with a key: set {ledger.LEDGER_KEY_ENV} so a "
+            "rewritten chain cannot be re-sealed"
+        )
+    verdict = "intact" if found.intact else "NOT intact"
+    print(
+        f"ledger {verdict}: {found.transitions} transition(s), head seq {found.head_seq}, "
+        f"{found.checkpoints} checkpoint(s) compared"
+    )
+    return 0 if found.intact else 1
+
+
 def cmd_exceptions_show(args: argparse.Namespace) -> int:
     from finsync_pipeline.exceptions_queue import show
 
@@ -513,6 +550,15 @@ def build_parser() -> argparse.ArgumentParser:
                 help="post now instead of waiting for the posting sensor",
             )
         action.set_defaults(func=func)
+
+    ledger_cmd = sub.add_parser("ledger", help="the posting ledger")
+    ledger_sub = ledger_cmd.add_subparsers(dest="ledger_command", required=True)
+    verify = ledger_sub.add_parser(
+        "verify", help="check the journal's seals, the ledger rows and the checkpoints"
+    )
+    home_arg(verify)
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(func=cmd_ledger_verify)
 
     ui = sub.add_parser("ui", help="the Dagster UI over the demo's home, with the sandbox")
     home_arg(ui)

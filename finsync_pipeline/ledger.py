@@ -14,8 +14,10 @@ so that tampering with history is detectable.
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import hmac
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import simplejson
@@ -106,6 +108,54 @@ class EnqueueResult:
     changed_after_posting: list[str]
 
 
+# The operator's key sealing the journal (an HMAC key, from the environment, never stored).
+LEDGER_KEY_ENV = "FINSYNC_LEDGER_KEY"
+UNKEYED = "unkeyed"
+# v1: SHA-256 of the transition's fields; v2 adds the payload hash and the ERP id, keyed.
+SEAL_VERSION = 2
+_SEALED = (
+    "seq",
+    "erp",
+    "doc_type",
+    "external_id",
+    "from_state",
+    "to_state",
+    "at",
+    "run_id",
+    "detail",
+    "payload_hash",
+    "erp_internal_id",
+)
+_LEGACY_SEALED = _SEALED[:9]
+
+
+def ledger_key() -> str | None:
+    """The journal's sealing key (``FINSYNC_LEDGER_KEY``), or None when none is set."""
+    return os.environ.get(LEDGER_KEY_ENV) or None
+
+
+def key_id(key: str | None) -> str:
+    """A key's public name in the journal: which key sealed a row, never the key itself."""
+    if key is None:
+        return UNKEYED
+    return hashlib.sha256(b"finsync-ledger-key|" + key.encode()).hexdigest()[:16]
+
+
+def seal(prev_hash: str, fields: Mapping[str, Any], key: str | None) -> str:
+    """A journal row's seal: HMAC-SHA256 under ``key`` (plain SHA-256 without one) of the
+    previous row's seal and the row's fields, the payload hash and ERP id among them."""
+    body = "|".join(str(fields[name]) for name in _SEALED)
+    message = f"{prev_hash}|v{SEAL_VERSION}|{body}".encode()
+    if key is None:
+        return hashlib.sha256(message).hexdigest()
+    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def _legacy_seal(prev_hash: str, fields: Mapping[str, Any]) -> str:
+    body = "|".join(str(fields[name]) for name in _LEGACY_SEALED)
+    return hashlib.sha256(f"{prev_hash}|{body}".encode()).hexdigest()
+
+
 def _journal(
     conn: Connection,
     *,
@@ -118,6 +168,7 @@ def _journal(
     run_id: str | None,
     detail: str | None,
 ) -> None:
+    """Append one sealed transition; call it after the ledger row was written."""
     if conn.dialect.name == "postgresql":
         # Two transactions appending at once would both read the same head and collide on
         # seq; the lock is held to commit. SQLite already admits one writer at a time.
@@ -125,63 +176,210 @@ def _journal(
     last = conn.execute(
         sa.text("SELECT seq, hash FROM posting_ledger_journal ORDER BY seq DESC LIMIT 1")
     ).first()
-    seq = 1 if last is None else int(last[0]) + 1
+    # The row as this transition left it: the seal binds its payload and its ERP id.
+    current = conn.execute(
+        sa.text(
+            "SELECT payload_hash, erp_internal_id FROM posting_ledger WHERE erp = :erp "
+            "AND doc_type = :doc_type AND external_id = :external_id"
+        ),
+        {"erp": erp, "doc_type": doc_type, "external_id": external_id},
+    ).first()
+    key = ledger_key()
+    fields: dict[str, Any] = {
+        "seq": 1 if last is None else int(last[0]) + 1,
+        "erp": erp,
+        "doc_type": doc_type,
+        "external_id": external_id,
+        "from_state": from_state,
+        "to_state": to_state,
+        "at": at,
+        "run_id": run_id,
+        "detail": detail,
+        "payload_hash": None if current is None else current.payload_hash,
+        "erp_internal_id": None if current is None else current.erp_internal_id,
+    }
     prev = GENESIS_HASH if last is None else str(last[1])
-    body = "|".join(
-        str(x) for x in (seq, erp, doc_type, external_id, from_state, to_state, at, run_id, detail)
-    )
-    digest = hashlib.sha256(f"{prev}|{body}".encode()).hexdigest()
     conn.execute(
         sa.text(
             "INSERT INTO posting_ledger_journal (seq, erp, doc_type, external_id, from_state, "
-            "to_state, at, run_id, detail, prev_hash, hash) VALUES (:seq, :erp, :doc_type, "
-            ":external_id, :from_state, :to_state, :at, :run_id, :detail, :prev, :hash)"
+            "to_state, at, run_id, detail, payload_hash, erp_internal_id, seal_version, key_id, "
+            "prev_hash, hash) VALUES (:seq, :erp, :doc_type, :external_id, :from_state, "
+            ":to_state, :at, :run_id, :detail, :payload_hash, :erp_internal_id, :version, "
+            ":key_id, :prev, :hash)"
         ),
         {
-            "seq": seq,
-            "erp": erp,
-            "doc_type": doc_type,
-            "external_id": external_id,
-            "from_state": from_state,
-            "to_state": to_state,
-            "at": at,
-            "run_id": run_id,
-            "detail": detail,
+            **fields,
+            "version": SEAL_VERSION,
+            "key_id": key_id(key),
             "prev": prev,
-            "hash": digest,
+            "hash": seal(prev, fields, key),
         },
     )
 
 
-def verify_journal(conn: Connection) -> int | None:
-    """Recompute the hash chain; return the first seq that does not verify, or None if intact."""
-    prev = GENESIS_HASH
-    rows = conn.execute(
-        sa.text(
-            "SELECT seq, erp, doc_type, external_id, from_state, to_state, at, run_id, detail, "
-            "prev_hash, hash FROM posting_ledger_journal ORDER BY seq"
+@dataclass
+class LedgerAudit:
+    """What ``audit`` found.
+
+    Attributes:
+        transitions: Journal rows read.
+        head_seq: The last row's seq (0 for an empty journal).
+        head_hash: The last row's seal.
+        keyed: Whether rows are sealed with the operator's key.
+        checkpoints: Checkpoints compared with the journal.
+        first_broken: The first seq whose seal or link does not verify, if any.
+        problems: Every finding, one line each, naming the row.
+    """
+
+    transitions: int = 0
+    head_seq: int = 0
+    head_hash: str = GENESIS_HASH
+    keyed: bool = False
+    checkpoints: int = 0
+    first_broken: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems
+
+
+def _row_fault(r: Any, prev: str, key: str | None, seen_keyed: bool) -> str | None:
+    """Why one journal row does not verify after ``prev``, or None."""
+    if int(r.seal_version or 1) == 1:
+        if seen_keyed or _legacy_seal(prev, r._mapping) != r.hash:
+            return "its seal does not verify"
+        return None
+    if r.key_id == UNKEYED:
+        if seen_keyed:
+            return "is unsealed after rows sealed with a key (a downgrade)"
+        return None if seal(prev, r._mapping, None) == r.hash else "its seal does not verify"
+    if r.key_id != key_id(key):
+        return f"is sealed with another key (id {r.key_id}; {LEDGER_KEY_ENV} is {key_id(key)})"
+    return None if seal(prev, r._mapping, key) == r.hash else "its seal does not verify"
+
+
+def _walk_chain(
+    conn: Connection, key: str | None, found: LedgerAudit
+) -> dict[tuple[str, ...], Any]:
+    """Verify every seal and link into ``found``; return each document's last journal row."""
+    prev, expected_seq, seen_keyed = GENESIS_HASH, 1, False
+    last_of: dict[tuple[str, ...], Any] = {}
+    for r in conn.execute(sa.text("SELECT * FROM posting_ledger_journal ORDER BY seq")):
+        found.transitions += 1
+        last_of[(r.erp, r.doc_type, r.external_id)] = r
+        found.head_seq, found.head_hash = int(r.seq), str(r.hash)
+        keyed_row = r.key_id not in (None, UNKEYED)
+        if found.first_broken is None:
+            if int(r.seq) != expected_seq or r.prev_hash != prev:
+                why: str | None = "does not link to the row before it (one was removed)"
+            elif keyed_row and key is None:
+                why = None
+                if not found.keyed:
+                    found.problems.append(
+                        f"journal seq {r.seq} on is sealed with a key (id {r.key_id}): set "
+                        f"{LEDGER_KEY_ENV} to verify it"
+                    )
+            else:
+                why = _row_fault(r, prev, key, seen_keyed)
+            if why is not None:
+                found.first_broken = int(r.seq)
+                found.problems.append(f"journal seq {r.seq} ({r.doc_type} {r.external_id}) {why}")
+        seen_keyed = seen_keyed or keyed_row
+        found.keyed = seen_keyed
+        prev, expected_seq = str(r.hash), int(r.seq) + 1
+    return last_of
+
+
+def _row_problems(r: Any, entry: Any) -> list[str]:
+    """How a ledger row disagrees with its own payload hash and its last transition."""
+    name = f"{r.erp} {r.doc_type} {r.external_id}"
+    problems = []
+    if payload_hash(loads(r.payload)) != r.payload_hash:
+        problems.append(f"{name}: its payload does not match its payload hash")
+    if entry is None:
+        return [*problems, f"{name}: no transition of it is in the journal"]
+    if entry.to_state != r.state:
+        problems.append(
+            f"{name}: its state is {r.state}, the journal's last transition {entry.to_state}"
         )
-    )
-    for r in rows:
-        body = "|".join(
-            str(x)
-            for x in (
-                r.seq,
-                r.erp,
-                r.doc_type,
-                r.external_id,
-                r.from_state,
-                r.to_state,
-                r.at,
-                r.run_id,
-                r.detail,
+    if int(entry.seal_version or 1) >= 2:
+        if entry.payload_hash != r.payload_hash:
+            problems.append(f"{name}: its payload hash is not the journal's")
+        if entry.erp_internal_id != r.erp_internal_id:
+            problems.append(
+                f"{name}: its ERP id is {r.erp_internal_id}, the journal's {entry.erp_internal_id}"
             )
+    return problems
+
+
+def audit(
+    conn: Connection,
+    *,
+    key: str | None = None,
+    external_checkpoints: Sequence[tuple[int, str, str]] = (),
+) -> LedgerAudit:
+    """Check the journal's seals and links, every ledger row against its payload hash and its
+    last transition, and every checkpoint of the head: the table's, and
+    ``external_checkpoints`` ((seq, seal, where) read elsewhere, such as the posting runs'
+    Dagster metadata). The key is ``FINSYNC_LEDGER_KEY`` unless given."""
+    key = key if key is not None else ledger_key()
+    found = LedgerAudit()
+    last_of = _walk_chain(conn, key, found)
+    for r in conn.execute(
+        sa.text(
+            "SELECT erp, doc_type, external_id, state, payload, payload_hash, erp_internal_id "
+            "FROM posting_ledger ORDER BY erp, doc_type, external_id"
         )
-        digest = hashlib.sha256(f"{prev}|{body}".encode()).hexdigest()
-        if r.prev_hash != prev or r.hash != digest:
-            return int(r.seq)
-        prev = r.hash
-    return None
+    ):
+        found.problems.extend(_row_problems(r, last_of.get((r.erp, r.doc_type, r.external_id))))
+    table = [
+        (int(c.seq), str(c.hash), f"checkpoint of run {c.run_id}")
+        for c in conn.execute(
+            sa.text("SELECT seq, hash, run_id FROM posting_ledger_checkpoints ORDER BY seq")
+        )
+    ]
+    seals = {
+        int(seq): str(sealed)
+        for seq, sealed in conn.execute(sa.text("SELECT seq, hash FROM posting_ledger_journal"))
+    }
+    for seq, sealed, where in [*table, *external_checkpoints]:
+        found.checkpoints += 1
+        if seq not in seals:
+            found.problems.append(f"{where}: the journal no longer holds seq {seq} (cut)")
+        elif seals[seq] != sealed:
+            found.problems.append(f"{where}: journal seq {seq} is not the row it checkpointed")
+    return found
+
+
+def checkpoint(conn: Connection, *, run_id: str) -> tuple[int, str] | None:
+    """Record the journal's head (seq, seal) in ``posting_ledger_checkpoints``; return it."""
+    head = conn.execute(
+        sa.text("SELECT seq, hash FROM posting_ledger_journal ORDER BY seq DESC LIMIT 1")
+    ).first()
+    if head is None:
+        return None
+    seq, sealed = int(head[0]), str(head[1])
+    exists = conn.execute(
+        sa.text("SELECT 1 FROM posting_ledger_checkpoints WHERE seq = :seq"), {"seq": seq}
+    ).first()
+    if exists is None:
+        conn.execute(
+            sa.text(
+                "INSERT INTO posting_ledger_checkpoints (seq, hash, at, run_id) "
+                "VALUES (:seq, :hash, :at, :run_id)"
+            ),
+            {"seq": seq, "hash": sealed, "at": now_iso(), "run_id": run_id},
+        )
+    return seq, sealed
+
+
+def verify_journal(conn: Connection) -> int | None:
+    """The first journal seq whose seal or link does not verify, or None if the chain holds
+    (under ``FINSYNC_LEDGER_KEY`` when set); ``audit`` checks rows and checkpoints too."""
+    found = LedgerAudit()
+    _walk_chain(conn, ledger_key(), found)
+    return found.first_broken
 
 
 def enqueue(

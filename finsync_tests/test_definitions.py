@@ -55,6 +55,7 @@ CHECKS = [
     "cpq_subscriptions:contract",
     "erp_invoices:contract",
     "erp_payments:contract",
+    "erp_postings:ledger_sealed",
     "invoice_reconciliation:no_drift",
     "payment_reconciliation:no_drift",
     "renewal_reconciliation:no_drift",
@@ -114,7 +115,9 @@ def test_contract_checks_block_downstream(definitions: dg.Definitions) -> None:
     graph = definitions.resolve_asset_graph()
     for key in graph.asset_check_keys:
         spec = graph.get_check_spec(key)
-        assert spec.blocking == (key.name == "contract"), key
+        # Contracts block what derives from a bad feed; the ledger's seal blocks what follows
+        # a posting run whose ledger does not verify.
+        assert spec.blocking == (key.name in ("contract", "ledger_sealed")), key
 
 
 def test_daily_schedule_runs_the_whole_pipeline_for_yesterday(

@@ -4,7 +4,6 @@ The database tests run on a real SQLite file and on a fresh PostgreSQL schema.
 """
 
 import datetime as dt
-import hashlib
 import itertools
 import threading
 from decimal import Decimal
@@ -575,21 +574,7 @@ def test_journal_detects_an_edited_row_whose_own_hash_was_recomputed(
     with warehouse_engine.begin() as conn:
         _history(conn)
         r = conn.execute(sa.text("SELECT * FROM posting_ledger_journal WHERE seq = 4")).one()
-        body = "|".join(
-            str(x)
-            for x in (
-                r.seq,
-                r.erp,
-                r.doc_type,
-                r.external_id,
-                r.from_state,
-                "posted",
-                r.at,
-                r.run_id,
-                r.detail,
-            )
-        )
-        forged = hashlib.sha256(f"{r.prev_hash}|{body}".encode()).hexdigest()
+        forged = ledger.seal(r.prev_hash, {**r._mapping, "to_state": "posted"}, key=None)
         conn.execute(
             sa.text(
                 "UPDATE posting_ledger_journal SET to_state = 'posted', hash = :h WHERE seq = 4"
@@ -776,3 +761,110 @@ def test_work_held_past_its_lease_and_its_settlement_are_visible(warehouse_engin
     ]
     assert "killed-run" in settled.at[0, "detail"]
     assert stuck_work(warehouse_engine).held_past_lease.empty
+
+
+# -- tamper evidence -------------------------------------------------------------------------
+
+KEY = "a-key-only-the-operator-holds-0123456789"
+
+
+@pytest.fixture
+def keyed(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(ledger.LEDGER_KEY_ENV, KEY)
+    return KEY
+
+
+def _invoice_history(conn: Connection) -> None:
+    invoice = {"externalId": "STRIPE_in_1", "amount": "100.25"}
+    ledger.enqueue(
+        conn, [doc("STRIPE_in_1", invoice, doc_type="invoice")], run_id="r1", repost_changed=False
+    )
+    ledger.claim(conn, erp=ERP, doc_type="invoice", run_id="r2", limit=1)
+    ledger.transition(
+        conn,
+        erp=ERP,
+        doc_type="invoice",
+        external_id="STRIPE_in_1",
+        to_state="posted",
+        run_id="r2",
+        erp_internal_id="9001",
+        posted_hash="h",
+    )
+
+
+def test_an_intact_keyed_ledger_audits_clean(warehouse_engine: Engine, keyed: str) -> None:
+    with warehouse_engine.begin() as conn:
+        _invoice_history(conn)
+        ledger.checkpoint(conn, run_id="r2")
+        audit = ledger.audit(conn)
+    assert audit.intact, audit.problems
+    assert (audit.transitions, audit.head_seq, audit.checkpoints) == (3, 3, 1)
+    assert audit.keyed
+
+
+@pytest.mark.parametrize(
+    ("sql", "problem"),
+    [
+        pytest.param(
+            'UPDATE posting_ledger SET payload = \'{"amount":"1.25","externalId":"STRIPE_in_1"}\'',
+            "payload",
+            id="amount-edited-in-the-ledger",
+        ),
+        pytest.param(
+            "UPDATE posting_ledger SET erp_internal_id = '666'", "ERP id", id="erp-id-edited"
+        ),
+        pytest.param("UPDATE posting_ledger SET state = 'pending'", "state", id="state-edited"),
+    ],
+)
+def test_a_ledger_row_edited_behind_the_journal_is_caught(
+    warehouse_engine: Engine, keyed: str, sql: str, problem: str
+) -> None:
+    with warehouse_engine.begin() as conn:
+        _invoice_history(conn)
+        conn.execute(sa.text(sql))
+        audit = ledger.audit(conn)
+    assert not audit.intact
+    assert any("STRIPE_in_1" in p and problem in p for p in audit.problems), audit.problems
+
+
+def test_a_chain_rewritten_and_resealed_without_the_key_is_caught(
+    warehouse_engine: Engine, keyed: str
+) -> None:
+    with warehouse_engine.begin() as conn:
+        _invoice_history(conn)
+        # The forger moves the posted invoice to another ERP id, in the ledger and in the
+        # journal, and re-seals the chain from there with a key of its own.
+        conn.execute(sa.text("UPDATE posting_ledger SET erp_internal_id = '666'"))
+        r = conn.execute(sa.text("SELECT * FROM posting_ledger_journal WHERE seq = 3")).one()
+        fields = {**r._mapping, "erp_internal_id": "666"}
+        forged = ledger.seal(r.prev_hash, fields, key="the-forgers-guess")
+        conn.execute(
+            sa.text(
+                "UPDATE posting_ledger_journal SET erp_internal_id = '666', hash = :h WHERE seq = 3"
+            ),
+            {"h": forged},
+        )
+        audit = ledger.audit(conn)
+    assert not audit.intact
+    assert audit.first_broken == 3
+
+
+def test_a_truncated_tail_is_caught_by_its_checkpoint(warehouse_engine: Engine, keyed: str) -> None:
+    with warehouse_engine.begin() as conn:
+        _invoice_history(conn)
+        ledger.checkpoint(conn, run_id="r2")
+        conn.execute(sa.text("DELETE FROM posting_ledger_journal WHERE seq = 3"))
+        audit = ledger.audit(conn)
+    assert not audit.intact
+    assert any("checkpoint" in p and "seq 3" in p for p in audit.problems), audit.problems
+
+
+def test_a_keyed_journal_cannot_be_checked_without_its_key(
+    warehouse_engine: Engine, keyed: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with warehouse_engine.begin() as conn:
+        _invoice_history(conn)
+        monkeypatch.delenv(ledger.LEDGER_KEY_ENV)
+        audit = ledger.audit(conn)
+    assert not audit.intact
+    assert any(ledger.LEDGER_KEY_ENV in p for p in audit.problems), audit.problems

@@ -28,13 +28,14 @@ def test_a_backfill_of_a_past_month_shows_later_payments_on_their_way_not_drift(
     state, ports, home = tmp_path / "state", _free_ports(5), tmp_path / "home"
     sandbox, env = _serve(state, ports)
     try:
-        september = _run(home, _env(**env), "2026-09-01", "2026-09-30")
+        keyed = _env(**env, FINSYNC_LEDGER_KEY="operator-held-key-for-this-test")
+        september = _run(home, keyed, "2026-09-01", "2026-09-30")
         with sqlite3.connect(home / "warehouse.db") as conn:
             waiting = conn.execute(
                 "SELECT invoice_id, explanation FROM invoice_reconciliation "
                 "WHERE status = 'awaiting_window' AND explanation LIKE '%after the last day%'"
             ).fetchall()
-        october = _run(home, _env(**env), "2026-10-01", TEST_END.isoformat())
+        october = _run(home, keyed, "2026-10-01", TEST_END.isoformat())
     finally:
         _stop(sandbox)
 
@@ -52,3 +53,19 @@ def test_a_backfill_of_a_past_month_shows_later_payments_on_their_way_not_drift(
             (invoice_id,),
         ).fetchall()
     assert now == ("matched", 0, 0)
+
+    # Every posting run sealed the journal under the operator's key and checkpointed its head;
+    # `finsync ledger verify` finds it intact, and catches an amount edited behind it.
+    verify = _finsync("ledger", "verify", "--home", str(home), "--json", env=keyed)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    report = json.loads(verify.stdout)
+    assert report["intact"] and report["keyed"] and report["checkpoints"] >= 2
+    with sqlite3.connect(home / "warehouse.db") as conn:
+        conn.execute(
+            "UPDATE posting_ledger SET payload = replace(payload, '\"quantity\":1', "
+            "'\"quantity\":2') WHERE external_id = ?",
+            (f"STRIPE_{invoice_id}",),
+        )
+    tampered = _finsync("ledger", "verify", "--home", str(home), env=keyed)
+    assert tampered.returncode == 1
+    assert f"STRIPE_{invoice_id}: its payload does not match its payload hash" in tampered.stdout

@@ -43,6 +43,10 @@ def split_statements(sql_text: str) -> list[str]:
 ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("posting_ledger", "waiting_for", "TEXT"),
     ("posting_ledger", "lease_until", "TEXT"),
+    ("posting_ledger_journal", "payload_hash", "TEXT"),
+    ("posting_ledger_journal", "erp_internal_id", "TEXT"),
+    ("posting_ledger_journal", "seal_version", "INTEGER NOT NULL DEFAULT 1"),
+    ("posting_ledger_journal", "key_id", "TEXT"),
     ("customers", "tax_exempt", "TEXT"),
     ("customers", "has_tax_id", "INTEGER NOT NULL DEFAULT 0"),
     ("customers", "tax_id", "TEXT"),

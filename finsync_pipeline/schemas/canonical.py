@@ -60,7 +60,8 @@ class Customer(Lineage):
 
 
 class Invoice(Lineage):
-    """A billing invoice in minor units. Version 3 (what is paid and what remains).
+    """A billing invoice in minor units. Version 4 (what is paid, what remains, and the CRM
+    Opportunity it bills).
 
     Lines (before discounts, inclusive tax included) less the discount plus the exclusive tax
     equal the total; the total excluding tax plus every tax equals the total too. A 100%-off

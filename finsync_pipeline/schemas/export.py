@@ -25,7 +25,7 @@ class ContractInfo:
 
 CONTRACTS: list[ContractInfo] = [
     ContractInfo("customer", 1, canonical.Customer, "canonical"),
-    ContractInfo("invoice", 3, canonical.Invoice, "canonical"),
+    ContractInfo("invoice", 4, canonical.Invoice, "canonical"),
     ContractInfo("invoice_line", 2, canonical.InvoiceLine, "canonical"),
     ContractInfo("subscription", 1, canonical.Subscription, "canonical"),
     ContractInfo("payment", 1, canonical.Payment, "canonical"),

@@ -111,4 +111,4 @@ def test_finsync_schema_export_writes_every_contract(tmp_path: Path) -> None:
         exported = json.loads((tmp_path / f"{stem}.schema.json").read_text())
         assert exported["x-finsync-version"] == info.version
         assert (tmp_path / f"{stem}.md").read_text().startswith(f"# {info.name}")
-    assert "| invoice | 3 | canonical |" in (tmp_path / "README.md").read_text()
+    assert "| invoice | 4 | canonical |" in (tmp_path / "README.md").read_text()

@@ -47,6 +47,23 @@ CREATE TABLE IF NOT EXISTS posting_ledger_journal (
     at                  TEXT NOT NULL,
     run_id              TEXT,
     detail              TEXT,
+    -- The document as this transition left it: its payload's hash and its ERP id.
+    payload_hash        TEXT,
+    erp_internal_id     TEXT,
+    -- 1: SHA-256 of the transition's fields; 2: HMAC-SHA256 under FINSYNC_LEDGER_KEY (named
+    -- by key_id, 'unkeyed' without one) of those fields, the payload hash and the ERP id.
+    seal_version        INTEGER NOT NULL DEFAULT 1,
+    key_id              TEXT,
     prev_hash           TEXT NOT NULL,
     hash                TEXT NOT NULL
+);
+
+-- The journal's head (seq and seal) recorded by every posting run: a tail cut off the journal,
+-- or a chain rewritten from an earlier row, no longer holds these. Append-only, like the
+-- journal; the posting runs' Dagster metadata holds the same heads outside the warehouse.
+CREATE TABLE IF NOT EXISTS posting_ledger_checkpoints (
+    seq                 BIGINT NOT NULL PRIMARY KEY,
+    hash                TEXT NOT NULL,
+    at                  TEXT NOT NULL,
+    run_id              TEXT
 );

@@ -15,8 +15,10 @@ GRANT SELECT ON ALL TABLES IN SCHEMA public TO finsync_analyst;
 GRANT finsync_analyst TO finsync_finance_ops;
 GRANT UPDATE (status, resolution, resolved_at) ON finance_exceptions TO finsync_finance_ops;
 
--- pipeline: writes every table. The posting ledger journal is append-only: no UPDATE, no
--- DELETE, so its hash chain can only grow.
+-- pipeline: writes every table. The posting ledger journal and its checkpoints are
+-- append-only: no UPDATE, no DELETE, so the sealed chain and the heads recorded of it can only
+-- grow.
 GRANT USAGE, CREATE ON SCHEMA public TO finsync_pipeline;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO finsync_pipeline;
 REVOKE UPDATE, DELETE ON posting_ledger_journal FROM finsync_pipeline;
+REVOKE UPDATE, DELETE ON posting_ledger_checkpoints FROM finsync_pipeline;
