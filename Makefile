@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-daily-month lint ui sandbox clean
+.PHONY: demo test test-daily-month test-deploy lint ui sandbox clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 # A month of nightly runs against one backfill of it, on SQLite and PostgreSQL (minutes).
 test-daily-month: $(STAMP)
 	$(BIN)/pytest -m slow finsync_tests/test_daily_month.py
+
+# finsync deploy (daemon, webserver, PostgreSQL storage) posting a week, a run worker killed.
+test-deploy: $(STAMP)
+	$(BIN)/pytest -m slow finsync_tests/test_deploy.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check finsync_pipeline finsync_tests

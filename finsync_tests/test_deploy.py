@@ -28,12 +28,12 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from finsync_pipeline.deploy import check_storage
+from finsync_pipeline.errors import ConfigurationError
 from finsync_pipeline.logic.reconcile import DRIFT_STATUSES
 from finsync_tests.conftest import POSTGRES_URL
 from finsync_tests.test_cli import FINSYNC, _env, _free_ports, _serve, _stop
 from finsync_tests.test_outside_kill import _fault, _ledger_states
-
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.e2e]
 
 DAYS = 7
 LEASE_S = "3"
@@ -152,6 +152,9 @@ def _wait_deployed(home: Path, deploy: subprocess.Popen[bytes]) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.e2e
 def test_the_daemon_posts_a_week_and_a_killed_run_worker_strands_nothing(
     tmp_path: Path, dagster_pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -237,3 +240,38 @@ def test_the_daemon_posts_a_week_and_a_killed_run_worker_strands_nothing(
         ).fetchone()[0]
     assert in_netsuite == states["posted"] > 0
     assert _drift(warehouse) == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("", "Dagster storage is not configured: set DAGSTER_PG_URL"),
+        ("sqlite:///dagster.db", "names sqlite, not PostgreSQL"),
+        (
+            "postgresql://dagster:s3cret@127.0.0.1:5432/dagster",
+            "uses the driver postgresql; set it with the installed one, "
+            "postgresql+psycopg2://dagster:***@127.0.0.1:5432/dagster",
+        ),
+        (
+            "postgresql+psycopg2://dagster:s3cret@127.0.0.1:1/dagster",
+            "cannot connect to PostgreSQL 127.0.0.1:1/dagster",
+        ),
+    ],
+    ids=["unset", "not-postgres", "default-driver", "unreachable"],
+)
+def test_deploy_names_what_is_wrong_with_its_storage_and_never_the_password(
+    url: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_PG_URL", url)
+    with pytest.raises(ConfigurationError) as raised:
+        check_storage()
+    assert says in str(raised.value)
+    assert "s3cret" not in str(raised.value)
+
+
+@pytest.mark.postgres
+def test_deploy_accepts_the_local_postgresql(
+    dagster_pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg_url)
+    check_storage()

@@ -111,6 +111,7 @@ def failed_days(instance: dg.DagsterInstance, days: list[str]) -> dict[str, str]
 DAILY_SYNC_CRON_ENV = "FINSYNC_DAILY_SYNC_CRON"
 DAILY_SYNC_FROM_ENV = "FINSYNC_DAILY_SYNC_FROM"
 DEFAULT_DAILY_SYNC_CRON = "0 2 * * *"
+DAILY_SYNC_SCHEDULE = "daily_sync_job_schedule"
 
 
 def daily_sync_cron() -> str:
@@ -174,7 +175,7 @@ def daily_sync_schedule(cron: str) -> dg.ScheduleDefinition:
     """The nightly run at each tick of ``cron`` (UTC)."""
 
     @dg.schedule(
-        name="daily_sync_job_schedule",
+        name=DAILY_SYNC_SCHEDULE,
         job=daily_sync_job,
         cron_schedule=cron,
         execution_timezone="UTC",
@@ -198,12 +199,30 @@ def daily_sync_schedule(cron: str) -> dg.ScheduleDefinition:
             for d in (yesterday - dt.timedelta(days=n) for n in range(CATCH_UP_DAYS, 0, -1))
             if d >= earliest
         ]
-        return [
+        requests = [
             *_catch_up_requests(context, earlier),
             dg.RunRequest(run_key=yesterday.isoformat(), partition_key=yesterday.isoformat()),
         ]
+        return [r for r in requests if not _launched(context.instance, str(r.run_key))]
 
     return _nightly
+
+
+def _launched(instance: dg.DagsterInstance, run_key: str) -> bool:
+    """Whether this schedule already launched a run with ``run_key``.
+
+    Dagster dedupes a schedule's run keys within one tick only: under a cron more frequent
+    than daily (``FINSYNC_DAILY_SYNC_CRON``), every tick would run yesterday once more.
+    """
+    return bool(
+        instance.get_run_records(
+            filters=dg.RunsFilter(
+                job_name=daily_sync_job.name,
+                tags={"dagster/schedule_name": DAILY_SYNC_SCHEDULE, "dagster/run_key": run_key},
+            ),
+            limit=1,
+        )
+    )
 
 
 def due_posting_window(conn: sa.Connection, flows: list[str]) -> dict[str, object] | None:
