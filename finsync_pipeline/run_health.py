@@ -10,7 +10,9 @@ few such deaths every new run waits for a slot forever. Two checks settle them:
   its own process and tags each with that process (host, pid and the pid's start time, so a
   reused pid is not mistaken for the runner). A later ``finsync run`` on the same host marks
   every unfinished run whose process is gone failed and frees its slots before it starts.
-  Runs launched by the Dagster daemon are left to Dagster's run monitoring.
+  Runs launched by the Dagster daemon (``finsync deploy``) are left to Dagster: the code
+  server that launched a run marks it failed when its worker process dies, and run monitoring
+  frees the slots of ended runs (dagster-deploy.yaml).
 """
 
 import os
