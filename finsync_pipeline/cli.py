@@ -361,7 +361,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from finsync_pipeline.defs.automation.definitions import daily_sync_cron, daily_sync_from
-    from finsync_pipeline.deploy import check_storage, serve
+    from finsync_pipeline.deploy import check_storage, reap_dead_workers_of_home, serve
     from finsync_pipeline.runner import REPO_ROOT, check_environment, prepare_home
 
     check_environment()
@@ -371,6 +371,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     home = prepare_home(Path(args.home), deploy=True)
     progress = _progress(False)
     progress(f"deploying on {home / 'dagster'} (Dagster storage in PostgreSQL)")
+    for run_id in reap_dead_workers_of_home():
+        progress(f"marked run {run_id} failed: its run worker is gone")
     return serve(REPO_ROOT, args.host, args.port, progress)
 
 

@@ -22,9 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+import dagster as dg
 import sqlalchemy as sa
 
 from finsync_pipeline.errors import ConfigurationError
+from finsync_pipeline.run_health import reap_dead_workers
 
 PG_URL_ENV = "DAGSTER_PG_URL"
 POLL_S = 1.0
@@ -72,6 +74,13 @@ def check_storage() -> None:
         ) from e
     finally:
         engine.dispose()
+
+
+def reap_dead_workers_of_home() -> list[str]:
+    """The runs of the instance under $DAGSTER_HOME whose run worker died with the last
+    deployment, marked failed (``run_health.reap_dead_workers``)."""
+    with dg.DagsterInstance.get() as instance:
+        return reap_dead_workers(instance)
 
 
 def _commands(repo_root: Path, host: str, port: int) -> dict[str, list[str]]:

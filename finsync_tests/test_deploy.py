@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import dagster as dg
 import pytest
@@ -152,6 +153,43 @@ def _wait_deployed(home: Path, deploy: subprocess.Popen[bytes]) -> None:
         time.sleep(0.2)
 
 
+def _start(home: Path, port: int, env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """`finsync deploy` in a process group of its own, once it has written its instance."""
+    deploy = subprocess.Popen(
+        [FINSYNC, "deploy", "--home", str(home), "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    _wait_deployed(home, deploy)
+    return deploy
+
+
+def _in_netsuite(state: Path) -> int:
+    with sqlite3.connect(state / "sandbox.sqlite3") as conn:
+        return int(
+            conn.execute(
+                "SELECT (SELECT count(*) FROM ns_customer) + (SELECT count(*) FROM ns_transaction)"
+            ).fetchone()[0]
+        )
+
+
+def _deploy_env(env: dict[str, str], pg_url: str, first: dt.date) -> dict[str, str]:
+    """The sandbox's environment, the storage, a schedule ticking every minute from ``first``."""
+    return _env(
+        **env,
+        DAGSTER_PG_URL=pg_url,
+        FINSYNC_DAILY_SYNC_CRON="* * * * *",
+        FINSYNC_DAILY_SYNC_FROM=first.isoformat(),
+        FINSYNC_POSTING_LEASE_S=LEASE_S,
+    )
+
+
+def _company(yesterday: dt.date) -> list[str]:
+    return ["--accounts", "40", "--months", "2", "--seed", "11", "--end", yesterday.isoformat()]
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.e2e
@@ -164,27 +202,13 @@ def test_the_daemon_posts_a_week_and_a_killed_run_worker_strands_nothing(
     state, ports = tmp_path / "state", _free_ports(6)
     home = tmp_path / "home"
     warehouse = home / "warehouse.db"
-    scale = ["--accounts", "40", "--months", "2", "--seed", "11", "--end", yesterday.isoformat()]
-    sandbox, env = _serve(state, ports[:5], scale)
+    sandbox, env = _serve(state, ports[:5], _company(yesterday))
     log = (tmp_path / "deploy.log").open("wb")
-    deploy_env = _env(
-        **env,
-        DAGSTER_PG_URL=dagster_pg_url,
-        FINSYNC_DAILY_SYNC_CRON="* * * * *",
-        FINSYNC_DAILY_SYNC_FROM=first.isoformat(),
-        FINSYNC_POSTING_LEASE_S=LEASE_S,
-    )
+    deploy_env = _deploy_env(env, dagster_pg_url, first)
     try:
         _fault(ports[2], {"kind": "hold"})
-        deploy = subprocess.Popen(
-            [FINSYNC, "deploy", "--home", str(home), "--port", str(ports[5])],
-            env=deploy_env,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
+        deploy = _start(home, ports[5], deploy_env, log)
         try:
-            _wait_deployed(home, deploy)
             # The test reads the deployment's run storage through the same instance file.
             monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg_url)
             with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
@@ -234,11 +258,61 @@ def test_the_daemon_posts_a_week_and_a_killed_run_worker_strands_nothing(
     states = _ledger_states(warehouse)
     assert states.get("in_flight", 0) == 0, states
     assert states.get("pending", 0) == 0, states
-    with sqlite3.connect(state / "sandbox.sqlite3") as conn:
-        in_netsuite = conn.execute(
-            "SELECT (SELECT count(*) FROM ns_customer) + (SELECT count(*) FROM ns_transaction)"
-        ).fetchone()[0]
-    assert in_netsuite == states["posted"] > 0
+    assert _in_netsuite(state) == states["posted"] > 0
+    assert _drift(warehouse) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.e2e
+def test_a_deployment_killed_whole_while_posting_strands_nothing_once_started_again(
+    tmp_path: Path, dagster_pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node loss: the whole process group of `finsync deploy` (daemon, code server, run
+    worker, webserver) SIGKILLed while a run posts. Nothing is left to report the run dead, so
+    the next `finsync deploy` marks it failed before the daemon starts, and the deployment
+    finishes the days."""
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    days = [(yesterday - dt.timedelta(days=1)).isoformat(), yesterday.isoformat()]
+    state, ports = tmp_path / "state", _free_ports(6)
+    home = tmp_path / "home"
+    warehouse = home / "warehouse.db"
+    sandbox, env = _serve(state, ports[:5], _company(yesterday))
+    log = (tmp_path / "deploy.log").open("wb")
+    deploy_env = _deploy_env(env, dagster_pg_url, dt.date.fromisoformat(days[0]))
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg_url)
+    try:
+        _fault(ports[2], {"kind": "hold"})
+        deploy = _start(home, ports[5], deploy_env, log)
+        with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+            try:
+                killed_run, worker = _posting_worker(instance, warehouse, deploy)
+            finally:
+                os.killpg(deploy.pid, signal.SIGKILL)
+                deploy.wait(timeout=30)
+            _fault(ports[2], {"kind": "release"})
+            deploy = _start(home, ports[5], deploy_env, log)
+            try:
+                _wait_quiet(instance, warehouse, deploy, days)
+                killed = instance.get_run_by_id(killed_run)
+                messages = [
+                    e.message for e in instance.all_logs(killed_run) if e.dagster_event is not None
+                ]
+                slots = instance.event_log_storage.get_concurrency_info("netsuite_api")
+            finally:
+                deploy.send_signal(signal.SIGTERM)
+                deploy.wait(timeout=120)
+    finally:
+        log.close()
+        _stop(sandbox)
+
+    assert killed is not None and killed.status == dg.DagsterRunStatus.FAILURE
+    assert any(f"run worker that executed this run (pid {worker}) is gone" in m for m in messages)
+    assert slots.claimed_slots == [], slots
+    states = _ledger_states(warehouse)
+    assert states.get("in_flight", 0) == 0, states
+    assert states.get("pending", 0) == 0, states
+    assert _in_netsuite(state) == states["posted"] > 0
     assert _drift(warehouse) == 0
 
 
