@@ -3,7 +3,6 @@ a failed night is run again with the failed run named, and no catch-up starts wh
 might be carrying the very changes it would carry."""
 
 import datetime as dt
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -16,12 +15,6 @@ from finsync_pipeline.defs.automation.definitions import (
 )
 from finsync_pipeline.errors import ConfigurationError
 from finsync_pipeline.resources.warehouse import WarehouseResource
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> dg.DagsterInstance:
-    (tmp_path / "dagster").mkdir()
-    return dg.DagsterInstance.local_temp(str(tmp_path / "dagster"))
 
 
 @dg.op

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import dagster as dg
 import pytest
@@ -166,6 +166,20 @@ def _start(home: Path, port: int, env: dict[str, str], log: IO[bytes]) -> subpro
     return deploy
 
 
+def _stop_deploy(deploy: subprocess.Popen[bytes]) -> None:
+    deploy.send_signal(signal.SIGTERM)
+    deploy.wait(timeout=120)
+
+
+def _aftermath(
+    instance: dg.DagsterInstance, killed_run: str
+) -> tuple[dg.DagsterRun | None, list[str], Any]:
+    """The killed run, its events' messages, and who holds NetSuite's pool slots."""
+    messages = [e.message for e in instance.all_logs(killed_run) if e.dagster_event is not None]
+    slots = instance.event_log_storage.get_concurrency_info("netsuite_api")
+    return instance.get_run_by_id(killed_run), messages, slots
+
+
 def _in_netsuite(state: Path) -> int:
     with sqlite3.connect(state / "sandbox.sqlite3") as conn:
         return int(
@@ -220,15 +234,10 @@ def test_the_daemon_posts_a_week_and_a_killed_run_worker_strands_nothing(
                 _fault(ports[2], {"kind": "release"})
                 _wait_quiet(instance, warehouse, deploy, days)
                 runs = _runs(instance)
-                killed = instance.get_run_by_id(killed_run)
                 worker_pids = {r.run_id: _worker_pid(instance, r.run_id) for r in runs}
-                messages = [
-                    e.message for e in instance.all_logs(killed_run) if e.dagster_event is not None
-                ]
-                slots = instance.event_log_storage.get_concurrency_info("netsuite_api")
+                killed, messages, slots = _aftermath(instance, killed_run)
         finally:
-            deploy.send_signal(signal.SIGTERM)
-            deploy.wait(timeout=120)
+            _stop_deploy(deploy)
     finally:
         log.close()
         _stop(sandbox)
@@ -294,14 +303,9 @@ def test_a_deployment_killed_whole_while_posting_strands_nothing_once_started_ag
             deploy = _start(home, ports[5], deploy_env, log)
             try:
                 _wait_quiet(instance, warehouse, deploy, days)
-                killed = instance.get_run_by_id(killed_run)
-                messages = [
-                    e.message for e in instance.all_logs(killed_run) if e.dagster_event is not None
-                ]
-                slots = instance.event_log_storage.get_concurrency_info("netsuite_api")
+                killed, messages, slots = _aftermath(instance, killed_run)
             finally:
-                deploy.send_signal(signal.SIGTERM)
-                deploy.wait(timeout=120)
+                _stop_deploy(deploy)
     finally:
         log.close()
         _stop(sandbox)

@@ -3,23 +3,11 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from finsync_pipeline.run_health import HOST_TAG, reap_dead_workers
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> dg.DagsterInstance:
-    (tmp_path / "dagster").mkdir()
-    return dg.DagsterInstance.local_temp(str(tmp_path / "dagster"))
-
-
-@dg.op
-def _step() -> None:
-    pass
+from finsync_tests.test_automation import _step
 
 
 @dg.job
