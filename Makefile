@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-daily-month crash-storm lint ui sandbox clean
+.PHONY: demo test test-daily-month test-deploy crash-storm lint ui sandbox clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test-daily-month: $(STAMP)
 # Hundreds of SIGKILLs of a real `finsync run` process group under NetSuite faults (minutes).
 crash-storm: $(STAMP)
 	$(BIN)/python -m finsync_tests.crash_storm --kills $(or $(KILLS),200)
+
+# finsync deploy (daemon, webserver, PostgreSQL storage) posting a week, a run worker killed.
+test-deploy: $(STAMP)
+	$(BIN)/pytest -m slow finsync_tests/test_deploy.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check finsync_pipeline finsync_tests

@@ -1,4 +1,4 @@
-"""The ``finsync`` command: the demo, the pipeline on demand, the sandbox and the UI.
+"""The ``finsync`` command: the demo, the pipeline on demand, the deployment, the sandbox, the UI.
 
 Errors a user can act on print one line (which system, which variable) and exit 2; they never
 print a stack trace or a secret.
@@ -415,6 +415,23 @@ def cmd_ui(args: argparse.Namespace) -> int:
             return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from finsync_pipeline.defs.automation.definitions import daily_sync_cron, daily_sync_from
+    from finsync_pipeline.deploy import check_storage, reap_dead_workers_of_home, serve
+    from finsync_pipeline.runner import REPO_ROOT, check_environment, prepare_home
+
+    check_environment()
+    check_storage()
+    daily_sync_cron()
+    daily_sync_from()
+    home = prepare_home(Path(args.home), deploy=True)
+    progress = _progress(False)
+    progress(f"deploying on {home / 'dagster'} (Dagster storage in PostgreSQL)")
+    for run_id in reap_dead_workers_of_home():
+        progress(f"marked run {run_id} failed: its run worker is gone")
+    return serve(REPO_ROOT, args.host, args.port, progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finsync", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -559,6 +576,16 @@ def build_parser() -> argparse.ArgumentParser:
     home_arg(verify)
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=cmd_ledger_verify)
+
+    deploy = sub.add_parser(
+        "deploy",
+        help="run finsync as deployed: the Dagster daemon (schedules, sensors, run queue, run "
+        "monitoring) and the webserver over PostgreSQL storage (DAGSTER_PG_URL)",
+    )
+    home_arg(deploy)
+    deploy.add_argument("--host", default="127.0.0.1", help="the webserver's address")
+    deploy.add_argument("--port", type=int, default=3000, help="the webserver's port")
+    deploy.set_defaults(func=cmd_deploy)
 
     ui = sub.add_parser("ui", help="the Dagster UI over the demo's home, with the sandbox")
     home_arg(ui)

@@ -95,5 +95,11 @@ def build_resources(mode: str) -> dict[str, object]:
 def defs() -> dg.Definitions:
     return dg.Definitions.merge(
         dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
-        dg.Definitions(resources=build_resources(os.environ.get("FINSYNC_MODE", "sandbox"))),
+        # A run launched by the daemon or the UI executes its steps in its own run worker
+        # process, one after the other, as `finsync run` does: the run is the unit a pool or
+        # tag limit counts and a kill takes whole, and its steps share one warehouse.
+        dg.Definitions(
+            resources=build_resources(os.environ.get("FINSYNC_MODE", "sandbox")),
+            executor=dg.in_process_executor,
+        ),
     )

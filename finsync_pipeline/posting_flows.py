@@ -52,7 +52,7 @@ def batch_windows(raw: str | None = None) -> dict[str, str]:
                 f"{BATCH_WINDOWS_ENV}: unknown flow {flow!r}; "
                 f"the flows are {', '.join(POSTING_FLOWS)}"
             )
-        if not isinstance(cron, str) or not _valid_cron(cron):
+        if not isinstance(cron, str) or not valid_cron(cron):
             raise ConfigurationError(
                 f"{BATCH_WINDOWS_ENV}: {flow} has {cron!r}, not a cron of 5 fields "
                 "such as '0 3 * * *'"
@@ -77,7 +77,8 @@ def flows_of_run(tags: Mapping[str, str], windows: dict[str, str]) -> list[str]:
     return [f for f in POSTING_FLOWS if f in wanted]
 
 
-def _valid_cron(cron: str) -> bool:
+def valid_cron(cron: str) -> bool:
+    """Whether Dagster accepts ``cron`` as a schedule's cron."""
     try:
         dg.ScheduleDefinition(name="cron_check", cron_schedule=cron, target=dg.AssetSelection.all())
     except dg.DagsterInvalidDefinitionError:

@@ -10,10 +10,13 @@ few such deaths every new run waits for a slot forever. Two checks settle them:
   its own process and tags each with that process (host, pid and the pid's start time, so a
   reused pid is not mistaken for the runner). A later ``finsync run`` on the same host marks
   every unfinished run whose process is gone failed and frees its slots before it starts.
-  Runs launched by the Dagster daemon are left to Dagster's run monitoring.
+  Runs launched by the Dagster daemon (``finsync deploy``) are left to Dagster: the code
+  server that launched a run marks it failed when its worker process dies, and run monitoring
+  frees the slots of ended runs (dagster-deploy.yaml).
 """
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -98,4 +101,66 @@ def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
         )
         if mark_run_dead(instance, record.dagster_run.run_id, why):
             reaped.append(record.dagster_run.run_id)
+    return reaped
+
+
+# The engine event the launched run worker writes first (dagster's own wording).
+_WORKER_STARTED = re.compile(r"Started process for run \(pid: (\d+)\)")
+
+
+def _started_at(pid: int) -> float | None:
+    """When ``pid`` started, in seconds since the epoch, or None when unknown."""
+    ticks = _process_start(pid)
+    try:
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration):
+        return None
+    return None if ticks is None else boot + int(ticks) / os.sysconf("SC_CLK_TCK")
+
+
+def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        found = _WORKER_STARTED.search(event.message or "")
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def _worker_gone(pid: int, run_started: float | None) -> bool:
+    """Whether the worker ``pid`` is gone: no such process, or one started after the run did
+    (the pid was reused)."""
+    if _process_gone(pid, ""):
+        return True
+    started = _started_at(pid)
+    return started is not None and run_started is not None and started > run_started + 1
+
+
+def reap_dead_workers(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed every unfinished run the daemon launched on this machine whose run worker
+    process is gone; return their run ids.
+
+    ``finsync deploy`` calls it before it starts the daemon: after the whole deployment was
+    killed (a node loss, an OOM kill of the daemon's process group), no code server is left to
+    report its runs' deaths, Dagster's run monitoring cannot check a default-launched worker,
+    and a dead run kept STARTED holds its ``finsync/erp`` tag slot, so every later posting run
+    would wait in the queue forever.
+    """
+    reaped: list[str] = []
+    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=_UNFINISHED)):
+        run = record.dagster_run
+        if HOST_TAG in run.tags:
+            continue  # a `finsync run` process's own run: reap_dead_runs
+        pid = _worker_pid(instance, run.run_id)
+        if pid is None or not _worker_gone(pid, record.start_time):
+            continue
+        why = (
+            f"the run worker that executed this run (pid {pid}) is gone: the deployment was "
+            "killed from outside before the run could finish"
+        )
+        if mark_run_dead(instance, run.run_id, why):
+            reaped.append(run.run_id)
     return reaped

@@ -92,12 +92,26 @@ def relax_embedded_dagster_storage(dagster_home: Path) -> None:
         cursor.close()
 
 
-def prepare_home(home: Path) -> Path:
-    """Create the embedded home: warehouse, Dagster instance (with our dagster.yaml), env."""
+# The Dagster instance of a deployment (`finsync deploy`): PostgreSQL storage, run monitoring.
+DEPLOY_INSTANCE_YAML = "dagster-deploy.yaml"
+DEPLOYED_MARKER = "deployed"
+
+
+def prepare_home(home: Path, *, deploy: bool = False) -> Path:
+    """Create the home: warehouse, Dagster instance (with our dagster.yaml), env.
+
+    ``deploy`` gives the instance dagster-deploy.yaml instead. A home once deployed keeps it:
+    every later command on that home (``finsync run``, the exceptions queue) works on the
+    deployment's own run storage, never on an embedded one beside it.
+    """
     home = home.resolve()
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    marker = dagster_home / DEPLOYED_MARKER
+    if deploy:
+        marker.write_text("started by finsync deploy; its dagster.yaml is dagster-deploy.yaml\n")
+    source = DEPLOY_INSTANCE_YAML if marker.is_file() else "dagster.yaml"
+    shutil.copyfile(REPO_ROOT / source, dagster_home / "dagster.yaml")
     os.environ["FINSYNC_HOME"] = str(home)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     os.environ.setdefault("FINSYNC_WAREHOUSE_URL", f"sqlite:///{home / 'warehouse.db'}")

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -56,3 +57,10 @@ def warehouse_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     else:
         for url in postgres_schema_url():
             yield create_engine(url)
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> dg.DagsterInstance:
+    """A Dagster instance of the test's own, in its folder."""
+    (tmp_path / "dagster").mkdir()
+    return dg.DagsterInstance.local_temp(str(tmp_path / "dagster"))

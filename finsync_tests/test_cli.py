@@ -360,9 +360,11 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, list[int]]]:
     yield tmp_path / "state", _free_ports(5)
 
 
-def _serve(state: Path, ports: list[int]) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def _serve(
+    state: Path, ports: list[int], scale: list[str] = SCALE
+) -> tuple[subprocess.Popen[str], dict[str, str]]:
     proc = subprocess.Popen(
-        [FINSYNC, "sandbox", "serve", "--state", str(state), "--ports", *map(str, ports), *SCALE],
+        [FINSYNC, "sandbox", "serve", "--state", str(state), "--ports", *map(str, ports), *scale],
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

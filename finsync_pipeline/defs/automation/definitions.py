@@ -13,10 +13,12 @@ Flows:
 
 import datetime as dt
 import json
+import os
 
 import dagster as dg
 import sqlalchemy as sa
 
+from finsync_pipeline.errors import ConfigurationError
 from finsync_pipeline.ledger import loads, now_iso
 from finsync_pipeline.logic.derive import ERP, balance_application_external_id
 from finsync_pipeline.logic.reconcile import BALANCE_DOCUMENTS_SQL
@@ -27,7 +29,7 @@ from finsync_pipeline.partitions import (
     daily_partitions,
 )
 from finsync_pipeline.po_source import po_source
-from finsync_pipeline.posting_flows import FLOWS_TAG, batch_windows, realtime_flows
+from finsync_pipeline.posting_flows import FLOWS_TAG, batch_windows, realtime_flows, valid_cron
 from finsync_pipeline.resources.warehouse import WarehouseResource
 
 ERP_TAG = "finsync/erp"
@@ -103,36 +105,124 @@ def failed_days(instance: dg.DagsterInstance, days: list[str]) -> dict[str, str]
     return failed
 
 
-@dg.schedule(
-    name="daily_sync_job_schedule",
-    job=daily_sync_job,
-    cron_schedule="0 2 * * *",
-    execution_timezone="UTC",
-    description="Each night, the previous UTC day from extract to reconcile, and again any of "
-    f"the {CATCH_UP_DAYS} days before it whose last run failed.",
-)
-def daily_sync_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-    """Yesterday's run, and a new run for each recent day whose latest run failed or was
-    canceled: the next night finishes what a failed night left, without anyone re-running a
-    day by hand. A day that keeps failing is tried each night for ``CATCH_UP_DAYS`` nights."""
-    today = (context.scheduled_execution_time or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
-    yesterday = today.date() - dt.timedelta(days=1)
-    earliest = dt.date.fromisoformat(HISTORY_START)
-    earlier = [
-        d.isoformat()
-        for d in (yesterday - dt.timedelta(days=n) for n in range(CATCH_UP_DAYS, 0, -1))
-        if d >= earliest
+# When the nightly run starts (UTC), and the first day a deployment owns: both read from the
+# environment when the definitions load (FINSYNC_DAILY_SYNC_CRON) or at each tick
+# (FINSYNC_DAILY_SYNC_FROM).
+DAILY_SYNC_CRON_ENV = "FINSYNC_DAILY_SYNC_CRON"
+DAILY_SYNC_FROM_ENV = "FINSYNC_DAILY_SYNC_FROM"
+DEFAULT_DAILY_SYNC_CRON = "0 2 * * *"
+DAILY_SYNC_SCHEDULE = "daily_sync_job_schedule"
+
+
+def daily_sync_cron() -> str:
+    """The nightly run's UTC cron: ``FINSYNC_DAILY_SYNC_CRON``, or 02:00 every day."""
+    cron = os.environ.get(DAILY_SYNC_CRON_ENV, "").strip() or DEFAULT_DAILY_SYNC_CRON
+    if not valid_cron(cron):
+        raise ConfigurationError(
+            f"{DAILY_SYNC_CRON_ENV} is not a cron expression: {cron!r}; set it to five fields, "
+            f"e.g. {DEFAULT_DAILY_SYNC_CRON!r}"
+        )
+    return cron
+
+
+def daily_sync_from() -> dt.date | None:
+    """The first day the deployment owns (``FINSYNC_DAILY_SYNC_FROM``), or None."""
+    text = os.environ.get(DAILY_SYNC_FROM_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as e:
+        raise ConfigurationError(
+            f"{DAILY_SYNC_FROM_ENV} is not a date: {text!r}; set it to a UTC day, e.g. 2026-11-01"
+        ) from e
+
+
+def never_run_days(instance: dg.DagsterInstance, days: list[str]) -> list[str]:
+    """Each of ``days`` that no daily run was ever launched for, oldest first."""
+    return [
+        day
+        for day in days
+        if not instance.get_run_records(
+            filters=dg.RunsFilter(job_name=daily_sync_job.name, tags={"dagster/partition": day}),
+            limit=1,
+        )
     ]
+
+
+def _catch_up_requests(
+    context: dg.ScheduleEvaluationContext, earlier: list[str]
+) -> list[dg.RunRequest]:
+    """A run for each earlier day whose latest run failed, and for each day since the
+    deployment's first day (``FINSYNC_DAILY_SYNC_FROM``) that never ran."""
     requests = [
         dg.RunRequest(
             run_key=f"{day}:after:{run_id}", partition_key=day, tags={RETRY_OF_TAG: run_id}
         )
         for day, run_id in failed_days(context.instance, earlier).items()
     ]
-    return [
-        *requests,
-        dg.RunRequest(run_key=yesterday.isoformat(), partition_key=yesterday.isoformat()),
-    ]
+    first = daily_sync_from()
+    if first is not None:
+        owned = [day for day in earlier if day >= first.isoformat()]
+        requests += [
+            dg.RunRequest(run_key=day, partition_key=day)
+            for day in never_run_days(context.instance, owned)
+        ]
+    return sorted(requests, key=lambda r: str(r.partition_key))
+
+
+def daily_sync_schedule(cron: str) -> dg.ScheduleDefinition:
+    """The nightly run at each tick of ``cron`` (UTC)."""
+
+    @dg.schedule(
+        name=DAILY_SYNC_SCHEDULE,
+        job=daily_sync_job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        # On wherever a daemon runs (`finsync deploy`, `finsync ui`), as the sensors are.
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"At {cron} (UTC), the previous UTC day from extract to reconcile, and "
+        f"again any of the {CATCH_UP_DAYS} days before it whose last run failed (or, from "
+        f"{DAILY_SYNC_FROM_ENV} on, that never ran).",
+    )
+    def _nightly(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+        """Yesterday's run, and a new run for each recent day whose latest run failed or was
+        canceled: the next night finishes what a failed night left, without anyone re-running
+        a day by hand. A day that keeps failing is tried each night for ``CATCH_UP_DAYS``
+        nights. A deployment that starts on a later day than the first it owns
+        (``FINSYNC_DAILY_SYNC_FROM``) runs the days it missed the same way."""
+        today = (context.scheduled_execution_time or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+        yesterday = today.date() - dt.timedelta(days=1)
+        earliest = dt.date.fromisoformat(HISTORY_START)
+        earlier = [
+            d.isoformat()
+            for d in (yesterday - dt.timedelta(days=n) for n in range(CATCH_UP_DAYS, 0, -1))
+            if d >= earliest
+        ]
+        requests = [
+            *_catch_up_requests(context, earlier),
+            dg.RunRequest(run_key=yesterday.isoformat(), partition_key=yesterday.isoformat()),
+        ]
+        return [r for r in requests if not _launched(context.instance, str(r.run_key))]
+
+    return _nightly
+
+
+def _launched(instance: dg.DagsterInstance, run_key: str) -> bool:
+    """Whether this schedule already launched a run with ``run_key``.
+
+    Dagster dedupes a schedule's run keys within one tick only: under a cron more frequent
+    than daily (``FINSYNC_DAILY_SYNC_CRON``), every tick would run yesterday once more.
+    """
+    return bool(
+        instance.get_run_records(
+            filters=dg.RunsFilter(
+                job_name=daily_sync_job.name,
+                tags={"dagster/schedule_name": DAILY_SYNC_SCHEDULE, "dagster/run_key": run_key},
+            ),
+            limit=1,
+        )
+    )
 
 
 def due_posting_window(conn: sa.Connection, flows: list[str]) -> dict[str, object] | None:
@@ -458,5 +548,8 @@ def automation() -> dg.Definitions:
     return dg.Definitions(
         jobs=[ingest_job, erp_posting_job, daily_sync_job, catch_up_job],
         sensors=[erp_posting_sensor, late_changes_sensor],
-        schedules=[daily_sync_schedule, *posting_window_schedules(batch_windows())],
+        schedules=[
+            daily_sync_schedule(daily_sync_cron()),
+            *posting_window_schedules(batch_windows()),
+        ],
     )
