@@ -380,6 +380,27 @@ def _systems(home: Path) -> Iterator[None]:
     yield
 
 
+def cmd_bench_posting(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from finsync_pipeline.bench import bench_posting, report
+
+    result = bench_posting(
+        documents=args.documents,
+        latency_s=args.latency,
+        limit=args.limit,
+        concurrency=args.concurrency,
+    )
+    print(
+        f"finsync bench posting: {args.documents} documents, latency {args.latency:g} s, "
+        f"NetSuite limit {args.limit or 'none'}, concurrency {args.concurrency}"
+    )
+    print(report(result))
+    if args.json:
+        print(json.dumps(asdict(result), sort_keys=True))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from finsync_pipeline.runner import REPO_ROOT, prepare_home
     from finsync_pipeline.sandbox.generator import CompanySpec, generate
@@ -586,6 +607,24 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--host", default="127.0.0.1", help="the webserver's address")
     deploy.add_argument("--port", type=int, default=3000, help="the webserver's port")
     deploy.set_defaults(func=cmd_deploy)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    posting = bench_sub.add_parser(
+        "posting", help="post synthetic documents to a NetSuite sandbox in its own process"
+    )
+    posting.add_argument("--documents", type=int, default=2000, help="documents (default 2000)")
+    posting.add_argument(
+        "--latency", type=float, default=0.5, help="seconds NetSuite takes per request (0.5)"
+    )
+    posting.add_argument(
+        "--limit", type=int, default=15, help="NetSuite's concurrency limit; 0 for none (15)"
+    )
+    posting.add_argument(
+        "--concurrency", type=int, default=15, help="finsync's NetSuite concurrency (15)"
+    )
+    posting.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    posting.set_defaults(func=cmd_bench_posting)
 
     ui = sub.add_parser("ui", help="the Dagster UI over the demo's home, with the sandbox")
     home_arg(ui)

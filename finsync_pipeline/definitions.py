@@ -15,7 +15,11 @@ from finsync_pipeline.resources.avalara import AvalaraResource
 from finsync_pipeline.resources.metering import MeteringResource
 from finsync_pipeline.resources.netsuite import NetSuiteResource
 from finsync_pipeline.resources.salesforce import SalesforceResource
-from finsync_pipeline.resources.settings import PipelineSettings, lease_from_env
+from finsync_pipeline.resources.settings import (
+    PipelineSettings,
+    lease_from_env,
+    netsuite_concurrency_from_env,
+)
 from finsync_pipeline.resources.stripe import StripeResource
 from finsync_pipeline.resources.warehouse import WarehouseResource
 from finsync_pipeline.sources import sources_off
@@ -56,6 +60,7 @@ def build_resources(mode: str) -> dict[str, object]:
             max_bad_share=float(os.environ.get("FINSYNC_MAX_BAD_SHARE", "0.05")),
             min_bad_records=int(os.environ.get("FINSYNC_MIN_BAD_RECORDS", "5")),
             posting_lease_s=lease_from_env(),
+            netsuite_concurrency=netsuite_concurrency_from_env(),
             sources_off=sorted(off),
         ),
         "stripe": StripeResource(

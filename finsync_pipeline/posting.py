@@ -1,15 +1,24 @@
 """The posting engine: ledger rows to ERP documents, exactly once.
 
 A run first settles what earlier runs left in flight (by looking each document up in the ERP,
-never by resending blind), then posts customers parents-first, then invoices. Every outcome is
-committed to the ledger before the next document is sent, so a kill -9 anywhere loses nothing:
-the next run finds the row in flight and settles it by lookup.
+never by resending blind), then posts customers parents-first, then invoices. A level (one
+document type, one customer depth) is sent by a continuous pool of ``concurrency`` workers fed
+by claims made ahead (``posting_pool.ClaimFeed``): no worker waits for another's batch. Each
+outcome counts only once committed to the ledger and its journal; successes are committed in
+groups, so a kill -9 anywhere loses nothing: a document sent but not yet recorded is still in
+flight, and the next run settles it by looking it up.
+
+A 429 (the ERP's concurrency limit) never pauses the run: the clients share an
+``AdaptiveConcurrency`` that backs off and recovers, and the refused document is sent again
+later in the run. A 503 (maintenance) or an ERP that cannot be reached pauses it.
 """
 
 import contextlib
 import datetime as dt
+import enum
 import random
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +35,8 @@ from finsync_pipeline.errors import (
     RetryableUpstreamError,
     UpstreamError,
 )
+from finsync_pipeline.posting_pool import ClaimFeed
+from finsync_pipeline.resources.concurrency import AdaptiveConcurrency
 
 # Document type -> NetSuite record type.
 RECORD_TYPES = {
@@ -44,6 +55,18 @@ DEFAULT_MAX_ATTEMPTS = 8
 # stops claiming, and the sensor's interval paces the next attempt.
 BLOCKED_WAIT_S = 900.0
 PAUSE_WAIT_S = 0.0
+THROTTLED = 429
+
+
+class _Outcome(enum.Enum):
+    """What became of a document a worker took."""
+
+    SETTLED = "settled"
+    """Its outcome is committed (rejected, deferred, released, settled by lookup)."""
+    SENT = "sent"
+    """The ERP saved it; the outcome is committed with the next group of successes."""
+    AGAIN = "again"
+    """The ERP refused it for now (429) before processing it: send it again in this run."""
 
 
 def _iso_in(seconds: float) -> str:
@@ -100,6 +123,7 @@ class PostingStats:
     recovered_posted: int = 0
     recovered_pending: int = 0
     lost_claims: int = 0
+    throttled: int = 0
     dead_runs: list[str] = field(default_factory=list)
     paused: bool = False
     rejections: list[dict[str, str]] = field(default_factory=list)
@@ -114,6 +138,7 @@ class PostingStats:
             "settled from earlier runs (found posted)": self.recovered_posted,
             "settled from earlier runs (back to pending)": self.recovered_pending,
             "claims lost (lease expired, another run settled them)": self.lost_claims,
+            "429s (ERP concurrency limit; workers backed off)": self.throttled,
             "dead runs whose expired leases were settled": len(self.dead_runs),
             "paused (ERP unavailable)": self.paused,
         }
@@ -172,7 +197,10 @@ class PostingEngine:
         on_dead_run: Called once per run found holding expired leases while the orchestrator
             still believed it alive, with the reason: to mark it failed and free what it held.
         max_attempts: Sends before a transiently failing document is declared dead.
-        batch_size: Rows claimed per transaction.
+        batch_size: Rows claimed per transaction, and successes committed per transaction.
+        concurrency: Workers sending at once (each with its own client from
+            ``client_factory``; 1 without one).
+        limiter: The adaptive limit the clients share, whose 429s the stats report.
         on_hook: Test hook called with a point name ("claimed", "sending", "sent",
             "recorded") around each side effect; the crash-safety tests kill the process there.
     """
@@ -193,6 +221,7 @@ class PostingEngine:
         client_factory: Callable[[], ErpClient] | None = None,
         lease_s: float = ledger.DEFAULT_LEASE_S,
         on_dead_run: Callable[[str, str], None] | None = None,
+        limiter: AdaptiveConcurrency | None = None,
     ) -> None:
         self.engine = engine
         self._shared_client = client
@@ -200,9 +229,13 @@ class PostingEngine:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._sent: list[tuple[ledger.Claimed, str]] = []
-        # Documents of one batch are independent (parents and invoices post in earlier
-        # batches), so up to ``concurrency`` are sent at once, each worker with its own client.
+        self._throttles: Counter[str] = Counter()
+        self._failure: BaseException | None = None
+        # Documents of one level are independent (parents and invoices post in earlier
+        # levels), so up to ``concurrency`` are sent at once, each worker with its own client.
         self.concurrency = concurrency if client_factory is not None else 1
+        self.limiter = limiter
+        self._throttled_before = limiter.throttled if limiter is not None else 0
         self.erp = erp
         self.run_id = run_id
         self.is_run_alive = is_run_alive
@@ -354,8 +387,12 @@ class PostingEngine:
         depths: list[int] | None = None,
     ) -> None:
         """Post every due pending row of ``doc_type`` (optionally in a partition range)."""
-        with self._heartbeat():
-            self._post_levels(doc_type, date_from, date_to, depths)
+        try:
+            with self._heartbeat():
+                self._post_levels(doc_type, date_from, date_to, depths)
+        finally:
+            if self.limiter is not None:
+                self.stats.throttled = self.limiter.throttled - self._throttled_before
 
     def _post_levels(
         self,
@@ -366,45 +403,105 @@ class PostingEngine:
     ) -> None:
         levels: list[int | None] = list(depths) if depths is not None else [None]
         for depth in levels:
-            while not self.stats.paused:
-                with self.engine.begin() as conn:
-                    batch = ledger.claim(
-                        conn,
-                        erp=self.erp,
-                        doc_type=doc_type,
-                        run_id=self.run_id,
-                        limit=self.batch_size,
-                        date_from=date_from,
-                        date_to=date_to,
-                        depth=depth,
-                        lease_s=self.lease_s,
-                    )
-                if not batch:
-                    break
-                self.hook("claimed")
-                try:
-                    if isinstance(self.client, BatchErpClient):
-                        self._post_batch(batch)
-                        continue
-                    if self.concurrency > 1:
-                        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                            list(pool.map(self._post_unless_paused, batch))
-                        continue
-                    for doc in batch:
-                        self._post_unless_paused(doc)
-                finally:
-                    # Even when a send raises (bad credentials), what was sent is recorded.
-                    self._record_sent()
+            if self.stats.paused:
+                return
 
-    def _post_unless_paused(self, doc: ledger.Claimed) -> None:
+            def claim(depth: int | None = depth) -> list[ledger.Claimed]:
+                return self._claim(doc_type, date_from, date_to, depth)
+
+            if isinstance(self.client, BatchErpClient):
+                self._post_level_in_batches(claim)
+            else:
+                self._drain(claim)
+
+    def _claim(
+        self, doc_type: str, date_from: str | None, date_to: str | None, depth: int | None
+    ) -> list[ledger.Claimed]:
+        """Claim the next batch of due rows of a level (committed before anything is sent)."""
+        with self.engine.begin() as conn:
+            batch = ledger.claim(
+                conn,
+                erp=self.erp,
+                doc_type=doc_type,
+                run_id=self.run_id,
+                limit=self.batch_size,
+                date_from=date_from,
+                date_to=date_to,
+                depth=depth,
+                lease_s=self.lease_s,
+            )
+        if batch:
+            self.hook("claimed")
+        return batch
+
+    def _post_level_in_batches(self, claim: Callable[[], list[ledger.Claimed]]) -> None:
+        """A ``BatchErpClient`` level: each claimed batch goes in one call."""
+        while not self.stats.paused:
+            batch = claim()
+            if not batch:
+                return
+            try:
+                self._post_batch(batch)
+            finally:
+                self._record_sent()
+
+    def _drain(self, claim: Callable[[], list[ledger.Claimed]]) -> None:
+        """Post a level with the pool: ``concurrency`` workers taking from one feed."""
+        feed: ClaimFeed[ledger.Claimed] = ClaimFeed(
+            claim, lambda: self._record_sent(feed), low_water=self.concurrency
+        )
+        if self.concurrency == 1:
+            self._work(feed)
+        else:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="posting") as pool:
+                for _ in range(self.concurrency):
+                    pool.submit(self._work, feed)
+        # Even when a send raised (bad credentials), what was sent is recorded.
+        self._record_sent(feed)
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def _work(self, feed: ClaimFeed[ledger.Claimed]) -> None:
+        """One worker: take, send and record documents until the level is done."""
+        try:
+            while (doc := feed.take()) is not None:
+                self._settle_taken(feed, doc, self._post_unless_paused(doc))
+        except BaseException as e:
+            self._stop(feed, e)
+
+    def _settle_taken(
+        self, feed: ClaimFeed[ledger.Claimed], doc: ledger.Claimed, outcome: _Outcome
+    ) -> None:
+        if outcome is _Outcome.AGAIN:
+            feed.put_back(doc)
+        elif outcome is _Outcome.SETTLED:
+            feed.settle()
+        if self.stats.paused:
+            # Maintenance: what is claimed and not sent goes back for the next run.
+            self._release(feed.stop(), "posting paused: the ERP is unavailable", wait_s=0)
+        elif len(self._sent) >= self.batch_size:
+            self._record_sent(feed)
+
+    def _stop(self, feed: ClaimFeed[ledger.Claimed], error: BaseException) -> None:
+        """A worker failed: stop the level, give back what is queued, keep the first error."""
+        with self._lock:
+            if self._failure is None:
+                self._failure = error
+        left = feed.stop()
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
+            self._release(left, f"the posting run stopped ({type(error).__name__})", wait_s=0)
+
+    def _post_unless_paused(self, doc: ledger.Claimed) -> _Outcome:
         try:
             if self.stats.paused:
                 self._release([doc], "posting paused: the ERP is unavailable", wait_s=PAUSE_WAIT_S)
-            else:
-                self._post_one(doc)
+                return _Outcome.SETTLED
+            return self._post_one(doc)
         except ledger.LostClaim:
             # Another run settled it by lookup after this run's lease lapsed; that stands.
             self._count("lost_claims")
+            return _Outcome.SETTLED
 
     def _release(
         self,
@@ -416,6 +513,8 @@ class PostingEngine:
     ) -> None:
         """Give claimed rows back, due again after ``wait_s``: never re-claimed by this run,
         and never relaunched by the sensor in a tight loop."""
+        if not docs:
+            return
         due = _iso_in(wait_s) if wait_s else None
         with self.engine.begin() as conn:
             for doc in docs:
@@ -557,10 +656,10 @@ class PostingEngine:
             with self._lock:
                 self._sent.append((doc, outcome.internal_id))
 
-    def _post_one(self, doc: ledger.Claimed) -> None:
+    def _post_one(self, doc: ledger.Claimed) -> _Outcome:
         body = self._body(doc)
         if body is None:
-            return
+            return _Outcome.SETTLED
         record_type = RECORD_TYPES[doc.doc_type]
         common = self._common(doc)
         self.hook("sending")
@@ -570,7 +669,7 @@ class PostingEngine:
             self.hook("sent")
             self._rejected(doc, e)
             self.hook("recorded")
-            return
+            return _Outcome.SETTLED
         except AmbiguousOutcomeError as e:
             # The write may have committed: settle by looking the document up, never resend blind.
             try:
@@ -579,8 +678,9 @@ class PostingEngine:
                 # The ERP cannot even be read (a maintenance window): settle on a later run.
                 with self.engine.begin() as conn:
                     self._defer(conn, doc, lookup_error, common)
-                self.stats.paused = True
-                return
+                if lookup_error.status != THROTTLED:
+                    self.stats.paused = True
+                return _Outcome.SETTLED
             # Finding an earlier version of a re-posted document proves nothing about this one:
             # resend it (an upsert by external id, so safe) instead of marking it posted.
             first_post = doc.posted_hash is None
@@ -599,32 +699,55 @@ class PostingEngine:
                     self._count("posted")
                 else:
                     self._defer(conn, doc, e, common)
-            return
+            return _Outcome.SETTLED
         except AuthenticationError:
             self._release([doc], "authentication failed; nothing was sent", wait_s=0)
             raise
         except RetryableUpstreamError as e:
+            if e.status == THROTTLED and self._throttled_again(doc):
+                return _Outcome.AGAIN
             with self.engine.begin() as conn:
                 self._defer(conn, doc, e, common)
-            if e.status in (503, None) or e.status == 429:
-                # Maintenance window or throttling that outlived our retries: stop this run and
-                # let the backlog drain on the next one instead of burning attempts.
+            if e.status in (503, None):
+                # A maintenance window, or an ERP that cannot be reached, outlived our retries:
+                # stop this run and let the backlog drain on the next instead of burning attempts.
                 self.stats.paused = True
-            return
+            return _Outcome.SETTLED
         self.hook("sent")
         with self._lock:
             self._sent.append((doc, internal_id))
+        return _Outcome.SENT
 
-    def _record_sent(self) -> None:
-        """Commit every document this batch sent successfully, in one transaction.
+    def _throttled_again(self, doc: ledger.Claimed) -> bool:
+        """Whether a document the ERP refused with 429 is sent again in this run.
 
-        One commit per batch instead of one per document: a crash before it leaves the batch
-        in flight, and the next run settles each document by looking it up in the ERP.
+        A 429 comes before the ERP processes anything, and the shared limit has backed off,
+        so the document goes back in the queue without burning an attempt; one refused
+        ``max_attempts`` times in a run is deferred like any transient failure (the ERP's
+        limit is taken by someone else), never pausing the run.
+        """
+        with self._lock:
+            self._throttles[doc.external_id] += 1
+            return self._throttles[doc.external_id] < self.max_attempts
+
+    def _record_sent(self, feed: ClaimFeed[ledger.Claimed] | None = None) -> None:
+        """Commit every document sent successfully and not yet recorded, in one transaction.
+
+        One commit per group instead of one per document: a crash before it leaves the group
+        in flight, and the next run settles each document by looking it up in the ERP. The
+        documents count as posted, and settle in the ``feed``, only once committed.
         """
         with self._lock:
             sent, self._sent = self._sent, []
         if not sent:
             return
+        try:
+            self._commit_sent(sent)
+        finally:
+            if feed is not None:
+                feed.settle(len(sent))
+
+    def _commit_sent(self, sent: list[tuple[ledger.Claimed, str]]) -> None:
         recorded = 0
         with self.engine.begin() as conn:
             for doc, internal_id in sent:

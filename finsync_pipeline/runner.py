@@ -29,7 +29,7 @@ from finsync_pipeline.logic.reconcile import (
 )
 from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
 from finsync_pipeline.po_source import po_source
-from finsync_pipeline.resources.settings import lease_from_env
+from finsync_pipeline.resources.settings import lease_from_env, netsuite_concurrency_from_env
 from finsync_pipeline.resources.warehouse import create_engine
 from finsync_pipeline.run_health import reap_dead_runs, runner_tags
 from finsync_pipeline.sources import SWITCH_OFF_HINT, sources_off
@@ -144,6 +144,7 @@ def check_environment() -> None:
     # Read by the invoices assets at run time; a wrong value stops here, before any run.
     po_source()
     lease_from_env()
+    netsuite_concurrency_from_env()
 
 
 def _finsync_message(error: Any) -> str | None:

@@ -457,6 +457,24 @@ def test_a_wrong_posting_lease_is_one_line_saying_what_to_set(tmp_path: Path, le
     assert "from 1 to 3600" in line
 
 
+@pytest.mark.parametrize("concurrency", ["0", "500", "five"])
+def test_a_wrong_netsuite_concurrency_is_one_line_saying_what_to_set(
+    tmp_path: Path, concurrency: str
+) -> None:
+    names = [n for names in REQUIRED_ENV.values() for n in names]
+    env = _env(
+        FINSYNC_MODE="live",
+        SALESFORCE_CLIENT_SECRET="x",
+        FINSYNC_NETSUITE_CONCURRENCY=concurrency,
+        **dict.fromkeys(names, "x"),
+    )
+    result = _finsync("run", "--home", str(tmp_path / "home"), env=env)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"finsync: FINSYNC_NETSUITE_CONCURRENCY is '{concurrency}': set it")
+    assert "from 1 to 140" in line
+
+
 @pytest.mark.parametrize(
     ("off", "unset", "empty"),
     [

@@ -4,6 +4,7 @@ deferrals, pauses, dead rows, and settling what a dead run left in flight."""
 
 import datetime as dt
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from finsync_pipeline import ledger
 from finsync_pipeline.errors import AuthenticationError
 from finsync_pipeline.ledger import LedgerDoc
 from finsync_pipeline.posting import PostingEngine, _resolve_refs
+from finsync_pipeline.resources.concurrency import AdaptiveConcurrency
 from finsync_pipeline.resources.http import HttpOptions
 from finsync_pipeline.resources.netsuite import NetSuiteClient, NetSuiteResource
 from finsync_pipeline.sandbox.generator import CompanySpec, generate
@@ -46,7 +48,7 @@ def sleeps() -> list[float]:
     return []
 
 
-def make_client(sandbox: Sandbox, sleeps: list[float], **overrides: str) -> NetSuiteClient:
+def _resource(sandbox: Sandbox, **overrides: str) -> NetSuiteResource:
     env = sandbox.env
     settings = {
         "account_id": env["NETSUITE_ACCOUNT_ID"],
@@ -57,9 +59,23 @@ def make_client(sandbox: Sandbox, sleeps: list[float], **overrides: str) -> NetS
         "token_secret": env["NETSUITE_TOKEN_SECRET"],
         **overrides,
     }
-    return NetSuiteResource(**settings).get_client(
+    return NetSuiteResource(**settings)
+
+
+def make_client(
+    sandbox: Sandbox,
+    sleeps: list[float],
+    *,
+    limiter: AdaptiveConcurrency | None = None,
+    **overrides: str,
+) -> NetSuiteClient:
+    return _resource(sandbox, **overrides).get_client(
         http_options=HttpOptions(
-            timeout=(5.0, 30.0), max_attempts=3, sleep=sleeps.append, rng=random.Random(3)
+            timeout=(5.0, 30.0),
+            max_attempts=3,
+            sleep=sleeps.append,
+            rng=random.Random(3),
+            limiter=limiter,
         )
     )
 
@@ -629,40 +645,49 @@ def test_a_working_run_renews_its_leases(
     assert row(warehouse_engine, "SF_a")["lease_until"] is None
 
 
-def test_concurrent_workers_post_each_document_once_and_back_off_past_the_erp_limit(
-    warehouse_engine: Engine, sandbox: Sandbox, client: NetSuiteClient, sleeps: list[float]
+def _pooled(
+    warehouse_engine: Engine,
+    sandbox: Sandbox,
+    run_id: str,
+    *,
+    concurrency: int,
+    batch_size: int = 8,
+    hooks: Callable[[str], None] | None = None,
+) -> PostingEngine:
+    """An engine of ``concurrency`` workers sharing one adaptive limit, as erp_postings builds."""
+    limit = AdaptiveConcurrency(concurrency)
+    options = HttpOptions(timeout=(5.0, 30.0), max_attempts=3, limiter=limit)
+    return PostingEngine(
+        warehouse_engine,
+        make_client(sandbox, [], limiter=limit),
+        erp=ERP,
+        run_id=run_id,
+        is_run_alive=lambda _r: False,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        client_factory=lambda: _resource(sandbox).get_client(http_options=options),
+        limiter=limit,
+        on_hook=hooks,
+    )
+
+
+def test_past_the_erp_limit_the_run_backs_off_and_posts_everything_without_pausing(
+    warehouse_engine: Engine, sandbox: Sandbox
 ) -> None:
-    docs = [customer("conc")] + [invoice(f"in_c{n}", "conc") for n in range(24)]
+    docs = [customer("conc")] + [invoice(f"in_c{n}", "conc") for n in range(60)]
     enqueue(warehouse_engine, *docs)
-
-    def run(run_id: str) -> PostingEngine:
-        poster = PostingEngine(
-            warehouse_engine,
-            client,
-            erp=ERP,
-            run_id=run_id,
-            is_run_alive=lambda _r: False,
-            batch_size=8,
-            concurrency=4,
-            client_factory=lambda: make_client(sandbox, sleeps),
-        )
-        poster.post("customer")
-        poster.post("invoice")
-        return poster
-
-    # NetSuite answers 429 past two requests in flight: a run configured for four workers
-    # backs off, defers what the limit refused, and pauses; nothing is refused for good.
+    # NetSuite answers 429 past two requests in flight; finsync is configured for eight.
     sandbox.faults.set_concurrency_limit("netsuite", 2)
-    first = run("run-c1")
-    assert first.stats.posted > 0 and first.stats.paused
-    assert (first.stats.rejected, first.stats.dead) == (0, 0)
-    sandbox.faults.set_concurrency_limit("netsuite", None)
-    with warehouse_engine.begin() as conn:
-        conn.execute(sa.text("UPDATE posting_ledger SET next_attempt_at = NULL"))
-    second = run("run-c2")
-    assert first.stats.posted + second.stats.posted == 25
+    poster = _pooled(warehouse_engine, sandbox, "run-c1", concurrency=8)
+    poster.post("customer")
+    poster.post("invoice")
+
+    assert not poster.stats.paused, "a concurrency limit must not pause the run"
+    assert (poster.stats.posted, poster.stats.deferred, poster.stats.dead) == (61, 0, 0)
+    # No 429 storm: the limit learnt from the first refusals, then probed slowly.
+    assert 0 < poster.stats.throttled <= 20, poster.stats.throttled
     held = by_external_id(sandbox, "invoice")
-    assert sorted(held) == sorted(f"STRIPE_in_c{n}" for n in range(24))
+    assert sorted(held) == sorted(f"STRIPE_in_c{n}" for n in range(60))
     with warehouse_engine.connect() as conn:
         states = {r[0] for r in conn.execute(sa.text("SELECT DISTINCT state FROM posting_ledger"))}
         assert ledger.verify_journal(conn) is None
@@ -739,3 +764,55 @@ def test_a_credit_memo_moved_to_its_compensating_invoice_by_a_dead_run_is_moved_
     stored = by_external_id(sandbox, "creditmemo")["STRIPE_cn_1"]
     assert (stored["status"], stored["total"]) == ("Fully Applied", Decimal("2.00"))
     assert [line["doc"]["id"] for line in stored["apply"]["items"]] == [ids["CNVOID_cn_1"]]
+
+
+def test_a_slow_document_does_not_hold_back_the_next_claims(
+    warehouse_engine: Engine, sandbox: Sandbox
+) -> None:
+    # Workers form a continuous pool: while one document is slow, the others go on claiming
+    # and sending, instead of waiting for the slow one's whole batch to finish.
+    enqueue(warehouse_engine, *[customer(f"p{n:02d}") for n in range(12)])
+    sent_meanwhile = threading.Event()
+    lock = threading.Lock()
+    seen = {"sending": 0, "sent": 0}
+    slow_started: list[bool] = []
+
+    def hooks(point: str) -> None:
+        with lock:
+            seen[point] = seen.get(point, 0) + 1
+            first = point == "sending" and not slow_started
+            if first:
+                slow_started.append(True)
+            if seen["sent"] >= 8:
+                sent_meanwhile.set()
+        if first:
+            # This document is slow until eight others (two batches' worth) have been sent.
+            slow_started.append(sent_meanwhile.wait(timeout=30))
+
+    poster = _pooled(warehouse_engine, sandbox, "run-p", concurrency=2, batch_size=4, hooks=hooks)
+    poster.post("customer")
+
+    assert slow_started == [True, True], "the other worker stopped at the slow one's batch"
+    assert poster.stats.posted == 12
+    assert len(by_external_id(sandbox, "customer")) == 12
+
+
+def test_a_maintenance_window_still_pauses_a_pooled_run(
+    warehouse_engine: Engine, sandbox: Sandbox
+) -> None:
+    enqueue(warehouse_engine, *[customer(f"m{n:02d}") for n in range(20)])
+    sandbox.faults.maintenance("netsuite", seconds=600, retry_after_s=1)
+    poster = _pooled(warehouse_engine, sandbox, "run-m", concurrency=4)
+    poster.post("customer")
+
+    assert poster.stats.paused
+    assert poster.stats.posted == 0
+    with warehouse_engine.connect() as conn:
+        states = {
+            str(r[0]): int(r[1])
+            for r in conn.execute(
+                sa.text("SELECT state, count(*) FROM posting_ledger GROUP BY state")
+            )
+        }
+    # Nothing stays claimed: what was sent is deferred, the rest released for the next run.
+    assert set(states) == {"pending"}, states

@@ -41,6 +41,7 @@ from finsync_pipeline.errors import (
     RetryableUpstreamError,
     redact,
 )
+from finsync_pipeline.resources.concurrency import AdaptiveConcurrency
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # A 429 or 503 is answered before the request is processed, so even a non-idempotent request
@@ -155,6 +156,8 @@ class HttpOptions:
         backoff_max_s: Cap of one wait; a longer Retry-After is not waited for here.
         sleep: How to wait (tests record instead of sleeping).
         rng: Source of jitter (seeded in tests).
+        limiter: Slots for requests in flight, shared by every client of a run that talks to
+            the system (cut on 429, grown back on answers); None sends without one.
     """
 
     timeout: tuple[float, float] = (5.0, 60.0)
@@ -163,6 +166,7 @@ class HttpOptions:
     backoff_max_s: float = 30.0
     sleep: Callable[[float], None] = field(default=time.sleep)
     rng: random.Random | None = None
+    limiter: AdaptiveConcurrency | None = None
 
 
 class HttpClient:
@@ -186,6 +190,8 @@ class HttpClient:
             variables to set.
         on_response: Called with every response received (for example to read quota headers).
         url_variable: The environment variable holding the base URL, named when a URL is unusable.
+        limiter: Slots for requests in flight (see ``AdaptiveConcurrency``): each attempt
+            waits for one and reports its answer, so a 429 slows every client sharing it.
     """
 
     def __init__(
@@ -204,6 +210,7 @@ class HttpClient:
         auth_message: str | None = None,
         on_response: Callable[[requests.Response], None] | None = None,
         url_variable: str | None = None,
+        limiter: AdaptiveConcurrency | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -220,6 +227,7 @@ class HttpClient:
         self._auth_message = auth_message
         self._on_response = on_response
         self._url_variable = url_variable
+        self._limiter = limiter
         self.requests_made = 0
         self.session = requests.Session()
         # Retries are ours alone: urllib3 must never resend behind our back.
@@ -238,6 +246,7 @@ class HttpClient:
             backoff_max_s=options.backoff_max_s,
             sleep=options.sleep,
             rng=options.rng,
+            limiter=options.limiter,
             **kwargs,
         )
 
@@ -297,7 +306,7 @@ class HttpClient:
             attempt += 1
             self.requests_made += 1
             try:
-                response = self.session.request(method, url, **kwargs)
+                response = self._send(method, url, kwargs)
             except requests.exceptions.ConnectTimeout as e:
                 # Nothing was sent: safe to resend whatever the method.
                 self._wait_or_raise(attempt, f"{where}: connect timeout", cause=e)
@@ -402,6 +411,20 @@ class HttpClient:
                     code=info.code,
                 )
             self._wait_or_raise(attempt, message, status=status, info=info, retry_after=retry_after)
+
+    def _send(self, method: str, url: str, kwargs: dict[str, Any]) -> requests.Response:
+        """One attempt, in a slot of the limiter when there is one."""
+        if self._limiter is None:
+            return self.session.request(method, url, **kwargs)
+        taken_in = self._limiter.acquire()
+        try:
+            response = self.session.request(method, url, **kwargs)
+        except BaseException:
+            self._limiter.release(taken_in, status=None)
+            raise
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        self._limiter.release(taken_in, status=response.status_code, retry_after_s=retry_after)
+        return response
 
     def auth_error(
         self, status: int | None, code: str | None, detail: str | None

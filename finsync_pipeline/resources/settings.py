@@ -9,6 +9,12 @@ from finsync_pipeline.errors import ConfigurationError
 from finsync_pipeline.ledger import DEFAULT_LEASE_S
 from finsync_pipeline.sources import OPTIONAL_SOURCES, SOURCES_OFF_ENV
 
+NETSUITE_CONCURRENCY_ENV = "FINSYNC_NETSUITE_CONCURRENCY"
+# NetSuite's Standard tier allows 5 concurrent requests per account; Ultimate with its 12
+# SuiteCloud Plus licenses, the most there is, 20 + 12 x 10.
+NETSUITE_DEFAULT_CONCURRENCY = 5
+NETSUITE_MAX_CONCURRENCY = 140
+
 
 class PipelineSettings(dg.ConfigurableResource):
     """Thresholds and limits of the pipeline.
@@ -31,9 +37,12 @@ class PipelineSettings(dg.ConfigurableResource):
         tax_tolerance_minor_per_line: How far billed tax may differ from the tax engine's, per
             invoice line, in minor units (finance-approved: 1, an engine rounding differently).
         avalara_concurrency: AvaTax estimates in flight at once.
-        netsuite_concurrency: Documents a posting run sends at once. NetSuite's default tier
-            allows 5 concurrent requests per account; one is left for reads and other
-            integrations.
+        netsuite_concurrency: Requests a NetSuite posting run sends at once, at most
+            (``FINSYNC_NETSUITE_CONCURRENCY``, default 5, from 1 to 140). NetSuite limits
+            concurrent requests per account: 5 on the Standard tier, 15 on Premium, 20 on
+            Enterprise and Ultimate, plus 10 per SuiteCloud Plus license (at most 140). Set it
+            to the account's limit, or to the share of it finsync may take; the run backs off
+            on 429 below it when other integrations use part of the limit.
         stripe_max_lookups: Stripe requests a run may spend finding invoices the warehouse
             does not hold (those of payments and credit notes made before finsync's first
             day); the rest wait for the next run.
@@ -51,7 +60,9 @@ class PipelineSettings(dg.ConfigurableResource):
     posting_lease_s: float = Field(default=DEFAULT_LEASE_S, ge=1.0, le=3600.0)
     tax_tolerance_minor_per_line: int = Field(default=1, ge=0)
     avalara_concurrency: int = Field(default=4, ge=1, le=16)
-    netsuite_concurrency: int = Field(default=4, ge=1, le=20)
+    netsuite_concurrency: int = Field(
+        default=NETSUITE_DEFAULT_CONCURRENCY, ge=1, le=NETSUITE_MAX_CONCURRENCY
+    )
     stripe_max_lookups: int = Field(default=200, ge=0)
     salesforce_max_quota_share: float = Field(default=0.5, gt=0.0, le=1.0)
     sources_off: list[str] = Field(default_factory=list)
@@ -93,3 +104,18 @@ def lease_from_env() -> float:
             "renewal, from 1 to 3600 (default 120)"
         )
     return seconds
+
+
+def netsuite_concurrency_from_env() -> int:
+    """``FINSYNC_NETSUITE_CONCURRENCY`` (default 5), or one line saying what to set."""
+    text = os.environ.get(NETSUITE_CONCURRENCY_ENV, "").strip()
+    if not text:
+        return NETSUITE_DEFAULT_CONCURRENCY
+    value = int(text) if text.isdigit() else 0
+    if not 1 <= value <= NETSUITE_MAX_CONCURRENCY:
+        raise ConfigurationError(
+            f"{NETSUITE_CONCURRENCY_ENV} is {text!r}: set it to the requests a posting run sends "
+            f"to NetSuite at once, at most the account's concurrency limit, from 1 to "
+            f"{NETSUITE_MAX_CONCURRENCY} (default {NETSUITE_DEFAULT_CONCURRENCY})"
+        )
+    return value

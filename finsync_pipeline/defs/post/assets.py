@@ -13,6 +13,8 @@ from finsync_pipeline.logic.derive import ERP, EXCEPTION_COLUMNS, EXCEPTION_KIND
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
 from finsync_pipeline.posting import PostingEngine
 from finsync_pipeline.posting_flows import batch_windows, flows_of_run
+from finsync_pipeline.resources.concurrency import AdaptiveConcurrency
+from finsync_pipeline.resources.http import HttpOptions
 from finsync_pipeline.resources.netsuite import NetSuiteResource
 from finsync_pipeline.resources.settings import PipelineSettings
 from finsync_pipeline.resources.warehouse import WarehouseResource
@@ -131,16 +133,22 @@ def erp_postings(
     customers first, parents before children, then the window's invoices, then the credit
     memos and payments that apply to them, then the refunds that pay credit memos out. Each
     document is upserted by its deterministic external id and every outcome is committed
-    before the next send, so a crash anywhere loses nothing and posts nothing twice."""
+    before it counts, so a crash anywhere loses nothing and posts nothing twice. Up to
+    ``FINSYNC_NETSUITE_CONCURRENCY`` documents are in flight at once, fewer while NetSuite
+    answers 429 (the run backs off and recovers instead of pausing)."""
     date_from, date_to = date_bounds(context)
     engine = warehouse.get_engine()
-    client = netsuite.get_client()
+    # Every client of the run shares one adaptive limit: a 429 slows them all.
+    limiter = AdaptiveConcurrency(settings.netsuite_concurrency)
+    options = HttpOptions(limiter=limiter)
+    client = netsuite.get_client(http_options=options)
     poster = PostingEngine(
         engine,
         client,
         erp=ERP,
         concurrency=settings.netsuite_concurrency,
-        client_factory=netsuite.get_client,
+        client_factory=lambda: netsuite.get_client(http_options=options),
+        limiter=limiter,
         **posting_engine_options(context, settings),
     )
     poster.recover()
