@@ -24,16 +24,29 @@ class LiveBillingError(RuntimeError):
 
 
 def cycle_invoices(sb: Sandbox) -> list[str]:
-    """The latest cycle invoice of each subscription with something to bill, by id: the
-    templates ``finalize_next_invoice`` bills the next period of."""
+    """The latest cycle invoice of each subscription charged to a card that was charged
+    before, by id: the templates ``finalize_next_invoice`` bills the next period of and
+    ``collect_invoice`` can charge."""
+    charged = {
+        str(r["customer"])
+        for r in sb.store.all(
+            "SELECT DISTINCT customer FROM stripe_object WHERE object = 'charge' "
+            "AND status = 'succeeded'"
+        )
+    }
     rows = sb.store.all(
-        "SELECT id, ref, created, body FROM stripe_object WHERE object = 'invoice' "
+        "SELECT id, ref, customer, body FROM stripe_object WHERE object = 'invoice' "
         "AND status IN ('open', 'paid') ORDER BY created, seq"
     )
     latest: dict[str, str] = {}
     for row in rows:
         body = simplejson.loads(row["body"], use_decimal=True)
-        if body.get("billing_reason") == "subscription_cycle" and int(body.get("total") or 0) > 0:
+        if (
+            body.get("billing_reason") == "subscription_cycle"
+            and body.get("collection_method") == "charge_automatically"
+            and int(body.get("total") or 0) > 0
+            and str(row["customer"]) in charged
+        ):
             latest[str(row["ref"])] = str(row["id"])
     return sorted(latest.values())
 
