@@ -70,7 +70,8 @@ def finalize_next_invoice(sb: Sandbox, template_id: str) -> str:
         }
         for line in _lines(sb, template_id)
     ]
-    total = int(template["total"])
+    # What the customer's balance took off the total stays off: amount_due is what is owed.
+    due = int(template["amount_due"])
     invoice = {
         **template,
         "id": invoice_id,
@@ -80,9 +81,9 @@ def finalize_next_invoice(sb: Sandbox, template_id: str) -> str:
         "period_start": int(template["period_start"]) + shift,
         "period_end": int(template["period_end"]) + shift,
         "status": "open",
-        "amount_due": total,
+        "amount_due": due,
         "amount_paid": 0,
-        "amount_remaining": total,
+        "amount_remaining": due,
         "attempted": False,
         "attempt_count": 0,
         "status_transitions": {
