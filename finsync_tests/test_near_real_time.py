@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from finsync_pipeline.definitions import defs
-from finsync_pipeline.defs.automation.stripe_events import interval_from_env
+from finsync_pipeline.defs.automation.stripe_events import changed_days, interval_from_env
 from finsync_pipeline.errors import ConfigurationError
 from finsync_pipeline.partitions import range_tags
 from finsync_pipeline.posting_flows import BATCH_WINDOWS_ENV
@@ -155,3 +155,45 @@ def test_the_interval_is_configuration_that_names_its_variable(
     monkeypatch.setenv("FINSYNC_NEAR_REAL_TIME_INTERVAL_S", "soon")
     with pytest.raises(ConfigurationError, match="FINSYNC_NEAR_REAL_TIME_INTERVAL_S is 'soon'"):
         interval_from_env()
+
+
+def _event(etype: str, obj: str, created: dt.datetime, at: dt.datetime) -> dict[str, Any]:
+    return {
+        "id": f"evt_{etype}",
+        "type": etype,
+        "created": int(at.timestamp()),
+        "data": {"object": {"object": obj, "created": int(created.timestamp())}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("etype", "obj", "created", "flows", "days"),
+    [
+        # A payment today of an October invoice: the invoice's own day, not the days between.
+        (
+            "invoice.paid",
+            "invoice",
+            dt.datetime(2026, 10, 3, tzinfo=dt.UTC),
+            {"customer_payment"},
+            ["2026-10-03"],
+        ),
+        ("charge.succeeded", "charge", NOW, {"customer_payment"}, ["2026-11-01"]),
+        # Master data: the day it changed.
+        (
+            "customer.updated",
+            "customer",
+            dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+            {"customer"},
+            ["2026-11-01"],
+        ),
+        # A batch flow's change asks for nothing.
+        ("credit_note.created", "credit_note", NOW, {"invoice", "customer"}, []),
+        # Before the history starts: the nightly backfill's, not the sensor's.
+        ("invoice.voided", "invoice", dt.datetime(2022, 5, 1, tzinfo=dt.UTC), {"invoice"}, []),
+    ],
+    ids=["old-invoice-paid", "charge-today", "customer", "batch-flow", "before-history"],
+)
+def test_each_event_asks_for_its_objects_own_day(
+    etype: str, obj: str, created: dt.datetime, flows: set[str], days: list[str]
+) -> None:
+    assert changed_days([_event(etype, obj, created, NOW)], flows) == days
