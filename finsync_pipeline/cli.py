@@ -453,6 +453,32 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return serve(REPO_ROOT, args.host, args.port, progress)
 
 
+def cmd_bench_near_real_time(args: argparse.Namespace) -> int:
+    from finsync_pipeline.bench_near_real_time import run_bench
+
+    progress = _progress(args.json)
+    figures = run_bench(
+        samples=args.samples,
+        spacing_s=args.spacing,
+        interval_s=args.interval,
+        accounts=args.accounts,
+        seed=args.seed,
+        progress=progress,
+    ).summary()
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        print(f"sensor interval: {figures['sensor_interval_s']} s")
+        for name in ("invoice", "payment"):
+            row = figures[name]
+            assert isinstance(row, dict)
+            print(f"{name}: n={row['n']} p50={row['p50_s']} s p95={row['p95_s']} s")
+        missing = figures["not in the ERP when the benchmark gave up"]
+        if missing:
+            print(f"not in the ERP when the benchmark gave up: {missing}")
+    return 1 if figures["not in the ERP when the benchmark gave up"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finsync", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -625,6 +651,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     posting.add_argument("--json", action="store_true", help="also print the figures as JSON")
     posting.set_defaults(func=cmd_bench_posting)
+
+    nrt = bench_sub.add_parser(
+        "near-real-time",
+        help="seconds from a Stripe invoice finalized (and charged) to NetSuite, p50/p95",
+    )
+    nrt.add_argument("--samples", type=int, default=20, help="invoices billed (default 20)")
+    nrt.add_argument(
+        "--spacing", type=float, default=5.0, help="seconds between invoices (default 5)"
+    )
+    nrt.add_argument(
+        "--interval",
+        type=int,
+        default=15,
+        help="sensor interval in seconds, as FINSYNC_NEAR_REAL_TIME_INTERVAL_S (default 15)",
+    )
+    nrt.add_argument("--accounts", type=int, default=24, help="accounts (default 24)")
+    nrt.add_argument("--seed", type=int, default=13, help="generator seed (default 13)")
+    nrt.add_argument("--json", action="store_true", help="print the figures as JSON")
+    nrt.set_defaults(func=cmd_bench_near_real_time)
 
     ui = sub.add_parser("ui", help="the Dagster UI over the demo's home, with the sandbox")
     home_arg(ui)

@@ -103,9 +103,16 @@ def test_checks_jobs_schedules_sensors(definitions: dg.Definitions) -> None:
     checks = definitions.resolve_asset_graph().asset_check_keys
     assert sorted(f"{c.asset_key.to_user_string()}:{c.name}" for c in checks) == CHECKS
     jobs = {j.name for j in definitions.resolve_all_job_defs()} - {"__ASSET_JOB"}
-    assert jobs == {"catch_up_job", "daily_sync_job", "erp_posting_job", "ingest_job"}
+    assert jobs == {
+        "catch_up_job",
+        "daily_sync_job",
+        "erp_posting_job",
+        "ingest_job",
+        "near_real_time_job",
+    }
     assert [s.name for s in definitions.schedules or []] == ["daily_sync_job_schedule"]
     assert [s.name for s in definitions.sensors or []] == [
+        "stripe_events_sensor",
         "erp_posting_sensor",
         "late_changes_sensor",
     ]

@@ -335,6 +335,30 @@ class StripeClient(ConnectorClient):
         params += [("types[]", t) for t in types or []]
         return self._list("/v1/events", params)
 
+    def events_after(
+        self, event_id: str, *, types: list[str], limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The first ``limit`` events of ``types`` after ``event_id``, oldest first, and whether
+        more follow.
+
+        Stripe lists newest first; ``ending_before`` pages toward newer events and answers the
+        ones nearest the cursor, so one request reads the next bounded batch in order.
+        """
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"stripe events limit must be 1..{MAX_PAGE_SIZE}, got {limit}")
+        params: Params = [("ending_before", event_id), ("limit", limit)]
+        params += [("types[]", t) for t in types]
+        response = self.http.request(
+            "GET", self._base + "/v1/events", idempotent=True, params=params
+        )
+        body = parse_json(response, SYSTEM)
+        data = body.get("data") if isinstance(body, dict) else None
+        if body.get("object") != "list" or not isinstance(data, list):
+            raise PermanentUpstreamError(
+                SYSTEM, "GET /v1/events did not answer a list object", status=200
+            )
+        return list(reversed(data)), bool(body.get("has_more"))
+
     def _list(self, path: str, params: Params) -> Iterator[dict[str, Any]]:
         limit = MAX_PAGE_SIZE if path.endswith("/lines") else self._page_size
         starting_after: str | None = None

@@ -947,6 +947,29 @@ class StripeSimulator(Simulator):
         obj: dict[str, Any],
         previous: dict[str, Any] | None = None,
     ) -> None:
+        self.announce(
+            conn,
+            etype,
+            obj,
+            previous,
+            request={
+                "id": "req_" + secrets.token_hex(7),
+                "idempotency_key": req.header("Idempotency-Key"),
+            },
+        )
+
+    def announce(
+        self,
+        conn: sqlite3.Connection,
+        etype: str,
+        obj: dict[str, Any],
+        previous: dict[str, Any] | None = None,
+        *,
+        request: dict[str, str | None] | None = None,
+    ) -> None:
+        """Record the event Stripe emits for a change to ``obj``, stamped by the clock. A change
+        Stripe's own billing engine made (a cycle invoice finalized, an automatic charge) has
+        no request behind it: ``request`` holds nulls, as Stripe sends it."""
         data: dict[str, Any] = {"object": obj}
         if previous is not None:
             data["previous_attributes"] = previous
@@ -958,10 +981,7 @@ class StripeSimulator(Simulator):
             "data": data,
             "livemode": False,
             "pending_webhooks": 0,
-            "request": {
-                "id": "req_" + secrets.token_hex(7),
-                "idempotency_key": req.header("Idempotency-Key"),
-            },
+            "request": request or {"id": None, "idempotency_key": None},
             "type": etype,
         }
         self._insert(conn, event, ref=None, type_=etype)

@@ -2,6 +2,8 @@
 
 Flows:
     ingest_job       extract -> validate -> derive (queues documents on the posting ledger)
+    near_real_time_job  the same for the days of Stripe objects that just changed; launched by
+                     ``stripe_events_sensor`` (``stripe_events``)
     erp_posting_job  post -> read back -> reconcile; launched by ``erp_posting_sensor`` as soon
                      as the ledger holds due documents of a near-real-time flow (and for the
                      days later money paid after they were read back), and by one
@@ -18,6 +20,7 @@ import os
 import dagster as dg
 import sqlalchemy as sa
 
+from finsync_pipeline.defs.automation.stripe_events import interval_from_env, stripe_events_sensor
 from finsync_pipeline.errors import ConfigurationError
 from finsync_pipeline.ledger import loads, now_iso
 from finsync_pipeline.logic.derive import ERP, balance_application_external_id
@@ -34,11 +37,21 @@ from finsync_pipeline.resources.warehouse import WarehouseResource
 
 ERP_TAG = "finsync/erp"
 
+INGEST_SELECTION = dg.AssetSelection.groups(
+    "extract", "validate", "derive"
+) - dg.AssetSelection.assets("erp_invoices", "erp_payments")
+
 ingest_job = dg.define_asset_job(
     "ingest_job",
-    selection=dg.AssetSelection.groups("extract", "validate", "derive")
-    - dg.AssetSelection.assets("erp_invoices", "erp_payments"),
+    selection=INGEST_SELECTION,
     description="Extract, validate and derive a day range; queues documents for posting.",
+)
+
+near_real_time_job = dg.define_asset_job(
+    "near_real_time_job",
+    selection=INGEST_SELECTION,
+    description="Extract, validate and derive the one day whose Stripe objects just changed; "
+    "launched by stripe_events_sensor, it queues their documents for the posting sensor.",
 )
 
 erp_posting_job = dg.define_asset_job(
@@ -346,15 +359,7 @@ def _posting_request(due: dict[str, object], flows: list[str], run_key: str) -> 
     )
 
 
-@dg.sensor(
-    job=erp_posting_job,
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Launches a posting run whenever the ledger holds due documents of a "
-    "near-real-time flow, and reads back and reconciles again the days whose invoices money "
-    "of a later day paid or credited since they were last read back.",
-)
-def erp_posting_sensor(
+def _erp_posting_tick(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource
 ) -> dg.SensorResult:
     flows = realtime_flows(batch_windows())
@@ -391,6 +396,22 @@ def erp_posting_sensor(
     return dg.SensorResult(
         run_requests=requests, cursor=json.dumps({"last_run_key": requests[-1].run_key})
     )
+
+
+def posting_sensor(interval_s: int) -> dg.SensorDefinition:
+    """The posting sensor, ticking every ``interval_s`` seconds."""
+    return dg.sensor(
+        name="erp_posting_sensor",
+        job=erp_posting_job,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Launches a posting run whenever the ledger holds due documents of a "
+        "near-real-time flow, and reads back and reconciles again the days whose invoices "
+        "money of a later day paid or credited since they were last read back.",
+    )(_erp_posting_tick)
+
+
+erp_posting_sensor = posting_sensor(60)
 
 
 # Days the late-changes sensor asks runs for at one tick, oldest first.
@@ -542,12 +563,18 @@ def posting_window_schedules(windows: dict[str, str]) -> list[dg.ScheduleDefinit
 
 @dg.definitions
 def automation() -> dg.Definitions:
-    """The jobs, the posting and late-changes sensors, the daily schedule and the batch-window
-    schedules set in FINSYNC_POSTING_BATCH_WINDOWS (none by default: every flow posts in near
-    real time)."""
+    """The jobs, the Stripe events, posting and late-changes sensors, the daily schedule and
+    the batch-window schedules set in FINSYNC_POSTING_BATCH_WINDOWS (none by default: every
+    flow posts in near real time). The Stripe events and posting sensors tick every
+    FINSYNC_NEAR_REAL_TIME_INTERVAL_S seconds."""
+    interval = interval_from_env()
     return dg.Definitions(
-        jobs=[ingest_job, erp_posting_job, daily_sync_job, catch_up_job],
-        sensors=[erp_posting_sensor, late_changes_sensor],
+        jobs=[ingest_job, near_real_time_job, erp_posting_job, daily_sync_job, catch_up_job],
+        sensors=[
+            stripe_events_sensor(near_real_time_job.name, interval),
+            posting_sensor(interval),
+            late_changes_sensor,
+        ],
         schedules=[
             daily_sync_schedule(daily_sync_cron()),
             *posting_window_schedules(batch_windows()),

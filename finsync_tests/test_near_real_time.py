@@ -1,0 +1,199 @@
+"""Near real time upstream of the ledger: a Stripe invoice finalized or a payment succeeded
+reaches NetSuite through the Stripe events sensor and the posting sensor, ticked as the daemon
+ticks them, without waiting for the nightly run or re-running the history."""
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from finsync_pipeline.definitions import defs
+from finsync_pipeline.defs.automation.stripe_events import changed_days, interval_from_env
+from finsync_pipeline.errors import ConfigurationError
+from finsync_pipeline.partitions import range_tags
+from finsync_pipeline.posting_flows import BATCH_WINDOWS_ENV
+from finsync_pipeline.resources.stripe import StripeResource
+from finsync_pipeline.resources.warehouse import create_engine
+from finsync_pipeline.sandbox.generator import CompanySpec, add_months, generate
+from finsync_pipeline.sandbox.live_billing import (
+    collect_invoice,
+    cycle_invoices,
+    finalize_next_invoice,
+)
+from finsync_pipeline.sandbox.server import Sandbox
+from finsync_pipeline.sensor_ticks import SensorTicker
+from finsync_tests.conftest import TEST_END
+from finsync_tests.defs.test_assets import _resources
+
+SPEC = CompanySpec(accounts=24, months=1, seed=13, end=TEST_END)
+FIRST_DAY = add_months(TEST_END, -SPEC.months) + dt.timedelta(days=1)
+# The morning after the history: what Stripe bills now is today's.
+NOW = dt.datetime.combine(TEST_END + dt.timedelta(days=1), dt.time(10), tzinfo=dt.UTC)
+EVENTS = "stripe_events_sensor"
+POSTING = "erp_posting_sensor"
+
+
+def _sandbox(path: Path) -> Sandbox:
+    sb = Sandbox(path)
+    sb.seed(generate(SPEC))
+    # Stripe's clock only: the others keep the wall clock their logins are checked against.
+    sb.stripe.clock = NOW.timestamp
+    return sb
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    with _sandbox(tmp_path / "sandbox") as sb:
+        yield sb
+
+
+def _ticker(sb: Sandbox, url: str, tmp_path: Path) -> SensorTicker:
+    (tmp_path / "dagster").mkdir(exist_ok=True)
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "dagster"))
+    return SensorTicker(defs(), instance, _resources(sb.env, url))
+
+
+def _rows(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    with create_engine(url).connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(sql), params)]
+
+
+def _newest_event(sb: Sandbox, etype: str) -> str:
+    row = sb.store.one(
+        "SELECT id FROM stripe_object WHERE object = 'event' AND type = ? "
+        "ORDER BY created DESC, seq DESC",
+        (etype,),
+    )
+    assert row is not None
+    return str(row["id"])
+
+
+def test_an_invoice_finalized_and_paid_reaches_netsuite_in_one_small_run(
+    sandbox: Sandbox, sqlite_url: str, tmp_path: Path
+) -> None:
+    ticker = _ticker(sandbox, sqlite_url, tmp_path)
+    # The history, as the nightly runs and the posting sensor left it.
+    history = (
+        defs()
+        .resolve_job_def("daily_sync_job")
+        .execute_in_process(
+            instance=ticker.instance,
+            resources=ticker.resources,
+            tags=range_tags(FIRST_DAY, TEST_END),
+        )
+    )
+    assert history.success
+    while ticker.tick(POSTING).runs:
+        pass
+    assert ticker.tick(EVENTS).skip_message == "started: the nightly runs carry every earlier event"
+    quiet = ticker.tick(EVENTS)
+    assert (quiet.requests, quiet.skip_message) == ([], "no new Stripe events")
+
+    invoice = finalize_next_invoice(sandbox, cycle_invoices(sandbox)[0])
+    charge = collect_invoice(sandbox, invoice)
+    tick = ticker.tick(EVENTS)
+    today = NOW.date().isoformat()
+    # One run, for today only, keyed by the last event read (``invoice.paid``; the
+    # ``invoice.payment_succeeded`` after it says nothing more): the same events never run twice.
+    assert [(r.run_key, r.partition_key) for r in tick.requests] == [
+        (f"stripe:{_newest_event(sandbox, 'invoice.paid')}:{today}", today)
+    ]
+    (run,) = tick.runs
+    assert run.dagster_run.tags["dagster/partition"] == today
+    queued = "SELECT doc_type, state FROM posting_ledger WHERE source_id = :id"
+    assert _rows(sqlite_url, queued, id=invoice) == [("invoice", "pending")]
+    assert _rows(sqlite_url, queued, id=charge) == [("customer_payment", "pending")]
+
+    # The posting sensor's next tick posts both.
+    assert ticker.tick(POSTING).runs
+    assert _rows(sqlite_url, queued, id=invoice) == [("invoice", "posted")]
+    assert _rows(sqlite_url, queued, id=charge) == [("customer_payment", "posted")]
+    ((external_id,),) = _rows(
+        sqlite_url, "SELECT external_id FROM posting_ledger WHERE source_id = :id", id=invoice
+    )
+    assert [r for r in sandbox.netsuite_records("invoice") if r.get("externalId") == external_id]
+    again = ticker.tick(EVENTS)
+    assert (again.requests, again.skip_message) == ([], "no new Stripe events")
+
+
+def test_changes_of_batch_flows_only_move_the_cursor(
+    sandbox: Sandbox, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    windows = {"invoice": "0 3 * * *", "customer_payment": "0 3 * * *"}
+    monkeypatch.setenv(BATCH_WINDOWS_ENV, json.dumps(windows))
+    ticker = _ticker(sandbox, sqlite_url, tmp_path)
+    ticker.tick(EVENTS)
+    invoice = finalize_next_invoice(sandbox, cycle_invoices(sandbox)[1])
+    collect_invoice(sandbox, invoice)
+    batch_only = ticker.tick(EVENTS)
+    assert batch_only.requests == []
+    assert batch_only.skip_message == "4 new Stripe events, none for a near-real-time flow"
+
+    # A customer's change is near real time still: a run for the day it changed.
+    customer = json.loads(
+        str(sandbox.store.one("SELECT body FROM stripe_object WHERE id = ?", (invoice,))["body"])
+    )["customer"]
+    client = StripeResource(
+        api_key=sandbox.env["STRIPE_API_KEY"], api_base=sandbox.env["STRIPE_API_BASE"]
+    ).get_client()
+    client.post(f"/v1/customers/{customer}", {"metadata": {"tier": "gold"}})
+    assert [r.partition_key for r in ticker.tick(EVENTS).requests] == [NOW.date().isoformat()]
+
+
+def test_the_interval_is_configuration_that_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FINSYNC_NEAR_REAL_TIME_INTERVAL_S", "5")
+    loaded = defs()
+    assert loaded.resolve_sensor_def(EVENTS).minimum_interval_seconds == 5
+    assert loaded.resolve_sensor_def(POSTING).minimum_interval_seconds == 5
+    monkeypatch.setenv("FINSYNC_NEAR_REAL_TIME_INTERVAL_S", "soon")
+    with pytest.raises(ConfigurationError, match="FINSYNC_NEAR_REAL_TIME_INTERVAL_S is 'soon'"):
+        interval_from_env()
+
+
+def _event(etype: str, obj: str, created: dt.datetime, at: dt.datetime) -> dict[str, Any]:
+    return {
+        "id": f"evt_{etype}",
+        "type": etype,
+        "created": int(at.timestamp()),
+        "data": {"object": {"object": obj, "created": int(created.timestamp())}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("etype", "obj", "created", "flows", "days"),
+    [
+        # A payment today of an October invoice: the invoice's own day, not the days between.
+        (
+            "invoice.paid",
+            "invoice",
+            dt.datetime(2026, 10, 3, tzinfo=dt.UTC),
+            {"customer_payment"},
+            ["2026-10-03"],
+        ),
+        ("charge.succeeded", "charge", NOW, {"customer_payment"}, ["2026-11-01"]),
+        # Master data: the day it changed.
+        (
+            "customer.updated",
+            "customer",
+            dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+            {"customer"},
+            ["2026-11-01"],
+        ),
+        # A batch flow's change asks for nothing.
+        ("credit_note.created", "credit_note", NOW, {"invoice", "customer"}, []),
+        # Before the history starts: the nightly backfill's, not the sensor's.
+        ("invoice.voided", "invoice", dt.datetime(2022, 5, 1, tzinfo=dt.UTC), {"invoice"}, []),
+    ],
+    ids=["old-invoice-paid", "charge-today", "customer", "batch-flow", "before-history"],
+)
+def test_each_event_asks_for_its_objects_own_day(
+    etype: str, obj: str, created: dt.datetime, flows: set[str], days: list[str]
+) -> None:
+    assert changed_days([_event(etype, obj, created, NOW)], flows) == days
