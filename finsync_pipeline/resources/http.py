@@ -741,7 +741,7 @@ class HttpClient:
 
     def _deadline_error(self, where: str, idempotent: bool) -> UpstreamError:
         text = (
-            f"{where}: the answer was still arriving after the {self.deadline_s:.0f}s deadline "
+            f"{where}: the answer was still arriving after the {self.deadline_s:g}s deadline "
             f"({DEADLINE_ENV})"
         )
         if not idempotent:

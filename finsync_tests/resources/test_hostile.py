@@ -13,13 +13,14 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from finsync_pipeline.errors import (
+    AmbiguousOutcomeError,
     ConfigurationError,
     PermanentUpstreamError,
     RetryableUpstreamError,
     UpstreamError,
 )
 from finsync_pipeline.resources.avalara import AvalaraClient
-from finsync_pipeline.resources.http import HttpOptions
+from finsync_pipeline.resources.http import HttpClient, HttpOptions
 from finsync_pipeline.resources.metering import MeteringClient
 from finsync_pipeline.resources.netsuite import NetSuiteClient
 from finsync_pipeline.resources.salesforce import SalesforceClient
@@ -439,3 +440,40 @@ def test_avalara_echo_leaks_no_license_key(hostile: HostileServer) -> None:
     with pytest.raises(PermanentUpstreamError) as info:
         avalara(hostile).create_sales_order({"lines": []})
     assert_clean(info.value, {AVALARA_LICENSE, basic(AVALARA_ACCOUNT, AVALARA_LICENSE)})
+
+
+# -- the limits come from the environment --------------------------------------------------------
+
+
+def test_limits_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, hostile: HostileServer
+) -> None:
+    monkeypatch.setenv("FINSYNC_HTTP_MAX_PAGES", "2")
+    monkeypatch.setenv("FINSYNC_HTTP_DEADLINE_S", "30")
+    counter = iter(range(10**6))
+    hostile.script = lambda request: stripe_page([f"ch_{next(counter)}"])
+    client = StripeClient(api_key=STRIPE_KEY, api_base=hostile.url)
+    assert client.http.deadline_s == 30.0
+    with pytest.raises(PermanentUpstreamError, match="FINSYNC_HTTP_MAX_PAGES"):
+        list(client.list_charges())
+    assert len(hostile.seen) == 2
+
+
+@pytest.mark.parametrize("value", ["five", "0", "-3"])
+def test_a_bad_limit_names_its_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("FINSYNC_HTTP_MAX_RESPONSE_BYTES", value)
+    with pytest.raises(ConfigurationError) as info:
+        StripeClient(api_key=STRIPE_KEY, api_base="http://127.0.0.1:1")
+    assert str(info.value) == (
+        f"FINSYNC_HTTP_MAX_RESPONSE_BYTES is {value!r}: set it to a positive integer "
+        "(default 67108864)"
+    )
+
+
+def test_a_write_cut_at_the_deadline_is_ambiguous(hostile: HostileServer) -> None:
+    hostile.script = lambda request: Reply(200, {"id": "x" * 40}, trickle_s=0.05)
+    client = HttpClient("acme", deadline_s=0.5, sleep=lambda s: None)
+    with pytest.raises(AmbiguousOutcomeError) as info:
+        client.request("POST", hostile.url + "/write", idempotent=False)
+    assert "0.5s deadline" in str(info.value)
+    assert len(hostile.seen) == 1
