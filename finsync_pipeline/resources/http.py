@@ -27,6 +27,7 @@ JSON-escaped, and the base64 of a Basic pair); every ``FinsyncError`` scrubs eve
 fields of all of them when it is made, before anything can store or print it.
 """
 
+import contextlib
 import datetime
 import decimal
 import email.utils
@@ -34,6 +35,8 @@ import enum
 import json
 import os
 import random
+import socket
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -374,7 +377,6 @@ def _read_body(response: requests.Response, *, limit: int, deadline: float) -> N
     raw = response.raw
     try:
         while True:
-            _limit_socket_wait(raw, deadline)
             chunk = raw.read1(_CHUNK) if hasattr(raw, "read1") else raw.read(_CHUNK)
             if not chunk:
                 break
@@ -417,15 +419,51 @@ def _inflate(inflater: Any, chunk: bytes, room: int) -> Iterator[bytes]:
             return
 
 
-def _limit_socket_wait(raw: Any, deadline: float) -> None:
-    """Make the next socket read wait no longer than the time left before ``deadline``."""
-    sock = getattr(getattr(raw, "_connection", None), "sock", None)
-    if sock is None:
-        return
-    left = deadline - time.monotonic()
-    current = sock.gettimeout()
-    if left > 0 and (current is None or left < current):
-        sock.settimeout(left)
+_watch = threading.local()
+
+
+class _WatchedPool:
+    """Lets the deadline watchdog of the request in flight on this thread find its connection."""
+
+    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+        holder = getattr(_watch, "connections", None)
+        if holder is not None:
+            holder.append(conn)
+        return super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTPPool(_WatchedPool, urllib3.HTTPConnectionPool):
+    pass
+
+
+class _WatchedHTTPSPool(_WatchedPool, urllib3.HTTPSConnectionPool):
+    pass
+
+
+class GuardedAdapter(HTTPAdapter):
+    """The transport of every ``HttpClient``: urllib3 never retries behind its back, and the
+    deadline watchdog can cut the connection of a request that outlives its deadline (a
+    trickle of headers or body that each socket timeout alone would let through)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPPool,
+            "https": _WatchedHTTPSPool,
+        }
+
+
+def _cut(connections: list[Any], fired: threading.Event) -> None:
+    """At the deadline: shut the request's sockets, so a blocked read returns at once."""
+    fired.set()
+    for conn in connections:
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 class HttpClient:
@@ -502,7 +540,7 @@ class HttpClient:
         # Only encodings the client inflates itself, within the size limit.
         self.session.headers["Accept-Encoding"] = "gzip, deflate"
         # Retries are ours alone: urllib3 must never resend behind our back.
-        adapter = HTTPAdapter(max_retries=0)
+        adapter = GuardedAdapter()
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
 
@@ -716,8 +754,22 @@ class HttpClient:
     def _send(self, method: str, url: str, kwargs: dict[str, Any]) -> requests.Response:
         """One attempt: send, then read the whole body within the deadline and size limit."""
         deadline = time.monotonic() + self.deadline_s
-        response = self.session.request(method, url, **kwargs)
-        _read_body(response, limit=self.max_response_bytes, deadline=deadline)
+        connections: list[Any] = []
+        fired = threading.Event()
+        watchdog = threading.Timer(self.deadline_s, _cut, (connections, fired))
+        watchdog.daemon = True
+        _watch.connections = connections
+        watchdog.start()
+        try:
+            response = self.session.request(method, url, **kwargs)
+            _read_body(response, limit=self.max_response_bytes, deadline=deadline)
+        except Exception as e:
+            if fired.is_set():
+                raise _DeadlinePassed from e
+            raise
+        finally:
+            watchdog.cancel()
+            _watch.connections = None
         return response
 
     def _check_origin(self, url: str, where: str) -> None:

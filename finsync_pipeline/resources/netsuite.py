@@ -22,7 +22,6 @@ import requests
 import simplejson
 import urllib3
 from pydantic import Field
-from requests.adapters import HTTPAdapter
 
 from finsync_pipeline.errors import (
     AmbiguousOutcomeError,
@@ -33,6 +32,7 @@ from finsync_pipeline.errors import (
 from finsync_pipeline.resources.http import (
     ConnectorClient,
     ErrorInfo,
+    GuardedAdapter,
     HttpClient,
     HttpOptions,
     check_base_url,
@@ -85,15 +85,15 @@ LOOKUP_CHUNK = 500
 _MAYBE_PROCESSED_STATUSES = frozenset({500, 502, 504})
 
 
-class _SendLog(HTTPAdapter):
+class _SendLog(GuardedAdapter):
     """The transport adapter, noting per thread whether a request may have been processed
     without its answer arriving (the request left, then a read timeout, a dropped connection
     or a 500/502/504). ``HttpClient`` retries an idempotent PUT through such failures; this
     tells the connector whether the give-up that may follow is ambiguous."""
 
     def __init__(self) -> None:
-        # Retries are HttpClient's alone: urllib3 must never resend behind its back.
-        super().__init__(max_retries=0)
+        # Retries are HttpClient's alone (GuardedAdapter): urllib3 never resends behind its back.
+        super().__init__()
         self._local = threading.local()
 
     def reset(self) -> None:

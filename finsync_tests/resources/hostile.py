@@ -52,6 +52,7 @@ class Reply:
         headers: Extra headers.
         gzipped: Send ``body`` gzip-compressed with ``Content-Encoding: gzip``.
         trickle_s: Send the body one byte at a time, this many seconds apart.
+        header_trickle_s: Send the headers too one byte at a time, this many seconds apart.
     """
 
     status: int = 200
@@ -59,6 +60,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     gzipped: bool = False
     trickle_s: float = 0.0
+    header_trickle_s: float = 0.0
 
     def payload(self) -> bytes:
         """The body's bytes as sent on the wire."""
@@ -111,25 +113,28 @@ class HostileServer:
 
     def _send(self, handler: BaseHTTPRequestHandler, reply: Reply) -> None:
         payload = reply.payload()
+        headers = {"Content-Type": "application/json", **reply.headers}
+        if reply.gzipped:
+            headers["Content-Encoding"] = "gzip"
+        headers["Content-Length"] = str(len(payload))
+        head = f"HTTP/1.1 {reply.status} Hostile\r\n" + "".join(
+            f"{name}: {value}\r\n" for name, value in headers.items()
+        )
         try:
-            handler.send_response(reply.status)
-            headers = {"Content-Type": "application/json", **reply.headers}
-            if reply.gzipped:
-                headers["Content-Encoding"] = "gzip"
-            for name, value in headers.items():
-                handler.send_header(name, value)
-            handler.send_header("Content-Length", str(len(payload)))
-            handler.end_headers()
-            if not reply.trickle_s:
-                handler.wfile.write(payload)
-                return
-            for byte in payload:
-                if self._stop.wait(reply.trickle_s):
-                    return
-                handler.wfile.write(bytes([byte]))
-                handler.wfile.flush()
+            self._write(handler, (head + "\r\n").encode(), reply.header_trickle_s)
+            self._write(handler, payload, reply.trickle_s)
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+    def _write(self, handler: BaseHTTPRequestHandler, data: bytes, trickle_s: float) -> None:
+        if not trickle_s:
+            handler.wfile.write(data)
+            return
+        for byte in data:
+            if self._stop.wait(trickle_s):
+                return
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
 
     def close(self) -> None:
         """Stop serving (a trickling answer stops at once)."""

@@ -233,6 +233,15 @@ def test_a_trickling_body_is_cut_at_the_deadline(hostile: HostileServer) -> None
     assert "deadline" in str(info.value)
 
 
+def test_trickling_headers_are_cut_at_the_deadline(hostile: HostileServer) -> None:
+    hostile.script = lambda request: Reply(
+        200, stripe_page([], has_more=False).body, {"X-Pad": "p" * 200}, header_trickle_s=0.05
+    )
+    with pytest.raises(RetryableUpstreamError) as info:
+        list(stripe(hostile, deadline_s=0.5, max_attempts=1).list_charges())
+    assert "0.5s deadline" in str(info.value)
+
+
 # -- 2. no request leaves its configured host ----------------------------------------------------
 
 
