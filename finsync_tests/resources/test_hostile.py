@@ -24,6 +24,7 @@ from finsync_pipeline.resources.http import HttpClient, HttpOptions
 from finsync_pipeline.resources.metering import MeteringClient
 from finsync_pipeline.resources.netsuite import NetSuiteClient
 from finsync_pipeline.resources.salesforce import SalesforceClient
+from finsync_pipeline.resources.salesforce import _instance as salesforce_instance
 from finsync_pipeline.resources.stripe import StripeClient
 from finsync_tests.resources.hostile import HostileServer, Reply, Request, Script
 
@@ -486,3 +487,18 @@ def test_a_write_cut_at_the_deadline_is_ambiguous(hostile: HostileServer) -> Non
         client.request("POST", hostile.url + "/write", idempotent=False)
     assert "0.5s deadline" in str(info.value)
     assert len(hostile.seen) == 1
+
+
+def test_live_mode_refuses_an_instance_url_off_salesforce(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINSYNC_MODE", "live")
+    monkeypatch.delenv("FINSYNC_ALLOW_HOSTS", raising=False)
+    for instance in (
+        "https://acme.my.salesforce.com.evil.example",
+        "http://acme.my.salesforce.com",
+    ):
+        with pytest.raises(PermanentUpstreamError) as info:
+            salesforce_instance(instance)
+        assert "instance_url" in str(info.value)
+    assert (
+        salesforce_instance("https://acme.my.salesforce.com/") == "https://acme.my.salesforce.com"
+    )
