@@ -401,7 +401,11 @@ def _read_body(response: requests.Response, *, limit: int, deadline: float) -> N
 
 
 def _inflate(inflater: Any, chunk: bytes, room: int) -> Iterator[bytes]:
-    """The decompressed pieces of ``chunk``, each at most ``room + 1`` bytes."""
+    """The decompressed pieces of ``chunk``, each at most ``room + 1`` bytes.
+
+    Raises:
+        zlib.error: Data after the end of the compressed stream (one member per answer).
+    """
     if inflater is None:
         yield chunk
         return
@@ -412,11 +416,7 @@ def _inflate(inflater: Any, chunk: bytes, room: int) -> Iterator[bytes]:
         room -= len(piece)
         data = inflater.unconsumed_tail
         if inflater.eof and inflater.unused_data:
-            # Concatenated gzip members: each is inflated in turn.
-            data = inflater.unused_data
-            inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
-        if not piece and not data:
-            return
+            raise zlib.error("data after the end of the compressed body")
 
 
 _watch = threading.local()

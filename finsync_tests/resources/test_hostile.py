@@ -352,6 +352,14 @@ def test_a_gzip_bomb_is_not_inflated_whole(hostile: HostileServer) -> None:
     assert peak < 40 * 2**20
 
 
+def test_a_gzipped_page_within_the_limit_is_read(hostile: HostileServer) -> None:
+    hostile.script = lambda request: Reply(
+        200, stripe_page(["ch_1", "ch_2"], has_more=False).body, gzipped=True
+    )
+    assert [c["id"] for c in stripe(hostile).list_charges()] == ["ch_1", "ch_2"]
+    assert "gzip" in hostile.seen[0].headers["Accept-Encoding"]
+
+
 def test_an_oversized_plain_body_is_refused(hostile: HostileServer) -> None:
     hostile.script = lambda request: Reply(200, b"[" + b" " * (2 * 2**20) + b"]")
     with pytest.raises(PermanentUpstreamError) as info:
