@@ -17,12 +17,50 @@ system, the record and the field, and never carries a secret.
     └── PostingRejected           the ERP refused a document permanently (with its message)
 """
 
-from collections.abc import Mapping
+import base64
+import json
+import re
+import threading
+from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus
+
+# A value passed explicitly is scrubbed from 4 characters; one registered for every error
+# from 8, so a short test value can never blank ordinary words in other messages.
+MIN_SECRET_LENGTH = 4
+MIN_REGISTERED_LENGTH = 8
+_MASK = "***"
+
+
+class _Registry:
+    """Every form of every secret registered, and one pattern matching them all."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.forms: set[str] = set()
+        self.pattern: re.Pattern[str] | None = None
+
+    def add(self, forms: Iterable[str]) -> None:
+        with self.lock:
+            new = set(forms) - self.forms
+            if new:
+                self.forms.update(new)
+                # Longest first, so a form inside a longer one never leaves the rest behind.
+                ordered = sorted(self.forms, key=len, reverse=True)
+                self.pattern = re.compile("|".join(re.escape(f) for f in ordered))
+
+
+_REGISTRY = _Registry()
 
 
 class FinsyncError(Exception):
-    """Base class of every error finsync raises on purpose."""
+    """Base class of every error finsync raises on purpose.
+
+    Every text argument is scrubbed of every registered secret when the error is made.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigurationError(FinsyncError):
@@ -54,10 +92,12 @@ class UpstreamError(FinsyncError):
     ) -> None:
         self.system = system
         self.status = status
-        self.code = code
-        self.detail = message
-        self.field = field
+        # The system's own words can echo what we sent: scrub every field, not the message only.
+        self.code = redact(code) if code is not None else None
+        self.detail = redact(message)
+        self.field = redact(field) if field is not None else None
         self.retry_after_s = retry_after_s
+        code, message, field = self.code, self.detail, self.field
         parts = [f"{system}: {message}"]
         if status is not None:
             parts.append(f"(HTTP {status}{', ' + code if code else ''})")
@@ -127,14 +167,51 @@ class PostingRejected(FinsyncError):
     def __init__(self, erp: str, external_id: str, detail: str) -> None:
         self.erp = erp
         self.external_id = external_id
-        self.detail = detail
-        super().__init__(f"{erp} rejected {external_id}: {detail}")
+        self.detail = redact(detail)
+        super().__init__(f"{erp} rejected {external_id}: {self.detail}")
 
 
-def redact(text: str, secrets: Mapping[str, Any] | list[str]) -> str:
-    """Remove every secret value from ``text`` before it reaches a log, an error or metadata."""
+def secret_forms(value: str) -> set[str]:
+    """The encodings a secret travels in or comes back in: raw, URL-encoded (``%20`` and
+    ``+``), JSON-escaped (``/`` escaped or not) and base64."""
+    escaped = json.dumps(value)[1:-1]
+    encoded = {quote(value, safe=""), quote(value, safe="/"), quote_plus(value)}
+    lower_hex = {re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), e) for e in encoded}
+    return {
+        value,
+        *encoded,
+        *lower_hex,
+        escaped,
+        escaped.replace("/", "\\/"),
+        base64.b64encode(value.encode()).decode(),
+    }
+
+
+def register_secret(value: str) -> None:
+    """Scrub ``value`` in every encoding (``secret_forms``) from every finsync error from now on.
+
+    The HTTP client registers each secret it sends; nothing a system echoes back can then
+    reach an error's message, code, field or detail, a log line or a stored row.
+    """
+    if isinstance(value, str) and len(value) >= MIN_REGISTERED_LENGTH:
+        _REGISTRY.add(secret_forms(value))
+
+
+def register_basic_pair(user: str, secret: str) -> None:
+    """Scrub ``secret`` and the base64 of ``user:secret`` (an HTTP Basic credential)."""
+    register_secret(secret)
+    if len(secret) < MIN_REGISTERED_LENGTH:
+        return
+    pair = f"{user}:{secret}".encode()
+    _REGISTRY.add({base64.b64encode(pair).decode(), base64.urlsafe_b64encode(pair).decode()})
+
+
+def redact(text: str, secrets: Mapping[str, Any] | Iterable[str] = ()) -> str:
+    """``text`` without any registered secret, nor any of ``secrets``, in any encoding."""
     values = secrets.values() if isinstance(secrets, Mapping) else secrets
     for value in values:
-        if isinstance(value, str) and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
+        if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH:
+            for form in sorted(secret_forms(value), key=len, reverse=True):
+                text = text.replace(form, _MASK)
+    pattern = _REGISTRY.pattern
+    return pattern.sub(_MASK, text) if pattern is not None else text

@@ -19,6 +19,7 @@ from finsync_pipeline.resources.http import (
     ErrorInfo,
     HttpClient,
     HttpOptions,
+    check_base_url,
     error_json,
     parse_json,
 )
@@ -32,6 +33,8 @@ AUTH_MESSAGE = (
 )
 SALES_ORDER = "SalesOrder"
 CORRELATION_HEADER = "X-Correlation-Id"
+# AvaTax answers on rest.avatax.com and sandbox-rest.avatax.com.
+DOMAINS = ("avatax.com", "avalara.com")
 
 
 def parse_avalara_error(response: requests.Response) -> ErrorInfo:
@@ -87,16 +90,18 @@ class AvalaraClient(ConnectorClient):
         app_version: str = "0.1.0",
         http_options: HttpOptions | None = None,
     ) -> None:
+        check_base_url(SYSTEM, base_url, variable="AVALARA_BASE_URL", domains=DOMAINS)
         self._base = base_url.rstrip("/")
         self.company_code = company_code
         self.http = HttpClient.from_options(
             SYSTEM,
-            http_options or HttpOptions(),
+            http_options or HttpOptions.from_env(),
             url_variable="AVALARA_BASE_URL",
-            secrets=[license_key],
+            base_urls=[self._base],
             error_parser=parse_avalara_error,
             auth_message=AUTH_MESSAGE,
         )
+        self.http.add_basic_pair(account_id, license_key)
         self.http.session.auth = (account_id, license_key)
         self.http.session.headers.update(
             {

@@ -13,20 +13,36 @@ caller expects, and turns failures into finsync's error tree:
   system's own code, message and field, parsed by a per-system error parser;
 - retries exhausted raise ``RetryableUpstreamError``.
 
-Every error text passes through ``redact`` with the system's secrets.
+Every call is bounded: a (connect, read) timeout per socket operation and a deadline for the
+whole answer, so a body that trickles in a byte at a time cannot hold a call for minutes; a
+body is read as a stream and refused past ``max_response_bytes`` decompressed (a gzip bomb is
+never inflated whole). No request leaves its configured host: redirects are never followed
+(a 3xx is an error naming where it pointed), a URL off the client's origins is refused before
+anything is sent, and in live mode (``FINSYNC_MODE`` other than ``sandbox``) a base URL must be
+https on the vendor's own domains unless ``FINSYNC_ALLOW_HOSTS`` names it. ``PageGuard`` bounds
+every paged read: a cursor seen before, a page larger than asked and the page cap stop it.
+
+Every secret the client sends is registered with ``errors.register_secret`` (raw, URL-encoded,
+JSON-escaped, and the base64 of a Basic pair); every ``FinsyncError`` scrubs every one of its
+fields of all of them when it is made, before anything can store or print it.
 """
 
+import contextlib
 import datetime
 import decimal
 import email.utils
 import enum
 import json
+import os
 import random
+import socket
+import threading
 import time
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -39,7 +55,10 @@ from finsync_pipeline.errors import (
     ConfigurationError,
     PermanentUpstreamError,
     RetryableUpstreamError,
+    UpstreamError,
     redact,
+    register_basic_pair,
+    register_secret,
 )
 from finsync_pipeline.resources.concurrency import AdaptiveConcurrency
 
@@ -145,12 +164,29 @@ def _empty_error_info(response: requests.Response) -> ErrorInfo:
     return ErrorInfo()
 
 
+CONNECT_TIMEOUT_ENV = "FINSYNC_HTTP_CONNECT_TIMEOUT_S"
+READ_TIMEOUT_ENV = "FINSYNC_HTTP_READ_TIMEOUT_S"
+DEADLINE_ENV = "FINSYNC_HTTP_DEADLINE_S"
+MAX_RESPONSE_BYTES_ENV = "FINSYNC_HTTP_MAX_RESPONSE_BYTES"
+MAX_PAGES_ENV = "FINSYNC_HTTP_MAX_PAGES"
+ALLOW_HOSTS_ENV = "FINSYNC_ALLOW_HOSTS"
+MODE_ENV = "FINSYNC_MODE"
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 2**20
+DEFAULT_MAX_PAGES = 10_000
+_CHUNK = 64 * 1024
+_DECODED_ENCODINGS = frozenset({"gzip", "x-gzip", "deflate"})
+_N = TypeVar("_N", int, float)
+
+
 @dataclass(frozen=True)
 class HttpOptions:
     """Transport settings a connector passes to its ``HttpClient``.
 
     Attributes:
-        timeout: (connect, read) timeouts in seconds.
+        timeout: (connect, read) timeouts in seconds, each per socket operation.
+        deadline_s: Longest one attempt may take, from sending to the answer's last byte.
+        max_response_bytes: Largest body accepted, counted after decompression.
+        max_pages: Most pages one paged read may fetch.
         max_attempts: Attempts per request, the first included.
         backoff_base_s: Base of the exponential backoff.
         backoff_max_s: Cap of one wait; a longer Retry-After is not waited for here.
@@ -161,12 +197,277 @@ class HttpOptions:
     """
 
     timeout: tuple[float, float] = (5.0, 60.0)
+    deadline_s: float = 120.0
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    max_pages: int = DEFAULT_MAX_PAGES
     max_attempts: int = 5
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     sleep: Callable[[float], None] = field(default=time.sleep)
     rng: random.Random | None = None
     limiter: AdaptiveConcurrency | None = None
+
+    @classmethod
+    def from_env(cls) -> "HttpOptions":
+        """The defaults, overridden by the ``FINSYNC_HTTP_*`` variables that are set.
+
+        Raises:
+            ConfigurationError: A variable is not a positive number (it is named).
+        """
+        defaults = cls()
+        return cls(
+            timeout=(
+                _positive_env(CONNECT_TIMEOUT_ENV, defaults.timeout[0], float),
+                _positive_env(READ_TIMEOUT_ENV, defaults.timeout[1], float),
+            ),
+            deadline_s=_positive_env(DEADLINE_ENV, defaults.deadline_s, float),
+            max_response_bytes=_positive_env(
+                MAX_RESPONSE_BYTES_ENV, defaults.max_response_bytes, int
+            ),
+            max_pages=_positive_env(MAX_PAGES_ENV, defaults.max_pages, int),
+        )
+
+
+def _positive_env(name: str, default: _N, kind: Callable[[str], _N]) -> _N:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = kind("0")
+    if not value > 0:
+        raise ConfigurationError(
+            f"{name} is {text!r}: set it to a positive {'integer' if kind is int else 'number'} "
+            f"(default {default})"
+        )
+    return value
+
+
+def live_mode() -> bool:
+    """Whether finsync talks to the real services (``FINSYNC_MODE`` other than ``sandbox``)."""
+    return os.environ.get(MODE_ENV, "sandbox") != "sandbox"
+
+
+def allowed_hosts() -> frozenset[str]:
+    """The extra hosts ``FINSYNC_ALLOW_HOSTS`` lets live-mode base URLs use (comma-separated)."""
+    text = os.environ.get(ALLOW_HOSTS_ENV, "")
+    return frozenset(h.strip().lower() for h in text.split(",") if h.strip())
+
+
+def check_base_url(system: str, url: str, *, variable: str, domains: Sequence[str]) -> None:
+    """In live mode, refuse a base URL that is not https on one of the vendor's ``domains``.
+
+    A host ``FINSYNC_ALLOW_HOSTS`` names is accepted too (a proxy, a self-hosted service).
+    In sandbox mode every URL is accepted (the simulators listen on localhost).
+
+    Raises:
+        ConfigurationError: Names ``variable``, the host and what is allowed.
+    """
+    if not live_mode():
+        return
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    extra = allowed_hosts()
+    if parts.scheme != "https" or parts.username is not None or parts.password is not None:
+        raise ConfigurationError(
+            f"{system}: {variable} must be a plain https:// URL in live mode, got "
+            f"{parts.scheme or 'no scheme'}://{host}"
+        )
+    on_domain = any(host == d or host.endswith("." + d) for d in domains)
+    if not on_domain and host not in extra:
+        raise ConfigurationError(
+            f"{system}: {variable} points at {host}, which is not on {', '.join(domains)}; "
+            f"in live mode credentials go only there (name another host in {ALLOW_HOSTS_ENV} "
+            "to allow it)"
+        )
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of ``url``, the port made explicit."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+class PageGuard:
+    """Bounds one paged read: no cursor twice, no page larger than asked, at most N pages.
+
+    Args:
+        system: The system, named in every error.
+        what: The read (``GET /v1/invoices``), named in every error.
+        limit: The most records a page may hold (what was asked for).
+        max_pages: The most pages the read may fetch.
+    """
+
+    def __init__(self, system: str, what: str, *, limit: int, max_pages: int) -> None:
+        self.system = system
+        self.what = what
+        self.limit = limit
+        self.max_pages = max_pages
+        self.pages = 0
+        self._seen: set[str] = set()
+
+    def page(self, count: int, *, more: bool) -> None:
+        """Check a page of ``count`` records; ``more`` when the system says more follow.
+
+        Raises:
+            PermanentUpstreamError: The page is larger than asked, or empty while more follow.
+        """
+        self.pages += 1
+        if count > self.limit:
+            raise self._error(f"answered {count} records where at most {self.limit} were asked")
+        if more and count == 0:
+            raise self._error("said more records follow but sent an empty page")
+
+    def follow(self, cursor: str, *, page_key: str | None = None) -> None:
+        """Check the cursor of the next page before it is asked for.
+
+        Args:
+            cursor: What names the next page (an id, a URL), or the page just read when
+                ``page_key`` is given (``offset 2000``).
+            page_key: What identifies the page just read, when the cursor always advances
+                (an offset): the same page twice is a loop too.
+
+        Raises:
+            PermanentUpstreamError: The cursor (or page) came back, or the page cap is reached.
+        """
+        key = page_key if page_key is not None else cursor
+        shown = repr(cursor if len(cursor) <= 120 else cursor[:117] + "...")
+        if key in self._seen:
+            if page_key is not None:
+                text = f"answered at {shown} a page it had already sent"
+            else:
+                text = f"repeated the cursor {shown}"
+            raise self._error(f"{text}; paging stopped, it would never end")
+        if self.pages >= self.max_pages:
+            raise self._error(
+                f"still had more after {self.pages} pages (cursor {shown}); the cap is "
+                f"{self.max_pages} pages a read ({MAX_PAGES_ENV})"
+            )
+        self._seen.add(key)
+
+    def _error(self, text: str) -> PermanentUpstreamError:
+        return PermanentUpstreamError(self.system, f"{self.what} {text}", status=200)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _DeadlinePassed(Exception):
+    pass
+
+
+def _read_body(response: requests.Response, *, limit: int, deadline: float) -> None:
+    """Read a streamed body into ``response`` (``.content``), decompressing gzip/deflate.
+
+    Memory stays bounded by ``limit``: compressed data is inflated at most ``limit + 1``
+    bytes at a time, so a bomb is refused as soon as it passes the limit.
+
+    Raises:
+        _BodyTooLarge: More than ``limit`` bytes after decompression.
+        _DeadlinePassed: The body was still arriving at ``deadline`` (a monotonic time).
+        requests.exceptions.RequestException: The transport failed mid-body.
+    """
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding in _DECODED_ENCODINGS else None
+    parts: list[bytes] = []
+    size = 0
+    raw = response.raw
+    try:
+        while True:
+            chunk = raw.read1(_CHUNK) if hasattr(raw, "read1") else raw.read(_CHUNK)
+            if not chunk:
+                break
+            for piece in _inflate(inflater, chunk, limit - size):
+                size += len(piece)
+                if size > limit:
+                    raise _BodyTooLarge
+                parts.append(piece)
+            if time.monotonic() > deadline:
+                raise _DeadlinePassed
+    except urllib3.exceptions.ReadTimeoutError as e:
+        if time.monotonic() >= deadline:
+            raise _DeadlinePassed from e
+        raise requests.exceptions.ReadTimeout(e) from e
+    except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError, zlib.error) as e:
+        raise requests.exceptions.ChunkedEncodingError(e) from e
+    except (_BodyTooLarge, _DeadlinePassed):
+        response.close()
+        raise
+    response._content = b"".join(parts)  # requests' own cache of the body
+    response._content_consumed = True  # type: ignore[attr-defined]
+
+
+def _inflate(inflater: Any, chunk: bytes, room: int) -> Iterator[bytes]:
+    """The decompressed pieces of ``chunk``, each at most ``room + 1`` bytes.
+
+    Raises:
+        zlib.error: Data after the end of the compressed stream (one member per answer).
+    """
+    if inflater is None:
+        yield chunk
+        return
+    data = chunk
+    while data:
+        piece = inflater.decompress(data, max(room, 0) + 1)
+        yield piece
+        room -= len(piece)
+        data = inflater.unconsumed_tail
+        if inflater.eof and inflater.unused_data:
+            raise zlib.error("data after the end of the compressed body")
+
+
+_watch = threading.local()
+
+
+class _WatchedPool:
+    """Lets the deadline watchdog of the request in flight on this thread find its connection."""
+
+    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+        holder = getattr(_watch, "connections", None)
+        if holder is not None:
+            holder.append(conn)
+        return super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTPPool(_WatchedPool, urllib3.HTTPConnectionPool):
+    pass
+
+
+class _WatchedHTTPSPool(_WatchedPool, urllib3.HTTPSConnectionPool):
+    pass
+
+
+class GuardedAdapter(HTTPAdapter):
+    """The transport of every ``HttpClient``: urllib3 never retries behind its back, and the
+    deadline watchdog can cut the connection of a request that outlives its deadline (a
+    trickle of headers or body that each socket timeout alone would let through)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPPool,
+            "https": _WatchedHTTPSPool,
+        }
+
+
+def _cut(connections: list[Any], fired: threading.Event) -> None:
+    """At the deadline: shut the request's sockets, so a blocked read returns at once."""
+    fired.set()
+    for conn in connections:
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 class HttpClient:
@@ -192,6 +493,10 @@ class HttpClient:
         url_variable: The environment variable holding the base URL, named when a URL is unusable.
         limiter: Slots for requests in flight (see ``AdaptiveConcurrency``): each attempt
             waits for one and reports its answer, so a 429 slows every client sharing it.
+        deadline_s: Longest one attempt may take, from sending to the answer's last byte.
+        max_response_bytes: Largest body accepted, after decompression.
+        max_pages: Most pages one paged read may fetch (``PageGuard``).
+        base_urls: The URLs whose (scheme, host, port) requests may go to; empty, any.
     """
 
     def __init__(
@@ -211,6 +516,10 @@ class HttpClient:
         on_response: Callable[[requests.Response], None] | None = None,
         url_variable: str | None = None,
         limiter: AdaptiveConcurrency | None = None,
+        deadline_s: float = 120.0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        base_urls: Sequence[str] = (),
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -219,7 +528,9 @@ class HttpClient:
         self.max_attempts = max_attempts
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
-        self._secrets = [s for s in secrets if s]
+        self._secrets: list[str] = []
+        for secret in secrets:
+            self.add_secret(secret)
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._error_parser = error_parser
@@ -228,10 +539,16 @@ class HttpClient:
         self._on_response = on_response
         self._url_variable = url_variable
         self._limiter = limiter
+        self.deadline_s = deadline_s
+        self.max_response_bytes = max_response_bytes
+        self.max_pages = max_pages
+        self._origins = {origin(url) for url in base_urls}
         self.requests_made = 0
         self.session = requests.Session()
+        # Only encodings the client inflates itself, within the size limit.
+        self.session.headers["Accept-Encoding"] = "gzip, deflate"
         # Retries are ours alone: urllib3 must never resend behind our back.
-        adapter = HTTPAdapter(max_retries=0)
+        adapter = GuardedAdapter()
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
 
@@ -247,6 +564,9 @@ class HttpClient:
             sleep=options.sleep,
             rng=options.rng,
             limiter=options.limiter,
+            deadline_s=options.deadline_s,
+            max_response_bytes=options.max_response_bytes,
+            max_pages=options.max_pages,
             **kwargs,
         )
 
@@ -258,9 +578,23 @@ class HttpClient:
         self.session.close()
 
     def add_secret(self, value: str) -> None:
-        """Redact ``value`` too from now on (a token obtained at runtime)."""
+        """Redact ``value`` too from now on (a token obtained at runtime), in every error."""
         if value and value not in self._secrets:
             self._secrets.append(value)
+            register_secret(value)
+
+    def add_basic_pair(self, user: str, secret: str) -> None:
+        """Redact ``secret`` and the base64 ``user:secret`` of a Basic header it travels in."""
+        self.add_secret(secret)
+        register_basic_pair(user, secret)
+
+    def add_origin(self, url: str) -> None:
+        """Let requests go to ``url``'s scheme, host and port too (an instance URL)."""
+        self._origins.add(origin(url))
+
+    def page_guard(self, what: str, *, limit: int) -> PageGuard:
+        """A ``PageGuard`` for one paged read of this system, with its page cap."""
+        return PageGuard(self.system, what, limit=limit, max_pages=self.max_pages)
 
     def redact(self, text: str) -> str:
         """``text`` with every secret of this system removed."""
@@ -300,13 +634,25 @@ class HttpClient:
         """
         method = method.upper()
         kwargs.setdefault("timeout", self.timeout)
+        # Never follow a redirect: it could take the credentials or the data to another host.
+        kwargs["allow_redirects"] = False
+        kwargs["stream"] = True
         where = f"{method} {_path(url)}"
+        self._check_origin(url, where)
         attempt = 0
         while True:
             attempt += 1
             self.requests_made += 1
             try:
                 response = self._send(method, url, kwargs)
+            except _BodyTooLarge:
+                raise PermanentUpstreamError(
+                    self.system,
+                    f"{where} answered more than {self.max_response_bytes} bytes "
+                    f"(decompressed); refused ({MAX_RESPONSE_BYTES_ENV})",
+                ) from None
+            except _DeadlinePassed:
+                raise self._deadline_error(where, idempotent) from None
             except requests.exceptions.ConnectTimeout as e:
                 # Nothing was sent: safe to resend whatever the method.
                 self._wait_or_raise(attempt, f"{where}: connect timeout", cause=e)
@@ -368,6 +714,8 @@ class HttpClient:
                 self._on_response(response)
             if response.status_code in expected:
                 return response
+            if 300 <= response.status_code < 400 and "Location" in response.headers:
+                raise self._redirect_error(where, response)
 
             info = self._parse_error(response)
             verdict = None
@@ -415,16 +763,67 @@ class HttpClient:
     def _send(self, method: str, url: str, kwargs: dict[str, Any]) -> requests.Response:
         """One attempt, in a slot of the limiter when there is one."""
         if self._limiter is None:
-            return self.session.request(method, url, **kwargs)
+            return self._attempt(method, url, kwargs)
         taken_in = self._limiter.acquire()
         try:
-            response = self.session.request(method, url, **kwargs)
+            response = self._attempt(method, url, kwargs)
         except BaseException:
             self._limiter.release(taken_in, status=None)
             raise
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         self._limiter.release(taken_in, status=response.status_code, retry_after_s=retry_after)
         return response
+
+    def _attempt(self, method: str, url: str, kwargs: dict[str, Any]) -> requests.Response:
+        """Send, then read the whole body within the deadline and size limit."""
+        deadline = time.monotonic() + self.deadline_s
+        connections: list[Any] = []
+        fired = threading.Event()
+        watchdog = threading.Timer(self.deadline_s, _cut, (connections, fired))
+        watchdog.daemon = True
+        _watch.connections = connections
+        watchdog.start()
+        try:
+            response = self.session.request(method, url, **kwargs)
+            _read_body(response, limit=self.max_response_bytes, deadline=deadline)
+        except Exception as e:
+            if fired.is_set():
+                raise _DeadlinePassed from e
+            raise
+        finally:
+            watchdog.cancel()
+            _watch.connections = None
+        return response
+
+    def _check_origin(self, url: str, where: str) -> None:
+        if self._origins and origin(url) not in self._origins:
+            raise PermanentUpstreamError(
+                self.system,
+                f"{where}: refused to send to {urlsplit(url).hostname or url!r}, which is not "
+                f"the configured host{f' ({self._url_variable})' if self._url_variable else ''}",
+            )
+
+    def _redirect_error(self, where: str, response: requests.Response) -> PermanentUpstreamError:
+        target = urlsplit(response.headers.get("Location", ""))
+        place = target.netloc or "the same host"
+        return PermanentUpstreamError(
+            self.system,
+            f"{where}: answered a redirect (HTTP {response.status_code}) to {place}{target.path}; "
+            "finsync never follows redirects, so nothing was sent there; check "
+            f"{self._url_variable or 'the base URL'}",
+            status=response.status_code,
+        )
+
+    def _deadline_error(self, where: str, idempotent: bool) -> UpstreamError:
+        text = (
+            f"{where}: the answer was still arriving after the {self.deadline_s:g}s deadline "
+            f"({DEADLINE_ENV})"
+        )
+        if not idempotent:
+            return AmbiguousOutcomeError(
+                self.system, f"{text}; look the document up before any resend"
+            )
+        return RetryableUpstreamError(self.system, text)
 
     def auth_error(
         self, status: int | None, code: str | None, detail: str | None

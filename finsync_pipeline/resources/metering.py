@@ -2,14 +2,15 @@
 
 Ingestion is idempotent because the service deduplicates on ``(source, id)``: a batch resent
 after a timeout stores nothing twice, so ``POST /api/v1/events`` is retried like a read.
-Listing follows the ``Link: <...>; rel="next"`` header; only the link's query (the cursor) is
-used, against the configured base URL, so the API key is only ever sent to that host.
+Listing follows the ``Link: <...>; rel="next"`` header: a link to another host or path is
+refused, and only its query (the cursor) is used, against the configured base URL, so the API
+key is only ever sent to that host.
 """
 
 import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import dagster as dg
 import requests
@@ -22,7 +23,9 @@ from finsync_pipeline.resources.http import (
     ErrorInfo,
     HttpClient,
     HttpOptions,
+    check_base_url,
     error_json,
+    origin,
     parse_json,
 )
 from finsync_pipeline.sources import SWITCH_OFF_HINT
@@ -66,11 +69,15 @@ class MeteringClient(ConnectorClient):
         base_url: str = "https://openmeter.cloud",
         http_options: HttpOptions | None = None,
     ) -> None:
+        # A self-hosted OpenMeter lives anywhere: live mode only asks for https.
+        host = urlsplit(base_url).hostname or ""
+        check_base_url(SYSTEM, base_url, variable="METERING_BASE_URL", domains=(host,))
         self._base = base_url.rstrip("/")
         self.http = HttpClient.from_options(
             SYSTEM,
-            http_options or HttpOptions(),
+            http_options or HttpOptions.from_env(),
             url_variable="METERING_BASE_URL",
+            base_urls=[self._base],
             secrets=[api_key],
             error_parser=parse_problem,
             auth_message=AUTH_MESSAGE,
@@ -135,6 +142,7 @@ class MeteringClient(ConnectorClient):
             params.append(("ingestedAtTo", rfc3339(ingested_to)))
         url = self._base + EVENTS_PATH
         page_params: list[tuple[str, str | int]] | None = params
+        guard = self.http.page_guard(f"GET {EVENTS_PATH}", limit=page_size)
         while True:
             response = self.http.request("GET", url, idempotent=True, params=page_params)
             items = parse_json(response, SYSTEM)
@@ -142,25 +150,34 @@ class MeteringClient(ConnectorClient):
                 raise PermanentUpstreamError(
                     SYSTEM, f"GET {EVENTS_PATH} did not answer a JSON array", status=200
                 )
-            yield from items
             link = response.links.get("next", {}).get("url")
+            guard.page(len(items), more=bool(link))
+            yield from items
             if not link:
                 return
-            if not items:
-                raise PermanentUpstreamError(
-                    SYSTEM, f"GET {EVENTS_PATH} sent a next link with an empty page", status=200
-                )
             url = self._next_url(link)
+            guard.follow(urlsplit(url).query)
             page_params = None
 
     def _next_url(self, link: str) -> str:
-        # Only the link's query (its cursor) is taken: the key never leaves the base URL.
-        query = urlsplit(link).query
+        """The next page's URL on the configured host; only the link's query (its cursor) is
+        taken, and a link to another host or path is refused."""
+        here = self._base + EVENTS_PATH
+        target = urljoin(here, link)
+        if origin(target) != origin(here) or urlsplit(target).path != urlsplit(here).path:
+            raise PermanentUpstreamError(
+                SYSTEM,
+                f"GET {EVENTS_PATH} sent a next link off {urlsplit(here).netloc}{EVENTS_PATH} "
+                f"({urlsplit(target).netloc}{urlsplit(target).path}); refused, the API key "
+                "goes to the configured host only",
+                status=200,
+            )
+        query = urlsplit(target).query
         if not query:
             raise PermanentUpstreamError(
                 SYSTEM, f"GET {EVENTS_PATH} sent a next link without a cursor", status=200
             )
-        return f"{self._base}{EVENTS_PATH}?{query}"
+        return f"{here}?{query}"
 
 
 class MeteringResource(dg.ConfigurableResource):

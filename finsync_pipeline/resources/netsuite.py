@@ -10,6 +10,7 @@ documents at once, ``lookup_many``).
 
 import datetime
 import decimal
+import hashlib
 import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -21,7 +22,6 @@ import requests
 import simplejson
 import urllib3
 from pydantic import Field
-from requests.adapters import HTTPAdapter
 
 from finsync_pipeline.errors import (
     AmbiguousOutcomeError,
@@ -32,8 +32,10 @@ from finsync_pipeline.errors import (
 from finsync_pipeline.resources.http import (
     ConnectorClient,
     ErrorInfo,
+    GuardedAdapter,
     HttpClient,
     HttpOptions,
+    check_base_url,
     error_json,
     parse_json,
 )
@@ -45,6 +47,7 @@ AUTH_MESSAGE = (
     "NETSUITE_CONSUMER_SECRET, NETSUITE_TOKEN_ID and NETSUITE_TOKEN_SECRET"
 )
 MAX_SUITEQL_PAGE = 1000
+DOMAINS = ("netsuite.com",)
 _EXTERNAL_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 _RECORD_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _INTERNAL_ID = re.compile(r"^[0-9]+$")
@@ -82,15 +85,15 @@ LOOKUP_CHUNK = 500
 _MAYBE_PROCESSED_STATUSES = frozenset({500, 502, 504})
 
 
-class _SendLog(HTTPAdapter):
+class _SendLog(GuardedAdapter):
     """The transport adapter, noting per thread whether a request may have been processed
     without its answer arriving (the request left, then a read timeout, a dropped connection
     or a 500/502/504). ``HttpClient`` retries an idempotent PUT through such failures; this
     tells the connector whether the give-up that may follow is ambiguous."""
 
     def __init__(self) -> None:
-        # Retries are HttpClient's alone: urllib3 must never resend behind its back.
-        super().__init__(max_retries=0)
+        # Retries are HttpClient's alone (GuardedAdapter): urllib3 never resends behind its back.
+        super().__init__()
         self._local = threading.local()
 
     def reset(self) -> None:
@@ -199,11 +202,13 @@ class NetSuiteClient(ConnectorClient):
         base = (
             base_url.rstrip("/") or f"https://{account_host(account_id)}.suitetalk.api.netsuite.com"
         )
+        check_base_url(SYSTEM, base, variable="NETSUITE_BASE_URL", domains=DOMAINS)
         self._rest = f"{base}/services/rest"
         self.http = HttpClient.from_options(
             SYSTEM,
-            http_options or HttpOptions(),
+            http_options or HttpOptions.from_env(),
             url_variable="NETSUITE_BASE_URL",
+            base_urls=[base],
             secrets=[consumer_key, consumer_secret, token_id, token_secret],
             error_parser=parse_netsuite_error,
             auth_message=AUTH_MESSAGE,
@@ -340,6 +345,7 @@ class NetSuiteClient(ConnectorClient):
             raise ValueError(f"netsuite SuiteQL page_size must be 1..{MAX_SUITEQL_PAGE}")
         offset = 0
         payload = simplejson.dumps({"q": query}).encode("utf-8")
+        guard = self.http.page_guard("SuiteQL query", limit=page_size)
         while True:
             response = self.http.request(
                 "POST",
@@ -352,15 +358,18 @@ class NetSuiteClient(ConnectorClient):
                 headers={"Content-Type": "application/json", "Prefer": "transient"},
             )
             body = parse_json(response, SYSTEM)
-            items = body.get("items")
-            if not isinstance(items, list):
+            items = body.get("items") if isinstance(body, dict) else None
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
                 raise PermanentUpstreamError(
                     SYSTEM, "SuiteQL answered no items list", status=response.status_code
                 )
+            guard.page(len(items), more=bool(body.get("hasMore")))
             for item in items:
                 yield {k: v for k, v in item.items() if k != "links"}
             if not body.get("hasMore"):
                 return
+            # The offset always advances; a server that ignores it sends the same page again.
+            guard.follow(f"offset {offset}", page_key=_page_key(items))
             # NetSuite requires the offset to be a multiple of the limit.
             offset += page_size
 
@@ -390,6 +399,13 @@ class NetSuiteClient(ConnectorClient):
                 SYSTEM, "a record GET answered no JSON object", status=response.status_code
             )
         return record
+
+
+def _page_key(items: list[dict[str, Any]]) -> str:
+    """What identifies a SuiteQL page: its rows (without their links), in order."""
+    rows = [{k: v for k, v in item.items() if k != "links"} for item in items]
+    digest = hashlib.sha256(simplejson.dumps(rows, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def _external_id(value: str) -> str:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import dagster as dg
 import jwt
@@ -31,7 +31,9 @@ from finsync_pipeline.resources.http import (
     HttpClient,
     HttpOptions,
     Verdict,
+    check_base_url,
     error_json,
+    live_mode,
     parse_json,
 )
 
@@ -83,6 +85,11 @@ _SOQL_ESCAPES = {
 
 # sObject Collections take up to 200 records a call (EXCEEDED_ID_LIMIT past that).
 COLLECTION_LIMIT = 200
+DOMAINS = ("salesforce.com", "force.com")
+# Salesforce may change the batch size asked for, but never beyond its maximum.
+MAX_BATCH_SIZE = 2000
+# A nextRecordsUrl is a path of the query resource on the instance: nothing else is followed.
+_NEXT_RECORDS_URL = re.compile(r"^/services/data/v\d+\.\d/query(?:All)?/[A-Za-z0-9_-]+$")
 
 SoqlValue = str | int | bool | None | datetime.date | datetime.datetime | decimal.Decimal
 
@@ -332,8 +339,9 @@ class SalesforceClient(ConnectorClient):
     ) -> None:
         if not _API_VERSION.match(api_version):
             raise ValueError(f"salesforce api_version must look like v60.0, got {api_version!r}")
-        if not 200 <= batch_size <= 2000:
+        if not 200 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"salesforce batch_size must be 200..2000, got {batch_size}")
+        check_base_url(SYSTEM, login_url, variable="SALESFORCE_LOGIN_URL", domains=DOMAINS)
         self._login_url = login_url.rstrip("/")
         self._client_id = client_id
         self._client_secret = client_secret
@@ -353,8 +361,9 @@ class SalesforceClient(ConnectorClient):
         self._api_usage: tuple[int, int] | None = None
         self.http = HttpClient.from_options(
             SYSTEM,
-            http_options or HttpOptions(),
+            http_options or HttpOptions.from_env(),
             url_variable="SALESFORCE_LOGIN_URL",
+            base_urls=[self._login_url],
             secrets=[client_id, client_secret, *(private_key or "").strip().splitlines()],
             error_parser=parse_salesforce_error,
             classifier=classify_salesforce,
@@ -409,19 +418,21 @@ class SalesforceClient(ConnectorClient):
         """
         path: str | None = f"/services/data/{self._api_version}/query"
         params: dict[str, str] | None = {"q": soql}
+        guard = self.http.page_guard("query", limit=MAX_BATCH_SIZE)
         while path is not None:
             body = parse_json(self._call("GET", path, params=params), SYSTEM)
             done = bool(body.get("done", True))
+            records = body.get("records", [])
+            guard.page(len(records), more=not done)
             yield QueryBatch(
-                [_strip_attributes(r) for r in body.get("records", [])],
+                [_strip_attributes(r) for r in records],
                 done,
                 int(body.get("totalSize", 0)),
             )
             if done:
                 return
-            path = body.get("nextRecordsUrl")
-            if not path:
-                raise PermanentUpstreamError(SYSTEM, "query not done but no nextRecordsUrl")
+            path = _next_records_path(body.get("nextRecordsUrl"))
+            guard.follow(path)
             params = None
 
     def upsert(
@@ -638,14 +649,47 @@ class SalesforceClient(ConnectorClient):
                 "the token response lacks access_token or instance_url",
                 status=response.status_code,
             )
-        self._access_token = token
-        self._instance_url = str(instance_url).rstrip("/")
-        self.http.add_secret(token)
+        self.http.add_secret(str(token))
+        self._instance_url = _instance(str(instance_url))
+        self.http.add_origin(self._instance_url)
+        self._access_token = str(token)
 
     def _record_usage(self, response: requests.Response) -> None:
         usage = parse_api_usage(response.headers.get("Sforce-Limit-Info"))
         if usage is not None:
             self._api_usage = usage
+
+
+def _next_records_path(value: Any) -> str:
+    """A batch's ``nextRecordsUrl``, when it is a query path on the instance.
+
+    Anything else (another host, ``//host``, ``@host``, ``.host``, a different resource) is
+    refused: the path is appended to the instance URL, and the bearer token goes with it.
+    """
+    if not value:
+        raise PermanentUpstreamError(SYSTEM, "query not done but no nextRecordsUrl")
+    if not isinstance(value, str) or not _NEXT_RECORDS_URL.match(value):
+        shown = str(value)[:120]
+        raise PermanentUpstreamError(
+            SYSTEM,
+            f"query answered a nextRecordsUrl that is not a query path on the instance "
+            f"({shown!r}); refused, the access token goes to the instance only",
+            status=200,
+            field="nextRecordsUrl",
+        )
+    return value
+
+
+def _instance(url: str) -> str:
+    """The token response's ``instance_url``: in live mode, https on Salesforce's domains."""
+    try:
+        check_base_url(SYSTEM, url, variable="the token response's instance_url", domains=DOMAINS)
+    except ConfigurationError as e:
+        raise PermanentUpstreamError(SYSTEM, str(e).removeprefix(f"{SYSTEM}: ")) from None
+    parts = urlsplit(url)
+    if not live_mode() and parts.scheme not in ("http", "https"):
+        raise PermanentUpstreamError(SYSTEM, "the token response's instance_url is not a URL")
+    return url.rstrip("/")
 
 
 def _save_error(sobject: str, record_id: str, answer: Any) -> UpstreamError | None:

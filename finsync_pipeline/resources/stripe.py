@@ -16,6 +16,7 @@ from finsync_pipeline.resources.http import (
     HttpClient,
     HttpOptions,
     Verdict,
+    check_base_url,
     default_classify,
     error_json,
     parse_json,
@@ -25,6 +26,7 @@ STRIPE_API_VERSION = "2026-07-29.dahlia"
 SYSTEM = "stripe"
 AUTH_MESSAGE = "the API key was rejected (HTTP 401); set STRIPE_API_KEY to a valid secret key"
 MAX_PAGE_SIZE = 100
+DOMAINS = ("stripe.com",)
 # Objects whose lines Stripe embeds only partly (10) and pages under /v1/{path}/{id}/lines.
 _PAGED_LINES = ("invoices", "credit_notes")
 # Includable fields Stripe leaves out unless expanded, asked for on every read of the object:
@@ -123,12 +125,14 @@ class StripeClient(ConnectorClient):
     ) -> None:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"stripe page_size must be 1..{MAX_PAGE_SIZE}, got {page_size}")
+        check_base_url(SYSTEM, api_base, variable="STRIPE_API_BASE", domains=DOMAINS)
         self._base = api_base.rstrip("/")
         self._page_size = page_size
         self.http = HttpClient.from_options(
             SYSTEM,
-            http_options or HttpOptions(),
+            http_options or HttpOptions.from_env(),
             url_variable="STRIPE_API_BASE",
+            base_urls=[self._base],
             secrets=[api_key],
             error_parser=parse_stripe_error,
             classifier=classify_stripe,
@@ -361,6 +365,7 @@ class StripeClient(ConnectorClient):
 
     def _list(self, path: str, params: Params) -> Iterator[dict[str, Any]]:
         limit = MAX_PAGE_SIZE if path.endswith("/lines") else self._page_size
+        guard = self.http.page_guard(f"GET {path}", limit=limit)
         starting_after: str | None = None
         while True:
             page_params: Params = [*params, ("limit", limit)]
@@ -370,19 +375,27 @@ class StripeClient(ConnectorClient):
                 "GET", self._base + path, idempotent=True, params=page_params
             )
             body = parse_json(response, SYSTEM)
-            data = body.get("data")
-            if body.get("object") != "list" or not isinstance(data, list):
+            data = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(data, list) or body.get("object") != "list":
                 raise PermanentUpstreamError(
                     SYSTEM, f"GET {path} did not answer a list object", status=200
                 )
+            guard.page(len(data), more=bool(body.get("has_more")))
             yield from data
             if not body.get("has_more"):
                 return
-            if not data:
-                raise PermanentUpstreamError(
-                    SYSTEM, f"GET {path} said has_more with an empty page", status=200
-                )
-            starting_after = data[-1]["id"]
+            starting_after = _last_id(path, data)
+            guard.follow(starting_after)
+
+
+def _last_id(path: str, data: list[Any]) -> str:
+    """The id of a page's last object: the cursor of the next page."""
+    last = data[-1]
+    if not isinstance(last, dict) or not isinstance(last.get("id"), str) or not last["id"]:
+        raise PermanentUpstreamError(
+            SYSTEM, f"GET {path}: the last object of a page has no id", status=200, field="id"
+        )
+    return str(last["id"])
 
 
 def _expand(object_path: str, prefix: str) -> Params:

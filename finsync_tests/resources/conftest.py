@@ -1,13 +1,11 @@
 """Fixtures for the connector tests: a scripted local HTTP server and the finsync sandbox."""
 
 import datetime
-import json
 import random
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -15,6 +13,12 @@ import pytest
 from finsync_pipeline.resources.http import HttpOptions
 from finsync_pipeline.sandbox.generator import Company, CompanySpec, generate
 from finsync_pipeline.sandbox.server import Sandbox
+from finsync_tests.resources.hostile import (  # noqa: F401  (hostile is a fixture)
+    HostileServer,
+    Reply,
+    Request,
+    hostile,
+)
 
 
 @dataclass
@@ -27,64 +31,29 @@ class Scripted:
     delay_s: float = 0.0
 
 
-@dataclass
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
+Seen = Request  # what the scripted server received, as the hostile one records it
 
 
-class ScriptedServer:
+class ScriptedServer(HostileServer):
     """Answers each request with the next scripted response (the last one repeats)."""
 
     def __init__(self) -> None:
-        self.script: list[Scripted] = []
-        self.seen: list[Seen] = []
+        super().__init__()
+        self._answers: list[Scripted] = []
         self._lock = threading.Lock()
-        outer = self
+        self.script = self._next
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                with outer._lock:
-                    outer.seen.append(Seen(self.command, self.path, dict(self.headers), body))
-                    answer = outer.script.pop(0) if len(outer.script) > 1 else outer.script[0]
-                if answer.delay_s:
-                    time.sleep(answer.delay_s)
-                payload = b"" if answer.body is None else json.dumps(answer.body).encode()
-                try:
-                    self.send_response(answer.status)
-                    for k, v in answer.headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+    def _next(self, request: Request) -> Reply:
+        with self._lock:
+            answer = self._answers.pop(0) if len(self._answers) > 1 else self._answers[0]
+        if answer.delay_s:
+            time.sleep(answer.delay_s)
+        body = b"" if answer.body is None else answer.body
+        return Reply(answer.status, body, answer.headers)
 
     def answer(self, *responses: Scripted) -> None:
-        self.script = list(responses)
+        self._answers = list(responses)
         self.seen = []
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
