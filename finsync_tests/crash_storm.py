@@ -20,7 +20,6 @@ import os
 import random
 import shlex
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FINSYNC = str(Path(sys.executable).with_name("finsync"))
+from finsync_tests.test_cli import FINSYNC, _free_ports
+
 END = "2026-10-31"
 WINDOW = ["--from", "2026-10-01", "--to", END]
 COMPANY = ["--accounts", "16", "--months", "1", "--seed", "5", "--end", END]
@@ -75,16 +75,6 @@ def _env(**extra: str) -> dict[str, str]:
     prefixes = ("STRIPE_", "SALESFORCE_", "NETSUITE_", "FINSYNC_", "DAGSTER_", "METERING_")
     env = {k: v for k, v in os.environ.items() if not k.startswith((*prefixes, "AVALARA_"))}
     return {**env, **extra}
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def serve(state: Path) -> tuple[subprocess.Popen[str], dict[str, str], list[int]]:

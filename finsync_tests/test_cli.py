@@ -441,18 +441,23 @@ def test_a_wrong_po_source_is_one_line_saying_what_to_set(tmp_path: Path) -> Non
     assert "stripe_custom_field:PO Number" in line
 
 
-@pytest.mark.parametrize("lease", ["soon", "0", "86400"])
-def test_a_wrong_posting_lease_is_one_line_saying_what_to_set(tmp_path: Path, lease: str) -> None:
+def _one_line_refusal(tmp_path: Path, **setting: str) -> str:
+    """The one stderr line of a live `finsync run` with fake credentials (only checked for
+    presence before a run) and ``setting``, which must stop it with exit 2."""
     names = [n for names in REQUIRED_ENV.values() for n in names]
     env = _env(
-        FINSYNC_MODE="live",
-        SALESFORCE_CLIENT_SECRET="x",
-        FINSYNC_POSTING_LEASE_S=lease,
-        **dict.fromkeys(names, "x"),
+        FINSYNC_MODE="live", SALESFORCE_CLIENT_SECRET="x", **setting, **dict.fromkeys(names, "x")
     )
     result = _finsync("run", "--home", str(tmp_path / "home"), env=env)
     assert result.returncode == 2
+    assert "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
+    return line
+
+
+@pytest.mark.parametrize("lease", ["soon", "0", "86400"])
+def test_a_wrong_posting_lease_is_one_line_saying_what_to_set(tmp_path: Path, lease: str) -> None:
+    line = _one_line_refusal(tmp_path, FINSYNC_POSTING_LEASE_S=lease)
     assert line.startswith(f"finsync: FINSYNC_POSTING_LEASE_S is '{lease}': set it to")
     assert "from 1 to 3600" in line
 
@@ -461,16 +466,7 @@ def test_a_wrong_posting_lease_is_one_line_saying_what_to_set(tmp_path: Path, le
 def test_a_wrong_netsuite_concurrency_is_one_line_saying_what_to_set(
     tmp_path: Path, concurrency: str
 ) -> None:
-    names = [n for names in REQUIRED_ENV.values() for n in names]
-    env = _env(
-        FINSYNC_MODE="live",
-        SALESFORCE_CLIENT_SECRET="x",
-        FINSYNC_NETSUITE_CONCURRENCY=concurrency,
-        **dict.fromkeys(names, "x"),
-    )
-    result = _finsync("run", "--home", str(tmp_path / "home"), env=env)
-    assert result.returncode == 2
-    (line,) = result.stderr.strip().splitlines()
+    line = _one_line_refusal(tmp_path, FINSYNC_NETSUITE_CONCURRENCY=concurrency)
     assert line.startswith(f"finsync: FINSYNC_NETSUITE_CONCURRENCY is '{concurrency}': set it")
     assert "from 1 to 140" in line
 
