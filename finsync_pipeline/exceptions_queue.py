@@ -249,6 +249,24 @@ def resolve(engine: Engine, selection: Selection, *, actor: str, reason: str) ->
     with engine.begin() as conn:
         rows = _selected(conn, selection)
         for row in rows.itertuples(index=False):
+            if conn.dialect.name == "postgresql":
+                # The roles' audited path: finance_ops may not update the table itself.
+                conn.execute(
+                    sa.text(
+                        "SELECT finsync_resolve_exception(:kind, :source_system, :source_id, "
+                        ":actor, :reason, :action_id, :at)"
+                    ),
+                    {
+                        "kind": row.kind,
+                        "source_system": row.source_system,
+                        "source_id": row.source_id,
+                        "actor": actor,
+                        "reason": reason,
+                        "action_id": uuid.uuid4().hex,
+                        "at": ledger.now_iso(),
+                    },
+                )
+                continue
             conn.execute(
                 sa.text(
                     "UPDATE finance_exceptions SET status = 'resolved', resolved_at = :at, "
