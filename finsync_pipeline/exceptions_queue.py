@@ -295,12 +295,28 @@ class RetryOutcome:
     needs_fix: list[str]
 
 
+class NotPermitted(FinsyncError):
+    """The warehouse refused this user an action (PostgreSQL roles)."""
+
+
 def retry(engine: Engine, selection: Selection, *, actor: str, reason: str) -> RetryOutcome:
     """Queue the selected refused or dead documents for posting again.
 
     The ledger row goes back to pending (a legal transition) with no waiting time; the
-    exception stays open until the document posts, and then resolves itself.
+    exception stays open until the document posts, and then resolves itself. It moves the
+    posting ledger, so on PostgreSQL it is the pipeline role's (which holds the ledger key).
     """
+    try:
+        return _retry(engine, selection, actor=actor, reason=reason)
+    except sa.exc.ProgrammingError as e:
+        said = str(e.orig).strip().splitlines()[0]
+        raise NotPermitted(
+            f"the warehouse refused the retry ({said}): it moves the posting ledger, so run "
+            "`finsync exceptions retry` as a user granted finsync_pipeline"
+        ) from e
+
+
+def _retry(engine: Engine, selection: Selection, *, actor: str, reason: str) -> RetryOutcome:
     requeued: list[str] = []
     needs_fix: list[str] = []
     dates: list[str] = []

@@ -132,6 +132,13 @@ def test_each_role_runs_its_commands_and_is_refused_the_rest(
     assert "migrated" in migrated.stdout
     _apply_grants(db)
     # A later migrate (a new release) keeps every grant: views and rebuilt tables included.
+    # Forgetting a rebuild makes this one rebuild the reconciliation tables and their views.
+    owner = db.engine("owner")
+    with owner.begin() as conn:
+        conn.exec_driver_sql(
+            "DELETE FROM schema_migrations WHERE version = '0002_reconciliation_balances'"
+        )
+    owner.dispose()
     again = _as(db, "owner", home, "warehouse", "migrate")
     assert again.returncode == 0, again.stderr[-3000:]
 
@@ -182,6 +189,9 @@ def test_each_role_runs_its_commands_and_is_refused_the_rest(
             db, "finance_ops", home, "exceptions", "list", "--kind", "posting_rejected", "--json"
         ).stdout
     )
+    # A retry moves the posting ledger, sealed with the pipeline's key: the pipeline's job.
+    retry = _as(db, "finance_ops", home, "exceptions", "retry", rejected["source_id"], "--why", "x")
+    assert "finsync_pipeline" in _one_line(retry)
     resolved = _as(
         db,
         "finance_ops",
