@@ -353,13 +353,23 @@ def audit(
 
 
 def checkpoint(conn: Connection, *, run_id: str) -> tuple[int, str] | None:
-    """Record the journal's head (seq, seal) in ``posting_ledger_checkpoints``; return it."""
+    """Record the journal's head (seq, seal) in ``posting_ledger_checkpoints``; return it.
+
+    On PostgreSQL through ``finsync_checkpoint_ledger`` (sql/ddl/postgresql), so the pipeline
+    role needs no write on the table."""
     head = conn.execute(
         sa.text("SELECT seq, hash FROM posting_ledger_journal ORDER BY seq DESC LIMIT 1")
     ).first()
     if head is None:
         return None
     seq, sealed = int(head[0]), str(head[1])
+    if conn.dialect.name == "postgresql":
+        # Only the owner writes the checkpoints there: its function copies the journal's row.
+        conn.execute(
+            sa.text("SELECT finsync_checkpoint_ledger(:seq, :run_id)"),
+            {"seq": seq, "run_id": run_id},
+        )
+        return seq, sealed
     exists = conn.execute(
         sa.text("SELECT 1 FROM posting_ledger_checkpoints WHERE seq = :seq"), {"seq": seq}
     ).first()
