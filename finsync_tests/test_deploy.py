@@ -15,10 +15,13 @@ when its worker is killed: the kill lands on posting by construction.
 
 import datetime as dt
 import os
+import random
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,10 +32,16 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from finsync_pipeline.defs.automation.definitions import (
+    days_behind,
+    days_read_back_before_money,
+    days_with_po_set_later,
+)
 from finsync_pipeline.deploy import check_storage
 from finsync_pipeline.errors import ConfigurationError
 from finsync_pipeline.logic.reconcile import DRIFT_STATUSES
 from finsync_tests.conftest import POSTGRES_URL
+from finsync_tests.crash_storm import FAULTS, leftovers, netsuite_documents
 from finsync_tests.test_cli import FINSYNC, _env, _free_ports, _serve, _stop
 from finsync_tests.test_outside_kill import _fault, _ledger_states
 
@@ -117,7 +126,8 @@ def _wait_quiet(
         }
         busy = any(not r.is_finished for r in runs)
         states = _ledger_states(warehouse) if warehouse.exists() else {}
-        settled = not states.get("in_flight") and not states.get("pending")
+        drained = not states.get("in_flight") and not states.get("pending")
+        settled = drained and not _sensors_owe(warehouse)
         if set(days) <= done and not busy and settled:
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since >= QUIET_S:
@@ -126,6 +136,25 @@ def _wait_quiet(
             quiet_since = None
         time.sleep(2)
     raise AssertionError(f"the deployment never finished the week: {_summary(instance)}")
+
+
+def _sensors_owe(warehouse: Path) -> bool:
+    """Whether the late-changes or posting sensor still has a day to run (they tick every few
+    minutes, so a quiet spell alone does not say they are done)."""
+    if not warehouse.exists():
+        return True
+    engine = sa.create_engine(f"sqlite:///{warehouse}")
+    try:
+        with engine.connect() as conn:
+            return bool(
+                days_behind(conn, 1)
+                or days_with_po_set_later(conn, 1)
+                or days_read_back_before_money(conn, 1)
+            )
+    except sa.exc.OperationalError:  # no tables yet, or busy
+        return True
+    finally:
+        engine.dispose()
 
 
 def _summary(instance: dg.DagsterInstance) -> list[tuple[str, str, str | None]]:
@@ -317,6 +346,141 @@ def test_a_deployment_killed_whole_while_posting_strands_nothing_once_started_ag
     assert states.get("in_flight", 0) == 0, states
     assert states.get("pending", 0) == 0, states
     assert _in_netsuite(state) == states["posted"] > 0
+    assert _drift(warehouse) == 0
+
+
+STORM_DAYS = 4
+STORM_KILLS = 6
+STORM_SEED = 23
+
+
+def _live_workers(instance: dg.DagsterInstance) -> list[tuple[str, int]]:
+    """The runs started and not finished, with their run workers' pids."""
+    found = []
+    for record in instance.get_run_records(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+    ):
+        pid = _worker_pid(instance, record.dagster_run.run_id)
+        if pid is not None:
+            found.append((record.dagster_run.run_id, pid))
+    return found
+
+
+def _in_flight_holders(warehouse: Path) -> set[str]:
+    try:
+        with sqlite3.connect(warehouse, timeout=1) as conn:
+            return {
+                r[0]
+                for r in conn.execute(
+                    "SELECT DISTINCT claimed_by FROM posting_ledger WHERE state = 'in_flight'"
+                )
+            }
+    except sqlite3.Error:  # no ledger yet, or busy
+        return set()
+
+
+def _kill_a_worker(
+    rng: random.Random, instance: dg.DagsterInstance, warehouse: Path, in_flight: bool
+) -> tuple[str, bool] | None:
+    """SIGKILL the run worker of a live run after a seeded pause (the worker holding documents
+    in flight when ``in_flight``, if one comes within a minute); None when no run is live."""
+    time.sleep(rng.uniform(0.5, 15.0))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        live = _live_workers(instance)
+        holders = _in_flight_holders(warehouse)
+        posting = [(run_id, pid) for run_id, pid in live if run_id in holders]
+        if in_flight and posting:
+            run_id, pid = rng.choice(posting)
+        elif live and not in_flight:
+            run_id, pid = rng.choice(live)
+        else:
+            time.sleep(0.2)
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # it finished in between
+            continue
+        return run_id, run_id in holders
+    if in_flight:
+        return _kill_a_worker(rng, instance, warehouse, in_flight=False)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.e2e
+def test_run_workers_killed_at_seeded_moments_under_faults_leave_netsuite_as_an_uncut_run_does(
+    tmp_path: Path, dagster_pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crash storm for the deployment: run workers the daemon launched are SIGKILLed at
+    seeded moments, half of them while they hold documents in flight, each under a NetSuite
+    fault drawn at random. Once the daemon has settled, NetSuite holds exactly what an
+    uninterrupted `finsync run` of the same days leaves in a sandbox of the same company."""
+    rng = random.Random(STORM_SEED)
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    first = yesterday - dt.timedelta(days=STORM_DAYS - 1)
+    days = [(first + dt.timedelta(days=n)).isoformat() for n in range(STORM_DAYS)]
+    ports = _free_ports(11)
+    control_state = tmp_path / "control-state"
+    control, control_env = _serve(control_state, ports[6:], _company(yesterday))
+    try:
+        window = ["--from", days[0], "--to", days[-1]]
+        uncut = subprocess.run(
+            [FINSYNC, "run", "--home", str(tmp_path / "control-home"), *window],
+            env=_env(**control_env),
+            capture_output=True,
+            text=True,
+            timeout=1500,
+            check=False,
+        )
+        assert uncut.returncode == 0, uncut.stderr[-3000:]
+    finally:
+        _stop(control)
+    expected = netsuite_documents(control_state)
+
+    state, home = tmp_path / "state", tmp_path / "home"
+    warehouse = home / "warehouse.db"
+    sandbox, env = _serve(state, ports[:5], _company(yesterday))
+    log = (tmp_path / "deploy.log").open("wb")
+    kills: list[tuple[str | None, bool]] = []
+    try:
+        deploy = _start(home, ports[5], _deploy_env(env, dagster_pg_url, first), log)
+        try:
+            monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg_url)
+            with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+                for _ in range(STORM_KILLS):
+                    fault = rng.choice(FAULTS)
+                    _fault(ports[2], {"clear": True})
+                    if fault is not None:
+                        _fault(ports[2], fault)
+                    killed = _kill_a_worker(rng, instance, warehouse, rng.random() < 0.5)
+                    if killed is None:
+                        break
+                    kills.append((fault and str(fault["kind"]), killed[1]))
+                _fault(ports[2], {"clear": True})
+                _wait_quiet(instance, warehouse, deploy, days)
+        finally:
+            _stop_deploy(deploy)
+    finally:
+        log.close()
+        _stop(sandbox)
+
+    assert len(kills) >= STORM_KILLS // 2, kills
+    assert any(while_in_flight for _fault_kind, while_in_flight in kills), kills
+    held = netsuite_documents(state)
+    missing = sorted((expected - held).keys(), key=str)
+    extra = sorted((held - expected).keys(), key=str)
+    if missing or extra:
+        kept = Path(tempfile.mkdtemp(prefix="finsync-deploy-storm-"))
+        for name in ("home", "state", "control-home", "control-state", "deploy.log"):
+            source = tmp_path / name
+            if source.is_dir():
+                shutil.copytree(source, kept / name)
+            elif source.exists():
+                shutil.copy(source, kept / name)
+    assert (missing, extra) == ([], []), f"kills {kills}; homes kept in {kept}"
+    assert leftovers(home) == []
     assert _drift(warehouse) == 0
 
 
