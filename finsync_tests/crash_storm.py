@@ -1,12 +1,14 @@
 """A storm of kills from outside: `finsync run` SIGKILLed, process group and all, again and again.
 
 Each round arms a NetSuite fault at random (commit-then-timeout, 429s, 503s, a maintenance
-window, latency, or none), starts a real `finsync run` in its own process group and kills the
-whole group at a seeded random moment, skewed toward posting: half the kills wait until
-documents are in flight. After the storm one uncut run must leave NetSuite holding exactly the
-documents of an uninterrupted control run of the same company: none missing, none twice, every
-payment, credit and refund applied once, nothing in flight or pending, no Dagster run left
-unfinished, no pool slot held, and the ledger's journal verified.
+window, latency, or none), starts a real `finsync run` of the next day of the storm's window in
+its own process group, as the daily schedule runs one day at a time (so every round has
+documents of its own to post), and kills the whole group at a seeded random moment, skewed
+toward posting: half the kills wait until documents are in flight. After the storm one uncut
+run of the whole window must leave NetSuite holding exactly the documents of an uninterrupted
+control run of the same company: none missing, none twice, every payment, credit and refund
+applied once, nothing in flight or pending, no Dagster run left unfinished, no pool slot held,
+and the ledger's journal verified.
 
 `make crash-storm` runs it with hundreds of kills and prints its figures; the test suite runs a
 few (finsync_tests/test_crash_storm.py).
@@ -15,6 +17,7 @@ few (finsync_tests/test_crash_storm.py).
 """
 
 import argparse
+import datetime as dt
 import json
 import os
 import random
@@ -33,9 +36,9 @@ from typing import Any
 
 from finsync_tests.test_cli import FINSYNC, _free_ports
 
-END = "2026-10-31"
-WINDOW = ["--from", "2026-10-01", "--to", END]
-COMPANY = ["--accounts", "16", "--months", "1", "--seed", "5", "--end", END]
+END = dt.date(2026, 10, 31)
+ACCOUNTS = "40"
+SLOW_POSTS = {"kind": "latency", "seconds": 0.3}
 LEASE_S = "2"
 # NetSuite faults a round may arm (one at random, or none).
 FAULTS: list[dict[str, Any] | None] = [
@@ -78,11 +81,30 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def serve(state: Path) -> tuple[subprocess.Popen[str], dict[str, str], list[int]]:
-    """`finsync sandbox serve` on free ports; its process and the environment it prints."""
+def storm_days(kills: int) -> list[dt.date]:
+    """The days a storm of ``kills`` rounds runs, one a round, ending at ``END``."""
+    return [END - dt.timedelta(days=n) for n in reversed(range(max(kills, 1)))]
+
+
+def _company(days: list[dt.date]) -> list[str]:
+    # A month of history before the first day, so its payments and credits have invoices.
+    months = (END.year - days[0].year) * 12 + END.month - days[0].month + 2
+    return ["--accounts", ACCOUNTS, "--months", str(months), "--seed", "5", "--end", str(END)]
+
+
+def _window(days: list[dt.date]) -> list[str]:
+    return ["--from", str(days[0]), "--to", str(days[-1])]
+
+
+def serve(
+    state: Path, days: list[dt.date]
+) -> tuple[subprocess.Popen[str], dict[str, str], list[int]]:
+    """`finsync sandbox serve` of the storm's company on free ports; its process and the
+    environment it prints."""
     ports = _free_ports(5)
+    command = [FINSYNC, "sandbox", "serve", "--state", str(state), "--ports", *map(str, ports)]
     proc = subprocess.Popen(
-        [FINSYNC, "sandbox", "serve", "--state", str(state), "--ports", *map(str, ports), *COMPANY],
+        [*command, *_company(days)],
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -128,9 +150,9 @@ def _in_flight(warehouse: Path) -> int:
     return int(row[0])
 
 
-def run(home: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run(home: Path, env: dict[str, str], window: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [FINSYNC, "run", "--home", str(home), *WINDOW, "--json"],
+        [FINSYNC, "run", "--home", str(home), *window, "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -203,16 +225,21 @@ def leftovers(home: Path) -> list[str]:
 
 
 def storm(kills: int, seed: int, workdir: Path, log: Any = None) -> StormReport:
-    """Kill `finsync run` ``kills`` times, run it once uncut, and compare with a control."""
+    """Kill `finsync run` ``kills`` times, run it once uncut, and compare with a control.
+
+    Round n runs the n-th day of the storm's window as the daily schedule does, one day at a
+    time, so every round has documents of its own to post and can be killed posting them
+    (and settles what the rounds before it left in flight). The uncut run and the control run
+    the whole window.
+    """
     rng = random.Random(seed)
     report = StormReport()
     say = log or (lambda _message: None)
-    control_proc, control_env, _ = serve(workdir / "control-state")
+    days = storm_days(kills)
+    window = _window(days)
+    control_proc, control_env, _ = serve(workdir / "control-state", days)
     try:
-        control_started = time.monotonic()
-        result = run(workdir / "control-home", _env(**control_env))
-        # Kills fall within the span of an uncut run (a rerun after a kill is shorter).
-        span_s = max(2.0, 0.8 * (time.monotonic() - control_started))
+        result = run(workdir / "control-home", _env(**control_env), window)
         assert result.returncode == 0, result.stderr[-3000:]
     finally:
         stop(control_proc)
@@ -220,41 +247,54 @@ def storm(kills: int, seed: int, workdir: Path, log: Any = None) -> StormReport:
 
     home, state = workdir / "home", workdir / "state"
     warehouse = home / "warehouse.db"
-    proc, env, ports = serve(state)
+    proc, env, ports = serve(state, days)
     run_env = _env(**env, FINSYNC_POSTING_LEASE_S=LEASE_S)
     started = time.monotonic()
+    span_s = 30.0
     try:
-        for n in range(kills):
+        for n, day in enumerate(days):
             fault = rng.choice(FAULTS)
             _admin(ports[2], {"clear": True})
             if fault is not None:
                 _admin(ports[2], fault)
             report.faults[str(fault["kind"] if fault else "none")] += 1
+            wait_for_posting = rng.random() < 0.5
+            if wait_for_posting and (fault is None or fault["kind"] != "latency"):
+                # A day's documents are few: slowed down, they stay in flight long enough for
+                # the kill to land among them.
+                _admin(ports[2], SLOW_POSTS)
+            round_started = time.monotonic()
             victim = subprocess.Popen(
-                [FINSYNC, "run", "--home", str(home), *WINDOW, "--json"],
+                [FINSYNC, "run", "--home", str(home), *_window([day]), "--json"],
                 env=run_env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
-            wait_for_posting = rng.random() < 0.5
-            deadline = time.monotonic() + rng.uniform(0.5, span_s)
+            # Kills fall within the span of a day's uncut run, learnt from the rounds so far;
+            # a kill waiting for posting waits for it as long as the run lasts.
+            deadline = time.monotonic() + (900.0 if wait_for_posting else rng.uniform(0.5, span_s))
             while victim.poll() is None and time.monotonic() < deadline:
                 if wait_for_posting and _in_flight(warehouse):
-                    time.sleep(rng.uniform(0.0, 1.5))
+                    time.sleep(rng.uniform(0.0, 0.5))
                     break
-                time.sleep(0.1)
+                time.sleep(0.02)
             in_flight = _in_flight(warehouse) > 0
             if victim.poll() is None:
                 os.killpg(victim.pid, signal.SIGKILL)
                 report.kills += 1
                 report.kills_while_in_flight += in_flight
+            else:
+                span_s = max(2.0, 0.9 * (time.monotonic() - round_started))
             victim.wait(timeout=60)
-            say(f"round {n + 1}/{kills}: fault {fault and fault['kind']}, in flight {in_flight}")
+            say(
+                f"round {n + 1}/{len(days)} ({day}): fault {fault and fault['kind']}, "
+                f"in flight {in_flight}"
+            )
         _admin(ports[2], {"clear": True})
         report.storm_s = time.monotonic() - started
         final_started = time.monotonic()
-        final = run(home, run_env)
+        final = run(home, run_env, window)
         report.final_run_s = time.monotonic() - final_started
         if final.returncode != 0:
             report.mismatches.append(f"the uncut run failed: {final.stderr[-2000:]}")

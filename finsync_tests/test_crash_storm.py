@@ -1,6 +1,6 @@
-"""A few kills from outside of a real `finsync run`, with NetSuite faults armed, then one uncut
-run: NetSuite holds exactly what an uninterrupted control run leaves (see crash_storm; the long
-storm is `make crash-storm`)."""
+"""Eight kills from outside of a real `finsync run` of one day after another, with NetSuite
+faults armed, then one uncut run of the days: NetSuite holds exactly what an uninterrupted
+control run leaves (see crash_storm; the long storm is `make crash-storm`)."""
 
 from pathlib import Path
 
@@ -14,8 +14,10 @@ pytestmark = pytest.mark.e2e
 def test_kills_from_outside_under_faults_leave_netsuite_as_an_uncut_run_does(
     tmp_path: Path,
 ) -> None:
-    report = storm(kills=4, seed=11, workdir=tmp_path)
+    report = storm(kills=8, seed=11, workdir=tmp_path)
     assert report.mismatches == []
     # A round whose run finished before its kill moment is a kill that did not happen.
-    assert report.kills >= 2
+    assert report.kills >= 5
+    # Half the rounds wait for posting: kills land among documents in flight.
+    assert report.kills_while_in_flight >= 2
     assert report.documents > 0

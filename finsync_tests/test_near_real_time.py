@@ -183,6 +183,11 @@ def test_an_account_renamed_in_salesforce_renames_its_netsuite_customer_in_one_s
     assert _rows(sqlite_url, queued, id=key) == [("pending",)]
     # Read again within the lookback, the same change asks for nothing more.
     assert ticker.tick(SALESFORCE).skip_message == "no Salesforce Account changed"
+    # finsync's own write-back of the billing status changes no customer field: no run.
+    client.update_collection("Account", [(key, {"Finsync_Invoice_Status__c": "posted"})])
+    assert ticker.tick(SALESFORCE).skip_message == (
+        "1 Salesforce Account changes, none to a customer field"
+    )
 
     assert ticker.tick(POSTING).runs
     assert _rows(sqlite_url, queued, id=key) == [("posted",)]

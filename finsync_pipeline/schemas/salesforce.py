@@ -11,6 +11,25 @@ from pandera.typing import Series
 
 import finsync_pipeline.schemas.checks  # noqa: F401  (registers iso_date, iso_currency)
 
+# The Account fields the extract selects.
+ACCOUNT_FIELDS = [
+    "Id",
+    "Name",
+    "ParentId",
+    "Type",
+    "BillingStreet",
+    "BillingCity",
+    "BillingState",
+    "BillingPostalCode",
+    "BillingCountry",
+    "CurrencyIsoCode",
+    "Legal_Entity__c",
+    "PO_Required__c",
+    "CreatedDate",
+    "LastModifiedDate",
+    "SystemModstamp",
+]
+
 
 class SalesforceAccountRecord(pa.DataFrameModel):
     """A CRM account: the customer hierarchy, its legal entity and its currency."""

@@ -44,23 +44,6 @@ STRIPE_EVENT_RETENTION_S = 29 * 86400
 # finalized one can only be voided), and GET answers 404 from then on.
 STRIPE_DELETION_EVENTS = {"invoice.deleted"}
 
-ACCOUNT_FIELDS = [
-    "Id",
-    "Name",
-    "ParentId",
-    "Type",
-    "BillingStreet",
-    "BillingCity",
-    "BillingState",
-    "BillingPostalCode",
-    "BillingCountry",
-    "CurrencyIsoCode",
-    "Legal_Entity__c",
-    "PO_Required__c",
-    "CreatedDate",
-    "LastModifiedDate",
-    "SystemModstamp",
-]
 OPPORTUNITY_FIELDS = [
     "Id",
     "Name",
@@ -994,7 +977,7 @@ def salesforce_accounts(
         settings,
         table="salesforce_accounts",
         sobject="Account",
-        fields=ACCOUNT_FIELDS,
+        fields=salesforce_schemas.ACCOUNT_FIELDS,
     )
 
 
