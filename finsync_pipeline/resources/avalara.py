@@ -19,6 +19,7 @@ from finsync_pipeline.resources.http import (
     ErrorInfo,
     HttpClient,
     HttpOptions,
+    body_object,
     check_base_url,
     error_json,
     parse_json,
@@ -120,7 +121,7 @@ class AvalaraClient(ConnectorClient):
             AuthenticationError: AvaTax did not accept the credentials.
         """
         response = self.http.request("GET", self._base + "/api/v2/utilities/ping", idempotent=True)
-        body: dict[str, Any] = parse_json(response, SYSTEM)
+        body = body_object(parse_json(response, SYSTEM), SYSTEM, "GET /api/v2/utilities/ping")
         if body.get("authenticated") is not True:
             # Ping answers 200 without credentials; unauthenticated is still a failed login.
             raise self.http.auth_error(401, "AuthenticationException", None)
@@ -163,8 +164,9 @@ class AvalaraClient(ConnectorClient):
             data=body.encode(),
             headers={"Content-Type": "application/json"},
         )
-        result = parse_json(response, SYSTEM)
-        if not isinstance(result, dict) or "totalTax" not in result:
+        where = "POST /api/v2/transactions/create"
+        result = body_object(parse_json(response, SYSTEM), SYSTEM, where)
+        if "totalTax" not in result:
             raise PermanentUpstreamError(
                 SYSTEM, "POST /api/v2/transactions/create did not answer a transaction", status=201
             )
