@@ -25,9 +25,15 @@ def correlation_id(system: str, obj: str, source_id: str) -> str:
     return f"fs-{digest[:20]}"
 
 
+# Past 2**53 - 1 a JSON number is not exact in other readers (RFC 7493); the record is
+# quarantined by its contract check (logic.screen), and here the value reads as none.
+_MAX_INT = 2**53 - 1
+
+
 def as_int(value: Any) -> int | None:
-    """An integer amount or count; anything else (float, text, bool, null) is None."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """An integer amount or count; anything else (float, text, bool, null, an integer beyond
+    2**53 - 1) is None."""
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > _MAX_INT:
         return None
     return value
 
@@ -48,7 +54,10 @@ def unix_to_date(value: Any) -> str | None:
     seconds = as_int(value)
     if seconds is None:
         return None
-    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).date().isoformat()
+    try:
+        return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).date().isoformat()
+    except (OverflowError, OSError, ValueError):
+        return None  # past year 9999: the contract check quarantines the record
 
 
 def decimal_to_minor(value: Any, currency: Any) -> int | None:

@@ -24,12 +24,14 @@ from finsync_pipeline.landing import (
     read_cursor,
     unix_day,
 )
+from finsync_pipeline.ledger import dumps
 from finsync_pipeline.logic import normalize
+from finsync_pipeline.logic.screen import CONFLICT_KEY, is_future, unix_instant
 from finsync_pipeline.money import is_known_currency
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run, window
 from finsync_pipeline.po_source import PO_SOURCE_ENV, po_source
 from finsync_pipeline.resources.salesforce import SalesforceResource, soql_select
-from finsync_pipeline.resources.settings import PipelineSettings
+from finsync_pipeline.resources.settings import PipelineSettings, future_skew_from_env
 from finsync_pipeline.resources.stripe import StripeClient, StripeResource
 from finsync_pipeline.resources.warehouse import WarehouseResource
 from finsync_pipeline.schemas import salesforce as salesforce_schemas
@@ -196,7 +198,15 @@ def _sf_instant(value: Any) -> str | None:
 
 
 def _max_cursor(old: str | None, rows: list[dict[str, Any]]) -> str | None:
-    seen = [r["source_updated_at"] for r in rows if r["source_updated_at"]]
+    """The newest change time landed, never one beyond the allowed skew into the future: such
+    a record is quarantined, and a cursor moved to it would skip every real change after."""
+    now, skew_s = dt.datetime.now(dt.UTC), future_skew_from_env()
+    seen = [
+        r["source_updated_at"]
+        for r in rows
+        if r["source_updated_at"]
+        and not is_future(dt.datetime.fromisoformat(r["source_updated_at"]), now, skew_s)
+    ]
     return max([*seen, *([old] if old else [])], default=None)
 
 
@@ -254,8 +264,18 @@ def _read_stripe_changes(
         listing = lister()
         events_from = None
         mode = "full listing"
+    listed_ids: set[str] = set()
     for obj in listing:
-        latest[str(obj.get("id"))] = obj
+        key = str(obj.get("id")) if isinstance(obj, Mapping) else dumps(obj)
+        if key in listed_ids and latest[key] != obj:
+            # One id listed twice with different content: no order settles which is true, so
+            # both land together and the contract check quarantines the conflict.
+            previous = latest[key]
+            held = previous.get(CONFLICT_KEY, [previous])
+            latest[key] = {"id": key, CONFLICT_KEY: [*held, obj]}
+            continue
+        listed_ids.add(key)
+        latest[key] = obj
     if events_from is not None:
         # Stripe lists events newest first; within one second only that order tells which
         # change came last (event ids are random). Replay the listing oldest first with a
@@ -275,8 +295,18 @@ def _read_stripe_changes(
             latest[oid] = obj
             from_events.add(oid)
     records = list(latest.values())
+    # A creation time beyond the allowed skew into the future never moves the cursor: the
+    # record is quarantined, and the cursor stays where real records put it.
+    horizon = started + future_skew_from_env()
     newest = max(
-        (int(r["created"]) for r in records if isinstance(r.get("created"), int)),
+        (
+            int(r["created"])
+            for r in records
+            if isinstance(r, Mapping)
+            and isinstance(r.get("created"), int)
+            and not isinstance(r.get("created"), bool)
+            and r["created"] <= horizon
+        ),
         default=int(cursor["created"]) if cursor else retained_from,
     )
     next_cursor = json.dumps({"created": newest, "events_from": started})
@@ -374,15 +404,15 @@ def _stripe_window(context: dg.AssetExecutionContext) -> dict[str, Any]:
 
 
 def _stripe_updated(record: Mapping[str, Any]) -> str | None:
-    transitions = record.get("status_transitions") or {}
-    moments = [record.get("created"), record.get("voided_at"), *transitions.values()]
-    latest = max(
-        (v for v in moments if isinstance(v, int)),
-        default=None,
-    )
-    if latest is None:
-        return None
-    return dt.datetime.fromtimestamp(latest, tz=dt.UTC).isoformat()
+    transitions = record.get("status_transitions")
+    moments = [
+        record.get("created"),
+        record.get("voided_at"),
+        *(transitions.values() if isinstance(transitions, Mapping) else ()),
+    ]
+    # A time past year 9999 reads as none: the record's contract check quarantines it.
+    readable = [m for v in moments if (m := unix_instant(v)) is not None and m.year < dt.MAXYEAR]
+    return max(readable).isoformat() if readable else None
 
 
 def _created(record: Mapping[str, Any]) -> str | None:
