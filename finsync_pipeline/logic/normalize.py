@@ -65,9 +65,10 @@ def decimal_to_minor(value: Any, currency: Any) -> int | None:
     if value is None or not is_known_currency(currency):
         return None
     try:
-        return to_minor(Decimal(str(value)), str(currency))
+        minor = to_minor(Decimal(str(value)), str(currency))
     except (MoneyError, InvalidOperation):
         return None
+    return minor if abs(minor) <= _MAX_INT else None
 
 
 def _frame(rows: list[dict[str, Any]], dtypes: Mapping[str, str]) -> pd.DataFrame:

@@ -42,10 +42,11 @@ def usage_quantity(value: object) -> int | None:
     """
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, Decimal) and value == value.to_integral_value() and value >= 0:
-        return int(value)
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        value = int(value)
+    # Beyond 2**53 - 1 no reader keeps a JSON number exact (RFC 7493); nor does a column.
+    if isinstance(value, int) and 0 <= value <= 2**53 - 1:
+        return value
     return None
 
 

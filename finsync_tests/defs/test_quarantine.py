@@ -5,6 +5,7 @@ hostile server of the connector tests) that spoils chosen records on the wire.""
 import copy
 import datetime as dt
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,28 @@ import sqlalchemy as sa
 
 from finsync_pipeline.definitions import defs
 from finsync_pipeline.defs.validate.checks import validate_invoices
+from finsync_pipeline.errors import ConfigurationError
 from finsync_pipeline.partitions import range_tags
+from finsync_pipeline.resources.metering import MeteringResource
+from finsync_pipeline.resources.netsuite import NetSuiteResource
 from finsync_pipeline.resources.salesforce import SalesforceClient, SalesforceResource
-from finsync_pipeline.resources.settings import PipelineSettings
+from finsync_pipeline.resources.settings import PipelineSettings, future_skew_from_env
 from finsync_pipeline.resources.stripe import StripeResource
 from finsync_pipeline.resources.warehouse import WarehouseResource, create_engine
+from finsync_pipeline.runner import RunFailed
+from finsync_pipeline.runner import _raise_for as raise_for
 from finsync_pipeline.sandbox.generator import Company, CompanySpec, add_months, generate
 from finsync_pipeline.sandbox.salesforce_sim import jwt_credentials
 from finsync_pipeline.sandbox.server import Sandbox
 from finsync_tests.conftest import TEST_END
 from finsync_tests.resources.hostile import HostileServer, Reply, Request
+
+# load_from_defs_folder imports the defs modules with Dagster's beta warnings silenced
+# (single-run backfill policies are beta in 1.13); importing them directly needs the same.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    from finsync_pipeline.defs.extract.usage import usage_events
+    from finsync_pipeline.defs.validate.usage import usage_events_contract
 
 SPEC = CompanySpec(accounts=12, months=1, seed=11, end=TEST_END)
 FIRST_DAY = add_months(TEST_END, -SPEC.months) + dt.timedelta(days=1)
@@ -52,10 +65,13 @@ class Proxy(HostileServer):
         super().__init__()
         self.upstream = upstream
         self.tamper: Tamper = lambda request, body: body
+        self.keep_host = False
         self.script = self._forward
 
     def _forward(self, request: Request) -> Reply:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host",)}
+        headers = {
+            k: v for k, v in request.headers.items() if self.keep_host or k.lower() != "host"
+        }
         answer = requests.request(
             request.method,
             self.upstream + request.path,
@@ -116,55 +132,67 @@ def _ids(url: str, table: str) -> set[str]:
         return {r[0] for r in conn.execute(sa.text(f"SELECT source_id FROM {table}"))}
 
 
+def _stripe_run(
+    sandbox: Sandbox,
+    proxy: Proxy,
+    url: str,
+    asset: str,
+    tags: dict[str, str],
+    *,
+    raise_on_error: bool = True,
+) -> dg.ExecuteInProcessResult:
+    """``asset`` and its contract check through the proxy; bad records stay below the limit."""
+    return dg.materialize(
+        _selection(asset),
+        resources={
+            "warehouse": WarehouseResource(url=url),
+            "settings": PipelineSettings(max_bad_share=0.5, min_bad_records=50),
+            "stripe": StripeResource(api_key=sandbox.env["STRIPE_API_KEY"], api_base=proxy.url),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+        tags=tags,
+        raise_on_error=raise_on_error,
+    )
+
+
 def test_bad_stripe_invoices_go_to_quarantine_and_the_others_land(
     sandbox: Sandbox, company: Company, tmp_path: Path, proxy_for: Callable[[str], Proxy]
 ) -> None:
     proxy = proxy_for(sandbox.env["STRIPE_API_BASE"])
-    spoiled: dict[str, str] = {}
+    spoiled: dict[str, tuple[str, str]] = {}
 
     def tamper(request: Request, body: Any) -> Any:
-        if not request.path.startswith("/v1/invoices?") or not body.get("data"):
+        if not request.path.startswith("/v1/invoices?") or len(body.get("data", [])) < 6:
             return body
         data = body["data"]
         spoil = [
-            ("created", lambda inv: inv.update(created=99_999_999_999_999)),
-            ("total", lambda inv: inv.update(total=10**30)),
-            ("amount_paid", lambda inv: inv.update(amount_paid=float("nan"))),
+            ("created", "future_timestamp", {"created": 99_999_999_999_999}),
+            ("total", "number_in_range", {"total": 10**30}),
+            ("amount_paid", "finite_number", {"amount_paid": float("nan")}),
+            # A field of the wrong shape inside one record: that record is held, not the page.
+            ("lines", "readable_record", {"lines": {"object": "list", "data": ["x"]}}),
         ]
-        for (field, change), invoice in zip(spoil, data, strict=False):
-            spoiled[invoice["id"]] = field
-            change(invoice)
-        if len(data) > 4:
-            # The same id twice in one extract with different content: a conflict.
-            twin = copy.deepcopy(data[3])
-            twin["amount_remaining"] = int(twin["amount_remaining"]) + 1
-            spoiled[data[3]["id"]] = "(record)"
-            data.append(twin)
+        for (field, check, change), invoice in zip(spoil, data, strict=False):
+            spoiled[invoice["id"]] = (field, check)
+            invoice.update(change)
+        # The same id twice in one extract with different content: a conflict.
+        twin = copy.deepcopy(data[4])
+        twin["amount_remaining"] = int(twin["amount_remaining"]) + 1
+        spoiled[data[4]["id"]] = ("(record)", "conflicting_copies")
+        data.append(twin)
         return body
 
     proxy.tamper = tamper
     url = f"sqlite:///{tmp_path / 'warehouse.db'}"
-    resources = {
-        "warehouse": WarehouseResource(url=url),
-        "settings": PipelineSettings(max_bad_share=0.5, min_bad_records=50),
-        "stripe": StripeResource(api_key=sandbox.env["STRIPE_API_KEY"], api_base=proxy.url),
-    }
-    result = dg.materialize(
-        _selection("stripe_invoices"),
-        resources=resources,
-        instance=dg.DagsterInstance.ephemeral(),
-        tags=range_tags(FIRST_DAY, TEST_END),
-    )
+    result = _stripe_run(sandbox, proxy, url, "stripe_invoices", range_tags(FIRST_DAY, TEST_END))
     assert result.success
-    assert len(spoiled) == 4
+    assert len(spoiled) == 5
     held = _quarantine(url, "stripe_invoices")
-    checks = {"created": "future_timestamp", "total": "number_in_range"}
-    checks |= {"amount_paid": "finite_number", "(record)": "conflicting_copies"}
-    for invoice_id, field in spoiled.items():
-        mine = [h for h in held.get(invoice_id, []) if h[1] == field]
+    for invoice_id, (field, check) in spoiled.items():
+        mine = [h for h in held.get(invoice_id, []) if h[1:3] == (field, check)]
         assert mine, (invoice_id, field, held.get(invoice_id))
-        system, _field, check, reason = mine[0]
-        assert (system, check) == ("stripe", checks[field])
+        system, _field, _check, reason = mine[0]
+        assert system == "stripe"
         assert invoice_id in reason and field in reason
     # Every other invoice landed, and none is held unless the generator planted it bad.
     landed = _ids(url, "stripe_invoices")
@@ -172,6 +200,12 @@ def test_bad_stripe_invoices_go_to_quarantine_and_the_others_land(
     planted = {p["id"] for kind in company.planted.values() for p in kind if "id" in p}
     assert set(held) - set(spoiled) <= planted
     assert len(landed - set(held)) >= 5
+
+
+def body_stamp(body: dict[str, Any]) -> str:
+    """A real SystemModstamp of the batch (or a past one when it is empty)."""
+    stamps = [r["SystemModstamp"] for r in body["records"] if r.get("SystemModstamp")]
+    return max(stamps, default="2026-10-01T00:00:00.000+0000")
 
 
 def _salesforce_resources(sandbox: Sandbox, url: str, login_url: str) -> dict[str, Any]:
@@ -209,8 +243,10 @@ def test_a_year_9999_modstamp_is_quarantined_and_never_moves_the_cursor(
                 "LastModifiedDate": "9999-12-31T23:59:59.000+0000",
                 "SystemModstamp": "9999-12-31T23:59:59.000+0000",
             }
-            body["records"].append(record)
-            body["totalSize"] = int(body["totalSize"]) + 1
+            revenue = {**record, "Id": "001PLANTEDNAN0000", "SystemModstamp": body_stamp(body)}
+            revenue["AnnualRevenue"] = float("nan")
+            body["records"] += [record, revenue]
+            body["totalSize"] = int(body["totalSize"]) + 2
         return body
 
     proxy.tamper = tamper
@@ -229,6 +265,8 @@ def test_a_year_9999_modstamp_is_quarantined_and_never_moves_the_cursor(
         if (field, check) == ("SystemModstamp", "future_timestamp")
     ]
     assert planted in reason and "9999" in reason
+    nan = _quarantine(url, "salesforce_accounts")["001PLANTEDNAN0000"]
+    assert ("salesforce", "AnnualRevenue", "finite_number") in [h[:3] for h in nan]
     with create_engine(url).connect() as conn:
         cursor = conn.execute(
             sa.text("SELECT cursor FROM extract_cursors WHERE stream = 'salesforce_accounts'")
@@ -303,3 +341,229 @@ def test_a_downgrade_with_a_negative_total_still_passes(company: Company) -> Non
     downgrade["lines"]["total_count"] = len(lines)
     outcome = validate_invoices([downgrade])
     assert "not_all_negative" not in set(outcome.failures["check_name"])
+
+
+def test_a_wrongly_shaped_page_fails_the_run_with_a_line_naming_system_and_field(
+    sandbox: Sandbox, tmp_path: Path, proxy_for: Callable[[str], Proxy]
+) -> None:
+    proxy = proxy_for(sandbox.env["STRIPE_API_BASE"])
+
+    def tamper(request: Request, body: Any) -> Any:
+        if request.path.startswith("/v1/invoices?"):
+            return {**body, "data": {"id": "in_1"}}
+        return body
+
+    proxy.tamper = tamper
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    result = dg.materialize(
+        _selection("stripe_invoices"),
+        resources={
+            "warehouse": WarehouseResource(url=url),
+            "settings": PipelineSettings(),
+            "stripe": StripeResource(api_key=sandbox.env["STRIPE_API_KEY"], api_base=proxy.url),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+        tags=range_tags(FIRST_DAY, TEST_END),
+        raise_on_error=False,
+    )
+    with pytest.raises(RunFailed) as info:
+        raise_for(result, "daily")
+    line = str(info.value)
+    assert "DagsterExecutionStepExecutionError" not in line
+    assert "stripe: GET /v1/invoices answered an object where an array was expected" in line
+    assert "[field data]" in line
+
+
+def test_a_bad_skew_setting_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FINSYNC_MAX_FUTURE_SKEW_S", "a day")
+    with pytest.raises(ConfigurationError) as info:
+        future_skew_from_env()
+    assert "FINSYNC_MAX_FUTURE_SKEW_S is 'a day'" in str(info.value)
+
+
+def _usage(eid: str, value: Any, time: str = "2026-10-02T10:00:00Z") -> dict[str, Any]:
+    event = {
+        "specversion": "1.0",
+        "id": eid,
+        "source": "/meter/api",
+        "type": "com.finsync.usage.api_calls.v1",
+        "subject": "sub_A",
+        "time": time,
+        "data": {"value": value, "meter": "api_calls"},
+    }
+    return {"event": event, "ingestedAt": "2026-10-02T10:00:01Z"}
+
+
+@pytest.fixture
+def hostile() -> Iterator[HostileServer]:
+    server = HostileServer()
+    yield server
+    server.close()
+
+
+def test_bad_usage_events_go_to_quarantine_and_the_others_land(
+    hostile: HostileServer, tmp_path: Path
+) -> None:
+    items: list[Any] = [
+        _usage("good1", 3),
+        _usage("huge", 10**30),
+        _usage("nan", float("nan")),
+        7,
+        _usage("future", 1, time="9999-12-31T00:00:00Z"),
+        _usage("good2", 4),
+    ]
+    hostile.script = lambda request: Reply(200, json.dumps(items).encode())
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    result = dg.materialize(
+        [usage_events, usage_events_contract],
+        resources={
+            "warehouse": WarehouseResource(url=url),
+            "settings": PipelineSettings(max_bad_share=0.9),
+            "metering": MeteringResource(api_key="om_test_" + "k" * 40, base_url=hostile.url),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    held = _quarantine(url, "usage_events")
+    expected = {
+        "/meter/api/huge": ("data.value", "number_in_range"),
+        "/meter/api/nan": ("data.value", "finite_number"),
+        "/meter/api/future": ("time", "future_timestamp"),
+    }
+    for source_id, (field, check) in expected.items():
+        assert any(h[1:3] == (field, check) for h in held.get(source_id, [])), (
+            source_id,
+            held.get(source_id),
+        )
+        assert all(h[0] == "metering" for h in held[source_id])
+    (malformed,) = [s for s in held if s.startswith("malformed-") or "malformed" in s]
+    assert any(h[2] == "json_object" for h in held[malformed])
+    assert "/meter/api/good1" not in held and "/meter/api/good2" not in held
+    with create_engine(url).connect() as conn:
+        landed = conn.execute(sa.text("SELECT COUNT(*) FROM usage_events")).scalar_one()
+    assert landed == len(items)
+
+
+def _ns_row(rid: str, total: Any) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "externalid": f"fs-inv-{rid}",
+        "tranid": f"INV{rid}",
+        "entity": "101",
+        "trandate": "10/15/2026",
+        "currency": "1",
+        "foreigntotal": total,
+        "foreignamountremaining": "0.00",
+        "status": "B",
+        "memo": None,
+        "type": "CustInvc",
+        "links": [],
+    }
+
+
+def test_bad_netsuite_read_back_rows_go_to_quarantine(
+    sandbox: Sandbox, tmp_path: Path, proxy_for: Callable[[str], Proxy]
+) -> None:
+    proxy = proxy_for(sandbox.env["NETSUITE_BASE_URL"])
+    proxy.keep_host = True  # the OAuth 1.0a signature covers the URL the client signed
+
+    def tamper(request: Request, body: Any) -> Any:
+        if "suiteql" not in request.path or request.param("offset") != "0":
+            return body
+        rows = [
+            _ns_row("9001", "120.00"),
+            _ns_row("9002", 10**30),
+            _ns_row("9003", float("nan")),
+            _ns_row("9004", "80.00"),
+        ]
+        return {**body, "items": rows, "count": len(rows), "hasMore": False}
+
+    proxy.tamper = tamper
+    env = sandbox.env
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    result = dg.materialize(
+        _selection("erp_invoices"),
+        resources={
+            "warehouse": WarehouseResource(url=url),
+            "settings": PipelineSettings(max_bad_share=0.9),
+            "netsuite": NetSuiteResource(
+                account_id=env["NETSUITE_ACCOUNT_ID"],
+                base_url=proxy.url,
+                consumer_key=env["NETSUITE_CONSUMER_KEY"],
+                consumer_secret=env["NETSUITE_CONSUMER_SECRET"],
+                token_id=env["NETSUITE_TOKEN_ID"],
+                token_secret=env["NETSUITE_TOKEN_SECRET"],
+            ),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+        tags=range_tags(dt.date(2026, 10, 15), dt.date(2026, 10, 15)),
+    )
+    assert result.success
+    held = _quarantine(url, "erp_invoices")
+    assert ("netsuite", "foreigntotal", "number_in_range") in [h[:3] for h in held["9002"]]
+    assert ("netsuite", "foreigntotal", "finite_number") in [h[:3] for h in held["9003"]]
+    screen_checks = {"number_in_range", "finite_number"}
+    assert not {h[2] for h in held.get("9001", []) + held.get("9004", [])} & screen_checks
+    assert _ids(url, "erp_invoices") == {"9001", "9002", "9003", "9004"}
+
+
+def test_stripe_master_data_future_created_and_conflicts_are_held_not_cursors(
+    sandbox: Sandbox, tmp_path: Path, proxy_for: Callable[[str], Proxy]
+) -> None:
+    proxy = proxy_for(sandbox.env["STRIPE_API_BASE"])
+
+    def tamper(request: Request, body: Any) -> Any:
+        if not request.path.startswith("/v1/customers?") or len(body.get("data", [])) < 3:
+            return body
+        data = body["data"]
+        data[0] = {**data[0], "created": 99_999_999_999_999}
+        data.insert(2, {**data[1], "name": "Another name"})
+        data.append(copy.deepcopy(data[-1]))  # identical: collapses, no conflict
+        return body
+
+    proxy.tamper = tamper
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    result = _stripe_run(sandbox, proxy, url, "stripe_customers", {})
+    assert result.success
+    held = _quarantine(url, "stripe_customers")
+    checks = {sid: {h[2] for h in rows} for sid, rows in held.items()}
+    assert sum("future_timestamp" in c for c in checks.values()) == 1
+    assert sum("conflicting_copies" in c for c in checks.values()) == 1
+    with create_engine(url).connect() as conn:
+        cursor = json.loads(
+            conn.execute(
+                sa.text("SELECT cursor FROM extract_cursors WHERE stream = 'stripe_customers'")
+            ).scalar_one()
+        )
+    assert cursor["created"] < dt.datetime.now(dt.UTC).timestamp() + 86400
+
+
+def test_a_stripe_event_without_its_object_fails_the_run_naming_the_field(
+    sandbox: Sandbox, tmp_path: Path, proxy_for: Callable[[str], Proxy]
+) -> None:
+    proxy = proxy_for(sandbox.env["STRIPE_API_BASE"])
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    # A cursor inside Stripe's event retention, so the run reads the events list.
+    now = int(dt.datetime.now(dt.UTC).timestamp())
+    with WarehouseResource(url=url).get_engine().begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO extract_cursors (stream, cursor, updated_at, run_id) "
+                "VALUES ('stripe_customers', :c, '2026-12-01T00:00:00+00:00', 'seed')"
+            ),
+            {"c": json.dumps({"created": now - 3600, "events_from": now - 3600})},
+        )
+
+    def tamper(request: Request, body: Any) -> Any:
+        if request.path.startswith("/v1/events"):
+            event = {"id": "evt_broken1", "type": "customer.updated", "created": now}
+            return {**body, "data": [{**event, "data": {"object": "cus_1"}}], "has_more": False}
+        return body
+
+    proxy.tamper = tamper
+    result = _stripe_run(sandbox, proxy, url, "stripe_customers", {}, raise_on_error=False)
+    with pytest.raises(RunFailed) as info:
+        raise_for(result, "daily")
+    assert "evt_broken1" in str(info.value) and "[field data.object]" in str(info.value)

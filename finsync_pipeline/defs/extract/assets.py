@@ -30,6 +30,7 @@ from finsync_pipeline.logic.screen import CONFLICT_KEY, is_future, unix_instant
 from finsync_pipeline.money import is_known_currency
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run, window
 from finsync_pipeline.po_source import PO_SOURCE_ENV, po_source
+from finsync_pipeline.resources.http import shape_error
 from finsync_pipeline.resources.salesforce import SalesforceResource, soql_select
 from finsync_pipeline.resources.settings import PipelineSettings, future_skew_from_env
 from finsync_pipeline.resources.stripe import StripeClient, StripeResource
@@ -223,6 +224,22 @@ class _StripeChanges:
     deleted: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
 
 
+def _event(event: Any) -> dict[str, Any]:
+    """A listed Stripe event whose ``data.object`` is an object, or a shape error naming the
+    event and the field: an event that does not say what changed cannot be applied, and
+    skipping it would lose the change."""
+    where = "GET /v1/events"
+    if not isinstance(event, dict):
+        raise shape_error("stripe", where, "data[]", "an event object", event)
+    data = event.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        found = data.get("object") if isinstance(data, dict) else data
+        raise shape_error(
+            "stripe", f"{where} event {event.get('id')}", "data.object", "an object", found
+        )
+    return event
+
+
 def _read_stripe_changes(
     engine: Engine,
     client: StripeClient,
@@ -281,17 +298,17 @@ def _read_stripe_changes(
         # change came last (event ids are random). Replay the listing oldest first with a
         # stable sort by time. An event delivered twice (the sandbox's repeat_items fault)
         # counts once, at its oldest position: a later replay would bring back a stale snapshot.
-        listed = list(client.list_events(created_gte=events_from, types=event_types))
+        listed = [_event(e) for e in client.list_events(created_gte=events_from, types=event_types)]
         once = {str(e.get("id")): e for e in reversed(listed)}
-        events = sorted(once.values(), key=lambda e: int(e.get("created") or 0))
+        events = sorted(once.values(), key=lambda e: normalize.as_int(e.get("created")) or 0)
         repeated = len(listed) - len(once)
         for event in events:
-            obj = (event.get("data") or {}).get("object") or {}
+            obj = event["data"]["object"]
             oid = str(obj.get("id"))
             if oid in deleted:
                 continue  # a deletion is final: nothing stamped after it can bring the object back
             if event.get("type") in STRIPE_DELETION_EVENTS:
-                deleted[oid] = (int(event.get("created") or 0), obj)
+                deleted[oid] = (normalize.as_int(event.get("created")) or 0, obj)
             latest[oid] = obj
             from_events.add(oid)
     records = list(latest.values())

@@ -173,6 +173,20 @@ def validate_invoices(records: list[dict[str, object]]) -> ValidationOutcome:
     return ValidationOutcome(len(heads), failures.reindex(columns=FAILURE_COLUMNS))
 
 
+def _unreadable_field(
+    record: object, validate: Callable[[list[dict[str, object]]], ValidationOutcome]
+) -> str:
+    """The top-level field without which ``record`` can be read, or ``(record)``."""
+    if isinstance(record, dict):
+        for key in sorted(record):
+            try:
+                validate([{k: v for k, v in record.items() if k != key}])
+            except (AttributeError, TypeError, KeyError, ValueError):
+                continue
+            return str(key)
+    return RECORD
+
+
 def screened_outcome(
     ids: list[str],
     records: list[object],
@@ -201,15 +215,16 @@ def screened_outcome(
                 failures.append(validate([records[n]]).failures)  # type: ignore[list-item]
             except (AttributeError, TypeError, KeyError, ValueError) as e:
                 source_id = ids[n]
+                field = _unreadable_field(records[n], validate)
                 failures.append(
                     pd.DataFrame(
                         [
                             {
                                 "source_id": source_id,
-                                "field": RECORD,
+                                "field": field,
                                 "check_name": "readable_record",
-                                "reason": f"{system} {obj} {source_id}: a field has a shape "
-                                f"the contract cannot read ({type(e).__name__}: {e})",
+                                "reason": f"{system} {obj} {source_id}: field {field} has a "
+                                f"shape the contract cannot read ({type(e).__name__}: {e})",
                                 "failure_value": None,
                             }
                         ],
