@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from finsync_pipeline.money import MoneyError, is_known_currency, to_minor
+from finsync_pipeline.money import MAX_SAFE_INTEGER, MoneyError, is_known_currency, to_minor
 from finsync_pipeline.po_source import DEFAULT_PO_SOURCE, PoSource
 
 Record = Mapping[str, Any]
@@ -25,15 +25,10 @@ def correlation_id(system: str, obj: str, source_id: str) -> str:
     return f"fs-{digest[:20]}"
 
 
-# Past 2**53 - 1 a JSON number is not exact in other readers (RFC 7493); the record is
-# quarantined by its contract check (logic.screen), and here the value reads as none.
-_MAX_INT = 2**53 - 1
-
-
 def as_int(value: Any) -> int | None:
     """An integer amount or count; anything else (float, text, bool, null, an integer beyond
     2**53 - 1) is None."""
-    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > _MAX_INT:
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_SAFE_INTEGER:
         return None
     return value
 
@@ -68,7 +63,7 @@ def decimal_to_minor(value: Any, currency: Any) -> int | None:
         minor = to_minor(Decimal(str(value)), str(currency))
     except (MoneyError, InvalidOperation):
         return None
-    return minor if abs(minor) <= _MAX_INT else None
+    return minor if abs(minor) <= MAX_SAFE_INTEGER else None
 
 
 def _frame(rows: list[dict[str, Any]], dtypes: Mapping[str, str]) -> pd.DataFrame:

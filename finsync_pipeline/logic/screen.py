@@ -25,9 +25,9 @@ from typing import Any
 import pandas as pd
 
 from finsync_pipeline.logic.validation import FAILURE_COLUMNS
+from finsync_pipeline.money import MAX_SAFE_INTEGER
 from finsync_pipeline.resources.http import NOT_A_NUMBER
 
-MAX_SAFE_INTEGER = 2**53 - 1
 CONFLICT_KEY = "finsync:conflicting_copies"
 RECORD = "(record)"
 _SF_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"

@@ -5,6 +5,7 @@ finsync only asks AvaTax what the tax *should* be; it never records a document t
 the request counts as idempotent.
 """
 
+import decimal
 import socket
 from typing import Any
 
@@ -14,6 +15,7 @@ import simplejson
 from pydantic import Field
 
 from finsync_pipeline.errors import PermanentUpstreamError
+from finsync_pipeline.money import MAX_SAFE_INTEGER
 from finsync_pipeline.resources.http import (
     ConnectorClient,
     ErrorInfo,
@@ -169,6 +171,17 @@ class AvalaraClient(ConnectorClient):
         if "totalTax" not in result:
             raise PermanentUpstreamError(
                 SYSTEM, "POST /api/v2/transactions/create did not answer a transaction", status=201
+            )
+        total = result["totalTax"]
+        exact = isinstance(total, int | decimal.Decimal) and not isinstance(total, bool)
+        if not exact or not decimal.Decimal(total).is_finite() or abs(total) > MAX_SAFE_INTEGER:
+            # NaN, Infinity, text or 10**30: no tax amount to compare the billed tax with.
+            raise PermanentUpstreamError(
+                SYSTEM,
+                f"{where} for document {model.get('code')} answered totalTax {total!r}, "
+                "not a tax amount",
+                status=response.status_code,
+                field="totalTax",
             )
         return result
 

@@ -126,3 +126,16 @@ def test_nan_in_a_record_is_read_as_a_value_the_contract_refuses(hostile: Hostil
     assert charges[0]["amount"] == NOT_A_NUMBER + "NaN"
     assert charges[1]["amount"] == NOT_A_NUMBER + "-Infinity"
     assert charges[2]["amount"] == 100
+
+
+@pytest.mark.parametrize(
+    "total", [b"NaN", b"1e30", b'"12.00"', b"Infinity"], ids=["nan", "huge", "text", "infinity"]
+)
+def test_an_avatax_total_that_is_no_amount_names_the_document_and_field(
+    hostile: HostileServer, total: bytes
+) -> None:
+    hostile.script = lambda request: Reply(200, b'{"code": "in_1", "totalTax": ' + total + b"}")
+    with pytest.raises(UpstreamError) as info:
+        avalara(hostile).create_sales_order({"type": "SalesOrder", "code": "in_1", "lines": []})
+    assert info.value.system == "avalara" and info.value.field == "totalTax"
+    assert "in_1" in str(info.value)
