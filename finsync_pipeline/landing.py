@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from finsync_pipeline.ledger import dumps, loads, now_iso
+from finsync_pipeline.logic.screen import CONFLICT_KEY, unix_instant
 from finsync_pipeline.logic.validation import ValidationOutcome
 from finsync_pipeline.money import format_amount
 from finsync_pipeline.resources.warehouse import read_frame, replace_partitions, upsert_rows
@@ -41,10 +42,41 @@ def column_schema(model: type[pa.DataFrameModel]) -> dg.TableSchema:
     )
 
 
+def _content_id(prefix: str, payload: str) -> str:
+    return prefix + hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _one_per_id(records: Iterable[Any], id_key: str) -> list[tuple[str, Any]]:
+    """Each record with its source id, one per id.
+
+    Identical repeats of an id collapse to one. Copies of one id with different content are a
+    conflict no order can settle: they land together under ``CONFLICT_KEY`` (with the id), so
+    the contract check quarantines the id naming every copy, instead of the last one winning
+    silently. A record without an id, or that is not an object, is kept under an id derived
+    from its content so the contract check can quarantine it; it is never dropped.
+    """
+    copies: dict[str, list[Any]] = {}
+    texts: dict[str, list[str]] = {}
+    for record in records:
+        payload = dumps(record)
+        source_id = record.get(id_key) if isinstance(record, Mapping) else None
+        if not isinstance(source_id, str) or not source_id:
+            prefix = "missing-id-" if isinstance(record, Mapping) else "malformed-"
+            source_id = _content_id(prefix, payload)
+        seen = texts.setdefault(source_id, [])
+        if payload not in seen:
+            seen.append(payload)
+            copies.setdefault(source_id, []).append(record)
+    return [
+        (sid, found[0] if len(found) == 1 else {id_key: sid, CONFLICT_KEY: found})
+        for sid, found in copies.items()
+    ]
+
+
 def _landing_rows(
     *,
     system: str,
-    records: Iterable[Mapping[str, Any]],
+    records: Iterable[Any],
     id_key: str,
     created_date: Callable[[Mapping[str, Any]], str | None],
     updated_at: Callable[[Mapping[str, Any]], str | None],
@@ -53,13 +85,11 @@ def _landing_rows(
 ) -> list[dict[str, Any]]:
     at = now_iso()
     rows = []
-    for record in records:
-        payload = dumps(record)
-        source_id = record.get(id_key)
-        if not isinstance(source_id, str) or not source_id:
-            # Kept under a content-derived id so the contract check can quarantine it.
-            source_id = "missing-id-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
-        day = created_date(record)
+    for source_id, record in _one_per_id(records, id_key):
+        # A conflict is dated by its first copy; a record that is not an object, by the range.
+        first = record[CONFLICT_KEY][0] if CONFLICT_KEY in record else record
+        readable = isinstance(first, Mapping)
+        day = created_date(first) if readable else None
         if clamp is not None and (day is None or not (clamp[0] <= day < clamp[1])):
             day = clamp[0]
         rows.append(
@@ -67,8 +97,8 @@ def _landing_rows(
                 "source_id": source_id,
                 "partition_date": day,
                 "source_system": system,
-                "source_updated_at": updated_at(record),
-                "payload": payload,
+                "source_updated_at": updated_at(first) if readable else None,
+                "payload": dumps(record),
                 "extraction_run_id": run_id,
                 "extracted_at": at,
             }
@@ -396,9 +426,11 @@ def sample(df: pd.DataFrame, columns: list[str]) -> dg.MarkdownMetadataValue:
 
 
 def unix_day(seconds: Any) -> str | None:
-    if isinstance(seconds, bool) or not isinstance(seconds, int):
+    """The UTC day of Unix ``seconds``; None when it is no time or lies past year 9999."""
+    moment = unix_instant(seconds)
+    if moment is None or moment.year == dt.MAXYEAR:
         return None
-    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).date().isoformat()
+    return moment.date().isoformat()
 
 
 def iso_day(value: Any) -> str | None:

@@ -25,6 +25,9 @@ from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, localcont
 # Exact arithmetic for any amount a ledger can hold: the default context keeps 28 significant
 # digits and would round (or refuse) beyond that without saying so.
 _EXACT = Context(prec=200, Emax=10**6, Emin=-(10**6))
+# The largest integer every JSON reader keeps exact (I-JSON, RFC 7493): an amount or count
+# beyond it is no real figure (an amount of 10**30 minor units), and finsync refuses it.
+MAX_SAFE_INTEGER = 2**53 - 1
 
 # ISO 4217 minor-unit exponents for the currencies finsync handles. Extend with care: the
 # exponent decides how every amount of that currency is read and written.

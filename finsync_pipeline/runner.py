@@ -29,7 +29,11 @@ from finsync_pipeline.logic.reconcile import (
 )
 from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
 from finsync_pipeline.po_source import po_source
-from finsync_pipeline.resources.settings import lease_from_env, netsuite_concurrency_from_env
+from finsync_pipeline.resources.settings import (
+    future_skew_from_env,
+    lease_from_env,
+    netsuite_concurrency_from_env,
+)
 from finsync_pipeline.resources.warehouse import create_engine
 from finsync_pipeline.run_health import reap_dead_runs, runner_tags
 from finsync_pipeline.sources import SWITCH_OFF_HINT, sources_off
@@ -145,6 +149,7 @@ def check_environment() -> None:
     po_source()
     lease_from_env()
     netsuite_concurrency_from_env()
+    future_skew_from_env()
 
 
 def _finsync_message(error: Any) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from finsync_pipeline.money import MoneyError, is_known_currency, to_minor
+from finsync_pipeline.money import MAX_SAFE_INTEGER, MoneyError, is_known_currency, to_minor
 from finsync_pipeline.po_source import DEFAULT_PO_SOURCE, PoSource
 
 Record = Mapping[str, Any]
@@ -26,8 +26,9 @@ def correlation_id(system: str, obj: str, source_id: str) -> str:
 
 
 def as_int(value: Any) -> int | None:
-    """An integer amount or count; anything else (float, text, bool, null) is None."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """An integer amount or count; anything else (float, text, bool, null, an integer beyond
+    2**53 - 1) is None."""
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_SAFE_INTEGER:
         return None
     return value
 
@@ -48,7 +49,10 @@ def unix_to_date(value: Any) -> str | None:
     seconds = as_int(value)
     if seconds is None:
         return None
-    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).date().isoformat()
+    try:
+        return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).date().isoformat()
+    except (OverflowError, OSError, ValueError):
+        return None  # past year 9999: the contract check quarantines the record
 
 
 def decimal_to_minor(value: Any, currency: Any) -> int | None:
@@ -56,9 +60,10 @@ def decimal_to_minor(value: Any, currency: Any) -> int | None:
     if value is None or not is_known_currency(currency):
         return None
     try:
-        return to_minor(Decimal(str(value)), str(currency))
+        minor = to_minor(Decimal(str(value)), str(currency))
     except (MoneyError, InvalidOperation):
         return None
+    return minor if abs(minor) <= MAX_SAFE_INTEGER else None
 
 
 def _frame(rows: list[dict[str, Any]], dtypes: Mapping[str, str]) -> pd.DataFrame:

@@ -5,6 +5,7 @@ finsync only asks AvaTax what the tax *should* be; it never records a document t
 the request counts as idempotent.
 """
 
+import decimal
 import socket
 from typing import Any
 
@@ -14,11 +15,13 @@ import simplejson
 from pydantic import Field
 
 from finsync_pipeline.errors import PermanentUpstreamError
+from finsync_pipeline.money import MAX_SAFE_INTEGER
 from finsync_pipeline.resources.http import (
     ConnectorClient,
     ErrorInfo,
     HttpClient,
     HttpOptions,
+    body_object,
     check_base_url,
     error_json,
     parse_json,
@@ -120,7 +123,7 @@ class AvalaraClient(ConnectorClient):
             AuthenticationError: AvaTax did not accept the credentials.
         """
         response = self.http.request("GET", self._base + "/api/v2/utilities/ping", idempotent=True)
-        body: dict[str, Any] = parse_json(response, SYSTEM)
+        body = body_object(parse_json(response, SYSTEM), SYSTEM, "GET /api/v2/utilities/ping")
         if body.get("authenticated") is not True:
             # Ping answers 200 without credentials; unauthenticated is still a failed login.
             raise self.http.auth_error(401, "AuthenticationException", None)
@@ -163,10 +166,22 @@ class AvalaraClient(ConnectorClient):
             data=body.encode(),
             headers={"Content-Type": "application/json"},
         )
-        result = parse_json(response, SYSTEM)
-        if not isinstance(result, dict) or "totalTax" not in result:
+        where = "POST /api/v2/transactions/create"
+        result = body_object(parse_json(response, SYSTEM), SYSTEM, where)
+        if "totalTax" not in result:
             raise PermanentUpstreamError(
                 SYSTEM, "POST /api/v2/transactions/create did not answer a transaction", status=201
+            )
+        total = result["totalTax"]
+        exact = isinstance(total, int | decimal.Decimal) and not isinstance(total, bool)
+        if not exact or not decimal.Decimal(total).is_finite() or abs(total) > MAX_SAFE_INTEGER:
+            # NaN, Infinity, text or 10**30: no tax amount to compare the billed tax with.
+            raise PermanentUpstreamError(
+                SYSTEM,
+                f"{where} for document {model.get('code')} answered totalTax {total!r}, "
+                "not a tax amount",
+                status=response.status_code,
+                field="totalTax",
             )
         return result
 

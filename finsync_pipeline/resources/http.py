@@ -41,7 +41,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -114,28 +114,108 @@ def default_classify(status: int) -> Verdict:
     return Verdict.PERMANENT
 
 
+# What a NaN or Infinity in a body becomes (Python's json accepts them; finsync keeps no float):
+# text that no number field accepts, which the contract check names.
+NOT_A_NUMBER = "finsync:not-a-number:"
+# The field a shape error names when the whole body is wrong.
+BODY = "(body)"
+
+
+def _not_a_number(constant: str) -> str:
+    return NOT_A_NUMBER + constant
+
+
 def parse_json(response: requests.Response, system: str) -> Any:
     """Decode a JSON body with every non-integer number as ``Decimal`` (never float).
 
+    ``NaN``, ``Infinity`` and ``-Infinity`` (which Python's json accepts) become the text
+    ``NOT_A_NUMBER + constant``: the page still reads, and the record's contract check names
+    the field.
+
     Raises:
-        PermanentUpstreamError: The body is not JSON.
+        PermanentUpstreamError: The body is not JSON, or is nested too deep to read (the
+            decoder's recursion limit; ``field`` is ``(body)``).
     """
+    where = f"{response.request.method} {_path(response.url)}"
     try:
-        return json.loads(response.content, parse_float=decimal.Decimal)
-    except ValueError as e:
+        return json.loads(
+            response.content, parse_float=decimal.Decimal, parse_constant=_not_a_number
+        )
+    except RecursionError as e:
         raise PermanentUpstreamError(
             system,
-            f"{response.request.method} {_path(response.url)} answered a body that is not JSON",
+            f"{where} answered a body nested too deep to read",
             status=response.status_code,
+            field=BODY,
+        ) from e
+    except ValueError as e:
+        raise PermanentUpstreamError(
+            system, f"{where} answered a body that is not JSON", status=response.status_code
         ) from e
 
 
 def error_json(response: requests.Response) -> Any:
-    """The JSON of an error body, or None when it is not JSON."""
+    """The JSON of an error body, or None when it is not JSON (or too deep to read)."""
     try:
         return json.loads(response.content, parse_float=decimal.Decimal)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
+
+
+# What a shape error says was expected, by Python type (bool first: it is an int too).
+_EXPECTED: dict[type, str] = {
+    bool: "true or false",
+    list: "an array",
+    dict: "an object",
+    str: "text",
+    int: "an integer",
+}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return next((name for t, name in _EXPECTED.items() if isinstance(value, t)), "a number")
+
+
+def shape_error(system: str, where: str, field: str, expected: str, value: Any) -> UpstreamError:
+    """The error of a page whose ``field`` is not what the API documents."""
+    return PermanentUpstreamError(
+        system,
+        f"{where} answered {_kind(value)} where {expected} was expected",
+        status=200,
+        field=field,
+    )
+
+
+def body_object(body: Any, system: str, where: str) -> dict[str, Any]:
+    """``body`` when it is a JSON object, else a shape error naming ``(body)``."""
+    if not isinstance(body, dict):
+        raise shape_error(system, where, BODY, "an object", body)
+    return body
+
+
+def body_field(
+    body: Mapping[str, Any],
+    key: str,
+    kind: type,
+    system: str,
+    where: str,
+    *,
+    default: Any = None,
+    required: bool = False,
+) -> Any:
+    """``body[key]`` when it is of ``kind`` (an int is never a bool); absent, ``default``
+    unless ``required``. Anything else is a shape error naming ``key``."""
+    if key not in body or body[key] is None:
+        if required:
+            raise shape_error(system, where, key, _EXPECTED[kind], None)
+        return default
+    value = body[key]
+    wrong_bool = kind is int and isinstance(value, bool)
+    if wrong_bool or not isinstance(value, kind):
+        raise shape_error(system, where, key, _EXPECTED[kind], value)
+    return value
 
 
 def parse_retry_after(value: str | None, *, now: datetime.datetime | None = None) -> float | None:

@@ -19,6 +19,7 @@ from pydantic import Field
 
 from finsync_pipeline.errors import ConfigurationError, PermanentUpstreamError
 from finsync_pipeline.resources.http import (
+    BODY,
     ConnectorClient,
     ErrorInfo,
     HttpClient,
@@ -27,6 +28,7 @@ from finsync_pipeline.resources.http import (
     error_json,
     origin,
     parse_json,
+    shape_error,
 )
 from finsync_pipeline.sources import SWITCH_OFF_HINT
 
@@ -147,9 +149,7 @@ class MeteringClient(ConnectorClient):
             response = self.http.request("GET", url, idempotent=True, params=page_params)
             items = parse_json(response, SYSTEM)
             if not isinstance(items, list):
-                raise PermanentUpstreamError(
-                    SYSTEM, f"GET {EVENTS_PATH} did not answer a JSON array", status=200
-                )
+                raise shape_error(SYSTEM, f"GET {EVENTS_PATH}", BODY, "an array", items)
             link = response.links.get("next", {}).get("url")
             guard.page(len(items), more=bool(link))
             yield from items

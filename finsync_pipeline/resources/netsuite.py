@@ -35,9 +35,12 @@ from finsync_pipeline.resources.http import (
     GuardedAdapter,
     HttpClient,
     HttpOptions,
+    body_field,
+    body_object,
     check_base_url,
     error_json,
     parse_json,
+    shape_error,
 )
 from finsync_pipeline.resources.oauth1 import NetSuiteTBA
 
@@ -357,16 +360,18 @@ class NetSuiteClient(ConnectorClient):
                 data=payload,
                 headers={"Content-Type": "application/json", "Prefer": "transient"},
             )
-            body = parse_json(response, SYSTEM)
-            items = body.get("items") if isinstance(body, dict) else None
-            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-                raise PermanentUpstreamError(
-                    SYSTEM, "SuiteQL answered no items list", status=response.status_code
-                )
-            guard.page(len(items), more=bool(body.get("hasMore")))
+            where = f"SuiteQL page at offset {offset}"
+            body = body_object(parse_json(response, SYSTEM), SYSTEM, where)
+            items = body_field(body, "items", list, SYSTEM, where, required=True)
+            more = body_field(body, "hasMore", bool, SYSTEM, where, default=False)
+            body_field(body, "count", int, SYSTEM, where)
+            for n, item in enumerate(items):
+                if not isinstance(item, dict):
+                    raise shape_error(SYSTEM, where, f"items[{n}]", "an object", item)
+            guard.page(len(items), more=more)
             for item in items:
                 yield {k: v for k, v in item.items() if k != "links"}
-            if not body.get("hasMore"):
+            if not more:
                 return
             # The offset always advances; a server that ignores it sends the same page again.
             guard.follow(f"offset {offset}", page_key=_page_key(items))
@@ -393,12 +398,7 @@ class NetSuiteClient(ConnectorClient):
                     field=info.field,
                 )
             return None
-        record = parse_json(response, SYSTEM)
-        if not isinstance(record, dict):
-            raise PermanentUpstreamError(
-                SYSTEM, "a record GET answered no JSON object", status=response.status_code
-            )
-        return record
+        return body_object(parse_json(response, SYSTEM), SYSTEM, f"GET {urlsplit(url).path}")
 
 
 def _page_key(items: list[dict[str, Any]]) -> str:

@@ -31,6 +31,8 @@ from finsync_pipeline.resources.http import (
     HttpClient,
     HttpOptions,
     Verdict,
+    body_field,
+    body_object,
     check_base_url,
     error_json,
     live_mode,
@@ -420,14 +422,19 @@ class SalesforceClient(ConnectorClient):
         params: dict[str, str] | None = {"q": soql}
         guard = self.http.page_guard("query", limit=MAX_BATCH_SIZE)
         while path is not None:
-            body = parse_json(self._call("GET", path, params=params), SYSTEM)
-            done = bool(body.get("done", True))
-            records = body.get("records", [])
+            where = "query" if params is not None else f"query batch {path.rsplit('/', 1)[-1]}"
+            response = self._call("GET", path, params=params)
+            body = body_object(parse_json(response, SYSTEM), SYSTEM, where)
+            done = body_field(body, "done", bool, SYSTEM, where, default=True)
+            records = body_field(body, "records", list, SYSTEM, where, default=[])
+            total = body_field(body, "totalSize", int, SYSTEM, where, default=0)
             guard.page(len(records), more=not done)
+            # A record that is not an object is kept as it came: landing gives it an id from
+            # its content, and its contract check sends it to quarantine.
             yield QueryBatch(
-                [_strip_attributes(r) for r in records],
+                [_strip_attributes(r) if isinstance(r, dict) else r for r in records],
                 done,
-                int(body.get("totalSize", 0)),
+                total,
             )
             if done:
                 return
@@ -640,7 +647,7 @@ class SalesforceClient(ConnectorClient):
         self._take_token(response)
 
     def _take_token(self, response: requests.Response) -> None:
-        body = parse_json(response, SYSTEM)
+        body = body_object(parse_json(response, SYSTEM), SYSTEM, "the token request")
         token = body.get("access_token")
         instance_url = body.get("instance_url")
         if not token or not instance_url:

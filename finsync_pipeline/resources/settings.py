@@ -119,3 +119,26 @@ def netsuite_concurrency_from_env() -> int:
             f"{NETSUITE_MAX_CONCURRENCY} (default {NETSUITE_DEFAULT_CONCURRENCY})"
         )
     return value
+
+
+FUTURE_SKEW_ENV = "FINSYNC_MAX_FUTURE_SKEW_S"
+DEFAULT_FUTURE_SKEW_S = 86400.0
+
+
+def future_skew_from_env() -> float:
+    """``FINSYNC_MAX_FUTURE_SKEW_S`` (default 86400): how far into the future a record's
+    creation or change time may lie before the record is quarantined, or one line saying what
+    to set."""
+    text = os.environ.get(FUTURE_SKEW_ENV, "").strip()
+    if not text:
+        return DEFAULT_FUTURE_SKEW_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0.0 <= seconds <= 366 * 86400.0:
+        raise ConfigurationError(
+            f"{FUTURE_SKEW_ENV} is {text!r}: set it to the seconds a source's clock may run "
+            "ahead of finsync's, from 0 to 31622400 (default 86400)"
+        )
+    return seconds

@@ -16,10 +16,13 @@ from finsync_pipeline.resources.http import (
     HttpClient,
     HttpOptions,
     Verdict,
+    body_field,
+    body_object,
     check_base_url,
     default_classify,
     error_json,
     parse_json,
+    shape_error,
 )
 
 STRIPE_API_VERSION = "2026-07-29.dahlia"
@@ -257,8 +260,8 @@ class StripeClient(ConnectorClient):
                     SYSTEM, e.detail, status=404, code=e.code, field=e.field
                 ) from e
             raise
-        body = parse_json(response, SYSTEM)
-        if not isinstance(body, dict) or body.get("id") != object_id:
+        body = body_object(parse_json(response, SYSTEM), SYSTEM, f"GET /v1/{object_path}")
+        if body.get("id") != object_id:
             raise PermanentUpstreamError(
                 SYSTEM, f"GET /v1/{object_path}/{object_id} did not answer that object", status=200
             )
@@ -355,13 +358,8 @@ class StripeClient(ConnectorClient):
         response = self.http.request(
             "GET", self._base + "/v1/events", idempotent=True, params=params
         )
-        body = parse_json(response, SYSTEM)
-        data = body.get("data") if isinstance(body, dict) else None
-        if body.get("object") != "list" or not isinstance(data, list):
-            raise PermanentUpstreamError(
-                SYSTEM, "GET /v1/events did not answer a list object", status=200
-            )
-        return list(reversed(data)), bool(body.get("has_more"))
+        _page, data, more = _list_page(parse_json(response, SYSTEM), "GET /v1/events")
+        return list(reversed(data)), more
 
     def _list(self, path: str, params: Params) -> Iterator[dict[str, Any]]:
         limit = MAX_PAGE_SIZE if path.endswith("/lines") else self._page_size
@@ -374,18 +372,24 @@ class StripeClient(ConnectorClient):
             response = self.http.request(
                 "GET", self._base + path, idempotent=True, params=page_params
             )
-            body = parse_json(response, SYSTEM)
-            data = body.get("data") if isinstance(body, dict) else None
-            if not isinstance(data, list) or body.get("object") != "list":
-                raise PermanentUpstreamError(
-                    SYSTEM, f"GET {path} did not answer a list object", status=200
-                )
-            guard.page(len(data), more=bool(body.get("has_more")))
+            _page, data, more = _list_page(parse_json(response, SYSTEM), f"GET {path}")
+            guard.page(len(data), more=more)
             yield from data
-            if not body.get("has_more"):
+            if not more:
                 return
             starting_after = _last_id(path, data)
             guard.follow(starting_after)
+
+
+def _list_page(body: Any, where: str) -> tuple[dict[str, Any], list[Any], bool]:
+    """A list object's body, its ``data`` and its ``has_more``, or a shape error naming the
+    field that is wrong."""
+    page = body_object(body, SYSTEM, where)
+    data = body_field(page, "data", list, SYSTEM, where, required=True)
+    more = body_field(page, "has_more", bool, SYSTEM, where, default=False)
+    if page.get("object") != "list":
+        raise shape_error(SYSTEM, where, "object", "a list object", page.get("object"))
+    return page, data, bool(more)
 
 
 def _last_id(path: str, data: list[Any]) -> str:

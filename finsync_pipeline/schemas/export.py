@@ -36,7 +36,7 @@ CONTRACTS: list[ContractInfo] = [
     ContractInfo("product_mapping", 1, master.ProductMapping, "mapping"),
     ContractInfo("stripe_customer", 1, stripe.StripeCustomerRecord, "source"),
     ContractInfo("stripe_subscription", 1, stripe.StripeSubscriptionRecord, "source"),
-    ContractInfo("stripe_invoice", 2, stripe.StripeInvoiceRecord, "source"),
+    ContractInfo("stripe_invoice", 3, stripe.StripeInvoiceRecord, "source"),
     ContractInfo("stripe_invoice_line", 2, stripe.StripeInvoiceLineRecord, "source"),
     ContractInfo("stripe_payment", 1, stripe.StripePaymentRecord, "source"),
     ContractInfo("salesforce_account", 1, salesforce.SalesforceAccountRecord, "source"),

@@ -1,7 +1,8 @@
 """Contracts for Stripe records as finsync flattens them (API version 2026-07-29.dahlia).
 
-Version 1 (credit notes, refunds and charges added in version 1 of their own models); invoices
-and their lines are at version 2 (discounts and tax-inclusive prices). Amounts are integers in
+Version 1 (credit notes, refunds and charges added in version 1 of their own models); invoice
+lines are at version 2 (discounts and tax-inclusive prices), invoices at version 3 (an invoice
+whose total, subtotal and every line are negative is refused). Amounts are integers in
 the currency's minor unit, exactly as Stripe sends them.
 
 The invoice identities are the ones Stripe guarantees, whatever the invoice's shape (a coupon,
@@ -120,6 +121,21 @@ class StripeInvoiceRecord(pa.DataFrameModel):
         description="The Salesforce Opportunity named in the invoice's or its subscription's "
         "metadata (FINSYNC_PO_OPPORTUNITY_KEY); none when absent",
     )
+
+    largest_line_amount: Optional[Series[pd.Int64Dtype]] = pa.Field(  # noqa: UP045
+        nullable=True,
+        description="The largest line amount (null when a line is malformed); set by the check",
+    )
+
+    @pa.dataframe_check(name="not_all_negative")
+    def not_all_negative(cls, df: pd.DataFrame) -> Series[bool]:
+        # A downgrade may total below zero, but it still bills the new plan's time: a positive
+        # line. An invoice whose total, subtotal and every line are negative is the sign of
+        # every amount flipped upstream; it is held for a person, never posted.
+        if "largest_line_amount" not in df:
+            return pd.Series(True, index=df.index)
+        negated = (df["total"] < 0) & (df["subtotal"] < 0) & (df["largest_line_amount"] < 0)
+        return ~negated.fillna(False).astype(bool)
 
     @pa.dataframe_check(name="amount_due_ties_out")
     def amount_due_ties_out(cls, df: pd.DataFrame) -> Series[bool]:

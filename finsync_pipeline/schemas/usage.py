@@ -16,6 +16,7 @@ from pandera import extensions
 from pandera.typing import Series
 
 import finsync_pipeline.schemas.checks  # noqa: F401  (registers iso_date)
+from finsync_pipeline.money import MAX_SAFE_INTEGER
 
 VERSION = 1
 METERS = ["api_calls", "storage_gb_hours"]
@@ -38,14 +39,15 @@ def usage_quantity(value: object) -> int | None:
     """The value as a quantity when it is a JSON integer >= 0; None otherwise.
 
     ``12``, and ``12.0`` sent as an exact decimal, are quantities; ``"12"`` (a string),
-    ``12.5``, ``-3`` and ``true`` are not.
+    ``12.5``, ``-3``, ``true`` and a value beyond ``MAX_SAFE_INTEGER`` (which no JSON reader
+    keeps exact, nor a column holds) are not.
     """
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, Decimal) and value == value.to_integral_value() and value >= 0:
-        return int(value)
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        value = int(value)
+    if isinstance(value, int) and 0 <= value <= MAX_SAFE_INTEGER:
+        return value
     return None
 
 

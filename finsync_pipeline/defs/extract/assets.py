@@ -24,12 +24,15 @@ from finsync_pipeline.landing import (
     read_cursor,
     unix_day,
 )
+from finsync_pipeline.ledger import dumps
 from finsync_pipeline.logic import normalize
+from finsync_pipeline.logic.screen import CONFLICT_KEY, is_future, unix_instant
 from finsync_pipeline.money import is_known_currency
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run, window
 from finsync_pipeline.po_source import PO_SOURCE_ENV, po_source
+from finsync_pipeline.resources.http import shape_error
 from finsync_pipeline.resources.salesforce import SalesforceResource, soql_select
-from finsync_pipeline.resources.settings import PipelineSettings
+from finsync_pipeline.resources.settings import PipelineSettings, future_skew_from_env
 from finsync_pipeline.resources.stripe import StripeClient, StripeResource
 from finsync_pipeline.resources.warehouse import WarehouseResource
 from finsync_pipeline.schemas import salesforce as salesforce_schemas
@@ -179,7 +182,15 @@ def _sf_instant(value: Any) -> str | None:
 
 
 def _max_cursor(old: str | None, rows: list[dict[str, Any]]) -> str | None:
-    seen = [r["source_updated_at"] for r in rows if r["source_updated_at"]]
+    """The newest change time landed, never one beyond the allowed skew into the future: such
+    a record is quarantined, and a cursor moved to it would skip every real change after."""
+    now, skew_s = dt.datetime.now(dt.UTC), future_skew_from_env()
+    seen = [
+        r["source_updated_at"]
+        for r in rows
+        if r["source_updated_at"]
+        and not is_future(dt.datetime.fromisoformat(r["source_updated_at"]), now, skew_s)
+    ]
     return max([*seen, *([old] if old else [])], default=None)
 
 
@@ -194,6 +205,22 @@ class _StripeChanges:
     repeated_events: int = 0
     # Object id -> (Unix time of its deletion event, the object as it was when deleted).
     deleted: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+
+
+def _event(event: Any) -> dict[str, Any]:
+    """A listed Stripe event whose ``data.object`` is an object, or a shape error naming the
+    event and the field: an event that does not say what changed cannot be applied, and
+    skipping it would lose the change."""
+    where = "GET /v1/events"
+    if not isinstance(event, dict):
+        raise shape_error("stripe", where, "data[]", "an event object", event)
+    data = event.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        found = data.get("object") if isinstance(data, dict) else data
+        raise shape_error(
+            "stripe", f"{where} event {event.get('id')}", "data.object", "an object", found
+        )
+    return event
 
 
 def _read_stripe_changes(
@@ -237,29 +264,49 @@ def _read_stripe_changes(
         listing = lister()
         events_from = None
         mode = "full listing"
+    listed_ids: set[str] = set()
     for obj in listing:
-        latest[str(obj.get("id"))] = obj
+        key = str(obj.get("id")) if isinstance(obj, Mapping) else dumps(obj)
+        if key in listed_ids and latest[key] != obj:
+            # One id listed twice with different content: no order settles which is true, so
+            # both land together and the contract check quarantines the conflict.
+            previous = latest[key]
+            held = previous.get(CONFLICT_KEY, [previous])
+            latest[key] = {"id": key, CONFLICT_KEY: [*held, obj]}
+            continue
+        listed_ids.add(key)
+        latest[key] = obj
     if events_from is not None:
         # Stripe lists events newest first; within one second only that order tells which
         # change came last (event ids are random). Replay the listing oldest first with a
         # stable sort by time. An event delivered twice (the sandbox's repeat_items fault)
         # counts once, at its oldest position: a later replay would bring back a stale snapshot.
-        listed = list(client.list_events(created_gte=events_from, types=event_types))
+        listed = [_event(e) for e in client.list_events(created_gte=events_from, types=event_types)]
         once = {str(e.get("id")): e for e in reversed(listed)}
-        events = sorted(once.values(), key=lambda e: int(e.get("created") or 0))
+        events = sorted(once.values(), key=lambda e: normalize.as_int(e.get("created")) or 0)
         repeated = len(listed) - len(once)
         for event in events:
-            obj = (event.get("data") or {}).get("object") or {}
+            obj = event["data"]["object"]
             oid = str(obj.get("id"))
             if oid in deleted:
                 continue  # a deletion is final: nothing stamped after it can bring the object back
             if event.get("type") in STRIPE_DELETION_EVENTS:
-                deleted[oid] = (int(event.get("created") or 0), obj)
+                deleted[oid] = (normalize.as_int(event.get("created")) or 0, obj)
             latest[oid] = obj
             from_events.add(oid)
     records = list(latest.values())
+    # A creation time beyond the allowed skew into the future never moves the cursor: the
+    # record is quarantined, and the cursor stays where real records put it.
+    horizon = started + future_skew_from_env()
     newest = max(
-        (int(r["created"]) for r in records if isinstance(r.get("created"), int)),
+        (
+            int(r["created"])
+            for r in records
+            if isinstance(r, Mapping)
+            and isinstance(r.get("created"), int)
+            and not isinstance(r.get("created"), bool)
+            and r["created"] <= horizon
+        ),
         default=int(cursor["created"]) if cursor else retained_from,
     )
     next_cursor = json.dumps({"created": newest, "events_from": started})
@@ -357,15 +404,15 @@ def _stripe_window(context: dg.AssetExecutionContext) -> dict[str, Any]:
 
 
 def _stripe_updated(record: Mapping[str, Any]) -> str | None:
-    transitions = record.get("status_transitions") or {}
-    moments = [record.get("created"), record.get("voided_at"), *transitions.values()]
-    latest = max(
-        (v for v in moments if isinstance(v, int)),
-        default=None,
-    )
-    if latest is None:
-        return None
-    return dt.datetime.fromtimestamp(latest, tz=dt.UTC).isoformat()
+    transitions = record.get("status_transitions")
+    moments = [
+        record.get("created"),
+        record.get("voided_at"),
+        *(transitions.values() if isinstance(transitions, Mapping) else ()),
+    ]
+    # A time past year 9999 reads as none: the record's contract check quarantines it.
+    readable = [m for v in moments if (m := unix_instant(v)) is not None and m.year < dt.MAXYEAR]
+    return max(readable).isoformat() if readable else None
 
 
 def _created(record: Mapping[str, Any]) -> str | None:

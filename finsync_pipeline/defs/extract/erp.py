@@ -80,7 +80,11 @@ def read_back(
         warehouse,
         table=table,
         system="netsuite",
-        records=({**r, "id": str(r.get("id"))} for r in client.suiteql(query)),
+        # A row without an id lands under an id from its content, and its check holds it.
+        records=(
+            {**r, "id": str(r["id"])} if r.get("id") is not None else r
+            for r in client.suiteql(query)
+        ),
         id_key="id",
         created_date=lambda r: netsuite_date(r.get("trandate")),
         updated_at=lambda r: r.get("lastmodifieddate"),

@@ -1,6 +1,7 @@
 """Extract: usage events from the metering service, read incrementally by ingestion time."""
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
@@ -12,8 +13,9 @@ from sqlalchemy.engine import Engine
 
 from finsync_pipeline.landing import read_cursor
 from finsync_pipeline.ledger import dumps, now_iso
+from finsync_pipeline.logic.screen import iso_instant
 from finsync_pipeline.resources.metering import MeteringResource
-from finsync_pipeline.resources.settings import PipelineSettings
+from finsync_pipeline.resources.settings import PipelineSettings, future_skew_from_env
 from finsync_pipeline.resources.warehouse import WarehouseResource, upsert_rows
 from finsync_pipeline.schemas.usage import rfc3339_utc, usage_quantity
 
@@ -37,9 +39,30 @@ def meter_of(event: Mapping[str, Any]) -> str | None:
     return None
 
 
-def usage_row(item: Mapping[str, Any], run_id: str) -> dict[str, Any]:
-    """The warehouse row of one listed item (``{"event", "ingestedAt", ...}``)."""
-    event = item.get("event") or {}
+def usage_row(item: Any, run_id: str) -> dict[str, Any]:
+    """The warehouse row of one listed item (``{"event", "ingestedAt", ...}``).
+
+    An item or event that is not an object lands as it came, under an id derived from its
+    content, so the contract check quarantines it instead of the read failing.
+    """
+    event = item.get("event") if isinstance(item, Mapping) else item
+    if not isinstance(event, Mapping):
+        payload = dumps(event)
+        digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
+        ingested = item.get("ingestedAt") if isinstance(item, Mapping) else None
+        return {
+            "source": "",
+            "event_id": f"malformed-{digest}",
+            "subject": None,
+            "meter": None,
+            "event_time": None,
+            "event_date": None,
+            "value_text": None,
+            "quantity": None,
+            "payload": payload,
+            "ingested_at": rfc3339_utc(ingested) or now_iso(),
+            "extraction_run_id": run_id,
+        }
     data = event.get("data")
     value = data.get("value") if isinstance(data, Mapping) else None
     when = rfc3339_utc(event.get("time"))
@@ -64,6 +87,15 @@ def _chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
         yield chunk
 
 
+def _newest_ingestion(rows: list[dict[str, Any]]) -> str:
+    """The chunk's newest ingestion time, never one beyond the allowed skew into the future
+    (the metering service's clock run ahead must not skip what it ingests later)."""
+    horizon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=future_skew_from_env())
+    times = [r["ingested_at"] for r in rows]
+    near = [t for t in times if (m := iso_instant(t)) is None or m <= horizon]
+    return max(near or [now_iso()])
+
+
 def land_usage(
     engine: Engine, items: Iterable[Mapping[str, Any]], *, run_id: str, chunk: int = CHUNK
 ) -> tuple[int, int]:
@@ -80,7 +112,7 @@ def land_usage(
         unique = list({(r["source"], r["event_id"]): r for r in reversed(rows)}.values())
         with engine.begin() as conn:
             upsert_rows(conn, "usage_events", unique, ["source", "event_id"], update=[])
-            cursor = json.dumps({"ingested_at": max(r["ingested_at"] for r in rows)})
+            cursor = json.dumps({"ingested_at": _newest_ingestion(rows)})
             upsert_rows(
                 conn,
                 "extract_cursors",

@@ -5,6 +5,7 @@ to quarantine with the system, record, field and check, and fails the run only w
 of bad rows passes ``PipelineSettings.max_bad_share`` and at least ``min_bad_records`` are bad.
 """
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,11 +16,12 @@ import sqlalchemy as sa
 
 from finsync_pipeline.landing import load_payloads, load_run_payloads, sample, write_quarantine
 from finsync_pipeline.logic import normalize
+from finsync_pipeline.logic.screen import RECORD, screen
 from finsync_pipeline.logic.validation import FAILURE_COLUMNS, ValidationOutcome, validate_frame
 from finsync_pipeline.master_data import load_master_data
 from finsync_pipeline.partitions import daily_partitions, date_bounds
 from finsync_pipeline.po_source import po_source
-from finsync_pipeline.resources.settings import PipelineSettings
+from finsync_pipeline.resources.settings import PipelineSettings, future_skew_from_env
 from finsync_pipeline.resources.warehouse import WarehouseResource
 from finsync_pipeline.schemas import netsuite, salesforce, stripe
 
@@ -157,6 +159,8 @@ def validate_invoices(records: list[dict[str, object]]) -> ValidationOutcome:
     """
     live, _deleted = normalize.split_deleted(records)
     heads, lines = normalize.flatten_stripe_invoices(live, po_source())
+    largest = lines.groupby("source_id")["amount"].max()
+    heads = heads.assign(largest_line_amount=heads["source_id"].map(largest).astype("Int64"))
     head = validate_frame(heads, stripe.StripeInvoiceRecord, system="stripe", obj="invoice")
     body = validate_frame(
         lines,
@@ -169,6 +173,71 @@ def validate_invoices(records: list[dict[str, object]]) -> ValidationOutcome:
     return ValidationOutcome(len(heads), failures.reindex(columns=FAILURE_COLUMNS))
 
 
+def _unreadable_field(
+    record: object, validate: Callable[[list[dict[str, object]]], ValidationOutcome]
+) -> str:
+    """The top-level field without which ``record`` can be read, or ``(record)``."""
+    if isinstance(record, dict):
+        for key in sorted(record):
+            try:
+                validate([{k: v for k, v in record.items() if k != key}])
+            except (AttributeError, TypeError, KeyError, ValueError):
+                continue
+            return str(key)
+    return RECORD
+
+
+def screened_outcome(
+    ids: list[str],
+    records: list[object],
+    validate: Callable[[list[dict[str, object]]], ValidationOutcome],
+    *,
+    system: str,
+    obj: str,
+) -> ValidationOutcome:
+    """``validate`` over the records that pass ``screen``, with the screen's failures added.
+
+    A record whose shape its flattener cannot read (a list where an object is expected) is
+    found by validating the batch record by record, and fails as ``readable_record``.
+    """
+    now = dt.datetime.now(dt.UTC)
+    fit, screened = screen(
+        ids, records, system=system, obj=obj, now=now, skew_s=future_skew_from_env()
+    )
+    kept = [records[n] for n in fit]
+    try:
+        outcome = validate(kept)  # type: ignore[arg-type]
+        failures = [screened, outcome.failures]
+    except (AttributeError, TypeError, KeyError, ValueError):
+        failures = [screened]
+        for n in fit:
+            try:
+                failures.append(validate([records[n]]).failures)  # type: ignore[list-item]
+            except (AttributeError, TypeError, KeyError, ValueError) as e:
+                source_id = ids[n]
+                field = _unreadable_field(records[n], validate)
+                failures.append(
+                    pd.DataFrame(
+                        [
+                            {
+                                "source_id": source_id,
+                                "field": field,
+                                "check_name": "readable_record",
+                                "reason": f"{system} {obj} {source_id}: field {field} has a "
+                                f"shape the contract cannot read ({type(e).__name__}: {e})",
+                                "failure_value": None,
+                            }
+                        ],
+                        columns=FAILURE_COLUMNS,
+                    )
+                )
+    found = [f for f in failures if not f.empty]
+    if not found:
+        return ValidationOutcome(len(records), pd.DataFrame(columns=FAILURE_COLUMNS))
+    merged = pd.concat(found, ignore_index=True).reindex(columns=FAILURE_COLUMNS)
+    return ValidationOutcome(len(records), merged)
+
+
 def _result(
     context: dg.AssetCheckExecutionContext,
     warehouse: WarehouseResource,
@@ -176,6 +245,7 @@ def _result(
     *,
     asset: str,
     system: str,
+    obj: str,
     validate: Callable[[list[dict[str, object]]], ValidationOutcome],
     partitioned: bool,
 ) -> dg.AssetCheckResult:
@@ -189,7 +259,9 @@ def _result(
         date_from = date_to = ""
         with engine.connect() as conn:
             raw = load_run_payloads(conn, asset, context.run.run_id)
-    outcome = validate(list(raw["payload"]))
+    outcome = screened_outcome(
+        list(raw["source_id"]), list(raw["payload"]), validate, system=system, obj=obj
+    )
     partition_of = dict(zip(raw["source_id"], raw["partition_date"], strict=True))
     write_quarantine(
         engine,
@@ -256,6 +328,7 @@ def _contract_check(contract: Contract) -> dg.AssetChecksDefinition:
             settings,
             asset=contract.asset,
             system=contract.system,
+            obj=contract.obj,
             validate=validate,
             partitioned=contract.partitioned,
         )
@@ -285,6 +358,7 @@ def stripe_invoices_contract(
         settings,
         asset="stripe_invoices",
         system="stripe",
+        obj="invoice",
         validate=validate_invoices,
         partitioned=True,
     )

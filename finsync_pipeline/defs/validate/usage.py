@@ -5,6 +5,7 @@ in memory: the contract check reads this run's events in keyset-paged chunks, an
 ``usage_daily`` is one set-based SQL statement per partition range (``sql/usage_daily.sql``).
 """
 
+import datetime as dt
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
@@ -23,6 +24,7 @@ from finsync_pipeline.landing import (
 )
 from finsync_pipeline.ledger import loads
 from finsync_pipeline.logic.derive import EXCEPTION_COLUMNS, EXCEPTION_KINDS
+from finsync_pipeline.logic.screen import screen
 from finsync_pipeline.logic.validation import (
     FAILURE_COLUMNS,
     ValidationOutcome,
@@ -30,7 +32,7 @@ from finsync_pipeline.logic.validation import (
     validate_frame,
 )
 from finsync_pipeline.partitions import daily_partitions, date_bounds, single_run
-from finsync_pipeline.resources.settings import PipelineSettings
+from finsync_pipeline.resources.settings import PipelineSettings, future_skew_from_env
 from finsync_pipeline.resources.warehouse import SQL_DIR, WarehouseResource, read_frame, upsert_rows
 from finsync_pipeline.schemas.usage import UsageDaily, UsageEventRecord
 
@@ -49,8 +51,11 @@ def aggregation_sql() -> str:
 
 def flatten_usage_events(rows: pd.DataFrame) -> pd.DataFrame:
     """The contract's view of landed usage events (columns of ``UsageEventRecord``)."""
-    events = [loads(p) for p in rows["payload"]]
-    data = [e.get("data") if isinstance(e.get("data"), dict) else {} for e in events]
+    parsed = [loads(p) for p in rows["payload"]]
+    events: list[dict[str, Any]] = [e if isinstance(e, dict) else {} for e in parsed]
+    data: list[dict[str, Any]] = [
+        e["data"] if isinstance(e.get("data"), dict) else {} for e in events
+    ]
     return pd.DataFrame(
         {
             "source_id": [
@@ -87,6 +92,26 @@ def _run_chunks(conn: Connection, run_id: str, size: int = CHUNK) -> Iterator[pd
         after = (str(chunk["source"].iloc[-1]), str(chunk["event_id"].iloc[-1]))
 
 
+def _screened(frame: pd.DataFrame, rows: pd.DataFrame) -> ValidationOutcome:
+    """The contract's verdict on a chunk, with what ``screen`` refuses before any contract."""
+    ids = list(frame["source_id"])
+    _fit, screened = screen(
+        ids,
+        [loads(p) for p in rows["payload"]],
+        system=SYSTEM,
+        obj="usage event",
+        now=dt.datetime.now(dt.UTC),
+        skew_s=future_skew_from_env(),
+    )
+    outcome = validate_frame(frame, UsageEventRecord, system=SYSTEM, obj="usage event")
+    if screened.empty:
+        return outcome
+    # Screened events also fail their contract (a value past 2**53 - 1 is no quantity); the
+    # screen's failure says why, the contract's what it broke.
+    found = [f for f in (screened, outcome.failures) if not f.empty]
+    return ValidationOutcome(len(frame), pd.concat(found, ignore_index=True))
+
+
 def check_usage_events(engine: Engine, run_id: str) -> tuple[int, pd.DataFrame]:
     """Validate this run's events chunk by chunk and quarantine the bad ones.
 
@@ -98,7 +123,7 @@ def check_usage_events(engine: Engine, run_id: str) -> tuple[int, pd.DataFrame]:
     with engine.connect() as conn:
         for rows in _run_chunks(conn, run_id):
             frame = flatten_usage_events(rows)
-            outcome = validate_frame(frame, UsageEventRecord, system=SYSTEM, obj="usage event")
+            outcome = _screened(frame, rows)
             # An event without a usable time is filed under the day it was ingested.
             days = rows["event_date"].fillna(rows["ingested_at"].str[:10])
             partition_of = dict(zip(frame["source_id"], days, strict=True))
