@@ -208,16 +208,27 @@ def load_payloads(
     return df
 
 
-def load_run_payloads(conn: Connection, table: str, run_id: str) -> pd.DataFrame:
-    """The records an incremental extract landed in ``run_id`` (what this run must check)."""
+def load_unchecked_payloads(conn: Connection, table: str, run_id: str) -> pd.DataFrame:
+    """The records of an incremental extract its contract check must take: those ``run_id``
+    landed, and those landed by a run no check has taken (killed between landing and checking,
+    they would otherwise reach the canonical tables unchecked, as the cursor has moved past
+    them). ``mark_checked`` records the runs a check took."""
     df = read_frame(
         conn,
-        f"SELECT source_id, partition_date, source_updated_at, payload FROM {table} "
-        "WHERE extraction_run_id = :run_id ORDER BY source_id",
-        {"run_id": run_id},
+        f"SELECT source_id, partition_date, source_updated_at, extraction_run_id, payload "
+        f"FROM {table} WHERE extraction_run_id = :run_id OR extraction_run_id NOT IN "
+        "(SELECT run_id FROM landing_checks WHERE asset = :table) ORDER BY source_id",
+        {"run_id": run_id, "table": table},
     )
     df["payload"] = [loads(p) for p in df["payload"]]
     return df
+
+
+def mark_checked(conn: Connection, table: str, run_ids: Iterable[str]) -> None:
+    """Record that the landings of ``run_ids`` in ``table`` were checked."""
+    at = now_iso()
+    rows = [{"asset": table, "run_id": r, "checked_at": at} for r in sorted(set(run_ids))]
+    upsert_rows(conn, "landing_checks", rows, ["asset", "run_id"])
 
 
 def load_pending_payloads(conn: Connection, table: str, canonical: str, key: str) -> pd.DataFrame:

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from finsync_pipeline.definitions import defs
 from finsync_pipeline.resources.salesforce import SalesforceResource
 from finsync_pipeline.resources.settings import PipelineSettings
+from finsync_pipeline.resources.stripe import StripeResource
 from finsync_pipeline.resources.warehouse import WarehouseResource, create_engine
 from finsync_pipeline.sandbox.generator import Company, CompanySpec, generate
 from finsync_pipeline.sandbox.salesforce_sim import API_DAILY_LIMIT, jwt_credentials
@@ -53,6 +54,12 @@ def _resources(sandbox: Sandbox, url: str, share: float = 0.5) -> dict[str, Any]
             batch_size=200,
         ),
     }
+
+
+def _stripe(sandbox: Sandbox) -> StripeResource:
+    return StripeResource(
+        api_key=sandbox.env["STRIPE_API_KEY"], api_base=sandbox.env["STRIPE_API_BASE"]
+    )
 
 
 def _selection(*names: str, checks: bool = True) -> list[Any]:
@@ -169,3 +176,37 @@ def test_quota_share_stops_cleanly_and_the_next_run_resumes(
 
 def _instant(value: str) -> dt.datetime:
     return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z").astimezone(dt.UTC)
+
+
+def test_accounts_landed_by_a_run_killed_before_its_check_are_checked_by_the_next(
+    sandbox: Sandbox, company: Company, tmp_path: Path
+) -> None:
+    """A run killed after the Account extract landed and moved its cursor, but before the
+    contract check ran, leaves records no later landing brings back: the next run's check
+    takes them, so the planted bad currency goes to quarantine instead of failing customers."""
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    resources = {**_resources(sandbox, url), "stripe": _stripe(sandbox)}
+    landed_only = dg.materialize(
+        _selection("salesforce_accounts", checks=False),
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert landed_only.success
+    next_run = dg.materialize(
+        _selection("salesforce_accounts", "stripe_customers", "customers"),
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert next_run.success
+    planted = {p["id"] for p in company.planted["bad_currency_code"]}
+    with create_engine(url).connect() as conn:
+        held = {
+            r[0]
+            for r in conn.execute(
+                sa.text("SELECT source_id FROM quarantine WHERE asset = 'salesforce_accounts'")
+            )
+        }
+        carried = {r[0] for r in conn.execute(sa.text("SELECT customer_key FROM customers"))}
+    assert planted and planted <= held
+    assert not planted & carried
+    assert len(carried) > len(company.salesforce["Account"]) // 2

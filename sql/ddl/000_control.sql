@@ -25,6 +25,17 @@ CREATE TABLE IF NOT EXISTS extract_cursors (
     run_id      TEXT NOT NULL
 );
 
+-- The runs whose landing of an incremental extract (master data, kept current from a cursor)
+-- its contract check has checked. A record landed by a run that was killed before its check
+-- carries a run not listed here, so the next run's check takes it too: the cursor has moved
+-- past it, and no later landing would bring it to a check.
+CREATE TABLE IF NOT EXISTS landing_checks (
+    asset       TEXT NOT NULL,
+    run_id      TEXT NOT NULL,
+    checked_at  TEXT NOT NULL,
+    PRIMARY KEY (asset, run_id)
+);
+
 -- One row per schema migration applied (see REBUILDS in resources/warehouse.py): a table
 -- rebuilt from its current DDL because a constraint changed after it first shipped.
 CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -14,7 +14,13 @@ import pandas as pd
 import pandera.pandas as pa
 import sqlalchemy as sa
 
-from finsync_pipeline.landing import load_payloads, load_run_payloads, sample, write_quarantine
+from finsync_pipeline.landing import (
+    load_payloads,
+    load_unchecked_payloads,
+    mark_checked,
+    sample,
+    write_quarantine,
+)
 from finsync_pipeline.logic import normalize
 from finsync_pipeline.logic.screen import RECORD, screen
 from finsync_pipeline.logic.validation import FAILURE_COLUMNS, ValidationOutcome, validate_frame
@@ -255,10 +261,11 @@ def _result(
         with engine.connect() as conn:
             raw = load_payloads(conn, asset, date_from, date_to)
     else:
-        # An incremental asset is checked on what this run landed: the cost follows the change.
+        # An incremental asset is checked on what this run landed (the cost follows the
+        # change), and on what a run killed before its check left unchecked.
         date_from = date_to = ""
         with engine.connect() as conn:
-            raw = load_run_payloads(conn, asset, context.run.run_id)
+            raw = load_unchecked_payloads(conn, asset, context.run.run_id)
     outcome = screened_outcome(
         list(raw["source_id"]), list(raw["payload"]), validate, system=system, obj=obj
     )
@@ -274,6 +281,9 @@ def _result(
         run_id=context.run.run_id,
         checked_ids=None if partitioned else set(raw["source_id"]),
     )
+    if not partitioned:
+        with engine.begin() as conn:
+            mark_checked(conn, asset, [context.run.run_id, *raw["extraction_run_id"]])
     bad = len(outcome.bad_ids)
     share = outcome.bad_share
     if not partitioned:
