@@ -168,7 +168,10 @@ def land_changes(
     )
     cursor = new_cursor(rows)
     with engine.begin() as conn:
-        upsert_rows(conn, table, rows, ["source_id"])
+        # A record read again unchanged (a lookback, a replayed event) keeps the landing it
+        # has: a new run id on it would mark its day as holding a change nothing downstream
+        # has seen, and two days' catch-up runs would re-land each other's records for ever.
+        upsert_rows(conn, table, _changed_rows(conn, table, rows), ["source_id"])
         if cursor is not None:
             upsert_rows(
                 conn,
@@ -177,6 +180,20 @@ def land_changes(
                 ["stream"],
             )
     return len(rows)
+
+
+def _changed_rows(conn: Connection, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The landing rows whose payload differs from the one ``table`` holds for the id."""
+    held: dict[str, str] = {}
+    stmt = sa.text(f"SELECT source_id, payload FROM {table} WHERE source_id IN :ids").bindparams(
+        sa.bindparam("ids", expanding=True)
+    )
+    ids = [r["source_id"] for r in rows]
+    for start in range(0, len(ids), 500):
+        held.update(
+            (r.source_id, r.payload) for r in conn.execute(stmt, {"ids": ids[start : start + 500]})
+        )
+    return [r for r in rows if held.get(r["source_id"]) != r["payload"]]
 
 
 def read_cursor(engine: Engine, stream: str) -> str | None:

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from finsync_pipeline.definitions import defs
 from finsync_pipeline.defs.automation.stripe_events import changed_days, interval_from_env
 from finsync_pipeline.errors import ConfigurationError
+from finsync_pipeline.landing import land_changes
 from finsync_pipeline.partitions import range_tags
 from finsync_pipeline.posting_flows import BATCH_WINDOWS_ENV
 from finsync_pipeline.resources.stripe import StripeResource
@@ -37,6 +38,7 @@ NOW = dt.datetime.combine(TEST_END + dt.timedelta(days=1), dt.time(10), tzinfo=d
 EVENTS = "stripe_events_sensor"
 POSTING = "erp_posting_sensor"
 SALESFORCE = "salesforce_changes_sensor"
+LATE = "late_changes_sensor"
 
 
 def _sandbox(path: Path) -> Sandbox:
@@ -216,6 +218,49 @@ def test_a_modstamp_far_in_the_future_never_becomes_the_cursor(
     assert ticker.tick(SALESFORCE).skip_message == "no Salesforce Account changed"
     client.update_collection("Account", [(second, {"Name": "A real change"})])
     assert len(ticker.tick(SALESFORCE).requests) == 1
+
+
+def test_a_change_read_again_unchanged_is_no_late_change(
+    sandbox: Sandbox, sqlite_url: str, tmp_path: Path
+) -> None:
+    """Every run reads Stripe's newest change events again (a lookback of ten minutes before
+    its cursor) and lands the invoices they name, as stripe_invoice_changes does. Landed again
+    unchanged under the new run's id, they made their invoices' days look changed, and under
+    the daemon late_changes_sensor ran those days again, whose runs landed the same invoices
+    again, for ever."""
+    ticker = _ticker(sandbox, sqlite_url, tmp_path)
+    history = (
+        defs()
+        .resolve_job_def("daily_sync_job")
+        .execute_in_process(
+            instance=ticker.instance,
+            resources=ticker.resources,
+            tags=range_tags(FIRST_DAY, TEST_END),
+        )
+    )
+    assert history.success
+    carried = "every landed change is carried downstream"
+    assert ticker.tick(LATE).skip_message == carried
+    read_again = [
+        json.loads(str(payload))
+        for (payload,) in _rows(sqlite_url, "SELECT payload FROM stripe_invoices LIMIT 5")
+    ]
+    land_changes(
+        create_engine(sqlite_url),
+        table="stripe_invoices",
+        system="stripe",
+        stream="stripe_invoice_changes",
+        records=read_again,
+        id_key="id",
+        created_date=lambda r: (
+            dt.datetime.fromtimestamp(int(r["created"]), dt.UTC).date().isoformat()
+        ),
+        updated_at=lambda _r: None,
+        new_cursor=lambda _rows: None,
+        run_id="a-later-run",
+    )
+    again = ticker.tick(LATE)
+    assert (again.requests, again.skip_message) == ([], carried)
 
 
 def test_the_interval_is_configuration_that_names_its_variable(
