@@ -15,9 +15,9 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from finsync_pipeline.errors import FinsyncError
+from finsync_pipeline.errors import ConfigurationError, FinsyncError
 
 # With --faults, how long the demo waits for documents deferred by the ERP outage.
 DRAIN_S = 240.0
@@ -38,7 +38,34 @@ def _progress(quiet: bool) -> Any:
 
 
 def _date(text: str) -> dt.date:
-    return dt.date.fromisoformat(text)
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a day; give one such as 2026-10-01"
+        ) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a wrong argument told in one line (the flag and what is allowed)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"finsync: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _check_day_range(args: argparse.Namespace) -> None:
+    first, last = getattr(args, "from", None), getattr(args, "to", None)
+    if first is not None and last is None and args.command == "run":
+        last = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+        if first > last:
+            raise ConfigurationError(
+                f"--from {first} is after --to {last} (the default, yesterday UTC); "
+                "give a --to on or after --from"
+            )
+    if first is not None and last is not None and first > last:
+        raise ConfigurationError(
+            f"--from {first} is after --to {last}; give a --from on or before --to"
+        )
 
 
 def _print_table(command: str, summary: dict[str, Any]) -> None:
@@ -191,7 +218,18 @@ def cmd_schema_export(args: argparse.Namespace) -> int:
 
 def _selection(args: argparse.Namespace) -> Any:
     from finsync_pipeline.exceptions_queue import Selection
+    from finsync_pipeline.logic.derive import EXCEPTION_KINDS
 
+    # A misspelt queue or kind would match nothing and read as "no exceptions match".
+    queues = sorted({queue for _, queue in EXCEPTION_KINDS.values()})
+    for flag, value, allowed in (
+        ("--queue", args.queue, queues),
+        ("--kind", args.kind, sorted(EXCEPTION_KINDS)),
+    ):
+        if value is not None and value not in allowed:
+            raise ConfigurationError(
+                f"{flag} {value!r} is unknown; use one of {', '.join(allowed)}"
+            )
     return Selection(
         source_ids=tuple(getattr(args, "records", None) or ()),
         queue=args.queue,
@@ -206,6 +244,12 @@ def _warehouse(home: str) -> Any:
     from finsync_pipeline.resources.warehouse import create_engine
     from finsync_pipeline.runner import prepare_home
 
+    # Working the queue of a home that is not there would create it and find it empty.
+    if not Path(home).is_dir():
+        raise ConfigurationError(
+            f"home {Path(home).resolve()} does not exist; pass the --home (or FINSYNC_HOME) "
+            "that finsync demo or finsync run used"
+        )
     prepare_home(Path(home))
     return create_engine(os.environ["FINSYNC_WAREHOUSE_URL"])
 
@@ -233,8 +277,9 @@ def _print_stuck_work(engine: Any) -> None:
 def cmd_exceptions_list(args: argparse.Namespace) -> int:
     from finsync_pipeline.exceptions_queue import list_exceptions
 
+    selection = _selection(args)
     engine = _warehouse(args.home)
-    rows = list_exceptions(engine, _selection(args))
+    rows = list_exceptions(engine, selection)
     if args.json:
         print(rows.to_json(orient="records"))
         return 0
@@ -313,7 +358,8 @@ def cmd_exceptions_show(args: argparse.Namespace) -> int:
 def cmd_exceptions_resolve(args: argparse.Namespace) -> int:
     from finsync_pipeline.exceptions_queue import resolve
 
-    count = resolve(_warehouse(args.home), _selection(args), actor=_actor(args), reason=args.why)
+    selection = _selection(args)
+    count = resolve(_warehouse(args.home), selection, actor=_actor(args), reason=args.why)
     print(f"resolved {count} exception(s), recorded as by {_actor(args)}: {args.why}")
     return 0
 
@@ -330,7 +376,8 @@ def retry_range(date_from: str | None, date_to: str | None) -> tuple[dt.date, dt
 def cmd_exceptions_retry(args: argparse.Namespace) -> int:
     from finsync_pipeline.exceptions_queue import retry
 
-    outcome = retry(_warehouse(args.home), _selection(args), actor=_actor(args), reason=args.why)
+    selection = _selection(args)
+    outcome = retry(_warehouse(args.home), selection, actor=_actor(args), reason=args.why)
     for item in outcome.needs_fix:
         print(f"not re-postable: {item}; it resolves itself once its cause is fixed")
     print(f"queued {len(outcome.requeued)} document(s) for posting again")
@@ -480,8 +527,8 @@ def cmd_bench_near_real_time(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finsync", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="finsync", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def home_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -687,13 +734,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that read no setting of the pipeline: the simulators and the contracts.
+UNCHECKED_COMMANDS = {"sandbox", "schema"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        _check_day_range(args)
+        if args.command not in UNCHECKED_COMMANDS:
+            from finsync_pipeline.settings_check import check_settings
+
+            check_settings()
+        code = int(args.func(args))
+        # Flushed here, so a reader that went away (`| head`) is caught below.
+        sys.stdout.flush()
+        return code
     except FinsyncError as e:
         print(f"finsync: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of stdout stopped reading: end quietly, as a shell tool does; the
+        # interpreter's own flush at exit must not find the broken pipe again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         return 130
 

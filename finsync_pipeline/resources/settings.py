@@ -87,6 +87,43 @@ class PipelineSettings(dg.ConfigurableResource):
 
 
 LEASE_ENV = "FINSYNC_POSTING_LEASE_S"
+MAX_BAD_SHARE_ENV = "FINSYNC_MAX_BAD_SHARE"
+MIN_BAD_RECORDS_ENV = "FINSYNC_MIN_BAD_RECORDS"
+DEFAULT_MAX_BAD_SHARE = 0.05
+DEFAULT_MIN_BAD_RECORDS = 5
+
+
+def max_bad_share_from_env() -> float:
+    """``FINSYNC_MAX_BAD_SHARE`` (default 0.05), or one line saying what to set."""
+    text = os.environ.get(MAX_BAD_SHARE_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_BAD_SHARE
+    try:
+        share = float(text)
+    except ValueError:
+        share = float("nan")
+    if not 0.0 <= share <= 1.0:
+        raise ConfigurationError(
+            f"{MAX_BAD_SHARE_ENV} is {text!r}: set it to the share of a day's records that may "
+            f"break their contract before the run stops, a share from 0 to 1 "
+            f"(default {DEFAULT_MAX_BAD_SHARE})"
+        )
+    return share
+
+
+def min_bad_records_from_env() -> int:
+    """``FINSYNC_MIN_BAD_RECORDS`` (default 5), or one line saying what to set."""
+    text = os.environ.get(MIN_BAD_RECORDS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MIN_BAD_RECORDS
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise ConfigurationError(
+            f"{MIN_BAD_RECORDS_ENV} is {text!r}: set it to how many records must break their "
+            f"contract before {MAX_BAD_SHARE_ENV} counts, a whole number from 1 "
+            f"(default {DEFAULT_MIN_BAD_RECORDS})"
+        )
+    return value
 
 
 def lease_from_env() -> float:
