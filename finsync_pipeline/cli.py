@@ -104,20 +104,16 @@ def _print_table(command: str, summary: dict[str, Any]) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from finsync_pipeline.runner import check_environment, prepare_home, run_pipeline
-    from finsync_pipeline.sandbox.generator import CompanySpec, add_months, generate
+    from finsync_pipeline.sandbox.generator import add_months, generate
     from finsync_pipeline.sandbox.server import Sandbox
 
     progress = _progress(args.json and args.quiet)
     started = time.monotonic()
     home = prepare_home(Path(args.home))
+    _refuse_another_company(home, args)
     sandbox = Sandbox(home / "sandbox", tls=args.tls)
     if not sandbox.is_seeded():
-        spec = CompanySpec(
-            accounts=args.accounts,
-            months=args.months,
-            seed=args.seed,
-            **({"end": args.end} if args.end else {}),
-        )
+        spec = _company(args)
         progress(
             f"sandbox: generating a company of {spec.accounts} accounts over "
             f"{spec.months} months (seed {spec.seed})"
@@ -127,11 +123,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if stored is None:
         raise FinsyncError(f"sandbox state {home / 'sandbox'} holds no company spec")
     spec = stored
-    if (spec.accounts, spec.months, spec.seed) != (args.accounts, args.months, args.seed):
-        progress(
-            f"sandbox: {home / 'sandbox'} already holds a company of {spec.accounts} "
-            f"accounts over {spec.months} months (seed {spec.seed}); reusing it"
-        )
     with sandbox:
         if args.faults:
             sandbox.arm_fault_preset()
@@ -157,6 +148,62 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+COMPANY_FIELDS = ("accounts", "months", "seed", "end")
+# Tables that hold a company's data once any pipeline has run on a home.
+COMPANY_TABLES = ("salesforce_accounts", "stripe_invoices", "posting_ledger")
+
+
+def _company(args: argparse.Namespace) -> Any:
+    """The company the flags ask for; the ones not given keep CompanySpec's defaults."""
+    from finsync_pipeline.sandbox.generator import CompanySpec
+
+    given = {name: getattr(args, name) for name in COMPANY_FIELDS}
+    return CompanySpec(**{name: value for name, value in given.items() if value is not None})
+
+
+def _refuse_another_company(home: Path, args: argparse.Namespace) -> None:
+    """Stop a demo that would mix two companies in one warehouse: the home's sandbox holds a
+    company other than the flags ask for, or the warehouse holds data of systems the home's
+    sandbox never served (a `finsync run` home)."""
+    import sqlalchemy as sa
+
+    from finsync_pipeline.sandbox.server import STATE_FILE, Sandbox
+
+    state = home / "sandbox"
+    spec = Sandbox(state).spec if (state / STATE_FILE).is_file() else None
+    if spec is not None:
+        differ = [
+            f"--{name} {getattr(args, name)} (it holds {getattr(spec, name)})"
+            for name in COMPANY_FIELDS
+            if getattr(args, name) is not None and getattr(args, name) != getattr(spec, name)
+        ]
+        if differ:
+            raise ConfigurationError(
+                f"home {home} holds another company than {', '.join(differ)}; drop those flags "
+                "to run it again, or use another --home for a new company"
+            )
+        return
+    url = os.environ["FINSYNC_WAREHOUSE_URL"]
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            held = [
+                t
+                for t in COMPANY_TABLES
+                if t in tables and conn.execute(sa.text(f"SELECT 1 FROM {t} LIMIT 1")).first()
+            ]
+    finally:
+        engine.dispose()
+    if held:
+        raise ConfigurationError(
+            f"home {home} holds the data of another company (its warehouse has {held[0]} rows, "
+            "not from a finsync demo); use another --home for the demo"
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from finsync_pipeline.runner import check_environment, prepare_home, run_pipeline
 
@@ -172,15 +219,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox_serve(args: argparse.Namespace) -> int:
-    from finsync_pipeline.sandbox.generator import CompanySpec
     from finsync_pipeline.sandbox.server import serve
 
-    spec = CompanySpec(
-        accounts=args.accounts,
-        months=args.months,
-        seed=args.seed,
-        **({"end": args.end} if args.end else {}),
-    )
+    spec = _company(args)
     serve(
         Path(args.state),
         host=args.host,
@@ -547,9 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     def company_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--accounts", type=int, default=300, help="accounts (default 300)")
-        p.add_argument("--months", type=int, default=12, help="months of history (default 12)")
-        p.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
+        # No defaults here: a demo tells the flags given from those left out (CompanySpec's).
+        p.add_argument("--accounts", type=int, help="accounts (default 300)")
+        p.add_argument("--months", type=int, help="months of history (default 12)")
+        p.add_argument("--seed", type=int, help="generator seed (default 7)")
         p.add_argument(
             "--end",
             type=_date,
@@ -569,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     home_arg(demo)
     demo.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     demo.add_argument("--quiet", action="store_true", help="with --json, no progress lines")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, writes=True)
 
     run = sub.add_parser(
         "run",
@@ -581,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     home_arg(run)
     run.add_argument("--json", action="store_true")
     run.add_argument("--quiet", action="store_true")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, writes=True)
 
     sandbox = sub.add_parser("sandbox", help="the simulators of the external systems")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
@@ -660,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="post now instead of waiting for the posting sensor",
             )
-        action.set_defaults(func=func)
+        action.set_defaults(func=func, writes=True)
 
     ledger_cmd = sub.add_parser("ledger", help="the posting ledger")
     ledger_sub = ledger_cmd.add_subparsers(dest="ledger_command", required=True)
@@ -679,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     home_arg(deploy)
     deploy.add_argument("--host", default="127.0.0.1", help="the webserver's address")
     deploy.add_argument("--port", type=int, default=3000, help="the webserver's port")
-    deploy.set_defaults(func=cmd_deploy)
+    deploy.set_defaults(func=cmd_deploy, writes=True)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -730,7 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("STRIPE", "SALESFORCE", "NETSUITE", "METERING", "AVALARA"),
         help="sandbox ports",
     )
-    ui.set_defaults(func=cmd_ui)
+    ui.set_defaults(func=cmd_ui, writes=True)
     return parser
 
 
@@ -746,7 +788,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from finsync_pipeline.settings_check import check_settings
 
             check_settings()
-        code = int(args.func(args))
+        with contextlib.ExitStack() as stack:
+            if getattr(args, "writes", False):
+                from finsync_pipeline.home_lock import home_lock
+
+                words = ["finsync", args.command, getattr(args, "exceptions_command", None)]
+                command = " ".join(w for w in words if w)
+                url = os.environ.get("FINSYNC_WAREHOUSE_URL")
+                stack.enter_context(home_lock(Path(args.home), command, url))
+            code = int(args.func(args))
         # Flushed here, so a reader that went away (`| head`) is caught below.
         sys.stdout.flush()
         return code

@@ -14,7 +14,8 @@ system, the record and the field, and never carries a secret.
     │   └── AmbiguousOutcomeError   a write may or may not have happened (timeout after send);
     │                               settle it by looking the document up, never by resending
     ├── ContractViolation         a record breaks its pandera contract (system, record, field)
-    └── PostingRejected           the ERP refused a document permanently (with its message)
+    ├── PostingRejected           the ERP refused a document permanently (with its message)
+    └── HomeBusyError             another command is writing the home or the warehouse (named)
 """
 
 import base64
@@ -169,6 +170,10 @@ class PostingRejected(FinsyncError):
         self.external_id = external_id
         self.detail = redact(detail)
         super().__init__(f"{erp} rejected {external_id}: {self.detail}")
+
+
+class HomeBusyError(FinsyncError):
+    """Another finsync command holds the home's lock (or the warehouse's); it is named."""
 
 
 def secret_forms(value: str) -> set[str]:
