@@ -10,6 +10,7 @@ import datetime as dt
 import getpass
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -229,7 +230,15 @@ def cmd_sandbox_serve(args: argparse.Namespace) -> int:
         spec=spec,
         faults=args.faults,
         tls=args.tls,
+        ready_file=Path(args.ready_file) if args.ready_file else None,
     )
+    return 0
+
+
+def cmd_sandbox_wait(args: argparse.Namespace) -> int:
+    from finsync_pipeline.sandbox.server import wait_ready
+
+    print(wait_ready(Path(args.state), args.timeout), end="")
     return 0
 
 
@@ -490,10 +499,12 @@ def cmd_bench_posting(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from finsync_pipeline.processes import Stopped, check_port_free, stop_on_sigterm, stop_tree
     from finsync_pipeline.runner import REPO_ROOT, prepare_home
     from finsync_pipeline.sandbox.generator import CompanySpec, generate
     from finsync_pipeline.sandbox.server import Sandbox
 
+    check_port_free(args.host, args.port, "the Dagster UI", "--port")
     home = prepare_home(Path(args.home))
     sandbox = Sandbox.on_ports(home / "sandbox", host="127.0.0.1", ports=args.ports)
     if not sandbox.is_seeded():
@@ -517,20 +528,28 @@ def cmd_ui(args: argparse.Namespace) -> int:
             "-p",
             str(args.port),
         ]
+        previous = stop_on_sigterm()
+        # The command is our own dagster executable with fixed arguments.
+        proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT)  # noqa: S603
         try:
-            # The command is our own dagster executable with fixed arguments.
-            return subprocess.call(command, env=env, cwd=REPO_ROOT)  # noqa: S603
-        except KeyboardInterrupt:
+            return proc.wait()
+        except (KeyboardInterrupt, Stopped):
             return 0
+        finally:
+            # SIGTERM or Ctrl-C: Dagster's webserver, daemon and code server go with it.
+            stop_tree(proc)
+            signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from finsync_pipeline.defs.automation.definitions import daily_sync_cron, daily_sync_from
     from finsync_pipeline.deploy import check_storage, reap_dead_workers_of_home, serve
+    from finsync_pipeline.processes import check_port_free
     from finsync_pipeline.runner import REPO_ROOT, check_environment, prepare_home
 
     check_environment()
     check_storage()
+    check_port_free(args.host, args.port, "the Dagster webserver", "--port")
     daily_sync_cron()
     daily_sync_from()
     home = prepare_home(Path(args.home), deploy=True)
@@ -644,8 +663,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(SANDBOX_PORTS),
         metavar=("STRIPE", "SALESFORCE", "NETSUITE", "METERING", "AVALARA"),
     )
+    serve.add_argument(
+        "--ready-file",
+        help="write the environment block to this file once every simulator listens "
+        "(removed when the sandbox stops)",
+    )
     company_args(serve)
     serve.set_defaults(func=cmd_sandbox_serve)
+    wait = sandbox_sub.add_parser(
+        "wait", help="wait until the sandbox serving --state listens; print its environment"
+    )
+    wait.add_argument("--state", required=True, help="the state folder of sandbox serve")
+    wait.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait at most (default 120)"
+    )
+    wait.set_defaults(func=cmd_sandbox_wait)
 
     schema = sub.add_parser("schema", help="the data contracts")
     schema_sub = schema.add_subparsers(dest="schema_command", required=True)
