@@ -8,6 +8,8 @@ system, the record and the field, and never carries a secret.
     ├── UpstreamError             an external system answered badly
     │   ├── AuthenticationError   credentials rejected (401/403 on login); names the variable
     │   ├── RetryableUpstreamError  429, 5xx, timeouts: safe to retry with backoff
+    │   │   └── UnreachableError    never reached (refused, no such host, connect timeout):
+    │   │                           names the URL and its variable; not worth retrying now
     │   ├── PermanentUpstreamError  4xx validation: retrying cannot help
     │   │   └── RecordMissingError  404: the record does not exist (any more); the caller
     │   │                           decides whether that is a fact (a deleted draft) or a fault
@@ -115,6 +117,14 @@ class RetryableUpstreamError(UpstreamError):
     """A transient failure (429, 5xx, timeout): retry with backoff, honouring Retry-After."""
 
     retryable = True
+
+
+class UnreachableError(RetryableUpstreamError):
+    """The system was never reached: a wrong address, or a service that is down.
+
+    Told at once with its URL and the variable that sets it, rather than retried for minutes;
+    a document it holds back is still safe to send again later.
+    """
 
 
 class PermanentUpstreamError(UpstreamError):

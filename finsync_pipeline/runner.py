@@ -162,6 +162,7 @@ _FINSYNC_ERROR_NAMES = {
     "UpstreamError",
     "AuthenticationError",
     "RetryableUpstreamError",
+    "UnreachableError",
     "PermanentUpstreamError",
     "AmbiguousOutcomeError",
     "ContractViolation",

@@ -132,3 +132,25 @@ def test_a_bad_flag_value_is_one_line_naming_the_flag(tmp_path: Path) -> None:
     line = _refusal(tmp_path, "run", "--from", "yesterday", env=_env())
     assert "--from" in line
     assert "yesterday" in line
+
+
+@pytest.mark.parametrize("variable", ["STRIPE_API_BASE", "NETSUITE_BASE_URL"])
+def test_an_unreachable_system_is_one_line_naming_its_url_and_variable(
+    tmp_path: Path, variable: str
+) -> None:
+    from finsync_tests.test_cli import _free_ports, _serve, _stop
+
+    ports = _free_ports(6)
+    closed = ports.pop()
+    proc, served = _serve(tmp_path / "state", ports, ["--accounts", "8", "--months", "1"])
+    try:
+        env = _env(**{**served, variable: f"http://127.0.0.1:{closed}"})
+        home = str(tmp_path / "home")
+        result = _finsync("run", "--home", home, "--to", "2026-10-31", "--json", "--quiet", env=env)
+    finally:
+        _stop(proc)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"cannot connect to http://127.0.0.1:{closed} (connection refused)" in line
+    assert f"check {variable}" in line
