@@ -8,20 +8,17 @@ import os
 import sqlite3
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from finsync_pipeline.sandbox.generator import CompanySpec, generate
 from finsync_pipeline.sandbox.server import Sandbox
 from finsync_tests.conftest import TEST_END
 from finsync_tests.test_cli import FINSYNC, _env, _finsync
+from finsync_tests.test_deploy import dagster_pg_url  # noqa: F401  (a fresh database)
 
 TINY = ["--accounts", "8", "--months", "1", "--seed", "5", "--end", TEST_END.isoformat()]
-PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 
 def _hold(home: Path, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -121,24 +118,12 @@ def test_a_demo_refuses_a_home_whose_warehouse_holds_another_companys_data(
     assert not (home / "sandbox").exists()
 
 
-@pytest.fixture
-def pg_warehouse() -> Iterator[str]:
-    name = f"finsync_lock_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.mark.postgres
 def test_two_homes_on_one_postgresql_warehouse_do_not_write_at_once(
-    tmp_path: Path, pg_warehouse: str
+    tmp_path: Path,
+    dagster_pg_url: str,  # noqa: F811  (the fixture imported above)
 ) -> None:
+    pg_warehouse = dagster_pg_url
     env = _env(FINSYNC_WAREHOUSE_URL=pg_warehouse)
     first, second = tmp_path / "a", tmp_path / "b"
     holder = _hold(first, env)
