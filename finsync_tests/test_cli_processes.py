@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from finsync_pipeline.processes import alive, descendants
-from finsync_tests.test_cli import FINSYNC, _env, _finsync, _free_ports
+from finsync_tests.test_cli import FINSYNC, _env, _finsync, _free_ports, _serve, _stop
+from finsync_tests.test_deploy import dagster_pg_url  # noqa: F401  (a fresh database)
 from finsync_tests.test_settings_validation import _live_env
 
 TINY = ["--accounts", "8", "--months", "1", "--seed", "5", "--end", "2026-10-31"]
@@ -96,13 +97,15 @@ def test_sandbox_wait_returns_the_complete_environment_once_every_simulator_list
     assert "no sandbox serving" in _one_line(gone)
 
 
-def test_sigterm_stops_finsync_ui_and_every_process_it_started(tmp_path: Path) -> None:
-    port, *ports = _free_ports(6)
-    log = (tmp_path / "ui.log").open("w")
-    args = ["--home", str(tmp_path / "home"), "--port", str(port), "--ports", *map(str, ports)]
+def _sigterm_stops_the_whole_tree(
+    command: list[str], port: int, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Start ``command`` (serving Dagster's webserver on ``port``) as a process group leader,
+    SIGTERM it once the webserver answers, and check that nothing it started survives."""
+    log = (tmp_path / "command.log").open("w")
     ui = subprocess.Popen(
-        [FINSYNC, "ui", *args],
-        env=_env(),
+        [FINSYNC, *command],
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -110,7 +113,7 @@ def test_sigterm_stops_finsync_ui_and_every_process_it_started(tmp_path: Path) -
     try:
         deadline = time.monotonic() + 300
         while True:
-            assert ui.poll() is None, (tmp_path / "ui.log").read_text()[-2000:]
+            assert ui.poll() is None, (tmp_path / "command.log").read_text()[-2000:]
             try:
                 if requests.get(f"http://127.0.0.1:{port}/server_info", timeout=5).ok:
                     break
@@ -119,7 +122,7 @@ def test_sigterm_stops_finsync_ui_and_every_process_it_started(tmp_path: Path) -
             assert time.monotonic() < deadline, "the Dagster UI never answered"
             time.sleep(1)
         tree = descendants(ui.pid)
-        assert tree, "dagster dev runs below finsync ui"
+        assert tree, "Dagster runs below the command"
         ui.send_signal(signal.SIGTERM)
         assert ui.wait(timeout=120) == 0
         survivors = [pid for pid in tree if alive(pid)]
@@ -131,3 +134,24 @@ def test_sigterm_stops_finsync_ui_and_every_process_it_started(tmp_path: Path) -
             os.killpg(ui.pid, signal.SIGKILL)
             ui.wait()
         log.close()
+
+
+def test_sigterm_stops_finsync_ui_and_every_process_it_started(tmp_path: Path) -> None:
+    port, *ports = _free_ports(6)
+    args = ["--home", str(tmp_path / "home"), "--port", str(port), "--ports", *map(str, ports)]
+    _sigterm_stops_the_whole_tree(["ui", *args], port, _env(), tmp_path)
+
+
+@pytest.mark.postgres
+def test_sigterm_stops_finsync_deploy_and_every_process_it_started(
+    tmp_path: Path,
+    dagster_pg_url: str,  # noqa: F811  (the fixture imported above)
+) -> None:
+    port, *ports = _free_ports(6)
+    sandbox, served = _serve(tmp_path / "state", ports, TINY)
+    try:
+        env = _env(**served, DAGSTER_PG_URL=dagster_pg_url)
+        args = ["--home", str(tmp_path / "home"), "--port", str(port)]
+        _sigterm_stops_the_whole_tree(["deploy", *args], port, env, tmp_path)
+    finally:
+        _stop(sandbox)
