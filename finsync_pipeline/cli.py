@@ -414,6 +414,18 @@ def cmd_exceptions_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_warehouse_migrate(args: argparse.Namespace) -> int:
+    """Set the warehouse's schema up, or bring it to this release: the owner's job."""
+    from finsync_pipeline.resources.warehouse import migrate_url
+    from finsync_pipeline.runner import prepare_home
+
+    prepare_home(Path(args.home))
+    url = os.environ["FINSYNC_WAREHOUSE_URL"]
+    version = migrate_url(url)
+    print(f"warehouse migrated: schema {version}")
+    return 0
+
+
 def retry_range(date_from: str | None, date_to: str | None) -> tuple[dt.date, dt.date]:
     """The days to reconcile after re-posting: those of the re-queued documents, or today when
     none has a day (a customer, a Salesforce status)."""
@@ -744,6 +756,16 @@ def build_parser() -> argparse.ArgumentParser:
     home_arg(verify)
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=cmd_ledger_verify)
+
+    warehouse = sub.add_parser("warehouse", help="the warehouse's schema")
+    warehouse_sub = warehouse.add_subparsers(dest="warehouse_command", required=True)
+    migrate = warehouse_sub.add_parser(
+        "migrate",
+        help="create or upgrade the tables and views, and re-apply the roles' grants "
+        "(run it as the owner of the warehouse; on PostgreSQL no other command does it)",
+    )
+    home_arg(migrate)
+    migrate.set_defaults(func=cmd_warehouse_migrate, writes=True)
 
     deploy = sub.add_parser(
         "deploy",

@@ -249,6 +249,24 @@ def resolve(engine: Engine, selection: Selection, *, actor: str, reason: str) ->
     with engine.begin() as conn:
         rows = _selected(conn, selection)
         for row in rows.itertuples(index=False):
+            if conn.dialect.name == "postgresql":
+                # The roles' audited path: finance_ops may not update the table itself.
+                conn.execute(
+                    sa.text(
+                        "SELECT finsync_resolve_exception(:kind, :source_system, :source_id, "
+                        ":actor, :reason, :action_id, :at)"
+                    ),
+                    {
+                        "kind": row.kind,
+                        "source_system": row.source_system,
+                        "source_id": row.source_id,
+                        "actor": actor,
+                        "reason": reason,
+                        "action_id": uuid.uuid4().hex,
+                        "at": ledger.now_iso(),
+                    },
+                )
+                continue
             conn.execute(
                 sa.text(
                     "UPDATE finance_exceptions SET status = 'resolved', resolved_at = :at, "
@@ -277,12 +295,28 @@ class RetryOutcome:
     needs_fix: list[str]
 
 
+class NotPermitted(FinsyncError):
+    """The warehouse refused this user an action (PostgreSQL roles)."""
+
+
 def retry(engine: Engine, selection: Selection, *, actor: str, reason: str) -> RetryOutcome:
     """Queue the selected refused or dead documents for posting again.
 
     The ledger row goes back to pending (a legal transition) with no waiting time; the
-    exception stays open until the document posts, and then resolves itself.
+    exception stays open until the document posts, and then resolves itself. It moves the
+    posting ledger, so on PostgreSQL it is the pipeline role's (which holds the ledger key).
     """
+    try:
+        return _retry(engine, selection, actor=actor, reason=reason)
+    except sa.exc.ProgrammingError as e:
+        said = str(e.orig).strip().splitlines()[0]
+        raise NotPermitted(
+            f"the warehouse refused the retry ({said}): it moves the posting ledger, so run "
+            "`finsync exceptions retry` as a user granted finsync_pipeline"
+        ) from e
+
+
+def _retry(engine: Engine, selection: Selection, *, actor: str, reason: str) -> RetryOutcome:
     requeued: list[str] = []
     needs_fix: list[str] = []
     dates: list[str] = []

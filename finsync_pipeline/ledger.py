@@ -156,6 +156,67 @@ def _legacy_seal(prev_hash: str, fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(f"{prev_hash}|{body}".encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Transition:
+    """One journal entry to append: a ledger row's move, and the row as the move left it."""
+
+    doc_type: str
+    external_id: str
+    from_state: str | None
+    to_state: str
+    detail: str | None
+    payload_hash: str | None
+    erp_internal_id: str | None
+
+
+def _append_journal(
+    conn: Connection, *, erp: str, at: str, run_id: str | None, entries: Sequence[_Transition]
+) -> None:
+    """Append sealed transitions, in order, after their ledger rows were written: one read of
+    the chain's head and one insert for all of them."""
+    if not entries:
+        return
+    if conn.dialect.name == "postgresql":
+        # Two transactions appending at once would both read the same head and collide on
+        # seq; the lock is held to commit. SQLite already admits one writer at a time.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": JOURNAL_LOCK_KEY})
+    last = conn.execute(
+        sa.text("SELECT seq, hash FROM posting_ledger_journal ORDER BY seq DESC LIMIT 1")
+    ).first()
+    key = ledger_key()
+    seq = 0 if last is None else int(last[0])
+    prev = GENESIS_HASH if last is None else str(last[1])
+    rows = []
+    for entry in entries:
+        seq += 1
+        fields: dict[str, Any] = {
+            "seq": seq,
+            "erp": erp,
+            "doc_type": entry.doc_type,
+            "external_id": entry.external_id,
+            "from_state": entry.from_state,
+            "to_state": entry.to_state,
+            "at": at,
+            "run_id": run_id,
+            "detail": entry.detail,
+            "payload_hash": entry.payload_hash,
+            "erp_internal_id": entry.erp_internal_id,
+        }
+        sealed = seal(prev, fields, key)
+        rows.append({**fields, "version": SEAL_VERSION, "key_id": key_id(key), "prev": prev})
+        rows[-1]["hash"] = prev = sealed
+    conn.execute(
+        sa.text(
+            "INSERT INTO posting_ledger_journal (seq, erp, doc_type, external_id, from_state, "
+            "to_state, at, run_id, detail, payload_hash, erp_internal_id, seal_version, key_id, "
+            "prev_hash, hash) VALUES (:seq, :erp, :doc_type, :external_id, :from_state, "
+            ":to_state, :at, :run_id, :detail, :payload_hash, :erp_internal_id, :version, "
+            ":key_id, :prev, :hash)"
+        ),
+        rows,
+    )
+
+
 def _journal(
     conn: Connection,
     *,
@@ -169,13 +230,6 @@ def _journal(
     detail: str | None,
 ) -> None:
     """Append one sealed transition; call it after the ledger row was written."""
-    if conn.dialect.name == "postgresql":
-        # Two transactions appending at once would both read the same head and collide on
-        # seq; the lock is held to commit. SQLite already admits one writer at a time.
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": JOURNAL_LOCK_KEY})
-    last = conn.execute(
-        sa.text("SELECT seq, hash FROM posting_ledger_journal ORDER BY seq DESC LIMIT 1")
-    ).first()
     # The row as this transition left it: the seal binds its payload and its ERP id.
     current = conn.execute(
         sa.text(
@@ -184,37 +238,16 @@ def _journal(
         ),
         {"erp": erp, "doc_type": doc_type, "external_id": external_id},
     ).first()
-    key = ledger_key()
-    fields: dict[str, Any] = {
-        "seq": 1 if last is None else int(last[0]) + 1,
-        "erp": erp,
-        "doc_type": doc_type,
-        "external_id": external_id,
-        "from_state": from_state,
-        "to_state": to_state,
-        "at": at,
-        "run_id": run_id,
-        "detail": detail,
-        "payload_hash": None if current is None else current.payload_hash,
-        "erp_internal_id": None if current is None else current.erp_internal_id,
-    }
-    prev = GENESIS_HASH if last is None else str(last[1])
-    conn.execute(
-        sa.text(
-            "INSERT INTO posting_ledger_journal (seq, erp, doc_type, external_id, from_state, "
-            "to_state, at, run_id, detail, payload_hash, erp_internal_id, seal_version, key_id, "
-            "prev_hash, hash) VALUES (:seq, :erp, :doc_type, :external_id, :from_state, "
-            ":to_state, :at, :run_id, :detail, :payload_hash, :erp_internal_id, :version, "
-            ":key_id, :prev, :hash)"
-        ),
-        {
-            **fields,
-            "version": SEAL_VERSION,
-            "key_id": key_id(key),
-            "prev": prev,
-            "hash": seal(prev, fields, key),
-        },
+    entry = _Transition(
+        doc_type,
+        external_id,
+        from_state,
+        to_state,
+        detail,
+        None if current is None else current.payload_hash,
+        None if current is None else current.erp_internal_id,
     )
+    _append_journal(conn, erp=erp, at=at, run_id=run_id, entries=[entry])
 
 
 @dataclass
@@ -353,13 +386,23 @@ def audit(
 
 
 def checkpoint(conn: Connection, *, run_id: str) -> tuple[int, str] | None:
-    """Record the journal's head (seq, seal) in ``posting_ledger_checkpoints``; return it."""
+    """Record the journal's head (seq, seal) in ``posting_ledger_checkpoints``; return it.
+
+    On PostgreSQL through ``finsync_checkpoint_ledger`` (sql/ddl/postgresql), so the pipeline
+    role needs no write on the table."""
     head = conn.execute(
         sa.text("SELECT seq, hash FROM posting_ledger_journal ORDER BY seq DESC LIMIT 1")
     ).first()
     if head is None:
         return None
     seq, sealed = int(head[0]), str(head[1])
+    if conn.dialect.name == "postgresql":
+        # Only the owner writes the checkpoints there: its function copies the journal's row.
+        conn.execute(
+            sa.text("SELECT finsync_checkpoint_ledger(:seq, :run_id)"),
+            {"seq": seq, "run_id": run_id},
+        )
+        return seq, sealed
     exists = conn.execute(
         sa.text("SELECT 1 FROM posting_ledger_checkpoints WHERE seq = :seq"), {"seq": seq}
     ).first()
@@ -555,60 +598,71 @@ def claim(
             params,
         )
     ]
-    claimed: list[Claimed] = []
-    for external_id in keys:
-        result = conn.execute(
+    if not keys:
+        return []
+    # Only the rows still pending match: a row another run claimed first is not this run's.
+    conn.execute(
+        sa.text(
+            "UPDATE posting_ledger SET state = 'in_flight', claimed_by = :run_id, "
+            "claimed_at = :at, lease_until = :lease_until, updated_at = :at "
+            "WHERE erp = :erp AND doc_type = :doc_type "
+            "AND external_id IN :keys AND state = 'pending'"
+        ).bindparams(sa.bindparam("keys", expanding=True)),
+        {
+            "run_id": run_id,
+            "at": at,
+            "lease_until": lease_until,
+            "erp": erp,
+            "doc_type": doc_type,
+            "keys": keys,
+        },
+    )
+    rows = {
+        r.external_id: r
+        for r in conn.execute(
             sa.text(
-                "UPDATE posting_ledger SET state = 'in_flight', claimed_by = :run_id, "
-                "claimed_at = :at, lease_until = :lease_until, updated_at = :at "
-                "WHERE erp = :erp AND doc_type = :doc_type "
-                "AND external_id = :external_id AND state = 'pending'"
-            ),
-            {
-                "run_id": run_id,
-                "at": at,
-                "lease_until": lease_until,
-                "erp": erp,
-                "doc_type": doc_type,
-                "external_id": external_id,
-            },
+                "SELECT external_id, correlation_id, source_id, partition_date, payload, "
+                "payload_hash, erp_internal_id, attempts, posted_hash FROM posting_ledger "
+                "WHERE erp = :erp AND doc_type = :doc_type AND external_id IN :keys "
+                "AND state = 'in_flight' AND claimed_by = :run_id AND claimed_at = :at"
+            ).bindparams(sa.bindparam("keys", expanding=True)),
+            {"erp": erp, "doc_type": doc_type, "keys": keys, "run_id": run_id, "at": at},
         )
-        if result.rowcount != 1:
-            continue
-        _journal(
-            conn,
-            erp=erp,
-            doc_type=doc_type,
-            external_id=external_id,
-            from_state="pending",
-            to_state="in_flight",
-            at=at,
-            run_id=run_id,
-            detail="claimed",
-        )
-        row = conn.execute(
-            sa.text(
-                "SELECT correlation_id, source_id, partition_date, payload, payload_hash, "
-                "attempts, posted_hash FROM posting_ledger WHERE erp = :erp "
-                "AND doc_type = :doc_type AND external_id = :external_id"
-            ),
-            {"erp": erp, "doc_type": doc_type, "external_id": external_id},
-        ).one()
-        claimed.append(
-            Claimed(
-                erp,
+    }
+    taken = [rows[k] for k in keys if k in rows]
+    _append_journal(
+        conn,
+        erp=erp,
+        at=at,
+        run_id=run_id,
+        entries=[
+            _Transition(
                 doc_type,
-                external_id,
-                row.correlation_id,
-                row.source_id,
-                row.partition_date,
-                loads(row.payload),
+                row.external_id,
+                "pending",
+                "in_flight",
+                "claimed",
                 row.payload_hash,
-                int(row.attempts),
-                row.posted_hash,
+                row.erp_internal_id,
             )
+            for row in taken
+        ],
+    )
+    return [
+        Claimed(
+            erp,
+            doc_type,
+            row.external_id,
+            row.correlation_id,
+            row.source_id,
+            row.partition_date,
+            loads(row.payload),
+            row.payload_hash,
+            int(row.attempts),
+            row.posted_hash,
         )
-    return claimed
+        for row in taken
+    ]
 
 
 def transition(
@@ -692,6 +746,90 @@ def transition(
         detail=detail,
     )
     return from_state
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A claimed document the ERP accepted: the id it gave it and the payload hash sent."""
+
+    doc_type: str
+    external_id: str
+    erp_internal_id: str
+    posted_hash: str
+
+
+def record_posted(
+    conn: Connection, *, erp: str, run_id: str, sent: Sequence[Sent]
+) -> tuple[list[Sent], list[Sent]]:
+    """Move the ``sent`` rows ``run_id`` still holds in flight to posted, in one statement
+    set (the rows, their journal entries, the documents waiting for them woken); return the
+    rows recorded and those whose claim was lost (another run settled them by lookup after
+    this run's lease lapsed; that settlement stands, as with ``transition``'s LostClaim)."""
+    if not sent:
+        return [], []
+    held = {
+        (r.doc_type, r.external_id): r.payload_hash
+        for r in conn.execute(
+            sa.text(
+                "SELECT doc_type, external_id, payload_hash FROM posting_ledger "
+                "WHERE erp = :erp AND state = 'in_flight' AND claimed_by = :run_id"
+            ),
+            {"erp": erp, "run_id": run_id},
+        )
+    }
+    mine = [s for s in sent if (s.doc_type, s.external_id) in held]
+    lost = [s for s in sent if (s.doc_type, s.external_id) not in held]
+    if not mine:
+        return [], lost
+    at = now_iso()
+    conn.execute(
+        sa.text(
+            "UPDATE posting_ledger SET state = 'posted', updated_at = :at, "
+            "attempts = attempts + 1, last_error = NULL, erp_internal_id = :erp_internal_id, "
+            "posted_hash = :posted_hash, posted_at = :at, next_attempt_at = NULL, "
+            "claimed_by = NULL, lease_until = NULL WHERE erp = :erp AND doc_type = :doc_type "
+            "AND external_id = :external_id AND state = 'in_flight' AND claimed_by = :run_id"
+        ),
+        [
+            {
+                "at": at,
+                "erp_internal_id": s.erp_internal_id,
+                "posted_hash": s.posted_hash,
+                "erp": erp,
+                "doc_type": s.doc_type,
+                "external_id": s.external_id,
+                "run_id": run_id,
+            }
+            for s in mine
+        ],
+    )
+    _append_journal(
+        conn,
+        erp=erp,
+        at=at,
+        run_id=run_id,
+        entries=[
+            _Transition(
+                s.doc_type,
+                s.external_id,
+                "in_flight",
+                "posted",
+                None,
+                held[(s.doc_type, s.external_id)],
+                s.erp_internal_id,
+            )
+            for s in mine
+        ],
+    )
+    # Documents waiting for these are due now: they post in this same run.
+    conn.execute(
+        sa.text(
+            "UPDATE posting_ledger SET next_attempt_at = NULL, waiting_for = NULL "
+            "WHERE erp = :erp AND state = 'pending' AND waiting_for IN :refs"
+        ).bindparams(sa.bindparam("refs", expanding=True)),
+        {"erp": erp, "refs": [f"{s.doc_type}:{s.external_id}" for s in mine]},
+    )
+    return mine, lost
 
 
 @dataclass(frozen=True)

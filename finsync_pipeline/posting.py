@@ -558,6 +558,8 @@ class PostingEngine:
         """The payload with its references resolved to posted ids, or None when one is not
         posted yet (the document is released to wait for it)."""
         refs = list(dict.fromkeys(_find_refs(doc.payload)))
+        if not refs:
+            return dict(_resolve_refs(doc.payload, {}))
         ids: dict[tuple[str, str], str] = {}
         with self.engine.connect() as conn:
             for ref_type in {t for t, _ in refs}:
@@ -748,30 +750,20 @@ class PostingEngine:
                 feed.settle(len(sent))
 
     def _commit_sent(self, sent: list[tuple[ledger.Claimed, str]]) -> None:
-        recorded = 0
         with self.engine.begin() as conn:
-            for doc, internal_id in sent:
-                try:
-                    ledger.transition(
-                        conn,
-                        erp=self.erp,
-                        doc_type=doc.doc_type,
-                        external_id=doc.external_id,
-                        run_id=self.run_id,
-                        expect_state="in_flight",
-                        expect_holder=self.run_id,
-                        to_state="posted",
-                        erp_internal_id=internal_id,
-                        posted_hash=doc.payload_hash,
-                        count_attempt=True,
-                    )
-                except ledger.LostClaim:
-                    # Settled by another run's lookup meanwhile (it found this very post).
-                    self._count("lost_claims")
-                    continue
-                self._wake_dependents(conn, doc.doc_type, doc.external_id)
-                recorded += 1
-        for _ in range(recorded):
+            recorded, lost = ledger.record_posted(
+                conn,
+                erp=self.erp,
+                run_id=self.run_id,
+                sent=[
+                    ledger.Sent(doc.doc_type, doc.external_id, internal_id, doc.payload_hash)
+                    for doc, internal_id in sent
+                ],
+            )
+        # A lost claim was settled by another run's lookup meanwhile (it found this very post).
+        for _ in lost:
+            self._count("lost_claims")
+        for _ in recorded:
             self._count("posted")
         self.hook("recorded")
 

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from finsync_pipeline.resources.warehouse import create_engine
+from finsync_pipeline.resources.warehouse import create_engine, migrate_url
 
 # The CI machine runs PostgreSQL here with trust auth; override to test elsewhere.
 POSTGRES_URL = os.environ.get(
@@ -22,13 +22,16 @@ TEST_END = dt.date(2026, 10, 31)
 
 
 def postgres_schema_url() -> Iterator[str]:
-    """A fresh schema in the local PostgreSQL (its URL), dropped when the generator closes."""
+    """A fresh schema in the local PostgreSQL (its URL), migrated, dropped when the generator
+    closes."""
     schema = f"finsync_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(POSTGRES_URL)
     with admin.begin() as conn:
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
     try:
+        # As its owner would (`finsync warehouse migrate`): only SQLite migrates on every start.
+        migrate_url(url)
         yield url
     finally:
         create_engine(url).dispose()

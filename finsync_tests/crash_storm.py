@@ -1,12 +1,12 @@
 """A storm of kills from outside: `finsync run` SIGKILLed, process group and all, again and again.
 
-Each round arms a NetSuite fault at random (commit-then-timeout, 429s, 503s, latency, or none),
-starts a real `finsync run` in its own process group and kills the whole group at a seeded
-random moment, skewed toward posting: half the kills wait until documents are in flight. After
-the storm one uncut run must leave NetSuite holding exactly the documents of an uninterrupted
-control run of the same company: none missing, none twice, every payment, credit and refund
-applied once, nothing in flight or pending, no Dagster run left unfinished, no pool slot held,
-and the ledger's journal verified.
+Each round arms a NetSuite fault at random (commit-then-timeout, 429s, 503s, a maintenance
+window, latency, or none), starts a real `finsync run` in its own process group and kills the
+whole group at a seeded random moment, skewed toward posting: half the kills wait until
+documents are in flight. After the storm one uncut run must leave NetSuite holding exactly the
+documents of an uninterrupted control run of the same company: none missing, none twice, every
+payment, credit and refund applied once, nothing in flight or pending, no Dagster run left
+unfinished, no pool slot held, and the ledger's journal verified.
 
 `make crash-storm` runs it with hundreds of kills and prints its figures; the test suite runs a
 few (finsync_tests/test_crash_storm.py).
@@ -43,6 +43,7 @@ FAULTS: list[dict[str, Any] | None] = [
     {"kind": "commit_then_timeout", "count": 2, "stall_s": 1.0},
     {"kind": "status", "status": 429, "count": 3, "retry_after_s": 1},
     {"kind": "status", "status": 503, "count": 2},
+    {"kind": "maintenance", "requests": 4, "retry_after_s": 1},
     {"kind": "latency", "seconds": 0.2},
 ]
 

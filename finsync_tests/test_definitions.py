@@ -113,6 +113,7 @@ def test_checks_jobs_schedules_sensors(definitions: dg.Definitions) -> None:
     assert [s.name for s in definitions.schedules or []] == ["daily_sync_job_schedule"]
     assert [s.name for s in definitions.sensors or []] == [
         "stripe_events_sensor",
+        "salesforce_changes_sensor",
         "erp_posting_sensor",
         "late_changes_sensor",
     ]

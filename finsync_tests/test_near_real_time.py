@@ -36,6 +36,7 @@ FIRST_DAY = add_months(TEST_END, -SPEC.months) + dt.timedelta(days=1)
 NOW = dt.datetime.combine(TEST_END + dt.timedelta(days=1), dt.time(10), tzinfo=dt.UTC)
 EVENTS = "stripe_events_sensor"
 POSTING = "erp_posting_sensor"
+SALESFORCE = "salesforce_changes_sensor"
 
 
 def _sandbox(path: Path) -> Sandbox:
@@ -143,6 +144,73 @@ def test_changes_of_batch_flows_only_move_the_cursor(
     ).get_client()
     client.post(f"/v1/customers/{customer}", {"metadata": {"tier": "gold"}})
     assert [r.partition_key for r in ticker.tick(EVENTS).requests] == [NOW.date().isoformat()]
+
+
+def test_an_account_renamed_in_salesforce_renames_its_netsuite_customer_in_one_small_run(
+    sandbox: Sandbox, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ticker = _ticker(sandbox, sqlite_url, tmp_path)
+    history = (
+        defs()
+        .resolve_job_def("daily_sync_job")
+        .execute_in_process(
+            instance=ticker.instance,
+            resources=ticker.resources,
+            tags=range_tags(FIRST_DAY, TEST_END),
+        )
+    )
+    assert history.success
+    while ticker.tick(POSTING).runs:
+        pass
+    assert ticker.tick(SALESFORCE).skip_message == (
+        "started: the nightly runs carry every earlier Account change"
+    )
+    assert ticker.tick(SALESFORCE).skip_message == "no Salesforce Account changed"
+
+    client = ticker.resources["salesforce"].get_client()
+    ((key, name),) = [
+        (r["Id"], r["Name"])
+        for r in client.query("SELECT Id, Name, ParentId FROM Account ORDER BY Id")
+        if r["ParentId"] is None
+    ][:1]
+    [saved] = client.update_collection("Account", [(key, {"Name": f"{name} Holdings"})])
+    assert saved.error is None
+    tick = ticker.tick(SALESFORCE)
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    assert [r.partition_key for r in tick.requests] == [today], tick.skip_message
+    assert tick.runs and tick.runs[0].success
+    queued = "SELECT state FROM posting_ledger WHERE doc_type = 'customer' AND source_id = :id"
+    assert _rows(sqlite_url, queued, id=key) == [("pending",)]
+    # Read again within the lookback, the same change asks for nothing more.
+    assert ticker.tick(SALESFORCE).skip_message == "no Salesforce Account changed"
+
+    assert ticker.tick(POSTING).runs
+    assert _rows(sqlite_url, queued, id=key) == [("posted",)]
+    (customer,) = [
+        c for c in sandbox.netsuite_records("customer") if str(c.get("comments", "")).endswith(key)
+    ]
+    assert customer["companyName"] == f"{name} Holdings"
+
+    # With customers in a batch window, the nightly run carries the change instead.
+    monkeypatch.setenv(BATCH_WINDOWS_ENV, json.dumps({"customer": "0 3 * * *"}))
+    client.update_collection("Account", [(key, {"Name": name})])
+    assert ticker.tick(SALESFORCE).requests == []
+
+
+def test_a_modstamp_far_in_the_future_never_becomes_the_cursor(
+    sandbox: Sandbox, sqlite_url: str, tmp_path: Path
+) -> None:
+    ticker = _ticker(sandbox, sqlite_url, tmp_path)
+    ticker.tick(SALESFORCE)
+    client = ticker.resources["salesforce"].get_client()
+    first, second = [r["Id"] for r in client.query("SELECT Id FROM Account ORDER BY Id")][:2]
+    real_clock = sandbox.salesforce.clock
+    sandbox.salesforce.clock = lambda: dt.datetime(9999, 1, 1, tzinfo=dt.UTC).timestamp()
+    client.update_collection("Account", [(first, {"Name": "From a broken data load"})])
+    sandbox.salesforce.clock = real_clock
+    assert ticker.tick(SALESFORCE).skip_message == "no Salesforce Account changed"
+    client.update_collection("Account", [(second, {"Name": "A real change"})])
+    assert len(ticker.tick(SALESFORCE).requests) == 1
 
 
 def test_the_interval_is_configuration_that_names_its_variable(

@@ -32,6 +32,8 @@ import datetime
 import decimal
 import email.utils
 import enum
+import heapq
+import itertools
 import json
 import os
 import random
@@ -471,6 +473,66 @@ def _cut(connections: list[Any], fired: threading.Event) -> None:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
+class _Watchdog:
+    """One thread for the total deadline of every call in the process: it cuts the sockets of
+    a call whose deadline passed. A thread per call would cost more than the call itself
+    against a fast ERP."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[list[Any]] = []
+        self._cancelled = 0
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: float, connections: list[Any], fired: threading.Event) -> list[Any]:
+        """Cut ``connections`` (and set ``fired``) at ``deadline`` unless cancelled first."""
+        entry = [deadline, next(self._order), connections, fired, True]
+        with self._cond:
+            heapq.heappush(self._heap, entry)
+            if self._thread is None or not self._thread.is_alive():
+                # First use, or a forked child, which has no copy of the parent's thread.
+                self._thread = threading.Thread(
+                    target=self._run, name="http-deadlines", daemon=True
+                )
+                self._thread.start()
+            if self._heap[0] is entry:
+                self._cond.notify()
+        return entry
+
+    def cancel(self, entry: list[Any]) -> None:
+        with self._cond:
+            if not entry[4]:
+                return
+            entry[4] = False
+            self._cancelled += 1
+            if self._cancelled > 64 and self._cancelled > len(self._heap) // 2:
+                # Cancelled calls are dropped lazily; never let them pile up.
+                self._heap = [e for e in self._heap if e[4]]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and not self._heap[0][4]:
+                    heapq.heappop(self._heap)
+                    self._cancelled -= 1
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                wait_s = self._heap[0][0] - time.monotonic()
+                if wait_s > 0:
+                    self._cond.wait(wait_s)
+                    continue
+                entry = heapq.heappop(self._heap)
+                entry[4] = False  # fired: a later cancel has nothing to drop
+                _cut(entry[2], entry[3])
+
+
+_WATCHDOG = _Watchdog()
+
+
 class HttpClient:
     """One session per system with timeouts, retries and classified errors.
 
@@ -790,10 +852,8 @@ class HttpClient:
         deadline = time.monotonic() + self.deadline_s
         connections: list[Any] = []
         fired = threading.Event()
-        watchdog = threading.Timer(self.deadline_s, _cut, (connections, fired))
-        watchdog.daemon = True
+        watched = _WATCHDOG.watch(deadline, connections, fired)
         _watch.connections = connections
-        watchdog.start()
         try:
             response = self.session.request(method, url, **kwargs)
             _read_body(response, limit=self.max_response_bytes, deadline=deadline)
@@ -802,7 +862,7 @@ class HttpClient:
                 raise _DeadlinePassed from e
             raise
         finally:
-            watchdog.cancel()
+            _WATCHDOG.cancel(watched)
             _watch.connections = None
         return response
 

@@ -9,14 +9,12 @@ import base64
 import hashlib
 import hmac
 import secrets
-import string
 import time
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import requests
 
 SIGNATURE_METHOD = "HMAC-SHA256"
-_NONCE_ALPHABET = string.ascii_letters + string.digits
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -26,8 +24,9 @@ def pct(value: str) -> str:
 
 
 def make_nonce(length: int = 32) -> str:
-    """A fresh random alphanumeric nonce."""
-    return "".join(secrets.choice(_NONCE_ALPHABET) for _ in range(length))
+    """A fresh random alphanumeric nonce (hex digits: one read of the OS's randomness, where
+    a choice per character cost more than the rest of the request's signing)."""
+    return secrets.token_hex((length + 1) // 2)[:length]
 
 
 def base_string_uri(url: str) -> str:

@@ -6,6 +6,7 @@ one transaction per partition range.
 """
 
 import functools
+import hashlib
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,6 +17,8 @@ import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+from finsync_pipeline.errors import FinsyncError
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 _MIGRATE_LOCK = threading.Lock()
@@ -32,10 +35,30 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# What may hide a semicolon that does not end a statement: a dollar-quoted body (a function's),
+# a string literal or a comment at the end of a line.
+_SQL_TOKEN = re.compile(r"(\$\w*\$)|('(?:[^']|'')*')|(--[^\n]*)|(;)")
+
+
 def split_statements(sql_text: str) -> list[str]:
-    """Split a DDL file on semicolons that end a statement (our DDL has no procedural blocks)."""
+    """Split a SQL file on the semicolons that end a statement: not those inside a string or a
+    dollar-quoted body. Whole-line comments are dropped."""
     lines = [line for line in sql_text.splitlines() if not line.strip().startswith("--")]
-    return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
+    text = "\n".join(lines)
+    statements: list[str] = []
+    start = pos = 0
+    while (token := _SQL_TOKEN.search(text, pos)) is not None:
+        pos = token.end()
+        if token.group(1):
+            close = text.find(token.group(1), pos)
+            if close < 0:
+                raise ValueError(f"unterminated {token.group(1)} quote in SQL")
+            pos = close + len(token.group(1))
+        elif token.group(4):
+            statements.append(text[start : token.start()])
+            start = pos
+    statements.append(text[start:])
+    return [stmt.strip() for stmt in statements if stmt.strip()]
 
 
 # Columns added after their table first shipped: CREATE TABLE IF NOT EXISTS leaves a warehouse
@@ -81,6 +104,18 @@ REBUILDS: list[tuple[str, tuple[str, ...]]] = [
 _PG_MIGRATE_LOCK_KEY = 7302410
 
 
+# The roles sql/grants/postgresql.sql creates; when a PostgreSQL warehouse has them, every
+# migration applies that file again, so a view or table it recreated keeps its grants.
+ROLES = ("finsync_analyst", "finsync_finance_ops", "finsync_pipeline")
+GRANTS_FILE = SQL_DIR / "grants" / "postgresql.sql"
+MIGRATE_COMMAND = "finsync warehouse migrate"
+_VIEW = re.compile(r"^CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(\w+)\s+AS\s", re.IGNORECASE)
+
+
+class WarehouseNotMigrated(FinsyncError):
+    """A PostgreSQL warehouse's schema is not this release's: its owner must migrate it."""
+
+
 def _statements(folder: str, dialect: str) -> list[str]:
     # Portable files first, then the ones for this database's dialect (date math).
     paths = [
@@ -90,16 +125,86 @@ def _statements(folder: str, dialect: str) -> list[str]:
     return [stmt for path in paths for stmt in split_statements(path.read_text())]
 
 
+def _views(dialect: str) -> list[tuple[str, str]]:
+    """Each view of ``sql/views`` as (name, query). A ``DROP VIEW`` there is skipped: migrate
+    replaces a view in place, and drops it only when it must."""
+    views: list[tuple[str, str]] = []
+    for statement in _statements("views", dialect):
+        if statement.upper().startswith("DROP VIEW"):
+            continue
+        found = _VIEW.match(statement)
+        if found is None:
+            raise ValueError(f"sql/views holds a statement that is not a view: {statement[:60]}")
+        views.append((found.group(1), statement[found.end() :].strip()))
+    return views
+
+
+def schema_fingerprint(dialect: str) -> str:
+    """The version of the schema this release sets up: a hash of its DDL (comments aside), its
+    views, added columns and rebuilds. ``migrate`` records it; other commands compare it."""
+    parts = [
+        *_statements("ddl", dialect),
+        *(f"VIEW {name} AS {query}" for name, query in _views(dialect)),
+        *(" ".join(column) for column in ADDED_COLUMNS),
+        *(version for version, _ in REBUILDS),
+    ]
+    digest = hashlib.sha256("\0".join(parts).encode())
+    return digest.hexdigest()[:16]
+
+
+def _replace_view(conn: Connection, name: str, query: str) -> None:
+    if conn.dialect.name != "postgresql":
+        # SQLite has no CREATE OR REPLACE VIEW, and no grants to lose.
+        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {name}")
+        conn.exec_driver_sql(f"CREATE VIEW {name} AS {query}")
+        return
+    try:
+        # In place, a view keeps its grants; PostgreSQL allows it while its columns stay.
+        with conn.begin_nested():
+            conn.exec_driver_sql(f"CREATE OR REPLACE VIEW {name} AS {query}")
+    except sa.exc.DBAPIError:
+        conn.exec_driver_sql(f"DROP VIEW {name}")
+        conn.exec_driver_sql(f"CREATE VIEW {name} AS {query}")
+
+
+def _granted(conn: Connection) -> bool:
+    """Whether sql/grants/postgresql.sql was applied to this warehouse: its roles exist and
+    the pipeline's may read the schema's version."""
+    exists = conn.execute(
+        sa.text("SELECT COUNT(*) FROM pg_roles WHERE rolname IN :roles").bindparams(
+            sa.bindparam("roles", expanding=True)
+        ),
+        {"roles": list(ROLES)},
+    ).scalar_one()
+    if int(exists) != len(ROLES):
+        return False
+    return bool(
+        conn.execute(
+            sa.text("SELECT has_table_privilege('finsync_pipeline', 'schema_version', 'SELECT')")
+        ).scalar_one()
+    )
+
+
 def migrate(engine: Engine) -> None:
-    """Apply every DDL file, the pending rebuilds, then every view file. Idempotent: safe on
-    every start, and a warehouse of any earlier version ends with the current schema."""
+    """Apply every DDL file, the pending rebuilds, then every view file; on PostgreSQL with
+    finsync's roles, their grants; record the schema's version. Idempotent: a warehouse of any
+    earlier version ends with the current schema, its grants intact."""
     dialect = engine.dialect.name
     ddl = _statements("ddl", dialect)
-    views = _statements("views", dialect)
+    views = _views(dialect)
     with _MIGRATE_LOCK, engine.begin() as conn:
         if dialect == "postgresql":
             conn.execute(
                 sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATE_LOCK_KEY}
+            )
+            # The functions of sql/ddl/postgresql keep this search path (SET search_path FROM
+            # CURRENT): the warehouse's schema, then pg_temp, so no caller's temporary table
+            # can stand in for one of ours while they run with the owner's rights.
+            conn.execute(
+                sa.text(
+                    "SELECT set_config('search_path', "
+                    "quote_ident(current_schema()) || ', pg_temp', true)"
+                )
             )
         for statement in ddl:
             conn.exec_driver_sql(statement)
@@ -113,17 +218,76 @@ def migrate(engine: Engine) -> None:
             if version in applied:
                 continue
             # Views read the tables being replaced; they are recreated below.
-            for statement in views:
-                if statement.upper().startswith("DROP VIEW"):
-                    conn.exec_driver_sql(statement)
+            for name, _ in views:
+                conn.exec_driver_sql(f"DROP VIEW IF EXISTS {name}")
             for table in tables:
                 _rebuild(conn, table, ddl)
             conn.execute(
                 sa.text("INSERT INTO schema_migrations (version, applied_at) VALUES (:v, :at)"),
                 {"v": version, "at": pd.Timestamp.now(tz="UTC").isoformat()},
             )
-        for statement in views:
-            conn.exec_driver_sql(statement)
+        for name, query in views:
+            _replace_view(conn, name, query)
+        if dialect == "postgresql" and _granted(conn):
+            for statement in split_statements(GRANTS_FILE.read_text()):
+                conn.exec_driver_sql(statement)
+        conn.execute(
+            sa.text(
+                "INSERT INTO schema_version (id, fingerprint, migrated_at) VALUES (1, :f, :at) "
+                "ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+                "migrated_at = excluded.migrated_at"
+            ),
+            {"f": schema_fingerprint(dialect), "at": pd.Timestamp.now(tz="UTC").isoformat()},
+        )
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise WarehouseNotMigrated unless the warehouse holds this release's schema."""
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        with engine.connect() as conn:
+            found = (
+                conn.execute(sa.text("SELECT fingerprint FROM schema_version")).scalar()
+                if sa.inspect(conn).has_table("schema_version")
+                else None
+            )
+    except sa.exc.ProgrammingError as e:
+        raise WarehouseNotMigrated(
+            f"the warehouse {where} cannot be read: {_first_line(e)}; grant this user a finsync "
+            "role (sql/grants/postgresql.sql)"
+        ) from e
+    if found is None:
+        raise WarehouseNotMigrated(
+            f"the warehouse {where} has no finsync schema yet: run `{MIGRATE_COMMAND}` as the "
+            "owner of its database"
+        )
+    if found != schema_fingerprint(engine.dialect.name):
+        raise WarehouseNotMigrated(
+            f"the warehouse {where} has the schema of another finsync release ({found}, this "
+            f"one is {schema_fingerprint(engine.dialect.name)}): run `{MIGRATE_COMMAND}` as "
+            "the owner of its tables"
+        )
+
+
+def migrate_url(url: str) -> str:
+    """Migrate the warehouse at ``url`` (as the user it names); return its schema version.
+    A user that may not (not the owner of the tables) is one line saying so."""
+    engine = _new_engine(url)
+    try:
+        migrate(engine)
+    except sa.exc.ProgrammingError as e:
+        user = engine.url.username or "this user"
+        raise WarehouseNotMigrated(
+            f"{user} cannot migrate the warehouse {engine.url.render_as_string(hide_password=True)}"
+            f": {_first_line(e)}; run `{MIGRATE_COMMAND}` as the owner of its tables"
+        ) from e
+    finally:
+        engine.dispose()
+    return schema_fingerprint(engine.dialect.name)
+
+
+def _first_line(error: sa.exc.DBAPIError) -> str:
+    return str(error.orig).strip().splitlines()[0]
 
 
 def _rebuild(conn: Connection, table: str, ddl: Sequence[str]) -> None:
@@ -157,15 +321,33 @@ def _rebuild(conn: Connection, table: str, ddl: Sequence[str]) -> None:
             conn.exec_driver_sql(statement)
 
 
-@functools.cache
-def create_engine(url: str) -> Engine:
-    """One engine per warehouse URL, with the schema applied."""
+def _new_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, future=True, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
-    migrate(engine)
+    return engine
+
+
+@functools.cache
+def create_engine(url: str) -> Engine:
+    """One engine per warehouse URL, with the current schema.
+
+    A SQLite warehouse is migrated here, on every start: it has no roles, and one user owns the
+    file. A PostgreSQL warehouse is migrated only by its owner (``finsync warehouse migrate``),
+    so the roles that run everything else need no ownership; one behind this release raises
+    WarehouseNotMigrated, saying so.
+    """
+    engine = _new_engine(url)
+    try:
+        if engine.dialect.name == "sqlite":
+            migrate(engine)
+        else:
+            check_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 
@@ -180,7 +362,8 @@ class WarehouseResource(dg.ConfigurableResource):
     url: str
 
     def get_engine(self) -> Engine:
-        """The engine for ``url``; the schema is applied on first use."""
+        """The engine for ``url`` (see ``create_engine``: SQLite is migrated, PostgreSQL
+        checked)."""
         return create_engine(self.url)
 
 

@@ -9,6 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from finsync_pipeline.resources.warehouse import (
+    WarehouseNotMigrated,
+    create_engine,
     frame_records,
     migrate,
     read_frame,
@@ -49,6 +51,61 @@ def test_migrate_is_idempotent_and_keeps_data(warehouse_engine: Engine) -> None:
 def test_split_statements_ignores_comments_and_blank_statements() -> None:
     sql = "-- a comment; with a semicolon\nCREATE TABLE a (x INT);\n\n;CREATE INDEX i ON a (x);\n"
     assert split_statements(sql) == ["CREATE TABLE a (x INT)", "CREATE INDEX i ON a (x)"]
+
+
+def test_split_statements_keeps_function_bodies_strings_and_line_comments_whole() -> None:
+    sql = (
+        "CREATE TABLE a (x TEXT) -- the ERP's id; not a statement\n;"
+        "SELECT ';' ;\n"
+        "CREATE FUNCTION f() RETURNS VOID LANGUAGE sql AS $$ DELETE FROM a; SELECT 1; $$;"
+        "DO $body$ BEGIN PERFORM 1; END $body$"
+    )
+    assert split_statements(sql) == [
+        "CREATE TABLE a (x TEXT) -- the ERP's id; not a statement",
+        "SELECT ';'",
+        "CREATE FUNCTION f() RETURNS VOID LANGUAGE sql AS $$ DELETE FROM a; SELECT 1; $$",
+        "DO $body$ BEGIN PERFORM 1; END $body$",
+    ]
+
+
+@pytest.mark.postgres
+def test_a_migration_replaces_views_in_place_so_they_keep_their_grants(
+    postgres_url: str,
+) -> None:
+    engine = create_engine(postgres_url)
+    views = "SELECT relname, oid FROM pg_class WHERE relkind = 'v' ORDER BY relname"
+    with engine.connect() as conn:
+        schema = conn.execute(sa.text("SELECT current_schema()")).scalar_one()
+        before = dict(conn.execute(sa.text(views)).all())
+        conn.exec_driver_sql("GRANT SELECT ON v_exception_backlog TO PUBLIC")
+        conn.commit()
+    migrate(engine)
+    with engine.connect() as conn:
+        after = dict(conn.execute(sa.text(views)).all())
+        readers = conn.execute(
+            sa.text(
+                "SELECT grantee FROM information_schema.role_table_grants "
+                "WHERE table_schema = :s AND table_name = 'v_exception_backlog' "
+                "AND privilege_type = 'SELECT'"
+            ),
+            {"s": schema},
+        ).scalars()
+        assert "PUBLIC" in set(readers)
+    assert {k: v for k, v in after.items() if k in before} == before
+
+
+@pytest.mark.postgres
+def test_a_postgresql_warehouse_behind_this_release_says_to_migrate_it(
+    postgres_url: str,
+) -> None:
+    owner = sa.create_engine(postgres_url)
+    with owner.begin() as conn:
+        conn.exec_driver_sql("UPDATE schema_version SET fingerprint = 'older'")
+    with pytest.raises(WarehouseNotMigrated, match="run `finsync warehouse migrate`"):
+        create_engine(postgres_url)
+    migrate(owner)
+    owner.dispose()
+    assert create_engine(postgres_url).url.render_as_string(hide_password=False) == postgres_url
 
 
 def test_upsert_rows_updates_on_conflict(warehouse_engine: Engine) -> None:

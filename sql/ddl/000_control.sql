@@ -31,3 +31,12 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     version     TEXT NOT NULL PRIMARY KEY,
     applied_at  TEXT NOT NULL
 );
+
+-- The version of the schema the warehouse holds (a hash of sql/ddl, sql/views and the
+-- migrations), written by every migration. On PostgreSQL only the owner migrates
+-- (`finsync warehouse migrate`); every other command compares this row with its own release.
+CREATE TABLE IF NOT EXISTS schema_version (
+    id          INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+    fingerprint TEXT NOT NULL,
+    migrated_at TEXT NOT NULL
+);

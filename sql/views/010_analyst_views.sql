@@ -1,8 +1,7 @@
--- Analyst views. Portable between SQLite and PostgreSQL; recreated on every start, so they
--- always match the tables underneath.
+-- Analyst views. Portable between SQLite and PostgreSQL; every migration replaces them in
+-- place (PostgreSQL keeps their grants), so they always match the tables underneath.
 
 -- Open finance exceptions by owner queue and kind, oldest first seen.
-DROP VIEW IF EXISTS v_exception_backlog;
 CREATE VIEW v_exception_backlog AS
 SELECT owner_queue, kind, severity, COUNT(*) AS open_exceptions,
        MIN(first_seen) AS oldest_first_seen, MAX(last_seen) AS last_seen
@@ -12,7 +11,6 @@ GROUP BY owner_queue, kind, severity;
 
 -- Reconciliation drift by day, status and currency (matched rows, and rows held by an
 -- exception or awaiting their batch posting window, are not drift).
-DROP VIEW IF EXISTS v_reconciliation_drift;
 CREATE VIEW v_reconciliation_drift AS
 SELECT partition_date, status, COALESCE(billing_currency, erp_currency) AS currency,
        COUNT(*) AS documents,
@@ -25,7 +23,6 @@ GROUP BY partition_date, status, COALESCE(billing_currency, erp_currency);
 -- Posting-ledger rows settled by looking them up after their holder died (a SIGKILLed run:
 -- its lease expired, or its run had finished without recording them); the detail names the
 -- run that held them, run_id the run that settled them.
-DROP VIEW IF EXISTS v_posting_lease_settlements;
 CREATE VIEW v_posting_lease_settlements AS
 SELECT seq, erp, doc_type, external_id, to_state, at AS settled_at, run_id AS settled_by,
        detail

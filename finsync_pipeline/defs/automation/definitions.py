@@ -3,7 +3,8 @@
 Flows:
     ingest_job       extract -> validate -> derive (queues documents on the posting ledger)
     near_real_time_job  the same for the days of Stripe objects that just changed; launched by
-                     ``stripe_events_sensor`` (``stripe_events``)
+                     ``stripe_events_sensor`` (``stripe_events``), and for today when a
+                     Salesforce Account changed (``salesforce_changes_sensor``)
     erp_posting_job  post -> read back -> reconcile; launched by ``erp_posting_sensor`` as soon
                      as the ledger holds due documents of a near-real-time flow (and for the
                      days later money paid after they were read back), and by one
@@ -20,6 +21,7 @@ import os
 import dagster as dg
 import sqlalchemy as sa
 
+from finsync_pipeline.defs.automation.salesforce_changes import salesforce_changes_sensor
 from finsync_pipeline.defs.automation.stripe_events import interval_from_env, stripe_events_sensor
 from finsync_pipeline.errors import ConfigurationError
 from finsync_pipeline.ledger import loads, now_iso
@@ -563,15 +565,16 @@ def posting_window_schedules(windows: dict[str, str]) -> list[dg.ScheduleDefinit
 
 @dg.definitions
 def automation() -> dg.Definitions:
-    """The jobs, the Stripe events, posting and late-changes sensors, the daily schedule and
-    the batch-window schedules set in FINSYNC_POSTING_BATCH_WINDOWS (none by default: every
-    flow posts in near real time). The Stripe events and posting sensors tick every
-    FINSYNC_NEAR_REAL_TIME_INTERVAL_S seconds."""
+    """The jobs, the Stripe events, Salesforce changes, posting and late-changes sensors, the
+    daily schedule and the batch-window schedules set in FINSYNC_POSTING_BATCH_WINDOWS (none by
+    default: every flow posts in near real time). The Stripe events, Salesforce changes and
+    posting sensors tick every FINSYNC_NEAR_REAL_TIME_INTERVAL_S seconds."""
     interval = interval_from_env()
     return dg.Definitions(
         jobs=[ingest_job, near_real_time_job, erp_posting_job, daily_sync_job, catch_up_job],
         sensors=[
             stripe_events_sensor(near_real_time_job.name, interval),
+            salesforce_changes_sensor(near_real_time_job.name, interval),
             posting_sensor(interval),
             late_changes_sensor,
         ],

@@ -1,5 +1,4 @@
 -- Open finance exceptions by owner queue and age bucket (PostgreSQL date arithmetic).
-DROP VIEW IF EXISTS v_exception_aging;
 CREATE VIEW v_exception_aging AS
 SELECT owner_queue,
        CASE

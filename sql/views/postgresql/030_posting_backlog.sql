@@ -1,7 +1,6 @@
 -- What the posting ledger still holds back, by ERP, document type and state; in flight, how
 -- many are held past their lease (their holder stopped renewing it: the next posting run
 -- settles them by lookup), since when, and by which runs.
-DROP VIEW IF EXISTS v_posting_backlog;
 CREATE VIEW v_posting_backlog AS
 SELECT erp, doc_type, state, COUNT(*) AS documents, MIN(updated_at) AS oldest_update,
        MAX(attempts) AS max_attempts,
