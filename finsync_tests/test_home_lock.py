@@ -126,6 +126,8 @@ def test_two_homes_on_one_postgresql_warehouse_do_not_write_at_once(
     pg_warehouse = dagster_pg_url
     env = _env(FINSYNC_WAREHOUSE_URL=pg_warehouse)
     first, second = tmp_path / "a", tmp_path / "b"
+    migrated = _finsync("warehouse", "migrate", "--home", str(first), env=env)
+    assert migrated.returncode == 0, migrated.stderr
     holder = _hold(first, env)
     try:
         busy = _finsync(
