@@ -294,8 +294,9 @@ def _warehouse(home: str) -> Any:
     from finsync_pipeline.resources.warehouse import create_engine
     from finsync_pipeline.runner import prepare_home
 
-    # Working the queue of a home that is not there would create it and find it empty.
-    if not Path(home).is_dir():
+    # Working the queue of a home that is not there would create it and find it empty. With
+    # FINSYNC_WAREHOUSE_URL set the warehouse is elsewhere, and the home only Dagster's.
+    if not os.environ.get("FINSYNC_WAREHOUSE_URL") and not Path(home).is_dir():
         raise ConfigurationError(
             f"home {Path(home).resolve()} does not exist; pass the --home (or FINSYNC_HOME) "
             "that finsync demo or finsync run used"
