@@ -10,14 +10,15 @@ import datetime as dt
 import getpass
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from finsync_pipeline.errors import FinsyncError
+from finsync_pipeline.errors import ConfigurationError, FinsyncError
 
 # With --faults, how long the demo waits for documents deferred by the ERP outage.
 DRAIN_S = 240.0
@@ -38,7 +39,34 @@ def _progress(quiet: bool) -> Any:
 
 
 def _date(text: str) -> dt.date:
-    return dt.date.fromisoformat(text)
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a day; give one such as 2026-10-01"
+        ) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a wrong argument told in one line (the flag and what is allowed)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"finsync: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _check_day_range(args: argparse.Namespace) -> None:
+    first, last = getattr(args, "from", None), getattr(args, "to", None)
+    if first is not None and last is None and args.command == "run":
+        last = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+        if first > last:
+            raise ConfigurationError(
+                f"--from {first} is after --to {last} (the default, yesterday UTC); "
+                "give a --to on or after --from"
+            )
+    if first is not None and last is not None and first > last:
+        raise ConfigurationError(
+            f"--from {first} is after --to {last}; give a --from on or before --to"
+        )
 
 
 def _print_table(command: str, summary: dict[str, Any]) -> None:
@@ -77,20 +105,16 @@ def _print_table(command: str, summary: dict[str, Any]) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from finsync_pipeline.runner import check_environment, prepare_home, run_pipeline
-    from finsync_pipeline.sandbox.generator import CompanySpec, add_months, generate
+    from finsync_pipeline.sandbox.generator import add_months, generate
     from finsync_pipeline.sandbox.server import Sandbox
 
     progress = _progress(args.json and args.quiet)
     started = time.monotonic()
     home = prepare_home(Path(args.home))
+    _refuse_another_company(home, args)
     sandbox = Sandbox(home / "sandbox", tls=args.tls)
     if not sandbox.is_seeded():
-        spec = CompanySpec(
-            accounts=args.accounts,
-            months=args.months,
-            seed=args.seed,
-            **({"end": args.end} if args.end else {}),
-        )
+        spec = _company(args)
         progress(
             f"sandbox: generating a company of {spec.accounts} accounts over "
             f"{spec.months} months (seed {spec.seed})"
@@ -100,11 +124,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if stored is None:
         raise FinsyncError(f"sandbox state {home / 'sandbox'} holds no company spec")
     spec = stored
-    if (spec.accounts, spec.months, spec.seed) != (args.accounts, args.months, args.seed):
-        progress(
-            f"sandbox: {home / 'sandbox'} already holds a company of {spec.accounts} "
-            f"accounts over {spec.months} months (seed {spec.seed}); reusing it"
-        )
     with sandbox:
         if args.faults:
             sandbox.arm_fault_preset()
@@ -130,6 +149,62 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+COMPANY_FIELDS = ("accounts", "months", "seed", "end")
+# Tables that hold a company's data once any pipeline has run on a home.
+COMPANY_TABLES = ("salesforce_accounts", "stripe_invoices", "posting_ledger")
+
+
+def _company(args: argparse.Namespace) -> Any:
+    """The company the flags ask for; the ones not given keep CompanySpec's defaults."""
+    from finsync_pipeline.sandbox.generator import CompanySpec
+
+    given = {name: getattr(args, name) for name in COMPANY_FIELDS}
+    return CompanySpec(**{name: value for name, value in given.items() if value is not None})
+
+
+def _refuse_another_company(home: Path, args: argparse.Namespace) -> None:
+    """Stop a demo that would mix two companies in one warehouse: the home's sandbox holds a
+    company other than the flags ask for, or the warehouse holds data of systems the home's
+    sandbox never served (a `finsync run` home)."""
+    import sqlalchemy as sa
+
+    from finsync_pipeline.sandbox.server import STATE_FILE, Sandbox
+
+    state = home / "sandbox"
+    spec = Sandbox(state).spec if (state / STATE_FILE).is_file() else None
+    if spec is not None:
+        differ = [
+            f"--{name} {getattr(args, name)} (it holds {getattr(spec, name)})"
+            for name in COMPANY_FIELDS
+            if getattr(args, name) is not None and getattr(args, name) != getattr(spec, name)
+        ]
+        if differ:
+            raise ConfigurationError(
+                f"home {home} holds another company than {', '.join(differ)}; drop those flags "
+                "to run it again, or use another --home for a new company"
+            )
+        return
+    url = os.environ["FINSYNC_WAREHOUSE_URL"]
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            held = [
+                t
+                for t in COMPANY_TABLES
+                if t in tables and conn.execute(sa.text(f"SELECT 1 FROM {t} LIMIT 1")).first()
+            ]
+    finally:
+        engine.dispose()
+    if held:
+        raise ConfigurationError(
+            f"home {home} holds the data of another company (its warehouse has {held[0]} rows, "
+            "not from a finsync demo); use another --home for the demo"
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from finsync_pipeline.runner import check_environment, prepare_home, run_pipeline
 
@@ -145,15 +220,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox_serve(args: argparse.Namespace) -> int:
-    from finsync_pipeline.sandbox.generator import CompanySpec
     from finsync_pipeline.sandbox.server import serve
 
-    spec = CompanySpec(
-        accounts=args.accounts,
-        months=args.months,
-        seed=args.seed,
-        **({"end": args.end} if args.end else {}),
-    )
+    spec = _company(args)
     serve(
         Path(args.state),
         host=args.host,
@@ -161,7 +230,15 @@ def cmd_sandbox_serve(args: argparse.Namespace) -> int:
         spec=spec,
         faults=args.faults,
         tls=args.tls,
+        ready_file=Path(args.ready_file) if args.ready_file else None,
     )
+    return 0
+
+
+def cmd_sandbox_wait(args: argparse.Namespace) -> int:
+    from finsync_pipeline.sandbox.server import wait_ready
+
+    print(wait_ready(Path(args.state), args.timeout), end="")
     return 0
 
 
@@ -191,7 +268,18 @@ def cmd_schema_export(args: argparse.Namespace) -> int:
 
 def _selection(args: argparse.Namespace) -> Any:
     from finsync_pipeline.exceptions_queue import Selection
+    from finsync_pipeline.logic.derive import EXCEPTION_KINDS
 
+    # A misspelt queue or kind would match nothing and read as "no exceptions match".
+    queues = sorted({queue for _, queue in EXCEPTION_KINDS.values()})
+    for flag, value, allowed in (
+        ("--queue", args.queue, queues),
+        ("--kind", args.kind, sorted(EXCEPTION_KINDS)),
+    ):
+        if value is not None and value not in allowed:
+            raise ConfigurationError(
+                f"{flag} {value!r} is unknown; use one of {', '.join(allowed)}"
+            )
     return Selection(
         source_ids=tuple(getattr(args, "records", None) or ()),
         queue=args.queue,
@@ -206,6 +294,13 @@ def _warehouse(home: str) -> Any:
     from finsync_pipeline.resources.warehouse import create_engine
     from finsync_pipeline.runner import prepare_home
 
+    # Working the queue of a home that is not there would create it and find it empty. With
+    # FINSYNC_WAREHOUSE_URL set the warehouse is elsewhere, and the home only Dagster's.
+    if not os.environ.get("FINSYNC_WAREHOUSE_URL") and not Path(home).is_dir():
+        raise ConfigurationError(
+            f"home {Path(home).resolve()} does not exist; pass the --home (or FINSYNC_HOME) "
+            "that finsync demo or finsync run used"
+        )
     prepare_home(Path(home))
     return create_engine(os.environ["FINSYNC_WAREHOUSE_URL"])
 
@@ -233,8 +328,9 @@ def _print_stuck_work(engine: Any) -> None:
 def cmd_exceptions_list(args: argparse.Namespace) -> int:
     from finsync_pipeline.exceptions_queue import list_exceptions
 
+    selection = _selection(args)
     engine = _warehouse(args.home)
-    rows = list_exceptions(engine, _selection(args))
+    rows = list_exceptions(engine, selection)
     if args.json:
         print(rows.to_json(orient="records"))
         return 0
@@ -313,7 +409,8 @@ def cmd_exceptions_show(args: argparse.Namespace) -> int:
 def cmd_exceptions_resolve(args: argparse.Namespace) -> int:
     from finsync_pipeline.exceptions_queue import resolve
 
-    count = resolve(_warehouse(args.home), _selection(args), actor=_actor(args), reason=args.why)
+    selection = _selection(args)
+    count = resolve(_warehouse(args.home), selection, actor=_actor(args), reason=args.why)
     print(f"resolved {count} exception(s), recorded as by {_actor(args)}: {args.why}")
     return 0
 
@@ -342,7 +439,8 @@ def retry_range(date_from: str | None, date_to: str | None) -> tuple[dt.date, dt
 def cmd_exceptions_retry(args: argparse.Namespace) -> int:
     from finsync_pipeline.exceptions_queue import retry
 
-    outcome = retry(_warehouse(args.home), _selection(args), actor=_actor(args), reason=args.why)
+    selection = _selection(args)
+    outcome = retry(_warehouse(args.home), selection, actor=_actor(args), reason=args.why)
     for item in outcome.needs_fix:
         print(f"not re-postable: {item}; it resolves itself once its cause is fixed")
     print(f"queued {len(outcome.requeued)} document(s) for posting again")
@@ -414,10 +512,12 @@ def cmd_bench_posting(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from finsync_pipeline.processes import Stopped, check_port_free, stop_on_sigterm, stop_tree
     from finsync_pipeline.runner import REPO_ROOT, prepare_home
     from finsync_pipeline.sandbox.generator import CompanySpec, generate
     from finsync_pipeline.sandbox.server import Sandbox
 
+    check_port_free(args.host, args.port, "the Dagster UI", "--port")
     home = prepare_home(Path(args.home))
     sandbox = Sandbox.on_ports(home / "sandbox", host="127.0.0.1", ports=args.ports)
     if not sandbox.is_seeded():
@@ -441,20 +541,28 @@ def cmd_ui(args: argparse.Namespace) -> int:
             "-p",
             str(args.port),
         ]
+        previous = stop_on_sigterm()
+        # The command is our own dagster executable with fixed arguments.
+        proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT)  # noqa: S603
         try:
-            # The command is our own dagster executable with fixed arguments.
-            return subprocess.call(command, env=env, cwd=REPO_ROOT)  # noqa: S603
-        except KeyboardInterrupt:
+            return proc.wait()
+        except (KeyboardInterrupt, Stopped):
             return 0
+        finally:
+            # SIGTERM or Ctrl-C: Dagster's webserver, daemon and code server go with it.
+            stop_tree(proc)
+            signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from finsync_pipeline.defs.automation.definitions import daily_sync_cron, daily_sync_from
     from finsync_pipeline.deploy import check_storage, reap_dead_workers_of_home, serve
+    from finsync_pipeline.processes import check_port_free
     from finsync_pipeline.runner import REPO_ROOT, check_environment, prepare_home
 
     check_environment()
     check_storage()
+    check_port_free(args.host, args.port, "the Dagster webserver", "--port")
     daily_sync_cron()
     daily_sync_from()
     home = prepare_home(Path(args.home), deploy=True)
@@ -492,8 +600,8 @@ def cmd_bench_near_real_time(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finsync", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="finsync", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def home_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -512,9 +620,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     def company_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--accounts", type=int, default=300, help="accounts (default 300)")
-        p.add_argument("--months", type=int, default=12, help="months of history (default 12)")
-        p.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
+        # No defaults here: a demo tells the flags given from those left out (CompanySpec's).
+        p.add_argument("--accounts", type=int, help="accounts (default 300)")
+        p.add_argument("--months", type=int, help="months of history (default 12)")
+        p.add_argument("--seed", type=int, help="generator seed (default 7)")
         p.add_argument(
             "--end",
             type=_date,
@@ -534,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     home_arg(demo)
     demo.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     demo.add_argument("--quiet", action="store_true", help="with --json, no progress lines")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, writes=True)
 
     run = sub.add_parser(
         "run",
@@ -546,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     home_arg(run)
     run.add_argument("--json", action="store_true")
     run.add_argument("--quiet", action="store_true")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, writes=True)
 
     sandbox = sub.add_parser("sandbox", help="the simulators of the external systems")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
@@ -567,8 +676,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(SANDBOX_PORTS),
         metavar=("STRIPE", "SALESFORCE", "NETSUITE", "METERING", "AVALARA"),
     )
+    serve.add_argument(
+        "--ready-file",
+        help="write the environment block to this file once every simulator listens "
+        "(removed when the sandbox stops)",
+    )
     company_args(serve)
     serve.set_defaults(func=cmd_sandbox_serve)
+    wait = sandbox_sub.add_parser(
+        "wait", help="wait until the sandbox serving --state listens; print its environment"
+    )
+    wait.add_argument("--state", required=True, help="the state folder of sandbox serve")
+    wait.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait at most (default 120)"
+    )
+    wait.set_defaults(func=cmd_sandbox_wait)
 
     schema = sub.add_parser("schema", help="the data contracts")
     schema_sub = schema.add_subparsers(dest="schema_command", required=True)
@@ -625,7 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="post now instead of waiting for the posting sensor",
             )
-        action.set_defaults(func=func)
+        action.set_defaults(func=func, writes=True)
 
     ledger_cmd = sub.add_parser("ledger", help="the posting ledger")
     ledger_sub = ledger_cmd.add_subparsers(dest="ledger_command", required=True)
@@ -644,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(run it as the owner of the warehouse; on PostgreSQL no other command does it)",
     )
     home_arg(migrate)
-    migrate.set_defaults(func=cmd_warehouse_migrate)
+    migrate.set_defaults(func=cmd_warehouse_migrate, writes=True)
 
     deploy = sub.add_parser(
         "deploy",
@@ -654,7 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
     home_arg(deploy)
     deploy.add_argument("--host", default="127.0.0.1", help="the webserver's address")
     deploy.add_argument("--port", type=int, default=3000, help="the webserver's port")
-    deploy.set_defaults(func=cmd_deploy)
+    deploy.set_defaults(func=cmd_deploy, writes=True)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -705,17 +827,43 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("STRIPE", "SALESFORCE", "NETSUITE", "METERING", "AVALARA"),
         help="sandbox ports",
     )
-    ui.set_defaults(func=cmd_ui)
+    ui.set_defaults(func=cmd_ui, writes=True)
     return parser
+
+
+# Commands that read no setting of the pipeline: the simulators and the contracts.
+UNCHECKED_COMMANDS = {"sandbox", "schema"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        _check_day_range(args)
+        if args.command not in UNCHECKED_COMMANDS:
+            from finsync_pipeline.settings_check import check_settings
+
+            check_settings()
+        with contextlib.ExitStack() as stack:
+            if getattr(args, "writes", False):
+                from finsync_pipeline.home_lock import home_lock
+
+                words = ["finsync", args.command, getattr(args, "exceptions_command", None)]
+                command = " ".join(w for w in words if w)
+                url = os.environ.get("FINSYNC_WAREHOUSE_URL")
+                stack.enter_context(home_lock(Path(args.home), command, url))
+            code = int(args.func(args))
+        # Flushed here, so a reader that went away (`| head`) is caught below.
+        sys.stdout.flush()
+        return code
     except FinsyncError as e:
         print(f"finsync: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of stdout stopped reading: end quietly, as a shell tool does; the
+        # interpreter's own flush at exit must not find the broken pipe again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         return 130
 

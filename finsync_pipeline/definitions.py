@@ -18,6 +18,8 @@ from finsync_pipeline.resources.salesforce import SalesforceResource
 from finsync_pipeline.resources.settings import (
     PipelineSettings,
     lease_from_env,
+    max_bad_share_from_env,
+    min_bad_records_from_env,
     netsuite_concurrency_from_env,
 )
 from finsync_pipeline.resources.stripe import StripeResource
@@ -57,8 +59,8 @@ def build_resources(mode: str) -> dict[str, object]:
     return {
         "warehouse": WarehouseResource(url=warehouse_url),
         "settings": PipelineSettings(
-            max_bad_share=float(os.environ.get("FINSYNC_MAX_BAD_SHARE", "0.05")),
-            min_bad_records=int(os.environ.get("FINSYNC_MIN_BAD_RECORDS", "5")),
+            max_bad_share=max_bad_share_from_env(),
+            min_bad_records=min_bad_records_from_env(),
             posting_lease_s=lease_from_env(),
             netsuite_concurrency=netsuite_concurrency_from_env(),
             sources_off=sorted(off),

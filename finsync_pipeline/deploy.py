@@ -26,6 +26,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from finsync_pipeline.errors import ConfigurationError
+from finsync_pipeline.processes import stop_tree
 from finsync_pipeline.run_health import reap_dead_workers
 
 PG_URL_ENV = "DAGSTER_PG_URL"
@@ -110,15 +111,9 @@ def _raise_stop(_signum: int, _frame: FrameType | None) -> None:
 
 
 def _stop_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    # Each with everything it started (the daemon's code server and run workers).
     for proc in procs.values():
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs.values():
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_tree(proc, grace_s=60)
 
 
 def serve(repo_root: Path, host: str, port: int, progress: Callable[[str], None]) -> int:

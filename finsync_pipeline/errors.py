@@ -8,13 +8,16 @@ system, the record and the field, and never carries a secret.
     ├── UpstreamError             an external system answered badly
     │   ├── AuthenticationError   credentials rejected (401/403 on login); names the variable
     │   ├── RetryableUpstreamError  429, 5xx, timeouts: safe to retry with backoff
+    │   │   └── UnreachableError    never reached (refused, no such host, connect timeout):
+    │   │                           names the URL and its variable; not worth retrying now
     │   ├── PermanentUpstreamError  4xx validation: retrying cannot help
     │   │   └── RecordMissingError  404: the record does not exist (any more); the caller
     │   │                           decides whether that is a fact (a deleted draft) or a fault
     │   └── AmbiguousOutcomeError   a write may or may not have happened (timeout after send);
     │                               settle it by looking the document up, never by resending
     ├── ContractViolation         a record breaks its pandera contract (system, record, field)
-    └── PostingRejected           the ERP refused a document permanently (with its message)
+    ├── PostingRejected           the ERP refused a document permanently (with its message)
+    └── HomeBusyError             another command is writing the home or the warehouse (named)
 """
 
 import base64
@@ -116,6 +119,14 @@ class RetryableUpstreamError(UpstreamError):
     retryable = True
 
 
+class UnreachableError(RetryableUpstreamError):
+    """The system was never reached: a wrong address, or a service that is down.
+
+    Told at once with its URL and the variable that sets it, rather than retried for minutes;
+    a document it holds back is still safe to send again later.
+    """
+
+
 class PermanentUpstreamError(UpstreamError):
     """A permanent failure (4xx validation): resending the same request cannot succeed."""
 
@@ -169,6 +180,10 @@ class PostingRejected(FinsyncError):
         self.external_id = external_id
         self.detail = redact(detail)
         super().__init__(f"{erp} rejected {external_id}: {self.detail}")
+
+
+class HomeBusyError(FinsyncError):
+    """Another finsync command holds the home's lock (or the warehouse's); it is named."""
 
 
 def secret_forms(value: str) -> set[str]:

@@ -61,7 +61,18 @@ def _rows(folder: Path, name: str, required: set[str]) -> list[dict[str, str]]:
         missing = required - set(reader.fieldnames or [])
         if missing:
             raise ConfigurationError(f"mapping file {path} lacks columns {sorted(missing)}")
-        return [{k: (v or "").strip() for k, v in row.items()} for row in reader]
+        rows = []
+        for row in reader:
+            # DictReader keeps the fields past the header's under None: a stray comma in a
+            # description would otherwise shift nothing visibly and fail far from here.
+            if None in row:
+                fields = len(reader.fieldnames or []) + len(row[None] or [])
+                raise ConfigurationError(
+                    f"{name} line {reader.line_num} has {fields} fields where its header has "
+                    f"{len(reader.fieldnames or [])}; quote a value that holds a comma"
+                )
+            rows.append({k: (v or "").strip() for k, v in row.items()})
+        return rows
 
 
 def _check(rows: list[dict[str, str]], model: type[pa.DataFrameModel], name: str) -> None:
@@ -98,6 +109,11 @@ def load_master_data(folder: Path | None = None) -> MasterData:
         if not is_known_currency(row["currency"]):
             raise ConfigurationError(
                 f"currencies.csv line {i}: unknown currency {row['currency']!r}"
+            )
+        if not row["netsuite_currency_id"].isdigit():
+            raise ConfigurationError(
+                f"currencies.csv line {i}: netsuite_currency_id {row['netsuite_currency_id']!r} "
+                "is not a NetSuite internal id; set it to the currency's id, a whole number"
             )
     if "netsuite_tax_item_id" not in settings:
         raise ConfigurationError("erp_settings.csv lacks the setting netsuite_tax_item_id")

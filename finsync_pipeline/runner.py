@@ -28,14 +28,9 @@ from finsync_pipeline.logic.reconcile import (
     RENEWAL_STATUSES,
 )
 from finsync_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
-from finsync_pipeline.po_source import po_source
-from finsync_pipeline.resources.settings import (
-    future_skew_from_env,
-    lease_from_env,
-    netsuite_concurrency_from_env,
-)
 from finsync_pipeline.resources.warehouse import create_engine
 from finsync_pipeline.run_health import reap_dead_runs, runner_tags
+from finsync_pipeline.settings_check import check_settings, mode_from_env
 from finsync_pipeline.sources import SWITCH_OFF_HINT, sources_off
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +123,7 @@ OPTIONAL_SYSTEMS = {"Usage metering": "metering"}
 
 def check_environment() -> None:
     """Raise ConfigurationError naming the first variable a user must set."""
-    mode = os.environ.get("FINSYNC_MODE", "sandbox")
+    mode = mode_from_env()
     off = sources_off()
     for system, names in REQUIRED_ENV.items():
         source = OPTIONAL_SYSTEMS.get(system)
@@ -145,11 +140,8 @@ def check_environment() -> None:
             "Salesforce is not configured: set SALESFORCE_CLIENT_SECRET, or SALESFORCE_USERNAME "
             "and SALESFORCE_PRIVATE_KEY for the JWT bearer flow"
         )
-    # Read by the invoices assets at run time; a wrong value stops here, before any run.
-    po_source()
-    lease_from_env()
-    netsuite_concurrency_from_env()
-    future_skew_from_env()
+    # Read by the assets at run time; a wrong value stops here, before any run.
+    check_settings()
 
 
 def _finsync_message(error: Any) -> str | None:
@@ -170,6 +162,7 @@ _FINSYNC_ERROR_NAMES = {
     "UpstreamError",
     "AuthenticationError",
     "RetryableUpstreamError",
+    "UnreachableError",
     "PermanentUpstreamError",
     "AmbiguousOutcomeError",
     "ContractViolation",

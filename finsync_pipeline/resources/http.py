@@ -57,6 +57,7 @@ from finsync_pipeline.errors import (
     ConfigurationError,
     PermanentUpstreamError,
     RetryableUpstreamError,
+    UnreachableError,
     UpstreamError,
     redact,
     register_basic_pair,
@@ -686,6 +687,9 @@ class HttpClient:
         self.max_pages = max_pages
         self._origins = {origin(url) for url in base_urls}
         self.requests_made = 0
+        # Whether the system ever answered this client: before it has, a connection that cannot
+        # be made is a wrong address or a service that is down, told at once, not retried.
+        self.answered = False
         self.session = requests.Session()
         # Only encodings the client inflates itself, within the size limit.
         self.session.headers["Accept-Encoding"] = "gzip, deflate"
@@ -796,6 +800,10 @@ class HttpClient:
             except _DeadlinePassed:
                 raise self._deadline_error(where, idempotent) from None
             except requests.exceptions.ConnectTimeout as e:
+                if not self.answered:
+                    raise self._unreachable(
+                        url, f"no connection within {self.timeout[0]:g} s"
+                    ) from e
                 # Nothing was sent: safe to resend whatever the method.
                 self._wait_or_raise(attempt, f"{where}: connect timeout", cause=e)
                 continue
@@ -841,6 +849,8 @@ class HttpClient:
                 self._wait_or_raise(attempt, f"{where}: response broke off", cause=e)
                 continue
             except requests.exceptions.ConnectionError as e:
+                if not self.answered and _never_sent(e):
+                    raise self._unreachable(url, _connect_reason(e)) from e
                 if not idempotent and not _never_sent(e):
                     raise AmbiguousOutcomeError(
                         self.system,
@@ -852,6 +862,7 @@ class HttpClient:
                 self._wait_or_raise(attempt, f"{where}: connection error", cause=e)
                 continue
 
+            self.answered = True
             if self._on_response is not None:
                 self._on_response(response)
             if response.status_code in expected:
@@ -988,6 +999,20 @@ class HttpClient:
             field=info.field,
         )
 
+    def _unreachable(self, url: str, reason: str) -> UnreachableError:
+        """The error for a system never reached: its address (no path, no query) and the
+        variable that sets it."""
+        parts = urlsplit(url)
+        setting = self._url_variable or f"the {self.system} base URL"
+        return UnreachableError(
+            self.system,
+            self.redact(
+                f"cannot connect to {parts.scheme}://{parts.hostname}"
+                f"{f':{parts.port}' if parts.port else ''} ({reason}); check {setting} and that "
+                f"the service is up ({CONNECT_TIMEOUT_ENV} bounds each connect)"
+            ),
+        )
+
     def _wait_or_raise(
         self,
         attempt: int,
@@ -1036,6 +1061,22 @@ def _tls_reason(error: requests.exceptions.SSLError) -> str:
     if start < 0:
         return "TLS handshake failed"
     return text[start:].split(" (_ssl", 1)[0].rstrip(")\"' ")
+
+
+def _connect_reason(error: requests.exceptions.ConnectionError) -> str:
+    """Why a connection could not be made, in a few words (refused, no such host, ...)."""
+    text = str(error)
+    for marker, reason in (
+        ("Connection refused", "connection refused"),
+        ("Name or service not known", "no such host"),
+        ("nodename nor servname", "no such host"),
+        ("Temporary failure in name resolution", "the host name does not resolve"),
+        ("Network is unreachable", "network unreachable"),
+        ("No route to host", "no route to host"),
+    ):
+        if marker in text:
+            return reason
+    return "connection failed"
 
 
 def _never_sent(error: requests.exceptions.ConnectionError) -> bool:

@@ -1,6 +1,8 @@
 """Pipeline settings that operations tune without a code change."""
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import dagster as dg
 from pydantic import Field
@@ -87,38 +89,83 @@ class PipelineSettings(dg.ConfigurableResource):
 
 
 LEASE_ENV = "FINSYNC_POSTING_LEASE_S"
+MAX_BAD_SHARE_ENV = "FINSYNC_MAX_BAD_SHARE"
+MIN_BAD_RECORDS_ENV = "FINSYNC_MIN_BAD_RECORDS"
+DEFAULT_MAX_BAD_SHARE = 0.05
+DEFAULT_MIN_BAD_RECORDS = 5
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _whole(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(text)
+    return int(text)
+
+
+def _ranged_env(
+    name: str, default: _N, parse: Callable[[str], _N], *, low: _N, high: _N | None, says: str
+) -> _N:
+    """The number in variable ``name`` (``default`` when unset), or one line saying what to set:
+    ``says``, what the number is, followed by its range and default."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = parse(text)
+    except ValueError:
+        value = None
+    # NaN fails the comparisons too.
+    if value is None or not low <= value or (high is not None and not value <= high):
+        span = f"from {low:g}" + (f" to {high:g}" if high is not None else "")
+        raise ConfigurationError(
+            f"{name} is {text!r}: set it to {says}, {span} (default {default:g})"
+        )
+    return value
+
+
+def max_bad_share_from_env() -> float:
+    """``FINSYNC_MAX_BAD_SHARE`` (default 0.05), or one line saying what to set."""
+    says = (
+        "the share of a day's records that may break their contract before the run stops, a share"
+    )
+    return _ranged_env(
+        MAX_BAD_SHARE_ENV, DEFAULT_MAX_BAD_SHARE, float, low=0.0, high=1.0, says=says
+    )
+
+
+def min_bad_records_from_env() -> int:
+    """``FINSYNC_MIN_BAD_RECORDS`` (default 5), or one line saying what to set."""
+    says = (
+        f"how many records must break their contract before {MAX_BAD_SHARE_ENV} counts, "
+        "a whole number"
+    )
+    return _ranged_env(
+        MIN_BAD_RECORDS_ENV, DEFAULT_MIN_BAD_RECORDS, _whole, low=1, high=None, says=says
+    )
 
 
 def lease_from_env() -> float:
     """``FINSYNC_POSTING_LEASE_S`` as seconds (default 120), or one line saying what to set."""
-    text = os.environ.get(LEASE_ENV, "").strip()
-    if not text:
-        return DEFAULT_LEASE_S
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = float("nan")
-    if not 1.0 <= seconds <= 3600.0:
-        raise ConfigurationError(
-            f"{LEASE_ENV} is {text!r}: set it to the seconds a posting claim lasts without a "
-            "renewal, from 1 to 3600 (default 120)"
-        )
-    return seconds
+    says = "the seconds a posting claim lasts without a renewal"
+    return _ranged_env(LEASE_ENV, DEFAULT_LEASE_S, float, low=1.0, high=3600.0, says=says)
 
 
 def netsuite_concurrency_from_env() -> int:
     """``FINSYNC_NETSUITE_CONCURRENCY`` (default 5), or one line saying what to set."""
-    text = os.environ.get(NETSUITE_CONCURRENCY_ENV, "").strip()
-    if not text:
-        return NETSUITE_DEFAULT_CONCURRENCY
-    value = int(text) if text.isdigit() else 0
-    if not 1 <= value <= NETSUITE_MAX_CONCURRENCY:
-        raise ConfigurationError(
-            f"{NETSUITE_CONCURRENCY_ENV} is {text!r}: set it to the requests a posting run sends "
-            f"to NetSuite at once, at most the account's concurrency limit, from 1 to "
-            f"{NETSUITE_MAX_CONCURRENCY} (default {NETSUITE_DEFAULT_CONCURRENCY})"
-        )
-    return value
+    says = (
+        "the requests a posting run sends to NetSuite at once, at most the account's "
+        "concurrency limit"
+    )
+    return _ranged_env(
+        NETSUITE_CONCURRENCY_ENV,
+        NETSUITE_DEFAULT_CONCURRENCY,
+        _whole,
+        low=1,
+        high=NETSUITE_MAX_CONCURRENCY,
+        says=says,
+    )
 
 
 FUTURE_SKEW_ENV = "FINSYNC_MAX_FUTURE_SKEW_S"

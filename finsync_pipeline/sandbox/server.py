@@ -8,6 +8,9 @@ survives restarts. Credentials are generated once per state directory and stored
 """
 
 import datetime
+import errno
+import os
+import re
 import secrets
 import shlex
 import signal
@@ -22,6 +25,7 @@ from typing import Any
 import simplejson
 
 from finsync_pipeline.errors import FinsyncError
+from finsync_pipeline.processes import busy_port_error
 from finsync_pipeline.sandbox.avalara_sim import AvalaraSimulator
 from finsync_pipeline.sandbox.generator import Company, CompanySpec, generate
 from finsync_pipeline.sandbox.http_base import Faults, SimServer
@@ -247,10 +251,16 @@ class Sandbox:
         context = None if self.tls is None else self.tls.server_context()
         try:
             for name, app in apps.items():
-                server = SimServer((self.host, self._ports[name]), app, context)
+                try:
+                    server = SimServer((self.host, self._ports[name]), app, context)
+                except OSError as e:
+                    if e.errno != errno.EADDRINUSE:
+                        raise
+                    what = f"the {name} simulator"
+                    raise busy_port_error(self.host, self._ports[name], what, "--ports") from None
                 self._servers[name] = server
                 server.start()
-        except OSError:
+        except (OSError, FinsyncError):
             self.stop()
             raise
 
@@ -378,6 +388,55 @@ class Sandbox:
         return self.netsuite.records(base, record_type)
 
 
+READY_FILE = "ready.env"
+READY_LINE = "# finsync sandbox ready"
+
+
+def env_block(sandbox: Sandbox) -> str:
+    """The ``export`` lines pointing finsync at a started sandbox, between a header naming
+    its state and process and a last line saying it is ready."""
+    lines = [f"# finsync sandbox serving state {sandbox.state_dir} (pid {os.getpid()})"]
+    for key, value in sandbox.env.items():
+        # One line per variable, quoted for the shell: the private key PEM's line breaks are
+        # written as \n, which the Salesforce connector reads back.
+        one_line = value.replace("\n", "\\n")
+        lines.append(f"export {key}={shlex.quote(one_line)}")
+    return "\n".join([*lines, READY_LINE]) + "\n"
+
+
+def wait_ready(state_dir: Path, timeout_s: float) -> str:
+    """The environment block of the sandbox serving ``state_dir``, once every simulator listens.
+
+    A block left by a sandbox that was killed (its process gone) is not taken for ready.
+
+    Raises:
+        SandboxError: Nothing was ready within ``timeout_s``.
+    """
+    path = Path(state_dir) / READY_FILE
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = path.read_text() if path.is_file() else ""
+        found = re.search(r"\(pid (\d+)\)", text.partition("\n")[0])
+        if found and text.endswith(READY_LINE + "\n") and _running(int(found.group(1))):
+            return text
+        if time.monotonic() >= deadline:
+            raise SandboxError(
+                f"no sandbox serving {state_dir} became ready within {timeout_s:g} s; start "
+                f"finsync sandbox serve --state {state_dir} (or give --timeout more seconds)"
+            )
+        time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def serve(
     state_dir: Path,
     *,
@@ -386,6 +445,7 @@ def serve(
     spec: CompanySpec | None,
     faults: bool = False,
     tls: bool = False,
+    ready_file: Path | None = None,
 ) -> None:
     """Run the sandbox in the foreground until SIGINT or SIGTERM.
 
@@ -400,6 +460,9 @@ def serve(
         spec: Company to generate when the state is empty.
         faults: Arm the demo's fault preset.
         tls: Serve HTTPS; the environment block then names the CA in ``REQUESTS_CA_BUNDLE``.
+        ready_file: Also written with the environment block once every simulator listens
+            (the block is always written to ``READY_FILE`` in the state folder, which
+            ``wait_ready`` waits for); both are removed when the sandbox stops.
     """
     sandbox = Sandbox.on_ports(state_dir, host=host, ports=ports, tls=tls)
     if not sandbox.is_seeded():
@@ -415,18 +478,23 @@ def serve(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, _on_signal)
+    ready = [sandbox.state_dir / READY_FILE, *([ready_file] if ready_file else [])]
+    for path in ready:
+        path.unlink(missing_ok=True)
     sandbox.start()
     try:
-        print(f"# finsync sandbox serving state {sandbox.state_dir}", flush=True)
-        for key, value in sandbox.env.items():
-            # One line per variable, quoted for the shell: the private key PEM's line breaks
-            # are written as \n, which the Salesforce connector reads back.
-            one_line = value.replace("\n", "\\n")
-            print(f"export {key}={shlex.quote(one_line)}", flush=True)
-        print("# finsync sandbox ready", flush=True)
+        block = env_block(sandbox)
+        print(block, end="", flush=True)
+        for path in ready:
+            # Whole or not at all: a reader never sees half the variables.
+            partial = path.with_name(f".{path.name}.{os.getpid()}")
+            partial.write_text(block)
+            os.replace(partial, path)
         while not stopping.wait(0.5):
             pass
     finally:
+        for path in ready:
+            path.unlink(missing_ok=True)
         sandbox.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

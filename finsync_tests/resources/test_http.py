@@ -158,14 +158,32 @@ def test_secrets_are_redacted_from_error_text(scripted: ScriptedServer) -> None:
     assert "***" in str(info.value)
 
 
-def test_connection_refused_is_retried_then_retryable() -> None:
+def test_connection_refused_once_the_system_answered_is_retried_then_retryable(
+    scripted: ScriptedServer,
+) -> None:
+    scripted.answer(Scripted(200, {"ok": True}))
     sleeps: list[float] = []
     client = make_client(sleeps, max_attempts=2, timeout=(0.5, 0.5))
+    client.request("GET", scripted.url + "/x", idempotent=True)
     # Port 9 (discard) on localhost is closed in the test environment: the connect is refused.
     with pytest.raises(RetryableUpstreamError) as info:
         client.request("POST", "http://127.0.0.1:9/x", idempotent=False)
     assert info.value.status is None
     assert len(sleeps) == 1
+
+
+def test_a_system_never_reached_is_named_with_its_url_and_variable_at_once() -> None:
+    sleeps: list[float] = []
+    client = make_client(sleeps, max_attempts=5, url_variable="ACME_BASE_URL")
+    with pytest.raises(RetryableUpstreamError) as info:
+        client.request("GET", "http://127.0.0.1:9/v1/things?secret=1", idempotent=True)
+    message = str(info.value)
+    assert "acme: cannot connect to http://127.0.0.1:9 (connection refused)" in message
+    assert "check ACME_BASE_URL" in message
+    assert "secret=1" not in message
+    # Told within the connect timeout: no backoff, no second attempt.
+    assert sleeps == []
+    assert client.requests_made == 1
 
 
 def test_session_is_reused_across_requests(scripted: ScriptedServer) -> None:

@@ -11,6 +11,7 @@ from finsync_pipeline.errors import (
     AuthenticationError,
     ConfigurationError,
     PermanentUpstreamError,
+    UnreachableError,
 )
 from finsync_pipeline.logic.derive import net_negative_external_id
 from finsync_pipeline.logic.normalize import netsuite_date
@@ -42,13 +43,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail_fast(fn: F) -> F:
-    """Bad credentials or a refused query will not heal by waiting: fail without retrying."""
+    """Bad credentials, a refused query or an address nothing answers on will not heal by
+    waiting: fail without retrying."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (AuthenticationError, ConfigurationError, PermanentUpstreamError) as e:
+        except (
+            AuthenticationError,
+            ConfigurationError,
+            PermanentUpstreamError,
+            UnreachableError,
+        ) as e:
             raise dg.Failure(description=str(e), allow_retries=False) from e
 
     return wrapper  # type: ignore[return-value]
