@@ -747,7 +747,11 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="post now instead of waiting for the posting sensor",
             )
-        action.set_defaults(func=func, writes=True)
+        # Resolving, and queueing a retry for the posting sensor, are transactions on the
+        # warehouse that run beside a deployment (finance works the queue while the daemon
+        # runs); posting now writes like a run does.
+        posts_now = name == "retry"
+        action.set_defaults(func=func, writes=(lambda a: bool(a.post)) if posts_now else False)
 
     ledger_cmd = sub.add_parser("ledger", help="the posting ledger")
     ledger_sub = ledger_cmd.add_subparsers(dest="ledger_command", required=True)
@@ -844,7 +848,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             check_settings()
         with contextlib.ExitStack() as stack:
-            if getattr(args, "writes", False):
+            writes = getattr(args, "writes", False)
+            if writes(args) if callable(writes) else writes:
                 from finsync_pipeline.home_lock import home_lock
 
                 words = ["finsync", args.command, getattr(args, "exceptions_command", None)]

@@ -60,16 +60,18 @@ def test_a_writer_on_a_busy_home_names_the_holder_and_readers_go_on(tmp_path: Pa
     home.mkdir()
     holder = _hold(home, _env())
     try:
-        busy = _finsync("exceptions", "resolve", "in_1", "--why", "x", "--home", str(home))
+        busy = _finsync("exceptions", "retry", "in_1", "--why", "x", "--post", "--home", str(home))
         line = _one_line(busy)
         assert f"home {home} is in use by pid {holder.pid} (finsync run, since" in line
-        # Reading needs no lock.
+        # Reading needs no lock, and finance works the queue beside a run or a deployment.
         listed = _finsync("exceptions", "list", "--home", str(home))
         assert listed.returncode == 0, listed.stderr
+        resolved = _finsync("exceptions", "resolve", "in_1", "--why", "x", "--home", str(home))
+        assert _one_line(resolved) == "finsync: no exception matches the selection"
     finally:
         _release(holder)
     # The lock goes with its holder.
-    done = _finsync("exceptions", "resolve", "in_1", "--why", "x", "--home", str(home))
+    done = _finsync("exceptions", "retry", "in_1", "--why", "x", "--post", "--home", str(home))
     assert _one_line(done) == "finsync: no exception matches the selection"
 
 
@@ -131,7 +133,7 @@ def test_two_homes_on_one_postgresql_warehouse_do_not_write_at_once(
     holder = _hold(first, env)
     try:
         busy = _finsync(
-            "exceptions", "resolve", "in_1", "--why", "x", "--home", str(second), env=env
+            "exceptions", "retry", "in_1", "--why", "x", "--post", "--home", str(second), env=env
         )
         line = _one_line(busy)
         database = pg_warehouse.rsplit("/", 1)[1]
@@ -139,7 +141,9 @@ def test_two_homes_on_one_postgresql_warehouse_do_not_write_at_once(
     finally:
         _release(holder)
     second.mkdir(exist_ok=True)
-    done = _finsync("exceptions", "resolve", "in_1", "--why", "x", "--home", str(second), env=env)
+    done = _finsync(
+        "exceptions", "retry", "in_1", "--why", "x", "--post", "--home", str(second), env=env
+    )
     assert _one_line(done) == "finsync: no exception matches the selection"
 
 
