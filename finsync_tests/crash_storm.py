@@ -137,13 +137,16 @@ def _admin(port: int, body: dict[str, Any]) -> None:
         pass
 
 
-def _in_flight(warehouse: Path) -> int:
+def _in_flight(warehouse: Path, since: str) -> int:
+    """Rows claimed since ``since`` (the round's start) and in flight: the round's own, not
+    those a killed round before it left for the lease to settle."""
     if not warehouse.exists():
         return 0
     try:
         with sqlite3.connect(warehouse, timeout=1) as conn:
             row = conn.execute(
-                "SELECT COUNT(*) FROM posting_ledger WHERE state = 'in_flight'"
+                "SELECT COUNT(*) FROM posting_ledger WHERE state = 'in_flight' AND claimed_at >= ?",
+                (since,),
             ).fetchone()
     except sqlite3.Error:  # not created yet, or busy
         return 0
@@ -264,6 +267,7 @@ def storm(kills: int, seed: int, workdir: Path, log: Any = None) -> StormReport:
                 # the kill to land among them.
                 _admin(ports[2], SLOW_POSTS)
             round_started = time.monotonic()
+            since = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
             victim = subprocess.Popen(
                 [FINSYNC, "run", "--home", str(home), *_window([day]), "--json"],
                 env=run_env,
@@ -275,11 +279,11 @@ def storm(kills: int, seed: int, workdir: Path, log: Any = None) -> StormReport:
             # a kill waiting for posting waits for it as long as the run lasts.
             deadline = time.monotonic() + (900.0 if wait_for_posting else rng.uniform(0.5, span_s))
             while victim.poll() is None and time.monotonic() < deadline:
-                if wait_for_posting and _in_flight(warehouse):
+                if wait_for_posting and _in_flight(warehouse, since):
                     time.sleep(rng.uniform(0.0, 0.5))
                     break
                 time.sleep(0.02)
-            in_flight = _in_flight(warehouse) > 0
+            in_flight = _in_flight(warehouse, since) > 0
             if victim.poll() is None:
                 os.killpg(victim.pid, signal.SIGKILL)
                 report.kills += 1
