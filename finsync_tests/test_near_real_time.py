@@ -61,6 +61,20 @@ def _ticker(sb: Sandbox, url: str, tmp_path: Path) -> SensorTicker:
     return SensorTicker(defs(), instance, _resources(sb.env, url))
 
 
+def _run_history(ticker: SensorTicker) -> None:
+    """The month of history, as the nightly runs left it (one backfill of it)."""
+    history = (
+        defs()
+        .resolve_job_def("daily_sync_job")
+        .execute_in_process(
+            instance=ticker.instance,
+            resources=ticker.resources,
+            tags=range_tags(FIRST_DAY, TEST_END),
+        )
+    )
+    assert history.success
+
+
 def _rows(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
     with create_engine(url).connect() as conn:
         return [tuple(r) for r in conn.execute(sa.text(sql), params)]
@@ -81,16 +95,7 @@ def test_an_invoice_finalized_and_paid_reaches_netsuite_in_one_small_run(
 ) -> None:
     ticker = _ticker(sandbox, sqlite_url, tmp_path)
     # The history, as the nightly runs and the posting sensor left it.
-    history = (
-        defs()
-        .resolve_job_def("daily_sync_job")
-        .execute_in_process(
-            instance=ticker.instance,
-            resources=ticker.resources,
-            tags=range_tags(FIRST_DAY, TEST_END),
-        )
-    )
-    assert history.success
+    _run_history(ticker)
     while ticker.tick(POSTING).runs:
         pass
     assert ticker.tick(EVENTS).skip_message == "started: the nightly runs carry every earlier event"
@@ -152,16 +157,7 @@ def test_an_account_renamed_in_salesforce_renames_its_netsuite_customer_in_one_s
     sandbox: Sandbox, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ticker = _ticker(sandbox, sqlite_url, tmp_path)
-    history = (
-        defs()
-        .resolve_job_def("daily_sync_job")
-        .execute_in_process(
-            instance=ticker.instance,
-            resources=ticker.resources,
-            tags=range_tags(FIRST_DAY, TEST_END),
-        )
-    )
-    assert history.success
+    _run_history(ticker)
     while ticker.tick(POSTING).runs:
         pass
     assert ticker.tick(SALESFORCE).skip_message == (
@@ -229,16 +225,7 @@ def test_a_change_read_again_unchanged_is_no_late_change(
     the daemon late_changes_sensor ran those days again, whose runs landed the same invoices
     again, for ever."""
     ticker = _ticker(sandbox, sqlite_url, tmp_path)
-    history = (
-        defs()
-        .resolve_job_def("daily_sync_job")
-        .execute_in_process(
-            instance=ticker.instance,
-            resources=ticker.resources,
-            tags=range_tags(FIRST_DAY, TEST_END),
-        )
-    )
-    assert history.success
+    _run_history(ticker)
     carried = "every landed change is carried downstream"
     assert ticker.tick(LATE).skip_message == carried
     read_again = [

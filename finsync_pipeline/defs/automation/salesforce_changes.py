@@ -26,6 +26,7 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
+from finsync_pipeline.defs.automation.stripe_events import IN_PROGRESS
 from finsync_pipeline.ledger import loads
 from finsync_pipeline.posting_flows import batch_windows, realtime_flows
 from finsync_pipeline.resources.salesforce import SalesforceResource, soql_select
@@ -43,13 +44,6 @@ LOOKBACK = dt.timedelta(minutes=10)
 # nothing: finsync's write-back would otherwise launch a run after every posting run.
 CUSTOMER_FIELDS = [
     f for f in ACCOUNT_FIELDS if f not in ("CreatedDate", "LastModifiedDate", "SystemModstamp")
-]
-
-_IN_PROGRESS = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
 ]
 
 
@@ -140,7 +134,7 @@ def salesforce_changes_sensor(job_name: str, interval_s: int) -> dg.SensorDefini
                 "Account changes"
             )
         busy = context.instance.get_run_records(
-            filters=dg.RunsFilter(job_name=job_name, statuses=_IN_PROGRESS), limit=1
+            filters=dg.RunsFilter(job_name=job_name, statuses=IN_PROGRESS), limit=1
         )
         if busy:
             # The cursor stays: the next tick after that run sees these changes.

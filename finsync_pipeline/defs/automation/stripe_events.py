@@ -51,7 +51,8 @@ EVENT_FLOWS: dict[str, tuple[str, ...]] = {
     "customer.updated": ("customer",),
 }
 
-_IN_PROGRESS = [
+# A run of these statuses is still to finish.
+IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
@@ -134,7 +135,7 @@ def stripe_events_sensor(job_name: str, interval_s: int) -> dg.SensorDefinition:
                 cursor=_start_cursor(stripe, dt.datetime.now(dt.UTC).timestamp()),
             )
         busy = context.instance.get_run_records(
-            filters=dg.RunsFilter(job_name=job_name, statuses=_IN_PROGRESS), limit=1
+            filters=dg.RunsFilter(job_name=job_name, statuses=IN_PROGRESS), limit=1
         )
         if busy:
             # The cursor stays: the next tick after that run reads these events.
