@@ -108,10 +108,27 @@ def stop_tree(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> N
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and (proc.poll() is None or any(map(alive, tree))):
         time.sleep(0.2)
-    for pid in [*tree, *descendants(proc.pid)]:
+    for pid in [*tree, *descendants(proc.pid), *_own_group()]:
         if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     if proc.poll() is None:
         proc.kill()
     proc.wait()
+
+
+def _own_group() -> list[int]:
+    """The other processes of this command's process group, when the command leads it (as a
+    shell starts it): what Dagster started after the tree was taken (a run worker the daemon
+    launched) and whose parent has exited is in no tree, but is still in the group. A command
+    that does not lead its group leaves the group alone: it is not the command's."""
+    me = os.getpid()
+    if os.getpgrp() != me:
+        return []
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != me:
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(entry.name)) == me:
+                    members.append(int(entry.name))
+    return members
