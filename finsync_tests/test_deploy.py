@@ -380,12 +380,16 @@ def _in_flight_holders(warehouse: Path) -> set[str]:
 
 
 def _kill_a_worker(
-    rng: random.Random, instance: dg.DagsterInstance, warehouse: Path, in_flight: bool
+    rng: random.Random,
+    instance: dg.DagsterInstance,
+    warehouse: Path,
+    in_flight: bool,
+    wait_s: float = 60.0,
 ) -> tuple[str, bool] | None:
     """SIGKILL the run worker of a live run after a seeded pause (the worker holding documents
-    in flight when ``in_flight``, if one comes within a minute); None when no run is live."""
+    in flight when ``in_flight``, if one comes within ``wait_s``); None when no run is live."""
     time.sleep(rng.uniform(0.5, 15.0))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         live = _live_workers(instance)
         holders = _in_flight_holders(warehouse)
@@ -449,12 +453,16 @@ def test_run_workers_killed_at_seeded_moments_under_faults_leave_netsuite_as_an_
         try:
             monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg_url)
             with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-                for _ in range(STORM_KILLS):
+                for n in range(STORM_KILLS):
                     fault = rng.choice(FAULTS)
                     _fault(ports[2], {"clear": True})
                     if fault is not None:
                         _fault(ports[2], fault)
-                    killed = _kill_a_worker(rng, instance, warehouse, rng.random() < 0.5)
+                    # The schedule's first tick comes within its minute, once the daemon is up.
+                    wait_s = 600.0 if n == 0 else 60.0
+                    killed = _kill_a_worker(
+                        rng, instance, warehouse, rng.random() < 0.5, wait_s=wait_s
+                    )
                     if killed is None:
                         break
                     kills.append((fault and str(fault["kind"]), killed[1]))
