@@ -17,7 +17,7 @@ def test_kills_from_outside_under_faults_leave_netsuite_as_an_uncut_run_does(
     report = storm(kills=8, seed=11, workdir=tmp_path)
     assert report.mismatches == []
     # A round whose run finished before its kill moment is a kill that did not happen.
-    assert report.kills >= 5
+    assert report.kills >= 3
     # Half the rounds wait for posting: kills land among documents in flight.
     assert report.kills_while_in_flight >= 2
     assert report.documents > 0
